@@ -1,0 +1,451 @@
+//! Wire types shared by the Hangar server and its CLI, with the validation rules for them.
+//!
+//! Everything that crosses the HTTP API is defined here once, documented for OpenAPI with
+//! `utoipa`, and validated with [`validate`]. Libraries below the gateway receive these types
+//! already validated and never parse HTTP themselves.
+#![forbid(unsafe_code)]
+
+pub mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The namespace used when a request names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Default memory of a function, in MiB.
+pub const DEFAULT_MEMORY_MB: u32 = 128;
+/// Smallest and largest memory a function may ask for, in MiB.
+pub const MEMORY_MB_RANGE: (u32, u32) = (16, 4096);
+/// Default timeout of a function, in milliseconds.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Shortest and longest timeout a function may ask for, in milliseconds (15 minutes, like Lambda).
+pub const TIMEOUT_MS_RANGE: (u64, u64) = (1, 900_000);
+/// Default largest code upload, in bytes (50 MiB, like a Lambda zip upload).
+pub const DEFAULT_MAX_CODE_BYTES: usize = 50 * 1024 * 1024;
+/// Default largest invocation payload (request body), in bytes (6 MiB, like Lambda).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
+/// Default bound on the logs kept for one invocation, in bytes.
+pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
+/// Header that carries the invocation id on every function response.
+pub const INVOCATION_ID_HEADER: &str = "x-hangar-invocation-id";
+
+/// How a function's code is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// A WebAssembly component for the `wasi:http/proxy` world (WASI 0.2).
+    Wasm,
+}
+
+impl RuntimeKind {
+    /// Every runtime this build knows, as users spell them.
+    pub const ALL: &'static [&'static str] = &["wasm"];
+
+    /// The name users write.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Wasm => "wasm",
+        }
+    }
+}
+
+impl std::fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RuntimeKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "wasm" => Ok(RuntimeKind::Wasm),
+            other => Err(format!(
+                "unknown runtime `{other}`; this Hangar supports: {}",
+                RuntimeKind::ALL.join(", ")
+            )),
+        }
+    }
+}
+
+/// The configuration of a function: everything about it but its code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    /// How the code runs.
+    pub runtime: RuntimeKind,
+    /// Memory limit in MiB (16..=4096). Growing beyond it fails the invocation as `out_of_memory`.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u32,
+    /// Wall-clock limit of one invocation in milliseconds (1..=900000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Environment variables the code sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Hosts (`host`, `host:port` or `*.domain`) the code may send HTTP requests to; none by default.
+    #[serde(default)]
+    pub allow_outbound: Vec<String>,
+    /// Whether the function URL answers without an API key.
+    #[serde(default)]
+    pub public: bool,
+}
+
+fn default_memory_mb() -> u32 {
+    DEFAULT_MEMORY_MB
+}
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+
+impl FunctionConfig {
+    /// A configuration with every default for the given runtime.
+    pub fn new(runtime: RuntimeKind) -> Self {
+        FunctionConfig {
+            runtime,
+            memory_mb: DEFAULT_MEMORY_MB,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            env: BTreeMap::new(),
+            allow_outbound: Vec::new(),
+            public: false,
+        }
+    }
+}
+
+/// A deployed function, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Function {
+    pub namespace: String,
+    pub name: String,
+    /// Number of the current revision; every change of code or configuration adds one.
+    pub revision: u64,
+    pub config: FunctionConfig,
+    /// `sha256:<hex>` of the code.
+    pub code_digest: String,
+    pub code_size: u64,
+    /// RFC 3339 time of the first deploy.
+    pub created_at: String,
+    /// RFC 3339 time of the current revision.
+    pub updated_at: String,
+    /// Path of the function URL on this server.
+    pub url_path: String,
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployStatus {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Answer to a deploy.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeployResponse {
+    pub status: DeployStatus,
+    pub function: Function,
+}
+
+/// How the instance that served an invocation was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StartKind {
+    /// The revision had to be loaded (compiled code read from the cache) before instantiating.
+    Cold,
+    /// The revision was resident; a fresh instance was made from it.
+    Warm,
+}
+
+impl StartKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartKind::Cold => "cold",
+            StartKind::Warm => "warm",
+        }
+    }
+}
+
+impl std::str::FromStr for StartKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cold" => Ok(StartKind::Cold),
+            "warm" => Ok(StartKind::Warm),
+            o => Err(format!("unknown start kind `{o}`")),
+        }
+    }
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Error,
+    Timeout,
+    OutOfMemory,
+    Throttled,
+}
+
+impl Outcome {
+    pub const ALL: &'static [&'static str] = &["ok", "error", "timeout", "out_of_memory", "throttled"];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::OutOfMemory => "out_of_memory",
+            Outcome::Throttled => "throttled",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "ok" => Outcome::Ok,
+            "error" => Outcome::Error,
+            "timeout" => Outcome::Timeout,
+            "out_of_memory" => Outcome::OutOfMemory,
+            "throttled" => Outcome::Throttled,
+            o => {
+                return Err(format!(
+                    "unknown status `{o}`; expected one of: {}",
+                    Outcome::ALL.join(", ")
+                ));
+            }
+        })
+    }
+}
+
+/// What caused an invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A request to the function URL.
+    Http,
+    /// `POST /v1/functions/{name}/invoke`.
+    Api,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Http => "http",
+            Trigger::Api => "api",
+        }
+    }
+}
+
+impl std::str::FromStr for Trigger {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "http" => Ok(Trigger::Http),
+            "api" => Ok(Trigger::Api),
+            o => Err(format!("unknown trigger `{o}`")),
+        }
+    }
+}
+
+/// One call of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Invocation {
+    /// Time-ordered id (UUIDv7).
+    pub id: String,
+    pub namespace: String,
+    pub function: String,
+    pub revision: u64,
+    pub trigger: Trigger,
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// Wall time from start to the end of the response, in microseconds.
+    pub duration_us: u64,
+    /// Billed duration: the duration rounded up to the next millisecond.
+    pub billed_ms: u64,
+    /// Configured memory, in MiB: with `billed_ms` the cost basis (GB-seconds).
+    pub memory_mb: u32,
+    pub start: StartKind,
+    pub outcome: Outcome,
+    /// HTTP status returned to the caller.
+    pub status: u16,
+    /// Bytes of response body sent.
+    pub response_bytes: u64,
+    /// What went wrong, when the outcome is not `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Guest stdout and stderr, bounded; only on `GET /v1/invocations/{id}` or with `logs=true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
+    /// Whether the logs were cut at the bound.
+    pub logs_truncated: bool,
+}
+
+/// One page of a listing; pass `next_cursor` as `cursor` to get the next page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvocationPage {
+    pub items: Vec<Invocation>,
+    pub next_cursor: Option<String>,
+}
+
+/// List of functions.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionList {
+    pub items: Vec<Function>,
+}
+
+/// A tenant. Nothing crosses namespaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Namespace {
+    pub name: String,
+    pub created_at: String,
+}
+
+/// List of namespaces.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NamespaceList {
+    pub items: Vec<Namespace>,
+}
+
+/// Body of `POST /v1/namespaces`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNamespace {
+    pub name: String,
+}
+
+/// Body of `POST /v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Namespace the key acts in; omit for an admin key.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// A label for people.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// An API key as listed: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiKey {
+    pub id: String,
+    /// `None` for an admin key.
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub created_at: String,
+}
+
+/// A newly created key: the only time its secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// The secret to send as `Authorization: Bearer <secret>`.
+    pub secret: String,
+}
+
+/// List of keys.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeyList {
+    pub items: Vec<ApiKey>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable machine code and a message for people.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `not_found`, `invalid_name`, `payload_too_large`.
+    pub code: String,
+    /// What happened, why, and what to do.
+    pub message: String,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 text of a time given in milliseconds since the Unix epoch.
+pub fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// Parses RFC 3339 text into milliseconds since the Unix epoch.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// One invocation as the platform records it internally (times as integers), before it is
+/// written to the store or shown as an [`Invocation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvocationRecord {
+    pub id: String,
+    pub namespace: String,
+    pub function: String,
+    pub revision: u64,
+    pub trigger: Trigger,
+    pub started_ms: i64,
+    pub duration_us: u64,
+    pub billed_ms: u64,
+    pub memory_mb: u32,
+    pub start: StartKind,
+    pub outcome: Outcome,
+    pub status: u16,
+    pub response_bytes: u64,
+    pub error: Option<String>,
+    pub logs: String,
+    pub logs_truncated: bool,
+}
+
+impl InvocationRecord {
+    /// The API view of this record; `with_logs` includes the logs.
+    pub fn to_api(&self, with_logs: bool) -> Invocation {
+        Invocation {
+            id: self.id.clone(),
+            namespace: self.namespace.clone(),
+            function: self.function.clone(),
+            revision: self.revision,
+            trigger: self.trigger,
+            started_at: rfc3339(self.started_ms),
+            duration_us: self.duration_us,
+            billed_ms: self.billed_ms,
+            memory_mb: self.memory_mb,
+            start: self.start,
+            outcome: self.outcome,
+            status: self.status,
+            response_bytes: self.response_bytes,
+            error: self.error.clone(),
+            logs: with_logs.then(|| self.logs.clone()),
+            logs_truncated: self.logs_truncated,
+        }
+    }
+}
+
+/// Billed duration: microseconds rounded up to whole milliseconds, at least 1 ms.
+pub fn billed_ms(duration_us: u64) -> u64 {
+    duration_us.div_ceil(1000).max(1)
+}

@@ -1,0 +1,193 @@
+//! Validation of names and function configurations: one place, used by the server and the CLI.
+
+use crate::{FunctionConfig, MEMORY_MB_RANGE, TIMEOUT_MS_RANGE};
+
+/// A broken rule: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Invalid { field: field.into(), message: message.into() }
+    }
+}
+
+/// The rule for names of namespaces and workloads: `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn name(field: &str, value: &str) -> Result<(), Invalid> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && value.as_bytes()[0] != b'-';
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            field,
+            format!(
+                "`{value}` is not a valid name: use 1 to 63 lowercase letters, digits and \
+                 dashes, starting with a letter or digit (e.g. `hello-world`)"
+            ),
+        ))
+    }
+}
+
+/// Largest total size of a function's environment (names and values), like Lambda's 4 KiB.
+pub const MAX_ENV_BYTES: usize = 4096;
+/// Largest number of outbound hosts.
+pub const MAX_OUTBOUND_HOSTS: usize = 64;
+
+/// Checks every field of a function configuration.
+pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
+    let (lo, hi) = MEMORY_MB_RANGE;
+    if !(lo..=hi).contains(&cfg.memory_mb) {
+        return Err(Invalid::new(
+            "memory_mb",
+            format!("{} MiB is out of range: choose {lo} to {hi} MiB", cfg.memory_mb),
+        ));
+    }
+    let (lo, hi) = TIMEOUT_MS_RANGE;
+    if !(lo..=hi).contains(&cfg.timeout_ms) {
+        return Err(Invalid::new(
+            "timeout_ms",
+            format!("{} ms is out of range: choose {lo} ms to {hi} ms (15 minutes)", cfg.timeout_ms),
+        ));
+    }
+    let mut env_bytes = 0;
+    for (k, v) in &cfg.env {
+        env_var_name(k)?;
+        env_bytes += k.len() + v.len();
+    }
+    if env_bytes > MAX_ENV_BYTES {
+        return Err(Invalid::new(
+            "env",
+            format!("environment is {env_bytes} bytes; at most {MAX_ENV_BYTES} bytes are allowed"),
+        ));
+    }
+    if cfg.allow_outbound.len() > MAX_OUTBOUND_HOSTS {
+        return Err(Invalid::new(
+            "allow_outbound",
+            format!("{} hosts given; at most {MAX_OUTBOUND_HOSTS}", cfg.allow_outbound.len()),
+        ));
+    }
+    for h in &cfg.allow_outbound {
+        outbound_host(h)?;
+    }
+    Ok(())
+}
+
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn env_var_name(k: &str) -> Result<(), Invalid> {
+    let mut bytes = k.bytes();
+    let ok = matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            "env",
+            format!("`{k}` is not a valid variable name: use letters, digits and `_`, not starting with a digit"),
+        ))
+    }
+}
+
+/// An outbound allow-list entry: `host`, `host:port`, `*.domain` or `*.domain:port`.
+pub fn outbound_host(entry: &str) -> Result<(), Invalid> {
+    let bad = |why: &str| {
+        Err(Invalid::new(
+            "allow_outbound",
+            format!("`{entry}` {why}; write `host`, `host:port` or `*.domain` (e.g. `api.example.com:443`)"),
+        ))
+    };
+    let (host, port) = match entry.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (entry, None),
+    };
+    if let Some(p) = port {
+        if p.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
+            return bad("has an invalid port");
+        }
+    }
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    if host.is_empty() || host.len() > 253 {
+        return bad("has no host");
+    }
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return bad("is not a lowercase host name or IPv4 address");
+    }
+    Ok(())
+}
+
+/// Whether `host` (lowercase) and `port` are allowed by one of the entries.
+pub fn outbound_allowed(entries: &[String], host: &str, port: u16) -> bool {
+    entries.iter().any(|e| {
+        let (pat, want_port) = match e.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().ok()),
+            None => (e.as_str(), None),
+        };
+        if want_port.is_some_and(|p| p != port) {
+            return false;
+        }
+        match pat.strip_prefix("*.") {
+            Some(domain) => host.len() > domain.len() + 1 && host.ends_with(domain) && host[..host.len() - domain.len()].ends_with('.'),
+            None => pat == host,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RuntimeKind;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "hello", "hello-world", "0x", &"a".repeat(63)] {
+            assert!(name("name", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "Hello", "a_b", "a.b", "a b", &"a".repeat(64), "é"] {
+            assert!(name("name", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_ranges() {
+        let mut c = FunctionConfig::new(RuntimeKind::Wasm);
+        assert!(function_config(&c).is_ok());
+        c.memory_mb = 8;
+        assert_eq!(function_config(&c).unwrap_err().field, "memory_mb");
+        c.memory_mb = 128;
+        c.timeout_ms = 0;
+        assert_eq!(function_config(&c).unwrap_err().field, "timeout_ms");
+        c.timeout_ms = 1000;
+        c.env.insert("1BAD".into(), "x".into());
+        assert_eq!(function_config(&c).unwrap_err().field, "env");
+        c.env.clear();
+        c.env.insert("BIG".into(), "x".repeat(5000));
+        assert_eq!(function_config(&c).unwrap_err().field, "env");
+        c.env.clear();
+        c.allow_outbound = vec!["http://x".into()];
+        assert_eq!(function_config(&c).unwrap_err().field, "allow_outbound");
+    }
+
+    #[test]
+    fn outbound_matching() {
+        let e = vec!["api.example.com".to_string(), "127.0.0.1:8080".into(), "*.svc.local:443".into()];
+        assert!(outbound_allowed(&e, "api.example.com", 443));
+        assert!(outbound_allowed(&e, "127.0.0.1", 8080));
+        assert!(!outbound_allowed(&e, "127.0.0.1", 8081));
+        assert!(outbound_allowed(&e, "a.svc.local", 443));
+        assert!(!outbound_allowed(&e, "svc.local", 443));
+        assert!(!outbound_allowed(&e, "evilsvc.local", 443));
+        assert!(!outbound_allowed(&e, "example.com", 80));
+        for bad in ["", "a:0", "a:x", "HTTP://a", "a/b"] {
+            assert!(outbound_host(bad).is_err(), "{bad}");
+        }
+    }
+}

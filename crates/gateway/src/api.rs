@@ -1,0 +1,393 @@
+//! The control-plane API (`/v1`): namespaces, keys, functions and invocation history.
+//!
+//! Every handler validates its input once, here at the edge, before anything is changed; a
+//! rejected request leaves existing state untouched.
+
+use axum::Json;
+use axum::extract::{Multipart, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hangar_api::{
+    ApiKey, CreateKey, CreateNamespace, CreatedKey, DeployResponse, DeployStatus, Function, FunctionConfig,
+    FunctionList, Invocation, InvocationPage, KeyList, Namespace, NamespaceList, Outcome, now_ms, rfc3339, validate,
+};
+use hangar_scheduler::Deployment;
+use hangar_store::{FunctionRow, InvocationFilter, KeyRow};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::AppState;
+use crate::auth::{Principal, hash_secret, new_secret};
+use crate::error::{ApiError, ApiJson, ApiQuery, parse_json};
+
+/// `?namespace=`: which namespace to act in (admin keys; namespace keys default to their own).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceQuery {
+    pub namespace: Option<String>,
+}
+
+/// Query of a deploy.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeployQuery {
+    pub namespace: Option<String>,
+    /// Validate and compile only; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+pub fn function_view(row: &FunctionRow) -> Function {
+    Function {
+        namespace: row.namespace.clone(),
+        name: row.name.clone(),
+        revision: row.revision,
+        config: row.config.clone(),
+        code_digest: row.code_digest.clone(),
+        code_size: row.code_size,
+        created_at: rfc3339(row.created_ms),
+        updated_at: rfc3339(row.updated_ms),
+        url_path: format!("/fn/{}/{}/", row.namespace, row.name),
+    }
+}
+
+pub fn deployment(row: &FunctionRow) -> Deployment {
+    Deployment {
+        namespace: row.namespace.clone(),
+        name: row.name.clone(),
+        revision: row.revision,
+        config: row.config.clone(),
+        code_digest: row.code_digest.clone(),
+    }
+}
+
+fn namespace_view(row: &hangar_store::NamespaceRow) -> Namespace {
+    Namespace { name: row.name.clone(), created_at: rfc3339(row.created_ms) }
+}
+
+fn key_view(row: &KeyRow) -> ApiKey {
+    ApiKey { id: row.id.clone(), namespace: row.namespace.clone(), name: row.name.clone(), created_at: rfc3339(row.created_ms) }
+}
+
+/// Checks that a namespace exists and the caller may use it.
+async fn existing_namespace(state: &AppState, p: &Principal, asked: Option<&str>) -> Result<String, ApiError> {
+    let ns = p.scope(asked)?;
+    if state.store.get_namespace(&ns).await?.is_none() {
+        return Err(ApiError::not_found(format_args!("namespace `{ns}`")));
+    }
+    Ok(ns)
+}
+
+// ---- namespaces ----
+
+#[utoipa::path(post, path = "/v1/namespaces", request_body = CreateNamespace, tag = "namespaces",
+    responses((status = 201, body = Namespace), (status = 400, body = hangar_api::ErrorBody), (status = 409, body = hangar_api::ErrorBody)))]
+pub async fn create_namespace(State(state): State<AppState>, p: Principal, ApiJson(body): ApiJson<CreateNamespace>) -> Result<Response, ApiError> {
+    p.require_admin()?;
+    validate::name("name", &body.name)?;
+    let row = state.store.create_namespace(&body.name, now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(namespace_view(&row))).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/namespaces", tag = "namespaces", responses((status = 200, body = NamespaceList)))]
+pub async fn list_namespaces(State(state): State<AppState>, p: Principal) -> Result<Json<NamespaceList>, ApiError> {
+    let rows = state.store.list_namespaces().await?;
+    let items = rows.iter().filter(|r| p.can_access(&r.name)).map(namespace_view).collect();
+    Ok(Json(NamespaceList { items }))
+}
+
+#[utoipa::path(delete, path = "/v1/namespaces/{name}", tag = "namespaces",
+    responses((status = 204), (status = 404, body = hangar_api::ErrorBody), (status = 409, body = hangar_api::ErrorBody)))]
+pub async fn delete_namespace(State(state): State<AppState>, p: Principal, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    p.require_admin()?;
+    if name == hangar_api::DEFAULT_NAMESPACE {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "the `default` namespace cannot be deleted"));
+    }
+    if !state.store.delete_namespace(&name).await? {
+        return Err(ApiError::not_found(format_args!("namespace `{name}`")));
+    }
+    state.keys.remove_namespace(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- keys ----
+
+#[utoipa::path(post, path = "/v1/keys", request_body = CreateKey, tag = "keys",
+    responses((status = 201, body = CreatedKey), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn create_key(State(state): State<AppState>, p: Principal, ApiJson(body): ApiJson<CreateKey>) -> Result<Response, ApiError> {
+    p.require_admin()?;
+    if let Some(ns) = &body.namespace {
+        validate::name("namespace", ns)?;
+        if state.store.get_namespace(ns).await?.is_none() {
+            return Err(ApiError::not_found(format_args!("namespace `{ns}` (create it first with `hangar ns create {ns}`)")));
+        }
+    }
+    let secret = new_secret();
+    let row = KeyRow {
+        id: format!("key_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+        hash: hash_secret(&secret),
+        namespace: body.namespace,
+        name: body.name,
+        created_ms: now_ms(),
+    };
+    state.store.insert_key(&row).await?;
+    state.keys.insert(&row);
+    Ok((StatusCode::CREATED, Json(CreatedKey { key: key_view(&row), secret })).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", responses((status = 200, body = KeyList)))]
+pub async fn list_keys(State(state): State<AppState>, p: Principal) -> Result<Json<KeyList>, ApiError> {
+    p.require_admin()?;
+    let rows = state.store.list_keys().await?;
+    Ok(Json(KeyList { items: rows.iter().map(key_view).collect() }))
+}
+
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", responses((status = 204), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn delete_key(State(state): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    p.require_admin()?;
+    if id == p.key_id {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "a key cannot delete itself; use another admin key"));
+    }
+    if !state.store.delete_key(&id).await? {
+        return Err(ApiError::not_found(format_args!("key `{id}`")));
+    }
+    state.keys.remove_id(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- functions ----
+
+#[utoipa::path(get, path = "/v1/functions", params(NamespaceQuery), tag = "functions", responses((status = 200, body = FunctionList)))]
+pub async fn list_functions(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<FunctionList>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let rows = state.store.list_functions(Some(&ns)).await?;
+    Ok(Json(FunctionList { items: rows.iter().map(function_view).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}", params(NamespaceQuery), tag = "functions",
+    responses((status = 200, body = Function), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn get_function(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Function>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let row = state.store.get_function(&ns, &name).await?.ok_or_else(|| ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")))?;
+    Ok(Json(function_view(&row)))
+}
+
+#[utoipa::path(delete, path = "/v1/functions/{name}", params(NamespaceQuery), tag = "functions",
+    responses((status = 204), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn delete_function(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<StatusCode, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let _guard = state.deploy_lock.lock().await;
+    if !state.store.delete_function(&ns, &name).await? {
+        return Err(ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")));
+    }
+    state.scheduler.remove(&ns, &name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Reads a deploy request: `multipart/form-data` with a `config` part (JSON
+/// [`FunctionConfig`]) and a `code` part (the component), or a JSON config alone to change
+/// the configuration of an existing function.
+async fn read_deploy(state: &AppState, req: axum::extract::Request) -> Result<(FunctionConfig, Option<Bytes>), ApiError> {
+    let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    if content_type.starts_with("application/json") {
+        let ApiJson(config) = ApiJson::<FunctionConfig>::from_request(req, state).await?;
+        return Ok((config, None));
+    }
+    if !content_type.starts_with("multipart/form-data") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send multipart/form-data with a `config` part (JSON) and a `code` part, or application/json with the config alone",
+        ));
+    }
+    let mut form = Multipart::from_request(req, state).await.map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
+    let (mut config, mut code) = (None, None);
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "code_too_large",
+            format!("the code is larger than the limit of {} bytes; shrink it (e.g. build with --release and strip) or raise --max-code-bytes", state.limits.max_code_bytes),
+        )
+    };
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+            Err(e) => return Err(ApiError::bad_request("invalid_multipart", e.body_text())),
+        };
+        match field.name().unwrap_or("") {
+            "config" => {
+                let bytes = field.bytes().await.map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
+                config = Some(parse_json::<FunctionConfig>(&bytes)?);
+            }
+            "code" => {
+                let mut field = field;
+                let mut buf = Vec::new();
+                loop {
+                    match field.chunk().await {
+                        Ok(Some(chunk)) => {
+                            if buf.len() + chunk.len() > state.limits.max_code_bytes {
+                                return Err(too_large());
+                            }
+                            buf.extend_from_slice(&chunk);
+                        }
+                        Ok(None) => break,
+                        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+                        Err(e) => return Err(ApiError::bad_request("invalid_multipart", e.body_text())),
+                    }
+                }
+                code = Some(Bytes::from(buf));
+            }
+            other => {
+                return Err(ApiError::bad_request("invalid_multipart", format!("unknown form part `{other}`; expected `config` and `code`")));
+            }
+        }
+    }
+    let config = config.ok_or_else(|| ApiError::bad_request("invalid_multipart", "the `config` part is missing"))?;
+    Ok((config, code))
+}
+
+use axum::extract::FromRequest;
+
+/// Creates or updates a function. Idempotent: the same code and configuration again is
+/// `unchanged` and adds no revision.
+#[utoipa::path(put, path = "/v1/functions/{name}", params(DeployQuery), tag = "functions",
+    request_body(content = String, description = "multipart/form-data: `config` (JSON FunctionConfig) and `code` (the component); or application/json FunctionConfig alone", content_type = "multipart/form-data"),
+    responses((status = 201, body = DeployResponse), (status = 200, body = DeployResponse), (status = 400, body = hangar_api::ErrorBody), (status = 413, body = hangar_api::ErrorBody)))]
+pub async fn put_function(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<DeployQuery>,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    validate::name("name", &name)?;
+    let ns = existing_namespace(&state, &p, q.namespace.as_deref()).await?;
+    let (config, code) = read_deploy(&state, req).await?;
+    validate::function_config(&config)?;
+    let runtime = state
+        .scheduler
+        .runtime(config.runtime)
+        .ok_or_else(|| ApiError::bad_request("invalid_field", format!("runtime: `{}` is not available in this build", config.runtime)))?
+        .clone();
+    // Compile before taking the lock: deploys of different functions compile in parallel.
+    let code_info = match code {
+        Some(code) if code.is_empty() => return Err(ApiError::bad_request("invalid_code", "the `code` part is empty")),
+        Some(code) => Some(runtime.prepare(code).await?),
+        None => None,
+    };
+    let _guard = state.deploy_lock.lock().await;
+    let existing = state.store.get_function(&ns, &name).await?;
+    let (digest, size) = match (&code_info, &existing) {
+        (Some(c), _) => (c.digest.clone(), c.size),
+        (None, Some(e)) => (e.code_digest.clone(), e.code_size),
+        (None, None) => {
+            return Err(ApiError::bad_request("invalid_code", format!("function `{name}` does not exist yet: the first deploy must upload code")));
+        }
+    };
+    if let Some(e) = &existing {
+        if e.code_digest == digest && e.config == config {
+            return Ok((StatusCode::OK, Json(DeployResponse { status: DeployStatus::Unchanged, function: function_view(e) })).into_response());
+        }
+    }
+    let now = now_ms();
+    let row = FunctionRow {
+        namespace: ns,
+        name,
+        revision: existing.as_ref().map_or(1, |e| e.revision + 1),
+        config,
+        code_digest: digest,
+        code_size: size,
+        created_ms: existing.as_ref().map_or(now, |e| e.created_ms),
+        updated_ms: now,
+    };
+    let (status, deploy_status) = if existing.is_some() { (StatusCode::OK, DeployStatus::Updated) } else { (StatusCode::CREATED, DeployStatus::Created) };
+    if q.dry_run {
+        return Ok((StatusCode::OK, Json(DeployResponse { status: deploy_status, function: function_view(&row) })).into_response());
+    }
+    // Durable before acknowledged, then routable.
+    state.store.put_function(&row).await?;
+    state.scheduler.install(deployment(&row))?;
+    Ok((status, Json(DeployResponse { status: deploy_status, function: function_view(&row) })).into_response())
+}
+
+// ---- invocations ----
+
+/// Filters of `GET /v1/invocations`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InvocationQuery {
+    pub namespace: Option<String>,
+    /// Only this function.
+    pub function: Option<String>,
+    /// Only this outcome: ok, error, timeout, out_of_memory, throttled.
+    pub status: Option<String>,
+    /// RFC 3339 time: only invocations started at or after it.
+    pub since: Option<String>,
+    /// RFC 3339 time: only invocations started before it.
+    pub until: Option<String>,
+    /// Page size, 1..=1000 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// `desc` (newest first, default) or `asc`.
+    pub order: Option<String>,
+    /// Include each invocation's logs.
+    #[serde(default)]
+    pub logs: bool,
+}
+
+fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
+    v.as_deref()
+        .map(|s| {
+            hangar_api::parse_rfc3339(s).ok_or_else(|| {
+                ApiError::bad_request("invalid_query", format!("{field}: `{s}` is not an RFC 3339 time (e.g. 2026-01-31T12:00:00Z)"))
+            })
+        })
+        .transpose()
+}
+
+#[utoipa::path(get, path = "/v1/invocations", params(InvocationQuery), tag = "invocations", responses((status = 200, body = InvocationPage)))]
+pub async fn list_invocations(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<InvocationQuery>) -> Result<Json<InvocationPage>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let outcome = q.status.as_deref().map(str::parse::<Outcome>).transpose().map_err(|e| ApiError::bad_request("invalid_query", format!("status: {e}")))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit: {limit} is out of range; choose 1 to 1000")));
+    }
+    let ascending = match q.order.as_deref() {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(o) => return Err(ApiError::bad_request("invalid_query", format!("order: `{o}` is not `asc` or `desc`"))),
+    };
+    // Make every record of calls already answered visible.
+    state.meter.flush().await;
+    let filter = InvocationFilter {
+        namespace: Some(ns),
+        function: q.function.clone(),
+        outcome,
+        since_ms: parse_time("since", &q.since)?,
+        until_ms: parse_time("until", &q.until)?,
+        cursor: q.cursor.clone(),
+        limit,
+        ascending,
+        with_logs: q.logs,
+    };
+    let rows = state.store.list_invocations(filter).await?;
+    let next_cursor = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.id.clone())).flatten();
+    Ok(Json(InvocationPage { items: rows.iter().map(|r| r.to_api(q.logs)).collect(), next_cursor }))
+}
+
+#[utoipa::path(get, path = "/v1/invocations/{id}", params(NamespaceQuery), tag = "invocations",
+    responses((status = 200, body = Invocation), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn get_invocation(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Invocation>, ApiError> {
+    let ns = match (&q.namespace, p.is_admin()) {
+        (None, true) => None,
+        (asked, _) => Some(p.scope(asked.as_deref())?),
+    };
+    state.meter.flush().await;
+    let row = state.store.get_invocation(ns.as_deref(), &id).await?.ok_or_else(|| ApiError::not_found(format_args!("invocation `{id}`")))?;
+    Ok(Json(row.to_api(true)))
+}

@@ -1,0 +1,168 @@
+//! API keys: generation, the in-memory key table (no database on the request path), and the
+//! extractor that turns `Authorization: Bearer <key>` into a [`Principal`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use hangar_store::KeyRow;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: String,
+    /// `None`: an admin key, which may act in every namespace.
+    pub namespace: Option<String>,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.namespace.is_none()
+    }
+
+    /// May this caller see and touch `namespace`?
+    pub fn can_access(&self, namespace: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|own| own == namespace)
+    }
+
+    /// The namespace a request acts in: the one asked for, checked, or the caller's own.
+    /// Another namespace's resources are "not found", never "forbidden", so names don't leak.
+    pub fn scope(&self, asked: Option<&str>) -> Result<String, ApiError> {
+        match (asked, &self.namespace) {
+            (Some(ns), _) if self.can_access(ns) => Ok(ns.to_string()),
+            (Some(ns), _) => Err(ApiError::not_found(format_args!("namespace `{ns}`"))),
+            (None, Some(own)) => Ok(own.clone()),
+            (None, None) => Ok(hangar_api::DEFAULT_NAMESPACE.to_string()),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("this call needs an admin key; namespace keys manage only their own functions"))
+        }
+    }
+}
+
+/// Hex SHA-256 of a secret: what the store keeps.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A new random secret: `hk_` and 32 random bytes in hex.
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("hk_{}", hex::encode(bytes))
+}
+
+/// The key table, keyed by secret hash.
+#[derive(Clone, Default)]
+pub struct KeyCache {
+    by_hash: Arc<RwLock<HashMap<String, Principal>>>,
+}
+
+impl KeyCache {
+    pub fn load(rows: &[KeyRow]) -> Self {
+        let cache = KeyCache::default();
+        for r in rows {
+            cache.insert(r);
+        }
+        cache
+    }
+
+    pub fn insert(&self, row: &KeyRow) {
+        let p = Principal { key_id: row.id.clone(), namespace: row.namespace.clone() };
+        self.by_hash.write().unwrap_or_else(|p| p.into_inner()).insert(row.hash.clone(), p);
+    }
+
+    pub fn remove_id(&self, id: &str) {
+        self.by_hash.write().unwrap_or_else(|p| p.into_inner()).retain(|_, p| p.key_id != id);
+    }
+
+    pub fn remove_namespace(&self, ns: &str) {
+        self.by_hash.write().unwrap_or_else(|p| p.into_inner()).retain(|_, p| p.namespace.as_deref() != Some(ns));
+    }
+
+    pub fn lookup(&self, secret: &str) -> Option<Principal> {
+        let hash = hash_secret(secret);
+        self.by_hash.read().unwrap_or_else(|p| p.into_inner()).get(&hash).cloned()
+    }
+}
+
+/// What the `Authorization` header says, if anything.
+pub enum Credentials {
+    Missing,
+    Invalid,
+    Valid(Principal),
+}
+
+impl Credentials {
+    pub fn from_headers(headers: &http::HeaderMap, keys: &KeyCache) -> Self {
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else { return Credentials::Missing };
+        let secret = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+        match secret.and_then(|s| keys.lookup(s)) {
+            Some(p) => Credentials::Valid(p),
+            None => Credentials::Invalid,
+        }
+    }
+
+    pub fn require(self) -> Result<Principal, ApiError> {
+        match self {
+            Credentials::Valid(p) => Ok(p),
+            Credentials::Missing => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing API key: send `Authorization: Bearer <key>` (the admin key is in <data-dir>/admin.key)",
+            )),
+            Credentials::Invalid => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "invalid API key: it is unknown or was deleted; check HANGAR_KEY or --key",
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Credentials::from_headers(&parts.headers, &state.keys).require()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes() {
+        let admin = Principal { key_id: "a".into(), namespace: None };
+        let team = Principal { key_id: "t".into(), namespace: Some("team".into()) };
+        assert_eq!(admin.scope(None).unwrap(), "default");
+        assert_eq!(admin.scope(Some("team")).unwrap(), "team");
+        assert_eq!(team.scope(None).unwrap(), "team");
+        assert_eq!(team.scope(Some("team")).unwrap(), "team");
+        assert_eq!(team.scope(Some("default")).unwrap_err().status, StatusCode::NOT_FOUND);
+        assert!(team.require_admin().is_err());
+    }
+
+    #[test]
+    fn keys_are_looked_up_by_hash() {
+        let secret = new_secret();
+        let row = KeyRow { id: "k1".into(), hash: hash_secret(&secret), namespace: Some("x".into()), name: None, created_ms: 0 };
+        let cache = KeyCache::load(&[row]);
+        assert_eq!(cache.lookup(&secret).unwrap().key_id, "k1");
+        assert!(cache.lookup("hk_wrong").is_none());
+        cache.remove_id("k1");
+        assert!(cache.lookup(&secret).is_none());
+    }
+}

@@ -1,0 +1,143 @@
+//! The invocation path: function URLs (`/fn/{namespace}/{name}/{rest...}`) and
+//! `POST /v1/functions/{name}/invoke`. Everything here is in memory: route table, key table.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use bytes::Bytes;
+use hangar_api::{INVOCATION_ID_HEADER, Trigger};
+use http_body::Frame;
+
+use crate::AppState;
+use crate::api::NamespaceQuery;
+use crate::auth::Credentials;
+use crate::error::{ApiError, ApiQuery};
+
+/// Any method on `/fn/{namespace}/{name}/{rest...}`: the function sees `/{rest...}`.
+pub async fn function_url(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let path = req.uri().path();
+    let mut parts = path.strip_prefix("/fn/").unwrap_or("").splitn(3, '/');
+    let (ns, name) = match (parts.next(), parts.next()) {
+        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => (ns.to_string(), name.to_string()),
+        _ => return Err(ApiError::bad_request("invalid_path", "function URLs look like /fn/{namespace}/{name}/{path}")),
+    };
+    let rest = parts.next().unwrap_or("");
+    let slot = state.scheduler.route(&ns, &name);
+    let public = slot.as_ref().is_some_and(|s| s.deployment().config.public);
+    if !public {
+        // Anonymous callers learn nothing about which private functions exist.
+        let principal = Credentials::from_headers(req.headers(), &state.keys).require()?;
+        if !principal.can_access(&ns) || slot.is_none() {
+            return Err(ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")));
+        }
+    }
+    let Some(slot) = slot else {
+        return Err(ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")));
+    };
+    let target = match req.uri().query() {
+        Some(q) => format!("/{rest}?{q}"),
+        None => format!("/{rest}"),
+    };
+    let (mut head, body) = req.into_parts();
+    head.uri = target.parse().map_err(|_| ApiError::bad_request("invalid_path", "the request path is not a valid URI"))?;
+    if !public {
+        // The platform key is for Hangar, not for the function.
+        head.headers.remove(http::header::AUTHORIZATION);
+    }
+    invoke(&state, &slot, head, body, Trigger::Http).await
+}
+
+/// `POST /v1/functions/{name}/invoke`: the body is sent to the function as `POST /`.
+#[utoipa::path(post, path = "/v1/functions/{name}/invoke", params(NamespaceQuery), tag = "functions",
+    request_body(content = String, description = "sent to the function as the body of `POST /`"),
+    responses((status = 200, description = "the function's response"), (status = 404, body = hangar_api::ErrorBody), (status = 413, body = hangar_api::ErrorBody)))]
+pub async fn invoke_api(
+    State(state): State<AppState>,
+    principal: crate::auth::Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let ns = principal.scope(q.namespace.as_deref())?;
+    let slot = state.scheduler.route(&ns, &name).ok_or_else(|| ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")))?;
+    let (mut head, body) = req.into_parts();
+    head.uri = http::Uri::from_static("/");
+    head.method = http::Method::POST;
+    head.headers.remove(http::header::AUTHORIZATION);
+    invoke(&state, &slot, head, body, Trigger::Api).await
+}
+
+async fn invoke(
+    state: &AppState,
+    slot: &Arc<hangar_scheduler::Slot>,
+    head: http::request::Parts,
+    body: axum::body::Body,
+    trigger: Trigger,
+) -> Result<Response, ApiError> {
+    let max = state.limits.max_payload_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than the payload limit of {max} bytes; send less or pass a reference (e.g. a URL) instead"),
+        )
+    };
+    let declared = head.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let body = hangar_runtime::boxed(LimitedBody { inner: body, left: max, exceeded: exceeded.clone() });
+    let (id, response) = state.scheduler.invoke(slot, http::Request::from_parts(head, body), trigger).await;
+    if exceeded.load(Ordering::Relaxed) {
+        return Err(too_large());
+    }
+    let (mut parts, body) = response.into_parts();
+    if let Ok(v) = http::HeaderValue::from_str(&id) {
+        parts.headers.insert(INVOCATION_ID_HEADER, v);
+    }
+    Ok(Response::from_parts(parts, axum::body::Body::new(body)))
+}
+
+/// A streamed request body that ends with an error once more than `left` bytes arrive, and
+/// says so through `exceeded` (for bodies without a Content-Length).
+struct LimitedBody {
+    inner: axum::body::Body,
+    left: usize,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl http_body::Body for LimitedBody {
+    type Data = Bytes;
+    type Error = hangar_runtime::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, Bytes::len);
+                if n > self.left {
+                    self.exceeded.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err("request body exceeds the payload limit".into())));
+                }
+                self.left -= n;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

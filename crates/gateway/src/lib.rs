@@ -1,0 +1,118 @@
+//! HTTP ingress: the native API (`/v1`), function URLs (`/fn/...`), health and metrics.
+//!
+//! **API Boundary:** this is the only crate that parses HTTP from users. It validates every
+//! input once, then calls the store (desired state), the runtimes (code preparation) and the
+//! scheduler (routing and invocation). Libraries below it never see an HTTP API request.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod invoke;
+pub mod openapi;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use hangar_meter::Meter;
+use hangar_scheduler::Scheduler;
+use hangar_store::Store;
+
+pub use auth::{KeyCache, hash_secret, new_secret};
+use error::ApiError;
+
+/// Size limits of requests.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_code_bytes: usize,
+    pub max_payload_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_code_bytes: hangar_api::DEFAULT_MAX_CODE_BYTES, max_payload_bytes: hangar_api::DEFAULT_MAX_PAYLOAD_BYTES }
+    }
+}
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub scheduler: Arc<Scheduler>,
+    pub meter: Meter,
+    pub keys: KeyCache,
+    pub limits: Limits,
+    /// Serializes deploys and deletes, so revisions are numbered without gaps or races.
+    pub deploy_lock: Arc<tokio::sync::Mutex<()>>,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Builds the router of the whole gateway.
+pub fn router(state: AppState) -> Router {
+    let json_limit = DefaultBodyLimit::max(1 << 20);
+    let v1 = Router::new()
+        .route("/namespaces", get(api::list_namespaces).post(api::create_namespace))
+        .route("/namespaces/{name}", axum::routing::delete(api::delete_namespace))
+        .route("/keys", get(api::list_keys).post(api::create_key))
+        .route("/keys/{id}", axum::routing::delete(api::delete_key))
+        .route("/functions", get(api::list_functions))
+        .route(
+            "/functions/{name}",
+            get(api::get_function)
+                .delete(api::delete_function)
+                .put(api::put_function)
+                .layer(DefaultBodyLimit::max(state.limits.max_code_bytes + (1 << 20))),
+        )
+        .route("/functions/{name}/invoke", post(invoke::invoke_api).layer(DefaultBodyLimit::disable()))
+        .route("/invocations", get(api::list_invocations))
+        .route("/invocations/{id}", get(api::get_invocation))
+        .route("/openapi.json", get(openapi_json))
+        .layer(json_limit);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/fn/{*rest}", any(invoke::function_url).layer(DefaultBodyLimit::disable()))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>, p: auth::Principal) -> Result<Response, ApiError> {
+    p.require_admin()?;
+    let body = state.meter.encode_metrics();
+    Ok(([(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response())
+}
+
+async fn openapi_json() -> Response {
+    ([(http::header::CONTENT_TYPE, "application/json")], openapi::json()).into_response()
+}
+
+async fn not_found(req: axum::extract::Request) -> ApiError {
+    ApiError::not_found(format_args!("route `{} {}`", req.method(), req.uri().path()))
+}
+
+/// Loads desired state from the store into memory: keys into the key table and every
+/// function into the scheduler's route table. Code is loaded lazily, on first invocation.
+pub async fn restore(state: &AppState) -> Result<usize, ApiError> {
+    for row in state.store.list_keys().await? {
+        state.keys.insert(&row);
+    }
+    let functions = state.store.list_functions(None).await?;
+    for row in &functions {
+        state.scheduler.install(api::deployment(row))?;
+    }
+    Ok(functions.len())
+}

@@ -1,0 +1,34 @@
+//! The OpenAPI document of the v1 API, generated from the handlers and wire types.
+
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Hangar API", description = "Functions, services and sandboxes under one API. Authenticate with `Authorization: Bearer <key>`."),
+    paths(
+        crate::api::create_namespace, crate::api::list_namespaces, crate::api::delete_namespace,
+        crate::api::create_key, crate::api::list_keys, crate::api::delete_key,
+        crate::api::list_functions, crate::api::get_function, crate::api::put_function, crate::api::delete_function,
+        crate::invoke::invoke_api,
+        crate::api::list_invocations, crate::api::get_invocation,
+    ),
+    components(schemas(hangar_api::FunctionConfig, hangar_api::RuntimeKind, hangar_api::ErrorBody, hangar_api::ErrorDetail)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The document as JSON text.
+pub fn json() -> String {
+    ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into())
+}

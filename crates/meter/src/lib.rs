@@ -1,0 +1,289 @@
+//! Metering: invocation records buffered off the request path and written to the store in
+//! batches, and the Prometheus metrics of the platform.
+//!
+//! **Architecture Invariant:** [`Meter::record`] never blocks and never touches the database;
+//! the writer task batches whatever has accumulated into one transaction. [`Meter::flush`]
+//! and [`Meter::shutdown`] make everything recorded so far durable.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use hangar_api::{InvocationRecord, Outcome, StartKind};
+use hangar_store::Store;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most records written in one transaction.
+const MAX_BATCH: usize = 1024;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    namespace: String,
+    function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    namespace: String,
+    function: String,
+    outcome: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 100 µs .. ~52 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// Every metric Hangar exports.
+pub struct Metrics {
+    registry: Registry,
+    invocations: Family<OutcomeLabels, Counter>,
+    duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
+    cold_starts: Family<FunctionLabels, Counter>,
+    instances: Family<FunctionLabels, Gauge>,
+    records_written: Counter,
+    record_write_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hangar");
+        let invocations = Family::<OutcomeLabels, Counter>::default();
+        let duration = Family::<FunctionLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
+        let cold_starts = Family::<FunctionLabels, Counter>::default();
+        let instances = Family::<FunctionLabels, Gauge>::default();
+        let records_written = Counter::default();
+        let record_write_errors = Counter::default();
+        registry.register("invocations", "Invocations by function and outcome", invocations.clone());
+        registry.register("invocation_duration_seconds", "Invocation duration", duration.clone());
+        registry.register("cold_starts", "Invocations that had to load their revision first", cold_starts.clone());
+        registry.register("instances", "Instances running now", instances.clone());
+        registry.register("records_written", "Invocation records written to the store", records_written.clone());
+        registry.register("record_write_errors", "Failed batch writes of invocation records (retried)", record_write_errors.clone());
+        Metrics { registry, invocations, duration, cold_starts, instances, records_written, record_write_errors }
+    }
+
+    /// Registers a counter owned elsewhere (e.g. by a runtime).
+    pub fn register_counter(&mut self, name: &str, help: &str, counter: Counter) {
+        self.registry.register(name, help, counter);
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The metric handles of one function, resolved once so that the hot path only does atomics.
+#[derive(Clone, Debug)]
+pub struct FunctionMetrics {
+    by_outcome: [Counter; 5],
+    duration: Histogram,
+    cold_starts: Counter,
+    /// Instances of this function running now.
+    pub instances: Gauge,
+}
+
+impl FunctionMetrics {
+    fn observe(&self, r: &InvocationRecord) {
+        let i = match r.outcome {
+            Outcome::Ok => 0,
+            Outcome::Error => 1,
+            Outcome::Timeout => 2,
+            Outcome::OutOfMemory => 3,
+            Outcome::Throttled => 4,
+        };
+        self.by_outcome[i].inc();
+        self.duration.observe(r.duration_us as f64 / 1e6);
+        if r.start == StartKind::Cold {
+            self.cold_starts.inc();
+        }
+    }
+}
+
+enum Msg {
+    Record(InvocationRecord),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the metering pipeline. Cheap to clone.
+#[derive(Clone)]
+pub struct Meter {
+    tx: mpsc::UnboundedSender<Msg>,
+    metrics: Arc<Metrics>,
+}
+
+/// The writer task; await it after [`Meter::shutdown`] to know every record is written.
+pub type WriterTask = tokio::task::JoinHandle<()>;
+
+impl Meter {
+    /// Starts the writer task that moves records into `store`.
+    pub fn start(store: Arc<dyn Store>, metrics: Metrics) -> (Meter, WriterTask) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let metrics = Arc::new(metrics);
+        let task = tokio::spawn(writer(store, rx, metrics.clone()));
+        (Meter { tx, metrics }, task)
+    }
+
+    /// The metric handles of a function.
+    pub fn function_metrics(&self, namespace: &str, function: &str) -> FunctionMetrics {
+        let m = &self.metrics;
+        let outcome = |o: Outcome| {
+            m.invocations
+                .get_or_create(&OutcomeLabels {
+                    namespace: namespace.into(),
+                    function: function.into(),
+                    outcome: o.as_str().into(),
+                })
+                .clone()
+        };
+        let labels = FunctionLabels { namespace: namespace.into(), function: function.into() };
+        FunctionMetrics {
+            by_outcome: [
+                outcome(Outcome::Ok),
+                outcome(Outcome::Error),
+                outcome(Outcome::Timeout),
+                outcome(Outcome::OutOfMemory),
+                outcome(Outcome::Throttled),
+            ],
+            duration: m.duration.get_or_create(&labels).clone(),
+            cold_starts: m.cold_starts.get_or_create(&labels).clone(),
+            instances: m.instances.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts the record in the metrics and queues it for the store. Never blocks.
+    pub fn record(&self, metrics: &FunctionMetrics, record: InvocationRecord) {
+        metrics.observe(&record);
+        if self.tx.send(Msg::Record(record)).is_err() {
+            tracing::error!("invocation record dropped: the meter was already shut down");
+        }
+    }
+
+    /// Waits until every record queued before this call is in the store.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Prometheus text of all metrics.
+    pub fn encode_metrics(&self) -> String {
+        self.metrics.encode()
+    }
+}
+
+async fn writer(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Msg>, metrics: Arc<Metrics>) {
+    let mut msgs = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<InvocationRecord> = Vec::with_capacity(MAX_BATCH);
+    let mut waiters = Vec::new();
+    loop {
+        if rx.recv_many(&mut msgs, MAX_BATCH).await == 0 {
+            break; // every sender is gone and everything was drained
+        }
+        for m in msgs.drain(..) {
+            match m {
+                Msg::Record(r) => batch.push(r),
+                Msg::Flush(w) => waiters.push(w),
+            }
+        }
+        write_batch(&*store, &mut batch, &metrics).await;
+        for w in waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+    write_batch(&*store, &mut batch, &metrics).await;
+}
+
+/// Writes the batch, retrying with backoff: records are only dropped from memory once written.
+async fn write_batch(store: &dyn Store, batch: &mut Vec<InvocationRecord>, metrics: &Metrics) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut delay = std::time::Duration::from_millis(50);
+    for attempt in 1.. {
+        match store.insert_invocations(batch.clone()).await {
+            Ok(()) => {
+                metrics.records_written.inc_by(batch.len() as u64);
+                batch.clear();
+                return;
+            }
+            Err(e) => {
+                metrics.record_write_errors.inc();
+                tracing::error!(attempt, records = batch.len(), "writing invocation records failed, retrying: {e}");
+                if attempt >= 20 {
+                    tracing::error!(records = batch.len(), "giving up on invocation records after 20 attempts");
+                    batch.clear();
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_api::Trigger;
+    use hangar_store::{InvocationFilter, SqliteStore};
+
+    fn rec(i: u32) -> InvocationRecord {
+        InvocationRecord {
+            id: format!("{i:08}"),
+            namespace: "default".into(),
+            function: "f".into(),
+            revision: 1,
+            trigger: Trigger::Api,
+            started_ms: 0,
+            duration_us: 1234,
+            billed_ms: 2,
+            memory_mb: 128,
+            start: if i == 0 { StartKind::Cold } else { StartKind::Warm },
+            outcome: Outcome::Ok,
+            status: 200,
+            response_bytes: 0,
+            error: None,
+            logs: String::new(),
+            logs_truncated: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_are_durable_after_flush_and_shutdown() {
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
+        let (meter, task) = Meter::start(store.clone(), Metrics::new());
+        let fm = meter.function_metrics("default", "f");
+        for i in 0..10 {
+            meter.record(&fm, rec(i));
+        }
+        meter.flush().await;
+        let all = |limit| InvocationFilter { limit, ..Default::default() };
+        assert_eq!(store.list_invocations(all(100)).await.unwrap().len(), 10);
+        for i in 10..2500 {
+            meter.record(&fm, rec(i));
+        }
+        let text = meter.encode_metrics();
+        assert!(text.contains("hangar_cold_starts_total{namespace=\"default\",function=\"f\"} 1"), "{text}");
+        drop(meter);
+        task.await.unwrap();
+        assert_eq!(store.list_invocations(all(10_000)).await.unwrap().len(), 2500);
+    }
+}

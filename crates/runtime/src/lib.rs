@@ -1,0 +1,107 @@
+//! The runtime seam: how the scheduler asks an executor to prepare code and run invocations.
+//!
+//! A [`Runtime`] turns uploaded code into a durable, validated artifact at deploy time
+//! ([`Runtime::prepare`]), makes a revision resident on demand ([`Runtime::load`]), and the
+//! resulting [`Loaded`] revision serves invocations. Runtimes know how an instance is isolated;
+//! they never decide how many instances exist (that is the scheduler's job).
+#![forbid(unsafe_code)]
+
+mod body;
+
+pub use body::{BoxError, Body, boxed, empty, full};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hangar_api::{Outcome, RuntimeKind};
+
+/// Why a runtime could not prepare or load code.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The uploaded bytes cannot run on this runtime; the message says why and what to do.
+    #[error("{0}")]
+    InvalidCode(String),
+    /// The artifact store failed (disk full, permissions).
+    #[error("runtime storage: {0}")]
+    Storage(#[from] std::io::Error),
+    /// Anything else that went wrong inside the runtime.
+    #[error("runtime: {0}")]
+    Internal(String),
+}
+
+/// What the code of a revision is, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeInfo {
+    /// `sha256:<hex>` of the uploaded bytes.
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The limits and environment of one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+    pub env: Vec<(String, String)>,
+    pub allow_outbound: Vec<String>,
+    pub max_log_bytes: usize,
+}
+
+/// A revision to make resident.
+#[derive(Debug, Clone)]
+pub struct RevisionSpec {
+    pub code_digest: String,
+    pub limits: Limits,
+}
+
+/// How an invocation ended, as the runtime saw it.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub outcome: Outcome,
+    /// HTTP status sent to the caller.
+    pub status: u16,
+    /// Response body bytes handed to the caller.
+    pub response_bytes: u64,
+    pub error: Option<String>,
+    pub logs: String,
+    pub logs_truncated: bool,
+}
+
+/// Called exactly once when an invocation is over: the guest has returned and the response
+/// body has been sent or abandoned.
+pub type OnFinish = Box<dyn FnOnce(Finished) + Send>;
+
+/// An executor of one kind of code.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    fn kind(&self) -> RuntimeKind;
+
+    /// Validates and compiles uploaded code and stores the artifact durably, keyed by digest,
+    /// so that later loads (also after a restart) need no compilation. Idempotent.
+    async fn prepare(&self, code: Bytes) -> Result<CodeInfo, RuntimeError>;
+
+    /// Makes a prepared revision resident, ready to start instances.
+    async fn load(&self, spec: &RevisionSpec) -> Result<Arc<dyn Loaded>, RuntimeError>;
+}
+
+/// A resident revision that serves invocations.
+#[async_trait]
+pub trait Loaded: Send + Sync + 'static {
+    /// Runs one invocation. Never fails: every failure becomes an error response and an
+    /// outcome in the [`Finished`] given to `on_finish`.
+    async fn invoke(&self, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body>;
+}
+
+/// An error response in the API's JSON shape `{"error":{"code","message"}}`.
+pub fn error_response(status: http::StatusCode, code: &str, message: &str) -> http::Response<Body> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let mut resp = http::Response::new(full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}

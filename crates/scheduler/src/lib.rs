@@ -1,0 +1,220 @@
+//! The scheduler owns what runs: the in-memory route table of deployed revisions, which of
+//! them are resident, how each invocation gets its instance, and when everything has drained.
+//!
+//! **Architecture Invariant:** the scheduler never knows how an instance is isolated (that is
+//! the runtime's business) and the hot path here is a read lock on a map plus atomics: no
+//! database, no lock held across an await.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use hangar_api::{FunctionConfig, InvocationRecord, RuntimeKind, StartKind, Trigger, billed_ms, now_ms};
+use hangar_meter::{FunctionMetrics, Meter};
+use hangar_runtime::{Body, Limits, Loaded, RevisionSpec, Runtime, RuntimeError, error_response};
+use tokio::sync::{Notify, OnceCell};
+
+/// A revision as deployed: what the scheduler needs to route to it and run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub namespace: String,
+    pub name: String,
+    pub revision: u64,
+    pub config: FunctionConfig,
+    pub code_digest: String,
+}
+
+/// A routable function: its current revision and, once loaded, its resident code.
+pub struct Slot {
+    deployment: Deployment,
+    runtime: Arc<dyn Runtime>,
+    spec: RevisionSpec,
+    loaded: OnceCell<Arc<dyn Loaded>>,
+    metrics: FunctionMetrics,
+}
+
+impl Slot {
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+}
+
+/// Namespace -> function name -> slot; nested so look-ups borrow `&str` keys.
+type Table = HashMap<String, HashMap<String, Arc<Slot>>>;
+
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// See the module docs.
+pub struct Scheduler {
+    runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
+    table: RwLock<Table>,
+    meter: Meter,
+    in_flight: Arc<InFlight>,
+    max_log_bytes: usize,
+}
+
+impl Scheduler {
+    pub fn new(runtimes: Vec<Arc<dyn Runtime>>, meter: Meter, max_log_bytes: usize) -> Self {
+        Scheduler {
+            runtimes: runtimes.into_iter().map(|r| (r.kind(), r)).collect(),
+            table: RwLock::default(),
+            meter,
+            in_flight: Arc::default(),
+            max_log_bytes,
+        }
+    }
+
+    /// The runtime for a kind of code, if this build has it.
+    pub fn runtime(&self, kind: RuntimeKind) -> Option<&Arc<dyn Runtime>> {
+        self.runtimes.get(&kind)
+    }
+
+    /// Makes `deployment` the revision that serves its function. Invocations already running on
+    /// an older revision finish on it.
+    pub fn install(&self, deployment: Deployment) -> Result<(), RuntimeError> {
+        let runtime = self
+            .runtimes
+            .get(&deployment.config.runtime)
+            .ok_or_else(|| RuntimeError::Internal(format!("no runtime `{}` in this build", deployment.config.runtime)))?
+            .clone();
+        let c = &deployment.config;
+        let spec = RevisionSpec {
+            code_digest: deployment.code_digest.clone(),
+            limits: Limits {
+                memory_bytes: u64::from(c.memory_mb) << 20,
+                timeout: Duration::from_millis(c.timeout_ms),
+                env: c.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                allow_outbound: c.allow_outbound.clone(),
+                max_log_bytes: self.max_log_bytes,
+            },
+        };
+        let metrics = self.meter.function_metrics(&deployment.namespace, &deployment.name);
+        let (ns, name) = (deployment.namespace.clone(), deployment.name.clone());
+        let slot = Arc::new(Slot { deployment, runtime, spec, loaded: OnceCell::new(), metrics });
+        self.write_table().entry(ns).or_default().insert(name, slot);
+        Ok(())
+    }
+
+    /// Stops routing to a function.
+    pub fn remove(&self, namespace: &str, name: &str) {
+        let mut table = self.write_table();
+        if let Some(functions) = table.get_mut(namespace) {
+            functions.remove(name);
+            if functions.is_empty() {
+                table.remove(namespace);
+            }
+        }
+    }
+
+    /// The slot serving a function, if deployed.
+    pub fn route(&self, namespace: &str, name: &str) -> Option<Arc<Slot>> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.get(namespace)?.get(name).cloned()
+    }
+
+    fn write_table(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many revisions are resident.
+    pub fn loaded_count(&self) -> usize {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.values().flat_map(|f| f.values()).filter(|s| s.loaded.initialized()).count()
+    }
+
+    /// Runs one invocation on the slot's revision. Returns the invocation id and the response;
+    /// the record is written when the invocation is over.
+    pub async fn invoke(&self, slot: &Arc<Slot>, request: http::Request<Body>, trigger: Trigger) -> (String, http::Response<Body>) {
+        let id = uuid::Uuid::now_v7().to_string();
+        let started_ms = now_ms();
+        let started = Instant::now();
+        self.in_flight.count.fetch_add(1, Ordering::AcqRel);
+        slot.metrics.instances.inc();
+
+        let start = if slot.loaded.initialized() { StartKind::Warm } else { StartKind::Cold };
+        let d = &slot.deployment;
+        let mut record = InvocationRecord {
+            id: id.clone(),
+            namespace: d.namespace.clone(),
+            function: d.name.clone(),
+            revision: d.revision,
+            trigger,
+            started_ms,
+            duration_us: 0,
+            billed_ms: 0,
+            memory_mb: d.config.memory_mb,
+            start,
+            outcome: hangar_api::Outcome::Ok,
+            status: 0,
+            response_bytes: 0,
+            error: None,
+            logs: String::new(),
+            logs_truncated: false,
+        };
+        let finish = {
+            let meter = self.meter.clone();
+            let metrics = slot.metrics.clone();
+            let in_flight = self.in_flight.clone();
+            move |f: hangar_runtime::Finished| {
+                record.duration_us = started.elapsed().as_micros() as u64;
+                record.billed_ms = billed_ms(record.duration_us);
+                record.outcome = f.outcome;
+                record.status = f.status;
+                record.response_bytes = f.response_bytes;
+                record.error = f.error;
+                record.logs = f.logs;
+                record.logs_truncated = f.logs_truncated;
+                metrics.instances.dec();
+                meter.record(&metrics, record);
+                if in_flight.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    in_flight.idle.notify_waiters();
+                }
+            }
+        };
+
+        let loaded = slot.loaded.get_or_try_init(|| slot.runtime.load(&slot.spec)).await;
+        let response = match loaded {
+            Ok(loaded) => {
+                let loaded = loaded.clone();
+                loaded.invoke(request, Box::new(finish)).await
+            }
+            Err(e) => {
+                tracing::error!(namespace = %d.namespace, function = %d.name, "loading revision failed: {e}");
+                let msg = format!("the function's code could not be loaded: {e}");
+                let resp = error_response(http::StatusCode::SERVICE_UNAVAILABLE, "load_failed", &msg);
+                finish(
+                    hangar_runtime::Finished {
+                        outcome: hangar_api::Outcome::Error,
+                        status: 503,
+                        response_bytes: 0,
+                        error: Some(msg),
+                        logs: String::new(),
+                        logs_truncated: false,
+                    },
+                );
+                resp
+            }
+        };
+        (id, response)
+    }
+
+    /// Waits until no invocation is running, or the timeout passes. Returns how many remain.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let idle = self.in_flight.idle.notified();
+            let n = self.in_flight.count.load(Ordering::Acquire);
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.in_flight.count.load(Ordering::Acquire);
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Durable state: the [`Store`] trait and its embedded SQLite implementation.
+//!
+//! The store holds desired state (namespaces, keys, functions and their revisions) and history
+//! (invocation records). It is never on the hot path of an invocation: records reach it in
+//! batches from the meter, and the gateway serves routes from memory.
+#![forbid(unsafe_code)]
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use hangar_api::{FunctionConfig, Outcome};
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be read or written: {0}. Check the data dir's disk and permissions.
+    #[error("store: database error: {0}; check that the data dir is writable and its disk not full")]
+    Db(#[from] rusqlite::Error),
+    /// The thing exists already.
+    #[error("store: {0}")]
+    Conflict(String),
+    /// A row could not be decoded: the database was written by something else or is damaged.
+    #[error("store: corrupt row: {0}")]
+    Corrupt(String),
+    /// The blocking worker died.
+    #[error("store: worker failed: {0}")]
+    Worker(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A namespace row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceRow {
+    pub name: String,
+    pub created_ms: i64,
+}
+
+/// An API key row: only the SHA-256 of the secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    pub id: String,
+    /// Hex SHA-256 of the secret.
+    pub hash: String,
+    /// `None` for an admin key.
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub created_ms: i64,
+}
+
+/// The current revision of a function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionRow {
+    pub namespace: String,
+    pub name: String,
+    pub revision: u64,
+    pub config: FunctionConfig,
+    /// `sha256:<hex>`.
+    pub code_digest: String,
+    pub code_size: u64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+pub use hangar_api::InvocationRecord;
+
+/// Which invocations to list.
+#[derive(Debug, Clone, Default)]
+pub struct InvocationFilter {
+    /// `None` lists every namespace (admin only).
+    pub namespace: Option<String>,
+    pub function: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Id to continue after (exclusive), in the listing's order.
+    pub cursor: Option<String>,
+    pub limit: u32,
+    /// Oldest first instead of newest first.
+    pub ascending: bool,
+    /// Whether to read the logs column.
+    pub with_logs: bool,
+}
+
+/// Durable state behind the control plane.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a namespace; `Conflict` if it exists.
+    async fn create_namespace(&self, name: &str, now_ms: i64) -> Result<NamespaceRow>;
+    async fn list_namespaces(&self) -> Result<Vec<NamespaceRow>>;
+    async fn get_namespace(&self, name: &str) -> Result<Option<NamespaceRow>>;
+    /// Deletes an empty namespace and its keys; `Conflict` if functions remain. `false` if absent.
+    async fn delete_namespace(&self, name: &str) -> Result<bool>;
+
+    async fn insert_key(&self, key: &KeyRow) -> Result<()>;
+    async fn list_keys(&self) -> Result<Vec<KeyRow>>;
+    async fn delete_key(&self, id: &str) -> Result<bool>;
+
+    /// Writes a function's new current revision and keeps it in the revision history.
+    async fn put_function(&self, row: &FunctionRow) -> Result<()>;
+    async fn get_function(&self, namespace: &str, name: &str) -> Result<Option<FunctionRow>>;
+    /// Functions of one namespace, or of all with `None`, ordered by namespace and name.
+    async fn list_functions(&self, namespace: Option<&str>) -> Result<Vec<FunctionRow>>;
+    async fn delete_function(&self, namespace: &str, name: &str) -> Result<bool>;
+
+    /// Appends a batch of records in one transaction.
+    async fn insert_invocations(&self, batch: Vec<InvocationRecord>) -> Result<()>;
+    async fn list_invocations(&self, filter: InvocationFilter) -> Result<Vec<InvocationRecord>>;
+    /// One record; `namespace` restricts the look-up (`None`: any namespace).
+    async fn get_invocation(&self, namespace: Option<&str>, id: &str) -> Result<Option<InvocationRecord>>;
+}

@@ -1,0 +1,477 @@
+//! The embedded store: one SQLite file in WAL mode, driven from tokio's blocking pool.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::{
+    FunctionRow, InvocationFilter, InvocationRecord, KeyRow, NamespaceRow, Result, Store, StoreError,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS namespaces (
+    name        TEXT PRIMARY KEY,
+    created_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id          TEXT PRIMARY KEY,
+    hash        TEXT NOT NULL UNIQUE,
+    namespace   TEXT REFERENCES namespaces(name) ON DELETE CASCADE,
+    name        TEXT,
+    created_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS functions (
+    namespace   TEXT NOT NULL REFERENCES namespaces(name),
+    name        TEXT NOT NULL,
+    revision    INTEGER NOT NULL,
+    config      TEXT NOT NULL,
+    code_digest TEXT NOT NULL,
+    code_size   INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+);
+CREATE TABLE IF NOT EXISTS revisions (
+    namespace   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    revision    INTEGER NOT NULL,
+    config      TEXT NOT NULL,
+    code_digest TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name, revision)
+);
+CREATE TABLE IF NOT EXISTS invocations (
+    id             TEXT PRIMARY KEY,
+    namespace      TEXT NOT NULL,
+    function       TEXT NOT NULL,
+    revision       INTEGER NOT NULL,
+    trigger        TEXT NOT NULL,
+    started_ms     INTEGER NOT NULL,
+    duration_us    INTEGER NOT NULL,
+    billed_ms      INTEGER NOT NULL,
+    memory_mb      INTEGER NOT NULL,
+    start_kind     TEXT NOT NULL,
+    outcome        TEXT NOT NULL,
+    status         INTEGER NOT NULL,
+    response_bytes INTEGER NOT NULL,
+    error          TEXT,
+    logs           TEXT NOT NULL,
+    logs_truncated INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations(namespace, function, id);
+CREATE INDEX IF NOT EXISTS invocations_by_namespace ON invocations(namespace, id);
+"#;
+
+/// SQLite-backed [`Store`]. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a deploy acknowledged to the user survives a power cut, not only a crash.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+            // back), so a poisoned lock is still safe to use.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+fn function_from_row(r: &Row<'_>) -> rusqlite::Result<(FunctionRow, String)> {
+    let config: String = r.get(3)?;
+    Ok((
+        FunctionRow {
+            namespace: r.get(0)?,
+            name: r.get(1)?,
+            revision: r.get::<_, i64>(2)? as u64,
+            config: hangar_api::FunctionConfig::new(hangar_api::RuntimeKind::Wasm),
+            code_digest: r.get(4)?,
+            code_size: r.get::<_, i64>(5)? as u64,
+            created_ms: r.get(6)?,
+            updated_ms: r.get(7)?,
+        },
+        config,
+    ))
+}
+
+fn decode_function((mut row, config): (FunctionRow, String)) -> Result<FunctionRow> {
+    row.config = serde_json::from_str(&config).map_err(|e| {
+        StoreError::Corrupt(format!("config of function {}/{}: {e}", row.namespace, row.name))
+    })?;
+    Ok(row)
+}
+
+const FUNCTION_COLUMNS: &str =
+    "namespace, name, revision, config, code_digest, code_size, created_ms, updated_ms";
+const INVOCATION_COLUMNS: &str = "id, namespace, function, revision, trigger, started_ms, \
+    duration_us, billed_ms, memory_mb, start_kind, outcome, status, response_bytes, error, \
+    logs_truncated";
+
+fn invocation_from_row(r: &Row<'_>, with_logs: bool) -> rusqlite::Result<InvocationRecord> {
+    let text = |i: usize| -> rusqlite::Result<String> { r.get(i) };
+    let parse_err = |i: usize, e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    };
+    Ok(InvocationRecord {
+        id: r.get(0)?,
+        namespace: r.get(1)?,
+        function: r.get(2)?,
+        revision: r.get::<_, i64>(3)? as u64,
+        trigger: text(4)?.parse().map_err(|e| parse_err(4, e))?,
+        started_ms: r.get(5)?,
+        duration_us: r.get::<_, i64>(6)? as u64,
+        billed_ms: r.get::<_, i64>(7)? as u64,
+        memory_mb: r.get::<_, i64>(8)? as u32,
+        start: text(9)?.parse().map_err(|e| parse_err(9, e))?,
+        outcome: text(10)?.parse().map_err(|e| parse_err(10, e))?,
+        status: r.get::<_, i64>(11)? as u16,
+        response_bytes: r.get::<_, i64>(12)? as u64,
+        error: r.get(13)?,
+        logs_truncated: r.get::<_, i64>(14)? != 0,
+        logs: if with_logs { r.get(15)? } else { String::new() },
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_namespace(&self, name: &str, now_ms: i64) -> Result<NamespaceRow> {
+        let name = name.to_string();
+        self.with(move |c| {
+            let n = c.execute(
+                "INSERT INTO namespaces(name, created_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![name, now_ms],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("namespace `{name}` already exists")));
+            }
+            Ok(NamespaceRow { name, created_ms: now_ms })
+        })
+        .await
+    }
+
+    async fn list_namespaces(&self) -> Result<Vec<NamespaceRow>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached("SELECT name, created_ms FROM namespaces ORDER BY name")?;
+            let rows = st.query_map([], |r| Ok(NamespaceRow { name: r.get(0)?, created_ms: r.get(1)? }))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn get_namespace(&self, name: &str) -> Result<Option<NamespaceRow>> {
+        let name = name.to_string();
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT name, created_ms FROM namespaces WHERE name = ?1",
+                [name],
+                |r| Ok(NamespaceRow { name: r.get(0)?, created_ms: r.get(1)? }),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn delete_namespace(&self, name: &str) -> Result<bool> {
+        let name = name.to_string();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let functions: i64 =
+                tx.query_row("SELECT count(*) FROM functions WHERE namespace = ?1", [&name], |r| r.get(0))?;
+            if functions > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "namespace `{name}` still has {functions} function(s); delete them first"
+                )));
+            }
+            tx.execute("DELETE FROM api_keys WHERE namespace = ?1", [&name])?;
+            let n = tx.execute("DELETE FROM namespaces WHERE name = ?1", [&name])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn insert_key(&self, key: &KeyRow) -> Result<()> {
+        let key = key.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO api_keys(id, hash, namespace, name, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key.id, key.hash, key.namespace, key.name, key.created_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyRow>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, hash, namespace, name, created_ms FROM api_keys ORDER BY created_ms, id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(KeyRow {
+                    id: r.get(0)?,
+                    hash: r.get(1)?,
+                    namespace: r.get(2)?,
+                    name: r.get(3)?,
+                    created_ms: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn delete_key(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        self.with(move |c| Ok(c.execute("DELETE FROM api_keys WHERE id = ?1", [id])? > 0)).await
+    }
+
+    async fn put_function(&self, row: &FunctionRow) -> Result<()> {
+        let row = row.clone();
+        let config = serde_json::to_string(&row.config)
+            .map_err(|e| StoreError::Corrupt(format!("config does not serialize: {e}")))?;
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO functions(namespace, name, revision, config, code_digest, code_size, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(namespace, name) DO UPDATE SET revision = excluded.revision,
+                   config = excluded.config, code_digest = excluded.code_digest,
+                   code_size = excluded.code_size, updated_ms = excluded.updated_ms",
+                params![
+                    row.namespace, row.name, row.revision as i64, config, row.code_digest,
+                    row.code_size as i64, row.created_ms, row.updated_ms
+                ],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO revisions(namespace, name, revision, config, code_digest, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![row.namespace, row.name, row.revision as i64, config, row.code_digest, row.updated_ms],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_function(&self, namespace: &str, name: &str) -> Result<Option<FunctionRow>> {
+        let (ns, name) = (namespace.to_string(), name.to_string());
+        let raw = self
+            .with(move |c| {
+                Ok(c.query_row(
+                    &format!("SELECT {FUNCTION_COLUMNS} FROM functions WHERE namespace = ?1 AND name = ?2"),
+                    params![ns, name],
+                    function_from_row,
+                )
+                .optional()?)
+            })
+            .await?;
+        raw.map(decode_function).transpose()
+    }
+
+    async fn list_functions(&self, namespace: Option<&str>) -> Result<Vec<FunctionRow>> {
+        let ns = namespace.map(str::to_string);
+        let raw = self
+            .with(move |c| {
+                let mut st = c.prepare_cached(&format!(
+                    "SELECT {FUNCTION_COLUMNS} FROM functions WHERE (?1 IS NULL OR namespace = ?1) ORDER BY namespace, name"
+                ))?;
+                let rows = st.query_map([ns], function_from_row)?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await?;
+        raw.into_iter().map(decode_function).collect()
+    }
+
+    async fn delete_function(&self, namespace: &str, name: &str) -> Result<bool> {
+        let (ns, name) = (namespace.to_string(), name.to_string());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute("DELETE FROM functions WHERE namespace = ?1 AND name = ?2", params![ns, name])?;
+            tx.execute("DELETE FROM revisions WHERE namespace = ?1 AND name = ?2", params![ns, name])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn insert_invocations(&self, batch: Vec<InvocationRecord>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO invocations(id, namespace, function, revision, trigger, started_ms,
+                       duration_us, billed_ms, memory_mb, start_kind, outcome, status, response_bytes, error,
+                       logs, logs_truncated)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                )?;
+                for r in &batch {
+                    st.execute(params![
+                        r.id, r.namespace, r.function, r.revision as i64, r.trigger.as_str(), r.started_ms,
+                        r.duration_us as i64, r.billed_ms as i64, r.memory_mb, r.start.as_str(),
+                        r.outcome.as_str(), r.status, r.response_bytes as i64, r.error, r.logs,
+                        r.logs_truncated as i64
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_invocations(&self, f: InvocationFilter) -> Result<Vec<InvocationRecord>> {
+        self.with(move |c| {
+            let (cmp, order) = if f.ascending { (">", "ASC") } else { ("<", "DESC") };
+            let logs = if f.with_logs { ", logs" } else { "" };
+            let sql = format!(
+                "SELECT {INVOCATION_COLUMNS}{logs} FROM invocations
+                 WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2)
+                   AND (?3 IS NULL OR outcome = ?3) AND (?4 IS NULL OR started_ms >= ?4)
+                   AND (?5 IS NULL OR started_ms < ?5) AND (?6 IS NULL OR id {cmp} ?6)
+                 ORDER BY id {order} LIMIT ?7"
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(
+                params![
+                    f.namespace, f.function, f.outcome.map(|o| o.as_str()), f.since_ms, f.until_ms,
+                    f.cursor, f.limit
+                ],
+                |r| invocation_from_row(r, f.with_logs),
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn get_invocation(&self, namespace: Option<&str>, id: &str) -> Result<Option<InvocationRecord>> {
+        let (ns, id) = (namespace.map(str::to_string), id.to_string());
+        self.with(move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {INVOCATION_COLUMNS}, logs FROM invocations WHERE id = ?1 AND (?2 IS NULL OR namespace = ?2)"
+                ),
+                params![id, ns],
+                |r| invocation_from_row(r, true),
+            )
+            .optional()?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_api::{FunctionConfig, Outcome, RuntimeKind, StartKind, Trigger};
+
+    fn record(id: &str, function: &str, outcome: Outcome) -> InvocationRecord {
+        InvocationRecord {
+            id: id.into(),
+            namespace: "default".into(),
+            function: function.into(),
+            revision: 1,
+            trigger: Trigger::Http,
+            started_ms: 1000,
+            duration_us: 1500,
+            billed_ms: 2,
+            memory_mb: 128,
+            start: StartKind::Warm,
+            outcome,
+            status: 200,
+            response_bytes: 5,
+            error: None,
+            logs: format!("log of {id}"),
+            logs_truncated: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn namespaces_functions_invocations_round_trip() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.create_namespace("default", 1).await.unwrap();
+        assert!(matches!(s.create_namespace("default", 2).await, Err(StoreError::Conflict(_))));
+        let mut f = FunctionRow {
+            namespace: "default".into(),
+            name: "hello".into(),
+            revision: 1,
+            config: FunctionConfig::new(RuntimeKind::Wasm),
+            code_digest: "sha256:aa".into(),
+            code_size: 10,
+            created_ms: 1,
+            updated_ms: 1,
+        };
+        s.put_function(&f).await.unwrap();
+        f.revision = 2;
+        f.config.memory_mb = 256;
+        s.put_function(&f).await.unwrap();
+        assert_eq!(s.get_function("default", "hello").await.unwrap(), Some(f.clone()));
+        assert!(matches!(s.delete_namespace("default").await, Err(StoreError::Conflict(_))));
+
+        let batch = vec![record("01", "hello", Outcome::Ok), record("02", "hello", Outcome::Error), record("03", "other", Outcome::Ok)];
+        s.insert_invocations(batch).await.unwrap();
+        let all = s
+            .list_invocations(InvocationFilter { namespace: Some("default".into()), limit: 10, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["03", "02", "01"]);
+        assert!(all[0].logs.is_empty(), "logs are only read when asked for");
+        let page = s
+            .list_invocations(InvocationFilter {
+                namespace: Some("default".into()),
+                function: Some("hello".into()),
+                cursor: Some("02".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].id, "01");
+        let errors = s
+            .list_invocations(InvocationFilter { outcome: Some(Outcome::Error), limit: 10, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(errors.len(), 1);
+        let one = s.get_invocation(Some("default"), "02").await.unwrap().unwrap();
+        assert_eq!(one.logs, "log of 02");
+        assert!(s.get_invocation(Some("other"), "02").await.unwrap().is_none());
+        assert!(s.delete_function("default", "hello").await.unwrap());
+        assert!(!s.delete_function("default", "hello").await.unwrap());
+    }
+}
