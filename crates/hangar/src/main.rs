@@ -1,1 +1,74 @@
-fn main() {}
+//! The `hangar` binary: parses the command line and wires the libraries together. No
+//! capability lives here.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod client;
+mod manifest;
+mod up;
+
+use clap::Parser;
+use cli::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.downcast_ref::<client::Failure>().map_or(1, client::Failure::exit_code);
+            eprintln!("error: {e:#}");
+            code
+        }
+    };
+    // Do not wait for lingering blocking tasks (e.g. a stdin reader).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match &cli.command {
+        Command::Up(a) => {
+            init_tracing();
+            up::run(up::UpOptions {
+                data_dir: cli::data_dir(cli.data_dir.clone()),
+                listen: a.listen,
+                limits: hangar_gateway::Limits { max_code_bytes: a.max_code_bytes, max_payload_bytes: a.max_payload_bytes },
+                max_log_bytes: a.max_log_bytes,
+                pool_instances: a.pool_instances,
+                apply: a.apply.clone(),
+            })
+            .await?;
+        }
+        Command::Function(cmd) => cli::run_fn(&cli, cmd).await?,
+        Command::Invoke(a) => return cli::run_invoke(&cli, a).await,
+        Command::Logs { name, follow, limit } => {
+            cli::check_limit(*limit)?;
+            cli::run_logs(&cli, name, *follow, *limit).await?
+        }
+        Command::Invocations { name, status, since, limit } => {
+            cli::check_limit(*limit)?;
+            cli::run_invocations(&cli, name.as_deref(), status.as_deref(), since.as_deref(), *limit).await?
+        }
+        Command::Deploy { file } => {
+            let client = cli::client(&cli);
+            manifest::deploy(&client, file, cli.namespace.as_deref(), cli.output).await?
+        }
+        Command::Namespace(cmd) => cli::run_ns(&cli, cmd).await?,
+        Command::Key(cmd) => cli::run_key(&cli, cmd).await?,
+    }
+    Ok(0)
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HANGAR_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn,wasmtime_wasi_http=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,569 @@
+//! Command-line interface: argument definitions and the commands that talk to the API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use hangar_api::{
+    CreateKey, CreateNamespace, CreatedKey, DeployResponse, Function, FunctionConfig, FunctionList, InvocationPage,
+    KeyList, Namespace, NamespaceList, RuntimeKind,
+};
+use reqwest::Method;
+use serde::Serialize;
+
+use crate::client::{Client, Failure};
+
+#[derive(Debug, Parser)]
+#[command(name = "hangar", version, about = "Functions, services and sandboxes from one binary")]
+pub struct Cli {
+    /// URL of the Hangar server [default: the URL the local server wrote into the data dir, else http://127.0.0.1:7070]
+    #[arg(long, env = "HANGAR_URL", global = true)]
+    pub url: Option<String>,
+    /// API key [default: <data-dir>/admin.key]
+    #[arg(long, env = "HANGAR_KEY", global = true, hide_env_values = true)]
+    pub key: Option<String>,
+    /// Data directory of the local server
+    #[arg(long, env = "HANGAR_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Namespace to act in [default: the key's own, or `default` for admin keys]
+    #[arg(long, short = 'n', env = "HANGAR_NAMESPACE", global = true)]
+    pub namespace: Option<String>,
+    /// How to print results
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the platform (API, gateway, runtimes) on embedded defaults
+    Up(UpArgs),
+    /// Manage functions
+    #[command(subcommand, name = "fn")]
+    Function(FnCommand),
+    /// Call a function through its URL and print the response body
+    Invoke(InvokeArgs),
+    /// Show the logs of a function's invocations
+    Logs {
+        name: String,
+        /// Keep printing new invocations as they happen
+        #[arg(short, long)]
+        follow: bool,
+        /// How many recent invocations to show first
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// List invocation records
+    Invocations {
+        /// Only this function
+        name: Option<String>,
+        /// Only this outcome (ok, error, timeout, out_of_memory, throttled)
+        #[arg(long)]
+        status: Option<String>,
+        /// Only since this RFC 3339 time or this long ago (e.g. 1h)
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Apply a hangar.toml manifest (create, update, or leave unchanged)
+    Deploy {
+        #[arg(short = 'f', long = "file", default_value = "hangar.toml")]
+        file: PathBuf,
+    },
+    /// Manage namespaces (admin)
+    #[command(subcommand, name = "ns")]
+    Namespace(NsCommand),
+    /// Manage API keys (admin)
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address to serve on
+    #[arg(long, env = "HANGAR_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: std::net::SocketAddr,
+    /// Apply this manifest once the server is ready
+    #[arg(long)]
+    pub apply: Option<PathBuf>,
+    /// Largest code upload in bytes
+    #[arg(long, default_value_t = hangar_api::DEFAULT_MAX_CODE_BYTES)]
+    pub max_code_bytes: usize,
+    /// Largest invocation request body in bytes
+    #[arg(long, default_value_t = hangar_api::DEFAULT_MAX_PAYLOAD_BYTES)]
+    pub max_payload_bytes: usize,
+    /// Logs kept per invocation in bytes
+    #[arg(long, default_value_t = hangar_api::DEFAULT_MAX_LOG_BYTES)]
+    pub max_log_bytes: usize,
+    /// WebAssembly instances that may run at once
+    #[arg(long, default_value_t = 1000)]
+    pub pool_instances: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FnCommand {
+    /// Create or update a function from code
+    Deploy(DeployArgs),
+    /// List functions
+    Ls,
+    /// Show one function
+    Get { name: String },
+    /// Delete a function
+    Rm { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    pub name: String,
+    #[arg(long, default_value = "wasm")]
+    pub runtime: String,
+    /// Path of the code (a .wasm component)
+    #[arg(long)]
+    pub code: PathBuf,
+    /// Memory limit in MiB
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// Timeout, e.g. 30s or 500ms
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Environment variable K=V (repeatable)
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Host the function may call over HTTP: host, host:port or *.domain (repeatable)
+    #[arg(long = "allow-outbound", value_name = "HOST")]
+    pub allow_outbound: Vec<String>,
+    /// Answer on the function URL without an API key
+    #[arg(long)]
+    pub public: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    pub name: String,
+    /// Request body: text, or @FILE to read a file
+    #[arg(long, short = 'd')]
+    pub data: Option<String>,
+    /// Path the function sees
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// HTTP method [default: POST with --data, else GET]
+    #[arg(long, short = 'X')]
+    pub method: Option<String>,
+    /// Extra header "Name: value" (repeatable)
+    #[arg(long = "header", short = 'H')]
+    pub headers: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NsCommand {
+    Create { name: String },
+    Ls,
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key; --namespace for a namespace key, none for an admin key
+    Create {
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    Ls,
+    Rm { id: String },
+}
+
+/// Where the local server keeps its data.
+pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
+    if let Some(d) = flag {
+        return d;
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("hangar")
+}
+
+pub fn client(cli: &Cli) -> Client {
+    let dir = data_dir(cli.data_dir.clone());
+    let url = cli
+        .url
+        .clone()
+        .or_else(|| std::fs::read_to_string(dir.join("hangar.url")).ok().map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "http://127.0.0.1:7070".into());
+    let key = cli.key.clone().or_else(|| std::fs::read_to_string(dir.join("admin.key")).ok().map(|s| s.trim().to_string()));
+    Client::new(url, key)
+}
+
+fn ns_query(ns: Option<&str>) -> Vec<(&'static str, String)> {
+    ns.map(|n| vec![("namespace", n.to_string())]).unwrap_or_default()
+}
+
+fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.iter().copied());
+    t
+}
+
+/// PUT a function: multipart with config and code, or JSON config alone.
+pub async fn put_function(
+    client: &Client,
+    name: &str,
+    ns: Option<&str>,
+    config: &FunctionConfig,
+    code: Option<Vec<u8>>,
+    dry_run: bool,
+) -> Result<DeployResponse> {
+    let mut query = ns_query(ns);
+    if dry_run {
+        query.push(("dry_run", "true".into()));
+    }
+    let rb = client.request(Method::PUT, &format!("/v1/functions/{name}")).query(&query);
+    let config_json = serde_json::to_string(config)?;
+    let rb = match code {
+        Some(code) => {
+            let form = reqwest::multipart::Form::new()
+                .part("config", reqwest::multipart::Part::text(config_json).mime_str("application/json")?)
+                .part("code", reqwest::multipart::Part::bytes(code).file_name("code.wasm").mime_str("application/wasm")?);
+            rb.multipart(form)
+        }
+        None => rb.header("content-type", "application/json").body(config_json),
+    };
+    client.json(rb).await
+}
+
+fn function_rows(fns: &[Function]) -> Table {
+    let mut t = table(&["NAME", "NAMESPACE", "RUNTIME", "REVISION", "MEMORY", "TIMEOUT", "PUBLIC", "URL"]);
+    for f in fns {
+        t.add_row(vec![
+            f.name.clone(),
+            f.namespace.clone(),
+            f.config.runtime.to_string(),
+            f.revision.to_string(),
+            format!("{} MiB", f.config.memory_mb),
+            humantime::format_duration(Duration::from_millis(f.config.timeout_ms)).to_string(),
+            f.config.public.to_string(),
+            f.url_path.clone(),
+        ]);
+    }
+    t
+}
+
+pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
+    let client = client(cli);
+    let ns = cli.namespace.as_deref();
+    match cmd {
+        FnCommand::Deploy(a) => {
+            let runtime: RuntimeKind = a.runtime.parse().map_err(|e: String| anyhow::anyhow!("--runtime: {e}"))?;
+            let mut config = FunctionConfig::new(runtime);
+            if let Some(m) = a.memory {
+                config.memory_mb = m;
+            }
+            if let Some(t) = &a.timeout {
+                config.timeout_ms = crate::manifest::parse_timeout(t)?;
+            }
+            for kv in &a.env {
+                let (k, v) = kv.split_once('=').with_context(|| format!("--env `{kv}` is not K=V"))?;
+                config.env.insert(k.to_string(), v.to_string());
+            }
+            config.allow_outbound = a.allow_outbound.clone();
+            config.public = a.public;
+            hangar_api::validate::function_config(&config).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
+            hangar_api::validate::name("name", &a.name).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
+            let code = std::fs::read(&a.code).with_context(|| format!("reading --code {}", a.code.display()))?;
+            let r = put_function(&client, &a.name, ns, &config, Some(code), false).await?;
+            match cli.output {
+                Output::Json => print_json(&r)?,
+                Output::Table => println!(
+                    "{} {}/{} revision {}\nURL: {}{}",
+                    serde_json::to_value(r.status)?.as_str().unwrap_or("deployed"),
+                    r.function.namespace,
+                    r.function.name,
+                    r.function.revision,
+                    client.base,
+                    r.function.url_path
+                ),
+            }
+        }
+        FnCommand::Ls => {
+            let list: FunctionList = client.json(client.request(Method::GET, "/v1/functions").query(&ns_query(ns))).await?;
+            match cli.output {
+                Output::Json => print_json(&list)?,
+                Output::Table if list.items.is_empty() => println!("no functions; deploy one with `hangar fn deploy NAME --code FILE.wasm`"),
+                Output::Table => println!("{}", function_rows(&list.items)),
+            }
+        }
+        FnCommand::Get { name } => {
+            let f: Function = client.json(client.request(Method::GET, &format!("/v1/functions/{name}")).query(&ns_query(ns))).await?;
+            match cli.output {
+                Output::Json => print_json(&f)?,
+                Output::Table => {
+                    println!("{}", function_rows(std::slice::from_ref(&f)));
+                    println!("code: {} ({} bytes)  updated: {}", f.code_digest, f.code_size, f.updated_at);
+                    if !f.config.env.is_empty() {
+                        println!("env: {}", f.config.env.keys().cloned().collect::<Vec<_>>().join(", "));
+                    }
+                    if !f.config.allow_outbound.is_empty() {
+                        println!("outbound: {}", f.config.allow_outbound.join(", "));
+                    }
+                }
+            }
+        }
+        FnCommand::Rm { name } => {
+            client.send(client.request(Method::DELETE, &format!("/v1/functions/{name}")).query(&ns_query(ns))).await?;
+            if cli.output == Output::Table {
+                println!("deleted {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_invoke(cli: &Cli, a: &InvokeArgs) -> Result<i32> {
+    let client = client(cli);
+    let ns = match cli.namespace.clone() {
+        Some(n) => n,
+        None => {
+            // The function URL names its namespace; ask the API which one the key acts in.
+            let f: Function = client.json(client.request(Method::GET, &format!("/v1/functions/{}", a.name))).await?;
+            f.namespace
+        }
+    };
+    let body = match &a.data {
+        Some(d) if d.starts_with('@') => Some(std::fs::read(&d[1..]).with_context(|| format!("reading --data file {}", &d[1..]))?),
+        Some(d) => Some(d.clone().into_bytes()),
+        None => None,
+    };
+    let method = match &a.method {
+        Some(m) => Method::from_bytes(m.to_uppercase().as_bytes()).with_context(|| format!("--method `{m}` is not an HTTP method"))?,
+        None if body.is_some() => Method::POST,
+        None => Method::GET,
+    };
+    let path = if a.path.starts_with('/') { a.path.clone() } else { format!("/{}", a.path) };
+    let mut rb = client.request(method, &format!("/fn/{ns}/{}{path}", a.name));
+    for h in &a.headers {
+        let (k, v) = h.split_once(':').with_context(|| format!("--header `{h}` is not `Name: value`"))?;
+        rb = rb.header(k.trim(), v.trim());
+    }
+    if let Some(b) = body {
+        rb = rb.body(b);
+    }
+    let resp = rb.send().await.map_err(|e| Failure::Unreachable { url: client.base.clone(), reason: e.to_string() })?;
+    let status = resp.status();
+    let id = resp.headers().get(hangar_api::INVOCATION_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if !status.is_success() {
+        let f = crate::client::failure_of(resp).await;
+        if let Some(id) = id {
+            eprintln!("invocation {id}");
+        }
+        return Err(f.into());
+    }
+    let bytes = resp.bytes().await?;
+    use std::io::Write;
+    std::io::stdout().write_all(&bytes)?;
+    if !bytes.ends_with(b"\n") && !bytes.is_empty() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!();
+    }
+    Ok(0)
+}
+
+fn since_param(s: &str) -> Result<String> {
+    if hangar_api::parse_rfc3339(s).is_some() {
+        return Ok(s.to_string());
+    }
+    let d = humantime::parse_duration(s).map_err(|_| anyhow::anyhow!("--since `{s}` is neither an RFC 3339 time nor a duration like 1h"))?;
+    Ok(hangar_api::rfc3339(hangar_api::now_ms() - d.as_millis() as i64))
+}
+
+pub async fn run_invocations(cli: &Cli, name: Option<&str>, status: Option<&str>, since: Option<&str>, limit: u32) -> Result<()> {
+    let client = client(cli);
+    let mut q = ns_query(cli.namespace.as_deref());
+    q.push(("limit", limit.to_string()));
+    if let Some(n) = name {
+        q.push(("function", n.to_string()));
+    }
+    if let Some(s) = status {
+        q.push(("status", s.to_string()));
+    }
+    if let Some(s) = since {
+        q.push(("since", since_param(s)?));
+    }
+    let page: InvocationPage = client.json(client.request(Method::GET, "/v1/invocations").query(&q)).await?;
+    match cli.output {
+        Output::Json => print_json(&page)?,
+        Output::Table => {
+            let mut t = table(&["ID", "FUNCTION", "STARTED", "DURATION", "BILLED", "MEMORY", "START", "OUTCOME", "STATUS"]);
+            for i in &page.items {
+                t.add_row(vec![
+                    i.id.clone(),
+                    i.function.clone(),
+                    i.started_at.clone(),
+                    format!("{:.3} ms", i.duration_us as f64 / 1000.0),
+                    format!("{} ms", i.billed_ms),
+                    format!("{} MiB", i.memory_mb),
+                    i.start.as_str().to_string(),
+                    i.outcome.to_string(),
+                    i.status.to_string(),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+fn print_logs(i: &hangar_api::Invocation) {
+    println!(
+        "── {} {} {} {:.3} ms ({})",
+        i.started_at,
+        i.id,
+        i.outcome,
+        i.duration_us as f64 / 1000.0,
+        i.start.as_str()
+    );
+    if let Some(l) = &i.logs {
+        print!("{l}");
+        if !l.is_empty() && !l.ends_with('\n') {
+            println!();
+        }
+    }
+    if let Some(e) = &i.error {
+        println!("error: {e}");
+    }
+}
+
+pub async fn run_logs(cli: &Cli, name: &str, follow: bool, limit: u32) -> Result<()> {
+    let client = client(cli);
+    let ns = ns_query(cli.namespace.as_deref());
+    // The function must exist (a clear error instead of an empty listing).
+    client.send(client.request(Method::GET, &format!("/v1/functions/{name}")).query(&ns)).await?;
+    let mut q = ns.clone();
+    q.extend([("function", name.to_string()), ("logs", "true".into()), ("limit", limit.to_string())]);
+    let page: InvocationPage = client.json(client.request(Method::GET, "/v1/invocations").query(&q)).await?;
+    let mut cursor = page.items.first().map(|i| i.id.clone());
+    for i in page.items.iter().rev() {
+        if cli.output == Output::Json {
+            println!("{}", serde_json::to_string(i)?);
+        } else {
+            print_logs(i);
+        }
+    }
+    while follow {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut q = q.clone();
+        q.push(("order", "asc".into()));
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let page: InvocationPage = client.json(client.request(Method::GET, "/v1/invocations").query(&q)).await?;
+        for i in &page.items {
+            if cli.output == Output::Json {
+                println!("{}", serde_json::to_string(i)?);
+            } else {
+                print_logs(i);
+            }
+            cursor = Some(i.id.clone());
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_ns(cli: &Cli, cmd: &NsCommand) -> Result<()> {
+    let client = client(cli);
+    match cmd {
+        NsCommand::Create { name } => {
+            hangar_api::validate::name("name", name).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
+            let n: Namespace = client.json(client.request(Method::POST, "/v1/namespaces").json(&CreateNamespace { name: name.clone() })).await?;
+            match cli.output {
+                Output::Json => print_json(&n)?,
+                Output::Table => println!("created namespace {}", n.name),
+            }
+        }
+        NsCommand::Ls => {
+            let l: NamespaceList = client.json(client.request(Method::GET, "/v1/namespaces")).await?;
+            match cli.output {
+                Output::Json => print_json(&l)?,
+                Output::Table => {
+                    let mut t = table(&["NAME", "CREATED"]);
+                    for n in &l.items {
+                        t.add_row(vec![n.name.clone(), n.created_at.clone()]);
+                    }
+                    println!("{t}");
+                }
+            }
+        }
+        NsCommand::Rm { name } => {
+            client.send(client.request(Method::DELETE, &format!("/v1/namespaces/{name}"))).await?;
+            if cli.output == Output::Table {
+                println!("deleted namespace {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
+    let client = client(cli);
+    match cmd {
+        KeyCommand::Create { namespace, name } => {
+            let body = CreateKey { namespace: namespace.clone().or_else(|| cli.namespace.clone()), name: name.clone() };
+            let k: CreatedKey = client.json(client.request(Method::POST, "/v1/keys").json(&body)).await?;
+            match cli.output {
+                Output::Json => print_json(&k)?,
+                Output::Table => {
+                    let scope = k.key.namespace.as_deref().map(|n| format!("namespace {n}")).unwrap_or_else(|| "admin".into());
+                    println!("created key {} ({scope}); its secret is shown only now:\n{}", k.key.id, k.secret);
+                }
+            }
+        }
+        KeyCommand::Ls => {
+            let l: KeyList = client.json(client.request(Method::GET, "/v1/keys")).await?;
+            match cli.output {
+                Output::Json => print_json(&l)?,
+                Output::Table => {
+                    let mut t = table(&["ID", "NAMESPACE", "NAME", "CREATED"]);
+                    for k in &l.items {
+                        t.add_row(vec![
+                            k.id.clone(),
+                            k.namespace.clone().unwrap_or_else(|| "(admin)".into()),
+                            k.name.clone().unwrap_or_default(),
+                            k.created_at.clone(),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+        }
+        KeyCommand::Rm { id } => {
+            client.send(client.request(Method::DELETE, &format!("/v1/keys/{id}"))).await?;
+            if cli.output == Output::Table {
+                println!("deleted key {id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn check_limit(limit: u32) -> Result<()> {
+    if !(1..=1000).contains(&limit) {
+        bail!("--limit {limit} is out of range; choose 1 to 1000");
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! `hangar up`: builds every part of the platform on embedded defaults and serves until signalled.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hangar_api::now_ms;
+use hangar_gateway::{AppState, KeyCache, Limits};
+use hangar_meter::{Meter, Metrics};
+use hangar_runtime_wasm::{PoolSize, WasmCounters, WasmRuntime};
+use hangar_scheduler::Scheduler;
+use hangar_store::{KeyRow, SqliteStore, Store};
+
+/// Settings of `hangar up`.
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    pub max_log_bytes: usize,
+    pub pool_instances: u32,
+    /// A manifest to apply once the server is ready.
+    pub apply: Option<PathBuf>,
+}
+
+pub async fn run(opts: UpOptions) -> Result<()> {
+    create_private_dir(&opts.data_dir)?;
+    let db = opts.data_dir.join("hangar.db");
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&db).with_context(|| format!("opening the database {}", db.display()))?,
+    );
+    if store.get_namespace(hangar_api::DEFAULT_NAMESPACE).await?.is_none() {
+        store.create_namespace(hangar_api::DEFAULT_NAMESPACE, now_ms()).await?;
+    }
+    let admin_key_path = opts.data_dir.join("admin.key");
+    if !store.list_keys().await?.iter().any(|k| k.namespace.is_none()) {
+        let secret = hangar_gateway::new_secret();
+        let row = KeyRow {
+            id: "key_admin".into(),
+            hash: hangar_gateway::hash_secret(&secret),
+            namespace: None,
+            name: Some("admin (created at first start)".into()),
+            created_ms: now_ms(),
+        };
+        write_private_file(&admin_key_path, &secret)?;
+        store.insert_key(&row).await?;
+        println!("Admin API key (shown once; saved to {}):\n  {secret}", admin_key_path.display());
+    }
+
+    let mut metrics = Metrics::new();
+    let counters = WasmCounters::default();
+    metrics.register_counter("wasm_compilations", "Components compiled to native code", counters.compilations.clone());
+    metrics.register_counter("wasm_cache_loads", "Revisions loaded from the compiled-code cache", counters.cache_loads.clone());
+    let pool = PoolSize { instances: opts.pool_instances, ..PoolSize::default() };
+    let wasm = WasmRuntime::new(opts.data_dir.join("wasm"), pool, counters).context("starting the WebAssembly runtime")?;
+    let (meter, writer) = Meter::start(store.clone(), metrics);
+    let scheduler = Arc::new(Scheduler::new(vec![Arc::new(wasm)], meter.clone(), opts.max_log_bytes));
+    let state = AppState {
+        store,
+        scheduler: scheduler.clone(),
+        meter: meter.clone(),
+        keys: KeyCache::default(),
+        limits: opts.limits,
+        deploy_lock: Arc::default(),
+        ready: Arc::default(),
+    };
+    let restored = hangar_gateway::restore(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}: is another Hangar running? choose another with --listen", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    std::fs::write(opts.data_dir.join("hangar.url"), &url).context("writing hangar.url into the data dir")?;
+    state.ready.store(true, Ordering::Release);
+    println!("Hangar listening on {url} (data dir {}, {restored} function(s) restored)", opts.data_dir.display());
+    tracing::info!(%url, "ready");
+
+    if let Some(manifest) = opts.apply.clone() {
+        let client = crate::client::Client::new(url.clone(), std::fs::read_to_string(&admin_key_path).ok().map(|s| s.trim().to_string()));
+        tokio::spawn(async move {
+            if let Err(e) = crate::manifest::deploy(&client, &manifest, None, crate::cli::Output::Table).await {
+                eprintln!("applying {} failed: {e:#}", manifest.display());
+            }
+        });
+    }
+
+    let app = hangar_gateway::router(state);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+
+    // No new requests; let running invocations end, then make every record durable.
+    let left = scheduler.drain(Duration::from_secs(30)).await;
+    if left > 0 {
+        tracing::warn!(left, "invocations still running at shutdown");
+    }
+    meter.flush().await;
+    drop(meter);
+    drop(scheduler);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    println!("Hangar stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the data dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting the data dir {} to its owner", dir.display()))
+}
+
+fn write_private_file(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{contents}")?;
+    Ok(())
+}
