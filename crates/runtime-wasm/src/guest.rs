@@ -156,12 +156,17 @@ impl WasmFunction {
 /// How the guest ended, before the response status is known.
 struct GuestEnd {
     outcome: Outcome,
+    /// One line for the record and the caller.
     error: Option<String>,
+    /// Details (e.g. the wasm backtrace) for the logs.
+    detail: Option<String>,
 }
 
 /// What the invoking side tells the guest task once the response head is decided.
 struct Head {
     status: u16,
+    /// Set when the guest ran to completion but never produced a usable response.
+    failed: bool,
     /// Resolves with the body bytes sent when the response body is finished or dropped.
     body_done: Option<oneshot::Receiver<u64>>,
 }
@@ -206,9 +211,16 @@ impl Loaded for WasmFunction {
             // Dropping the store drops the response outparam, so an invoker still waiting for a
             // response learns that none is coming.
             drop(store);
-            let end = classify(result, oom, timeout);
-            let _ = end_tx.send(GuestEnd { outcome: end.outcome, error: end.error.clone() });
+            let mut end = classify(result, oom, timeout);
+            if let Some(detail) = end.detail.take() {
+                task_logs.append(format!("[hangar] {detail}\n").as_bytes());
+            }
+            let _ = end_tx.send(GuestEnd { outcome: end.outcome, error: end.error.clone(), detail: None });
             let Ok(head) = head_rx.await else { return };
+            if head.failed && end.outcome == Outcome::Ok {
+                end.outcome = Outcome::Error;
+                end.error = Some(NO_RESPONSE.into());
+            }
             let mut bytes = 0;
             if let Some(done) = head.body_done {
                 // The body may still be streaming to a slow client; the deadline covers that too.
@@ -222,19 +234,20 @@ impl Loaded for WasmFunction {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
                 let (done_tx, done_rx) = oneshot::channel();
-                let _ = head_tx.send(Head { status, body_done: Some(done_rx) });
+                let _ = head_tx.send(Head { status, failed: false, body_done: Some(done_rx) });
                 resp.map(|b| hangar_runtime::boxed(CountingBody::new(b, done_tx)))
             }
             Ok(Err(code)) => {
                 let msg = format!("the function answered with an error: {code:?}");
                 let resp = error_response(StatusCode::BAD_GATEWAY, "function_error", &msg);
-                let _ = head_tx.send(Head { status: 502, body_done: None });
+                let _ = head_tx.send(Head { status: 502, failed: true, body_done: None });
                 resp
             }
             Err(_) => {
                 let end = end_rx.await.unwrap_or(GuestEnd {
                     outcome: Outcome::Error,
                     error: Some("the function task ended unexpectedly".into()),
+                    detail: None,
                 });
                 let (status, code) = match end.outcome {
                     Outcome::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
@@ -242,8 +255,8 @@ impl Loaded for WasmFunction {
                     Outcome::Throttled => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
                     Outcome::Ok | Outcome::Error => (StatusCode::BAD_GATEWAY, "function_error"),
                 };
-                let msg = end.error.as_deref().unwrap_or("the function returned without setting a response");
-                let _ = head_tx.send(Head { status: status.as_u16(), body_done: None });
+                let msg = end.error.as_deref().unwrap_or(NO_RESPONSE);
+                let _ = head_tx.send(Head { status: status.as_u16(), failed: true, body_done: None });
                 error_response(status, code, msg)
             }
         }
@@ -255,6 +268,8 @@ fn finished(outcome: Outcome, status: u16, bytes: u64, error: Option<String>, lo
     Finished { outcome, status, response_bytes: bytes, error, logs, logs_truncated }
 }
 
+const NO_RESPONSE: &str = "the function returned without setting a response";
+
 /// Turns the guest's result into an outcome and a message for people.
 fn classify(
     result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
@@ -264,35 +279,33 @@ fn classify(
     let timed_out = || GuestEnd {
         outcome: Outcome::Timeout,
         error: Some(format!("the function did not finish within its timeout of {} ms", timeout.as_millis())),
+        detail: None,
     };
-    match result {
-        Ok(Ok(())) => GuestEnd { outcome: Outcome::Ok, error: None },
-        Err(_) => timed_out(),
-        Ok(Err(e)) => {
-            if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                timed_out()
-            } else if oom {
-                GuestEnd {
-                    outcome: Outcome::OutOfMemory,
-                    error: Some(format!(
-                        "the function needed more memory than its limit allows; raise --memory. ({})",
-                        first_line(&e)
-                    )),
-                }
-            } else if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
-                GuestEnd {
-                    outcome: Outcome::Throttled,
-                    error: Some(format!("too many instances are running at once; retry shortly ({})", first_line(&e))),
-                }
-            } else {
-                GuestEnd { outcome: Outcome::Error, error: Some(format!("the function failed: {e:#}")) }
-            }
-        }
+    let e = match result {
+        Ok(Ok(())) => return GuestEnd { outcome: Outcome::Ok, error: None, detail: None },
+        Err(_) => return timed_out(),
+        Ok(Err(e)) => e,
+    };
+    if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return timed_out();
     }
-}
-
-fn first_line(e: &wasmtime::Error) -> String {
-    format!("{e:#}").lines().next().unwrap_or_default().to_string()
+    let cause = e.root_cause().to_string();
+    let detail = Some(format!("{e:?}"));
+    if oom {
+        GuestEnd {
+            outcome: Outcome::OutOfMemory,
+            error: Some(format!("the function needed more memory than its limit allows; raise its memory ({cause})")),
+            detail,
+        }
+    } else if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+        GuestEnd {
+            outcome: Outcome::Throttled,
+            error: Some(format!("too many instances are running at once; retry shortly ({cause})")),
+            detail: None,
+        }
+    } else {
+        GuestEnd { outcome: Outcome::Error, error: Some(format!("the function failed: {cause}")), detail }
+    }
 }
 
 /// Passes a response body through, counting its bytes, and reports the count when it ends or

@@ -28,7 +28,7 @@ impl LogSink {
         LogSink { buf: Arc::new(Mutex::new(Buf::default())), cap }
     }
 
-    fn append(&self, bytes: &[u8]) {
+    pub fn append(&self, bytes: &[u8]) {
         let mut b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
         let room = self.cap.saturating_sub(b.data.len());
         if bytes.len() > room {

@@ -1,7 +1,7 @@
 //! A `wasi:http/proxy` component that exercises what the platform must enforce, one route each;
 //! Hangar's test suite and benchmarks deploy it.
 //!
-//! `/echo` body and method back · `/env?name=K` · `/sleep?ms=N` · `/spin` (endless loop) ·
+//! `/echo` body, method and whether an `Authorization` header arrived, back · `/env?name=K` · `/sleep?ms=N` · `/spin` (endless loop) ·
 //! `/alloc?mb=N` · `/fetch?url=U` (outbound HTTP GET) · `/log?lines=N` · `/stream?chunks=N` ·
 //! `/trap` (panics) · `/fs` (tries to read a host file) · `/noresponse` (returns without answering).
 
@@ -92,8 +92,10 @@ impl Guest for Probe {
         match path.as_str() {
             "/echo" => {
                 let method = format!("{:?}", request.method());
+                let saw_auth = if request.headers().has("authorization") { "yes" } else { "no" };
                 let body = read_body(&request);
-                respond(out, 200, &[("x-method", &method), ("x-path", &pq), ("content-type", "application/octet-stream")], &[&body]);
+                let headers = [("x-method", method.as_str()), ("x-path", pq.as_str()), ("x-saw-authorization", saw_auth), ("content-type", "application/octet-stream")];
+                respond(out, 200, &headers, &[&body]);
             }
             "/env" => {
                 let name = query_param(&query, "name").unwrap_or_default();

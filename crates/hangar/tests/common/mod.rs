@@ -1,0 +1,199 @@
+//! Test harness: runs the real `hangar` binary on a free port with a temporary data dir, and
+//! drives it through its CLI and HTTP like a user.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hangar");
+
+/// Path of an example component, built once per test run (`cargo build --target wasm32-wasip2`).
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let out = Command::new("cargo")
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join("Cargo.toml"))
+            .output()
+            .map_err(|e| format!("running cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "building the example components failed (is the target installed? `rustup target add wasm32-wasip2`):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(root.join("target/wasm32-wasip2/release"))
+    });
+    match dir {
+        Ok(d) => d.join(format!("{name}.wasm")),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub admin_key: String,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `hangar up` flags.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = Server { dir, url: String::new(), admin_key: String::new(), child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
+        s.boot();
+        s
+    }
+
+    fn boot(&mut self) {
+        let url_file = self.dir.path().join("hangar.url");
+        let _ = std::fs::remove_file(&url_file);
+        let child = Command::new(BIN)
+            .arg("up")
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&self.extra)
+            .env("HANGAR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning hangar up");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(u) = std::fs::read_to_string(&url_file) {
+                if !u.is_empty() {
+                    self.url = u.trim().to_string();
+                    break;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("hangar up exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "hangar up did not become ready in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.admin_key = std::fs::read_to_string(self.dir.path().join("admin.key")).expect("admin.key").trim().to_string();
+    }
+
+    /// Runs the CLI against this server with the admin key (from the data dir).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(args)
+            .env_remove("HANGAR_URL")
+            .env_remove("HANGAR_KEY")
+            .env_remove("HANGAR_NAMESPACE")
+            .output()
+            .expect("running the CLI")
+    }
+
+    /// Runs the CLI and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "hangar {args:?} failed ({}):\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI and asserts failure with `code`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.cli(args);
+        assert_eq!(out.status.code(), Some(code), "hangar {args:?}: expected exit {code}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn deploy(&self, name: &str, guest_name: &str, flags: &[&str]) {
+        let code = guest(guest_name);
+        let mut args = vec!["fn", "deploy", name, "--code", code.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        self.ok(&args);
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http().get(format!("{}{path}", self.url)).bearer_auth(&self.admin_key)
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        wait_with_timeout(&mut child, Duration::from_secs(60))
+    }
+
+    /// Boots again after [`Server::stop`].
+    pub fn restart_after_stop(&mut self) {
+        self.boot();
+    }
+
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "graceful stop exited with {status}");
+        self.boot();
+    }
+
+    /// Value of a metric sample line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.get("/metrics").send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().split(' ').next()).and_then(|v| v.parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// Invocation records of a function, newest first, with logs.
+    pub async fn invocations(&self, function: &str) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = self
+            .get(&format!("/v1/invocations?function={function}&logs=true&limit=1000"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("hangar did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The API's error code of a response body.
+pub async fn error_code(resp: reqwest::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+    (status, v["error"]["code"].as_str().unwrap_or("").to_string(), v["error"]["message"].as_str().unwrap_or("").to_string())
+}
