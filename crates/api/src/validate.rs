@@ -106,11 +106,10 @@ pub fn outbound_host(entry: &str) -> Result<(), Invalid> {
         Some((h, p)) => (h, Some(p)),
         None => (entry, None),
     };
-    if let Some(p) = port {
-        if p.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
+    if let Some(p) = port
+        && p.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
             return bad("has an invalid port");
         }
-    }
     let host = host.strip_prefix("*.").unwrap_or(host);
     if host.is_empty() || host.len() > 253 {
         return bad("has no host");

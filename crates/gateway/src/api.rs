@@ -263,9 +263,11 @@ pub async fn put_function(
     ApiQuery(q): ApiQuery<DeployQuery>,
     req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    // Read the (bounded) upload before rejecting anything: an answer sent while the client is
+    // still uploading is lost when the connection closes.
+    let (config, code) = read_deploy(&state, req).await?;
     validate::name("name", &name)?;
     let ns = existing_namespace(&state, &p, q.namespace.as_deref()).await?;
-    let (config, code) = read_deploy(&state, req).await?;
     validate::function_config(&config)?;
     let runtime = state
         .scheduler
@@ -287,11 +289,10 @@ pub async fn put_function(
             return Err(ApiError::bad_request("invalid_code", format!("function `{name}` does not exist yet: the first deploy must upload code")));
         }
     };
-    if let Some(e) = &existing {
-        if e.code_digest == digest && e.config == config {
+    if let Some(e) = &existing
+        && e.code_digest == digest && e.config == config {
             return Ok((StatusCode::OK, Json(DeployResponse { status: DeployStatus::Unchanged, function: function_view(e) })).into_response());
         }
-    }
     let now = now_ms();
     let row = FunctionRow {
         namespace: ns,

@@ -465,7 +465,10 @@ pub async fn run_logs(cli: &Cli, name: &str, follow: bool, limit: u32) -> Result
             print_logs(i);
         }
     }
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let mut q = q.clone();
         q.push(("order", "asc".into()));
@@ -482,7 +485,6 @@ pub async fn run_logs(cli: &Cli, name: &str, follow: bool, limit: u32) -> Result
             cursor = Some(i.id.clone());
         }
     }
-    Ok(())
 }
 
 pub async fn run_ns(cli: &Cli, cmd: &NsCommand) -> Result<()> {

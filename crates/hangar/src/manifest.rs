@@ -43,6 +43,7 @@ struct FunctionSpec {
 }
 
 /// A function ready to deploy.
+#[derive(Debug)]
 pub struct Planned {
     pub name: String,
     pub config: FunctionConfig,
@@ -64,11 +65,10 @@ fn line_of(text: &str, name: &str, field: Option<&str>) -> usize {
             }
             continue;
         }
-        if let (true, Some(f)) = (in_section, field) {
-            if t.split('=').next().map(str::trim) == Some(f) {
+        if let (true, Some(f)) = (in_section, field)
+            && t.split('=').next().map(str::trim) == Some(f) {
                 return i + 1;
             }
-        }
     }
     section_line
 }
@@ -78,7 +78,7 @@ pub fn plan(path: &Path) -> Result<(Option<String>, Vec<Planned>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading manifest {}", path.display()))?;
     let file = path.display();
     let manifest: Manifest = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         match line {
             Some(l) => anyhow::anyhow!("{file}:{l}: {}", e.message()),
             None => anyhow::anyhow!("{file}: {}", e.message()),

@@ -2,10 +2,9 @@
 //! task that runs the guest and reports how it ended.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -153,28 +152,16 @@ impl WasmFunction {
     }
 }
 
-/// How the guest ended, before the response status is known.
+/// How the guest ended.
 struct GuestEnd {
     outcome: Outcome,
     /// One line for the record and the caller.
     error: Option<String>,
-    /// Details (e.g. the wasm backtrace) for the logs.
-    detail: Option<String>,
-}
-
-/// What the invoking side tells the guest task once the response head is decided.
-struct Head {
-    status: u16,
-    /// Set when the guest ran to completion but never produced a usable response.
-    failed: bool,
-    /// Resolves with the body bytes sent when the response body is finished or dropped.
-    body_done: Option<oneshot::Receiver<u64>>,
 }
 
 #[async_trait]
 impl Loaded for WasmFunction {
     async fn invoke(&self, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body> {
-        let started = Instant::now();
         let logs = LogSink::new(self.limits.max_log_bytes);
         let mut store = self.new_store(&logs);
         let request = request.map(|b| {
@@ -190,14 +177,12 @@ impl Loaded for WasmFunction {
             Ok(h) => h,
             Err(e) => {
                 let msg = format!("could not pass the request to the function: {e:#}");
-                let resp = error_response(StatusCode::BAD_REQUEST, "bad_request", &msg);
-                on_finish(finished(Outcome::Error, 400, 0, Some(msg), &logs));
-                return resp;
+                on_finish(finished(Outcome::Error, 400, 0, Some(msg.clone()), &logs));
+                return error_response(StatusCode::BAD_REQUEST, "bad_request", &msg);
             }
         };
 
         let (end_tx, end_rx) = oneshot::channel::<GuestEnd>();
-        let (head_tx, head_rx) = oneshot::channel::<Head>();
         let pre = self.pre.clone();
         let timeout = self.limits.timeout;
         let task_logs = logs.clone();
@@ -208,56 +193,54 @@ impl Loaded for WasmFunction {
             };
             let result = tokio::time::timeout(timeout, run).await;
             let oom = store.data().limiter.hit;
-            // Dropping the store drops the response outparam, so an invoker still waiting for a
-            // response learns that none is coming.
+            // Dropping the store drops the response outparam and the body stream, so whoever
+            // waits for a response or more body learns that none is coming.
             drop(store);
-            let mut end = classify(result, oom, timeout);
-            if let Some(detail) = end.detail.take() {
+            let (end, detail) = classify(result, oom, timeout);
+            if let Some(detail) = detail {
                 task_logs.append(format!("[hangar] {detail}\n").as_bytes());
             }
-            let _ = end_tx.send(GuestEnd { outcome: end.outcome, error: end.error.clone(), detail: None });
-            let Ok(head) = head_rx.await else { return };
-            if head.failed && end.outcome == Outcome::Ok {
-                end.outcome = Outcome::Error;
-                end.error = Some(NO_RESPONSE.into());
-            }
-            let mut bytes = 0;
-            if let Some(done) = head.body_done {
-                // The body may still be streaming to a slow client; the deadline covers that too.
-                let left = timeout.saturating_sub(started.elapsed()) + Duration::from_secs(1);
-                bytes = tokio::time::timeout(left, done).await.ok().and_then(Result::ok).unwrap_or(0);
-            }
-            on_finish(finished(end.outcome, head.status, bytes, end.error, &task_logs));
+            let _ = end_tx.send(end);
         });
 
+        let lost = || GuestEnd { outcome: Outcome::Error, error: Some("the function task ended unexpectedly".into()) };
         match resp_rx.await {
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
-                let (done_tx, done_rx) = oneshot::channel();
-                let _ = head_tx.send(Head { status, failed: false, body_done: Some(done_rx) });
-                resp.map(|b| hangar_runtime::boxed(CountingBody::new(b, done_tx)))
+                resp.map(|inner| {
+                    hangar_runtime::boxed(FinishingBody {
+                        inner,
+                        sent: 0,
+                        status,
+                        end: Some(end_rx),
+                        on_finish: Some(on_finish),
+                        logs,
+                    })
+                })
             }
             Ok(Err(code)) => {
+                let mut end = end_rx.await.unwrap_or_else(|_| lost());
                 let msg = format!("the function answered with an error: {code:?}");
-                let resp = error_response(StatusCode::BAD_GATEWAY, "function_error", &msg);
-                let _ = head_tx.send(Head { status: 502, failed: true, body_done: None });
-                resp
+                if end.outcome == Outcome::Ok {
+                    end = GuestEnd { outcome: Outcome::Error, error: Some(msg.clone()) };
+                }
+                on_finish(finished(end.outcome, 502, 0, end.error, &logs));
+                error_response(StatusCode::BAD_GATEWAY, "function_error", &msg)
             }
             Err(_) => {
-                let end = end_rx.await.unwrap_or(GuestEnd {
-                    outcome: Outcome::Error,
-                    error: Some("the function task ended unexpectedly".into()),
-                    detail: None,
-                });
+                let mut end = end_rx.await.unwrap_or_else(|_| lost());
+                if end.outcome == Outcome::Ok {
+                    end = GuestEnd { outcome: Outcome::Error, error: Some(NO_RESPONSE.into()) };
+                }
                 let (status, code) = match end.outcome {
                     Outcome::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
                     Outcome::OutOfMemory => (StatusCode::BAD_GATEWAY, "out_of_memory"),
                     Outcome::Throttled => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
                     Outcome::Ok | Outcome::Error => (StatusCode::BAD_GATEWAY, "function_error"),
                 };
-                let msg = end.error.as_deref().unwrap_or(NO_RESPONSE);
-                let _ = head_tx.send(Head { status: status.as_u16(), failed: true, body_done: None });
-                error_response(status, code, msg)
+                let msg = end.error.clone().unwrap_or_else(|| NO_RESPONSE.into());
+                on_finish(finished(end.outcome, status.as_u16(), 0, end.error, &logs));
+                error_response(status, code, &msg)
             }
         }
     }
@@ -270,70 +253,76 @@ fn finished(outcome: Outcome, status: u16, bytes: u64, error: Option<String>, lo
 
 const NO_RESPONSE: &str = "the function returned without setting a response";
 
-/// Turns the guest's result into an outcome and a message for people.
+/// Turns the guest's result into an outcome, a message for people, and details for the logs.
 fn classify(
     result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
     oom: bool,
     timeout: Duration,
-) -> GuestEnd {
+) -> (GuestEnd, Option<String>) {
     let timed_out = || GuestEnd {
         outcome: Outcome::Timeout,
         error: Some(format!("the function did not finish within its timeout of {} ms", timeout.as_millis())),
-        detail: None,
     };
     let e = match result {
-        Ok(Ok(())) => return GuestEnd { outcome: Outcome::Ok, error: None, detail: None },
-        Err(_) => return timed_out(),
+        Ok(Ok(())) => return (GuestEnd { outcome: Outcome::Ok, error: None }, None),
+        Err(_) => return (timed_out(), None),
         Ok(Err(e)) => e,
     };
     if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return timed_out();
+        return (timed_out(), None);
     }
     let cause = e.root_cause().to_string();
     let detail = Some(format!("{e:?}"));
     if oom {
-        GuestEnd {
-            outcome: Outcome::OutOfMemory,
-            error: Some(format!("the function needed more memory than its limit allows; raise its memory ({cause})")),
-            detail,
-        }
+        let error = format!("the function needed more memory than its limit allows; raise its memory ({cause})");
+        (GuestEnd { outcome: Outcome::OutOfMemory, error: Some(error) }, detail)
     } else if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
-        GuestEnd {
-            outcome: Outcome::Throttled,
-            error: Some(format!("too many instances are running at once; retry shortly ({cause})")),
-            detail: None,
-        }
+        let error = format!("too many instances are running at once; retry shortly ({cause})");
+        (GuestEnd { outcome: Outcome::Throttled, error: Some(error) }, None)
     } else {
-        GuestEnd { outcome: Outcome::Error, error: Some(format!("the function failed: {cause}")), detail }
+        (GuestEnd { outcome: Outcome::Error, error: Some(format!("the function failed: {cause}")) }, detail)
     }
 }
 
-/// Passes a response body through, counting its bytes, and reports the count when it ends or
-/// is dropped (the client went away).
-struct CountingBody<B> {
+/// The guest's response body on its way to the caller. It counts the bytes, and it does not
+/// end the stream until the guest has ended and its record is handed over, so a caller that
+/// has read a whole response can already see the invocation's record.
+struct FinishingBody<B> {
     inner: B,
-    sent: Arc<AtomicU64>,
-    done: Option<oneshot::Sender<u64>>,
+    sent: u64,
+    status: u16,
+    end: Option<oneshot::Receiver<GuestEnd>>,
+    on_finish: Option<OnFinish>,
+    logs: LogSink,
 }
 
-impl<B> CountingBody<B> {
-    fn new(inner: B, done: oneshot::Sender<u64>) -> Self {
-        CountingBody { inner, sent: Arc::new(AtomicU64::new(0)), done: Some(done) }
-    }
-    fn report(&mut self) {
-        if let Some(done) = self.done.take() {
-            let _ = done.send(self.sent.load(Ordering::Relaxed));
+impl<B> FinishingBody<B> {
+    fn finish(&mut self, end: GuestEnd) {
+        if let Some(on_finish) = self.on_finish.take() {
+            on_finish(finished(end.outcome, self.status, self.sent, end.error, &self.logs));
         }
     }
 }
 
-impl<B> Drop for CountingBody<B> {
+impl<B> Drop for FinishingBody<B> {
     fn drop(&mut self) {
-        self.report();
+        // The caller went away before the end: record once the guest has ended.
+        let (Some(on_finish), Some(end)) = (self.on_finish.take(), self.end.take()) else { return };
+        let (status, sent, logs) = (self.status, self.sent, self.logs.clone());
+        let record = async move {
+            let end = end.await.unwrap_or(GuestEnd { outcome: Outcome::Error, error: None });
+            on_finish(finished(end.outcome, status, sent, end.error, &logs));
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(record);
+            }
+            Err(_) => tracing::warn!("invocation record lost: response dropped outside the runtime"),
+        }
     }
 }
 
-impl<B> http_body::Body for CountingBody<B>
+impl<B> http_body::Body for FinishingBody<B>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
@@ -341,21 +330,32 @@ where
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+        if self.on_finish.is_none() {
+            return Poll::Ready(None);
+        }
+        let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    self.sent += data.len() as u64;
                 }
+                return Poll::Ready(Some(Ok(frame)));
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.report(),
-            Poll::Pending => {}
-        }
+            Poll::Pending => return Poll::Pending,
+            other => other,
+        };
+        // The body ended (or failed): wait for the guest to end, then hand over the record.
+        let end = match self.end.as_mut().map(|rx| Pin::new(rx).poll(cx)) {
+            Some(Poll::Pending) => return Poll::Pending,
+            Some(Poll::Ready(end)) => end.unwrap_or(GuestEnd { outcome: Outcome::Error, error: None }),
+            None => GuestEnd { outcome: Outcome::Error, error: None },
+        };
+        self.end = None;
+        self.finish(end);
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        false
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -71,12 +71,11 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(u) = std::fs::read_to_string(&url_file) {
-                if !u.is_empty() {
+            if let Ok(u) = std::fs::read_to_string(&url_file)
+                && !u.is_empty() {
                     self.url = u.trim().to_string();
                     break;
                 }
-            }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("hangar up exited early: {status}");
             }
