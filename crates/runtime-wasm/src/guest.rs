@@ -152,6 +152,18 @@ impl WasmFunction {
     }
 }
 
+impl WasmFunction {
+    /// Creates a store with this revision's limits and instantiates the component, without
+    /// running it: the cost of making one instance. Returns how long instantiation took.
+    pub async fn instantiate_once(&self) -> Result<Duration, RuntimeError> {
+        let logs = LogSink::new(self.limits.max_log_bytes);
+        let started = std::time::Instant::now();
+        let mut store = self.new_store(&logs);
+        self.pre.instantiate_async(&mut store).await.map_err(|e| RuntimeError::Internal(format!("{e:#}")))?;
+        Ok(started.elapsed())
+    }
+}
+
 /// How the guest ended.
 struct GuestEnd {
     outcome: Outcome,

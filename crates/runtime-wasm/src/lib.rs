@@ -146,6 +146,13 @@ impl Runtime for WasmRuntime {
     }
 
     async fn load(&self, spec: &RevisionSpec) -> Result<Arc<dyn Loaded>, RuntimeError> {
+        Ok(Arc::new(self.load_function(spec).await?))
+    }
+}
+
+impl WasmRuntime {
+    /// [`Runtime::load`] with the concrete type, for measurements of the instance path.
+    pub async fn load_function(&self, spec: &RevisionSpec) -> Result<WasmFunction, RuntimeError> {
         let (engine, linker, artifacts) = (self.engine.clone(), self.linker.clone(), self.artifacts.clone());
         let digest = spec.code_digest.clone();
         let counters = self.counters.clone();
@@ -160,6 +167,6 @@ impl Runtime for WasmRuntime {
         })
         .await
         .map_err(|e| RuntimeError::Internal(format!("load task: {e}")))??;
-        Ok(Arc::new(WasmFunction::new(pre, spec.limits.clone())))
+        Ok(WasmFunction::new(pre, spec.limits.clone()))
     }
 }
