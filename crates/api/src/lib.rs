@@ -31,42 +31,52 @@ pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
 /// Header that carries the invocation id on every function response.
 pub const INVOCATION_ID_HEADER: &str = "x-hangar-invocation-id";
 
-/// How a function's code is executed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RuntimeKind {
-    /// A WebAssembly component for the `wasi:http/proxy` world (WASI 0.2).
-    Wasm,
-}
-
-impl RuntimeKind {
-    /// Every runtime this build knows, as users spell them.
-    pub const ALL: &'static [&'static str] = &["wasm"];
-
-    /// The name users write.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuntimeKind::Wasm => "wasm",
+/// Declares a wire enum whose variants are spelled as lowercase words in JSON, the CLI and the
+/// store, with `as_str`, `ALL`, `Display` and `FromStr` (whose error lists the valid words).
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
         }
-    }
-}
 
-impl std::fmt::Display for RuntimeKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+        impl $name {
+            /// Every value, as users spell them.
+            pub const ALL: &'static [&'static str] = &[$($text),+];
 
-impl std::str::FromStr for RuntimeKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "wasm" => Ok(RuntimeKind::Wasm),
-            other => Err(format!(
-                "unknown runtime `{other}`; this Hangar supports: {}",
-                RuntimeKind::ALL.join(", ")
-            )),
+            /// The word users write.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
         }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!("unknown {} `{other}`; expected one of: {}", $what, Self::ALL.join(", "))),
+                }
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// How a function's code is executed.
+    RuntimeKind, "runtime" {
+        /// A WebAssembly component for the `wasi:http/proxy` world (WASI 0.2).
+        Wasm = "wasm",
     }
 }
 
@@ -149,112 +159,34 @@ pub struct DeployResponse {
     pub function: Function,
 }
 
-/// How the instance that served an invocation was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StartKind {
-    /// The revision had to be loaded (compiled code read from the cache) before instantiating.
-    Cold,
-    /// The revision was resident; a fresh instance was made from it.
-    Warm,
-}
-
-impl StartKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StartKind::Cold => "cold",
-            StartKind::Warm => "warm",
-        }
+wire_enum! {
+    /// How the instance that served an invocation was obtained.
+    StartKind, "start kind" {
+        /// The revision had to be loaded (compiled code read from the cache) before instantiating.
+        Cold = "cold",
+        /// The revision was resident; a fresh instance was made from it.
+        Warm = "warm",
     }
 }
 
-impl std::str::FromStr for StartKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "cold" => Ok(StartKind::Cold),
-            "warm" => Ok(StartKind::Warm),
-            o => Err(format!("unknown start kind `{o}`")),
-        }
+wire_enum! {
+    /// How an invocation ended.
+    Outcome, "status" {
+        Ok = "ok",
+        Error = "error",
+        Timeout = "timeout",
+        OutOfMemory = "out_of_memory",
+        Throttled = "throttled",
     }
 }
 
-/// How an invocation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Ok,
-    Error,
-    Timeout,
-    OutOfMemory,
-    Throttled,
-}
-
-impl Outcome {
-    pub const ALL: &'static [&'static str] = &["ok", "error", "timeout", "out_of_memory", "throttled"];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Error => "error",
-            Outcome::Timeout => "timeout",
-            Outcome::OutOfMemory => "out_of_memory",
-            Outcome::Throttled => "throttled",
-        }
-    }
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Outcome {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "ok" => Outcome::Ok,
-            "error" => Outcome::Error,
-            "timeout" => Outcome::Timeout,
-            "out_of_memory" => Outcome::OutOfMemory,
-            "throttled" => Outcome::Throttled,
-            o => {
-                return Err(format!(
-                    "unknown status `{o}`; expected one of: {}",
-                    Outcome::ALL.join(", ")
-                ));
-            }
-        })
-    }
-}
-
-/// What caused an invocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    /// A request to the function URL.
-    Http,
-    /// `POST /v1/functions/{name}/invoke`.
-    Api,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Http => "http",
-            Trigger::Api => "api",
-        }
-    }
-}
-
-impl std::str::FromStr for Trigger {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "http" => Ok(Trigger::Http),
-            "api" => Ok(Trigger::Api),
-            o => Err(format!("unknown trigger `{o}`")),
-        }
+wire_enum! {
+    /// What caused an invocation.
+    Trigger, "trigger" {
+        /// A request to the function URL.
+        Http = "http",
+        /// `POST /v1/functions/{name}/invoke`.
+        Api = "api",
     }
 }
 

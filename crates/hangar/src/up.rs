@@ -73,7 +73,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         .with_context(|| format!("cannot listen on {}: is another Hangar running? choose another with --listen", opts.listen))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
-    std::fs::write(opts.data_dir.join("hangar.url"), &url).context("writing hangar.url into the data dir")?;
+    let url_file = opts.data_dir.join("hangar.url");
+    std::fs::write(&url_file, &url).context("writing hangar.url into the data dir")?;
     state.ready.store(true, Ordering::Release);
     println!("Hangar listening on {url} (data dir {}, {restored} function(s) restored)", opts.data_dir.display());
     tracing::info!(%url, "ready");
@@ -89,6 +90,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
 
     let app = hangar_gateway::router(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    // The CLI finds the server through this file; it must not point at a stopped one.
+    let _ = std::fs::remove_file(&url_file);
 
     // No new requests; let running invocations end, then make every record durable.
     let left = scheduler.drain(Duration::from_secs(30)).await;

@@ -82,3 +82,17 @@ async fn auth_matrix() {
     let mode = std::fs::metadata(s.dir.path().join("admin.key")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn openapi_document_describes_the_api() {
+    let s = Server::start();
+    let doc: serde_json::Value = reqwest::get(format!("{}/v1/openapi.json", s.url)).await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/v1/functions", "/v1/functions/{name}", "/v1/functions/{name}/invoke", "/v1/invocations", "/v1/invocations/{id}", "/v1/namespaces", "/v1/keys"] {
+        assert!(doc["paths"][path].is_object(), "missing {path}");
+    }
+    for schema in ["Function", "FunctionConfig", "Invocation", "ErrorBody"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "missing schema {schema}");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+}
