@@ -4,7 +4,7 @@
 //! rejected request leaves existing state untouched.
 
 use axum::Json;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{FromRequest, Multipart, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -249,7 +249,6 @@ async fn read_deploy(state: &AppState, req: axum::extract::Request) -> Result<(F
     Ok((config, code))
 }
 
-use axum::extract::FromRequest;
 
 /// Creates or updates a function. Idempotent: the same code and configuration again is
 /// `unchanged` and adds no revision.
