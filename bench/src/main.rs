@@ -264,7 +264,7 @@ async fn main() -> Result<()> {
     let port = free_port()?;
     let peer_started = Instant::now();
     let mut peer = Command::new(&a.wasmtime)
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")])
         .arg(&a.component)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -300,6 +300,7 @@ async fn main() -> Result<()> {
     let restart_started = Instant::now();
     h.boot()?;
     let boot = restart_started.elapsed();
+    let hangar_url = format!("{}/fn/default/hello/", h.url); // a new port after the restart
     let after_restart = first_response(&client, &hangar_url, None).await?;
     let compilations = metric(&client, &h, "hangar_wasm_compilations_total").await?;
 
@@ -334,7 +335,7 @@ async fn main() -> Result<()> {
     writeln!(report, "This machine is shared and noisy: compare the ratios measured side by side in the same run, not")?;
     writeln!(report, "absolute numbers across runs.\n")?;
     writeln!(report, "- Machine: {}", machine())?;
-    writeln!(report, "- Peer: `{version}` (`wasmtime serve`, default settings) on the same component")?;
+    writeln!(report, "- Peer: `{version}` (`wasmtime serve -Scli`: default settings plus the WASI CLI interfaces, as the component reads an env var) on the same component")?;
     writeln!(report, "  (`examples/hello`, {} bytes)", code.len())?;
     writeln!(report, "- Load: `wrk -t2 -c{} -d{}s --latency` on loopback, {} alternating runs per side, medians\n", a.connections, a.duration, a.runs)?;
     writeln!(report, "## Warm path: WebAssembly function through its URL vs `wasmtime serve`\n")?;

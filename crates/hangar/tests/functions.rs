@@ -166,3 +166,21 @@ async fn graceful_shutdown_drains_and_loses_no_record() {
     s.restart_after_stop();
     assert_eq!(s.invocations("probe").await.len(), 20, "every answered invocation is recorded");
 }
+
+#[tokio::test]
+async fn a_caller_that_goes_away_is_still_recorded_and_does_not_block_shutdown() {
+    let mut s = Server::start();
+    s.deploy("probe", "probe", &[]);
+    let impatient = reqwest::Client::builder().timeout(std::time::Duration::from_millis(150)).build().unwrap();
+    let r = impatient.get(format!("{}/fn/default/probe/sleep?ms=500", s.url)).bearer_auth(&s.admin_key).send().await;
+    assert!(r.is_err(), "the client gave up");
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let recs = s.invocations("probe").await;
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    assert_eq!(recs[0]["status"], 499, "recorded as closed by the client");
+    assert!(recs[0]["duration_us"].as_u64().unwrap() >= 500_000);
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || s.stop()).await.unwrap();
+    assert!(status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "nothing left in flight to wait for");
+}

@@ -215,45 +215,85 @@ impl Loaded for WasmFunction {
             let _ = end_tx.send(end);
         });
 
-        let lost = || GuestEnd { outcome: Outcome::Error, error: Some("the function task ended unexpectedly".into()) };
+        // From here on the record is handed over exactly once, also if the caller goes away
+        // and this future or the response body is dropped.
+        let mut report = Report { on_finish: Some(on_finish), end: Some(end_rx), logs, status: CLIENT_CLOSED, sent: 0 };
         match resp_rx.await {
             Ok(Ok(resp)) => {
-                let status = resp.status().as_u16();
-                resp.map(|inner| {
-                    hangar_runtime::boxed(FinishingBody {
-                        inner,
-                        sent: 0,
-                        status,
-                        end: Some(end_rx),
-                        on_finish: Some(on_finish),
-                        logs,
-                    })
-                })
+                report.status = resp.status().as_u16();
+                resp.map(|inner| hangar_runtime::boxed(FinishingBody { inner, report }))
             }
             Ok(Err(code)) => {
-                let mut end = end_rx.await.unwrap_or_else(|_| lost());
                 let msg = format!("the function answered with an error: {code:?}");
-                if end.outcome == Outcome::Ok {
-                    end = GuestEnd { outcome: Outcome::Error, error: Some(msg.clone()) };
-                }
-                on_finish(finished(end.outcome, 502, 0, end.error, &logs));
+                report.status = 502;
+                report.finish_after_guest(Some(msg.clone())).await;
                 error_response(StatusCode::BAD_GATEWAY, "function_error", &msg)
             }
             Err(_) => {
-                let mut end = end_rx.await.unwrap_or_else(|_| lost());
-                if end.outcome == Outcome::Ok {
-                    end = GuestEnd { outcome: Outcome::Error, error: Some(NO_RESPONSE.into()) };
-                }
+                let end = report.finish_after_guest(Some(NO_RESPONSE.into())).await;
                 let (status, code) = match end.outcome {
                     Outcome::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
                     Outcome::OutOfMemory => (StatusCode::BAD_GATEWAY, "out_of_memory"),
                     Outcome::Throttled => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
                     Outcome::Ok | Outcome::Error => (StatusCode::BAD_GATEWAY, "function_error"),
                 };
-                let msg = end.error.clone().unwrap_or_else(|| NO_RESPONSE.into());
-                on_finish(finished(end.outcome, status.as_u16(), 0, end.error, &logs));
-                error_response(status, code, &msg)
+                error_response(status, code, end.error.as_deref().unwrap_or(NO_RESPONSE))
             }
+        }
+    }
+}
+
+/// Status recorded when the caller went away before a response existed (as nginx logs it).
+const CLIENT_CLOSED: u16 = 499;
+
+fn lost() -> GuestEnd {
+    GuestEnd { outcome: Outcome::Error, error: Some("the function task ended unexpectedly".into()) }
+}
+
+/// Hands an invocation's record over exactly once: when told to, or, if dropped first (the
+/// caller went away), from a small task once the guest has ended.
+struct Report {
+    on_finish: Option<OnFinish>,
+    end: Option<oneshot::Receiver<GuestEnd>>,
+    logs: LogSink,
+    status: u16,
+    sent: u64,
+}
+
+impl Report {
+    fn finish(&mut self, end: GuestEnd) {
+        self.end = None;
+        if let Some(on_finish) = self.on_finish.take() {
+            on_finish(finished(end.outcome, self.status, self.sent, end.error, &self.logs));
+        }
+    }
+
+    /// Waits for the guest to end and hands the record over. A guest that ran fine without a
+    /// usable response is an error with `failure` as its message.
+    async fn finish_after_guest(&mut self, failure: Option<String>) -> GuestEnd {
+        let mut end = match self.end.take() {
+            Some(rx) => rx.await.unwrap_or_else(|_| lost()),
+            None => lost(),
+        };
+        if end.outcome == Outcome::Ok {
+            end = GuestEnd { outcome: Outcome::Error, error: failure };
+        }
+        self.finish(GuestEnd { outcome: end.outcome, error: end.error.clone() });
+        end
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        let (Some(on_finish), Some(end)) = (self.on_finish.take(), self.end.take()) else { return };
+        let (status, sent, logs) = (self.status, self.sent, self.logs.clone());
+        let record = async move {
+            let end = end.await.unwrap_or_else(|_| lost());
+            on_finish(finished(end.outcome, status, sent, end.error, &logs));
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn(record)),
+            Err(_) => tracing::warn!("invocation record lost: dropped outside the async runtime"),
         }
     }
 }
@@ -298,40 +338,11 @@ fn classify(
 
 /// The guest's response body on its way to the caller. It counts the bytes, and it does not
 /// end the stream until the guest has ended and its record is handed over, so a caller that
-/// has read a whole response can already see the invocation's record.
+/// has read a whole response can already see the invocation's record. Dropped early (the
+/// caller went away), its [`Report`] still hands the record over.
 struct FinishingBody<B> {
     inner: B,
-    sent: u64,
-    status: u16,
-    end: Option<oneshot::Receiver<GuestEnd>>,
-    on_finish: Option<OnFinish>,
-    logs: LogSink,
-}
-
-impl<B> FinishingBody<B> {
-    fn finish(&mut self, end: GuestEnd) {
-        if let Some(on_finish) = self.on_finish.take() {
-            on_finish(finished(end.outcome, self.status, self.sent, end.error, &self.logs));
-        }
-    }
-}
-
-impl<B> Drop for FinishingBody<B> {
-    fn drop(&mut self) {
-        // The caller went away before the end: record once the guest has ended.
-        let (Some(on_finish), Some(end)) = (self.on_finish.take(), self.end.take()) else { return };
-        let (status, sent, logs) = (self.status, self.sent, self.logs.clone());
-        let record = async move {
-            let end = end.await.unwrap_or(GuestEnd { outcome: Outcome::Error, error: None });
-            on_finish(finished(end.outcome, status, sent, end.error, &logs));
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn(record);
-            }
-            Err(_) => tracing::warn!("invocation record lost: response dropped outside the runtime"),
-        }
-    }
+    report: Report,
 }
 
 impl<B> http_body::Body for FinishingBody<B>
@@ -342,13 +353,13 @@ where
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        if self.on_finish.is_none() {
+        if self.report.on_finish.is_none() {
             return Poll::Ready(None);
         }
         let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.sent += data.len() as u64;
+                    self.report.sent += data.len() as u64;
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }
@@ -356,13 +367,12 @@ where
             other => other,
         };
         // The body ended (or failed): wait for the guest to end, then hand over the record.
-        let end = match self.end.as_mut().map(|rx| Pin::new(rx).poll(cx)) {
+        let end = match self.report.end.as_mut().map(|rx| Pin::new(rx).poll(cx)) {
             Some(Poll::Pending) => return Poll::Pending,
-            Some(Poll::Ready(end)) => end.unwrap_or(GuestEnd { outcome: Outcome::Error, error: None }),
-            None => GuestEnd { outcome: Outcome::Error, error: None },
+            Some(Poll::Ready(end)) => end.unwrap_or_else(|_| lost()),
+            None => lost(),
         };
-        self.end = None;
-        self.finish(end);
+        self.report.finish(end);
         polled
     }
 

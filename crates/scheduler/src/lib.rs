@@ -49,6 +49,32 @@ struct InFlight {
     idle: Notify,
 }
 
+/// Counts one running invocation from its start until it is recorded, or until it is dropped
+/// unrecorded (the caller went away before the runtime took over), so `drain` never waits on
+/// an invocation that no longer exists.
+struct InFlightGuard {
+    in_flight: Arc<InFlight>,
+    instances: hangar_meter::Gauge,
+}
+
+
+impl InFlightGuard {
+    fn enter(in_flight: &Arc<InFlight>, metrics: &FunctionMetrics) -> Self {
+        in_flight.count.fetch_add(1, Ordering::AcqRel);
+        metrics.instances.inc();
+        InFlightGuard { in_flight: in_flight.clone(), instances: metrics.instances.clone() }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.instances.dec();
+        if self.in_flight.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.in_flight.idle.notify_waiters();
+        }
+    }
+}
+
 /// See the module docs.
 pub struct Scheduler {
     runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
@@ -133,8 +159,7 @@ impl Scheduler {
         let id = uuid::Uuid::now_v7().to_string();
         let started_ms = now_ms();
         let started = Instant::now();
-        self.in_flight.count.fetch_add(1, Ordering::AcqRel);
-        slot.metrics.instances.inc();
+        let guard = InFlightGuard::enter(&self.in_flight, &slot.metrics);
 
         let start = if slot.loaded.initialized() { StartKind::Warm } else { StartKind::Cold };
         let d = &slot.deployment;
@@ -159,7 +184,6 @@ impl Scheduler {
         let finish = {
             let meter = self.meter.clone();
             let metrics = slot.metrics.clone();
-            let in_flight = self.in_flight.clone();
             move |f: hangar_runtime::Finished| {
                 record.duration_us = started.elapsed().as_micros() as u64;
                 record.billed_ms = billed_ms(record.duration_us);
@@ -169,11 +193,8 @@ impl Scheduler {
                 record.error = f.error;
                 record.logs = f.logs;
                 record.logs_truncated = f.logs_truncated;
-                metrics.instances.dec();
                 meter.record(&metrics, record);
-                if in_flight.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    in_flight.idle.notify_waiters();
-                }
+                drop(guard);
             }
         };
 
