@@ -89,6 +89,12 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     }
 
     let app = hangar_gateway::router(state);
+    // Small response pieces (head, chunks, end) must not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     // The CLI finds the server through this file; it must not point at a stopped one.
     let _ = std::fs::remove_file(&url_file);

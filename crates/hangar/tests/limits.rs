@@ -60,7 +60,7 @@ async fn timeout_memory_env_and_sandbox() {
     assert_eq!(trap["outcome"], "error");
     assert!(trap["logs"].as_str().unwrap().contains("the probe was asked to fail"), "panic message in the logs: {trap}");
     let timeouts: Vec<_> = recs.iter().filter(|r| r["outcome"] == "timeout").collect();
-    assert!(timeouts.iter().all(|r| r["status"] == 504 && r["billed_ms"].as_u64().unwrap() >= 400));
+    assert!(timeouts.iter().all(|r| r["status"] == 504 && r["billed_ms"].as_u64().unwrap() >= 400), "{timeouts:#?}");
 }
 
 #[tokio::test]
@@ -102,4 +102,19 @@ async fn logs_are_bounded_with_a_marker() {
     let logs = big["logs"].as_str().unwrap();
     assert!(logs.ends_with("[hangar: logs truncated at 1000 bytes]\n"), "{logs}");
     assert!(logs.len() < 1100);
+}
+
+#[tokio::test]
+async fn every_request_gets_a_fresh_instance() {
+    let s = Server::start();
+    s.deploy("probe", "probe", &[]);
+    // Sequential and concurrent: pool slots are reused, their state never is.
+    for _ in 0..20 {
+        let body = s.get("/fn/default/probe/counter").send().await.unwrap().text().await.unwrap();
+        assert_eq!(body, "count=1 scratch_before=0");
+    }
+    let calls = (0..50).map(|_| s.get("/fn/default/probe/counter").send());
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.unwrap().text().await.unwrap(), "count=1 scratch_before=0");
+    }
 }

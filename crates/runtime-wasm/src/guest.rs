@@ -225,19 +225,23 @@ impl Loaded for WasmFunction {
             }
             Ok(Err(code)) => {
                 let msg = format!("the function answered with an error: {code:?}");
+                let end = report.guest_end(&msg).await;
                 report.status = 502;
-                report.finish_after_guest(Some(msg.clone())).await;
+                report.finish(end);
                 error_response(StatusCode::BAD_GATEWAY, "function_error", &msg)
             }
             Err(_) => {
-                let end = report.finish_after_guest(Some(NO_RESPONSE.into())).await;
+                let end = report.guest_end(NO_RESPONSE).await;
                 let (status, code) = match end.outcome {
                     Outcome::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
                     Outcome::OutOfMemory => (StatusCode::BAD_GATEWAY, "out_of_memory"),
                     Outcome::Throttled => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
                     Outcome::Ok | Outcome::Error => (StatusCode::BAD_GATEWAY, "function_error"),
                 };
-                error_response(status, code, end.error.as_deref().unwrap_or(NO_RESPONSE))
+                let response = error_response(status, code, end.error.as_deref().unwrap_or(NO_RESPONSE));
+                report.status = status.as_u16();
+                report.finish(end);
+                response
             }
         }
     }
@@ -268,17 +272,17 @@ impl Report {
         }
     }
 
-    /// Waits for the guest to end and hands the record over. A guest that ran fine without a
-    /// usable response is an error with `failure` as its message.
-    async fn finish_after_guest(&mut self, failure: Option<String>) -> GuestEnd {
-        let mut end = match self.end.take() {
+    /// Waits for the guest to end. A guest that ran fine without a usable response is an
+    /// error with `failure` as its message. The receiver stays in `self` while waiting, so a
+    /// caller that goes away meanwhile is still recorded by `Drop`.
+    async fn guest_end(&mut self, failure: &str) -> GuestEnd {
+        let end = match self.end.as_mut() {
             Some(rx) => rx.await.unwrap_or_else(|_| lost()),
             None => lost(),
         };
         if end.outcome == Outcome::Ok {
-            end = GuestEnd { outcome: Outcome::Error, error: failure };
+            return GuestEnd { outcome: Outcome::Error, error: Some(failure.to_string()) };
         }
-        self.finish(GuestEnd { outcome: end.outcome, error: end.error.clone() });
         end
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! `/echo` body, method and whether an `Authorization` header arrived, back · `/env?name=K` · `/sleep?ms=N` · `/spin` (endless loop) ·
 //! `/alloc?mb=N` · `/fetch?url=U` (outbound HTTP GET) · `/log?lines=N` · `/stream?chunks=N` ·
-//! `/trap` (panics) · `/fs` (tries to read a host file) · `/noresponse` (returns without answering).
+//! `/counter` (global state; always 1) · `/trap` (panics) · `/fs` (tries to read a host file) · `/noresponse` (returns without answering).
 
 use std::io::Write;
 
@@ -13,6 +13,11 @@ use wasip2::http::types::{
 };
 
 struct Probe;
+
+/// Incremented by `/counter`: every request gets a fresh instance, so it always answers 1.
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Filled by `/counter` with a marker: a fresh instance never sees a previous one's heap.
+static mut SCRATCH: [u8; 64] = [0; 64];
 
 fn query_param(query: &str, key: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
@@ -142,6 +147,17 @@ impl Guest for Probe {
                 let parts: Vec<Vec<u8>> = (0..chunks).map(|i| format!("chunk {i}\n").into_bytes()).collect();
                 let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
                 respond(out, 200, &[("content-type", "text/plain")], &refs);
+            }
+            "/counter" => {
+                let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                // SAFETY: a wasm instance is single-threaded; nothing else touches SCRATCH now.
+                let seen = unsafe {
+                    let p = &raw mut SCRATCH;
+                    let before = (*p)[0];
+                    (*p)[0] = 0xAB;
+                    before
+                };
+                text(out, 200, &format!("count={n} scratch_before={seen}"));
             }
             "/trap" => panic!("the probe was asked to fail"),
             "/fs" => match std::fs::read_to_string("/etc/passwd") {
