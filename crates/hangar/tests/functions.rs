@@ -147,11 +147,16 @@ async fn graceful_shutdown_drains_and_loses_no_record() {
     let client = s.http();
     let calls: Vec<_> = (0..20)
         .map(|_| {
-            let req = client.get(format!("{}/fn/default/probe/sleep?ms=700", s.url)).bearer_auth(&s.admin_key);
+            let req = client.get(format!("{}/fn/default/probe/sleep?ms=2000", s.url)).bearer_auth(&s.admin_key);
             tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Stop only once all twenty are running inside the server.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.metric("hangar_instances{namespace=\"default\",function=\"probe\"}").await < 20.0 {
+        assert!(std::time::Instant::now() < deadline, "the invocations never all started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let status = tokio::task::spawn_blocking(move || {
         let st = s.stop();
         (st, s)
@@ -174,8 +179,13 @@ async fn a_caller_that_goes_away_is_still_recorded_and_does_not_block_shutdown()
     let impatient = reqwest::Client::builder().timeout(std::time::Duration::from_millis(150)).build().unwrap();
     let r = impatient.get(format!("{}/fn/default/probe/sleep?ms=500", s.url)).bearer_auth(&s.admin_key).send().await;
     assert!(r.is_err(), "the client gave up");
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    let recs = s.invocations("probe").await;
+    // Recorded once the guest has ended, about 500 ms after the start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut recs = s.invocations("probe").await;
+    while recs.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        recs = s.invocations("probe").await;
+    }
     assert_eq!(recs.len(), 1, "{recs:#?}");
     assert_eq!(recs[0]["status"], 499, "recorded as closed by the client");
     assert!(recs[0]["duration_us"].as_u64().unwrap() >= 500_000);
