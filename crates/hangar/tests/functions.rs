@@ -69,8 +69,9 @@ async fn deploy_invoke_records_and_logs() {
     assert_eq!(s.metric("hangar_invocations_total{namespace=\"default\",function=\"hello\",outcome=\"ok\"}").await, 4.0);
     assert_eq!(s.metric("hangar_cold_starts_total{namespace=\"default\",function=\"hello\"}").await, 1.0);
 
-    // Delete.
+    // Delete: the function, its URL and its metric series are gone.
     s.ok(&["fn", "rm", "hello"]);
+    assert_eq!(s.metric("hangar_invocations_total{namespace=\"default\",function=\"hello\",outcome=\"ok\"}").await, 0.0);
     let r = reqwest::get(format!("{}/fn/default/hello/", s.url)).await.unwrap();
     assert_eq!(r.status(), 401, "a deleted function is no longer public");
     s.fails(&["fn", "get", "hello"], 4);

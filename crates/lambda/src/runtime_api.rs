@@ -199,11 +199,8 @@ async fn error(State(state): State<ApiState>, Path(id): Path<String>, headers: H
 async fn init_error(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     let err = error_body(&headers, &body);
     let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
-    match inner.current.take() {
-        Some((_, tx)) => {
-            let _ = tx.send(Answer::InitError(err.clone()));
-        }
-        None => {}
+    if let Some((_, tx)) = inner.current.take() {
+        let _ = tx.send(Answer::InitError(err.clone()));
     }
     inner.init_error = Some(err);
     (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"status": "OK"}))).into_response()

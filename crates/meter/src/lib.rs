@@ -167,6 +167,18 @@ impl Meter {
         }
     }
 
+    /// Drops a deleted function's metric series, so `/metrics` shows only what exists.
+    pub fn forget_function(&self, namespace: &str, function: &str) {
+        let m = &self.metrics;
+        let labels = FunctionLabels { namespace: namespace.into(), function: function.into() };
+        m.duration.remove(&labels);
+        m.cold_starts.remove(&labels);
+        m.instances.remove(&labels);
+        for o in Outcome::ALL {
+            m.invocations.remove(&OutcomeLabels { namespace: namespace.into(), function: function.into(), outcome: (*o).into() });
+        }
+    }
+
     /// Counts the record in the metrics and queues it for the store. Never blocks.
     pub fn record(&self, metrics: &FunctionMetrics, record: InvocationRecord) {
         metrics.observe(&record);

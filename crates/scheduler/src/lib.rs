@@ -128,13 +128,16 @@ impl Scheduler {
 
     /// Stops routing to a function.
     pub fn remove(&self, namespace: &str, name: &str) {
-        let mut table = self.write_table();
-        if let Some(functions) = table.get_mut(namespace) {
-            functions.remove(name);
-            if functions.is_empty() {
-                table.remove(namespace);
+        {
+            let mut table = self.write_table();
+            if let Some(functions) = table.get_mut(namespace) {
+                functions.remove(name);
+                if functions.is_empty() {
+                    table.remove(namespace);
+                }
             }
         }
+        self.meter.forget_function(namespace, name);
     }
 
     /// The slot serving a function, if deployed.
