@@ -150,9 +150,7 @@ impl WasmFunction {
         store.epoch_deadline_trap();
         store
     }
-}
 
-impl WasmFunction {
     /// Creates a store with this revision's limits and instantiates the component, without
     /// running it: the cost of making one instance. Returns how long instantiation took.
     pub async fn instantiate_once(&self) -> Result<Duration, RuntimeError> {
