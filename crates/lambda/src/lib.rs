@@ -10,3 +10,8 @@ pub mod url_event;
 
 /// Largest response a function may return, like Lambda's synchronous limit (6 MiB).
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+
+/// Hangar's Python runtime shim (stdlib only): run as `python3 -c PYTHON_SHIM` or from a file.
+pub const PYTHON_SHIM: &str = include_str!("../shims/bootstrap.py");
+/// Hangar's Node.js runtime shim (no dependencies): run with `node`.
+pub const NODE_SHIM: &str = include_str!("../shims/bootstrap.js");
