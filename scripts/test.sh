@@ -8,6 +8,12 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
+# The jail tests run real containers with runc (as root, like CI).
+if ! command -v runc >/dev/null; then
+  echo "installing runc (the jail tests run real containers)"
+  apt-get update -qq && apt-get install -y -qq runc
+fi
+
 # The example components the black-box tests deploy.
 cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml
 

@@ -1,0 +1,271 @@
+//! Runs one untrusted process in an OCI container driven by `runc`: its own mount, pid, ipc,
+//! uts and network namespaces, an unprivileged user, no capabilities, `no_new_privs`, a seccomp
+//! deny-list, rlimits, and cgroup limits on memory, pids and CPU share.
+//!
+//! The root filesystem is an empty read-only directory into which only what the process needs
+//! is bound read-only (the system's `/usr`, an interpreter's prefix, the function's code), plus
+//! a private size-bounded `/tmp`. The host's other files, processes and network are not there.
+//! (Process functions, issue 3, are the first user; services and sandboxes reuse the bundle
+//! format with other runtimes.)
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use oci_spec::runtime::{
+    Capabilities, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+
+/// Why a jail could not be made or run.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// The OCI configuration could not be built: {0}.
+    #[error("jail: building the container config: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+    /// Writing the bundle failed.
+    #[error("jail: writing the bundle: {0}")]
+    Io(#[from] std::io::Error),
+    /// `runc` is missing or failed.
+    #[error("jail: runc: {0}. Install it with `apt-get install runc`")]
+    Runc(String),
+    /// Bad input to the jail.
+    #[error("jail: {0}")]
+    Invalid(String),
+}
+
+/// User and group the jailed process runs as (`nobody`).
+pub const NOBODY: u32 = 65534;
+
+/// What to run and under which limits.
+#[derive(Debug, Clone)]
+pub struct JailSpec {
+    /// Container id, unique on the host: `[a-zA-Z0-9_.-]+`.
+    pub id: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Working directory inside.
+    pub cwd: String,
+    /// Host directories bound read-only at the given paths inside.
+    pub ro_binds: Vec<(PathBuf, String)>,
+    pub memory_bytes: i64,
+    pub pids_max: i64,
+    /// Relative CPU weight (cgroup v1 `cpu.shares`).
+    pub cpu_shares: u64,
+    /// Size of the private writable `/tmp`.
+    pub tmp_bytes: u64,
+    /// Largest number of open files.
+    pub max_open_files: u64,
+}
+
+/// Syscalls no jailed process needs; denied with `EPERM` on top of the dropped capabilities.
+const DENIED_SYSCALLS: &[&str] = &[
+    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "delete_module", "finit_module", "init_module",
+    "ioperm", "iopl", "kexec_file_load", "kexec_load", "keyctl", "mount", "move_mount", "open_by_handle_at",
+    "open_tree", "perf_event_open", "pivot_root", "ptrace", "quotactl", "reboot", "request_key", "setns",
+    "settimeofday", "swapoff", "swapon", "umount2", "unshare", "userfaultfd", "fsopen", "fsmount", "fspick",
+];
+
+fn bind_ro(host: &Path, inside: &str) -> Result<Mount, JailError> {
+    Ok(MountBuilder::default()
+        .destination(inside)
+        .typ("bind")
+        .source(host)
+        .options(vec!["rbind".into(), "ro".into(), "nosuid".into(), "nodev".into()])
+        .build()?)
+}
+
+/// The OCI runtime configuration for `spec`, with `rootfs` as the root.
+pub fn oci_config(spec: &JailSpec, rootfs: &Path) -> Result<Spec, JailError> {
+    if spec.id.is_empty() || !spec.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+        return Err(JailError::Invalid(format!("container id `{}` may only hold letters, digits, `_`, `.`, `-`", spec.id)));
+    }
+    let user = UserBuilder::default().uid(NOBODY).gid(NOBODY).additional_gids(Vec::<u32>::new()).build()?;
+    let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let no_caps = Capabilities::new();
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(spec.argv.clone())
+        .env(env)
+        .cwd(spec.cwd.clone())
+        .no_new_privileges(true)
+        .capabilities(
+            oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+                .bounding(no_caps.clone())
+                .effective(no_caps.clone())
+                .inheritable(no_caps.clone())
+                .permitted(no_caps.clone())
+                .ambient(no_caps)
+                .build()?,
+        )
+        .rlimits(vec![
+            PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitNofile).hard(spec.max_open_files).soft(spec.max_open_files).build()?,
+            PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitCore).hard(0u64).soft(0u64).build()?,
+        ])
+        .build()?;
+
+    let mut mounts = oci_spec::runtime::get_default_mounts();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/tmp")
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(vec!["nosuid".into(), "nodev".into(), "mode=1777".into(), format!("size={}", spec.tmp_bytes)])
+            .build()?,
+    );
+    for (host, inside) in &spec.ro_binds {
+        if !host.exists() {
+            return Err(JailError::Invalid(format!("{} does not exist on the host", host.display())));
+        }
+        mounts.push(bind_ro(host, inside)?);
+    }
+
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Network,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .collect::<Result<Vec<_>, _>>()?;
+    let resources = LinuxResourcesBuilder::default()
+        .memory(LinuxMemoryBuilder::default().limit(spec.memory_bytes).build()?)
+        .pids(LinuxPidsBuilder::default().limit(spec.pids_max).build()?)
+        .cpu(LinuxCpuBuilder::default().shares(spec.cpu_shares).build()?)
+        .build()?;
+    let seccomp = LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .syscalls(vec![
+            LinuxSyscallBuilder::default()
+                .names(DENIED_SYSCALLS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(1u32)
+                .build()?,
+        ])
+        .build()?;
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .cgroups_path(PathBuf::from(format!("/hangar/{}", spec.id)))
+        .seccomp(seccomp)
+        .masked_paths(
+            ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .readonly_paths(["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"].map(String::from).to_vec())
+        .build()?;
+    Ok(SpecBuilder::default()
+        .version("1.0.2")
+        .root(RootBuilder::default().path(rootfs).readonly(true).build()?)
+        .hostname("hangar")
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .build()?)
+}
+
+/// A container bundle on disk, ready to run.
+#[derive(Debug)]
+pub struct Jail {
+    id: String,
+    bundle: PathBuf,
+}
+
+impl Jail {
+    /// Writes the bundle under `dir/<id>`: `config.json` and an empty root with the host's
+    /// merged-`/usr` links (`/bin`, `/lib`, ... → `usr/...`).
+    pub fn prepare(dir: &Path, spec: &JailSpec) -> Result<Jail, JailError> {
+        let bundle = dir.join(&spec.id);
+        let rootfs = bundle.join("rootfs");
+        std::fs::create_dir_all(&rootfs)?;
+        for link in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+            let host = Path::new("/").join(link);
+            if let Ok(target) = std::fs::read_link(&host) {
+                let at = rootfs.join(link);
+                if std::fs::symlink_metadata(&at).is_err() {
+                    std::os::unix::fs::symlink(target, at)?;
+                }
+            }
+        }
+        oci_config(spec, &rootfs)?.save(bundle.join("config.json"))?;
+        Ok(Jail { id: spec.id.clone(), bundle })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Starts the container in the foreground of a `runc run` child: its exit status is the
+    /// jailed process's (137 when it was killed, e.g. by the memory limit).
+    pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Result<tokio::process::Child, JailError> {
+        tokio::process::Command::new("runc")
+            .arg("run")
+            .arg("--bundle")
+            .arg(&self.bundle)
+            .arg(&self.id)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| JailError::Runc(format!("cannot start runc: {e}")))
+    }
+
+    /// Kills every process of the container and removes it and its bundle.
+    pub async fn destroy(self) {
+        let _ = tokio::process::Command::new("runc").args(["kill", "--all", &self.id, "KILL"]).output().await;
+        let _ = tokio::process::Command::new("runc").args(["delete", "--force", &self.id]).output().await;
+        let _ = std::fs::remove_dir_all(&self.bundle);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JailSpec {
+        JailSpec {
+            id: "t1".into(),
+            argv: vec!["/usr/bin/true".into()],
+            env: vec![("A".into(), "1".into())],
+            cwd: "/".into(),
+            ro_binds: vec![(PathBuf::from("/usr"), "/usr".into())],
+            memory_bytes: 64 << 20,
+            pids_max: 32,
+            cpu_shares: 128,
+            tmp_bytes: 16 << 20,
+            max_open_files: 1024,
+        }
+    }
+
+    #[test]
+    fn config_is_locked_down() {
+        let c = serde_json::to_value(oci_config(&spec(), Path::new("/x/rootfs")).unwrap()).unwrap();
+        assert_eq!(c["root"]["readonly"], true);
+        assert_eq!(c["process"]["user"]["uid"], NOBODY);
+        assert_eq!(c["process"]["noNewPrivileges"], true);
+        assert_eq!(c["process"]["capabilities"]["bounding"], serde_json::json!([]));
+        assert_eq!(c["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(c["linux"]["resources"]["pids"]["limit"], 32);
+        let ns: Vec<_> = c["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap().to_string()).collect();
+        assert_eq!(ns, ["pid", "network", "ipc", "uts", "mount"]);
+        let usr = c["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/usr").unwrap();
+        assert!(usr["options"].as_array().unwrap().contains(&serde_json::json!("ro")));
+        assert!(c["linux"]["seccomp"]["syscalls"][0]["names"].as_array().unwrap().contains(&serde_json::json!("mount")));
+    }
+
+    #[test]
+    fn bad_ids_and_missing_binds_are_rejected() {
+        let mut s = spec();
+        s.id = "../x".into();
+        assert!(matches!(oci_config(&s, Path::new("/r")), Err(JailError::Invalid(_))));
+        let mut s = spec();
+        s.ro_binds.push((PathBuf::from("/does/not/exist"), "/x".into()));
+        assert!(matches!(oci_config(&s, Path::new("/r")), Err(JailError::Invalid(_))));
+    }
+}
