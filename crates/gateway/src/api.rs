@@ -225,16 +225,20 @@ async fn read_deploy(state: &AppState, req: axum::extract::Request) -> Result<(F
             "code" => {
                 let mut field = field;
                 let mut buf = Vec::new();
+                let mut over = false;
                 loop {
                     match field.chunk().await {
-                        Ok(Some(chunk)) => {
-                            if buf.len() + chunk.len() > state.limits.max_code_bytes {
-                                return Err(too_large());
-                            }
-                            buf.extend_from_slice(&chunk);
+                        // Past the limit, keep reading (and dropping) what the route's body limit
+                        // still allows, so the client finishes sending and can read the 413.
+                        Ok(Some(_)) if over => {}
+                        Ok(Some(chunk)) if buf.len() + chunk.len() > state.limits.max_code_bytes => {
+                            over = true;
+                            buf = Vec::new();
                         }
+                        Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+                        Ok(None) if over => return Err(too_large()),
                         Ok(None) => break,
-                        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+                        Err(e) if over || e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
                         Err(e) => return Err(ApiError::bad_request("invalid_multipart", e.body_text())),
                     }
                 }
