@@ -88,7 +88,11 @@ async fn invoke(
         )
     };
     let declared = head.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
+    if let Some(n) = declared.filter(|n| *n > max as u64) {
+        if n <= LINGER_BYTES {
+            // Let the client finish sending, so it reads the 413 instead of a broken pipe.
+            linger(body).await;
+        }
         return Err(too_large());
     }
     let exceeded = Arc::new(AtomicBool::new(false));
@@ -102,6 +106,27 @@ async fn invoke(
         parts.headers.insert(INVOCATION_ID_HEADER, v);
     }
     Ok(Response::from_parts(parts, axum::body::Body::new(body)))
+}
+
+/// Oversized bodies up to this size are read and dropped before answering 413; larger ones
+/// get the answer at once and the connection is closed.
+const LINGER_BYTES: u64 = 64 << 20;
+/// The longest an oversized body is read before answering.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn linger(body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut read = 0u64;
+    let drain = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 /// A streamed request body that ends with an error once more than `left` bytes arrive, and

@@ -76,6 +76,9 @@ async fn payloads_over_the_limit_get_413() {
     let (st, code, msg) = error_code(c.post(&url).bearer_auth(&s.admin_key).body(vec![b'x'; 1001]).send().await.unwrap()).await;
     assert_eq!((st, code.as_str()), (413, "payload_too_large"));
     assert!(msg.contains("1000 bytes"), "{msg}");
+    // Far over the limit: the client still gets to read the 413 (no broken pipe).
+    let r = c.post(&url).bearer_auth(&s.admin_key).body(vec![b'z'; 2 << 20]).send().await.expect("the 413 arrives");
+    assert_eq!(r.status(), 413);
     // Chunked, without a Content-Length.
     let chunks = futures::stream::iter((0..4).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 400])));
     let r = c.post(&url).bearer_auth(&s.admin_key).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
