@@ -9,6 +9,10 @@
 //! format with other runtimes.)
 #![forbid(unsafe_code)]
 
+mod netns;
+
+pub use netns::NetNs;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -57,6 +61,16 @@ pub struct JailSpec {
     pub tmp_bytes: u64,
     /// Largest number of open files.
     pub max_open_files: u64,
+    pub network: Network,
+}
+
+/// The network the jailed process sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// A new, empty network namespace: no interface is up, nothing is reachable.
+    None,
+    /// Join this prepared namespace (e.g. a [`NetNs`] whose only listener is Hangar's Runtime API).
+    Join(PathBuf),
 }
 
 /// Syscalls no jailed process needs; denied with `EPERM` on top of the dropped capabilities.
@@ -130,7 +144,10 @@ pub fn oci_config(spec: &JailSpec, rootfs: &Path) -> Result<Spec, JailError> {
         LinuxNamespaceType::Mount,
     ]
     .into_iter()
-    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .map(|t| match (&spec.network, t) {
+        (Network::Join(path), LinuxNamespaceType::Network) => LinuxNamespaceBuilder::default().typ(t).path(path).build(),
+        _ => LinuxNamespaceBuilder::default().typ(t).build(),
+    })
     .collect::<Result<Vec<_>, _>>()?;
     let resources = LinuxResourcesBuilder::default()
         .memory(LinuxMemoryBuilder::default().limit(spec.memory_bytes).build()?)
@@ -240,6 +257,7 @@ mod tests {
             cpu_shares: 128,
             tmp_bytes: 16 << 20,
             max_open_files: 1024,
+            network: Network::None,
         }
     }
 
@@ -257,6 +275,10 @@ mod tests {
         let usr = c["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/usr").unwrap();
         assert!(usr["options"].as_array().unwrap().contains(&serde_json::json!("ro")));
         assert!(c["linux"]["seccomp"]["syscalls"][0]["names"].as_array().unwrap().contains(&serde_json::json!("mount")));
+        let mut s = spec();
+        s.network = Network::Join(PathBuf::from("/var/run/netns/x"));
+        let c = serde_json::to_value(oci_config(&s, Path::new("/x/rootfs")).unwrap()).unwrap();
+        assert_eq!(c["linux"]["namespaces"][1]["path"], "/var/run/netns/x");
     }
 
     #[test]

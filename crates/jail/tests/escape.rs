@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use hangar_jail::{Jail, JailSpec, NOBODY};
+use hangar_jail::{Jail, JailSpec, NOBODY, Network};
 
 fn python_prefix() -> PathBuf {
     let out = Command::new("python3").args(["-c", "import sys; print(sys.prefix)"]).output().expect("python3 is needed for this test");
@@ -49,6 +49,7 @@ async fn run_python(script: &str, args: &[&str], memory_bytes: i64, pids_max: i6
         cpu_shares: 256,
         tmp_bytes: 8 << 20,
         max_open_files: 256,
+        network: Network::None,
     };
     let bundles = dir.path().join("bundles");
     let jail = Jail::prepare(&bundles, &spec).unwrap();

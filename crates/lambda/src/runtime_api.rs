@@ -84,7 +84,16 @@ pub struct RuntimeApi {
 impl RuntimeApi {
     /// Serves the Runtime API on `127.0.0.1` at a free port.
     pub async fn start() -> std::io::Result<RuntimeApi> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        Self::start_on(listener)
+    }
+
+    /// Serves the Runtime API on a listener bound elsewhere, e.g. inside the network namespace
+    /// of the instance (so the instance reaches it, and nothing else, at `127.0.0.1`). The
+    /// listener must be non-blocking.
+    pub fn start_on(listener: std::net::TcpListener) -> std::io::Result<RuntimeApi> {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(1);
         let inner = Arc::new(Mutex::new(Inner::default()));
