@@ -93,6 +93,17 @@ fn error_of(a: Answer) -> Value {
     }
 }
 
+/// Each case (handler, task files, expected `errorType`) must answer its first invocation with
+/// an `init/error` of that type.
+async fn assert_init_errors(interp: &str, shim: &str, shim_name: &str, cases: impl IntoIterator<Item = (&str, Vec<(&str, &str)>, &str)>) {
+    for (handler, files, want) in cases {
+        let i = start(interp, shim, shim_name, &files, handler).await;
+        let a = ask(&i, "r1", json!({})).await;
+        assert!(matches!(a, Answer::InitError(_)), "{interp} {handler}: {a:?}");
+        assert_eq!(error_of(a)["errorType"], want, "{interp} {handler}");
+    }
+}
+
 const PY_APP: &str = r#"
 import os
 calls = 0
@@ -149,12 +160,7 @@ async fn python_init_errors_are_reported() {
         ("app.handler", vec![("app.py", "def handler(:\n")], "Runtime.UserCodeSyntaxError"),
         ("nodot", vec![("app.py", "")], "Runtime.MalformedHandlerName"),
     ];
-    for (handler, files, want) in cases {
-        let i = start("python3", hangar_lambda::PYTHON_SHIM, "bootstrap.py", &files, handler).await;
-        let a = ask(&i, "r1", json!({})).await;
-        assert!(matches!(a, Answer::InitError(_)), "{handler}: {a:?}");
-        assert_eq!(error_of(a)["errorType"], want, "{handler}");
-    }
+    assert_init_errors("python3", hangar_lambda::PYTHON_SHIM, "bootstrap.py", cases).await;
 }
 
 const NODE_CJS: &str = r#"
@@ -203,9 +209,5 @@ async fn node_init_errors_are_reported() {
         ("index.handler", vec![("index.js", "exports.handler = (;")], "Runtime.UserCodeSyntaxError"),
         ("index.handler", vec![("index.js", "throw new Error('boom at load');")], "Runtime.ImportModuleError"),
     ];
-    for (handler, files, want) in cases {
-        let i = start("node", hangar_lambda::NODE_SHIM, "bootstrap.js", &files, handler).await;
-        let a = ask(&i, "r1", json!({})).await;
-        assert_eq!(error_of(a)["errorType"], want, "{handler}");
-    }
+    assert_init_errors("node", hangar_lambda::NODE_SHIM, "bootstrap.js", cases).await;
 }
