@@ -249,6 +249,15 @@ pub async fn put_function(
     client.json(rb).await
 }
 
+/// Sends a DELETE and, for people, says what is gone.
+async fn delete(cli: &Cli, client: &Client, request: reqwest::RequestBuilder, what: &str) -> Result<()> {
+    client.send(request).await?;
+    if cli.output == Output::Table {
+        println!("deleted {what}");
+    }
+    Ok(())
+}
+
 fn function_rows(fns: &[Function]) -> Table {
     let mut t = table(&["NAME", "NAMESPACE", "RUNTIME", "REVISION", "MEMORY", "TIMEOUT", "PUBLIC", "URL"]);
     for f in fns {
@@ -327,10 +336,7 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
             }
         }
         FnCommand::Rm { name } => {
-            client.send(client.request(Method::DELETE, &format!("/v1/functions/{name}")).query(&ns_query(ns))).await?;
-            if cli.output == Output::Table {
-                println!("deleted {name}");
-            }
+            delete(cli, &client, client.request(Method::DELETE, &format!("/v1/functions/{name}")).query(&ns_query(ns)), name).await?;
         }
     }
     Ok(())
@@ -512,10 +518,7 @@ pub async fn run_ns(cli: &Cli, cmd: &NsCommand) -> Result<()> {
             }
         }
         NsCommand::Rm { name } => {
-            client.send(client.request(Method::DELETE, &format!("/v1/namespaces/{name}"))).await?;
-            if cli.output == Output::Table {
-                println!("deleted namespace {name}");
-            }
+            delete(cli, &client, client.request(Method::DELETE, &format!("/v1/namespaces/{name}")), &format!("namespace {name}")).await?;
         }
     }
     Ok(())
@@ -554,10 +557,7 @@ pub async fn run_key(cli: &Cli, cmd: &KeyCommand) -> Result<()> {
             }
         }
         KeyCommand::Rm { id } => {
-            client.send(client.request(Method::DELETE, &format!("/v1/keys/{id}"))).await?;
-            if cli.output == Output::Table {
-                println!("deleted key {id}");
-            }
+            delete(cli, &client, client.request(Method::DELETE, &format!("/v1/keys/{id}")), &format!("key {id}")).await?;
         }
     }
     Ok(())
