@@ -240,7 +240,15 @@ async fn main() -> Result<()> {
             allow_outbound: vec![],
             max_log_bytes: 65536,
         };
-        let f = rt.load_function(&hangar_runtime::RevisionSpec { code_digest: info.digest, limits }).await?;
+        let f = rt.load_function(&hangar_runtime::RevisionSpec {
+            namespace: "default".into(),
+            name: "bench".into(),
+            revision: 1,
+            code_digest: info.digest,
+            handler: None,
+            max_instances: 1,
+            limits,
+        }).await?;
         for _ in 0..200 {
             f.instantiate_once().await?;
         }

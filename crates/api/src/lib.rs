@@ -77,8 +77,31 @@ wire_enum! {
     RuntimeKind, "runtime" {
         /// A WebAssembly component for the `wasi:http/proxy` world (WASI 0.2).
         Wasm = "wasm",
+        /// A Lambda handler `module.function` run by the machine's CPython, forked from a zygote.
+        Python3 = "python3",
+        /// A Lambda handler `file.function` run by the machine's Node.js.
+        Nodejs = "nodejs",
+        /// An executable named `bootstrap` that speaks the Lambda Runtime API itself.
+        Provided = "provided",
     }
 }
+
+impl RuntimeKind {
+    /// Whether code of this kind runs as processes that speak the Lambda Runtime API.
+    pub fn is_process(self) -> bool {
+        !matches!(self, RuntimeKind::Wasm)
+    }
+
+    /// Whether a handler name is required (`module.function` / `file.function`).
+    pub fn needs_handler(self) -> bool {
+        matches!(self, RuntimeKind::Python3 | RuntimeKind::Nodejs)
+    }
+}
+
+/// Default keep-warm limit on concurrent instances of one process function.
+pub const DEFAULT_MAX_INSTANCES: u32 = 100;
+/// Smallest and largest `max_instances`.
+pub const MAX_INSTANCES_RANGE: (u32, u32) = (1, 1000);
 
 /// The configuration of a function: everything about it but its code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -86,6 +109,14 @@ wire_enum! {
 pub struct FunctionConfig {
     /// How the code runs.
     pub runtime: RuntimeKind,
+    /// The Lambda handler: `module.function` (python3), `file.function` (nodejs); passed to
+    /// `provided` bootstraps as `_HANDLER`. Not used by `wasm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    /// Most instances of a process function running at once (1..=1000); further concurrent
+    /// requests are throttled (429). Each instance serves one invocation at a time.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
     /// Memory limit in MiB (16..=4096). Growing beyond it fails the invocation as `out_of_memory`.
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u32,
@@ -109,12 +140,17 @@ fn default_memory_mb() -> u32 {
 fn default_timeout_ms() -> u64 {
     DEFAULT_TIMEOUT_MS
 }
+fn default_max_instances() -> u32 {
+    DEFAULT_MAX_INSTANCES
+}
 
 impl FunctionConfig {
     /// A configuration with every default for the given runtime.
     pub fn new(runtime: RuntimeKind) -> Self {
         FunctionConfig {
             runtime,
+            handler: None,
+            max_instances: DEFAULT_MAX_INSTANCES,
             memory_mb: DEFAULT_MEMORY_MB,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             env: BTreeMap::new(),

@@ -1,6 +1,6 @@
 //! Validation of names and function configurations: one place, used by the server and the CLI.
 
-use crate::{FunctionConfig, MEMORY_MB_RANGE, TIMEOUT_MS_RANGE};
+use crate::{FunctionConfig, MAX_INSTANCES_RANGE, MEMORY_MB_RANGE, TIMEOUT_MS_RANGE};
 
 /// A broken rule: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +56,11 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
             format!("{} ms is out of range: choose {lo} ms to {hi} ms (15 minutes)", cfg.timeout_ms),
         ));
     }
+    let (lo, hi) = MAX_INSTANCES_RANGE;
+    if !(lo..=hi).contains(&cfg.max_instances) {
+        return Err(Invalid::new("max_instances", format!("{} is out of range: choose {lo} to {hi}", cfg.max_instances)));
+    }
+    handler(cfg)?;
     let mut env_bytes = 0;
     for (k, v) in &cfg.env {
         env_var_name(k)?;
@@ -77,6 +82,32 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
         outbound_host(h)?;
     }
     Ok(())
+}
+
+/// The handler fits the runtime: required as `module.function` for python3 and
+/// `file.function` for nodejs, free text for provided, absent for wasm.
+pub fn handler(cfg: &FunctionConfig) -> Result<(), Invalid> {
+    use crate::RuntimeKind;
+    let h = cfg.handler.as_deref();
+    match (cfg.runtime, h) {
+        (RuntimeKind::Wasm, Some(_)) => Err(Invalid::new("handler", "wasm functions have no handler: the component's wasi:http handler is called")),
+        (RuntimeKind::Wasm, None) | (RuntimeKind::Provided, None) => Ok(()),
+        (kind, None) => Err(Invalid::new(
+            "handler",
+            format!("the {kind} runtime needs a handler, e.g. `{}`", if kind == RuntimeKind::Python3 { "app.handler" } else { "index.handler" }),
+        )),
+        (kind, Some(h)) => {
+            let ok_chars = !h.is_empty() && h.len() <= 128 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./$".contains(&b));
+            if !ok_chars || h.starts_with('/') || h.split('/').any(|p| p == "..") {
+                return Err(Invalid::new("handler", format!("`{h}` is not a valid handler: use letters, digits, `_`, `-`, `.` and `/` inside the code, at most 128 characters")));
+            }
+            if kind.needs_handler() && !matches!(h.rsplit_once('.'), Some((m, f)) if !m.is_empty() && !f.is_empty()) {
+                let example = if kind == RuntimeKind::Python3 { "app.handler" } else { "index.handler" };
+                return Err(Invalid::new("handler", format!("`{h}` names no function: write {} like `{example}`", if kind == RuntimeKind::Python3 { "module.function" } else { "file.function" })));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
@@ -173,6 +204,21 @@ mod tests {
         c.env.clear();
         c.allow_outbound = vec!["http://x".into()];
         assert_eq!(function_config(&c).unwrap_err().field, "allow_outbound");
+        c.allow_outbound.clear();
+        c.max_instances = 0;
+        assert_eq!(function_config(&c).unwrap_err().field, "max_instances");
+        c.max_instances = 10;
+        c.handler = Some("app.handler".into());
+        assert_eq!(function_config(&c).unwrap_err().field, "handler", "wasm has no handler");
+        c.runtime = RuntimeKind::Python3;
+        assert!(function_config(&c).is_ok());
+        for bad in [None, Some("app"), Some("app."), Some("../x.h"), Some("/abs.h"), Some("a b.h")] {
+            c.handler = bad.map(String::from);
+            assert_eq!(function_config(&c).unwrap_err().field, "handler", "{bad:?}");
+        }
+        c.runtime = RuntimeKind::Provided;
+        c.handler = None;
+        assert!(function_config(&c).is_ok());
     }
 
     #[test]

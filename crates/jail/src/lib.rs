@@ -9,6 +9,7 @@
 //! format with other runtimes.)
 #![forbid(unsafe_code)]
 
+pub mod cgroup;
 mod netns;
 
 pub use netns::NetNs;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use oci_spec::runtime::{
-    Capabilities, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    Capabilities, Capability, LinuxBuilder, LinuxIdMappingBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
     LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount,
     MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
@@ -37,16 +38,37 @@ pub enum JailError {
     /// Bad input to the jail.
     #[error("jail: {0}")]
     Invalid(String),
+    /// A cgroup could not be made or changed.
+    #[error("jail: cgroup: {0}")]
+    Cgroup(String),
 }
 
 /// User and group the jailed process runs as (`nobody`).
 pub const NOBODY: u32 = 65534;
+
+/// Who the jailed process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JailUser {
+    /// `nobody`, with no capabilities at all.
+    Nobody,
+    /// Root of a new user namespace whose ids 0..65536 are the host's `host_base..+65536`
+    /// (unprivileged on the host), holding only the capabilities needed to give each forked
+    /// instance its own namespaces: `CAP_SYS_ADMIN`, `CAP_NET_ADMIN`, `CAP_SETUID`,
+    /// `CAP_SETGID`, all of them over that user namespace only. A zygote runs like this; each
+    /// instance it forks drops to `nobody` with no capabilities before running user code.
+    Zygote { host_base: u32 },
+}
 
 /// What to run and under which limits.
 #[derive(Debug, Clone)]
 pub struct JailSpec {
     /// Container id, unique on the host: `[a-zA-Z0-9_.-]+`.
     pub id: String,
+    pub user: JailUser,
+    /// `runc --root`: where runc keeps container state (one directory per Hangar server).
+    pub runc_root: Option<PathBuf>,
+    /// The cgroup is `<cgroup_parent>/<id>`.
+    pub cgroup_parent: String,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     /// Working directory inside.
@@ -81,6 +103,9 @@ const DENIED_SYSCALLS: &[&str] = &[
     "settimeofday", "swapoff", "swapon", "umount2", "unshare", "userfaultfd", "fsopen", "fsmount", "fspick",
 ];
 
+/// What a zygote may call beyond the list above, to set up each instance.
+const ZYGOTE_NEEDS: &[&str] = &["mount", "umount2", "unshare"];
+
 fn bind_ro(host: &Path, inside: &str) -> Result<Mount, JailError> {
     Ok(MountBuilder::default()
         .destination(inside)
@@ -95,9 +120,15 @@ pub fn oci_config(spec: &JailSpec, rootfs: &Path) -> Result<Spec, JailError> {
     if spec.id.is_empty() || !spec.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
         return Err(JailError::Invalid(format!("container id `{}` may only hold letters, digits, `_`, `.`, `-`", spec.id)));
     }
-    let user = UserBuilder::default().uid(NOBODY).gid(NOBODY).additional_gids(Vec::<u32>::new()).build()?;
+    let zygote = matches!(spec.user, JailUser::Zygote { .. });
+    let uid = if zygote { 0 } else { NOBODY };
+    let user = UserBuilder::default().uid(uid).gid(uid).additional_gids(Vec::<u32>::new()).build()?;
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let no_caps = Capabilities::new();
+    let no_caps: Capabilities = if zygote {
+        [Capability::SysAdmin, Capability::NetAdmin, Capability::Setuid, Capability::Setgid].into_iter().collect()
+    } else {
+        Capabilities::new()
+    };
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(user)
@@ -121,6 +152,10 @@ pub fn oci_config(spec: &JailSpec, rootfs: &Path) -> Result<Spec, JailError> {
         .build()?;
 
     let mut mounts = oci_spec::runtime::get_default_mounts();
+    if zygote {
+        // sysfs and cgroupfs need host privileges; nothing inside needs them.
+        mounts.retain(|m| !m.destination().starts_with("/sys"));
+    }
     mounts.push(
         MountBuilder::default()
             .destination("/tmp")
@@ -136,13 +171,17 @@ pub fn oci_config(spec: &JailSpec, rootfs: &Path) -> Result<Spec, JailError> {
         mounts.push(bind_ro(host, inside)?);
     }
 
-    let namespaces = [
+    let mut types = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Network,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
-    ]
+    ];
+    if zygote {
+        types.push(LinuxNamespaceType::User);
+    }
+    let namespaces = types
     .into_iter()
     .map(|t| match (&spec.network, t) {
         (Network::Join(path), LinuxNamespaceType::Network) => LinuxNamespaceBuilder::default().typ(t).path(path).build(),
@@ -154,28 +193,41 @@ pub fn oci_config(spec: &JailSpec, rootfs: &Path) -> Result<Spec, JailError> {
         .pids(LinuxPidsBuilder::default().limit(spec.pids_max).build()?)
         .cpu(LinuxCpuBuilder::default().shares(spec.cpu_shares).build()?)
         .build()?;
+    // A zygote makes each instance's namespaces and mounts (`/proc`, `/tmp`); the instance then
+    // adds its own filter that denies these too.
+    let denied = DENIED_SYSCALLS.iter().filter(|s| !zygote || !ZYGOTE_NEEDS.contains(s)).map(|s| s.to_string());
     let seccomp = LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)
         .syscalls(vec![
             LinuxSyscallBuilder::default()
-                .names(DENIED_SYSCALLS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .names(denied.collect::<Vec<_>>())
                 .action(LinuxSeccompAction::ScmpActErrno)
                 .errno_ret(1u32)
                 .build()?,
         ])
         .build()?;
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    linux = linux
         .namespaces(namespaces)
         .resources(resources)
-        .cgroups_path(PathBuf::from(format!("/hangar/{}", spec.id)))
-        .seccomp(seccomp)
-        .masked_paths(
-            ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
-                .map(String::from)
-                .to_vec(),
-        )
-        .readonly_paths(["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"].map(String::from).to_vec())
-        .build()?;
+        .cgroups_path(PathBuf::from(format!("/{}/{}", spec.cgroup_parent.trim_matches('/'), spec.id)))
+        .seccomp(seccomp);
+    if let JailUser::Zygote { host_base } = spec.user {
+        let map = |_| LinuxIdMappingBuilder::default().container_id(0u32).host_id(host_base).size(65536u32).build();
+        linux = linux.uid_mappings(vec![map(())?]).gid_mappings(vec![map(())?]);
+        // No masked paths: an instance mounts its own /proc, which the kernel allows only
+        // where /proc is fully visible. What the masks hide needs host root to read anyway.
+        linux = linux.masked_paths(Vec::<String>::new()).readonly_paths(Vec::<String>::new());
+    } else {
+        linux = linux
+            .masked_paths(
+                ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
+                    .map(String::from)
+                    .to_vec(),
+            )
+            .readonly_paths(["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"].map(String::from).to_vec());
+    }
+    let linux = linux.build()?;
     Ok(SpecBuilder::default()
         .version("1.0.2")
         .root(RootBuilder::default().path(rootfs).readonly(true).build()?)
@@ -191,6 +243,24 @@ pub fn oci_config(spec: &JailSpec, rootfs: &Path) -> Result<Spec, JailError> {
 pub struct Jail {
     id: String,
     bundle: PathBuf,
+    runc_root: Option<PathBuf>,
+}
+
+fn runc_command(root: Option<&Path>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("runc");
+    if let Some(root) = root {
+        cmd.arg("--root").arg(root);
+    }
+    cmd
+}
+
+/// Kills and deletes every container runc knows under `root` (recovery after a crash).
+pub async fn remove_all(root: &Path) {
+    let Ok(out) = runc_command(Some(root)).args(["list", "-q"]).output().await else { return };
+    for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+        let _ = runc_command(Some(root)).args(["kill", "--all", id, "KILL"]).output().await;
+        let _ = runc_command(Some(root)).args(["delete", "--force", id]).output().await;
+    }
 }
 
 impl Jail {
@@ -209,8 +279,26 @@ impl Jail {
                 }
             }
         }
-        oci_config(spec, &rootfs)?.save(bundle.join("config.json"))?;
-        Ok(Jail { id: spec.id.clone(), bundle })
+        let config = oci_config(spec, &rootfs)?;
+        // Mount points exist beforehand: in a user namespace, runc cannot create them in a
+        // root-owned read-only root.
+        for m in config.mounts().iter().flatten() {
+            let rel = m.destination().strip_prefix("/").unwrap_or(m.destination());
+            let at = rootfs.join(rel);
+            if std::fs::symlink_metadata(&at).is_err() && !rel.starts_with("dev/") {
+                std::fs::create_dir_all(&at)?;
+                if m.typ().as_deref() == Some("tmpfs") {
+                    // runc gives a tmpfs the mode of the directory it covers.
+                    std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
+                }
+            }
+        }
+        config.save(bundle.join("config.json"))?;
+        Ok(Jail { id: spec.id.clone(), bundle, runc_root: spec.runc_root.clone() })
+    }
+
+    fn runc(&self) -> tokio::process::Command {
+        runc_command(self.runc_root.as_deref())
     }
 
     pub fn id(&self) -> &str {
@@ -220,7 +308,7 @@ impl Jail {
     /// Starts the container in the foreground of a `runc run` child: its exit status is the
     /// jailed process's (137 when it was killed, e.g. by the memory limit).
     pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Result<tokio::process::Child, JailError> {
-        tokio::process::Command::new("runc")
+        self.runc()
             .arg("run")
             .arg("--bundle")
             .arg(&self.bundle)
@@ -235,8 +323,8 @@ impl Jail {
 
     /// Kills every process of the container and removes it and its bundle.
     pub async fn destroy(self) {
-        let _ = tokio::process::Command::new("runc").args(["kill", "--all", &self.id, "KILL"]).output().await;
-        let _ = tokio::process::Command::new("runc").args(["delete", "--force", &self.id]).output().await;
+        let _ = self.runc().args(["kill", "--all", &self.id, "KILL"]).output().await;
+        let _ = self.runc().args(["delete", "--force", &self.id]).output().await;
         let _ = std::fs::remove_dir_all(&self.bundle);
     }
 }
@@ -248,6 +336,9 @@ mod tests {
     fn spec() -> JailSpec {
         JailSpec {
             id: "t1".into(),
+            user: JailUser::Nobody,
+            runc_root: None,
+            cgroup_parent: "hangar".into(),
             argv: vec!["/usr/bin/true".into()],
             env: vec![("A".into(), "1".into())],
             cwd: "/".into(),

@@ -40,6 +40,9 @@ async fn run_python(script: &str, args: &[&str], memory_bytes: i64, pids_max: i6
     argv.extend(args.iter().map(|s| s.to_string()));
     let spec = JailSpec {
         id,
+        user: hangar_jail::JailUser::Nobody,
+        runc_root: None,
+        cgroup_parent: "hangar".into(),
         argv,
         env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("PYTHONDONTWRITEBYTECODE".into(), "1".into())],
         cwd: "/var/task".into(),

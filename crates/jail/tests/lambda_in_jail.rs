@@ -57,6 +57,9 @@ async fn a_python_handler_in_a_jail_serves_invocations_through_the_runtime_api()
     write(&runtime.join("bootstrap.py"), hangar_lambda::PYTHON_SHIM, 0o644);
     let spec = JailSpec {
         id: id.clone(),
+        user: hangar_jail::JailUser::Nobody,
+        runc_root: None,
+        cgroup_parent: "hangar".into(),
         argv: vec![prefix.join("bin/python3").display().to_string(), "/opt/hangar/bootstrap.py".into()],
         env: [
             ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"),

@@ -171,7 +171,7 @@ struct GuestEnd {
 
 #[async_trait]
 impl Loaded for WasmFunction {
-    async fn invoke(&self, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body> {
+    async fn invoke(&self, _info: hangar_runtime::InvokeInfo, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body> {
         let logs = LogSink::new(self.limits.max_log_bytes);
         let mut store = self.new_store(&logs);
         let request = request.map(|b| {
@@ -302,7 +302,7 @@ impl Drop for Report {
 
 fn finished(outcome: Outcome, status: u16, bytes: u64, error: Option<String>, logs: &LogSink) -> Finished {
     let (logs, logs_truncated) = logs.take();
-    Finished { outcome, status, response_bytes: bytes, error, logs, logs_truncated }
+    Finished { outcome, status, response_bytes: bytes, error, logs, logs_truncated, start: None }
 }
 
 const NO_RESPONSE: &str = "the function returned without setting a response";

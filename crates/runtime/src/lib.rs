@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use hangar_api::{Outcome, RuntimeKind};
+use hangar_api::{Outcome, RuntimeKind, StartKind, Trigger};
 
 /// Why a runtime could not prepare or load code.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +52,23 @@ pub struct Limits {
 /// A revision to make resident.
 #[derive(Debug, Clone)]
 pub struct RevisionSpec {
+    pub namespace: String,
+    pub name: String,
+    pub revision: u64,
     pub code_digest: String,
+    /// The Lambda handler, for process runtimes.
+    pub handler: Option<String>,
+    /// Most instances at once, for runtimes whose instances serve one invocation at a time.
+    pub max_instances: u32,
     pub limits: Limits,
+}
+
+/// What the scheduler knows about one invocation before the runtime runs it.
+#[derive(Debug, Clone)]
+pub struct InvokeInfo {
+    /// The invocation id (a UUID), also the Lambda request id.
+    pub id: String,
+    pub trigger: Trigger,
 }
 
 /// How an invocation ended, as the runtime saw it.
@@ -67,6 +82,9 @@ pub struct Finished {
     pub error: Option<String>,
     pub logs: String,
     pub logs_truncated: bool,
+    /// Whether a new instance was started for this invocation, when the runtime knows better
+    /// than the scheduler (process runtimes start instances per invocation burst).
+    pub start: Option<StartKind>,
 }
 
 /// Called exactly once when an invocation is over: the guest has returned and the response
@@ -84,6 +102,9 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Makes a prepared revision resident, ready to start instances.
     async fn load(&self, spec: &RevisionSpec) -> Result<Arc<dyn Loaded>, RuntimeError>;
+
+    /// Stops everything this runtime runs (at shutdown, after the scheduler drained).
+    async fn shutdown(&self) {}
 }
 
 /// A resident revision that serves invocations.
@@ -91,7 +112,7 @@ pub trait Runtime: Send + Sync + 'static {
 pub trait Loaded: Send + Sync + 'static {
     /// Runs one invocation. Never fails: every failure becomes an error response and an
     /// outcome in the [`Finished`] given to `on_finish`.
-    async fn invoke(&self, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body>;
+    async fn invoke(&self, info: InvokeInfo, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body>;
 }
 
 /// An error response in the API's JSON shape `{"error":{"code","message"}}`.

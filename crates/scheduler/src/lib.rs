@@ -110,7 +110,12 @@ impl Scheduler {
             .clone();
         let c = &deployment.config;
         let spec = RevisionSpec {
+            namespace: deployment.namespace.clone(),
+            name: deployment.name.clone(),
+            revision: deployment.revision,
             code_digest: deployment.code_digest.clone(),
+            handler: c.handler.clone(),
+            max_instances: c.max_instances,
             limits: Limits {
                 memory_bytes: u64::from(c.memory_mb) << 20,
                 timeout: Duration::from_millis(c.timeout_ms),
@@ -196,6 +201,9 @@ impl Scheduler {
                 record.error = f.error;
                 record.logs = f.logs;
                 record.logs_truncated = f.logs_truncated;
+                if let Some(start) = f.start {
+                    record.start = start;
+                }
                 meter.record(&metrics, record);
                 drop(guard);
             }
@@ -205,7 +213,7 @@ impl Scheduler {
         let response = match loaded {
             Ok(loaded) => {
                 let loaded = loaded.clone();
-                loaded.invoke(request, Box::new(finish)).await
+                loaded.invoke(hangar_runtime::InvokeInfo { id: id.clone(), trigger }, request, Box::new(finish)).await
             }
             Err(e) => {
                 tracing::error!(namespace = %d.namespace, function = %d.name, "loading revision failed: {e}");
@@ -219,6 +227,7 @@ impl Scheduler {
                         error: Some(msg),
                         logs: String::new(),
                         logs_truncated: false,
+                        start: None,
                     },
                 );
                 resp

@@ -1,0 +1,252 @@
+//! Cgroups that Hangar makes itself, for processes it did not start through `runc` (instances
+//! forked by a zygote): memory without swap, pids and CPU weight, on cgroup v1 (one directory
+//! per controller) or v2 (one unified directory). Also reads what the kernel counted (OOM
+//! kills, peak memory) and kills everything inside.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::JailError;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// Which cgroup layout the host uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    /// The host's layout: v2 when `/sys/fs/cgroup` is the unified hierarchy.
+    pub fn detect() -> Version {
+        if Path::new(ROOT).join("cgroup.controllers").exists() { Version::V2 } else { Version::V1 }
+    }
+}
+
+/// Limits of one cgroup.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub pids_max: u64,
+    /// cgroup v1 `cpu.shares` (1024 = one CPU's fair share); converted to `cpu.weight` on v2.
+    pub cpu_shares: u64,
+}
+
+/// A cgroup made by [`Cgroup::create`]; [`Cgroup::remove`] kills what is inside and removes it.
+#[derive(Debug)]
+pub struct Cgroup {
+    version: Version,
+    /// `(controller, directory)`; one entry with controller `""` on v2.
+    dirs: Vec<(&'static str, PathBuf)>,
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> Result<(), JailError> {
+    std::fs::write(dir.join(file), value)
+        .map_err(|e| JailError::Cgroup(format!("writing `{value}` to {}: {e}", dir.join(file).display())))
+}
+
+fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file)).unwrap_or_default()
+}
+
+/// The number after `key ` in a flat-keyed file such as `memory.events`.
+fn keyed(text: &str, key: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
+}
+
+impl Cgroup {
+    /// Creates `<parent>/<name>` in every controller Hangar uses, with `limits`.
+    pub fn create(parent: &str, name: &str, limits: Limits) -> Result<Cgroup, JailError> {
+        let version = Version::detect();
+        let rel = Path::new(parent.trim_start_matches('/')).join(name);
+        let dirs: Vec<(&'static str, PathBuf)> = match version {
+            Version::V2 => vec![("", Path::new(ROOT).join(&rel))],
+            Version::V1 => ["memory", "pids", "cpu"].into_iter().map(|c| (c, Path::new(ROOT).join(c).join(&rel))).collect(),
+        };
+        let cg = Cgroup { version, dirs };
+        for (_, dir) in &cg.dirs {
+            std::fs::create_dir_all(dir).map_err(|e| JailError::Cgroup(format!("creating {}: {e}", dir.display())))?;
+        }
+        if let Err(e) = cg.apply(limits) {
+            cg.remove_now();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn apply(&self, l: Limits) -> Result<(), JailError> {
+        match self.version {
+            Version::V2 => {
+                let dir = &self.dirs[0].1;
+                if version2_enable(dir).is_err() {
+                    tracing::debug!("could not enable controllers above {}", dir.display());
+                }
+                write(dir, "memory.max", &l.memory_bytes.to_string())?;
+                let _ = write(dir, "memory.swap.max", "0");
+                write(dir, "pids.max", &l.pids_max.to_string())?;
+                let weight = 1 + (l.cpu_shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
+                write(dir, "cpu.weight", &weight.to_string())?;
+            }
+            Version::V1 => {
+                for (controller, dir) in &self.dirs {
+                    match *controller {
+                        "memory" => {
+                            write(dir, "memory.limit_in_bytes", &l.memory_bytes.to_string())?;
+                            // Memory + swap at the same limit: an instance cannot swap its way past it.
+                            if dir.join("memory.memsw.limit_in_bytes").exists() {
+                                write(dir, "memory.memsw.limit_in_bytes", &l.memory_bytes.to_string())?;
+                            }
+                        }
+                        "pids" => write(dir, "pids.max", &l.pids_max.to_string())?,
+                        "cpu" => write(dir, "cpu.shares", &l.cpu_shares.to_string())?,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a process (by its pid on the host) into this cgroup.
+    pub fn add(&self, pid: u32) -> Result<(), JailError> {
+        for (_, dir) in &self.dirs {
+            write(dir, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn memory_dir(&self) -> &Path {
+        &self.dirs[0].1
+    }
+
+    /// How many processes the kernel killed here for running out of memory.
+    pub fn oom_kills(&self) -> u64 {
+        match self.version {
+            Version::V2 => keyed(&read(self.memory_dir(), "memory.events"), "oom_kill"),
+            Version::V1 => keyed(&read(self.memory_dir(), "memory.oom_control"), "oom_kill"),
+        }
+    }
+
+    /// The most memory in use at once, in bytes.
+    pub fn peak_memory(&self) -> u64 {
+        let file = match self.version {
+            Version::V2 => "memory.peak",
+            Version::V1 => "memory.max_usage_in_bytes",
+        };
+        read(self.memory_dir(), file).trim().parse().unwrap_or(0)
+    }
+
+    /// Host pids of the processes inside.
+    pub fn pids(&self) -> Vec<u32> {
+        let dir = match self.version {
+            Version::V2 => &self.dirs[0].1,
+            Version::V1 => &self.dirs.iter().find(|(c, _)| *c == "pids").unwrap_or(&self.dirs[0]).1,
+        };
+        read(dir, "cgroup.procs").lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    /// Sends SIGKILL to every process inside.
+    pub fn kill_all(&self) {
+        if self.version == Version::V2 && write(&self.dirs[0].1, "cgroup.kill", "1").is_ok() {
+            return;
+        }
+        for pid in self.pids() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+
+    fn remove_now(&self) -> bool {
+        self.dirs.iter().all(|(_, d)| std::fs::remove_dir(d).is_ok() || !d.exists())
+    }
+
+    /// Kills what is inside and removes the cgroup, waiting briefly for the processes to die.
+    pub async fn remove(self) {
+        for _ in 0..100 {
+            self.kill_all();
+            if self.remove_now() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!("cgroup {} could not be removed: processes keep running in it", self.memory_dir().display());
+    }
+}
+
+/// On v2, turns on the controllers Hangar uses in every ancestor's `cgroup.subtree_control`.
+fn version2_enable(dir: &Path) -> std::io::Result<()> {
+    let root = Path::new(ROOT);
+    let mut ancestors: Vec<&Path> = dir.ancestors().skip(1).take_while(|a| a.starts_with(root)).collect();
+    ancestors.reverse();
+    for a in ancestors {
+        std::fs::write(a.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
+    }
+    Ok(())
+}
+
+/// Kills everything in `parent` and below and removes those cgroups (recovery after a crash).
+pub async fn remove_tree(parent: &str) {
+    let rel = parent.trim_start_matches('/');
+    let roots: Vec<PathBuf> = match Version::detect() {
+        Version::V2 => vec![Path::new(ROOT).join(rel)],
+        Version::V1 => ["memory", "pids", "cpu", "cpuacct", "cpuset", "blkio", "devices", "freezer", "systemd"]
+            .into_iter()
+            .map(|c| Path::new(ROOT).join(c).join(rel))
+            .collect(),
+    };
+    for root in roots {
+        remove_dir_tree(&root).await;
+    }
+}
+
+async fn remove_dir_tree(dir: &Path) {
+    if !dir.is_dir() {
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                Box::pin(remove_dir_tree(&e.path())).await;
+            }
+        }
+    }
+    for _ in 0..50 {
+        for pid in read(dir, "cgroup.procs").lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if std::fs::remove_dir(dir).is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!("cgroup {} could not be removed", dir.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_values() {
+        assert_eq!(keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n", "oom_kill"), 3);
+        assert_eq!(keyed("low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n", "oom_kill"), 1);
+        assert_eq!(keyed("", "oom_kill"), 0);
+    }
+
+    #[tokio::test]
+    async fn limits_apply_and_processes_are_killed() {
+        let parent = format!("hangar-test-{}", std::process::id());
+        let cg = Cgroup::create(&parent, "c1", Limits { memory_bytes: 32 << 20, pids_max: 8, cpu_shares: 128 }).unwrap();
+        let mut child = tokio::process::Command::new("sleep").arg("60").spawn().unwrap();
+        cg.add(child.id().unwrap()).unwrap();
+        assert_eq!(cg.pids(), vec![child.id().unwrap()]);
+        cg.remove().await;
+        let status = child.wait().await.unwrap();
+        assert!(!status.success(), "the process was killed");
+        remove_tree(&parent).await;
+        assert!(!Path::new(ROOT).join("pids").join(&parent).exists() && !Path::new(ROOT).join(&parent).exists());
+    }
+}
