@@ -108,6 +108,12 @@ pub struct UpArgs {
     /// WebAssembly instances that may run at once
     #[arg(long, default_value_t = 1000)]
     pub pool_instances: u32,
+    /// How long an idle instance of a process function stays warm before it is stopped
+    #[arg(long, env = "HANGAR_KEEP_ALIVE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub keep_alive: std::time::Duration,
+    /// The AWS_REGION process functions see
+    #[arg(long, env = "HANGAR_REGION", default_value = "local")]
+    pub region: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,11 +131,18 @@ pub enum FnCommand {
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     pub name: String,
+    /// wasm, python3, nodejs or provided
     #[arg(long, default_value = "wasm")]
     pub runtime: String,
-    /// Path of the code (a .wasm component)
+    /// The code: a .wasm component (wasm), or a .zip or directory (python3, nodejs, provided)
     #[arg(long)]
     pub code: PathBuf,
+    /// Lambda handler: module.function (python3) or file.function (nodejs)
+    #[arg(long)]
+    pub handler: Option<String>,
+    /// Most instances running at once (process runtimes)
+    #[arg(long)]
+    pub max_instances: Option<u32>,
     /// Memory limit in MiB
     #[arg(long)]
     pub memory: Option<u32>,
@@ -241,7 +254,7 @@ pub async fn put_function(
         Some(code) => {
             let form = reqwest::multipart::Form::new()
                 .part("config", reqwest::multipart::Part::text(config_json).mime_str("application/json")?)
-                .part("code", reqwest::multipart::Part::bytes(code).file_name("code.wasm").mime_str("application/wasm")?);
+                .part("code", reqwest::multipart::Part::bytes(code).file_name("code").mime_str("application/octet-stream")?);
             rb.multipart(form)
         }
         None => rb.header("content-type", "application/json").body(config_json),
@@ -294,9 +307,13 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
             }
             config.allow_outbound = a.allow_outbound.clone();
             config.public = a.public;
+            config.handler = a.handler.clone();
+            if let Some(n) = a.max_instances {
+                config.max_instances = n;
+            }
             hangar_api::validate::function_config(&config).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
             hangar_api::validate::name("name", &a.name).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
-            let code = std::fs::read(&a.code).with_context(|| format!("reading --code {}", a.code.display()))?;
+            let code = crate::code::read(&a.code).context("--code")?;
             let r = put_function(&client, &a.name, ns, &config, Some(code), false).await?;
             match cli.output {
                 Output::Json => print_json(&r)?,

@@ -4,6 +4,7 @@
 
 mod cli;
 mod client;
+mod code;
 mod manifest;
 mod up;
 
@@ -43,6 +44,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 max_log_bytes: a.max_log_bytes,
                 pool_instances: a.pool_instances,
                 apply: a.apply.clone(),
+                keep_alive: a.keep_alive,
+                region: a.region.clone(),
             })
             .await?;
         }

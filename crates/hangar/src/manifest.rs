@@ -27,7 +27,11 @@ struct Manifest {
 #[serde(deny_unknown_fields)]
 struct FunctionSpec {
     runtime: RuntimeKind,
-    /// Path of the code, relative to the manifest.
+    /// Lambda handler (python3: module.function, nodejs: file.function).
+    handler: Option<String>,
+    /// Most instances at once (process runtimes).
+    max_instances: Option<u32>,
+    /// Path of the code (a file, or a directory that is zipped), relative to the manifest.
     code: PathBuf,
     /// Shell command that produces `code`, run in the manifest's directory first.
     build: Option<String>,
@@ -108,6 +112,10 @@ pub fn plan(path: &Path) -> Result<(Option<String>, Vec<Planned>)> {
         config.env = spec.env;
         config.allow_outbound = spec.allow_outbound;
         config.public = spec.public;
+        config.handler = spec.handler;
+        if let Some(n) = spec.max_instances {
+            config.max_instances = n;
+        }
         validate::function_config(&config).map_err(|e| {
             let field = match e.field.as_str() {
                 "memory_mb" => "memory",
@@ -143,7 +151,7 @@ pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, outpu
     }
     let mut codes = Vec::new();
     for p in &planned {
-        let code = std::fs::read(&p.code_path).with_context(|| {
+        let code = crate::code::read(&p.code_path).with_context(|| {
             format!("reading the code of function `{}` at {}; build it first (or give `build`)", p.name, p.code_path.display())
         })?;
         codes.push(code);

@@ -23,6 +23,10 @@ pub struct UpOptions {
     pub pool_instances: u32,
     /// A manifest to apply once the server is ready.
     pub apply: Option<PathBuf>,
+    /// How long an idle process-function instance stays warm.
+    pub keep_alive: Duration,
+    /// `AWS_REGION` as process functions see it.
+    pub region: String,
 }
 
 pub async fn run(opts: UpOptions) -> Result<()> {
@@ -56,7 +60,16 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let pool = PoolSize { instances: opts.pool_instances, ..PoolSize::default() };
     let wasm = WasmRuntime::new(opts.data_dir.join("wasm"), pool, counters).context("starting the WebAssembly runtime")?;
     let (meter, writer) = Meter::start(store.clone(), metrics);
-    let scheduler = Arc::new(Scheduler::new(vec![Arc::new(wasm)], meter.clone(), opts.max_log_bytes));
+    let mut runtimes: Vec<Arc<dyn hangar_runtime::Runtime>> = vec![Arc::new(wasm)];
+    let process = hangar_runtime_process::HostConfig { data_dir: opts.data_dir.clone(), keep_alive: opts.keep_alive, region: opts.region.clone() };
+    match hangar_runtime_process::Host::start(process).await {
+        Ok(host) => runtimes.extend(host.runtimes()),
+        Err(e) => {
+            tracing::warn!("process functions (python3, nodejs, provided) are not available: {e}");
+            eprintln!("warning: process functions (python3, nodejs, provided) are not available: {e}");
+        }
+    }
+    let scheduler = Arc::new(Scheduler::new(runtimes, meter.clone(), opts.max_log_bytes));
     let state = AppState {
         store,
         scheduler: scheduler.clone(),
@@ -104,6 +117,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     if left > 0 {
         tracing::warn!(left, "invocations still running at shutdown");
     }
+    scheduler.shutdown().await;
     meter.flush().await;
     drop(meter);
     drop(scheduler);

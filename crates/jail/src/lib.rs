@@ -285,7 +285,9 @@ impl Jail {
         for m in config.mounts().iter().flatten() {
             let rel = m.destination().strip_prefix("/").unwrap_or(m.destination());
             let at = rootfs.join(rel);
-            if std::fs::symlink_metadata(&at).is_err() && !rel.starts_with("dev/") {
+            // Below /dev is a tmpfs that runc fills itself.
+            let under_dev = rel.components().count() > 1 && rel.starts_with("dev");
+            if std::fs::symlink_metadata(&at).is_err() && !under_dev {
                 std::fs::create_dir_all(&at)?;
                 if m.typ().as_deref() == Some("tmpfs") {
                     // runc gives a tmpfs the mode of the directory it covers.
@@ -308,17 +310,45 @@ impl Jail {
     /// Starts the container in the foreground of a `runc run` child: its exit status is the
     /// jailed process's (137 when it was killed, e.g. by the memory limit).
     pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Result<tokio::process::Child, JailError> {
+        self.spawn_with_stdin(Stdio::null(), stdout, stderr)
+    }
+
+    fn spawn_with_stdin(&self, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> Result<tokio::process::Child, JailError> {
         self.runc()
             .arg("run")
             .arg("--bundle")
             .arg(&self.bundle)
             .arg(&self.id)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| JailError::Runc(format!("cannot start runc: {e}")))
+    }
+
+    /// Starts the container detached: `runc` returns once the process runs, and the process
+    /// keeps `stdin`, `stdout` and `stderr` as given (sockets and pipes pass through as they
+    /// are, which a foreground `runc run` would replace with pipes of its own).
+    pub async fn start_detached(&self, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> Result<(), JailError> {
+        let out = self
+            .runc()
+            .arg("run")
+            .arg("--detach")
+            .arg("--bundle")
+            .arg(&self.bundle)
+            .arg(&self.id)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map_err(|e| JailError::Runc(format!("cannot start runc: {e}")))?;
+        if !out.success() {
+            return Err(JailError::Runc(format!("`runc run` failed ({out})")));
+        }
+        Ok(())
     }
 
     /// Kills every process of the container and removes it and its bundle.

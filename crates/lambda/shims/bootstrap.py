@@ -102,20 +102,8 @@ def load_handler(spec, task_root):
     return handler
 
 
-def main():
-    client = RuntimeClient(os.environ["AWS_LAMBDA_RUNTIME_API"])
-    try:
-        handler = load_handler(os.environ.get("_HANDLER", ""), os.environ.get("LAMBDA_TASK_ROOT", os.getcwd()))
-    except LookupError as e:
-        error_type, message = e.args
-        print(f"[ERROR] {error_type}: {message}", file=sys.stderr, flush=True)
-        client.post("/init/error", error_body(error_type, message), error_type)
-        sys.exit(1)
-    except Exception as e:  # the module raised while being imported
-        traceback.print_exc()
-        client.post("/init/error", error_body("Runtime.ImportModuleError", f"{type(e).__name__}: {e}", e.__traceback__), "Runtime.ImportModuleError")
-        sys.exit(1)
-
+def serve(client, handler):
+    """Answers invocations forever: next -> handler(event, context) -> response or error."""
     while True:
         headers, body = client.next()
         request_id = headers.get("lambda-runtime-aws-request-id", "")
@@ -137,6 +125,23 @@ def main():
         if client.post(f"/invocation/{request_id}/response", payload) == 413:
             message = f"Response payload size ({len(payload)} bytes) exceeded maximum allowed payload size (6291456 bytes)."
             client.post(f"/invocation/{request_id}/error", error_body("Function.ResponseSizeTooLarge", message), "Function.ResponseSizeTooLarge")
+
+
+def main():
+    client = RuntimeClient(os.environ["AWS_LAMBDA_RUNTIME_API"])
+    try:
+        handler = load_handler(os.environ.get("_HANDLER", ""), os.environ.get("LAMBDA_TASK_ROOT", os.getcwd()))
+    except LookupError as e:
+        error_type, message = e.args
+        print(f"[ERROR] {error_type}: {message}", file=sys.stderr, flush=True)
+        client.post("/init/error", error_body(error_type, message), error_type)
+        sys.exit(1)
+    except Exception as e:  # the module raised while being imported
+        traceback.print_exc()
+        client.post("/init/error", error_body("Runtime.ImportModuleError", f"{type(e).__name__}: {e}", e.__traceback__), "Runtime.ImportModuleError")
+        sys.exit(1)
+
+    serve(client, handler)
 
 
 if __name__ == "__main__":

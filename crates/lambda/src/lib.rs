@@ -13,5 +13,9 @@ pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 
 /// Hangar's Python runtime shim (stdlib only): run as `python3 -c PYTHON_SHIM` or from a file.
 pub const PYTHON_SHIM: &str = include_str!("../shims/bootstrap.py");
+/// Hangar's zygote (stdlib only): imports a Python handler once, then forks each instance
+/// into its own namespaces; or execs another runtime per instance. Runs beside [`PYTHON_SHIM`]
+/// saved as `bootstrap.py`.
+pub const ZYGOTE: &str = include_str!("../shims/zygote.py");
 /// Hangar's Node.js runtime shim (no dependencies): run with `node`.
 pub const NODE_SHIM: &str = include_str!("../shims/bootstrap.js");

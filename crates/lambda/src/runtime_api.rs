@@ -71,6 +71,7 @@ struct Inner {
 struct ApiState {
     next: Arc<tokio::sync::Mutex<mpsc::Receiver<Invocation>>>,
     inner: Arc<Mutex<Inner>>,
+    polled: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The Runtime API of one instance.
@@ -78,6 +79,7 @@ pub struct RuntimeApi {
     addr: SocketAddr,
     tx: mpsc::Sender<Invocation>,
     inner: Arc<Mutex<Inner>>,
+    polled: Arc<tokio::sync::watch::Sender<bool>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -97,7 +99,8 @@ impl RuntimeApi {
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(1);
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let state = ApiState { next: Arc::new(tokio::sync::Mutex::new(rx)), inner: inner.clone() };
+        let polled = Arc::new(tokio::sync::watch::Sender::new(false));
+        let state = ApiState { next: Arc::new(tokio::sync::Mutex::new(rx)), inner: inner.clone(), polled: polled.clone() };
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
             .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
@@ -110,7 +113,14 @@ impl RuntimeApi {
                 tracing::warn!("runtime API server ended: {e}");
             }
         });
-        Ok(RuntimeApi { addr, tx, inner, server })
+        Ok(RuntimeApi { addr, tx, inner, polled, server })
+    }
+
+    /// Resolves once the bootstrap has asked for its first invocation (it finished init) or
+    /// reported an init error.
+    pub async fn initialized(&self) {
+        let mut rx = self.polled.subscribe();
+        let _ = rx.wait_for(|p| *p).await;
     }
 
     /// `host:port` for `AWS_LAMBDA_RUNTIME_API`.
@@ -151,6 +161,7 @@ fn header(v: &str) -> HeaderValue {
 }
 
 async fn next(State(state): State<ApiState>) -> Response {
+    state.polled.send_replace(true);
     // One poller at a time; a second concurrent poll waits behind the first.
     let mut rx = state.next.lock().await;
     let Some(inv) = rx.recv().await else {
@@ -212,6 +223,7 @@ async fn init_error(State(state): State<ApiState>, headers: HeaderMap, body: Byt
         let _ = tx.send(Answer::InitError(err.clone()));
     }
     inner.init_error = Some(err);
+    state.polled.send_replace(true);
     (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"status": "OK"}))).into_response()
 }
 

@@ -5,52 +5,30 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use hangar_runtime::LogBuffer;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-
-#[derive(Default)]
-struct Buf {
-    data: Vec<u8>,
-    truncated: bool,
-}
 
 /// Shared by the guest's stdout and stderr; writes past the bound are dropped, never failed,
 /// so a chatty guest keeps running.
 #[derive(Clone)]
 pub struct LogSink {
-    buf: Arc<Mutex<Buf>>,
-    cap: usize,
+    buf: Arc<Mutex<LogBuffer>>,
 }
 
 impl LogSink {
     pub fn new(cap: usize) -> Self {
-        LogSink { buf: Arc::new(Mutex::new(Buf::default())), cap }
+        LogSink { buf: Arc::new(Mutex::new(LogBuffer::new(cap))) }
     }
 
     pub fn append(&self, bytes: &[u8]) {
-        let mut b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
-        let room = self.cap.saturating_sub(b.data.len());
-        if bytes.len() > room {
-            b.truncated = true;
-        }
-        let n = bytes.len().min(room);
-        b.data.extend_from_slice(&bytes[..n]);
+        self.buf.lock().unwrap_or_else(|p| p.into_inner()).append(bytes);
     }
 
     /// The logs so far as text (invalid UTF-8 replaced), with a marker when cut; empties the sink.
     pub fn take(&self) -> (String, bool) {
-        let mut b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
-        let mut text = String::from_utf8_lossy(&b.data).into_owned();
-        let truncated = b.truncated;
-        if truncated {
-            if !text.ends_with('\n') && !text.is_empty() {
-                text.push('\n');
-            }
-            text.push_str(&format!("[hangar: logs truncated at {} bytes]\n", self.cap));
-        }
-        b.data.clear();
-        (text, truncated)
+        self.buf.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 

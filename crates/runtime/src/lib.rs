@@ -7,8 +7,10 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod logs;
 
 pub use body::{BoxError, Body, boxed, empty, full};
+pub use logs::LogBuffer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +104,12 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Makes a prepared revision resident, ready to start instances.
     async fn load(&self, spec: &RevisionSpec) -> Result<Arc<dyn Loaded>, RuntimeError>;
+
+    /// Whether revisions should be loaded as soon as they are deployed (or found at start-up)
+    /// rather than at their first invocation.
+    fn eager(&self) -> bool {
+        false
+    }
 
     /// Stops everything this runtime runs (at shutdown, after the scheduler drained).
     async fn shutdown(&self) {}

@@ -126,8 +126,16 @@ impl Scheduler {
         };
         let metrics = self.meter.function_metrics(&deployment.namespace, &deployment.name);
         let (ns, name) = (deployment.namespace.clone(), deployment.name.clone());
+        let eager = runtime.eager();
         let slot = Arc::new(Slot { deployment, runtime, spec, loaded: OnceCell::new(), metrics });
-        self.write_table().entry(ns).or_default().insert(name, slot);
+        self.write_table().entry(ns).or_default().insert(name, slot.clone());
+        if eager && let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = slot.loaded.get_or_try_init(|| slot.runtime.load(&slot.spec)).await {
+                    tracing::warn!(function = %slot.deployment.name, "loading at deploy failed: {e}");
+                }
+            });
+        }
         Ok(())
     }
 
@@ -234,6 +242,14 @@ impl Scheduler {
             }
         };
         (id, response)
+    }
+
+    /// Stops everything the runtimes run (after [`Scheduler::drain`]).
+    pub async fn shutdown(&self) {
+        self.write_table().clear();
+        for runtime in self.runtimes.values() {
+            runtime.shutdown().await;
+        }
     }
 
     /// Waits until no invocation is running, or the timeout passes. Returns how many remain.

@@ -1,0 +1,225 @@
+//! A process function's code: a zip archive (as Lambda takes it), checked entry by entry and
+//! unpacked once into a read-only directory named by the archive's digest.
+//!
+//! Entries that would land outside the directory (`..`, absolute paths, symlinks pointing
+//! out), device files, and archives that unpack to more than [`MAX_UNPACKED_BYTES`] are
+//! refused before anything is written; a directory appears under its final name only once
+//! complete.
+
+use std::io::{Cursor, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use hangar_api::RuntimeKind;
+use hangar_runtime::RuntimeError;
+
+/// Largest unpacked code, like Lambda's 250 MB.
+pub const MAX_UNPACKED_BYTES: u64 = 250 * 1024 * 1024;
+/// Most entries in one archive.
+pub const MAX_ENTRIES: usize = 50_000;
+
+fn invalid(msg: impl Into<String>) -> RuntimeError {
+    RuntimeError::InvalidCode(msg.into())
+}
+
+/// Where a relative path lands, lexically, or `None` when it leaves the root.
+fn inside(base: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut out = base.to_path_buf();
+    for c in rel.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// An entry's path inside the code directory, refusing every way out.
+fn entry_path(name: &str) -> Result<PathBuf, RuntimeError> {
+    let p = Path::new(name);
+    if name.is_empty() || p.is_absolute() || name.contains('\\') || p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(invalid(format!("zip entry `{name}` points outside the code directory (absolute or `..`); rebuild the archive with relative paths")));
+    }
+    Ok(p.components().filter(|c| matches!(c, Component::Normal(_))).collect())
+}
+
+/// Checks `zip` and unpacks it into `dest` (which must not exist yet).
+pub fn unpack(zip: &[u8], dest: &Path, kind: RuntimeKind) -> Result<(), RuntimeError> {
+    let not_zip = |e: zip::result::ZipError| {
+        invalid(format!(
+            "the code of a {kind} function is a zip archive, as for AWS Lambda ({e}); `hangar fn deploy --code DIR` zips a directory for you"
+        ))
+    };
+    let mut archive = zip::ZipArchive::new(Cursor::new(zip)).map_err(not_zip)?;
+    if archive.len() > MAX_ENTRIES {
+        return Err(invalid(format!("the archive has {} entries; at most {MAX_ENTRIES} are allowed", archive.len())));
+    }
+    // First pass: validate everything, so a bad archive writes nothing.
+    let mut total = 0u64;
+    let mut has_bootstrap = false;
+    for i in 0..archive.len() {
+        let f = archive.by_index(i).map_err(not_zip)?;
+        let name = f.name().map_err(not_zip)?.into_owned();
+        let rel = entry_path(&name)?;
+        total = total.saturating_add(f.size());
+        if total > MAX_UNPACKED_BYTES {
+            return Err(invalid(format!("the archive unpacks to more than {MAX_UNPACKED_BYTES} bytes (Lambda's limit is 250 MB)")));
+        }
+        let mode = f.unix_mode().unwrap_or(0o644);
+        let file_type = mode & 0o170000;
+        if f.is_symlink() {
+            let mut target = String::new();
+            drop(f);
+            archive.by_index(i).map_err(not_zip)?.take(4096).read_to_string(&mut target).map_err(|e| invalid(format!("zip entry `{name}`: {e}")))?;
+            let base = Path::new("/code");
+            let lands = inside(base, rel.parent().unwrap_or(Path::new(""))).and_then(|dir| {
+                if Path::new(&target).is_absolute() { None } else { inside(&dir, Path::new(&target)) }
+            });
+            if !lands.is_some_and(|p| p.starts_with(base)) {
+                return Err(invalid(format!("zip entry `{name}` is a symlink to `{target}`, outside the code directory; symlinks must stay inside")));
+            }
+        } else if !f.is_dir() && file_type != 0 && file_type != 0o100000 {
+            return Err(invalid(format!("zip entry `{name}` is not a regular file, directory or symlink")));
+        } else if rel == Path::new("bootstrap") && !f.is_dir() {
+            has_bootstrap = true;
+        }
+    }
+    if kind == RuntimeKind::Provided && !has_bootstrap {
+        return Err(invalid("a provided function's archive needs an executable named `bootstrap` at its root (e.g. a binary built with the `lambda_runtime` crate)"));
+    }
+
+    let parent = dest.parent().ok_or_else(|| RuntimeError::Internal("code directory has no parent".into()))?;
+    std::fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(".unpack-{}-{}", std::process::id(), rand_suffix()));
+    let result = write_all(&mut archive, &tmp, kind);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    match std::fs::rename(&tmp, dest) {
+        Ok(()) => Ok(()),
+        Err(_) if dest.is_dir() => {
+            // Another deploy of the same code won the race.
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e.into())
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    h.finish()
+}
+
+fn write_all(archive: &mut zip::ZipArchive<Cursor<&[u8]>>, root: &Path, kind: RuntimeKind) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(root)?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
+    for i in 0..archive.len() {
+        let mut f = archive.by_index(i).map_err(|e| invalid(format!("reading the archive: {e}")))?;
+        let name = f.name().map_err(|e| invalid(format!("reading the archive: {e}")))?.into_owned();
+        let rel = entry_path(&name)?;
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let path = root.join(&rel);
+        if let Some(dir) = path.parent() {
+            make_dirs(root, dir)?;
+        }
+        if f.is_dir() {
+            make_dirs(root, &path)?;
+        } else if f.is_symlink() {
+            let mut target = String::new();
+            f.read_to_string(&mut target).map_err(|e| invalid(format!("zip entry `{name}`: {e}")))?;
+            std::os::unix::fs::symlink(&target, &path).map_err(|e| invalid(format!("zip entry `{name}`: {e}")))?;
+        } else {
+            let executable = f.unix_mode().is_some_and(|m| m & 0o111 != 0) || (kind == RuntimeKind::Provided && rel == Path::new("bootstrap"));
+            let mut out = std::fs::File::create(&path).map_err(|e| invalid(format!("zip entry `{name}`: {e} (duplicate or clashing entry?)")))?;
+            std::io::copy(&mut f, &mut out).map_err(|e| invalid(format!("zip entry `{name}`: {e}")))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(if executable { 0o755 } else { 0o644 }))?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its parents below `root`, refusing to go through a symlink.
+fn make_dirs(root: &Path, dir: &Path) -> Result<(), RuntimeError> {
+    let rel = dir.strip_prefix(root).map_err(|_| invalid("an entry points outside the code directory"))?;
+    let mut at = root.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(invalid(format!("`{}` is both a file or symlink and a directory in the archive", rel.display()))),
+            Err(_) => {
+                std::fs::create_dir(&at)?;
+                std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+
+    fn zip_of(entries: &[(&str, &str, Option<&str>)]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for (name, body, link) in entries {
+            match link {
+                Some(target) => w.add_symlink(*name, *target, SimpleFileOptions::default()).unwrap(),
+                None if name.ends_with('/') => w.add_directory(*name, SimpleFileOptions::default()).unwrap(),
+                None => {
+                    w.start_file(*name, SimpleFileOptions::default().unix_permissions(0o755)).unwrap();
+                    w.write_all(body.as_bytes()).unwrap();
+                }
+            }
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn a_good_archive_unpacks_with_modes_and_inner_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("code");
+        let z = zip_of(&[("app.py", "x", None), ("lib/", "", None), ("lib/m.py", "y", None), ("link.py", "", Some("lib/m.py"))]);
+        unpack(&z, &dest, RuntimeKind::Python3).unwrap();
+        assert_eq!(std::fs::read_to_string(dest.join("link.py")).unwrap(), "y");
+        assert_eq!(std::fs::metadata(dest.join("app.py")).unwrap().permissions().mode() & 0o777, 0o755);
+    }
+
+    #[test]
+    fn escapes_and_non_zips_are_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("code");
+        for (z, want) in [
+            (zip_of(&[("../evil.py", "x", None)]), "outside"),
+            (zip_of(&[("/etc/evil", "x", None)]), "outside"),
+            (zip_of(&[("a/../../evil", "x", None)]), "outside"),
+            (zip_of(&[("l", "", Some("/etc/shadow"))]), "symlink"),
+            (zip_of(&[("d/l", "", Some("../../x"))]), "symlink"),
+            (b"not a zip".to_vec(), "zip archive"),
+        ] {
+            let e = unpack(&z, &dest, RuntimeKind::Python3).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(!dest.exists());
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no temporary directory is left");
+        let e = unpack(&zip_of(&[("main", "x", None)]), &dest, RuntimeKind::Provided).unwrap_err().to_string();
+        assert!(e.contains("bootstrap"), "{e}");
+    }
+}

@@ -1,0 +1,407 @@
+//! A resident process function: its zygote, its idle instances and the invocation path.
+//!
+//! One invocation at a time per instance (the Lambda model). A request takes an idle instance
+//! (warm) or forks a new one (cold) while fewer than `max_instances` exist, and is throttled
+//! (429) beyond. Instances idle longer than the keep-alive are reaped; an instance that timed
+//! out, crashed or ran out of memory is killed, and the next request gets a fresh one.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hangar_api::{Outcome, RuntimeKind, StartKind, Trigger, billed_ms, now_ms};
+use hangar_lambda::runtime_api::{Answer, Invocation};
+use hangar_lambda::url_event;
+use hangar_runtime::{Body, Finished, InvokeInfo, LogBuffer, OnFinish, RevisionSpec, error_response, full};
+use http::StatusCode;
+use http_body_util::BodyExt;
+
+use crate::Host;
+use crate::instance::{Instance, Ran};
+use crate::pod::{INIT_TIMEOUT, Pod, PodError, PodSpec};
+
+/// See the module docs.
+pub struct Function {
+    inner: Arc<Inner>,
+    reaper: tokio::task::JoinHandle<()>,
+}
+
+struct Inner {
+    host: Arc<Host>,
+    kind: RuntimeKind,
+    spec: RevisionSpec,
+    pod_id: String,
+    pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
+    idle: Mutex<Vec<Instance>>,
+    /// Instances that exist: idle, busy or starting.
+    live: Arc<AtomicU32>,
+    seq: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Function {
+    pub(crate) fn new(host: Arc<Host>, kind: RuntimeKind, spec: RevisionSpec) -> Function {
+        let pod_id = format!("{}-{}", host.next_id(), spec.name);
+        let inner = Arc::new(Inner {
+            host,
+            kind,
+            spec,
+            pod_id,
+            pod: tokio::sync::Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+            live: Arc::new(AtomicU32::new(0)),
+            seq: AtomicU64::new(0),
+        });
+        let reaper = tokio::spawn(reap(Arc::downgrade(&inner)));
+        Function { inner, reaper }
+    }
+
+    /// Starts the zygote ahead of the first request; failures are reported on invocations.
+    pub(crate) fn warm_up_in_background(&self) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let _ = inner.pod().await;
+        });
+    }
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        self.reaper.abort();
+        // Idle instances die with their handles; the zygote with its last reference.
+        lock(&self.inner.idle).clear();
+    }
+}
+
+/// Every second, kills instances idle for longer than the keep-alive.
+async fn reap(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let keep = inner.host.keep_alive;
+        let expired: Vec<Instance> = {
+            let mut idle = lock(&inner.idle);
+            let (old, fresh) = std::mem::take(&mut *idle).into_iter().partition(|i| i.last_used.elapsed() >= keep);
+            *idle = fresh;
+            old
+        };
+        if !expired.is_empty() {
+            tracing::debug!(function = %inner.spec.name, reaped = expired.len(), "idle instances reaped");
+        }
+        drop(expired);
+    }
+}
+
+/// What the caller gets and what is recorded, before logs are attached.
+struct Outcome2 {
+    response: http::Response<Body>,
+    outcome: Outcome,
+    error: Option<String>,
+}
+
+fn lambda_error_response(status: StatusCode, body: &serde_json::Value) -> http::Response<Body> {
+    let mut resp = http::Response::new(full(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert("x-hangar-function-error", http::HeaderValue::from_static("Unhandled"));
+    resp
+}
+
+fn describe(err: &serde_json::Value) -> String {
+    format!("{}: {}", err["errorType"].as_str().unwrap_or("Error"), err["errorMessage"].as_str().unwrap_or(""))
+}
+
+fn platform_error(status: StatusCode, code: &str, outcome: Outcome, message: String) -> Outcome2 {
+    Outcome2 { response: error_response(status, code, &message), outcome, error: Some(message) }
+}
+
+impl Inner {
+    /// The running zygote, started (again) if needed.
+    async fn pod(&self) -> Result<Arc<Pod>, PodError> {
+        let mut pod = self.pod.lock().await;
+        if let Some(p) = pod.as_ref().filter(|p| p.alive()) {
+            return Ok(p.clone());
+        }
+        let started = Pod::start(&self.host, self.pod_spec(), self.host.instance_limits(self.spec.limits.memory_bytes)).await?;
+        *pod = Some(started.clone());
+        Ok(started)
+    }
+
+    fn pod_spec(&self) -> PodSpec {
+        let s = &self.spec;
+        let h = &self.host;
+        let mut env: Vec<(String, String)> = s.limits.env.clone();
+        let handler = s.handler.clone().unwrap_or_default();
+        let execution_env = match self.kind {
+            RuntimeKind::Python3 => format!("AWS_Lambda_python{}", h.python_version()),
+            RuntimeKind::Nodejs => "AWS_Lambda_nodejs".to_string(),
+            _ => "AWS_Lambda_provided".to_string(),
+        };
+        let reserved = [
+            ("_HANDLER", handler),
+            ("LAMBDA_TASK_ROOT", "/var/task".into()),
+            ("LAMBDA_RUNTIME_DIR", "/opt/hangar".into()),
+            ("AWS_LAMBDA_FUNCTION_NAME", s.name.clone()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", s.revision.to_string()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", (s.limits.memory_bytes >> 20).to_string()),
+            ("AWS_LAMBDA_LOG_GROUP_NAME", format!("/hangar/{}/{}", s.namespace, s.name)),
+            ("AWS_REGION", h.region.clone()),
+            ("AWS_DEFAULT_REGION", h.region.clone()),
+            ("AWS_EXECUTION_ENV", execution_env),
+            ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".into()),
+            ("HANGAR_NAMESPACE", s.namespace.clone()),
+            ("TZ", ":UTC".into()),
+            ("LANG", "C.UTF-8".into()),
+            ("HOME", "/tmp".into()),
+            ("PATH", h.path_env()),
+            ("PYTHONDONTWRITEBYTECODE", "1".into()),
+        ];
+        env.retain(|(k, _)| !reserved.iter().any(|(r, _)| r == k));
+        env.extend(reserved.into_iter().map(|(k, v)| (k.to_string(), v)));
+        let (mode, argv) = match self.kind {
+            RuntimeKind::Python3 => ("python", Vec::new()),
+            RuntimeKind::Nodejs => ("exec", vec![h.node_exe().unwrap_or_default(), "/opt/hangar/bootstrap.js".into()]),
+            _ => ("exec", vec!["/var/task/bootstrap".into()]),
+        };
+        PodSpec {
+            id: self.pod_id.clone(),
+            mode,
+            argv,
+            env,
+            binds: h.binds(&s.code_digest),
+            memory_bytes: s.limits.memory_bytes,
+            max_instances: s.max_instances,
+        }
+    }
+
+    /// Takes an idle instance, or forks a new one if the function may have one more.
+    async fn acquire(&self) -> Result<(Instance, StartKind), Outcome2> {
+        if let Some(i) = lock(&self.idle).pop() {
+            return Ok((i, StartKind::Warm));
+        }
+        let max = self.spec.max_instances;
+        if self.live.fetch_add(1, Ordering::AcqRel) >= max {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return Err(platform_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                Outcome::Throttled,
+                format!("all {max} instances of the function are busy; retry later or raise max_instances"),
+            ));
+        }
+        let release = || {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+        };
+        let pod = match self.pod().await {
+            Ok(p) => p,
+            Err(PodError::Init { error, logs }) => {
+                release();
+                return Err(Outcome2 {
+                    response: lambda_error_response(StatusCode::BAD_GATEWAY, &error),
+                    outcome: Outcome::Error,
+                    error: Some(format!("init error: {}{}", describe(&error), if logs.is_empty() { String::new() } else { format!("\n{logs}") })),
+                });
+            }
+            Err(PodError::Failed { message, logs }) => {
+                release();
+                tracing::error!(function = %self.spec.name, "starting the zygote failed: {message}\n{logs}");
+                let detail = if logs.is_empty() { message } else { format!("{message}\n{logs}") };
+                return Err(platform_error(StatusCode::BAD_GATEWAY, "init_failed", Outcome::Error, format!("the function's runtime could not start: {detail}")));
+            }
+        };
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", self.pod_id);
+        let env = serde_json::json!({
+            "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001",
+            "AWS_LAMBDA_LOG_STREAM_NAME": format!("{}/[{}]{}", hangar_api::rfc3339(now_ms()).get(..10).unwrap_or("").replace('-', "/"), self.spec.revision, id),
+        });
+        match pod.spawn(id, env, self.host.tmp_bytes).await {
+            Ok(mut i) => {
+                i.count_in(self.live.clone());
+                Ok((i, StartKind::Cold))
+            }
+            Err(e) => {
+                release();
+                tracing::error!(function = %self.spec.name, "starting an instance failed: {e}");
+                Err(platform_error(StatusCode::BAD_GATEWAY, "init_failed", Outcome::Error, format!("a new instance could not start: {e}")))
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>, info: InvokeInfo, request: http::Request<Body>) -> (Outcome2, String, bool, StartKind) {
+        let mut logs = LogBuffer::new(self.spec.limits.max_log_bytes);
+        let (head, body) = request.into_parts();
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                let o = platform_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Outcome::Error, format!("reading the request body: {e}"));
+                return (o, String::new(), false, StartKind::Warm);
+            }
+        };
+        let payload = match info.trigger {
+            Trigger::Api => {
+                if body.iter().all(u8::is_ascii_whitespace) {
+                    Bytes::from_static(b"{}")
+                } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+                    let o = platform_error(StatusCode::BAD_REQUEST, "invalid_payload", Outcome::Error, "the payload of a process function is its event and must be JSON".into());
+                    return (o, String::new(), false, StartKind::Warm);
+                } else {
+                    body
+                }
+            }
+            Trigger::Http => {
+                let host = head.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+                let ip = head.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()).unwrap_or("127.0.0.1");
+                let event = url_event::to_event(&url_event::UrlRequest {
+                    method: head.method.as_str(),
+                    raw_path: head.uri.path(),
+                    raw_query: head.uri.query().unwrap_or(""),
+                    headers: &head.headers,
+                    body: &body,
+                    source_ip: ip.trim(),
+                    request_id: &info.id,
+                    api_id: &self.spec.name,
+                    domain: host,
+                    time_ms: now_ms(),
+                });
+                Bytes::from(event.to_string())
+            }
+        };
+
+        let (mut instance, start) = match self.acquire().await {
+            Ok(x) => x,
+            Err(o) => return (o, String::new(), false, StartKind::Cold),
+        };
+        let timeout = self.spec.limits.timeout;
+        let deadline_ms = now_ms() + timeout.as_millis() as i64;
+        let inv = Invocation {
+            request_id: info.id.clone(),
+            payload,
+            deadline_ms,
+            function_arn: format!("arn:aws:lambda:{}:000000000000:function:{}_{}", self.host.region, self.spec.namespace, self.spec.name),
+            trace_id: format!("Root=1-{:08x}-{}", deadline_ms / 1000, info.id.replace('-', "").get(..24).unwrap_or("0")),
+            client_context: head.headers.get("x-amz-client-context").and_then(|v| v.to_str().ok()).map(String::from),
+            cognito_identity: None,
+        };
+        let began = Instant::now();
+        let now = tokio::time::Instant::now();
+        let deadline = now + timeout;
+        let init_deadline = (instance.created + INIT_TIMEOUT).into();
+        let ran = instance.run(inv, deadline, std::cmp::min(init_deadline, deadline), &mut logs).await;
+        let elapsed = began.elapsed();
+        let healthy = matches!(ran, Ran::Answer(Answer::Response(_) | Answer::Error(_)));
+        let o = match ran {
+            Ran::Answer(Answer::Response(bytes)) => match info.trigger {
+                Trigger::Api => {
+                    let mut resp = http::Response::new(full(bytes));
+                    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                    Outcome2 { response: resp, outcome: Outcome::Ok, error: None }
+                }
+                Trigger::Http => match url_event::to_response(&bytes) {
+                    Ok(resp) => Outcome2 { response: resp.map(full), outcome: Outcome::Ok, error: None },
+                    Err(e) => platform_error(StatusCode::BAD_GATEWAY, "invalid_result", Outcome::Error, e.to_string()),
+                },
+            },
+            Ran::Answer(Answer::Error(err)) => Outcome2 {
+                response: lambda_error_response(StatusCode::BAD_GATEWAY, &err),
+                outcome: Outcome::Error,
+                error: Some(describe(&err)),
+            },
+            Ran::Answer(Answer::InitError(err)) => Outcome2 {
+                response: lambda_error_response(StatusCode::BAD_GATEWAY, &err),
+                outcome: Outcome::Error,
+                error: Some(format!("init error: {}", describe(&err))),
+            },
+            Ran::Timeout => {
+                logs.append(format!("[hangar] Task timed out after {} ms\n", timeout.as_millis()).as_bytes());
+                platform_error(StatusCode::GATEWAY_TIMEOUT, "timeout", Outcome::Timeout, format!("the function did not answer within its timeout of {} ms", timeout.as_millis()))
+            }
+            Ran::InitTimeout => {
+                let err = serde_json::json!({
+                    "errorMessage": format!("the runtime did not ask for an invocation within {} s of starting (does the bootstrap poll the Runtime API at AWS_LAMBDA_RUNTIME_API?)", INIT_TIMEOUT.as_secs()),
+                    "errorType": "Runtime.InitTimeout",
+                    "stackTrace": [],
+                });
+                Outcome2 { response: lambda_error_response(StatusCode::BAD_GATEWAY, &err), outcome: Outcome::Error, error: Some(format!("init error: {}", describe(&err))) }
+            }
+            Ran::Exited { out_of_memory: true, .. } => platform_error(
+                StatusCode::BAD_GATEWAY,
+                "out_of_memory",
+                Outcome::OutOfMemory,
+                format!("the function ran out of memory (limit {} MiB) and was stopped; raise memory_mb or use less", self.spec.limits.memory_bytes >> 20),
+            ),
+            Ran::Exited { how, .. } => {
+                let err = serde_json::json!({"errorMessage": format!("{how} before answering"), "errorType": "Runtime.ExitError", "stackTrace": []});
+                Outcome2 {
+                    response: lambda_error_response(StatusCode::BAD_GATEWAY, &err),
+                    outcome: Outcome::Error,
+                    error: Some(describe(&err)),
+                }
+            }
+        };
+        let (text, truncated) = self.frame_logs(&info.id, &mut logs, elapsed, &instance, start);
+        if healthy {
+            instance.served += 1;
+            instance.last_used = Instant::now();
+            lock(&self.idle).push(instance);
+        }
+        (o, text, truncated, start)
+    }
+
+    /// The invocation's output between Lambda's START and END lines, then its REPORT line.
+    fn frame_logs(&self, id: &str, logs: &mut LogBuffer, elapsed: Duration, instance: &Instance, start: StartKind) -> (String, bool) {
+        let (body, truncated) = logs.take();
+        let mut out = format!("START RequestId: {id} Version: {}\n", self.spec.revision);
+        out.push_str(&body);
+        if !body.is_empty() && !body.ends_with('\n') {
+            out.push('\n');
+        }
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let _ = write!(
+            out,
+            "END RequestId: {id}\nREPORT RequestId: {id}\tDuration: {ms:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB\tMax Memory Used: {} MB",
+            billed_ms(elapsed.as_micros() as u64),
+            self.spec.limits.memory_bytes >> 20,
+            instance.peak_memory().div_ceil(1 << 20),
+        );
+        if let (StartKind::Cold, Some(init)) = (start, instance.init) {
+            let _ = write!(out, "\tInit Duration: {:.2} ms", init.as_secs_f64() * 1000.0);
+        }
+        out.push('\n');
+        (out, truncated)
+    }
+}
+
+#[async_trait::async_trait]
+impl hangar_runtime::Loaded for Function {
+    async fn invoke(&self, info: InvokeInfo, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body> {
+        // The invocation runs to its end in its own task, so a caller that goes away neither
+        // leaves an instance half-used nor loses the record.
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let (o, logs, logs_truncated, start) = inner.run(info, request).await;
+            let (parts, body) = o.response.into_parts();
+            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            on_finish(Finished {
+                outcome: o.outcome,
+                status: parts.status.as_u16(),
+                response_bytes: bytes.len() as u64,
+                error: o.error,
+                logs,
+                logs_truncated,
+                start: Some(start),
+            });
+            http::Response::from_parts(parts, full(bytes))
+        });
+        match task.await {
+            Ok(resp) => resp,
+            Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", &format!("the invocation failed inside Hangar: {e}")),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! One instance of a process function: a forked, sandboxed process that serves one invocation
+//! at a time through its own Runtime API. Dropping an instance kills it and everything it
+//! started, and removes its cgroup.
+
+use std::time::{Duration, Instant};
+
+use hangar_jail::cgroup::Cgroup;
+use hangar_lambda::runtime_api::{Answer, Invocation, RuntimeApi};
+use hangar_runtime::LogBuffer;
+use tokio::net::unix::pipe;
+
+use crate::channel::Channel;
+
+/// How one invocation on an instance ended.
+#[derive(Debug)]
+pub enum Ran {
+    Answer(Answer),
+    /// The deadline passed; the instance must be killed.
+    Timeout,
+    /// The process ended without answering: how, and whether it ran out of memory.
+    Exited { how: String, out_of_memory: bool },
+    /// The runtime never asked for an invocation within the init limit.
+    InitTimeout,
+}
+
+/// See the module docs.
+pub struct Instance {
+    id: String,
+    pid: i32,
+    channel: Channel,
+    logs: pipe::Receiver,
+    cgroup: Option<Cgroup>,
+    api: Option<RuntimeApi>,
+    /// When the process was forked.
+    pub created: Instant,
+    /// When it last finished an invocation.
+    pub last_used: Instant,
+    /// Set once the runtime has polled for its first invocation.
+    pub init: Option<Duration>,
+    /// Invocations served.
+    pub served: u64,
+    /// The function's count of live instances, decremented when this one ends.
+    live: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
+}
+
+impl Instance {
+    pub(crate) fn new(id: String, pid: i32, channel: Channel, logs: std::os::fd::OwnedFd, cgroup: Cgroup) -> std::io::Result<Instance> {
+        let now = Instant::now();
+        Ok(Instance {
+            id,
+            pid,
+            channel,
+            logs: pipe::Receiver::from_owned_fd(logs)?,
+            cgroup: Some(cgroup),
+            api: None,
+            created: now,
+            last_used: now,
+            init: None,
+            served: 0,
+            live: None,
+        })
+    }
+
+    pub(crate) fn attach(&mut self, api: RuntimeApi) {
+        self.api = Some(api);
+    }
+
+    /// Counts this instance in `live` until it ends.
+    pub(crate) fn count_in(&mut self, live: std::sync::Arc<std::sync::atomic::AtomicU32>) {
+        self.live = Some(live);
+    }
+
+    pub(crate) fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    pub(crate) fn cgroup(&self) -> &Cgroup {
+        self.cgroup.as_ref().expect("the cgroup lives as long as the instance")
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The most memory the instance has used, in bytes.
+    pub fn peak_memory(&self) -> u64 {
+        self.cgroup.as_ref().map_or(0, Cgroup::peak_memory)
+    }
+
+    /// Runs one invocation until it is answered, the instance ends, or `deadline` passes;
+    /// everything the instance prints meanwhile goes to `logs`. A new instance must poll for
+    /// its first invocation before `init_deadline`.
+    pub async fn run(&mut self, inv: Invocation, deadline: tokio::time::Instant, init_deadline: tokio::time::Instant, logs: &mut LogBuffer) -> Ran {
+        let Some(api) = self.api.as_ref() else {
+            return Ran::Exited { how: "the instance has no Runtime API".into(), out_of_memory: false };
+        };
+        let invoke = api.invoke(inv);
+        tokio::pin!(invoke);
+        let initialized = api.initialized();
+        tokio::pin!(initialized);
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut waiting_init = self.init.is_none();
+        let ran = loop {
+            tokio::select! {
+                biased;
+                answer = &mut invoke => break match answer {
+                    Ok(a) => Ran::Answer(a),
+                    Err(_) => Ran::Exited { how: "the runtime stopped serving".into(), out_of_memory: false },
+                },
+                _ = &mut initialized, if waiting_init => {
+                    waiting_init = false;
+                    self.init = Some(self.created.elapsed());
+                }
+                ready = self.logs.readable() => {
+                    if ready.is_ok() {
+                        drain(&self.logs, &mut buf, logs);
+                    }
+                }
+                msg = self.channel.recv() => {
+                    drain(&self.logs, &mut buf, logs);
+                    break self.exited(msg.ok().flatten());
+                }
+                _ = tokio::time::sleep_until(init_deadline), if waiting_init => break Ran::InitTimeout,
+                _ = tokio::time::sleep_until(deadline) => break Ran::Timeout,
+            }
+        };
+        drain(&self.logs, &mut buf, logs);
+        if self.init.is_none() && matches!(ran, Ran::Answer(_)) {
+            self.init = Some(self.created.elapsed());
+        }
+        ran
+    }
+
+
+    fn exited(&self, msg: Option<crate::channel::Message>) -> Ran {
+        let out_of_memory = self.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+        let how = match msg.as_ref().map(|m| &m.body) {
+            Some(b) if b["signal"].is_number() => format!("was killed by signal {}", b["signal"]),
+            Some(b) if b["code"].is_number() => format!("exited with status {}", b["code"]),
+            Some(b) if b["error"].is_string() => format!("failed: {}", b["error"].as_str().unwrap_or_default()),
+            _ => "ended".to_string(),
+        };
+        Ran::Exited { how: format!("the runtime {how}"), out_of_memory }
+    }
+}
+
+/// Reads what the log pipe holds now, without waiting.
+fn drain(pipe: &pipe::Receiver, buf: &mut [u8], logs: &mut LogBuffer) {
+    loop {
+        match pipe.try_read(buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => logs.append(&buf[..n]),
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(live) = self.live.take() {
+            live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        if let (Some(cgroup), Ok(rt)) = (self.cgroup.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(cgroup.remove());
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Process functions: AWS Lambda handlers for `python3`, `nodejs` and `provided` (any
+//! `bootstrap` executable), served through the Lambda Runtime API.
+//!
+//! Each revision gets a zygote ([`pod`]): a `runc` container in its own user namespace that
+//! starts the runtime once — for python3 it also imports the handler — and forks instances.
+//! Each instance ([`instance`]) gets its own mount, pid, network, ipc and uts namespaces, a
+//! fresh `/proc`, a private `/tmp`, loopback with only its Runtime API on it, its own cgroup
+//! (memory, pids, CPU), and drops to `nobody` with no capabilities and a seccomp filter before
+//! user code serves a request. [`function`] pools instances and runs invocations; [`code`]
+//! unpacks uploaded zips safely.
+#![forbid(unsafe_code)]
+
+pub mod channel;
+pub mod code;
+pub mod function;
+pub mod instance;
+pub mod pod;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use hangar_api::RuntimeKind;
+use hangar_jail::cgroup::Limits as CgroupLimits;
+use hangar_runtime::{CodeInfo, Loaded, RevisionSpec, Runtime, RuntimeError};
+use sha2::{Digest, Sha256};
+
+/// How the process runtimes are set up on this server.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The server's data directory; code is unpacked under `<data_dir>/process`.
+    pub data_dir: PathBuf,
+    /// How long an idle instance stays warm.
+    pub keep_alive: Duration,
+    /// `AWS_REGION` as functions see it.
+    pub region: String,
+}
+
+#[derive(Debug)]
+struct Interpreter {
+    exe: PathBuf,
+    /// Host directory bound read-only at the same path (when not under `/usr`).
+    bind: Option<PathBuf>,
+    version: String,
+}
+
+/// What the three process runtimes share on one server: directories, the machine's
+/// interpreters, the cgroup and uid ranges, and the settings.
+#[derive(Debug)]
+pub struct Host {
+    code_dir: PathBuf,
+    run_dir: PathBuf,
+    runc_root: PathBuf,
+    shims_dir: PathBuf,
+    cgroup_parent: String,
+    /// First host uid of the zygotes' user namespaces.
+    uid_base: u32,
+    python: Interpreter,
+    node: Option<Interpreter>,
+    keep_alive: Duration,
+    region: String,
+    /// Size of each instance's `/tmp` (its pages count against the instance's memory).
+    tmp_bytes: u64,
+    next: AtomicU64,
+}
+
+async fn output(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new(cmd).args(args).output().await.map_err(|e| format!("`{cmd}` cannot run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A prefix to bind for `exe` unless the system's `/usr` already holds it.
+fn bind_for(exe: &Path, prefix: &Path) -> Option<PathBuf> {
+    if exe.starts_with("/usr") && prefix.starts_with("/usr") { None } else { Some(prefix.to_path_buf()) }
+}
+
+impl Host {
+    /// Checks what process functions need (root, runc, python3; node for nodejs), removes
+    /// whatever an earlier run of this server left behind, and writes the runtime shims.
+    pub async fn start(config: HostConfig) -> Result<Arc<Host>, String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err("process functions need Hangar to run as root (to make namespaces and cgroups)".into());
+        }
+        output("runc", &["--version"]).await.map_err(|e| format!("{e}; install runc (`apt-get install runc`)"))?;
+        let py = output("python3", &["-c", "import sys, json; print(json.dumps([sys.executable, sys.base_prefix, '%d.%d' % sys.version_info[:2]]))"])
+            .await
+            .map_err(|e| format!("{e}; process functions need the machine's python3"))?;
+        let [exe, prefix, version]: [String; 3] = serde_json::from_str(&py).map_err(|e| format!("python3 said {py}: {e}"))?;
+        let (exe, prefix) = (PathBuf::from(exe), PathBuf::from(prefix));
+        let python = Interpreter { bind: bind_for(&exe, &prefix), exe, version };
+        let node = match output("node", &["-p", "process.execPath + ' ' + process.versions.node"]).await {
+            Ok(line) => {
+                let (exe, version) = line.rsplit_once(' ').unwrap_or((&line, ""));
+                let exe = PathBuf::from(exe);
+                let prefix = exe.parent().and_then(Path::parent).unwrap_or(Path::new("/usr")).to_path_buf();
+                Some(Interpreter { bind: bind_for(&exe, &prefix), exe, version: version.to_string() })
+            }
+            Err(e) => {
+                tracing::warn!("the nodejs runtime is not available: {e}");
+                None
+            }
+        };
+        let canonical = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone());
+        let sid = hex::encode(&Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5]);
+        let run_dir = PathBuf::from(format!("/run/hangar-{sid}"));
+        let host = Host {
+            code_dir: config.data_dir.join("process"),
+            runc_root: run_dir.join("runc"),
+            shims_dir: run_dir.join("shims"),
+            run_dir,
+            cgroup_parent: format!("hangar-{sid}"),
+            uid_base: 1_000_000 + (u32::from_str_radix(&sid[..3], 16).unwrap_or(0) << 16),
+            python,
+            node,
+            keep_alive: config.keep_alive,
+            region: config.region,
+            tmp_bytes: 512 << 20,
+            next: AtomicU64::new(1),
+        };
+        host.clean().await;
+        let io = |e: std::io::Error| format!("preparing {}: {e}", host.run_dir.display());
+        // Zygotes run as unprivileged host uids: they may pass through these directories, and
+        // list the shims (Python's importer lists directories).
+        for (dir, mode) in [(&host.run_dir, 0o711), (&host.shims_dir, 0o755), (&host.run_dir.join("bundles"), 0o711)] {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(io)?;
+        }
+        std::fs::create_dir_all(&host.code_dir).map_err(io)?;
+        for (name, text) in [("zygote.py", hangar_lambda::ZYGOTE), ("bootstrap.py", hangar_lambda::PYTHON_SHIM), ("bootstrap.js", hangar_lambda::NODE_SHIM)] {
+            let path = host.shims_dir.join(name);
+            std::fs::write(&path, text).map_err(io)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
+        }
+        tracing::info!(python = %host.python.version, node = ?host.node.as_ref().map(|n| &n.version), "process runtimes ready");
+        Ok(Arc::new(host))
+    }
+
+    /// The runtimes this machine can run: python3 and provided, and nodejs when Node is there.
+    pub fn runtimes(self: &Arc<Self>) -> Vec<Arc<dyn Runtime>> {
+        let mut kinds = vec![RuntimeKind::Python3, RuntimeKind::Provided];
+        if self.node.is_some() {
+            kinds.push(RuntimeKind::Nodejs);
+        }
+        kinds.into_iter().map(|kind| Arc::new(ProcessRuntime { kind, host: self.clone() }) as Arc<dyn Runtime>).collect()
+    }
+
+    /// Removes every container, cgroup and bundle of this server.
+    async fn clean(&self) {
+        if self.runc_root.exists() {
+            hangar_jail::remove_all(&self.runc_root).await;
+        }
+        hangar_jail::cgroup::remove_tree(&self.cgroup_parent).await;
+        let _ = std::fs::remove_dir_all(self.run_dir.join("bundles"));
+    }
+
+    /// Stops everything (at shutdown).
+    pub async fn shutdown(&self) {
+        self.clean().await;
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn python_exe(&self) -> Result<String, String> {
+        Ok(self.python.exe.display().to_string())
+    }
+
+    fn python_version(&self) -> &str {
+        &self.python.version
+    }
+
+    fn node_exe(&self) -> Option<String> {
+        self.node.as_ref().map(|n| n.exe.display().to_string())
+    }
+
+    fn path_env(&self) -> String {
+        let mut path = String::from("/usr/local/bin:/usr/bin:/bin");
+        for i in [Some(&self.python), self.node.as_ref()].into_iter().flatten() {
+            if let Some(dir) = i.exe.parent().filter(|d| !d.starts_with("/usr")) {
+                path.push(':');
+                path.push_str(&dir.display().to_string());
+            }
+        }
+        path
+    }
+
+    fn code_path(&self, digest: &str) -> PathBuf {
+        self.code_dir.join(digest.trim_start_matches("sha256:"))
+    }
+
+    /// What a zygote sees, all read-only: the system's `/usr`, the interpreters, the shims at
+    /// `/opt/hangar` and the code at `/var/task`.
+    fn binds(&self, digest: &str) -> Vec<(PathBuf, String)> {
+        let mut binds = vec![(PathBuf::from("/usr"), "/usr".to_string())];
+        for i in [Some(&self.python), self.node.as_ref()].into_iter().flatten() {
+            if let Some(b) = &i.bind {
+                binds.push((b.clone(), b.display().to_string()));
+            }
+        }
+        binds.push((self.shims_dir.clone(), "/opt/hangar".into()));
+        binds.push((self.code_path(digest), "/var/task".into()));
+        binds
+    }
+
+    /// An instance's cgroup limits: its memory, a pids bound, CPU share proportional to
+    /// memory as in Lambda (1769 MiB = one CPU).
+    fn instance_limits(&self, memory_bytes: u64) -> CgroupLimits {
+        CgroupLimits { memory_bytes, pids_max: 256, cpu_shares: ((memory_bytes >> 20) * 1024 / 1769).max(2) }
+    }
+}
+
+/// One process runtime kind over the shared [`Host`].
+pub struct ProcessRuntime {
+    kind: RuntimeKind,
+    host: Arc<Host>,
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> RuntimeKind {
+        self.kind
+    }
+
+    async fn prepare(&self, code: Bytes) -> Result<CodeInfo, RuntimeError> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&code)));
+        let dest = self.host.code_path(&digest);
+        let kind = self.kind;
+        let size = code.len() as u64;
+        if !dest.is_dir() {
+            let d = dest.clone();
+            tokio::task::spawn_blocking(move || code::unpack(&code, &d, kind))
+                .await
+                .map_err(|e| RuntimeError::Internal(format!("unpacking: {e}")))??;
+        }
+        if kind == RuntimeKind::Provided && !dest.join("bootstrap").is_file() {
+            return Err(RuntimeError::InvalidCode(
+                "a provided function's archive needs an executable named `bootstrap` at its root (e.g. a binary built with the `lambda_runtime` crate)".into(),
+            ));
+        }
+        Ok(CodeInfo { digest, size })
+    }
+
+    async fn load(&self, spec: &RevisionSpec) -> Result<Arc<dyn Loaded>, RuntimeError> {
+        if !self.host.code_path(&spec.code_digest).is_dir() {
+            return Err(RuntimeError::InvalidCode(format!("the unpacked code {} is missing from the data directory; deploy the function again", spec.code_digest)));
+        }
+        let f = function::Function::new(self.host.clone(), self.kind, spec.clone());
+        f.warm_up_in_background();
+        Ok(Arc::new(f))
+    }
+
+    fn eager(&self) -> bool {
+        true
+    }
+
+    async fn shutdown(&self) {
+        self.host.shutdown().await;
+    }
+}

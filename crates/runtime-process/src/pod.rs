@@ -1,0 +1,239 @@
+//! The zygote of one revision: a `runc` container in its own user namespace that has started
+//! the runtime once (and, for python3, imported the handler) and forks each instance on
+//! request. See `hangar-lambda`'s `zygote.py` for the other side of the protocol.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hangar_jail::cgroup::{Cgroup, Limits as CgroupLimits};
+use hangar_jail::{Jail, JailSpec, JailUser, Network};
+use hangar_lambda::runtime_api::RuntimeApi;
+use hangar_runtime::LogBuffer;
+use tokio::io::AsyncReadExt;
+
+use crate::Host;
+use crate::channel::Channel;
+use crate::instance::Instance;
+
+/// Longest a zygote may take to start (import the handler), like Lambda's 10 s init limit.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest an instance's namespaces may take to be made.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Output of the zygote kept for init errors.
+const POD_LOG_BYTES: usize = 64 * 1024;
+
+/// Why a zygote could not start or fork.
+#[derive(Debug)]
+pub enum PodError {
+    /// The handler could not be loaded: Lambda's error body and the output so far.
+    Init { error: serde_json::Value, logs: String },
+    /// The platform failed (runc, namespaces): what happened, and the output so far.
+    Failed { message: String, logs: String },
+}
+
+/// What a zygote needs to start.
+pub struct PodSpec {
+    pub id: String,
+    /// `python` (import the handler, fork it) or `exec` (fork, then exec `argv`).
+    pub mode: &'static str,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub binds: Vec<(std::path::PathBuf, String)>,
+    pub memory_bytes: u64,
+    pub max_instances: u32,
+}
+
+/// A running zygote.
+pub struct Pod {
+    control: Arc<Channel>,
+    jail: Mutex<Option<Jail>>,
+    alive: Arc<AtomicBool>,
+    log: Arc<Mutex<LogBuffer>>,
+    /// Per-instance limits.
+    pub instance_limits: CgroupLimits,
+    host: Arc<Host>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Pod {
+    /// Starts the zygote and waits until it is ready to fork (or says why it cannot be).
+    pub async fn start(host: &Arc<Host>, spec: PodSpec, instance_limits: CgroupLimits) -> Result<Arc<Pod>, PodError> {
+        let failed = |message: String| PodError::Failed { message, logs: String::new() };
+        let mut env = spec.env.clone();
+        env.push(("HANGAR_MODE".into(), spec.mode.into()));
+        env.push(("HANGAR_EXEC".into(), serde_json::to_string(&spec.argv).unwrap_or_default()));
+        let jail_spec = JailSpec {
+            id: spec.id.clone(),
+            user: JailUser::Zygote { host_base: host.uid_base },
+            runc_root: Some(host.runc_root.clone()),
+            cgroup_parent: host.cgroup_parent.clone(),
+            argv: vec![host.python_exe().map_err(failed)?, "/opt/hangar/zygote.py".into()],
+            env,
+            cwd: "/var/task".into(),
+            ro_binds: spec.binds.clone(),
+            // The zygote, and the small parent process of each instance.
+            memory_bytes: (spec.memory_bytes + (64 << 20) + u64::from(spec.max_instances) * (2 << 20)) as i64,
+            pids_max: i64::from(spec.max_instances) * 2 + 16,
+            cpu_shares: 1024,
+            tmp_bytes: 16 << 20,
+            max_open_files: 4096,
+            network: Network::None,
+        };
+        let jail = Jail::prepare(&host.run_dir.join("bundles"), &jail_spec).map_err(|e| failed(e.to_string()))?;
+        let (control, theirs) = Channel::pair().map_err(|e| failed(format!("control socket: {e}")))?;
+        let (log_r, log_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| failed(format!("log pipe: {e}")))?;
+        let log = Arc::new(Mutex::new(LogBuffer::new(POD_LOG_BYTES)));
+        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(log_r).map_err(|e| failed(format!("log pipe: {e}")))?;
+        tokio::spawn(collect(reader, log.clone()));
+        let log_w2 = log_w.try_clone().map_err(|e| failed(format!("log pipe: {e}")))?;
+        let started = jail.start_detached(std::process::Stdio::from(theirs), std::process::Stdio::from(log_w), std::process::Stdio::from(log_w2)).await;
+        let pod = Arc::new(Pod {
+            control: Arc::new(control),
+            jail: Mutex::new(Some(jail)),
+            alive: Arc::new(AtomicBool::new(true)),
+            log,
+            instance_limits,
+            host: host.clone(),
+        });
+        if let Err(e) = started {
+            return Err(PodError::Failed { message: e.to_string(), logs: pod.end_with_logs().await });
+        }
+        let first = tokio::time::timeout(INIT_TIMEOUT, pod.control.recv()).await;
+        match first {
+            Ok(Ok(Some(m))) if m.body["type"] == "ready" => {
+                // The zygote says nothing more; the socket closing means it is gone.
+                // (The watcher holds the socket, not the pod: dropping the pod kills the zygote,
+                // which closes the socket and ends the watcher.)
+                let (control, alive) = (pod.control.clone(), pod.alive.clone());
+                tokio::spawn(async move {
+                    let _ = control.recv().await;
+                    alive.store(false, Ordering::Release);
+                });
+                Ok(pod)
+            }
+            Ok(Ok(Some(m))) if m.body["type"] == "init_error" => {
+                Err(PodError::Init { error: m.body["error"].clone(), logs: pod.end_with_logs().await })
+            }
+            Ok(Ok(_)) | Ok(Err(_)) => Err(PodError::Failed {
+                message: "the runtime's zygote exited while starting".into(),
+                logs: pod.end_with_logs().await,
+            }),
+            Err(_) => Err(PodError::Init {
+                error: serde_json::json!({
+                    "errorMessage": format!("the function did not finish initializing within {} s", INIT_TIMEOUT.as_secs()),
+                    "errorType": "Runtime.InitTimeout",
+                    "stackTrace": [],
+                }),
+                logs: pod.end_with_logs().await,
+            }),
+        }
+    }
+
+    /// Stops a zygote that failed to start and returns what it printed.
+    async fn end_with_logs(&self) -> String {
+        // Give the last output a moment to arrive before it is quoted.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.stop().await;
+        self.logs()
+    }
+
+    /// The zygote's output so far (import-time prints and tracebacks).
+    pub fn logs(&self) -> String {
+        lock(&self.log).take().0
+    }
+
+    /// Forks a new instance: its own namespaces, a Runtime API served inside them at
+    /// `127.0.0.1:9001`, and its own cgroup. Returns once the instance runs user code.
+    pub async fn spawn(&self, id: String, env: serde_json::Value, tmp_bytes: u64) -> Result<Instance, String> {
+        let (channel, theirs) = Channel::pair().map_err(|e| format!("instance socket: {e}"))?;
+        let (log_r, log_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| format!("log pipe: {e}"))?;
+        let msg = serde_json::json!({"type": "spawn", "env": env, "tmp_bytes": tmp_bytes});
+        self.control.send(&msg, &[theirs.as_fd(), log_w.as_fd()]).await.map_err(|e| format!("the zygote is gone: {e}"))?;
+        drop((theirs, log_w));
+        let got = tokio::time::timeout(SPAWN_TIMEOUT, channel.recv()).await;
+        let m = match got {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) | Ok(Err(_)) => return Err("the zygote did not create the instance (it exited)".into()),
+            Err(_) => return Err(format!("the instance was not ready within {} s", SPAWN_TIMEOUT.as_secs())),
+        };
+        if m.body["type"] != "netns" {
+            return Err(format!("creating the instance failed: {}", m.body["error"].as_str().unwrap_or("unknown error")));
+        }
+        let (Some(pid), Some(netns)) = (m.pid, m.fds.into_iter().next()) else {
+            return Err("the instance sent no namespace or pid".into());
+        };
+        let kill = || {
+            let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap_or(rustix::process::Pid::INIT), rustix::process::Signal::KILL);
+        };
+        if pid <= 1 {
+            return Err("the instance reported an impossible pid".into());
+        }
+        let cgroup = match Cgroup::create(&self.host.cgroup_parent, &id, self.instance_limits) {
+            Ok(c) => c,
+            Err(e) => {
+                kill();
+                return Err(e.to_string());
+            }
+        };
+        let mut instance = Instance::new(id, pid, channel, log_r, cgroup).map_err(|e| format!("instance logs: {e}"))?;
+        instance.cgroup().add(pid as u32).map_err(|e| e.to_string())?;
+        let listener = bind_inside(netns, "127.0.0.1:9001".parse().expect("a socket address literal"))
+            .map_err(|e| format!("serving the Runtime API inside the instance: {e}"))?;
+        let api = RuntimeApi::start_on(listener).map_err(|e| format!("Runtime API: {e}"))?;
+        instance.attach(api);
+        instance.channel().send(&serde_json::json!({"type": "go"}), &[]).await.map_err(|e| format!("starting the instance: {e}"))?;
+        Ok(instance)
+    }
+
+    /// Stops the zygote and every instance it forked.
+    pub async fn stop(&self) {
+        self.alive.store(false, Ordering::Release);
+        let jail = lock(&self.jail).take();
+        if let Some(jail) = jail {
+            jail.destroy().await;
+        }
+    }
+
+    /// Whether the zygote still runs.
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        // Closing the control socket ends the zygote, and with it every instance; runc's
+        // state and the bundle are removed in the background.
+        if let (Some(jail), Ok(rt)) = (lock(&self.jail).take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(jail.destroy());
+        }
+    }
+}
+
+async fn collect(mut out: tokio::net::unix::pipe::Receiver, log: Arc<Mutex<LogBuffer>>) {
+    let mut buf = vec![0u8; 8192];
+    while let Ok(n) = out.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        lock(&log).append(&buf[..n]);
+    }
+}
+
+/// Binds a TCP listener inside the network namespace `netns` (from a short-lived thread that
+/// enters it); the socket stays in that namespace.
+fn bind_inside(netns: std::os::fd::OwnedFd, addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    std::thread::spawn(move || {
+        rustix::thread::move_into_link_name_space(netns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
+}
