@@ -289,8 +289,9 @@ impl Jail {
             let under_dev = rel.components().count() > 1 && rel.starts_with("dev");
             if std::fs::symlink_metadata(&at).is_err() && !under_dev {
                 std::fs::create_dir_all(&at)?;
-                if m.typ().as_deref() == Some("tmpfs") {
-                    // runc gives a tmpfs the mode of the directory it covers.
+                if m.typ().as_deref() == Some("tmpfs") && rel == Path::new("tmp") {
+                    // runc gives a tmpfs the mode of the directory it covers (a sticky /dev
+                    // would forbid opening /dev/null for writing with O_CREAT).
                     std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
                 }
             }

@@ -100,6 +100,7 @@ impl Instance {
         tokio::pin!(initialized);
         let mut buf = vec![0u8; 16 * 1024];
         let mut waiting_init = self.init.is_none();
+        let mut logs_open = true;
         let ran = loop {
             tokio::select! {
                 biased;
@@ -111,20 +112,19 @@ impl Instance {
                     waiting_init = false;
                     self.init = Some(self.created.elapsed());
                 }
-                ready = self.logs.readable() => {
-                    if ready.is_ok() {
-                        drain(&self.logs, &mut buf, logs);
-                    }
+                ready = self.logs.readable(), if logs_open => {
+                    // At end of file the pipe stays readable: stop watching it.
+                    logs_open = ready.is_ok() && drain(&self.logs, &mut buf, logs);
                 }
                 msg = self.channel.recv() => {
-                    drain(&self.logs, &mut buf, logs);
+                    let _ = drain(&self.logs, &mut buf, logs);
                     break self.exited(msg.ok().flatten());
                 }
                 _ = tokio::time::sleep_until(init_deadline), if waiting_init => break Ran::InitTimeout,
                 _ = tokio::time::sleep_until(deadline) => break Ran::Timeout,
             }
         };
-        drain(&self.logs, &mut buf, logs);
+        let _ = drain(&self.logs, &mut buf, logs);
         if self.init.is_none() && matches!(ran, Ran::Answer(_)) {
             self.init = Some(self.created.elapsed());
         }
@@ -144,12 +144,13 @@ impl Instance {
     }
 }
 
-/// Reads what the log pipe holds now, without waiting.
-fn drain(pipe: &pipe::Receiver, buf: &mut [u8], logs: &mut LogBuffer) {
+/// Reads what the log pipe holds now, without waiting; false once the pipe is closed.
+fn drain(pipe: &pipe::Receiver, buf: &mut [u8], logs: &mut LogBuffer) -> bool {
     loop {
         match pipe.try_read(buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return false,
             Ok(n) => logs.append(&buf[..n]),
+            Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
         }
     }
 }
