@@ -85,20 +85,24 @@ def _json_or_none(text):
         return None
 
 
+class HandlerLoadError(Exception):
+    """The handler could not be loaded: args are (Lambda error type, message)."""
+
+
 def load_handler(spec, task_root):
     sys.path.insert(0, task_root)
     module_name, _, function_name = spec.rpartition(".")
     if not module_name or not function_name:
-        raise LookupError("Runtime.MalformedHandlerName", f"Bad handler '{spec}': use module.function, e.g. app.handler")
+        raise HandlerLoadError("Runtime.MalformedHandlerName", f"Bad handler '{spec}': use module.function, e.g. app.handler")
     try:
         module = importlib.import_module(module_name.replace("/", "."))
     except ImportError as e:
-        raise LookupError("Runtime.ImportModuleError", f"Unable to import module '{module_name}': {e}")
+        raise HandlerLoadError("Runtime.ImportModuleError", f"Unable to import module '{module_name}': {e}")
     except SyntaxError as e:
-        raise LookupError("Runtime.UserCodeSyntaxError", f"Syntax error in module '{module_name}': {e}")
+        raise HandlerLoadError("Runtime.UserCodeSyntaxError", f"Syntax error in module '{module_name}': {e}")
     handler = getattr(module, function_name, None)
     if not callable(handler):
-        raise LookupError("Runtime.HandlerNotFound", f"Handler '{function_name}' missing on module '{module_name}'")
+        raise HandlerLoadError("Runtime.HandlerNotFound", f"Handler '{function_name}' missing on module '{module_name}'")
     return handler
 
 
@@ -131,7 +135,7 @@ def main():
     client = RuntimeClient(os.environ["AWS_LAMBDA_RUNTIME_API"])
     try:
         handler = load_handler(os.environ.get("_HANDLER", ""), os.environ.get("LAMBDA_TASK_ROOT", os.getcwd()))
-    except LookupError as e:
+    except HandlerLoadError as e:
         error_type, message = e.args
         print(f"[ERROR] {error_type}: {message}", file=sys.stderr, flush=True)
         client.post("/init/error", error_body(error_type, message), error_type)

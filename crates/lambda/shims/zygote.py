@@ -189,7 +189,7 @@ def main():
         import bootstrap
         try:
             handler = bootstrap.load_handler(os.environ.get("_HANDLER", ""), os.environ.get("LAMBDA_TASK_ROOT", "/var/task"))
-        except LookupError as e:
+        except bootstrap.HandlerLoadError as e:
             error_type, message = e.args
             print(f"[ERROR] {error_type}: {message}", file=sys.stderr, flush=True)
             send(control, {"type": "init_error", "error": {"errorMessage": message, "errorType": error_type, "stackTrace": []}})
