@@ -14,6 +14,14 @@ if ! command -v runc >/dev/null; then
   apt-get update -qq && apt-get install -y -qq runc
 fi
 
+# Process functions run the machine's python3 and node (pip installs awslambdaric in a test).
+for tool in python3 node; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "installing $tool (process functions run it)"
+    apt-get update -qq && apt-get install -y -qq python3 python3-pip nodejs
+  fi
+done
+
 # The example components the black-box tests deploy.
 cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml
 

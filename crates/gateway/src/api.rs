@@ -275,7 +275,12 @@ pub async fn put_function(
     let runtime = state
         .scheduler
         .runtime(config.runtime)
-        .ok_or_else(|| ApiError::bad_request("invalid_field", format!("runtime: `{}` is not available in this build", config.runtime)))?
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_field",
+                format!("runtime: `{}` is not available on this server (process runtimes need root, runc and python3; nodejs needs node; the server log says what is missing)", config.runtime),
+            )
+        })?
         .clone();
     // Compile before taking the lock: deploys of different functions compile in parallel.
     let code_info = match code {
@@ -285,6 +290,13 @@ pub async fn put_function(
     };
     let _guard = state.deploy_lock.lock().await;
     let existing = state.store.get_function(&ns, &name).await?;
+    if let (None, Some(e)) = (&code_info, &existing)
+        && e.config.runtime != config.runtime {
+            return Err(ApiError::bad_request(
+                "invalid_code",
+                format!("function `{name}` runs on {}; changing its runtime to {} needs new code (upload `code` too)", e.config.runtime, config.runtime),
+            ));
+        }
     let (digest, size) = match (&code_info, &existing) {
         (Some(c), _) => (c.digest.clone(), c.size),
         (None, Some(e)) => (e.code_digest.clone(), e.code_size),

@@ -468,3 +468,17 @@ async fn concurrent_requests_spread_over_instances_and_idle_ones_are_reaped() {
     assert!(statuses.contains(&200) && statuses.contains(&429), "{statuses:?}");
     assert!(s.invocations("one").await.iter().any(|r| r["outcome"] == "throttled"));
 }
+
+#[tokio::test]
+async fn the_example_manifest_deploys_wasm_python_and_node_functions() {
+    let s = Server::start();
+    common::guest("hello"); // the wasm example is built once per test run
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hangar.toml");
+    let out = s.ok(&["deploy", "-f", manifest.to_str().unwrap()]);
+    assert!(out.contains("py-greeter") && out.contains("node-counter"), "{out}");
+    let r: Value = reqwest::get(format!("{}/fn/default/py-greeter/?name=Ada", s.url)).await.unwrap().json().await.unwrap();
+    assert_eq!(r["message"], "Hello, Ada!");
+    let r: Value = reqwest::get(format!("{}/fn/default/node-counter/x", s.url)).await.unwrap().json().await.unwrap();
+    assert_eq!((r["served"].as_u64(), r["path"].as_str()), (Some(1), Some("/x")));
+    assert!(s.ok(&["deploy", "-f", manifest.to_str().unwrap()]).contains("unchanged"), "a second apply changes nothing");
+}
