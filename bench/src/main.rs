@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
+mod process;
+
 #[derive(Parser)]
 struct Args {
     /// The hangar binary (a release build)
@@ -36,7 +38,13 @@ struct Args {
     /// Where to write the report
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
+    /// Measure only process functions, replacing their sections of the report
+    #[arg(long)]
+    process_only: bool,
 }
+
+/// Where the process-function sections start in the report.
+const PROCESS_HEADING: &str = "## Process functions";
 
 /// Restarts measured for the first-response-after-restart figures.
 const RESTARTS: usize = 5;
@@ -102,11 +110,18 @@ struct Hangar {
     child: Option<Child>,
     url: String,
     key: String,
+    extra: Vec<String>,
 }
 
 impl Hangar {
     fn start(bin: &Path) -> Result<Hangar> {
-        let mut h = Hangar { bin: bin.to_path_buf(), dir: tempfile::tempdir()?, child: None, url: String::new(), key: String::new() };
+        Self::start_with(bin, &[])
+    }
+
+    /// Starts with extra `hangar up` flags.
+    fn start_with(bin: &Path, extra: &[&str]) -> Result<Hangar> {
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut h = Hangar { bin: bin.to_path_buf(), dir: tempfile::tempdir()?, child: None, url: String::new(), key: String::new(), extra };
         h.boot()?;
         Ok(h)
     }
@@ -117,6 +132,7 @@ impl Hangar {
         let child = Command::new(&self.bin)
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.dir.path())
+            .args(&self.extra)
             .env("HANGAR_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -216,6 +232,16 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
+    if a.process_only {
+        eprintln!("measuring process functions");
+        let section = process::run(&a.hangar).await?;
+        let old = std::fs::read_to_string(&a.out).unwrap_or_default();
+        let keep = old.find(PROCESS_HEADING).or_else(|| old.find("## Reproduce")).map_or(old.as_str(), |i| &old[..i]);
+        let reproduce = old.find("## Reproduce").map_or("", |i| &old[i..]);
+        std::fs::write(&a.out, format!("{keep}{section}{reproduce}"))?;
+        print!("{section}");
+        return Ok(());
+    }
     for (what, p) in [("hangar", &a.hangar), ("wasmtime", &a.wasmtime), ("component", &a.component)] {
         if !p.exists() {
             bail!("{what} not found at {}; run scripts/bench.sh, which builds everything", p.display());
@@ -389,7 +415,10 @@ async fn main() -> Result<()> {
     writeln!(report, "| one function, after the load runs | {:.1} MiB | {:.1} MiB (idle, one component) |", loaded_rss as f64 / 1024.0, peer_rss as f64 / 1024.0)?;
     writeln!(report, "| {} functions deployed (not yet called) | {:.1} MiB | |", a.functions, many_rss as f64 / 1024.0)?;
     writeln!(report, "| {} functions, each called once (all resident) | {:.1} MiB | |", a.functions, many_loaded_rss as f64 / 1024.0)?;
-    writeln!(report, "\n## Reproduce\n\n```sh\n./scripts/bench.sh            # installs wrk and wasmtime-cli 48.0.8 if missing, builds, runs, rewrites this file\n```")?;
+    eprintln!("measuring process functions");
+    writeln!(report)?;
+    report.push_str(&process::run(&a.hangar).await?);
+    writeln!(report, "## Reproduce\n\n```sh\n./scripts/bench.sh                  # installs wrk and wasmtime-cli 48.0.8 if missing, builds, runs, rewrites this file\n./scripts/bench.sh --process-only   # only the process-function sections\n```")?;
     std::fs::write(&a.out, &report)?;
     print!("{report}");
     Ok(())

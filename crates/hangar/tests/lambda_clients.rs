@@ -12,38 +12,19 @@ use std::process::Command;
 use common::Server;
 use serde_json::{Value, json};
 
-const RUST_MAIN: &str = r#"
-use lambda_runtime::{service_fn, Error, LambdaEvent};
-use serde_json::{json, Value};
-
-async fn handler(event: LambdaEvent<Value>) -> Result<Value, Error> {
-    let (payload, ctx) = event.into_parts();
-    if payload.get("fail").is_some() {
-        return Err("the rust handler was asked to fail".into());
-    }
-    println!("rust handler got {payload}");
-    Ok(json!({"echo": payload, "request_id": ctx.request_id, "arn": ctx.invoked_function_arn, "deadline": ctx.deadline}))
-}
-
-#[tokio::main]
-async fn main() -> Result<(), Error> {
-    lambda_runtime::run(service_fn(handler)).await
-}
-"#;
-
-/// Builds the Rust bootstrap (cached under the workspace's target directory).
+/// Builds `bench/lambda-bootstrap` (cached under the workspace's target directory).
 fn rust_bootstrap() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/lambda-clients/rust");
-    std::fs::create_dir_all(root.join("src")).unwrap();
-    std::fs::write(
-        root.join("Cargo.toml"),
-        "[package]\nname = \"bootstrap\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nlambda_runtime = \"0.14\"\ntokio = { version = \"1\", features = [\"macros\"] }\nserde_json = \"1\"\n\n[workspace]\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("src/main.rs"), RUST_MAIN).unwrap();
-    let out = Command::new("cargo").args(["build", "--release", "--manifest-path"]).arg(root.join("Cargo.toml")).output().expect("running cargo");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = root.join("target/lambda-clients");
+    let out = Command::new("cargo")
+        .args(["build", "--release", "--manifest-path"])
+        .arg(root.join("bench/lambda-bootstrap/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .expect("running cargo");
     assert!(out.status.success(), "building a lambda_runtime bootstrap from crates.io failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    root.join("target/release/bootstrap")
+    target.join("release/bootstrap")
 }
 
 async fn invoke(s: &Server, name: &str, event: &Value) -> reqwest::Response {
