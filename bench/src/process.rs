@@ -73,10 +73,10 @@ async fn plain_start(argv: &[String], env: &[(&str, String)], cwd: &Path) -> Res
         .env("AWS_LAMBDA_RUNTIME_API", api.address())
         .current_dir(cwd)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()?;
-    let answer = tokio::time::timeout(Duration::from_secs(30), api.invoke(invocation(0))).await.context("plain process answered")??;
+    let answer = tokio::time::timeout(Duration::from_secs(30), api.invoke(invocation(0))).await.with_context(|| format!("{argv:?} did not answer within 30 s"))??;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let _ = child.kill().await;
     match answer {
@@ -165,8 +165,8 @@ fn row(out: &mut String, label: &str, hangar: &[f64], peer: &[f64], peer_label: 
     let _ = writeln!(
         out,
         "| {label} | {h:.1} ms (p90 {:.1}) | {peer_label}: {p:.1} ms (p90 {:.1}) | {:.2}× | {goal} |",
-        percentile(hangar.to_vec(), 90.0),
-        percentile(peer.to_vec(), 90.0),
+        percentile(hangar.to_vec(), 0.9),
+        percentile(peer.to_vec(), 0.9),
         h / p
     );
 }
@@ -195,7 +195,15 @@ pub async fn run(bin: &Path) -> Result<String> {
     }
     let client = reqwest::Client::new();
     let lambda_env = |handler: &str, root: &Path| {
-        vec![("_HANDLER", handler.to_string()), ("LAMBDA_TASK_ROOT", root.display().to_string()), ("AWS_LAMBDA_FUNCTION_NAME", "bench".to_string())]
+        vec![
+            ("_HANDLER", handler.to_string()),
+            ("LAMBDA_TASK_ROOT", root.display().to_string()),
+            ("AWS_LAMBDA_FUNCTION_NAME", "bench".to_string()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".to_string()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "1".to_string()),
+            ("AWS_LAMBDA_LOG_GROUP_NAME", "/bench".to_string()),
+            ("AWS_LAMBDA_LOG_STREAM_NAME", "bench".to_string()),
+        ]
     };
 
     // Cold starts, alternating Hangar and the plain process per runtime.
@@ -258,7 +266,7 @@ pub async fn run(bin: &Path) -> Result<String> {
     let _ = writeln!(out, "| python3 warm invoke through Hangar, p50 ({WARM} sequential) | {hw:.3} ms | |");
     let _ = writeln!(out, "| same handler, plain process, Runtime API only, p50 | {py_warm_plain:.3} ms | |");
     let _ = writeln!(out, "| warm invoke overhead of Hangar (difference of p50s) | {:.3} ms | ≤ 1 ms |", hw - py_warm_plain);
-    let _ = writeln!(out, "| python3 warm invoke through Hangar, p99 | {:.3} ms | |", percentile(py_warm, 99.0));
+    let _ = writeln!(out, "| python3 warm invoke through Hangar, p99 | {:.3} ms | |", percentile(py_warm, 0.99));
     let uss_text = if uss.is_empty() { "not found".to_string() } else { format!("{:.2} MiB", *uss.iter().max().unwrap_or(&0) as f64 / 1024.0) };
     let _ = writeln!(out, "| unique memory (USS) of an idle warm python3 instance | {uss_text} | ≤ 5 MiB |");
     let _ = writeln!(out);

@@ -35,7 +35,11 @@ struct Inner {
     pod_id: String,
     pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
     idle: Mutex<Vec<Instance>>,
-    /// Instances that exist: idle, busy or starting.
+    /// One sandbox made ahead of demand, so a cold start skips making namespaces and cgroups;
+    /// for nodejs its runtime is already started (a prewarmed instance).
+    spare: Mutex<Option<Instance>>,
+    refilling: std::sync::atomic::AtomicBool,
+    /// Instances that exist: idle, busy, starting or spare.
     live: Arc<AtomicU32>,
     seq: AtomicU64,
 }
@@ -54,6 +58,8 @@ impl Function {
             pod_id,
             pod: tokio::sync::Mutex::new(None),
             idle: Mutex::new(Vec::new()),
+            spare: Mutex::new(None),
+            refilling: std::sync::atomic::AtomicBool::new(false),
             live: Arc::new(AtomicU32::new(0)),
             seq: AtomicU64::new(0),
         });
@@ -65,7 +71,9 @@ impl Function {
     pub(crate) fn warm_up_in_background(&self) {
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let _ = inner.pod().await;
+            if inner.pod().await.is_ok() {
+                inner.refill();
+            }
         });
     }
 }
@@ -75,6 +83,7 @@ impl Drop for Function {
         self.reaper.abort();
         // Idle instances die with their handles; the zygote with its last reference.
         lock(&self.inner.idle).clear();
+        lock(&self.inner.spare).take();
     }
 }
 
@@ -180,28 +189,39 @@ impl Inner {
         }
     }
 
-    /// Takes an idle instance, or forks a new one if the function may have one more.
-    async fn acquire(&self) -> Result<(Instance, StartKind), Outcome2> {
-        if let Some(i) = lock(&self.idle).pop() {
-            return Ok((i, StartKind::Warm));
+    /// Makes the next spare sandbox in the background, if there is room and none is coming.
+    fn refill(self: &Arc<Self>) {
+        if lock(&self.spare).is_some() || self.refilling.swap(true, Ordering::AcqRel) {
+            return;
         }
-        let max = self.spec.max_instances;
-        if self.live.fetch_add(1, Ordering::AcqRel) >= max {
-            self.live.fetch_sub(1, Ordering::AcqRel);
-            return Err(platform_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "throttled",
-                Outcome::Throttled,
-                format!("all {max} instances of the function are busy; retry later or raise max_instances"),
-            ));
-        }
-        let release = || {
-            self.live.fetch_sub(1, Ordering::AcqRel);
-        };
+        let inner = self.clone();
+        tokio::spawn(async move {
+            if inner.live.fetch_add(1, Ordering::AcqRel) < inner.spec.max_instances {
+                match inner.prepare().await {
+                    Ok(mut i) => {
+                        i.count_in(inner.live.clone());
+                        // A Node.js runtime starts in tens of milliseconds: start it now.
+                        let ready = inner.kind != RuntimeKind::Nodejs || i.start().await.is_ok();
+                        if ready {
+                            *lock(&inner.spare) = Some(i);
+                        }
+                    }
+                    Err(_) => {
+                        inner.live.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+            } else {
+                inner.live.fetch_sub(1, Ordering::AcqRel);
+            }
+            inner.refilling.store(false, Ordering::Release);
+        });
+    }
+
+    /// A new sandboxed instance from the zygote (started once the zygote is), not yet started.
+    async fn prepare(&self) -> Result<Instance, Outcome2> {
         let pod = match self.pod().await {
             Ok(p) => p,
             Err(PodError::Init { error, logs }) => {
-                release();
                 return Err(Outcome2 {
                     response: lambda_error_response(StatusCode::BAD_GATEWAY, &error),
                     outcome: Outcome::Error,
@@ -209,7 +229,6 @@ impl Inner {
                 });
             }
             Err(PodError::Failed { message, logs }) => {
-                release();
                 tracing::error!(function = %self.spec.name, "starting the zygote failed: {message}\n{logs}");
                 let detail = if logs.is_empty() { message } else { format!("{message}\n{logs}") };
                 return Err(platform_error(StatusCode::BAD_GATEWAY, "init_failed", Outcome::Error, format!("the function's runtime could not start: {detail}")));
@@ -221,17 +240,50 @@ impl Inner {
             "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001",
             "AWS_LAMBDA_LOG_STREAM_NAME": format!("{}/[{}]{}", hangar_api::rfc3339(now_ms()).get(..10).unwrap_or("").replace('-', "/"), self.spec.revision, id),
         });
-        match pod.spawn(id, env, self.host.tmp_bytes).await {
-            Ok(mut i) => {
-                i.count_in(self.live.clone());
-                Ok((i, StartKind::Cold))
-            }
-            Err(e) => {
-                release();
-                tracing::error!(function = %self.spec.name, "starting an instance failed: {e}");
-                Err(platform_error(StatusCode::BAD_GATEWAY, "init_failed", Outcome::Error, format!("a new instance could not start: {e}")))
-            }
+        pod.prepare(id, env, self.host.tmp_bytes).await.map_err(|e| {
+            tracing::error!(function = %self.spec.name, "starting an instance failed: {e}");
+            platform_error(StatusCode::BAD_GATEWAY, "init_failed", Outcome::Error, format!("a new instance could not start: {e}"))
+        })
+    }
+
+    /// Takes an idle instance (warm), the spare sandbox, or forks a new one if the function may
+    /// have one more (cold).
+    async fn acquire(self: &Arc<Self>) -> Result<(Instance, StartKind), Outcome2> {
+        if let Some(i) = lock(&self.idle).pop() {
+            return Ok((i, StartKind::Warm));
         }
+        let spare = lock(&self.spare).take();
+        let mut instance = match spare {
+            Some(i) => i,
+            None => {
+                let max = self.spec.max_instances;
+                if self.live.fetch_add(1, Ordering::AcqRel) >= max {
+                    self.live.fetch_sub(1, Ordering::AcqRel);
+                    return Err(platform_error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "throttled",
+                        Outcome::Throttled,
+                        format!("all {max} instances of the function are busy; retry later or raise max_instances"),
+                    ));
+                }
+                match self.prepare().await {
+                    Ok(mut i) => {
+                        i.count_in(self.live.clone());
+                        i
+                    }
+                    Err(o) => {
+                        self.live.fetch_sub(1, Ordering::AcqRel);
+                        return Err(o);
+                    }
+                }
+            }
+        };
+        self.refill();
+        instance
+            .start()
+            .await
+            .map_err(|e| platform_error(StatusCode::BAD_GATEWAY, "init_failed", Outcome::Error, format!("a new instance could not start: {e}")))?;
+        Ok((instance, StartKind::Cold))
     }
 
     async fn run(self: Arc<Self>, info: InvokeInfo, request: http::Request<Body>) -> (Outcome2, String, bool, StartKind) {

@@ -39,6 +39,8 @@ pub struct Instance {
     pub init: Option<Duration>,
     /// Invocations served.
     pub served: u64,
+    /// Whether the runtime was let go (see [`Instance::start`]).
+    started: bool,
     /// The function's count of live instances, decremented when this one ends.
     live: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
 }
@@ -57,6 +59,7 @@ impl Instance {
             last_used: now,
             init: None,
             served: 0,
+            started: false,
             live: None,
         })
     }
@@ -65,13 +68,20 @@ impl Instance {
         self.api = Some(api);
     }
 
+    /// Lets a prepared instance drop its privileges and start its runtime.
+    pub(crate) async fn start(&mut self) -> Result<(), String> {
+        if self.started {
+            return Ok(());
+        }
+        self.channel.send(&serde_json::json!({"type": "go"}), &[]).await.map_err(|e| format!("starting the instance: {e}"))?;
+        self.started = true;
+        self.created = Instant::now();
+        Ok(())
+    }
+
     /// Counts this instance in `live` until it ends.
     pub(crate) fn count_in(&mut self, live: std::sync::Arc<std::sync::atomic::AtomicU32>) {
         self.live = Some(live);
-    }
-
-    pub(crate) fn channel(&self) -> &Channel {
-        &self.channel
     }
 
     pub(crate) fn cgroup(&self) -> &Cgroup {

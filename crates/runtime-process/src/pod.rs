@@ -148,8 +148,10 @@ impl Pod {
     }
 
     /// Forks a new instance: its own namespaces, a Runtime API served inside them at
-    /// `127.0.0.1:9001`, and its own cgroup. Returns once the instance runs user code.
-    pub async fn spawn(&self, id: String, env: serde_json::Value, tmp_bytes: u64) -> Result<Instance, String> {
+    /// `127.0.0.1:9001`, and its own cgroup. The instance waits, privileged only over its own
+    /// namespaces and running no user code, until [`Instance::start`].
+    pub async fn prepare(&self, id: String, env: serde_json::Value, tmp_bytes: u64) -> Result<Instance, String> {
+        let t0 = std::time::Instant::now();
         let (channel, theirs) = Channel::pair().map_err(|e| format!("instance socket: {e}"))?;
         let (log_r, log_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| format!("log pipe: {e}"))?;
         let msg = serde_json::json!({"type": "spawn", "env": env, "tmp_bytes": tmp_bytes});
@@ -173,6 +175,7 @@ impl Pod {
         if pid <= 1 {
             return Err("the instance reported an impossible pid".into());
         }
+        let t_ns = t0.elapsed();
         let cgroup = match Cgroup::create(&self.host.cgroup_parent, &id, self.instance_limits) {
             Ok(c) => c,
             Err(e) => {
@@ -182,11 +185,12 @@ impl Pod {
         };
         let mut instance = Instance::new(id, pid, channel, log_r, cgroup).map_err(|e| format!("instance logs: {e}"))?;
         instance.cgroup().add(pid as u32).map_err(|e| e.to_string())?;
+        let t_cg = t0.elapsed();
         let listener = bind_inside(netns, "127.0.0.1:9001".parse().expect("a socket address literal"))
             .map_err(|e| format!("serving the Runtime API inside the instance: {e}"))?;
         let api = RuntimeApi::start_on(listener).map_err(|e| format!("Runtime API: {e}"))?;
         instance.attach(api);
-        instance.channel().send(&serde_json::json!({"type": "go"}), &[]).await.map_err(|e| format!("starting the instance: {e}"))?;
+        tracing::debug!(namespaces = ?t_ns, cgroup = ?t_cg, api = ?t0.elapsed(), "instance prepared");
         Ok(instance)
     }
 
