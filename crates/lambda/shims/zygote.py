@@ -72,7 +72,8 @@ class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
 
-def install_seccomp():
+def seccomp_program():
+    """The filter, built once in the zygote; each instance only installs it."""
     table = SYSCALLS.get(platform.machine())
     if table is None:
         raise OSError(f"no seccomp table for {platform.machine()}")
@@ -99,10 +100,13 @@ def install_seccomp():
         (RET, 0, 0, ALLOW),
     ]
     filters = (SockFilter * len(prog))(*[SockFilter(*ins) for ins in prog])
-    fprog = SockFprog(len(prog), filters)
+    return filters, SockFprog(len(prog), filters)
+
+
+def install_seccomp(program):
     PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+    check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program[1]), 0, 0), "seccomp")
 
 
 # --- one instance ------------------------------------------------------------------------------
@@ -114,37 +118,38 @@ def loopback_up():
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP | IFF_RUNNING))
 
 
-def instance(sock, log_fd, msg, run):
-    """Runs in the new namespaces as their pid 1; never returns."""
+def instance(sock, log_fd, msg, run, program):
+    """Runs in the new namespaces as their pid 1; never returns. Everything privileged happens
+    before Hangar is told the instance exists; after "go" only the runtime starts."""
     check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "private mounts")
     check(libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mounting /proc")
     tmp = f"size={int(msg.get('tmp_bytes', 512 << 20))},mode=1777".encode()
     check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, tmp), "mounting /tmp")
     loopback_up()
-    netns = os.open("/proc/self/ns/net", os.O_RDONLY)
-    send(sock, {"type": "netns"}, [netns])
-    os.close(netns)
-    reply = sock.recv(4096)
-    if not reply or json.loads(reply).get("type") != "go":
-        os._exit(1)
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(null)
     os.close(log_fd)
-    sock.close()
+    netns = os.open("/proc/self/ns/net", os.O_RDONLY)  # after fds 0-2 are settled
     os.setgroups([])
     os.setresgid(NOBODY, NOBODY, NOBODY)
     os.setresuid(NOBODY, NOBODY, NOBODY)  # every capability is gone with uid 0
-    install_seccomp()
+    install_seccomp(program)
+    send(sock, {"type": "netns"}, [netns])
+    os.close(netns)
+    reply = sock.recv(4096)
+    if not reply or json.loads(reply).get("type") != "go":
+        os._exit(1)
+    sock.close()
     os.environ.update(msg.get("env", {}))
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     run()
     os._exit(0)
 
 
-def spawn(msg, fds, run, control):
+def spawn(msg, fds, run, control, program):
     sock = socket.socket(fileno=fds[0])
     log_fd = fds[1]
     if os.fork() != 0:
@@ -159,7 +164,7 @@ def spawn(msg, fds, run, control):
         pid = os.fork()
         if pid == 0:
             try:
-                instance(sock, log_fd, msg, run)
+                instance(sock, log_fd, msg, run, program)
             except BaseException as e:
                 try:
                     send(sock, {"type": "failed", "error": f"setting up the instance: {e}"})
@@ -210,6 +215,7 @@ def main():
 
     sys.stdout.flush()
     sys.stderr.flush()
+    program = seccomp_program()
     gc.collect()
     gc.freeze()  # the collector leaves shared objects alone, so their pages stay shared
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # instance parents are reaped by the kernel
@@ -223,7 +229,7 @@ def main():
             os._exit(0)  # Hangar went away: the jail ends with this process
         msg = json.loads(data)
         if msg.get("type") == "spawn" and len(fds) == 2:
-            spawn(msg, fds, run, control)
+            spawn(msg, fds, run, control, program)
         else:
             for fd in fds:
                 os.close(fd)
