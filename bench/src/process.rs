@@ -251,7 +251,14 @@ pub async fn run(bin: &Path) -> Result<String> {
          forking the instance, its namespaces, cgroup and Runtime API, and the first invocation.\n\
          The plain peer is the same handler started on the host as an ordinary process answering one\n\
          invocation through a Runtime API, timed from spawn to answer (no sandbox at all).\n\
-         {COLD} samples each, medians; each Hangar sample is checked to be a cold start in its record.\n"
+         {COLD} samples each, medians; each Hangar sample is checked to be a cold start in its record.\n\n\
+         How: each revision's zygote has started the interpreter (python3: and imported the handler)\n\
+         once, and one spare sandbox (namespaces, cgroup, Runtime API, privileges dropped) is made\n\
+         ahead of demand and after each cold start; a cold start forks nothing on the request path and\n\
+         only lets the spare's runtime go. For nodejs the spare's runtime is also started ahead (a\n\
+         prewarmed instance, as the issue allows for Node): its row is the time to serve from it.\n\
+         `provided` starts its bootstrap on the request, and misses its goal: about 3 ms above a bare\n\
+         exec go to the request's trip through the gateway and the hand-over to the spare.\n"
     );
     let _ = writeln!(out, "| runtime | Hangar cold start | plain process | Hangar / plain | goal |");
     let _ = writeln!(out, "|---|---:|---:|---:|---|");

@@ -278,7 +278,6 @@ impl Inner {
                 }
             }
         };
-        self.refill();
         instance
             .start()
             .await
@@ -397,6 +396,10 @@ impl Inner {
                 }
             }
         };
+        if start == StartKind::Cold {
+            // The next spare is made once this cold start is answered, not competing with it.
+            self.refill();
+        }
         let (text, truncated) = self.frame_logs(&info.id, &mut logs, elapsed, &instance, start);
         if healthy {
             instance.served += 1;
