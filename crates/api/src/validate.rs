@@ -81,12 +81,6 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
     for h in &cfg.allow_outbound {
         outbound_host(h)?;
     }
-    if cfg.runtime.is_process() && !cfg.allow_outbound.is_empty() {
-        return Err(Invalid::new(
-            "allow_outbound",
-            format!("{} functions run without any network for now, so outbound access cannot be granted; only wasm functions can call allow-listed hosts", cfg.runtime),
-        ));
-    }
     Ok(())
 }
 
@@ -225,8 +219,7 @@ mod tests {
         c.runtime = RuntimeKind::Provided;
         c.handler = None;
         assert!(function_config(&c).is_ok());
-        c.allow_outbound = vec!["api.example.com".into()];
-        assert_eq!(function_config(&c).unwrap_err().field, "allow_outbound", "process functions have no network yet");
+
     }
 
     #[test]

@@ -482,3 +482,49 @@ async fn the_example_manifest_deploys_wasm_python_and_node_functions() {
     assert_eq!((r["served"].as_u64(), r["path"].as_str()), (Some(1), Some("/x")));
     assert!(s.ok(&["deploy", "-f", manifest.to_str().unwrap()]).contains("unchanged"), "a second apply changes nothing");
 }
+
+const FETCH_APP: &str = r#"
+import urllib.request, urllib.error
+def handler(event, context):
+    out = {}
+    for name, url in event["urls"].items():
+        try:
+            out[name] = urllib.request.urlopen(url, timeout=5).read().decode()
+        except urllib.error.HTTPError as e:
+            out[name] = e.code
+        except Exception as e:
+            out[name] = type(e).__name__
+    return out
+"#;
+
+/// A plain HTTP server on the host's loopback answering `hello from the host`.
+fn host_http_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 19\r\nconnection: close\r\n\r\nhello from the host");
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn outbound_access_is_only_what_the_function_was_granted() {
+    let s = Server::start();
+    let allowed = host_http_server();
+    let other = host_http_server();
+    let code = code_dir(&[("app.py", FETCH_APP)]);
+    let urls = json!({"urls": {"allowed": format!("http://127.0.0.1:{allowed}/"), "other": format!("http://127.0.0.1:{other}/")}});
+    deploy(&s, "granted", "python3", Some("app.handler"), code.path(), &["--allow-outbound", &format!("127.0.0.1:{allowed}")]);
+    let v: Value = invoke(&s, "granted", &urls).await.json().await.unwrap();
+    assert_eq!(v["allowed"], "hello from the host", "{v}");
+    assert_eq!(v["other"], 403, "hosts outside allow_outbound are refused: {v}");
+    deploy(&s, "closed", "python3", Some("app.handler"), code.path(), &[]);
+    let v: Value = invoke(&s, "closed", &urls).await.json().await.unwrap();
+    assert_eq!(v["allowed"], "URLError", "no grant, no network: {v}");
+}

@@ -236,11 +236,21 @@ impl Inner {
         };
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{n}", self.pod_id);
-        let env = serde_json::json!({
-            "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001",
+        let mut env = serde_json::json!({
+            "AWS_LAMBDA_RUNTIME_API": crate::pod::RUNTIME_API,
             "AWS_LAMBDA_LOG_STREAM_NAME": format!("{}/[{}]{}", hangar_api::rfc3339(now_ms()).get(..10).unwrap_or("").replace('-', "/"), self.spec.revision, id),
         });
-        pod.prepare(id, env, self.host.tmp_bytes).await.map_err(|e| {
+        let egress = (!self.spec.limits.allow_outbound.is_empty()).then(|| Arc::new(self.spec.limits.allow_outbound.clone()));
+        if egress.is_some() {
+            let proxy = format!("http://{}", crate::pod::EGRESS_PROXY);
+            for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                env[k] = serde_json::Value::String(proxy.clone());
+            }
+            for k in ["NO_PROXY", "no_proxy"] {
+                env[k] = serde_json::Value::String(crate::pod::RUNTIME_API.to_string());
+            }
+        }
+        pod.prepare(id, env, self.host.tmp_bytes, egress).await.map_err(|e| {
             tracing::error!(function = %self.spec.name, "starting an instance failed: {e}");
             platform_error(StatusCode::BAD_GATEWAY, "init_failed", Outcome::Error, format!("a new instance could not start: {e}"))
         })

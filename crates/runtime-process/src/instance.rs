@@ -41,6 +41,7 @@ pub struct Instance {
     pub served: u64,
     /// Whether the runtime was let go (see [`Instance::start`]).
     started: bool,
+    egress: Option<tokio::task::JoinHandle<()>>,
     /// The function's count of live instances, decremented when this one ends.
     live: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
 }
@@ -60,12 +61,18 @@ impl Instance {
             init: None,
             served: 0,
             started: false,
+            egress: None,
             live: None,
         })
     }
 
     pub(crate) fn attach(&mut self, api: RuntimeApi) {
         self.api = Some(api);
+    }
+
+    /// The instance's egress proxy, stopped with the instance.
+    pub(crate) fn attach_egress(&mut self, proxy: tokio::task::JoinHandle<()>) {
+        self.egress = Some(proxy);
     }
 
     /// Lets a prepared instance drop its privileges and start its runtime.
@@ -167,6 +174,9 @@ fn drain(pipe: &pipe::Receiver, buf: &mut [u8], logs: &mut LogBuffer) -> bool {
 
 impl Drop for Instance {
     fn drop(&mut self) {
+        if let Some(proxy) = self.egress.take() {
+            proxy.abort();
+        }
         if let Some(live) = self.live.take() {
             live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }

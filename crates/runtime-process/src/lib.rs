@@ -7,11 +7,13 @@
 //! fresh `/proc`, a private `/tmp`, loopback with only its Runtime API on it, its own cgroup
 //! (memory, pids, CPU), and drops to `nobody` with no capabilities and a seccomp filter before
 //! user code serves a request. [`function`] pools instances and runs invocations; [`code`]
-//! unpacks uploaded zips safely.
+//! unpacks uploaded zips safely; [`egress`] is the allow-listed way out for functions granted
+//! outbound access.
 #![forbid(unsafe_code)]
 
 pub mod channel;
 pub mod code;
+pub mod egress;
 pub mod function;
 pub mod instance;
 pub mod pod;

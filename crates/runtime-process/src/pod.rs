@@ -150,7 +150,7 @@ impl Pod {
     /// Forks a new instance: its own namespaces, a Runtime API served inside them at
     /// `127.0.0.1:9001`, and its own cgroup. The instance waits, privileged only over its own
     /// namespaces and running no user code, until [`Instance::start`].
-    pub async fn prepare(&self, id: String, env: serde_json::Value, tmp_bytes: u64) -> Result<Instance, String> {
+    pub async fn prepare(&self, id: String, env: serde_json::Value, tmp_bytes: u64, egress: Option<Arc<Vec<String>>>) -> Result<Instance, String> {
         let t0 = std::time::Instant::now();
         let (channel, theirs) = Channel::pair().map_err(|e| format!("instance socket: {e}"))?;
         let (log_r, log_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| format!("log pipe: {e}"))?;
@@ -186,10 +186,18 @@ impl Pod {
         let mut instance = Instance::new(id, pid, channel, log_r, cgroup).map_err(|e| format!("instance logs: {e}"))?;
         instance.cgroup().add(pid as u32).map_err(|e| e.to_string())?;
         let t_cg = t0.elapsed();
-        let listener = bind_inside(netns, "127.0.0.1:9001".parse().expect("a socket address literal"))
-            .map_err(|e| format!("serving the Runtime API inside the instance: {e}"))?;
-        let api = RuntimeApi::start_on(listener).map_err(|e| format!("Runtime API: {e}"))?;
+        let mut addrs = vec![RUNTIME_API.parse().expect("a socket address literal")];
+        if egress.is_some() {
+            addrs.push(EGRESS_PROXY.parse().expect("a socket address literal"));
+        }
+        let mut listeners = bind_inside(netns, addrs).map_err(|e| format!("serving the Runtime API inside the instance: {e}"))?.into_iter();
+        let api = listeners.next().ok_or("no Runtime API listener")?;
+        let api = RuntimeApi::start_on(api).map_err(|e| format!("Runtime API: {e}"))?;
         instance.attach(api);
+        if let (Some(allowed), Some(proxy)) = (egress, listeners.next()) {
+            let proxy = tokio::net::TcpListener::from_std(proxy).map_err(|e| format!("egress proxy: {e}"))?;
+            instance.attach_egress(tokio::spawn(crate::egress::serve(proxy, allowed)));
+        }
         tracing::debug!(namespaces = ?t_ns, cgroup = ?t_cg, api = ?t0.elapsed(), "instance prepared");
         Ok(instance)
     }
@@ -229,14 +237,24 @@ async fn collect(mut out: tokio::net::unix::pipe::Receiver, log: Arc<Mutex<LogBu
     }
 }
 
-/// Binds a TCP listener inside the network namespace `netns` (from a short-lived thread that
-/// enters it); the socket stays in that namespace.
-fn bind_inside(netns: std::os::fd::OwnedFd, addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Where an instance reaches its Runtime API, inside its own network namespace.
+pub const RUNTIME_API: &str = "127.0.0.1:9001";
+/// Where an instance granted outbound access reaches its egress proxy.
+pub const EGRESS_PROXY: &str = "127.0.0.1:9002";
+
+/// Binds TCP listeners inside the network namespace `netns` (from a short-lived thread that
+/// enters it); the sockets stay in that namespace.
+fn bind_inside(netns: std::os::fd::OwnedFd, addrs: Vec<std::net::SocketAddr>) -> std::io::Result<Vec<std::net::TcpListener>> {
     std::thread::spawn(move || {
         rustix::thread::move_into_link_name_space(netns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))?;
-        let listener = std::net::TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        Ok(listener)
+        addrs
+            .into_iter()
+            .map(|addr| {
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })
+            .collect()
     })
     .join()
     .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
