@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::{Server, error_code};
@@ -527,4 +528,64 @@ async fn outbound_access_is_only_what_the_function_was_granted() {
     deploy(&s, "closed", "python3", Some("app.handler"), code.path(), &[]);
     let v: Value = invoke(&s, "closed", &urls).await.json().await.unwrap();
     assert_eq!(v["allowed"], "URLError", "no grant, no network: {v}");
+}
+
+/// The cgroups (pids controller) this server made for a function: `(name, pids)`.
+fn cgroups_of(s: &Server, function: &str) -> Vec<(String, Vec<i32>)> {
+    use sha2::Digest;
+    let canonical = std::fs::canonicalize(s.dir.path()).unwrap();
+    let sid = hex::encode(&sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5]);
+    let base = Path::new("/sys/fs/cgroup/pids").join(format!("hangar-{sid}"));
+    let base = if base.exists() { base } else { Path::new("/sys/fs/cgroup").join(format!("hangar-{sid}")) };
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.split('-').nth(1) == Some(function) {
+            let procs = std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+            out.push((name, procs.lines().filter_map(|l| l.trim().parse().ok()).collect()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_crashed_zygote_restarts_and_a_killed_server_leaves_nothing_behind() {
+    let mut s = Server::start();
+    let code = code_dir(&[("app.py", CONCURRENT_APP)]);
+    deploy(&s, "rec", "python3", Some("app.handler"), code.path(), &[]);
+    let event = json!({"s": 0.3});
+    for r in futures::future::join_all((0..3).map(|_| invoke(&s, "rec", &event))).await {
+        assert_eq!(r.status(), 200);
+    }
+    // Kill the zygote and every instance parent (the pod's cgroup): the next call still works.
+    let groups = cgroups_of(&s, "rec");
+    let (_, zygote_pids) = groups.iter().find(|(n, _)| n.matches('-').count() == 1).expect("the zygote's cgroup").clone();
+    assert!(!zygote_pids.is_empty());
+    for pid in zygote_pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = invoke(&s, "rec", &json!({"s": 0})).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // SIGKILL the server: its next start removes what the last run left.
+    s.kill();
+    let stale = cgroups_of(&s, "rec");
+    let stale_instance = stale.iter().map(|(n, _)| n.clone()).find(|n| n.rsplit('-').next().and_then(|k| k.parse::<u32>().ok()).is_some_and(|k| k >= 2));
+    let stale_pids: Vec<i32> = stale.iter().flat_map(|(_, p)| p.clone()).collect();
+    assert!(stale_instance.is_some() && !stale_pids.is_empty(), "a killed server leaves its cgroups and processes: {stale:?}");
+    s.restart_after_stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fresh = cgroups_of(&s, "rec");
+    assert!(!fresh.iter().any(|(n, _)| Some(n) == stale_instance.as_ref()), "the last run's instance cgroup is gone: {fresh:?}");
+    assert!(fresh.len() <= 2, "only the new zygote and its spare: {fresh:?}");
+    for pid in stale_pids {
+        // Gone, or dead and waiting for the host's init to reap it (runc's detached containers
+        // are reparented to it).
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let state = status.lines().find(|l| l.starts_with("State:")).unwrap_or("");
+        assert!(status.is_empty() || state.contains("zombie"), "process {pid} of the last run still runs: {status}");
+    }
+    assert_eq!(invoke(&s, "rec", &json!({"s": 0})).await.status(), 200);
 }

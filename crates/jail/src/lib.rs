@@ -287,7 +287,13 @@ impl Jail {
             let at = rootfs.join(rel);
             // Below /dev is a tmpfs that runc fills itself.
             let under_dev = rel.components().count() > 1 && rel.starts_with("dev");
-            if std::fs::symlink_metadata(&at).is_err() && !under_dev {
+            let file_bind = m.typ().as_deref() == Some("bind") && m.source().as_ref().is_some_and(|src| src.is_file());
+            if std::fs::symlink_metadata(&at).is_err() && file_bind {
+                if let Some(parent) = at.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::File::create(&at)?;
+            } else if std::fs::symlink_metadata(&at).is_err() && !under_dev {
                 std::fs::create_dir_all(&at)?;
                 if m.typ().as_deref() == Some("tmpfs") && rel == Path::new("tmp") {
                     // runc gives a tmpfs the mode of the directory it covers (a sticky /dev

@@ -71,7 +71,8 @@ struct Inner {
 struct ApiState {
     next: Arc<tokio::sync::Mutex<mpsc::Receiver<Invocation>>>,
     inner: Arc<Mutex<Inner>>,
-    polled: Arc<tokio::sync::watch::Sender<bool>>,
+    /// When the bootstrap first polled (or reported an init error).
+    polled: Arc<tokio::sync::watch::Sender<Option<std::time::Instant>>>,
 }
 
 /// The Runtime API of one instance.
@@ -79,7 +80,8 @@ pub struct RuntimeApi {
     addr: SocketAddr,
     tx: mpsc::Sender<Invocation>,
     inner: Arc<Mutex<Inner>>,
-    polled: Arc<tokio::sync::watch::Sender<bool>>,
+    /// When the bootstrap first polled (or reported an init error).
+    polled: Arc<tokio::sync::watch::Sender<Option<std::time::Instant>>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -99,7 +101,7 @@ impl RuntimeApi {
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(1);
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let polled = Arc::new(tokio::sync::watch::Sender::new(false));
+        let polled = Arc::new(tokio::sync::watch::Sender::new(None));
         let state = ApiState { next: Arc::new(tokio::sync::Mutex::new(rx)), inner: inner.clone(), polled: polled.clone() };
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
@@ -116,11 +118,19 @@ impl RuntimeApi {
         Ok(RuntimeApi { addr, tx, inner, polled, server })
     }
 
+    /// When the bootstrap first asked for an invocation, if it has.
+    pub fn polled_at(&self) -> Option<std::time::Instant> {
+        *self.polled.borrow()
+    }
+
     /// Resolves once the bootstrap has asked for its first invocation (it finished init) or
-    /// reported an init error.
-    pub async fn initialized(&self) {
+    /// reported an init error, with when that happened.
+    pub async fn initialized(&self) -> std::time::Instant {
         let mut rx = self.polled.subscribe();
-        let _ = rx.wait_for(|p| *p).await;
+        match rx.wait_for(Option::is_some).await {
+            Ok(at) => at.unwrap_or_else(std::time::Instant::now),
+            Err(_) => std::time::Instant::now(),
+        }
     }
 
     /// `host:port` for `AWS_LAMBDA_RUNTIME_API`.
@@ -156,12 +166,16 @@ impl Drop for RuntimeApi {
     }
 }
 
+fn mark_polled(state: &ApiState) {
+    state.polled.send_if_modified(|at| at.is_none() && at.replace(std::time::Instant::now()).is_none());
+}
+
 fn header(v: &str) -> HeaderValue {
     HeaderValue::from_str(v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 async fn next(State(state): State<ApiState>) -> Response {
-    state.polled.send_replace(true);
+    mark_polled(&state);
     // One poller at a time; a second concurrent poll waits behind the first.
     let mut rx = state.next.lock().await;
     let Some(inv) = rx.recv().await else {
@@ -223,7 +237,7 @@ async fn init_error(State(state): State<ApiState>, headers: HeaderMap, body: Byt
         let _ = tx.send(Answer::InitError(err.clone()));
     }
     inner.init_error = Some(err);
-    state.polled.send_replace(true);
+    mark_polled(&state);
     (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"status": "OK"}))).into_response()
 }
 

@@ -137,6 +137,12 @@ impl Inner {
         if let Some(p) = pod.as_ref().filter(|p| p.alive()) {
             return Ok(p.clone());
         }
+        if let Some(dead) = pod.take() {
+            // A zygote that ended (crashed, killed) takes its instances along; clear its
+            // container away before starting the next under the same name.
+            tracing::warn!(function = %self.spec.name, "the zygote ended; starting it again");
+            dead.stop().await;
+        }
         let started = Pod::start(&self.host, self.pod_spec(), self.host.instance_limits(self.spec.limits.memory_bytes)).await?;
         *pod = Some(started.clone());
         Ok(started)
@@ -259,10 +265,14 @@ impl Inner {
     /// Takes an idle instance (warm), the spare sandbox, or forks a new one if the function may
     /// have one more (cold).
     async fn acquire(self: &Arc<Self>) -> Result<(Instance, StartKind), Outcome2> {
-        if let Some(i) = lock(&self.idle).pop() {
-            return Ok((i, StartKind::Warm));
+        loop {
+            let Some(i) = lock(&self.idle).pop() else { break };
+            if i.zygote_alive() {
+                return Ok((i, StartKind::Warm));
+            }
+            // It died with its zygote: drop it and look further.
         }
-        let spare = lock(&self.spare).take();
+        let spare = lock(&self.spare).take().filter(Instance::zygote_alive);
         let mut instance = match spare {
             Some(i) => i,
             None => {

@@ -42,6 +42,7 @@ pub struct Instance {
     /// Whether the runtime was let go (see [`Instance::start`]).
     started: bool,
     egress: Option<tokio::task::JoinHandle<()>>,
+    zygote: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// The function's count of live instances, decremented when this one ends.
     live: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
 }
@@ -62,12 +63,22 @@ impl Instance {
             served: 0,
             started: false,
             egress: None,
+            zygote: None,
             live: None,
         })
     }
 
     pub(crate) fn attach(&mut self, api: RuntimeApi) {
         self.api = Some(api);
+    }
+
+    /// Whether the zygote that forked this instance still runs (instances die with it).
+    pub fn zygote_alive(&self) -> bool {
+        self.zygote.as_ref().is_none_or(|a| a.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    pub(crate) fn set_zygote(&mut self, alive: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.zygote = Some(alive);
     }
 
     /// The instance's egress proxy, stopped with the instance.
@@ -125,9 +136,9 @@ impl Instance {
                     Ok(a) => Ran::Answer(a),
                     Err(_) => Ran::Exited { how: "the runtime stopped serving".into(), out_of_memory: false },
                 },
-                _ = &mut initialized, if waiting_init => {
+                at = &mut initialized, if waiting_init => {
                     waiting_init = false;
-                    self.init = Some(self.created.elapsed());
+                    self.init = Some(at.saturating_duration_since(self.created));
                 }
                 ready = self.logs.readable(), if logs_open => {
                     // At end of file the pipe stays readable: stop watching it.
@@ -143,7 +154,8 @@ impl Instance {
         };
         let _ = drain(&self.logs, &mut buf, logs);
         if self.init.is_none() && matches!(ran, Ran::Answer(_)) {
-            self.init = Some(self.created.elapsed());
+            let polled = self.api.as_ref().and_then(RuntimeApi::polled_at);
+            self.init = Some(polled.map_or_else(|| self.created.elapsed(), |at| at.saturating_duration_since(self.created)));
         }
         ran
     }

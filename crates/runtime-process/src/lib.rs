@@ -198,13 +198,20 @@ impl Host {
         self.code_dir.join(digest.trim_start_matches("sha256:"))
     }
 
-    /// What a zygote sees, all read-only: the system's `/usr`, the interpreters, the shims at
-    /// `/opt/hangar` and the code at `/var/task`.
+    /// What a zygote sees, all read-only: the system's `/usr`, the interpreters, the loader
+    /// cache and CA certificates, the shims at `/opt/hangar` and the code at `/var/task`.
     fn binds(&self, digest: &str) -> Vec<(PathBuf, String)> {
         let mut binds = vec![(PathBuf::from("/usr"), "/usr".to_string())];
         for i in [Some(&self.python), self.node.as_ref()].into_iter().flatten() {
             if let Some(b) = &i.bind {
                 binds.push((b.clone(), b.display().to_string()));
+            }
+        }
+        // The dynamic loader's cache (without it every library is searched for) and the CA
+        // certificates (for HTTPS through the egress proxy); nothing else of the host's /etc.
+        for shared in ["/etc/ld.so.cache", "/etc/ssl/certs"] {
+            if Path::new(shared).exists() {
+                binds.push((PathBuf::from(shared), shared.to_string()));
             }
         }
         binds.push((self.shims_dir.clone(), "/opt/hangar".into()));

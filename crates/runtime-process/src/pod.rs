@@ -184,6 +184,7 @@ impl Pod {
             }
         };
         let mut instance = Instance::new(id, pid, channel, log_r, cgroup).map_err(|e| format!("instance logs: {e}"))?;
+        instance.set_zygote(self.alive.clone());
         instance.cgroup().add(pid as u32).map_err(|e| e.to_string())?;
         let t_cg = t0.elapsed();
         let mut addrs = vec![RUNTIME_API.parse().expect("a socket address literal")];

@@ -134,7 +134,14 @@ impl Server {
         wait_with_timeout(&mut child, Duration::from_secs(60))
     }
 
-    /// Boots again after [`Server::stop`].
+    /// SIGKILL: the server gets no chance to clean up.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Boots again after [`Server::stop`] or [`Server::kill`].
     pub fn restart_after_stop(&mut self) {
         self.boot();
     }
