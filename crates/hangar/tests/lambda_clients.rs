@@ -12,8 +12,9 @@ use std::process::Command;
 use common::Server;
 use serde_json::{Value, json};
 
-/// Builds `bench/lambda-bootstrap` (cached under the workspace's target directory).
-fn rust_bootstrap() -> PathBuf {
+/// Builds `bench/lambda-bootstrap` (cached under the workspace's target directory) and returns
+/// the directory of its binaries (`bootstrap`, `http-bootstrap`).
+fn rust_bootstraps() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let target = root.join("target/lambda-clients");
     let out = Command::new("cargo")
@@ -24,7 +25,7 @@ fn rust_bootstrap() -> PathBuf {
         .output()
         .expect("running cargo");
     assert!(out.status.success(), "building a lambda_runtime bootstrap from crates.io failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    target.join("release/bootstrap")
+    target.join("release")
 }
 
 async fn invoke(s: &Server, name: &str, event: &Value) -> reqwest::Response {
@@ -33,7 +34,7 @@ async fn invoke(s: &Server, name: &str, event: &Value) -> reqwest::Response {
 
 #[tokio::test]
 async fn a_lambda_runtime_rust_bootstrap_runs_unchanged() {
-    let bin = rust_bootstrap();
+    let bin = rust_bootstraps().join("bootstrap");
     let code = tempfile::tempdir().unwrap();
     std::fs::copy(&bin, code.path().join("bootstrap")).unwrap();
     let s = Server::start();
@@ -92,4 +93,18 @@ async fn an_awslambdaric_handler_runs_unchanged() {
     assert_eq!(v["name"], "ric");
     let v: Value = invoke(&s, "ric", &json!({"x": 7})).await.json().await.unwrap();
     assert_eq!(v["ric"], 7);
+}
+
+#[tokio::test]
+async fn a_lambda_http_adapter_serves_function_urls_unchanged() {
+    let bin = rust_bootstraps().join("http-bootstrap");
+    let code = tempfile::tempdir().unwrap();
+    std::fs::copy(&bin, code.path().join("bootstrap")).unwrap();
+    let s = Server::start();
+    s.ok(&["fn", "deploy", "web", "--runtime", "provided", "--code", code.path().to_str().unwrap(), "--public"]);
+    let r = s.http().put(format!("{}/fn/default/web/items/7?who=Ada", s.url)).header("x-test", "yes").body("payload").send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["x-adapter"], "lambda_http");
+    assert_eq!(r.headers()["set-cookie"], "seen=1; Path=/");
+    assert_eq!(r.text().await.unwrap(), "PUT /items/7 who=Ada x-test=yes body=payload");
 }
