@@ -278,7 +278,9 @@ pub async fn run(bin: &Path) -> Result<String> {
             out,
             "\n`provided` misses its goal by {gap:.1} ms: the request's trip through the gateway and the\n\
              hand-over to the spare, and the bootstrap's start inside the sandbox (its `Init Duration`\n\
-             in the REPORT line, from release to its first poll) being slower than on the bare host."
+             in the REPORT line, from release to its first poll) being slower than on the bare host.\n\
+             That time is bimodal (0.6 ms or about 4 ms, seen in REPORT lines), which points at\n\
+             wake-up latency across the hand-offs rather than at work; not yet explained."
         );
     }
     let _ = writeln!(out, "\n## Process functions: warm path and memory\n");
