@@ -67,12 +67,9 @@ fn invocation(n: usize) -> Invocation {
 /// the last instance, and the plain process starts from the same idle machine.
 const IDLE: Duration = Duration::from_millis(2300);
 
-/// Start of a plain process on the host to its first answer through a Runtime API, in ms.
-async fn plain_start(argv: &[String], env: &[(&str, String)], cwd: &Path) -> Result<f64> {
-    let api = RuntimeApi::start().await?;
-    tokio::time::sleep(IDLE).await;
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new(&argv[0])
+/// The handler as a plain process on the host, talking to `api`.
+fn spawn_plain(argv: &[String], env: &[(&str, String)], cwd: &Path, api: &RuntimeApi) -> Result<tokio::process::Child> {
+    Ok(tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("AWS_LAMBDA_RUNTIME_API", api.address())
@@ -80,7 +77,15 @@ async fn plain_start(argv: &[String], env: &[(&str, String)], cwd: &Path) -> Res
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
-        .spawn()?;
+        .spawn()?)
+}
+
+/// Start of a plain process on the host to its first answer through a Runtime API, in ms.
+async fn plain_start(argv: &[String], env: &[(&str, String)], cwd: &Path) -> Result<f64> {
+    let api = RuntimeApi::start().await?;
+    tokio::time::sleep(IDLE).await;
+    let started = Instant::now();
+    let mut child = spawn_plain(argv, env, cwd, &api)?;
     let answer = tokio::time::timeout(Duration::from_secs(30), api.invoke(invocation(0))).await.with_context(|| format!("{argv:?} did not answer within 30 s"))??;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let _ = child.kill().await;
@@ -93,15 +98,7 @@ async fn plain_start(argv: &[String], env: &[(&str, String)], cwd: &Path) -> Res
 /// A plain process kept running: p50 of sequential invocations through the Runtime API.
 async fn plain_warm(argv: &[String], env: &[(&str, String)], cwd: &Path) -> Result<f64> {
     let api = RuntimeApi::start().await?;
-    let mut child = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("AWS_LAMBDA_RUNTIME_API", api.address())
-        .current_dir(cwd)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = spawn_plain(argv, env, cwd, &api)?;
     api.invoke(invocation(0)).await?;
     let mut v = Vec::new();
     for n in 0..WARM {

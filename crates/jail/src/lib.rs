@@ -314,22 +314,21 @@ impl Jail {
         &self.id
     }
 
+    /// `runc run` of this bundle with the given stdio (`--detach` when `detach`).
+    fn run_command(&self, detach: bool, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> tokio::process::Command {
+        let mut cmd = self.runc();
+        cmd.arg("run");
+        if detach {
+            cmd.arg("--detach");
+        }
+        cmd.arg("--bundle").arg(&self.bundle).arg(&self.id).stdin(stdin).stdout(stdout).stderr(stderr).kill_on_drop(true);
+        cmd
+    }
+
     /// Starts the container in the foreground of a `runc run` child: its exit status is the
     /// jailed process's (137 when it was killed, e.g. by the memory limit).
     pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Result<tokio::process::Child, JailError> {
-        self.spawn_with_stdin(Stdio::null(), stdout, stderr)
-    }
-
-    fn spawn_with_stdin(&self, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> Result<tokio::process::Child, JailError> {
-        self.runc()
-            .arg("run")
-            .arg("--bundle")
-            .arg(&self.bundle)
-            .arg(&self.id)
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(stderr)
-            .kill_on_drop(true)
+        self.run_command(false, Stdio::null(), stdout, stderr)
             .spawn()
             .map_err(|e| JailError::Runc(format!("cannot start runc: {e}")))
     }
@@ -339,16 +338,7 @@ impl Jail {
     /// are, which a foreground `runc run` would replace with pipes of its own).
     pub async fn start_detached(&self, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> Result<(), JailError> {
         let out = self
-            .runc()
-            .arg("run")
-            .arg("--detach")
-            .arg("--bundle")
-            .arg(&self.bundle)
-            .arg(&self.id)
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(stderr)
-            .kill_on_drop(true)
+            .run_command(true, stdin, stdout, stderr)
             .status()
             .await
             .map_err(|e| JailError::Runc(format!("cannot start runc: {e}")))?;

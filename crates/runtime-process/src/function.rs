@@ -108,7 +108,7 @@ async fn reap(inner: Weak<Inner>) {
 }
 
 /// What the caller gets and what is recorded, before logs are attached.
-struct Outcome2 {
+struct Reply {
     response: http::Response<Body>,
     outcome: Outcome,
     error: Option<String>,
@@ -126,8 +126,8 @@ fn describe(err: &serde_json::Value) -> String {
     format!("{}: {}", err["errorType"].as_str().unwrap_or("Error"), err["errorMessage"].as_str().unwrap_or(""))
 }
 
-fn platform_error(status: StatusCode, code: &str, outcome: Outcome, message: String) -> Outcome2 {
-    Outcome2 { response: error_response(status, code, &message), outcome, error: Some(message) }
+fn platform_error(status: StatusCode, code: &str, outcome: Outcome, message: String) -> Reply {
+    Reply { response: error_response(status, code, &message), outcome, error: Some(message) }
 }
 
 impl Inner {
@@ -224,11 +224,11 @@ impl Inner {
     }
 
     /// A new sandboxed instance from the zygote (started once the zygote is), not yet started.
-    async fn prepare(&self) -> Result<Instance, Outcome2> {
+    async fn prepare(&self) -> Result<Instance, Reply> {
         let pod = match self.pod().await {
             Ok(p) => p,
             Err(PodError::Init { error, logs }) => {
-                return Err(Outcome2 {
+                return Err(Reply {
                     response: lambda_error_response(StatusCode::BAD_GATEWAY, &error),
                     outcome: Outcome::Error,
                     error: Some(format!("init error: {}{}", describe(&error), if logs.is_empty() { String::new() } else { format!("\n{logs}") })),
@@ -264,7 +264,7 @@ impl Inner {
 
     /// Takes an idle instance (warm), the spare sandbox, or forks a new one if the function may
     /// have one more (cold).
-    async fn acquire(self: &Arc<Self>) -> Result<(Instance, StartKind), Outcome2> {
+    async fn acquire(self: &Arc<Self>) -> Result<(Instance, StartKind), Reply> {
         loop {
             let Some(i) = lock(&self.idle).pop() else { break };
             if i.zygote_alive() {
@@ -305,7 +305,7 @@ impl Inner {
         Ok((instance, StartKind::Cold))
     }
 
-    async fn run(self: Arc<Self>, info: InvokeInfo, request: http::Request<Body>) -> (Outcome2, String, bool, StartKind) {
+    async fn run(self: Arc<Self>, info: InvokeInfo, request: http::Request<Body>) -> (Reply, String, bool, StartKind) {
         let mut logs = LogBuffer::new(self.spec.limits.max_log_bytes);
         let (head, body) = request.into_parts();
         let body = match body.collect().await {
@@ -372,19 +372,19 @@ impl Inner {
                 Trigger::Api => {
                     let mut resp = http::Response::new(full(bytes));
                     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-                    Outcome2 { response: resp, outcome: Outcome::Ok, error: None }
+                    Reply { response: resp, outcome: Outcome::Ok, error: None }
                 }
                 Trigger::Http => match url_event::to_response(&bytes) {
-                    Ok(resp) => Outcome2 { response: resp.map(full), outcome: Outcome::Ok, error: None },
+                    Ok(resp) => Reply { response: resp.map(full), outcome: Outcome::Ok, error: None },
                     Err(e) => platform_error(StatusCode::BAD_GATEWAY, "invalid_result", Outcome::Error, e.to_string()),
                 },
             },
-            Ran::Answer(Answer::Error(err)) => Outcome2 {
+            Ran::Answer(Answer::Error(err)) => Reply {
                 response: lambda_error_response(StatusCode::BAD_GATEWAY, &err),
                 outcome: Outcome::Error,
                 error: Some(describe(&err)),
             },
-            Ran::Answer(Answer::InitError(err)) => Outcome2 {
+            Ran::Answer(Answer::InitError(err)) => Reply {
                 response: lambda_error_response(StatusCode::BAD_GATEWAY, &err),
                 outcome: Outcome::Error,
                 error: Some(format!("init error: {}", describe(&err))),
@@ -399,7 +399,7 @@ impl Inner {
                     "errorType": "Runtime.InitTimeout",
                     "stackTrace": [],
                 });
-                Outcome2 { response: lambda_error_response(StatusCode::BAD_GATEWAY, &err), outcome: Outcome::Error, error: Some(format!("init error: {}", describe(&err))) }
+                Reply { response: lambda_error_response(StatusCode::BAD_GATEWAY, &err), outcome: Outcome::Error, error: Some(format!("init error: {}", describe(&err))) }
             }
             Ran::Exited { out_of_memory: true, .. } => platform_error(
                 StatusCode::BAD_GATEWAY,
@@ -409,7 +409,7 @@ impl Inner {
             ),
             Ran::Exited { how, .. } => {
                 let err = serde_json::json!({"errorMessage": format!("{how} before answering"), "errorType": "Runtime.ExitError", "stackTrace": []});
-                Outcome2 {
+                Reply {
                     response: lambda_error_response(StatusCode::BAD_GATEWAY, &err),
                     outcome: Outcome::Error,
                     error: Some(describe(&err)),
