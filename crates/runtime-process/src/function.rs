@@ -1,9 +1,10 @@
 //! A resident process function: its zygote, its idle instances and the invocation path.
 //!
 //! One invocation at a time per instance (the Lambda model). A request takes an idle instance
-//! (warm) or forks a new one (cold) while fewer than `max_instances` exist, and is throttled
-//! (429) beyond. Instances idle longer than the keep-alive are reaped; an instance that timed
-//! out, crashed or ran out of memory is killed, and the next request gets a fresh one.
+//! (warm), else the spare sandbox made ahead of demand, else forks a new one (both cold) while
+//! fewer than `max_instances` exist, and is throttled (429) beyond. Instances idle longer than
+//! the keep-alive are reaped (the spare stays with the zygote); an instance that timed out,
+//! crashed or ran out of memory is killed, and the next request gets a fresh one.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
