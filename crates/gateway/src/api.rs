@@ -202,7 +202,9 @@ async fn read_deploy(state: &AppState, req: axum::extract::Request) -> Result<(F
         ));
     }
     let mut form = Multipart::from_request(req, state).await.map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
-    let (mut config, mut code) = (None, None);
+    // Parts are judged only once the whole form is read: an answer sent while the client is
+    // still uploading the code part is lost when the connection closes.
+    let (mut config, mut code, mut unknown) = (None, None, None);
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -219,8 +221,7 @@ async fn read_deploy(state: &AppState, req: axum::extract::Request) -> Result<(F
         };
         match field.name().unwrap_or("") {
             "config" => {
-                let bytes = field.bytes().await.map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
-                config = Some(parse_json::<FunctionConfig>(&bytes)?);
+                config = Some(field.bytes().await.map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?);
             }
             "code" => {
                 let mut field = field;
@@ -245,12 +246,17 @@ async fn read_deploy(state: &AppState, req: axum::extract::Request) -> Result<(F
                 code = Some(Bytes::from(buf));
             }
             other => {
-                return Err(ApiError::bad_request("invalid_multipart", format!("unknown form part `{other}`; expected `config` and `code`")));
+                unknown.get_or_insert_with(|| other.to_string());
+                let mut field = field;
+                while let Ok(Some(_)) = field.chunk().await {}
             }
         }
     }
+    if let Some(other) = unknown {
+        return Err(ApiError::bad_request("invalid_multipart", format!("unknown form part `{other}`; expected `config` and `code`")));
+    }
     let config = config.ok_or_else(|| ApiError::bad_request("invalid_multipart", "the `config` part is missing"))?;
-    Ok((config, code))
+    Ok((parse_json::<FunctionConfig>(&config)?, code))
 }
 
 
