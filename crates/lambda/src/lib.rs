@@ -11,6 +11,12 @@ pub mod url_event;
 /// Largest response a function may return, like Lambda's synchronous limit (6 MiB).
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 
+/// Lambda's error body `{"errorMessage","errorType","stackTrace"}`, without a stack trace: for
+/// errors the platform reports on a function's behalf (init timeouts, runtimes that exit).
+pub fn error_body(error_type: &str, message: impl Into<String>) -> serde_json::Value {
+    serde_json::json!({"errorMessage": message.into(), "errorType": error_type, "stackTrace": []})
+}
+
 /// Hangar's Python runtime shim (stdlib only): run as `python3 -c PYTHON_SHIM` or from a file.
 pub const PYTHON_SHIM: &str = include_str!("../shims/bootstrap.py");
 /// Hangar's zygote (stdlib only): imports a Python handler once, then forks each instance

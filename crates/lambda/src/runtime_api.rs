@@ -222,7 +222,7 @@ async fn response(State(state): State<ApiState>, Path(id): Path<String>, body: B
 fn error_body(headers: &HeaderMap, body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body).unwrap_or_else(|_| {
         let kind = headers.get("lambda-runtime-function-error-type").and_then(|v| v.to_str().ok()).unwrap_or("Unhandled");
-        serde_json::json!({"errorMessage": String::from_utf8_lossy(body), "errorType": kind, "stackTrace": []})
+        crate::error_body(kind, String::from_utf8_lossy(body))
     })
 }
 

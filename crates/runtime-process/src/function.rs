@@ -115,16 +115,25 @@ struct Reply {
     error: Option<String>,
 }
 
-fn lambda_error_response(status: StatusCode, body: &serde_json::Value) -> http::Response<Body> {
-    let mut resp = http::Response::new(full(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert("x-hangar-function-error", http::HeaderValue::from_static("Unhandled"));
-    resp
-}
-
-fn describe(err: &serde_json::Value) -> String {
-    format!("{}: {}", err["errorType"].as_str().unwrap_or("Error"), err["errorMessage"].as_str().unwrap_or(""))
+/// The function's own error, in Lambda's shape: 502 with the error body; recorded as
+/// `<errorType>: <errorMessage>`, after `init error: ` when it happened during init, followed
+/// by `logs` when there are any.
+fn function_error(err: &serde_json::Value, init: bool, logs: &str) -> Reply {
+    let mut response = http::Response::new(full(Bytes::from(err.to_string())));
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert("x-hangar-function-error", http::HeaderValue::from_static("Unhandled"));
+    let mut error = format!(
+        "{}{}: {}",
+        if init { "init error: " } else { "" },
+        err["errorType"].as_str().unwrap_or("Error"),
+        err["errorMessage"].as_str().unwrap_or("")
+    );
+    if !logs.is_empty() {
+        error.push('\n');
+        error.push_str(logs);
+    }
+    Reply { response, outcome: Outcome::Error, error: Some(error) }
 }
 
 fn platform_error(status: StatusCode, code: &str, outcome: Outcome, message: String) -> Reply {
@@ -228,13 +237,7 @@ impl Inner {
     async fn prepare(&self) -> Result<Instance, Reply> {
         let pod = match self.pod().await {
             Ok(p) => p,
-            Err(PodError::Init { error, logs }) => {
-                return Err(Reply {
-                    response: lambda_error_response(StatusCode::BAD_GATEWAY, &error),
-                    outcome: Outcome::Error,
-                    error: Some(format!("init error: {}{}", describe(&error), if logs.is_empty() { String::new() } else { format!("\n{logs}") })),
-                });
-            }
+            Err(PodError::Init { error, logs }) => return Err(function_error(&error, true, &logs)),
             Err(PodError::Failed { message, logs }) => {
                 tracing::error!(function = %self.spec.name, "starting the zygote failed: {message}\n{logs}");
                 let detail = if logs.is_empty() { message } else { format!("{message}\n{logs}") };
@@ -380,27 +383,18 @@ impl Inner {
                     Err(e) => platform_error(StatusCode::BAD_GATEWAY, "invalid_result", Outcome::Error, e.to_string()),
                 },
             },
-            Ran::Answer(Answer::Error(err)) => Reply {
-                response: lambda_error_response(StatusCode::BAD_GATEWAY, &err),
-                outcome: Outcome::Error,
-                error: Some(describe(&err)),
-            },
-            Ran::Answer(Answer::InitError(err)) => Reply {
-                response: lambda_error_response(StatusCode::BAD_GATEWAY, &err),
-                outcome: Outcome::Error,
-                error: Some(format!("init error: {}", describe(&err))),
-            },
+            Ran::Answer(Answer::Error(err)) => function_error(&err, false, ""),
+            Ran::Answer(Answer::InitError(err)) => function_error(&err, true, ""),
             Ran::Timeout => {
                 logs.append(format!("[hangar] Task timed out after {} ms\n", timeout.as_millis()).as_bytes());
                 platform_error(StatusCode::GATEWAY_TIMEOUT, "timeout", Outcome::Timeout, format!("the function did not answer within its timeout of {} ms", timeout.as_millis()))
             }
             Ran::InitTimeout => {
-                let err = serde_json::json!({
-                    "errorMessage": format!("the runtime did not ask for an invocation within {} s of starting (does the bootstrap poll the Runtime API at AWS_LAMBDA_RUNTIME_API?)", INIT_TIMEOUT.as_secs()),
-                    "errorType": "Runtime.InitTimeout",
-                    "stackTrace": [],
-                });
-                Reply { response: lambda_error_response(StatusCode::BAD_GATEWAY, &err), outcome: Outcome::Error, error: Some(format!("init error: {}", describe(&err))) }
+                let message = format!(
+                    "the runtime did not ask for an invocation within {} s of starting (does the bootstrap poll the Runtime API at AWS_LAMBDA_RUNTIME_API?)",
+                    INIT_TIMEOUT.as_secs()
+                );
+                function_error(&hangar_lambda::error_body("Runtime.InitTimeout", message), true, "")
             }
             Ran::Exited { out_of_memory: true, .. } => platform_error(
                 StatusCode::BAD_GATEWAY,
@@ -408,14 +402,7 @@ impl Inner {
                 Outcome::OutOfMemory,
                 format!("the function ran out of memory (limit {} MiB) and was stopped; raise memory_mb or use less", self.spec.limits.memory_bytes >> 20),
             ),
-            Ran::Exited { how, .. } => {
-                let err = serde_json::json!({"errorMessage": format!("{how} before answering"), "errorType": "Runtime.ExitError", "stackTrace": []});
-                Reply {
-                    response: lambda_error_response(StatusCode::BAD_GATEWAY, &err),
-                    outcome: Outcome::Error,
-                    error: Some(describe(&err)),
-                }
-            }
+            Ran::Exited { how, .. } => function_error(&hangar_lambda::error_body("Runtime.ExitError", format!("{how} before answering")), false, ""),
         };
         if start == StartKind::Cold {
             // The next spare is made once this cold start is answered, not competing with it.
@@ -423,7 +410,6 @@ impl Inner {
         }
         let (text, truncated) = self.frame_logs(&info.id, &mut logs, elapsed, &instance, start);
         if healthy {
-            instance.served += 1;
             instance.last_used = Instant::now();
             lock(&self.idle).push(instance);
         }

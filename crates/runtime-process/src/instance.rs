@@ -25,7 +25,6 @@ pub enum Ran {
 
 /// See the module docs.
 pub struct Instance {
-    id: String,
     pid: i32,
     channel: Channel,
     logs: pipe::Receiver,
@@ -37,8 +36,6 @@ pub struct Instance {
     pub last_used: Instant,
     /// Set once the runtime has polled for its first invocation.
     pub init: Option<Duration>,
-    /// Invocations served.
-    pub served: u64,
     /// Whether the runtime was let go (see [`Instance::start`]).
     started: bool,
     egress: Option<tokio::task::JoinHandle<()>>,
@@ -48,10 +45,9 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub(crate) fn new(id: String, pid: i32, channel: Channel, logs: std::os::fd::OwnedFd, cgroup: Cgroup) -> std::io::Result<Instance> {
+    pub(crate) fn new(pid: i32, channel: Channel, logs: std::os::fd::OwnedFd, cgroup: Cgroup) -> std::io::Result<Instance> {
         let now = Instant::now();
         Ok(Instance {
-            id,
             pid,
             channel,
             logs: pipe::Receiver::from_owned_fd(logs)?,
@@ -60,7 +56,6 @@ impl Instance {
             created: now,
             last_used: now,
             init: None,
-            served: 0,
             started: false,
             egress: None,
             zygote: None,
@@ -104,10 +99,6 @@ impl Instance {
 
     pub(crate) fn cgroup(&self) -> &Cgroup {
         self.cgroup.as_ref().expect("the cgroup lives as long as the instance")
-    }
-
-    pub fn id(&self) -> &str {
-        &self.id
     }
 
     /// The most memory the instance has used, in bytes.

@@ -171,8 +171,8 @@ impl Host {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn python_exe(&self) -> Result<String, String> {
-        Ok(self.python.exe.display().to_string())
+    fn python_exe(&self) -> String {
+        self.python.exe.display().to_string()
     }
 
     fn python_version(&self) -> &str {

@@ -72,7 +72,7 @@ impl Pod {
             user: JailUser::Zygote { host_base: host.uid_base },
             runc_root: Some(host.runc_root.clone()),
             cgroup_parent: host.cgroup_parent.clone(),
-            argv: vec![host.python_exe().map_err(failed)?, "/opt/hangar/zygote.py".into()],
+            argv: vec![host.python_exe(), "/opt/hangar/zygote.py".into()],
             env,
             cwd: "/var/task".into(),
             ro_binds: spec.binds.clone(),
@@ -124,11 +124,10 @@ impl Pod {
                 logs: pod.end_with_logs().await,
             }),
             Err(_) => Err(PodError::Init {
-                error: serde_json::json!({
-                    "errorMessage": format!("the function did not finish initializing within {} s", INIT_TIMEOUT.as_secs()),
-                    "errorType": "Runtime.InitTimeout",
-                    "stackTrace": [],
-                }),
+                error: hangar_lambda::error_body(
+                    "Runtime.InitTimeout",
+                    format!("the function did not finish initializing within {} s", INIT_TIMEOUT.as_secs()),
+                ),
                 logs: pod.end_with_logs().await,
             }),
         }
@@ -183,7 +182,7 @@ impl Pod {
                 return Err(e.to_string());
             }
         };
-        let mut instance = Instance::new(id, pid, channel, log_r, cgroup).map_err(|e| format!("instance logs: {e}"))?;
+        let mut instance = Instance::new(pid, channel, log_r, cgroup).map_err(|e| format!("instance logs: {e}"))?;
         instance.set_zygote(self.alive.clone());
         instance.cgroup().add(pid as u32).map_err(|e| e.to_string())?;
         let t_cg = t0.elapsed();
