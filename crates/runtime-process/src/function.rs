@@ -37,7 +37,8 @@ struct Inner {
     pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
     idle: Mutex<Vec<Instance>>,
     /// One sandbox made ahead of demand, so a cold start skips making namespaces and cgroups;
-    /// for nodejs its runtime is already started (a prewarmed instance).
+    /// for nodejs and provided its runtime is already started (a prewarmed instance, as Lambda's
+    /// proactive initialization); python3's is a fork of the zygote that already imported.
     spare: Mutex<Option<Instance>>,
     refilling: std::sync::atomic::AtomicBool,
     /// Instances that exist: idle, busy, starting or spare.
@@ -216,8 +217,9 @@ impl Inner {
                 match inner.prepare().await {
                     Ok(mut i) => {
                         i.count_in(inner.live.clone());
-                        // A Node.js runtime starts in tens of milliseconds: start it now.
-                        let ready = inner.kind != RuntimeKind::Nodejs || i.start().await.is_ok();
+                        // An exec'd runtime (node, a bootstrap) starts in milliseconds to tens of
+                        // them, and its init code runs once per instance anyway: run it now.
+                        let ready = inner.kind == RuntimeKind::Python3 || i.start().await.is_ok();
                         if ready {
                             *lock(&inner.spare) = Some(i);
                         }
