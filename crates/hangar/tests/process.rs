@@ -498,6 +498,26 @@ def handler(event, context):
     return out
 "#;
 
+/// Node's built-in clients (http, fetch), which ignore HTTP_PROXY unless the shim routes them.
+const NODE_FETCH_APP: &str = r#"
+const http = require("node:http");
+const get = (url) => new Promise((resolve) => {
+  http.get(url, (res) => {
+    let body = "";
+    res.on("data", (c) => (body += c));
+    res.on("end", () => resolve(body));
+  }).on("error", (e) => resolve("error: " + e.message));
+});
+exports.handler = async (event) => {
+  const out = {};
+  for (const [name, url] of Object.entries(event.urls)) {
+    out["http_" + name] = await get(url);
+    out["fetch_" + name] = await fetch(url).then((r) => r.text(), (e) => "error: " + (e.cause ? e.cause.message : e.message));
+  }
+  return out;
+};
+"#;
+
 /// A plain HTTP server on the host's loopback answering `hello from the host`.
 fn host_http_server() -> u16 {
     use std::io::{Read, Write};
@@ -528,6 +548,22 @@ async fn outbound_access_is_only_what_the_function_was_granted() {
     deploy(&s, "closed", "python3", Some("app.handler"), code.path(), &[]);
     let v: Value = invoke(&s, "closed", &urls).await.json().await.unwrap();
     assert_eq!(v["allowed"], "URLError", "no grant, no network: {v}");
+
+    // Node's own http and fetch go through the same grant.
+    let js = code_dir(&[("index.js", NODE_FETCH_APP)]);
+    deploy(&s, "js-granted", "nodejs", Some("index.handler"), js.path(), &["--allow-outbound", &format!("127.0.0.1:{allowed}")]);
+    let v: Value = invoke(&s, "js-granted", &urls).await.json().await.unwrap();
+    assert_eq!(v["http_allowed"], "hello from the host", "{v}");
+    assert_eq!(v["fetch_allowed"], "hello from the host", "{v}");
+    for k in ["http_other", "fetch_other"] {
+        let text = v[k].as_str().unwrap_or_default();
+        assert!(text.starts_with("error: ") && text.contains("refused"), "{k}: hosts outside allow_outbound are refused: {v}");
+    }
+    deploy(&s, "js-closed", "nodejs", Some("index.handler"), js.path(), &[]);
+    let v: Value = invoke(&s, "js-closed", &urls).await.json().await.unwrap();
+    for k in ["http_allowed", "fetch_allowed"] {
+        assert!(v[k].as_str().unwrap_or_default().starts_with("error: "), "{k}: no grant, no network: {v}");
+    }
 }
 
 /// The cgroups (pids controller) this server made for a function: `(name, pids)`.

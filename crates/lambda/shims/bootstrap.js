@@ -5,6 +5,9 @@
 // (async, promise or callback style) -> response or error.
 "use strict";
 const http = require("node:http");
+const https = require("node:https");
+const net = require("node:net");
+const tls = require("node:tls");
 const path = require("node:path");
 const fs = require("node:fs");
 const { pathToFileURL } = require("node:url");
@@ -17,6 +20,103 @@ const MAX_RESPONSE = 6 * 1024 * 1024;
 function splitAddress(a) {
   const i = a.lastIndexOf(":");
   return [a.slice(0, i), Number(a.slice(i + 1))];
+}
+
+// Node (before 24) ignores HTTP(S)_PROXY, and outbound access from a Hangar instance only goes
+// through the proxy those name: route http, https and fetch through it with CONNECT tunnels,
+// so handlers reach what the function was granted with the built-in clients.
+function useProxyFromEnv() {
+  const raw = process.env.HTTPS_PROXY || process.env.https_proxy || process.env.HTTP_PROXY || process.env.http_proxy;
+  if (!raw) return;
+  const proxy = new URL(raw);
+  const proxyPort = Number(proxy.port) || 80;
+  const noProxy = (process.env.NO_PROXY || process.env.no_proxy || "").split(",").map((e) => e.trim().toLowerCase()).filter(Boolean);
+  const direct = (host, port) => {
+    const h = String(host).toLowerCase().replace(/^\[|\]$/g, "");
+    return noProxy.some((e) => e === "*" || e === h || e === `${h}:${port}` || h.endsWith(e.startsWith(".") ? e : `.${e}`));
+  };
+  // A socket to host:port through the proxy; cb(err, socket).
+  const tunnel = (host, port, cb) => {
+    const sock = net.connect(proxyPort, proxy.hostname);
+    let head = Buffer.alloc(0);
+    const fail = (e) => {
+      sock.destroy();
+      cb(e);
+    };
+    const onData = (chunk) => {
+      head = Buffer.concat([head, chunk]);
+      const end = head.indexOf("\r\n\r\n");
+      if (end < 0) {
+        if (head.length > 16384) fail(new Error("the egress proxy sent an oversized reply"));
+        return;
+      }
+      sock.removeListener("data", onData);
+      sock.removeListener("error", fail);
+      const status = head.subarray(0, head.indexOf("\r\n")).toString();
+      if (status.split(" ")[1] !== "200") return fail(new Error(`the egress proxy refused ${host}:${port}: ${status}`));
+      if (end + 4 < head.length) sock.unshift(head.subarray(end + 4));
+      cb(null, sock);
+    };
+    sock.once("error", fail);
+    sock.on("data", onData);
+    const authority = net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`;
+    sock.once("connect", () => sock.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`));
+  };
+  // Each connection callback is answered once, whatever the socket does afterwards.
+  const once = (cb) => {
+    let done = false;
+    return (e, s) => {
+      if (!done) {
+        done = true;
+        cb(e, s);
+      }
+    };
+  };
+  const secure = (sock, opts, cb) => {
+    cb = once(cb);
+    const t = tls.connect({ ...opts, socket: sock, servername: opts.servername || (net.isIP(opts.host) ? undefined : opts.host) });
+    t.once("secureConnect", () => cb(null, t));
+    t.once("error", (e) => cb(e));
+  };
+  class HttpTunnel extends http.Agent {
+    createConnection(opts, cb) {
+      const port = opts.port || 80;
+      if (direct(opts.host, port)) return super.createConnection(opts);
+      tunnel(opts.host, port, cb);
+    }
+  }
+  class HttpsTunnel extends https.Agent {
+    createConnection(opts, cb) {
+      const port = opts.port || 443;
+      if (direct(opts.host, port)) return super.createConnection(opts);
+      tunnel(opts.host, port, (e, sock) => (e ? cb(e) : secure(sock, opts, cb)));
+    }
+  }
+  http.globalAgent = new HttpTunnel({ keepAlive: true });
+  https.globalAgent = new HttpsTunnel({ keepAlive: true });
+  // fetch (undici inside Node): replace its global dispatcher with one that tunnels.
+  fetch("data:,").catch(() => {});
+  const key = Symbol.for("undici.globalDispatcher.1");
+  const Dispatcher = globalThis[key] && globalThis[key].constructor;
+  if (typeof Dispatcher !== "function") return;
+  globalThis[key] = new Dispatcher({
+    connect: (opts, cb) => {
+      cb = once(cb);
+      const isTls = opts.protocol === "https:";
+      const port = Number(opts.port) || (isTls ? 443 : 80);
+      if (direct(opts.hostname, port)) {
+        const s = isTls ? tls.connect({ host: opts.hostname, port, servername: opts.servername || undefined, ALPNProtocols: ["http/1.1"] }) : net.connect(port, opts.hostname);
+        s.once(isTls ? "secureConnect" : "connect", () => cb(null, s));
+        s.once("error", (e) => cb(e));
+        return;
+      }
+      tunnel(opts.hostname, port, (e, sock) => {
+        if (e) return cb(e);
+        if (!isTls) return cb(null, sock);
+        secure(sock, { host: opts.hostname, servername: opts.servername || undefined, ALPNProtocols: ["http/1.1"] }, cb);
+      });
+    },
+  });
 }
 
 function request(method, p, body, headers = {}) {
@@ -108,6 +208,7 @@ function run(handler, event, context) {
 }
 
 async function main() {
+  useProxyFromEnv();
   let handler;
   try {
     handler = await loadHandler(process.env._HANDLER || "", process.env.LAMBDA_TASK_ROOT || process.cwd());

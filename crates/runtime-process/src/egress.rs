@@ -3,7 +3,8 @@
 //! function's `allow_outbound` hosts. `CONNECT host:port` (HTTPS and any TLS) is tunnelled;
 //! plain HTTP in absolute form (`GET http://host/path`) is forwarded one request per
 //! connection. Instances find it through `HTTP_PROXY`/`HTTPS_PROXY`, which common clients
-//! (Python's urllib and requests, botocore, curl) honour.
+//! (Python's urllib and requests, botocore, curl) honour; Hangar's Node shim routes Node's
+//! built-in `http`, `https` and `fetch` through it too.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -190,6 +190,12 @@ impl Inner {
         ];
         env.retain(|(k, _)| !reserved.iter().any(|(r, _)| r == k));
         env.extend(reserved.into_iter().map(|(k, v)| (k.to_string(), v)));
+        // Node trusts only its bundled roots; give it the machine's store (bound into every
+        // instance), which Python and native clients already use, unless the function chose.
+        const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+        if self.kind == RuntimeKind::Nodejs && !env.iter().any(|(k, _)| k == "NODE_EXTRA_CA_CERTS") && std::path::Path::new(SYSTEM_CAS).is_file() {
+            env.push(("NODE_EXTRA_CA_CERTS".into(), SYSTEM_CAS.into()));
+        }
         let (mode, argv) = match self.kind {
             RuntimeKind::Python3 => ("python", Vec::new()),
             RuntimeKind::Nodejs => ("exec", vec![h.node_exe().unwrap_or_default(), "/opt/hangar/bootstrap.js".into()]),
