@@ -5,6 +5,7 @@
 //! already validated and never parse HTTP themselves.
 #![forbid(unsafe_code)]
 
+pub mod images;
 pub mod validate;
 
 use std::collections::BTreeMap;

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod images;
 pub mod invoke;
 pub mod openapi;
 
@@ -31,13 +32,25 @@ use error::ApiError;
 pub struct Limits {
     pub max_code_bytes: usize,
     pub max_payload_bytes: usize,
+    /// Largest image archive accepted by `POST /v1/images/import`.
+    pub max_image_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_code_bytes: hangar_api::DEFAULT_MAX_CODE_BYTES, max_payload_bytes: hangar_api::DEFAULT_MAX_PAYLOAD_BYTES }
+        Limits {
+            max_code_bytes: hangar_api::DEFAULT_MAX_CODE_BYTES,
+            max_payload_bytes: hangar_api::DEFAULT_MAX_PAYLOAD_BYTES,
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+        }
     }
 }
+
+/// Default of [`Limits::max_image_bytes`]: 8 GiB.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 8 << 30;
+
+/// Whether an image (namespace, id) is needed by something that runs.
+pub type ImageUsers = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -45,6 +58,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub scheduler: Arc<Scheduler>,
     pub meter: Meter,
+    pub images: Arc<hangar_image::ImageStore>,
+    pub image_users: ImageUsers,
     pub keys: KeyCache,
     pub limits: Limits,
     /// Serializes deploys and deletes, so revisions are numbered without gaps or races.
@@ -69,6 +84,10 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(state.limits.max_code_bytes + (1 << 20))),
         )
         .route("/functions/{name}/invoke", post(invoke::invoke_api).layer(DefaultBodyLimit::disable()))
+        .route("/images", get(images::list_images))
+        .route("/images/import", post(images::import_image).layer(DefaultBodyLimit::disable()))
+        .route("/images/pull", post(images::pull_image))
+        .route("/images/{*reference}", get(images::get_image).delete(images::delete_image))
         .route("/invocations", get(api::list_invocations))
         .route("/invocations/{id}", get(api::get_invocation))
         .route("/openapi.json", get(openapi_json))

@@ -80,6 +80,9 @@ pub enum Command {
         #[arg(short = 'f', long = "file", default_value = "hangar.toml")]
         file: PathBuf,
     },
+    /// Manage container images (import, pull, list, remove)
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Manage namespaces (admin)
     #[command(subcommand, name = "ns")]
     Namespace(NsCommand),
@@ -102,6 +105,9 @@ pub struct UpArgs {
     /// Largest invocation request body in bytes
     #[arg(long, default_value_t = hangar_api::DEFAULT_MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,
+    /// Largest image archive accepted by `hangar image import`, in bytes
+    #[arg(long, default_value_t = hangar_gateway::DEFAULT_MAX_IMAGE_BYTES)]
+    pub max_image_bytes: u64,
     /// Logs kept per invocation in bytes
     #[arg(long, default_value_t = hangar_api::DEFAULT_MAX_LOG_BYTES)]
     pub max_log_bytes: usize,
@@ -114,6 +120,32 @@ pub struct UpArgs {
     /// The AWS_REGION process functions see
     #[arg(long, env = "HANGAR_REGION", default_value = "local")]
     pub region: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an image: an OCI image layout (directory or tar) or a `docker save` archive
+    Import {
+        file: PathBuf,
+        /// Name it (e.g. `myapp:v1`) when the file holds one image
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Pull an image from a registry (HTTPS; plain HTTP for loopback registries)
+    Pull {
+        /// e.g. `busybox`, `127.0.0.1:5000/team/app:v2`
+        reference: String,
+        #[arg(long, env = "HANGAR_REGISTRY_USERNAME")]
+        username: Option<String>,
+        #[arg(long, env = "HANGAR_REGISTRY_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// List images
+    Ls,
+    /// Show one image
+    Get { reference: String },
+    /// Remove an image's name (or, given its id, the image); unused layers are deleted
+    Rm { reference: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,16 +252,16 @@ pub fn client(cli: &Cli) -> Client {
     Client::new(url, key)
 }
 
-fn ns_query(ns: Option<&str>) -> Vec<(&'static str, String)> {
+pub fn ns_query(ns: Option<&str>) -> Vec<(&'static str, String)> {
     ns.map(|n| vec![("namespace", n.to_string())]).unwrap_or_default()
 }
 
-fn print_json<T: Serialize>(v: &T) -> Result<()> {
+pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-fn table(header: &[&str]) -> Table {
+pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY).set_header(header.iter().copied());
     t

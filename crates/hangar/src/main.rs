@@ -5,6 +5,7 @@
 mod cli;
 mod client;
 mod code;
+mod images;
 mod manifest;
 mod up;
 
@@ -40,7 +41,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             up::run(up::UpOptions {
                 data_dir: cli::data_dir(cli.data_dir.clone()),
                 listen: a.listen,
-                limits: hangar_gateway::Limits { max_code_bytes: a.max_code_bytes, max_payload_bytes: a.max_payload_bytes },
+                limits: hangar_gateway::Limits { max_code_bytes: a.max_code_bytes, max_payload_bytes: a.max_payload_bytes, max_image_bytes: a.max_image_bytes },
                 max_log_bytes: a.max_log_bytes,
                 pool_instances: a.pool_instances,
                 apply: a.apply.clone(),
@@ -63,6 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let client = cli::client(&cli);
             manifest::deploy(&client, file, cli.namespace.as_deref(), cli.output).await?
         }
+        Command::Image(cmd) => images::run(&cli, cmd).await?,
         Command::Namespace(cmd) => cli::run_ns(&cli, cmd).await?,
         Command::Key(cmd) => cli::run_key(&cli, cmd).await?,
     }

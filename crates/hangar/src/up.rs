@@ -59,6 +59,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     metrics.register_counter("wasm_cache_loads", "Revisions loaded from the compiled-code cache", counters.cache_loads.clone());
     let pool = PoolSize { instances: opts.pool_instances, ..PoolSize::default() };
     let wasm = WasmRuntime::new(opts.data_dir.join("wasm"), pool, counters).context("starting the WebAssembly runtime")?;
+    let images = Arc::new(hangar_image::ImageStore::open(&opts.data_dir.join("images")).context("opening the image store")?);
     let (meter, writer) = Meter::start(store.clone(), metrics);
     let mut runtimes: Vec<Arc<dyn hangar_runtime::Runtime>> = vec![Arc::new(wasm)];
     let process = hangar_runtime_process::HostConfig { data_dir: opts.data_dir.clone(), keep_alive: opts.keep_alive, region: opts.region.clone() };
@@ -74,6 +75,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         store,
         scheduler: scheduler.clone(),
         meter: meter.clone(),
+        images,
+        image_users: Arc::new(|_, _| false),
         keys: KeyCache::default(),
         limits: opts.limits,
         deploy_lock: Arc::default(),
