@@ -14,6 +14,17 @@ if ! command -v runc >/dev/null; then
   apt-get update -qq && apt-get install -y -qq runc
 fi
 
+# Image tests pull from a real registry on loopback (Debian's docker-registry), pushed to with
+# skopeo; service tests build images from busybox-static.
+missing=()
+for tool in docker-registry:docker-registry skopeo:skopeo busybox:busybox-static; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]} (image and service tests use them)"
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+fi
+
 # Process functions run the machine's python3 and node (pip installs awslambdaric in a test).
 for tool in python3 node; do
   if ! command -v "$tool" >/dev/null; then

@@ -48,7 +48,7 @@ pub enum PullEvent {
     /// One layer is verified and unpacked.
     Unpacked { digest: String },
     /// The image is in the store.
-    Done { image: Image },
+    Done { image: Box<Image> },
     /// The pull failed after it had started.
     Error { code: String, message: String },
 }

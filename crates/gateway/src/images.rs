@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
-use hangar_image::{Image, ImageError, Progress, PullOptions};
+use hangar_image::{Image, ImageError, Progress, PullOptions, RegistryFailure};
 use hangar_api::images::{Image as ImageView, PullEvent, PullRequest};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt as _;
@@ -47,15 +47,13 @@ impl From<ImageError> for ApiError {
             ImageError::DigestMismatch { .. } => ApiError::bad_request("digest_mismatch", message),
             ImageError::BadReference(_) => ApiError::bad_request("invalid_reference", message),
             ImageError::InUse(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            ImageError::Registry(_) => {
-                let code = if message.contains("was not found") {
-                    StatusCode::NOT_FOUND
-                } else if message.contains("refused") {
-                    StatusCode::UNAUTHORIZED
-                } else {
-                    StatusCode::BAD_GATEWAY
+            ImageError::Registry { kind, .. } => {
+                let status = match kind {
+                    RegistryFailure::NotFound => StatusCode::NOT_FOUND,
+                    RegistryFailure::Unauthorized => StatusCode::UNAUTHORIZED,
+                    RegistryFailure::Unreachable | RegistryFailure::Other => StatusCode::BAD_GATEWAY,
                 };
-                ApiError::new(code, "registry_error", message)
+                ApiError::new(status, "registry_error", message)
             }
             ImageError::Io(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "image_store_error", message),
         }
@@ -172,7 +170,7 @@ pub async fn pull_image(State(state): State<AppState>, p: Principal, ApiQuery(q)
                 }));
             })
             .await;
-        let _ = tx.send(r.map(|image| PullEvent::Done { image: view(&image, &ns2) }).map_err(ApiError::from));
+        let _ = tx.send(r.map(|image| PullEvent::Done { image: Box::new(view(&image, &ns2)) }).map_err(ApiError::from));
     });
     let first = match rx.recv().await {
         Some(Ok(e)) => e,

@@ -38,12 +38,24 @@ pub enum ImageError {
     NotFound(String),
     #[error("`{0}` is not a valid image reference (e.g. `busybox`, `registry.example:5000/team/app:v2`)")]
     BadReference(String),
-    #[error("{0}")]
-    Registry(String),
+    #[error("{message}")]
+    Registry { kind: RegistryFailure, message: String },
     #[error("image {0} is used by a service; remove or redeploy the service first")]
     InUse(String),
     #[error("the image store: {0}")]
     Io(#[from] io::Error),
+}
+
+/// Why a registry could not give an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryFailure {
+    /// No such repository or tag.
+    NotFound,
+    /// Credentials missing or refused.
+    Unauthorized,
+    /// Nothing answered.
+    Unreachable,
+    Other,
 }
 
 /// How an image runs, from its config (`Entrypoint`, `Cmd`, `Env`, ...).

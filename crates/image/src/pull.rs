@@ -12,7 +12,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use oci_spec::image::ImageConfiguration;
 
-use crate::{Image, ImageError, ImageStore, Layer, Tag, check_config, now_ms, run_config, sha256_digest};
+use crate::{Image, ImageError, RegistryFailure, ImageStore, Layer, Tag, check_config, now_ms, run_config, sha256_digest};
 
 /// Registry credentials.
 #[derive(Clone, Default)]
@@ -53,24 +53,33 @@ fn is_loopback(registry: &str) -> bool {
 }
 
 fn registry_error(reference: &Reference, e: oci_client::errors::OciDistributionError) -> ImageError {
-    use oci_client::errors::OciDistributionError as E;
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
     let registry = reference.resolve_registry();
     let text = e.to_string();
-    let message = match &e {
-        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
-            format!("the registry {registry} refused the credentials for {reference} ({text}); check --username/--password")
+    let kind = match &e {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => RegistryFailure::Unauthorized,
+        E::ImageManifestNotFoundError(_) => RegistryFailure::NotFound,
+        E::RequestError(_) => RegistryFailure::Unreachable,
+        E::RegistryError { envelope, .. } => {
+            if envelope.errors.iter().any(|x| matches!(x.code, C::Unauthorized | C::Denied)) {
+                RegistryFailure::Unauthorized
+            } else if envelope.errors.iter().any(|x| matches!(x.code, C::ManifestUnknown | C::NameUnknown | C::NotFound | C::BlobUnknown)) {
+                RegistryFailure::NotFound
+            } else {
+                RegistryFailure::Other
+            }
         }
-        E::ImageManifestNotFoundError(_) => format!("{reference} was not found on {registry} (unknown repository or tag): {text}"),
-        E::RequestError(_) => format!("could not reach the registry {registry}: {text}; check the address and that it is running"),
-        _ if text.contains("MANIFEST_UNKNOWN") || text.contains("NAME_UNKNOWN") || text.contains("404") => {
-            format!("{reference} was not found on {registry} (unknown repository or tag): {text}")
-        }
-        _ if text.contains("UNAUTHORIZED") || text.contains("401") || text.contains("DENIED") => {
-            format!("the registry {registry} refused access to {reference} ({text}); pass --username/--password if it needs them")
-        }
-        _ => format!("pulling {reference} from {registry}: {text}"),
+        E::ServerError { code: 401 | 403, .. } => RegistryFailure::Unauthorized,
+        E::ServerError { code: 404, .. } => RegistryFailure::NotFound,
+        _ => RegistryFailure::Other,
     };
-    ImageError::Registry(message)
+    let message = match kind {
+        RegistryFailure::Unauthorized => format!("the registry {registry} refused access to {reference} ({text}); pass --username and --password if it needs them, and check them"),
+        RegistryFailure::NotFound => format!("{reference} was not found on {registry}: no such repository or tag ({text})"),
+        RegistryFailure::Unreachable => format!("could not reach the registry {registry} ({text}); check the address and that it is running"),
+        RegistryFailure::Other => format!("pulling {reference} from {registry}: {text}"),
+    };
+    ImageError::Registry { kind, message }
 }
 
 impl ImageStore {
@@ -112,7 +121,7 @@ impl ImageStore {
                 let mut received = 0u64;
                 let mut last = std::time::Instant::now();
                 while let Some(chunk) = blob.stream.next().await {
-                    let chunk = chunk.map_err(|e| ImageError::Registry(format!("downloading layer {} of {r}: {e}", l.digest)))?;
+                    let chunk = chunk.map_err(|e| ImageError::Registry { kind: RegistryFailure::Other, message: format!("downloading layer {} of {r}: {e}", l.digest) })?;
                     file.write_all(&chunk)?;
                     received += chunk.len() as u64;
                     if last.elapsed() > std::time::Duration::from_millis(100) {

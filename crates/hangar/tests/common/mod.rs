@@ -2,6 +2,8 @@
 //! drives it through its CLI and HTTP like a user.
 #![allow(dead_code)]
 
+pub mod oci;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
