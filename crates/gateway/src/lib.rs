@@ -11,6 +11,7 @@ pub mod error;
 pub mod images;
 pub mod invoke;
 pub mod openapi;
+pub mod services;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,6 +61,10 @@ pub struct AppState {
     pub meter: Meter,
     pub images: Arc<hangar_image::ImageStore>,
     pub image_users: ImageUsers,
+    /// The services runtime, when this server can run containers.
+    pub services: Option<Arc<hangar_service::Services>>,
+    /// Why not, when it cannot.
+    pub services_unavailable: Option<String>,
     pub keys: KeyCache,
     pub limits: Limits,
     /// Serializes deploys and deletes, so revisions are numbered without gaps or races.
@@ -88,6 +93,9 @@ pub fn router(state: AppState) -> Router {
         .route("/images/import", post(images::import_image).layer(DefaultBodyLimit::disable()))
         .route("/images/pull", post(images::pull_image))
         .route("/images/{*reference}", get(images::get_image).delete(images::delete_image))
+        .route("/services", get(services::list_services))
+        .route("/services/{name}", get(services::get_service).put(services::put_service).delete(services::delete_service))
+        .route("/services/{name}/logs", get(services::service_logs))
         .route("/invocations", get(api::list_invocations))
         .route("/invocations/{id}", get(api::get_invocation))
         .route("/openapi.json", get(openapi_json))
@@ -96,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/fn/{*rest}", any(invoke::function_url).layer(DefaultBodyLimit::disable()))
+        .route("/svc/{*rest}", any(services::proxy).layer(DefaultBodyLimit::disable()))
         .nest("/v1", v1)
         .fallback(not_found)
         .with_state(state)
@@ -124,7 +133,8 @@ async fn not_found(req: axum::extract::Request) -> ApiError {
 }
 
 /// Loads desired state from the store into memory: keys into the key table and every
-/// function into the scheduler's route table. Code is loaded lazily, on first invocation.
+/// function into the scheduler's route table (code is loaded lazily, on first invocation).
+/// Services are started in the background; see [`restore_services`].
 pub async fn restore(state: &AppState) -> Result<usize, ApiError> {
     for row in state.store.list_keys().await? {
         state.keys.insert(&row);
@@ -134,4 +144,23 @@ pub async fn restore(state: &AppState) -> Result<usize, ApiError> {
         state.scheduler.install(api::deployment(row))?;
     }
     Ok(functions.len())
+}
+
+/// Brings every stored service back to its desired state (after a restart or a crash; the
+/// services runtime has removed whatever the last run left). Returns how many were started.
+pub async fn restore_services(state: &AppState) -> Result<usize, ApiError> {
+    let Some(svcs) = &state.services else { return Ok(0) };
+    let rows = state.store.list_services(None).await?;
+    let mut started = 0;
+    for row in rows {
+        let Some(image) = state.images.get(&row.namespace, &row.image_id) else {
+            tracing::error!(service = %row.name, namespace = %row.namespace, "image {} is gone; the service cannot start", row.image_id);
+            continue;
+        };
+        match svcs.rollout(&row.namespace, &row.name, row.revision, row.config.clone(), image).await {
+            Ok(()) => started += 1,
+            Err(e) => tracing::error!(service = %row.name, namespace = %row.namespace, "restoring the service failed: {e}"),
+        }
+    }
+    Ok(started)
 }

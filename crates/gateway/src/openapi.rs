@@ -14,6 +14,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         crate::api::list_invocations, crate::api::get_invocation,
         crate::images::list_images, crate::images::get_image, crate::images::delete_image,
         crate::images::import_image, crate::images::pull_image,
+        crate::services::put_service, crate::services::list_services, crate::services::get_service,
+        crate::services::delete_service, crate::services::service_logs,
     ),
     components(schemas(hangar_api::FunctionConfig, hangar_api::RuntimeKind, hangar_api::ErrorBody, hangar_api::ErrorDetail)),
     modifiers(&BearerAuth),

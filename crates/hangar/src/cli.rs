@@ -80,6 +80,9 @@ pub enum Command {
         #[arg(short = 'f', long = "file", default_value = "hangar.toml")]
         file: PathBuf,
     },
+    /// Manage services: long-running containers from images
+    #[command(subcommand, name = "svc")]
+    Service(SvcCommand),
     /// Manage container images (import, pull, list, remove)
     #[command(subcommand)]
     Image(ImageCommand),
@@ -120,6 +123,72 @@ pub struct UpArgs {
     /// The AWS_REGION process functions see
     #[arg(long, env = "HANGAR_REGION", default_value = "local")]
     pub region: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SvcCommand {
+    /// Create or update a service; waits until the new revision is ready (rolling update)
+    Deploy(Box<SvcDeployArgs>),
+    /// List services
+    Ls,
+    /// Show a service and its instances
+    Get { name: String },
+    /// Stop a service and delete it (its volumes stay)
+    Rm { name: String },
+    /// Print a service's output, each line prefixed with its instance
+    Logs {
+        name: String,
+        /// Keep printing new lines
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SvcDeployArgs {
+    pub name: String,
+    /// Image reference or id (`hangar image ls`)
+    #[arg(long)]
+    pub image: String,
+    /// Port the container listens on (sets PORT) [default: the image's exposed port, else 8080]
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Instances always running
+    #[arg(long, default_value_t = 1)]
+    pub min: u32,
+    /// Most instances [default: --min]
+    #[arg(long)]
+    pub max: Option<u32>,
+    /// Environment variable K=V (repeatable)
+    #[arg(long = "env", short = 'e')]
+    pub env: Vec<String>,
+    /// Named volume NAME:/path (repeatable); survives restarts and redeploys
+    #[arg(long = "volume", short = 'v')]
+    pub volumes: Vec<String>,
+    /// runc or gvisor
+    #[arg(long, default_value = "runc")]
+    pub runtime: String,
+    /// Memory limit per instance in MiB
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// CPU limit per instance
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// HTTP path of the readiness probe [default: a TCP connect to the port]
+    #[arg(long)]
+    pub readiness_path: Option<String>,
+    /// Replace the image's entrypoint (repeat for each word)
+    #[arg(long = "command", allow_hyphen_values = true)]
+    pub command: Vec<String>,
+    /// Replace the image's cmd (repeat for each word)
+    #[arg(long = "arg", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// Serve /svc/... without an API key
+    #[arg(long)]
+    pub public: bool,
+    /// Forbid connections beyond Hangar's bridge
+    #[arg(long)]
+    pub no_egress: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ mod client;
 mod code;
 mod images;
 mod manifest;
+mod services;
 mod up;
 
 use clap::Parser;
@@ -65,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             manifest::deploy(&client, file, cli.namespace.as_deref(), cli.output).await?
         }
         Command::Image(cmd) => images::run(&cli, cmd).await?,
+        Command::Service(cmd) => services::run(&cli, cmd).await?,
         Command::Namespace(cmd) => cli::run_ns(&cli, cmd).await?,
         Command::Key(cmd) => cli::run_key(&cli, cmd).await?,
     }

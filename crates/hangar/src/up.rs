@@ -71,18 +71,39 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         }
     }
     let scheduler = Arc::new(Scheduler::new(runtimes, meter.clone(), opts.max_log_bytes));
+    let (services, services_unavailable) = match start_services(&opts.data_dir, images.clone()).await {
+        Ok(s) => (Some(Arc::new(s)), None),
+        Err(e) => {
+            tracing::warn!("services are not available: {e:#}");
+            eprintln!("warning: services are not available: {e:#}");
+            (None, Some(format!("{e:#}")))
+        }
+    };
+    let users = services.clone();
+    let image_users: hangar_gateway::ImageUsers = Arc::new(move |ns: &str, id: &str| users.as_ref().is_some_and(|s| s.uses_image(ns, id)));
     let state = AppState {
         store,
         scheduler: scheduler.clone(),
         meter: meter.clone(),
         images,
-        image_users: Arc::new(|_, _| false),
+        image_users,
+        services: services.clone(),
+        services_unavailable,
         keys: KeyCache::default(),
         limits: opts.limits,
         deploy_lock: Arc::default(),
         ready: Arc::default(),
     };
     let restored = hangar_gateway::restore(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    // Services come back in the background; the API answers meanwhile.
+    let restoring = state.clone();
+    tokio::spawn(async move {
+        match hangar_gateway::restore_services(&restoring).await {
+            Ok(n) if n > 0 => tracing::info!("{n} service(s) restored"),
+            Ok(_) => {}
+            Err(e) => tracing::error!("restoring services: {}", e.message),
+        }
+    });
 
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -121,12 +142,32 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         tracing::warn!(left, "invocations still running at shutdown");
     }
     scheduler.shutdown().await;
+    if let Some(s) = &services {
+        s.shutdown().await;
+    }
     meter.flush().await;
     drop(meter);
     drop(scheduler);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     println!("Hangar stopped");
     Ok(())
+}
+
+/// The services runtime, if this machine can run containers (root, runc, iproute2).
+async fn start_services(data_dir: &std::path::Path, images: Arc<hangar_image::ImageStore>) -> anyhow::Result<hangar_service::Services> {
+    use sha2::Digest as _;
+    if !nix::unistd::Uid::effective().is_root() {
+        anyhow::bail!("they need root (containers, mounts and network namespaces); run `hangar up` as root");
+    }
+    for tool in ["runc", "ip"] {
+        let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+        if !found {
+            anyhow::bail!("`{tool}` is not installed (apt-get install {})", if tool == "ip" { "iproute2" } else { tool });
+        }
+    }
+    let canonical = std::fs::canonicalize(data_dir).context("resolving the data dir")?;
+    let sid = hex::encode(&sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5]);
+    Ok(hangar_service::Services::start(data_dir, &sid, images).await?)
 }
 
 async fn shutdown_signal() {

@@ -64,6 +64,19 @@ pub struct FunctionRow {
     pub updated_ms: i64,
 }
 
+/// The current revision of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRow {
+    pub namespace: String,
+    pub name: String,
+    pub revision: u64,
+    pub config: hangar_api::services::ServiceConfig,
+    /// The image id (config digest) the revision runs.
+    pub image_id: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
 pub use hangar_api::InvocationRecord;
 
 /// Which invocations to list.
@@ -106,6 +119,13 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_function(&self, namespace: &str, name: &str) -> Result<bool>;
 
     /// Appends a batch of records in one transaction.
+    /// Creates or replaces a service's current revision.
+    async fn put_service(&self, row: &ServiceRow) -> Result<()>;
+    async fn get_service(&self, namespace: &str, name: &str) -> Result<Option<ServiceRow>>;
+    /// `None` lists every namespace.
+    async fn list_services(&self, namespace: Option<&str>) -> Result<Vec<ServiceRow>>;
+    async fn delete_service(&self, namespace: &str, name: &str) -> Result<bool>;
+
     async fn insert_invocations(&self, batch: Vec<InvocationRecord>) -> Result<()>;
     async fn list_invocations(&self, filter: InvocationFilter) -> Result<Vec<InvocationRecord>>;
     /// One record; `namespace` restricts the look-up (`None`: any namespace).

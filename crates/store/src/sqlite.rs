@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{
-    FunctionRow, InvocationFilter, InvocationRecord, KeyRow, NamespaceRow, Result, Store, StoreError,
+    ServiceRow, FunctionRow, InvocationFilter, InvocationRecord, KeyRow, NamespaceRow, Result, Store, StoreError,
 };
 
 const SCHEMA: &str = r#"
@@ -41,6 +41,16 @@ CREATE TABLE IF NOT EXISTS revisions (
     code_digest TEXT NOT NULL,
     created_ms  INTEGER NOT NULL,
     PRIMARY KEY (namespace, name, revision)
+);
+CREATE TABLE IF NOT EXISTS services (
+    namespace   TEXT NOT NULL REFERENCES namespaces(name),
+    name        TEXT NOT NULL,
+    revision    INTEGER NOT NULL,
+    config      TEXT NOT NULL,
+    image_id    TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
 );
 CREATE TABLE IF NOT EXISTS invocations (
     id             TEXT PRIMARY KEY,
@@ -214,6 +224,13 @@ impl Store for SqliteStore {
                     "namespace `{name}` still has {functions} function(s); delete them first"
                 )));
             }
+            let services: i64 =
+                tx.query_row("SELECT count(*) FROM services WHERE namespace = ?1", [&name], |r| r.get(0))?;
+            if services > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "namespace `{name}` still has {services} service(s); delete them first"
+                )));
+            }
             tx.execute("DELETE FROM api_keys WHERE namespace = ?1", [&name])?;
             let n = tx.execute("DELETE FROM namespaces WHERE name = ?1", [&name])?;
             tx.commit()?;
@@ -327,6 +344,57 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_service(&self, row: &ServiceRow) -> Result<()> {
+        let row = row.clone();
+        let config = serde_json::to_string(&row.config)
+            .map_err(|e| StoreError::Corrupt(format!("service config does not serialize: {e}")))?;
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO services(namespace, name, revision, config, image_id, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(namespace, name) DO UPDATE SET revision = excluded.revision,
+                   config = excluded.config, image_id = excluded.image_id, updated_ms = excluded.updated_ms",
+                params![row.namespace, row.name, row.revision as i64, config, row.image_id, row.created_ms, row.updated_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_service(&self, namespace: &str, name: &str) -> Result<Option<ServiceRow>> {
+        let (ns, name) = (namespace.to_string(), name.to_string());
+        let raw = self
+            .with(move |c| {
+                Ok(c.query_row(
+                    &format!("SELECT {SERVICE_COLUMNS} FROM services WHERE namespace = ?1 AND name = ?2"),
+                    params![ns, name],
+                    service_from_row,
+                )
+                .optional()?)
+            })
+            .await?;
+        raw.map(decode_service).transpose()
+    }
+
+    async fn list_services(&self, namespace: Option<&str>) -> Result<Vec<ServiceRow>> {
+        let ns = namespace.map(str::to_string);
+        let raw = self
+            .with(move |c| {
+                let mut st = c.prepare_cached(&format!(
+                    "SELECT {SERVICE_COLUMNS} FROM services WHERE (?1 IS NULL OR namespace = ?1) ORDER BY namespace, name"
+                ))?;
+                let rows = st.query_map([ns], service_from_row)?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await?;
+        raw.into_iter().map(decode_service).collect()
+    }
+
+    async fn delete_service(&self, namespace: &str, name: &str) -> Result<bool> {
+        let (ns, name) = (namespace.to_string(), name.to_string());
+        self.with(move |c| Ok(c.execute("DELETE FROM services WHERE namespace = ?1 AND name = ?2", params![ns, name])? > 0)).await
+    }
+
     async fn insert_invocations(&self, batch: Vec<InvocationRecord>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
@@ -393,6 +461,19 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+const SERVICE_COLUMNS: &str = "namespace, name, revision, config, image_id, created_ms, updated_ms";
+
+type RawService = (String, String, i64, String, String, i64, i64);
+
+fn service_from_row(r: &Row<'_>) -> rusqlite::Result<RawService> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+}
+
+fn decode_service((namespace, name, revision, config, image_id, created_ms, updated_ms): RawService) -> Result<ServiceRow> {
+    let config = serde_json::from_str(&config).map_err(|e| StoreError::Corrupt(format!("service {namespace}/{name}: config: {e}")))?;
+    Ok(ServiceRow { namespace, name, revision: revision as u64, config, image_id, created_ms, updated_ms })
 }
 
 #[cfg(test)]

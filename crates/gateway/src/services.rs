@@ -1,0 +1,256 @@
+//! `/v1/services` (deploy with a rolling update, list, show with instances, remove, logs) and
+//! `/svc/{namespace}/{name}/...`: the reverse proxy to a service's ready instances (least
+//! outstanding requests, pooled keep-alive connections, streaming both ways, WebSocket and
+//! other upgrades passed through).
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use hangar_api::services::{Service, ServiceConfig, ServiceDeployed};
+use hangar_service::{ServiceError, Services};
+use hangar_store::ServiceRow;
+use http_body_util::BodyExt as _;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::api::NamespaceQuery;
+use crate::auth::{Credentials, Principal};
+use crate::error::{ApiError, ApiJson, ApiQuery};
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let message = e.to_string();
+        match e {
+            ServiceError::Invalid(_) => ApiError::bad_request("invalid_service", message),
+            ServiceError::NotReady(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_ready", message),
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "service_error", message),
+        }
+    }
+}
+
+fn services(state: &AppState) -> Result<&Arc<Services>, ApiError> {
+    state.services.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "services_unavailable",
+            format!("services are not available on this server: {}", state.services_unavailable.as_deref().unwrap_or("unknown reason")),
+        )
+    })
+}
+
+fn view(state: &AppState, row: &ServiceRow) -> Service {
+    let instances = state.services.as_ref().and_then(|s| s.get(&row.namespace, &row.name)).map(|s| s.instances()).unwrap_or_default();
+    Service {
+        namespace: row.namespace.clone(),
+        name: row.name.clone(),
+        revision: row.revision,
+        config: row.config.clone(),
+        image_id: row.image_id.clone(),
+        url_path: format!("/svc/{}/{}/", row.namespace, row.name),
+        created_at: hangar_api::rfc3339(row.created_ms),
+        updated_at: hangar_api::rfc3339(row.updated_ms),
+        instances,
+    }
+}
+
+/// Creates or updates a service and rolls it out: new instances start and must pass their
+/// readiness probe before the old ones drain and stop. A revision whose instances do not
+/// become ready (e.g. a crash loop) is not kept: the old one keeps serving, and the answer is
+/// 422 with their last output.
+#[utoipa::path(put, path = "/v1/services/{name}", params(("name" = String, Path), NamespaceQuery), tag = "services", request_body = ServiceConfig,
+    responses((status = 200, body = ServiceDeployed), (status = 201, body = ServiceDeployed), (status = 400, body = hangar_api::ErrorBody),
+        (status = 404, body = hangar_api::ErrorBody), (status = 422, body = hangar_api::ErrorBody)))]
+pub async fn put_service(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>, ApiJson(config): ApiJson<ServiceConfig>) -> Result<Response, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    hangar_api::validate::name("name", &name)?;
+    config.validate()?;
+    let svcs = services(&state)?.clone();
+    let image = state.images.get(&ns, &config.image).ok_or_else(|| {
+        ApiError::bad_request("unknown_image", format!("image `{}` is not in namespace `{ns}`: `hangar image pull` or `hangar image import` it first", config.image))
+    })?;
+    if state.store.get_namespace(&ns).await?.is_none() {
+        return Err(ApiError::not_found(format_args!("namespace `{ns}`")));
+    }
+    let _guard = state.deploy_lock.lock().await;
+    let existing = state.store.get_service(&ns, &name).await?;
+    if let Some(row) = &existing
+        && row.config == config
+        && row.image_id == image.id
+        && svcs.get(&ns, &name).is_some()
+    {
+        return Ok((StatusCode::OK, Json(ServiceDeployed { status: "unchanged".into(), service: view(&state, row) })).into_response());
+    }
+    let now = hangar_api::now_ms();
+    let row = ServiceRow {
+        namespace: ns.clone(),
+        name: name.clone(),
+        revision: existing.as_ref().map_or(1, |r| r.revision + 1),
+        config: config.clone(),
+        image_id: image.id.clone(),
+        created_ms: existing.as_ref().map_or(now, |r| r.created_ms),
+        updated_ms: now,
+    };
+    svcs.rollout(&ns, &name, row.revision, config, image).await?;
+    state.store.put_service(&row).await?;
+    let (status, word) = if existing.is_some() { (StatusCode::OK, "updated") } else { (StatusCode::CREATED, "created") };
+    Ok((status, Json(ServiceDeployed { status: word.into(), service: view(&state, &row) })).into_response())
+}
+
+/// The services of a namespace.
+#[utoipa::path(get, path = "/v1/services", params(NamespaceQuery), tag = "services", responses((status = 200, body = [Service])))]
+pub async fn list_services(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Vec<Service>>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    Ok(Json(state.store.list_services(Some(&ns)).await?.iter().map(|r| view(&state, r)).collect()))
+}
+
+/// One service with its instances.
+#[utoipa::path(get, path = "/v1/services/{name}", params(("name" = String, Path), NamespaceQuery), tag = "services",
+    responses((status = 200, body = Service), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn get_service(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Service>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let row = state.store.get_service(&ns, &name).await?.ok_or_else(|| ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")))?;
+    Ok(Json(view(&state, &row)))
+}
+
+/// Stops a service's instances (gracefully) and forgets it; its volumes stay.
+#[utoipa::path(delete, path = "/v1/services/{name}", params(("name" = String, Path), NamespaceQuery), tag = "services",
+    responses((status = 204), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn delete_service(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<StatusCode, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let _guard = state.deploy_lock.lock().await;
+    if !state.store.delete_service(&ns, &name).await? {
+        return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
+    }
+    if let Some(s) = &state.services {
+        s.remove(&ns, &name).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    pub namespace: Option<String>,
+    /// Keep the response open and send new lines as they come.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// The service's recent output, one line per output line prefixed with its instance.
+#[utoipa::path(get, path = "/v1/services/{name}/logs", params(("name" = String, Path), LogsQuery), tag = "services",
+    responses((status = 200, content_type = "text/plain"), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn service_logs(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<LogsQuery>) -> Result<Response, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    if state.store.get_service(&ns, &name).await?.is_none() {
+        return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
+    }
+    let Some(svc) = state.services.as_ref().and_then(|s| s.get(&ns, &name)) else {
+        return Ok(([(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], "").into_response());
+    };
+    let (lines, rx) = svc.logs.snapshot();
+    let head: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    if !q.follow {
+        return Ok(([(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], head).into_response());
+    }
+    let first = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(bytes::Bytes::from(head)) });
+    let rest = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(line) => return Some((Ok(bytes::Bytes::from(format!("{line}\n"))), rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    use futures::StreamExt as _;
+    Ok(([(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(first.chain(rest))).into_response())
+}
+
+fn client() -> &'static Client<HttpConnector, Body> {
+    static CLIENT: OnceLock<Client<HttpConnector, Body>> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(60)).build(connector)
+    })
+}
+
+const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding"];
+
+/// `/svc/{namespace}/{name}/{rest...}`: the service sees `/{rest...}`.
+pub async fn proxy(State(state): State<AppState>, mut req: Request) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_string();
+    let mut parts = path.strip_prefix("/svc/").unwrap_or("").splitn(3, '/');
+    let (ns, name) = match (parts.next(), parts.next()) {
+        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => (ns.to_string(), name.to_string()),
+        _ => return Err(ApiError::bad_request("invalid_path", "service URLs look like /svc/{namespace}/{name}/{path}")),
+    };
+    let rest = parts.next().unwrap_or("");
+    let svc = state.services.as_ref().and_then(|s| s.get(&ns, &name));
+    let public = svc.as_ref().is_some_and(|s| s.config.read().unwrap_or_else(|p| p.into_inner()).public);
+    if !public {
+        let principal = Credentials::from_headers(req.headers(), &state.keys).require()?;
+        if !principal.can_access(&ns) || svc.is_none() {
+            return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
+        }
+        req.headers_mut().remove(http::header::AUTHORIZATION);
+    }
+    let Some(svc) = svc else { return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`"))) };
+    let Some(endpoint) = svc.pick() else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_ready_instance", format!("service `{name}` has no ready instance right now; `hangar svc get {name}` shows why")));
+    };
+    let target = match req.uri().query() {
+        Some(q) => format!("http://{}/{rest}?{q}", endpoint.addr()),
+        None => format!("http://{}/{rest}", endpoint.addr()),
+    };
+    let upgrade = req.headers().contains_key(http::header::UPGRADE);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut head, body) = req.into_parts();
+    head.uri = target.parse().map_err(|_| ApiError::bad_request("invalid_path", "the request path is not a valid URI"))?;
+    let host = head.headers.get(http::header::HOST).cloned();
+    for h in HOP_BY_HOP {
+        head.headers.remove(*h);
+    }
+    if upgrade {
+        head.headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    }
+    if let Some(h) = host {
+        head.headers.insert("x-forwarded-host", h);
+    }
+    head.headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
+    let resp = client().request(Request::from_parts(head, body)).await.map_err(|e| {
+        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("service `{name}` (instance at {}) did not answer: {e}", endpoint.addr()))
+    })?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_side) = client_upgrade
+    {
+        let (head, body) = resp.into_parts();
+        let mut upstream = http::Response::from_parts(head.clone(), body);
+        let upstream_side = hyper::upgrade::on(&mut upstream);
+        tokio::spawn(async move {
+            let _hold = endpoint;
+            if let (Ok(a), Ok(b)) = (client_side.await, upstream_side.await) {
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+            }
+        });
+        return Ok(Response::from_parts(head, Body::empty()));
+    }
+    let (mut head, body) = resp.into_parts();
+    for h in HOP_BY_HOP {
+        head.headers.remove(*h);
+    }
+    // The request counts as outstanding until its response body ends.
+    let body = body.map_frame(move |f| {
+        let _ = &endpoint;
+        f
+    });
+    Ok(Response::from_parts(head, Body::new(body)))
+}

@@ -1,0 +1,218 @@
+//! Services through the real binary: images built here from busybox-static (httpd) and
+//! imported, deployed with runc, served through `/svc/...`, restarted when their process is
+//! killed, rolled out to a new revision under load without a failed request, kept across a
+//! `kill -9` of Hangar with nothing leaked, volumes surviving redeploys, crash loops reported.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use common::oci::{layer, oci_layout};
+use serde_json::{Value, json};
+
+/// A busybox httpd image: `/www/index.html` says `text`; `/cgi-bin/` scripts run with `sh`.
+fn httpd_image(dir: &Path, text: &str) -> PathBuf {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is missing: ./scripts/test.sh installs it (apt-get install busybox-static)");
+    let count = "#!/bin/busybox sh\necho Content-Type: text/plain\necho\ncat /data/count 2>/dev/null || echo none\n";
+    let write = "#!/bin/busybox sh\necho Content-Type: text/plain\necho\necho \"$QUERY_STRING\" > /data/count\necho stored\n".to_string();
+    let env = "#!/bin/busybox sh\necho Content-Type: text/plain\necho\necho \"PORT=$PORT GREETING=$GREETING HOST=$(hostname)\"\n".to_string();
+    let base = layer(&[
+        ("bin/", b"", 0o755),
+        ("bin/busybox", &busybox, 0o755),
+        ("bin/sh", b"->busybox", 0o777),
+        ("etc/", b"", 0o755),
+        ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/www:/bin/sh\n", 0o644),
+        ("etc/group", b"root:x:0:\nwww:x:33:\n", 0o644),
+        ("tmp/", b"", 0o1777),
+    ]);
+    let site = layer(&[
+        ("www/", b"", 0o755),
+        ("www/index.html", text.as_bytes(), 0o644),
+        ("www/cgi-bin/", b"", 0o755),
+        ("www/cgi-bin/count", count.as_bytes(), 0o755),
+        ("www/cgi-bin/write", write.as_bytes(), 0o755),
+        ("www/cgi-bin/env", env.as_bytes(), 0o755),
+    ]);
+    let run = json!({"Entrypoint": ["/bin/busybox"], "Cmd": ["httpd", "-f", "-v", "-p", "8080", "-h", "/www"], "ExposedPorts": {"8080/tcp": {}}, "Env": ["GREETING=from-image"]});
+    let layout = dir.join(format!("httpd-{}", text.len()));
+    oci_layout(&layout, &[base, site], run, None);
+    layout
+}
+
+async fn get(s: &Server, path: &str) -> (u16, String) {
+    let r = s.get(path).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+fn service(s: &Server, name: &str) -> Value {
+    serde_json::from_str(&s.ok(&["-o", "json", "svc", "get", name])).unwrap()
+}
+
+fn container_pids(s: &Server) -> Vec<i32> {
+    let cgroup = cgroup_dir(s);
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir(&cgroup).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let procs = std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+    }
+    pids
+}
+
+fn sid(s: &Server) -> String {
+    use sha2::Digest;
+    let canonical = std::fs::canonicalize(s.dir.path()).unwrap();
+    hex::encode(&sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5])
+}
+
+fn cgroup_dir(s: &Server) -> PathBuf {
+    let v1 = Path::new("/sys/fs/cgroup/pids").join(format!("hangar-{}-svc", sid(s)));
+    if Path::new("/sys/fs/cgroup/pids").is_dir() { v1 } else { Path::new("/sys/fs/cgroup").join(format!("hangar-{}-svc", sid(s))) }
+}
+
+/// What this server owns on the machine: containers' cgroups, mounts, network namespaces, its bridge.
+fn owned(s: &Server) -> (usize, usize, usize, bool) {
+    let sid = sid(s);
+    let cgroups = std::fs::read_dir(cgroup_dir(s)).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).count();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&format!("hangar-svc-{sid}"))).count();
+    let netns = std::fs::read_dir("/run/netns").into_iter().flatten().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&format!("hgr-{sid}-"))).count();
+    let bridge = Path::new("/sys/class/net").join(format!("hgr{sid}")).exists();
+    (cgroups, mounts, netns, bridge)
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_service_runs_restarts_rolls_out_and_survives_a_killed_server() {
+    let mut s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    s.ok(&["image", "import", httpd_image(work.path(), "v1").to_str().unwrap(), "--name", "web:v1"]);
+    s.ok(&["image", "import", httpd_image(work.path(), "v2!").to_str().unwrap(), "--name", "web:v2"]);
+
+    // Deploy: ready before the command returns, served under /svc/default/web/.
+    let out = s.ok(&["svc", "deploy", "web", "--image", "web:v1", "--env", "GREETING=hello", "--volume", "data:/data", "--min", "2"]);
+    assert!(out.contains("created default/web revision 1"), "{out}");
+    assert_eq!(get(&s, "/svc/default/web/").await, (200, "v1".into()));
+    let (st, env) = get(&s, "/svc/default/web/cgi-bin/env").await;
+    assert_eq!(st, 200, "{env}");
+    assert!(env.contains("PORT=8080 GREETING=hello HOST=web"), "{env}");
+    let v = service(&s, "web");
+    let instances = v["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 2);
+    assert!(instances.iter().all(|i| i["state"] == "ready"), "{v}");
+    // Each instance has its own address on the bridge.
+    assert_ne!(instances[0]["address"], instances[1]["address"]);
+    // Without a key: as if it did not exist.
+    let r = reqwest::get(format!("{}/svc/default/web/", s.url)).await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Volume data written by one revision is there for the next.
+    assert_eq!(get(&s, "/svc/default/web/cgi-bin/write?41").await.1.trim(), "stored");
+
+    // Killing the container's process: the instance restarts.
+    let before = container_pids(&s);
+    assert!(!before.is_empty(), "no container processes found");
+    for pid in &before {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    wait_for("the instances to restart", Duration::from_secs(30), async || {
+        let v = service(&s, "web");
+        v["instances"].as_array().unwrap().iter().all(|i| i["state"] == "ready" && i["restarts"].as_u64() >= Some(1))
+    })
+    .await;
+    assert_eq!(get(&s, "/svc/default/web/").await, (200, "v1".into()));
+
+    // Rolling update under load: no failed request, and the new revision serves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, key, stop) = (s.url.clone(), s.admin_key.clone(), stop.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let (mut ok, mut failed, mut seen_v2) = (0, Vec::new(), false);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http.get(format!("{url}/svc/default/web/")).bearer_auth(&key).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        ok += 1;
+                        seen_v2 |= r.text().await.unwrap_or_default() == "v2!";
+                    }
+                    Ok(r) => failed.push(format!("{} {}", r.status(), r.text().await.unwrap_or_default())),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed, seen_v2)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = s.ok(&["svc", "deploy", "web", "--image", "web:v2", "--env", "GREETING=hello", "--volume", "data:/data", "--min", "2"]);
+    assert!(out.contains("updated default/web revision 2"), "{out}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, seen_v2) = load.await.unwrap();
+    assert!(failed.is_empty(), "{} of {} requests failed during the rollout: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(5)]);
+    assert!(ok > 20 && seen_v2, "ok={ok} seen_v2={seen_v2}");
+    assert_eq!(get(&s, "/svc/default/web/").await, (200, "v2!".into()));
+    assert_eq!(get(&s, "/svc/default/web/cgi-bin/count").await.1.trim(), "41", "the volume outlives the revision");
+    let v = service(&s, "web");
+    assert!(v["instances"].as_array().unwrap().iter().all(|i| i["revision"] == 2), "{v}");
+
+    // kill -9 of Hangar: the next start removes what was left and brings the service back.
+    s.kill();
+    let (_, _, netns_left, _) = owned(&s);
+    assert!(netns_left > 0, "a killed server leaves its instances running");
+    s.restart_after_stop();
+    wait_for("the service to come back", Duration::from_secs(60), async || get(&s, "/svc/default/web/").await == (200, "v2!".into())).await;
+    let (cgroups, mounts, netns, bridge) = owned(&s);
+    assert_eq!((cgroups, mounts, netns, bridge), (2, 2, 2, true), "exactly the two new instances");
+    assert_eq!(get(&s, "/svc/default/web/cgi-bin/count").await.1.trim(), "41");
+
+    // Removing the service leaves nothing; a graceful stop leaves nothing either.
+    s.ok(&["svc", "rm", "web"]);
+    assert_eq!(get(&s, "/svc/default/web/").await.0, 404);
+    let (cgroups, mounts, netns, _) = owned(&s);
+    assert_eq!((cgroups, mounts, netns), (0, 0, 0));
+    s.ok(&["svc", "deploy", "again", "--image", "web:v1"]);
+    s.stop();
+    assert_eq!(owned(&s), (0, 0, 0, false), "a stopped server leaves nothing behind");
+}
+
+#[tokio::test]
+async fn bad_services_are_refused_or_reported_as_crash_loops() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    s.ok(&["image", "import", httpd_image(work.path(), "ok").to_str().unwrap(), "--name", "web:1"]);
+
+    // Unknown image, volume escaping to a host path, bad runtime: refused before anything runs.
+    let err = s.fails(&["svc", "deploy", "x", "--image", "nope:1"], 6);
+    assert!(err.contains("hangar image pull"), "{err}");
+    let r = s.http().put(format!("{}/v1/services/x", s.url)).bearer_auth(&s.admin_key).json(&json!({"image": "web:1", "volumes": ["/etc:/x"]})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s.http().put(format!("{}/v1/services/x", s.url)).bearer_auth(&s.admin_key).json(&json!({"image": "web:1", "volumes": ["data:/../etc"]})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = s.http().put(format!("{}/v1/services/x", s.url)).bearer_auth(&s.admin_key).json(&json!({"image": "web:1", "runtime": "docker"})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    // A process that exits at once: a crash loop, reported with its last output; nothing kept.
+    let err = s.fails(&["svc", "deploy", "crash", "--image", "web:1", "--command", "/bin/sh", "--arg", "-c", "--arg", "echo cannot start: missing config >&2; exit 3"], 6);
+    assert!(err.contains("crash loop") && err.contains("cannot start: missing config") && err.contains("code 3"), "{err}");
+    s.fails(&["svc", "get", "crash"], 4);
+    let (cgroups, mounts, netns, _) = owned(&s);
+    assert_eq!((cgroups, mounts, netns), (0, 0, 0), "nothing half-created is left");
+
+    // A working service keeps serving when its update crash-loops.
+    s.ok(&["svc", "deploy", "web", "--image", "web:1"]);
+    s.fails(&["svc", "deploy", "web", "--image", "web:1", "--command", "/bin/false"], 6);
+    assert_eq!(get(&s, "/svc/default/web/").await, (200, "ok".into()));
+    assert_eq!(service(&s, "web")["revision"], 1);
+    let logs = s.ok(&["svc", "logs", "web"]);
+    assert!(logs.contains("[web-1-"), "{logs}");
+}

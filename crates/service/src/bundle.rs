@@ -1,0 +1,216 @@
+//! One service instance's OCI bundle: a copy-on-write root (overlayfs over the image's
+//! unpacked layers, the instance's own upper directory) and a `config.json` for runc or runsc
+//! built from the image config and the service spec.
+
+use std::path::{Path, PathBuf};
+
+use hangar_api::services::ServiceConfig;
+use hangar_image::RunConfig;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+
+use crate::ServiceError;
+
+/// Capabilities a container process gets (Docker's default set).
+const CAPS: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Everything an instance's config needs.
+#[derive(Debug)]
+pub struct InstanceSpec<'a> {
+    pub hostname: &'a str,
+    pub image: &'a RunConfig,
+    pub config: &'a ServiceConfig,
+    pub port: u16,
+    pub netns: &'a Path,
+    pub cgroup_path: String,
+    /// (host directory, container path) of each volume.
+    pub volumes: Vec<(PathBuf, String)>,
+    /// Files generated for the instance: hosts, resolv.conf, hostname.
+    pub etc: &'a Path,
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, ServiceError> {
+    Ok(MountBuilder::default().destination(dest).typ(typ).source(source).options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>()).build()?)
+}
+
+fn bind(source: &Path, dest: &str, options: &[&str]) -> Result<Mount, ServiceError> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+/// `uid[:gid]` or `name[:group]` resolved in the image's `/etc/passwd` and `/etc/group`.
+pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), ServiceError> {
+    if user.is_empty() {
+        return Ok((0, 0, Vec::new()));
+    }
+    let (u, g) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(uid) => (uid, passwd.lines().find(|l| l.split(':').nth(2) == Some(u)).and_then(|l| l.split(':').nth(3)?.parse().ok())),
+        Err(_) => {
+            let line = passwd.lines().find(|l| l.split(':').next() == Some(u)).ok_or_else(|| ServiceError::Invalid(format!("user `{u}` is not in the image's /etc/passwd")))?;
+            let f: Vec<&str> = line.split(':').collect();
+            (f.get(2).and_then(|x| x.parse().ok()).unwrap_or(0), f.get(3).and_then(|x| x.parse().ok()))
+        }
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group
+                .lines()
+                .find(|l| l.split(':').next() == Some(g))
+                .and_then(|l| l.split(':').nth(2)?.parse().ok())
+                .ok_or_else(|| ServiceError::Invalid(format!("group `{g}` is not in the image's /etc/group")))?,
+        },
+        None => primary.unwrap_or(0),
+    };
+    Ok((uid, gid, Vec::new()))
+}
+
+/// The process's argv: the service's command/args, else the image's Entrypoint/Cmd.
+pub fn argv(image: &RunConfig, config: &ServiceConfig) -> Vec<String> {
+    let entry = config.command.clone().unwrap_or_else(|| image.entrypoint.clone());
+    let args = match (&config.command, &config.args) {
+        (_, Some(a)) => a.clone(),
+        (Some(_), None) => Vec::new(),
+        (None, None) => image.cmd.clone(),
+    };
+    entry.into_iter().chain(args).collect()
+}
+
+/// The config.json of an instance whose root is at `rootfs`.
+pub fn config(spec: &InstanceSpec<'_>, rootfs: &Path) -> Result<Spec, ServiceError> {
+    let args = argv(spec.image, spec.config);
+    if args.is_empty() {
+        return Err(ServiceError::Invalid("the image has no Entrypoint or Cmd; give the service a command".into()));
+    }
+    let mut env: Vec<String> = Vec::new();
+    let mut set = |k: &str, v: &str| {
+        env.retain(|e| e.split_once('=').is_none_or(|(ek, _)| ek != k));
+        env.push(format!("{k}={v}"));
+    };
+    set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for e in &spec.image.env {
+        if let Some((k, v)) = e.split_once('=') {
+            set(k, v);
+        }
+    }
+    for (k, v) in &spec.config.env {
+        set(k, v);
+    }
+    set("PORT", &spec.port.to_string());
+    set("HOSTNAME", spec.hostname);
+    let (uid, gid, additional) = resolve_user(rootfs, &spec.image.user)?;
+    let cwd = if spec.image.working_dir.is_empty() { "/".to_string() } else { spec.image.working_dir.clone() };
+    let caps: std::collections::HashSet<Capability> = CAPS.iter().copied().collect();
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .user(UserBuilder::default().uid(uid).gid(gid).additional_gids(additional).build()?)
+        .capabilities(
+            oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .build()?,
+        )
+        .no_new_privileges(true)
+        .build()?;
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?,
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        bind(&spec.etc.join("hosts"), "/etc/hosts", &["rbind", "ro"])?,
+        bind(&spec.etc.join("resolv.conf"), "/etc/resolv.conf", &["rbind", "ro"])?,
+        bind(&spec.etc.join("hostname"), "/etc/hostname", &["rbind", "ro"])?,
+    ];
+    for (host, inside) in &spec.volumes {
+        mounts.push(bind(host, inside, &["rbind", "rw", "nosuid", "nodev"])?);
+    }
+    let memory = i64::from(spec.config.memory_mb) << 20;
+    let period = 100_000u64;
+    let quota = (spec.config.cpus * period as f64) as i64;
+    let resources = LinuxResourcesBuilder::default()
+        .memory(LinuxMemoryBuilder::default().limit(memory).swap(memory).build()?)
+        .cpu(LinuxCpuBuilder::default().period(period).quota(quota).shares((spec.config.cpus * 1024.0) as u64).build()?)
+        .pids(LinuxPidsBuilder::default().limit(4096i64).build()?)
+        .build()?;
+    let ns = |t| LinuxNamespaceBuilder::default().typ(t).build();
+    let namespaces = vec![
+        ns(LinuxNamespaceType::Pid)?,
+        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(spec.netns).build()?,
+        ns(LinuxNamespaceType::Ipc)?,
+        ns(LinuxNamespaceType::Uts)?,
+        ns(LinuxNamespaceType::Mount)?,
+    ];
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .cgroups_path(PathBuf::from(&spec.cgroup_path))
+        .masked_paths(
+            ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
+                .map(String::from)
+                .to_vec(),
+        )
+        .readonly_paths(["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"].map(String::from).to_vec())
+        .build()?;
+    Ok(SpecBuilder::default()
+        .version("1.0.2")
+        .root(RootBuilder::default().path(rootfs).readonly(false).build()?)
+        .hostname(spec.hostname)
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .build()?)
+}
+
+/// Mounts the overlay root: `lower` top first, the instance's `upper` and `work`.
+pub fn mount_root(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), ServiceError> {
+    use nix::mount::{MsFlags, mount};
+    std::fs::create_dir_all(upper)?;
+    std::fs::create_dir_all(work)?;
+    std::fs::create_dir_all(target)?;
+    if lower.is_empty() {
+        return Err(ServiceError::Invalid("the image has no layers".into()));
+    }
+    let lowers: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+    let data = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display());
+    if data.len() >= 4000 {
+        return Err(ServiceError::Invalid(format!("the image has too many layers ({}) to stack here", lower.len())));
+    }
+    mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(data.as_str())).map_err(|e| ServiceError::Io(std::io::Error::other(format!("mounting the overlay root at {}: {e}", target.display()))))
+}
+
+/// Unmounts an overlay root (lazily, in case something still holds it).
+pub fn unmount_root(target: &Path) {
+    use nix::mount::{MntFlags, umount2};
+    let _ = umount2(target, MntFlags::MNT_DETACH);
+}

@@ -1,0 +1,292 @@
+//! Services: long-running OCI containers from the image store, each instance in its own
+//! network namespace on Hangar's bridge, its own copy-on-write root, under cgroup limits, run
+//! by runc (or gVisor's runsc); readiness-checked before traffic, restarted with backoff when
+//! they exit, replaced by rolling updates, and balanced by least outstanding requests.
+//!
+//! [`Services`] is the table the gateway routes through. Each instance is a *slot*: a task
+//! that starts a container, waits for its readiness probe, publishes its address, and restarts
+//! it when it ends, until the slot is stopped (drain, SIGTERM, grace, SIGKILL, clean up).
+
+mod bundle;
+mod logs;
+mod network;
+mod slot;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use hangar_api::services::{ServiceConfig, ServiceInstance};
+use hangar_image::{Image, ImageStore};
+
+pub use logs::LogRing;
+pub use network::Network;
+
+/// What can go wrong running services; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("service networking: {0}")]
+    Network(String),
+    #[error("the container runtime: {0}")]
+    Runtime(String),
+    #[error("the service did not become ready: {0}")]
+    NotReady(String),
+    #[error("services: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("building the container config: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+}
+
+/// Where a server keeps its services' state; shared by every slot.
+#[derive(Debug)]
+pub struct Host {
+    sid: String,
+    /// `<data>/services`: instance upper directories and volumes.
+    data: PathBuf,
+    /// `/run/hangar-svc-<sid>`: bundles, mounted roots, runc state.
+    run: PathBuf,
+    network: Network,
+    cgroup_parent: String,
+    seq: AtomicU64,
+    runsc: Option<PathBuf>,
+}
+
+impl Host {
+    fn runc_root(&self) -> PathBuf {
+        self.run.join("runc")
+    }
+
+    fn runsc_root(&self) -> PathBuf {
+        self.run.join("runsc")
+    }
+
+    /// The directory of a named volume of a namespace.
+    pub fn volume_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.data.join("volumes").join(namespace).join(name)
+    }
+}
+
+/// A ready instance's address, and its requests in flight.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub instance: String,
+    inflight: AtomicU32,
+}
+
+/// One request's hold on an endpoint; dropping it ends the request.
+#[derive(Debug)]
+pub struct EndpointGuard(Arc<Endpoint>);
+
+impl EndpointGuard {
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+}
+
+impl Drop for EndpointGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A running service: its ready endpoints, its slots, its logs.
+#[derive(Debug)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub config: RwLock<ServiceConfig>,
+    routes: RwLock<Vec<Arc<Endpoint>>>,
+    slots: Mutex<Vec<slot::Slot>>,
+    pub logs: Arc<LogRing>,
+}
+
+impl Service {
+    /// The ready endpoint with the fewest requests in flight.
+    pub fn pick(&self) -> Option<EndpointGuard> {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        let e = routes.iter().min_by_key(|e| e.inflight.load(Ordering::Acquire))?.clone();
+        e.inflight.fetch_add(1, Ordering::AcqRel);
+        Some(EndpointGuard(e))
+    }
+
+    fn publish(&self, e: Arc<Endpoint>) {
+        self.routes.write().unwrap_or_else(|p| p.into_inner()).push(e);
+    }
+
+    fn unpublish(&self, instance: &str) -> Option<Arc<Endpoint>> {
+        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        let i = routes.iter().position(|e| e.instance == instance)?;
+        Some(routes.remove(i))
+    }
+
+    /// Its instances now.
+    pub fn instances(&self) -> Vec<ServiceInstance> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().map(slot::Slot::status).collect()
+    }
+}
+
+/// See the module docs.
+pub struct Services {
+    host: Arc<Host>,
+    images: Arc<ImageStore>,
+    table: RwLock<HashMap<(String, String), Arc<Service>>>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").field("host", &self.host).finish_non_exhaustive()
+    }
+}
+
+/// The port a service listens on: its own, the image's first exposed TCP port, or 8080.
+pub fn service_port(config: &ServiceConfig, image: &Image) -> u16 {
+    config.port.or_else(|| image.config.exposed_ports.first().copied()).unwrap_or(8080)
+}
+
+impl Services {
+    /// Services of the server whose data dir is `data` (`sid` names what it owns on the
+    /// machine). Removes whatever an earlier run of this server left: containers, mounts,
+    /// namespaces, the bridge, cgroups and instance roots (volumes stay).
+    pub async fn start(data: &Path, sid: &str, images: Arc<ImageStore>) -> Result<Services, ServiceError> {
+        let runsc = ["/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc"].iter().map(PathBuf::from).find(|p| p.exists());
+        let host = Arc::new(Host {
+            sid: sid.to_string(),
+            data: data.join("services"),
+            run: PathBuf::from(format!("/run/hangar-svc-{sid}")),
+            network: Network::new(sid),
+            cgroup_parent: format!("hangar-{sid}-svc"),
+            seq: AtomicU64::new(1),
+            runsc,
+        });
+        let s = Services { host, images, table: RwLock::new(HashMap::new()) };
+        s.remove_all().await;
+        std::fs::create_dir_all(s.host.run.join("runc"))?;
+        std::fs::create_dir_all(s.host.data.join("instances"))?;
+        std::fs::create_dir_all(s.host.data.join("volumes"))?;
+        Ok(s)
+    }
+
+    /// Removes every container, mount, namespace, cgroup and instance root this server owns.
+    async fn remove_all(&self) {
+        let h = &self.host;
+        hangar_jail::remove_all(&h.runc_root()).await;
+        if let Some(runsc) = &h.runsc {
+            let root = h.runsc_root();
+            if let Ok(out) = tokio::process::Command::new(runsc).arg("--root").arg(&root).args(["list", "-q"]).output().await {
+                for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+                    let _ = tokio::process::Command::new(runsc).arg("--root").arg(&root).args(["delete", "--force", id]).output().await;
+                }
+            }
+        }
+        // Mounted roots, deepest first.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let run = h.run.display().to_string();
+        let mut targets: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|t| t.starts_with(&run)).collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for t in targets {
+            bundle::unmount_root(Path::new(t));
+        }
+        let _ = std::fs::remove_dir_all(&h.run);
+        let _ = std::fs::remove_dir_all(h.data.join("instances"));
+        h.network.remove_all().await;
+        hangar_jail::cgroup::remove_tree(&h.cgroup_parent).await;
+    }
+
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
+    }
+
+    /// The running service `namespace/name`, if any.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    /// Whether any service of `namespace` runs the image `id`.
+    pub fn uses_image(&self, namespace: &str, id: &str) -> bool {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.values().filter(|s| s.namespace == namespace).any(|s| s.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|slot| slot.image_id() == id))
+    }
+
+    /// Rolls `namespace/name` out to `revision`: starts `min_instances` new instances, waits
+    /// until all are ready (traffic reaches each as soon as it is), then drains and stops the
+    /// old ones. If the new instances do not become ready, they are stopped and the old ones
+    /// keep serving; the error carries their last log lines.
+    pub async fn rollout(&self, namespace: &str, name: &str, revision: u64, config: ServiceConfig, image: Image) -> Result<(), ServiceError> {
+        let svc = {
+            let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+            table
+                .entry((namespace.to_string(), name.to_string()))
+                .or_insert_with(|| {
+                    Arc::new(Service {
+                        namespace: namespace.to_string(),
+                        name: name.to_string(),
+                        config: RwLock::new(config.clone()),
+                        routes: RwLock::new(Vec::new()),
+                        slots: Mutex::new(Vec::new()),
+                        logs: Arc::new(LogRing::new(1 << 20)),
+                    })
+                })
+                .clone()
+        };
+        let image = Arc::new(image);
+        let lower = self.images.lower_dirs(&image).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let mut fresh = Vec::new();
+        for _ in 0..config.min_instances {
+            fresh.push(slot::Slot::spawn(self.host.clone(), svc.clone(), revision, config.clone(), image.clone(), lower.clone()));
+        }
+        let waits: Vec<_> = fresh.iter().map(|s| s.ready(config.readiness.timeout_ms)).collect();
+        let results = futures::future::join_all(waits).await;
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            for s in fresh {
+                s.stop(0).await;
+            }
+            let empty = svc.slots.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+            if empty {
+                self.table.write().unwrap_or_else(|p| p.into_inner()).remove(&(namespace.to_string(), name.to_string()));
+            }
+            return Err(e);
+        }
+        let old: Vec<slot::Slot> = {
+            let mut slots = svc.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let old = std::mem::take(&mut *slots);
+            *slots = fresh;
+            old
+        };
+        *svc.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        for s in old {
+            let grace = s.grace_ms();
+            s.stop(grace).await;
+        }
+        Ok(())
+    }
+
+    /// Stops every instance of `namespace/name` (drain, SIGTERM, grace, SIGKILL).
+    pub async fn remove(&self, namespace: &str, name: &str) {
+        let svc = self.table.write().unwrap_or_else(|p| p.into_inner()).remove(&(namespace.to_string(), name.to_string()));
+        if let Some(svc) = svc {
+            let slots = std::mem::take(&mut *svc.slots.lock().unwrap_or_else(|p| p.into_inner()));
+            futures::future::join_all(slots.into_iter().map(|s| {
+                let grace = s.grace_ms();
+                s.stop(grace)
+            }))
+            .await;
+        }
+    }
+
+    /// Stops every service and removes what they left (server shutdown).
+    pub async fn shutdown(&self) {
+        let all: Vec<(String, String)> = self.table.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        futures::future::join_all(all.iter().map(|(ns, name)| self.remove(ns, name))).await;
+        self.remove_all().await;
+    }
+
+    /// The directory of a named volume (created on first use).
+    pub fn volume_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.host.volume_dir(namespace, name)
+    }
+}

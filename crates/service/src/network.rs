@@ -1,0 +1,184 @@
+//! Service networking: one Linux bridge per server (`hgr<id>`, a /24 of 10.213.0.0/16 claimed
+//! under `/run/hangar-subnets/`), and per instance a named network namespace
+//! (`/run/netns/hgr-<id>-<n>`) joined to it by a veth pair, with its own address and a default
+//! route through the bridge. Configured with iproute2 (`ip -batch`), two processes per instance.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::AsyncWriteExt as _;
+
+use crate::ServiceError;
+
+const CLAIMS: &str = "/run/hangar-subnets";
+
+/// An instance's place on the bridge.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub netns: String,
+    pub ip: Ipv4Addr,
+}
+
+impl Attachment {
+    /// The namespace file runc joins.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.netns)
+    }
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Network {
+    sid: String,
+    bridge: String,
+    subnet: tokio::sync::OnceCell<[u8; 3]>,
+    used: Mutex<HashSet<u8>>,
+    seq: AtomicU64,
+}
+
+async fn ip(args: &[&str], batch: &str) -> Result<(), ServiceError> {
+    let mut child = tokio::process::Command::new("ip")
+        .args(args)
+        .args(["-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| ServiceError::Network(format!("cannot run `ip` (iproute2): {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(batch.as_bytes()).await.map_err(|e| ServiceError::Network(e.to_string()))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| ServiceError::Network(e.to_string()))?;
+    if !out.status.success() {
+        return Err(ServiceError::Network(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
+
+impl Network {
+    pub fn new(sid: &str) -> Network {
+        Network {
+            sid: sid.to_string(),
+            bridge: format!("hgr{sid}"),
+            subnet: tokio::sync::OnceCell::new(),
+            used: Mutex::new(HashSet::new()),
+            seq: AtomicU64::new(1),
+        }
+    }
+
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// The bridge's own address (the instances' gateway), once the bridge exists.
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.subnet.get().map(|s| Ipv4Addr::new(s[0], s[1], s[2], 1))
+    }
+
+    /// Claims a free /24 for this server: the claim file names the server, and a claim whose
+    /// bridge no longer exists is stale and may be taken.
+    fn claim_subnet(&self) -> Result<[u8; 3], ServiceError> {
+        std::fs::create_dir_all(CLAIMS).map_err(|e| ServiceError::Network(format!("{CLAIMS}: {e}")))?;
+        let start = u8::from_str_radix(self.sid.get(..2).unwrap_or("0"), 16).unwrap_or(0);
+        for k in 0..=255u8 {
+            let x = start.wrapping_add(k);
+            let claim = PathBuf::from(CLAIMS).join(format!("10.213.{x}.0"));
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
+                Ok(_) => {
+                    std::fs::write(&claim, &self.sid).map_err(|e| ServiceError::Network(e.to_string()))?;
+                    return Ok([10, 213, x]);
+                }
+                Err(_) => {
+                    let owner = std::fs::read_to_string(&claim).unwrap_or_default();
+                    let owner = owner.trim();
+                    if owner == self.sid || (!owner.is_empty() && !std::path::Path::new("/sys/class/net").join(format!("hgr{owner}")).exists()) {
+                        std::fs::write(&claim, &self.sid).map_err(|e| ServiceError::Network(e.to_string()))?;
+                        return Ok([10, 213, x]);
+                    }
+                }
+            }
+        }
+        Err(ServiceError::Network("no free /24 left in 10.213.0.0/16 for the service bridge".into()))
+    }
+
+    async fn ensure_bridge(&self) -> Result<[u8; 3], ServiceError> {
+        self.subnet
+            .get_or_try_init(|| async {
+                let s = self.claim_subnet()?;
+                let b = &self.bridge;
+                let _ = ip(&[], &format!("link del {b}\n")).await;
+                ip(&[], &format!("link add {b} type bridge\naddr add {}.{}.{}.1/24 dev {b}\nlink set {b} up\n", s[0], s[1], s[2])).await?;
+                Ok(s)
+            })
+            .await
+            .copied()
+    }
+
+    fn allocate(&self) -> Result<u8, ServiceError> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let host = (2..=254u8).find(|h| !used.contains(h)).ok_or_else(|| ServiceError::Network("the service bridge has no free address (253 instances)".into()))?;
+        used.insert(host);
+        Ok(host)
+    }
+
+    /// A new network namespace on the bridge.
+    pub async fn attach(&self) -> Result<Attachment, ServiceError> {
+        let s = self.ensure_bridge().await?;
+        let host = self.allocate()?;
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let netns = format!("hgr-{}-{n}", self.sid);
+        // Host side: ≤ 15 characters.
+        let veth = format!("hgv{}{n:x}", &self.sid[..6.min(self.sid.len())]);
+        let ipaddr = Ipv4Addr::new(s[0], s[1], s[2], host);
+        let result = async {
+            ip(&[], &format!("netns add {netns}\nlink add {veth} type veth peer name eth0 netns {netns}\nlink set {veth} master {} up\n", self.bridge)).await?;
+            ip(&["-n", &netns], &format!("addr add {ipaddr}/24 dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {}.{}.{}.1\n", s[0], s[1], s[2])).await
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = ip(&[], &format!("netns del {netns}\n")).await;
+            self.release(host);
+            return Err(e);
+        }
+        Ok(Attachment { netns, ip: ipaddr })
+    }
+
+    fn release(&self, host: u8) {
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).remove(&host);
+    }
+
+    /// Removes an instance's namespace (its veth goes with it) and frees its address.
+    pub async fn detach(&self, a: &Attachment) {
+        if let Err(e) = ip(&[], &format!("netns del {}\n", a.netns)).await {
+            tracing::warn!("removing network namespace {}: {e}", a.netns);
+        }
+        self.release(a.ip.octets()[3]);
+    }
+
+    /// Removes every namespace, veth and the bridge this server made (recovery and shutdown).
+    pub async fn remove_all(&self) {
+        let prefix = format!("hgr-{}-", self.sid);
+        let mut batch = String::new();
+        for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                batch.push_str(&format!("netns del {name}\n"));
+            }
+        }
+        if std::path::Path::new("/sys/class/net").join(&self.bridge).exists() {
+            batch.push_str(&format!("link del {}\n", self.bridge));
+        }
+        if !batch.is_empty() {
+            let _ = ip(&["-force"], &batch).await;
+        }
+        let claims = std::fs::read_dir(CLAIMS).into_iter().flatten().flatten();
+        for c in claims {
+            if std::fs::read_to_string(c.path()).is_ok_and(|o| o.trim() == self.sid) {
+                let _ = std::fs::remove_file(c.path());
+            }
+        }
+    }
+}
