@@ -37,9 +37,14 @@ fn archive(path: &Path) -> Result<(tempfile::TempPath, u64)> {
     Ok((file.into_temp_path(), size))
 }
 
-async fn import(cli: &Cli, client: &Client, file: &Path, name: Option<&str>) -> Result<()> {
+/// Imports `file` as `name` without printing (the manifest's `import`).
+pub async fn import_quiet(client: &Client, namespace: Option<&str>, file: &Path, name: &str) -> Result<Vec<Image>> {
+    upload(client, namespace, file, Some(name), ProgressBar::hidden()).await
+}
+
+async fn upload(client: &Client, namespace: Option<&str>, file: &Path, name: Option<&str>, bar: ProgressBar) -> Result<Vec<Image>> {
     let (tmp, size) = archive(file)?;
-    let bar = if cli.output == Output::Table { ProgressBar::new(size) } else { ProgressBar::hidden() };
+    bar.set_length(size);
     bar.set_style(bytes_style());
     bar.set_prefix("uploading");
     let f = tokio::fs::File::open(&tmp).await?;
@@ -49,7 +54,7 @@ async fn import(cli: &Cli, client: &Client, file: &Path, name: Option<&str>) -> 
             progress.inc(c.len() as u64);
         }
     });
-    let mut query = ns_query(cli.namespace.as_deref());
+    let mut query = ns_query(namespace);
     if let Some(n) = name {
         query.push(("name", n.to_string()));
     }
@@ -59,10 +64,14 @@ async fn import(cli: &Cli, client: &Client, file: &Path, name: Option<&str>) -> 
         .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
         .header(reqwest::header::CONTENT_LENGTH, size)
         .body(reqwest::Body::wrap_stream(body));
-    bar.set_message("");
     let r: Result<Vec<Image>> = client.json(rb).await;
     bar.finish_and_clear();
-    let images = r?;
+    r
+}
+
+async fn import(cli: &Cli, client: &Client, file: &Path, name: Option<&str>) -> Result<()> {
+    let bar = if cli.output == Output::Table { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    let images = upload(client, cli.namespace.as_deref(), file, name, bar).await?;
     match cli.output {
         Output::Json => print_json(&images)?,
         Output::Table => {

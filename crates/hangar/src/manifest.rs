@@ -1,7 +1,10 @@
-//! `hangar.toml`: an app's functions declared together, applied idempotently by `hangar deploy`.
+//! `hangar.toml`: an app's functions and services declared together, applied idempotently by
+//! `hangar deploy`.
 //!
 //! Apply is all-or-nothing up to the server: the file is parsed and validated, build commands
 //! run, and every function is checked by the server (`dry_run`) before the first one changes.
+//! Services are applied after the functions, each waiting for its rollout; a service's
+//! `import` (an OCI layout or archive) is imported under its `image` name first.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,45 @@ struct Manifest {
     namespace: Option<String>,
     #[serde(default)]
     functions: BTreeMap<String, FunctionSpec>,
+    #[serde(default)]
+    services: BTreeMap<String, ServiceSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSpec {
+    /// Image reference in the namespace's store.
+    image: String,
+    /// An OCI image layout (directory or tar) or `docker save` archive, relative to the
+    /// manifest, imported as `image` before the service deploys.
+    import: Option<PathBuf>,
+    /// Shell command that produces `import`, run in the manifest's directory first.
+    build: Option<String>,
+    port: Option<u16>,
+    min: Option<u32>,
+    max: Option<u32>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    volumes: Vec<String>,
+    runtime: Option<hangar_api::services::ContainerRuntime>,
+    memory: Option<u32>,
+    cpus: Option<f64>,
+    readiness_path: Option<String>,
+    command: Option<Vec<String>>,
+    args: Option<Vec<String>>,
+    #[serde(default)]
+    public: bool,
+    egress: Option<bool>,
+}
+
+/// A service ready to deploy.
+#[derive(Debug)]
+pub struct PlannedService {
+    pub name: String,
+    pub config: hangar_api::services::ServiceConfig,
+    pub import: Option<PathBuf>,
+    build: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,9 +97,9 @@ pub struct Planned {
     build: Option<String>,
 }
 
-/// Line (1-based) of `field` inside `[functions.<name>]`, or of the section itself.
-fn line_of(text: &str, name: &str, field: Option<&str>) -> usize {
-    let headers = [format!("[functions.{name}]"), format!("[functions.\"{name}\"]")];
+/// Line (1-based) of `field` inside `[<kind>.<name>]`, or of the section itself.
+fn line_of(text: &str, kind: &str, name: &str, field: Option<&str>) -> usize {
+    let headers = [format!("[{kind}.{name}]"), format!("[{kind}.\"{name}\"]")];
     let mut in_section = false;
     let mut section_line = 1;
     for (i, line) in text.lines().enumerate() {
@@ -77,8 +119,16 @@ fn line_of(text: &str, name: &str, field: Option<&str>) -> usize {
     section_line
 }
 
+/// A whole manifest, checked.
+#[derive(Debug)]
+pub struct Plan {
+    pub namespace: Option<String>,
+    pub functions: Vec<Planned>,
+    pub services: Vec<PlannedService>,
+}
+
 /// Parses and validates a manifest; every error names the file, line and field.
-pub fn plan(path: &Path) -> Result<(Option<String>, Vec<Planned>)> {
+pub fn plan(path: &Path) -> Result<Plan> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading manifest {}", path.display()))?;
     let file = path.display();
     let manifest: Manifest = toml::from_str(&text).map_err(|e| {
@@ -91,14 +141,14 @@ pub fn plan(path: &Path) -> Result<(Option<String>, Vec<Planned>)> {
     if let Some(ns) = &manifest.namespace {
         validate::name("namespace", ns).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
     }
-    if manifest.functions.is_empty() {
-        bail!("{file}: declares no functions; add a [functions.NAME] table");
+    if manifest.functions.is_empty() && manifest.services.is_empty() {
+        bail!("{file}: declares nothing; add a [functions.NAME] or [services.NAME] table");
     }
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut planned = Vec::new();
     for (name, spec) in manifest.functions {
         let err = |field: Option<&str>, msg: String| {
-            anyhow::anyhow!("{file}:{}: functions.{name}{}: {msg}", line_of(&text, &name, field), field.map(|f| format!(".{f}")).unwrap_or_default())
+            anyhow::anyhow!("{file}:{}: functions.{name}{}: {msg}", line_of(&text, "functions", &name, field), field.map(|f| format!(".{f}")).unwrap_or_default())
         };
         validate::name("name", &name).map_err(|e| err(None, e.message))?;
         let mut config = FunctionConfig::new(spec.runtime);
@@ -126,26 +176,63 @@ pub fn plan(path: &Path) -> Result<(Option<String>, Vec<Planned>)> {
         })?;
         planned.push(Planned { name, config, code_path: base.join(spec.code), build: spec.build });
     }
-    Ok((manifest.namespace, planned))
+    let mut services = Vec::new();
+    for (name, spec) in manifest.services {
+        let err = |field: Option<&str>, msg: String| {
+            anyhow::anyhow!("{file}:{}: services.{name}{}: {msg}", line_of(&text, "services", &name, field), field.map(|f| format!(".{f}")).unwrap_or_default())
+        };
+        validate::name("name", &name).map_err(|e| err(None, e.message))?;
+        let mut c = hangar_api::services::ServiceConfig::new(spec.image);
+        c.port = spec.port;
+        c.min_instances = spec.min.unwrap_or(1);
+        c.max_instances = spec.max.unwrap_or(c.min_instances);
+        c.env = spec.env;
+        c.volumes = spec.volumes;
+        c.runtime = spec.runtime.unwrap_or_default();
+        if let Some(m) = spec.memory {
+            c.memory_mb = m;
+        }
+        if let Some(n) = spec.cpus {
+            c.cpus = n;
+        }
+        c.readiness.path = spec.readiness_path;
+        c.command = spec.command;
+        c.args = spec.args;
+        c.public = spec.public;
+        c.egress = spec.egress.unwrap_or(true);
+        c.validate().map_err(|e| {
+            let field = match e.field.as_str() {
+                "memory_mb" => "memory",
+                "min_instances" => "min",
+                "max_instances" => "max",
+                "readiness.path" => "readiness_path",
+                f => f,
+            };
+            err(Some(field), e.message)
+        })?;
+        services.push(PlannedService { name, config: c, import: spec.import.map(|p| base.join(p)), build: spec.build });
+    }
+    Ok(Plan { namespace: manifest.namespace, functions: planned, services })
 }
 
 /// `hangar deploy [-f FILE]`.
 pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, output: Output) -> Result<()> {
-    let (manifest_ns, planned) = plan(path)?;
+    let Plan { namespace: manifest_ns, functions: planned, services } = plan(path)?;
     let ns = namespace.map(str::to_string).or(manifest_ns);
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    for p in &planned {
-        if let Some(cmd) = &p.build {
-            eprintln!("building {}: {cmd}", p.name);
+    let builds = planned.iter().map(|p| (&p.name, &p.build)).chain(services.iter().map(|s| (&s.name, &s.build)));
+    for (name, build) in builds {
+        if let Some(cmd) = build {
+            eprintln!("building {name}: {cmd}");
             let status = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(cmd)
                 .current_dir(if base.as_os_str().is_empty() { Path::new(".") } else { &base })
                 .status()
                 .await
-                .with_context(|| format!("running the build command of {}", p.name))?;
+                .with_context(|| format!("running the build command of {name}"))?;
             if !status.success() {
-                bail!("the build command of function `{}` failed ({status}); nothing was deployed", p.name);
+                bail!("the build command of `{name}` failed ({status}); nothing was deployed");
             }
         }
     }
@@ -168,8 +255,22 @@ pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, outpu
             .with_context(|| format!("deploying function `{}`", p.name))?;
         results.push(r);
     }
+    let mut deployed = Vec::new();
+    for s in &services {
+        if let Some(import) = &s.import {
+            crate::images::import_quiet(client, ns.as_deref(), import, &s.config.image)
+                .await
+                .with_context(|| format!("importing the image of service `{}` from {}", s.name, import.display()))?;
+        }
+        let mut rb = client.request(reqwest::Method::PUT, &format!("/v1/services/{}", s.name)).json(&s.config);
+        if let Some(n) = &ns {
+            rb = rb.query(&[("namespace", n)]);
+        }
+        let r: hangar_api::services::ServiceDeployed = client.json(rb).await.with_context(|| format!("deploying service `{}`", s.name))?;
+        deployed.push(r);
+    }
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&results)?),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"functions": results, "services": deployed}))?),
         Output::Table => {
             for r in &results {
                 let word = match r.status {
@@ -178,6 +279,9 @@ pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, outpu
                     DeployStatus::Unchanged => "unchanged",
                 };
                 println!("{:<10} {}/{} (revision {})  {}", word, r.function.namespace, r.function.name, r.function.revision, r.function.url_path);
+            }
+            for r in &deployed {
+                println!("{:<10} {}/{} (revision {})  {}", r.status, r.service.namespace, r.service.name, r.service.revision, r.service.url_path);
             }
         }
     }
@@ -195,6 +299,10 @@ mod tests {
     use super::*;
 
     fn plan_text(text: &str) -> Result<(Option<String>, Vec<Planned>)> {
+        plan_all(text).map(|p| (p.namespace, p.functions))
+    }
+
+    fn plan_all(text: &str) -> Result<Plan> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("hangar.toml");
         std::fs::write(&p, text).unwrap();
@@ -225,5 +333,20 @@ mod tests {
         assert!(e.contains(":1: functions.Bad_Name:"), "{e}");
         let e = plan_text("[functions.t]\nruntime = \"wasm\"\ncode = \"a.wasm\"\ntimeout = \"soon\"\n").unwrap_err().to_string();
         assert!(e.contains(":4: functions.t.timeout:"), "{e}");
+    }
+
+    #[test]
+    fn services_are_planned_and_checked() {
+        let p = plan_all("[services.web]\nimage = \"web:1\"\nimport = \"img\"\nmin = 2\nvolumes = [\"data:/data\"]\npublic = true\n").unwrap();
+        assert!(p.functions.is_empty());
+        assert_eq!(p.services[0].config.min_instances, 2);
+        assert_eq!(p.services[0].config.max_instances, 2);
+        assert!(p.services[0].import.as_ref().unwrap().ends_with("img"));
+        let e = plan_all("[services.web]\nimage = \"web:1\"\nvolumes = [\"/etc:/etc\"]\n").unwrap_err().to_string();
+        assert!(e.contains(":3: services.web.volumes:"), "{e}");
+        let e = plan_all("[services.web]\nimage = \"web:1\"\nmin = 0\n").unwrap_err().to_string();
+        assert!(e.contains(":3: services.web.min:"), "{e}");
+        let e = plan_all("namespace = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("declares nothing"), "{e}");
     }
 }

@@ -471,7 +471,7 @@ async fn concurrent_requests_spread_over_instances_and_idle_ones_are_reaped() {
 }
 
 #[tokio::test]
-async fn the_example_manifest_deploys_wasm_python_and_node_functions() {
+async fn the_example_manifest_deploys_wasm_python_and_node_functions_and_a_service() {
     let s = Server::start();
     common::guest("hello"); // the wasm example is built once per test run
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hangar.toml");
@@ -481,7 +481,13 @@ async fn the_example_manifest_deploys_wasm_python_and_node_functions() {
     assert_eq!(r["message"], "Hello, Ada!");
     let r: Value = reqwest::get(format!("{}/fn/default/node-counter/x", s.url)).await.unwrap().json().await.unwrap();
     assert_eq!((r["served"].as_u64(), r["path"].as_str()), (Some(1), Some("/x")));
-    assert!(s.ok(&["deploy", "-f", manifest.to_str().unwrap()]).contains("unchanged"), "a second apply changes nothing");
+    // The service: its image built and imported by the manifest, public, with a volume.
+    let page = reqwest::get(format!("{}/svc/default/web/", s.url)).await.unwrap().text().await.unwrap();
+    assert!(page.contains("Hello from a Hangar service"), "{page}");
+    let visit = reqwest::get(format!("{}/svc/default/web/cgi-bin/visits", s.url)).await.unwrap().text().await.unwrap();
+    assert!(visit.starts_with("visit 1, served by web on port 8080"), "{visit}");
+    let again = s.ok(&["deploy", "-f", manifest.to_str().unwrap()]);
+    assert_eq!(again.matches("unchanged").count(), 4, "a second apply changes nothing:\n{again}");
 }
 
 const FETCH_APP: &str = r#"
