@@ -15,9 +15,9 @@ if ! command -v runc >/dev/null; then
 fi
 
 # Image tests pull from a real registry on loopback (Debian's docker-registry), pushed to with
-# skopeo; service tests build images from busybox-static.
+# skopeo; service tests build images from busybox-static and run one under gVisor (runsc).
 missing=()
-for tool in docker-registry:docker-registry skopeo:skopeo busybox:busybox-static; do
+for tool in docker-registry:docker-registry skopeo:skopeo busybox:busybox-static runsc:runsc; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then

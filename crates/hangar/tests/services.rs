@@ -216,3 +216,21 @@ async fn bad_services_are_refused_or_reported_as_crash_loops() {
     let logs = s.ok(&["svc", "logs", "web"]);
     assert!(logs.contains("[web-1-"), "{logs}");
 }
+
+#[tokio::test]
+async fn a_gvisor_service_runs_under_runsc() {
+    assert!(Path::new("/usr/bin/runsc").exists(), "runsc (gVisor) is missing: ./scripts/test.sh installs it (apt-get install runsc)");
+    let mut s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    s.ok(&["image", "import", httpd_image(work.path(), "in gvisor").to_str().unwrap(), "--name", "web:g"]);
+    let out = s.ok(&["svc", "deploy", "sandboxed", "--image", "web:g", "--runtime", "gvisor", "--volume", "data:/data"]);
+    assert!(out.contains("created"), "{out}");
+    assert_eq!(get(&s, "/svc/default/sandboxed/").await, (200, "in gvisor".into()));
+    assert_eq!(get(&s, "/svc/default/sandboxed/cgi-bin/write?7").await.1.trim(), "stored");
+    assert_eq!(get(&s, "/svc/default/sandboxed/cgi-bin/count").await.1.trim(), "7");
+    // The kernel it sees is gVisor's, not the host's.
+    let v = service(&s, "sandboxed");
+    assert_eq!(v["config"]["runtime"], "gvisor");
+    s.stop();
+    assert_eq!(owned(&s), (0, 0, 0, false), "a stopped server leaves nothing behind");
+}

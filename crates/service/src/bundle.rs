@@ -164,13 +164,13 @@ pub fn config(spec: &InstanceSpec<'_>, rootfs: &Path) -> Result<Spec, ServiceErr
         .pids(LinuxPidsBuilder::default().limit(4096i64).build()?)
         .build()?;
     let ns = |t| LinuxNamespaceBuilder::default().typ(t).build();
-    let namespaces = vec![
-        ns(LinuxNamespaceType::Pid)?,
-        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(spec.netns).build()?,
-        ns(LinuxNamespaceType::Ipc)?,
-        ns(LinuxNamespaceType::Uts)?,
-        ns(LinuxNamespaceType::Mount)?,
-    ];
+    let mut namespaces = vec![ns(LinuxNamespaceType::Pid)?, ns(LinuxNamespaceType::Ipc)?, ns(LinuxNamespaceType::Uts)?, ns(LinuxNamespaceType::Mount)?];
+    // runc joins the instance's namespace by path; runsc is started inside it instead (with
+    // `nsenter`) and uses it as its host network: the runsc here (2022) finds the root
+    // namespace instead of a joined one when it builds its own network stack.
+    if spec.config.runtime == hangar_api::services::ContainerRuntime::Runc {
+        namespaces.insert(1, LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(spec.netns).build()?);
+    }
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources)

@@ -193,7 +193,7 @@ fn runtime_command(host: &Host, runtime: ContainerRuntime) -> tokio::process::Co
         }
         ContainerRuntime::Gvisor => {
             let mut c = tokio::process::Command::new(host.runsc.clone().unwrap_or_else(|| PathBuf::from("runsc")));
-            c.arg("--root").arg(host.runsc_root()).args(["--platform=ptrace", "--network=sandbox"]);
+            c.arg("--root").arg(host.runsc_root()).args(["--platform=ptrace"]);
             c
         }
     }
@@ -250,7 +250,18 @@ async fn start(host: &Arc<Host>, svc: &Arc<Service>, shared: &Arc<Shared>, confi
         host.network.detach(&att).await;
         return Err(e);
     }
-    let mut cmd = runtime_command(host, config.runtime);
+    let mut cmd = match config.runtime {
+        ContainerRuntime::Runc => runtime_command(host, config.runtime),
+        ContainerRuntime::Gvisor => {
+            // In the instance's network namespace, which gVisor then uses as its host network
+            // (see bundle.rs); nsenter switches only that namespace (`ip netns exec` also
+            // remounts /sys, hiding the cgroup hierarchy runsc needs).
+            let mut c = tokio::process::Command::new("nsenter");
+            c.arg(format!("--net={}", att.netns_path().display())).arg("--").arg(host.runsc.clone().unwrap_or_else(|| PathBuf::from("runsc")));
+            c.arg("--root").arg(host.runsc_root()).args(["--platform=ptrace", "--network=host"]);
+            c
+        }
+    };
     cmd.arg("run").arg("--bundle").arg(&run_dir).arg(&cid).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
