@@ -17,7 +17,7 @@ fi
 # Image tests pull from a real registry on loopback (Debian's docker-registry), pushed to with
 # skopeo; service tests build images from busybox-static and run one under gVisor (runsc).
 missing=()
-for tool in docker-registry:docker-registry skopeo:skopeo busybox:busybox-static runsc:runsc; do
+for tool in docker-registry:docker-registry skopeo:skopeo busybox:busybox-static runsc:runsc nft:nftables; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then

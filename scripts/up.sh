@@ -12,6 +12,7 @@ fi
 if [ "$(id -u)" = 0 ]; then
   missing=()
   command -v runc >/dev/null || missing+=(runc)
+  command -v nft >/dev/null || missing+=(nftables)
   [ -x /bin/busybox ] && [[ "$(ldd /bin/busybox 2>&1 || true)" == *"not a dynamic"* ]] || missing+=(busybox-static)
   if ((${#missing[@]})); then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"

@@ -159,10 +159,11 @@ async fn start_services(data_dir: &std::path::Path, images: Arc<hangar_image::Im
     if !nix::unistd::Uid::effective().is_root() {
         anyhow::bail!("they need root (containers, mounts and network namespaces); run `hangar up` as root");
     }
-    for tool in ["runc", "ip"] {
-        let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    for (tool, package) in [("runc", "runc"), ("ip", "iproute2"), ("nft", "nftables")] {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let found = std::env::split_paths(&path).any(|d| d.join(tool).is_file());
         if !found {
-            anyhow::bail!("`{tool}` is not installed (apt-get install {})", if tool == "ip" { "iproute2" } else { tool });
+            anyhow::bail!("`{tool}` is not installed (apt-get install {package})");
         }
     }
     let canonical = std::fs::canonicalize(data_dir).context("resolving the data dir")?;

@@ -234,3 +234,72 @@ async fn a_gvisor_service_runs_under_runsc() {
     s.stop();
     assert_eq!(owned(&s), (0, 0, 0, false), "a stopped server leaves nothing behind");
 }
+
+/// A network namespace standing for "the outside": reachable from the host through its own
+/// veth and route, serving `outside` on port 80. Removed on drop.
+struct Outside {
+    ns: String,
+    addr: String,
+    server: std::process::Child,
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn outside(tag: u8) -> Outside {
+    let ns = format!("hgt-out-{}-{tag}", std::process::id());
+    let (host_if, addr) = (format!("hgto{}{tag}", std::process::id() % 100000), format!("10.214.{tag}.2"));
+    let sh = |cmd: &str| {
+        let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    sh(&format!("ip netns add {ns} && ip link add {host_if} type veth peer name eth0 netns {ns} && ip addr add 10.214.{tag}.1/24 dev {host_if} && ip link set {host_if} up"));
+    sh(&format!("ip -n {ns} addr add {addr}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && ip -n {ns} route add default via 10.214.{tag}.1"));
+    let www = tempfile::tempdir().unwrap().keep();
+    std::fs::write(www.join("index.html"), "outside").unwrap();
+    let server = Command::new("ip").args(["netns", "exec", &ns, "/bin/busybox", "httpd", "-f", "-p", "80", "-h"]).arg(&www).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    Outside { ns, addr, server }
+}
+
+#[tokio::test]
+async fn instances_reach_neither_the_host_nor_beyond_unless_granted() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    // A CGI that fetches a URL from inside the instance.
+    let fetch = layer(&[("www/", b"", 0o755), ("www/cgi-bin/", b"", 0o755), ("www/cgi-bin/fetch", b"#!/bin/busybox sh\necho Content-Type: text/plain\necho\nprintf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox timeout 3 /bin/busybox nc \"${QUERY_STRING%:*}\" \"${QUERY_STRING##*:}\" 2>&1 || echo unreachable\n", 0o755)]);
+    let with_fetch = work.path().join("fetch");
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let root = layer(&[("bin/", b"", 0o755), ("bin/busybox", &busybox, 0o755), ("bin/sh", b"->busybox", 0o777), ("etc/", b"", 0o755), ("etc/passwd", b"root:x:0:0::/:/bin/sh\n", 0o644)]);
+    oci_layout(&with_fetch, &[root, fetch], json!({"Entrypoint": ["/bin/busybox"], "Cmd": ["httpd", "-f", "-p", "8080", "-h", "/www"]}), None);
+    s.ok(&["image", "import", with_fetch.to_str().unwrap(), "--name", "fetch:1"]);
+    s.ok(&["svc", "deploy", "open", "--image", "fetch:1"]);
+    s.ok(&["svc", "deploy", "closed", "--image", "fetch:1", "--no-egress"]);
+
+    // A server on the host, on every address: instances cannot open connections to it.
+    let host_listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host_listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for mut c in host_listener.incoming().flatten() {
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhost-secret");
+        }
+    });
+    let gateway = service(&s, "open")["instances"][0]["address"].as_str().unwrap().rsplit_once('.').unwrap().0.to_string() + ".1";
+    for svc in ["open", "closed"] {
+        let (_, body) = get(&s, &format!("/svc/default/{svc}/cgi-bin/fetch?{gateway}:{host_port}")).await;
+        assert!(!body.contains("host-secret"), "{svc} reached the host: {body}");
+    }
+
+    // Beyond the host: only the service with egress gets there.
+    let out = outside(7);
+    let (_, body) = get(&s, &format!("/svc/default/open/cgi-bin/fetch?{}:80", out.addr)).await;
+    assert!(body.contains("200 OK") && body.trim_end().ends_with("outside"), "egress allowed: {body}");
+    let (_, body) = get(&s, &format!("/svc/default/closed/cgi-bin/fetch?{}:80", out.addr)).await;
+    assert!(!body.contains("outside"), "egress denied: {body}");
+}

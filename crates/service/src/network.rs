@@ -2,6 +2,11 @@
 //! under `/run/hangar-subnets/`), and per instance a named network namespace
 //! (`/run/netns/hgr-<id>-<n>`) joined to it by a veth pair, with its own address and a default
 //! route through the bridge. Configured with iproute2 (`ip -batch`), two processes per instance.
+//!
+//! An nftables table per server (`inet hangar_<id>`) keeps instances off the host: nothing an
+//! instance opens towards the host is accepted (replies to the host's own connections, e.g.
+//! the gateway's and the probes', are), and instances whose service has no egress cannot be
+//! forwarded anywhere; the others leave through masquerade.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -37,6 +42,24 @@ pub struct Network {
     subnet: tokio::sync::OnceCell<[u8; 3]>,
     used: Mutex<HashSet<u8>>,
     seq: AtomicU64,
+}
+
+async fn nft(script: &str) -> Result<(), ServiceError> {
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| ServiceError::Network(format!("cannot run `nft` (apt-get install nftables): {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).await.map_err(|e| ServiceError::Network(e.to_string()))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| ServiceError::Network(e.to_string()))?;
+    if !out.status.success() {
+        return Err(ServiceError::Network(format!("nft failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
 }
 
 async fn ip(args: &[&str], batch: &str) -> Result<(), ServiceError> {
@@ -111,6 +134,25 @@ impl Network {
                 let b = &self.bridge;
                 let _ = ip(&[], &format!("link del {b}\n")).await;
                 ip(&[], &format!("link add {b} type bridge\naddr add {}.{}.{}.1/24 dev {b}\nlink set {b} up\n", s[0], s[1], s[2])).await?;
+                let t = self.table();
+                let net = format!("{}.{}.{}.0/24", s[0], s[1], s[2]);
+                nft(&format!(
+                    "add table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n\
+                     set no_egress {{ type ipv4_addr; }}\n\
+                     chain input {{ type filter hook input priority filter; policy accept;\n\
+                       iifname \"{b}\" ct state established,related accept\n\
+                       iifname \"{b}\" drop\n}}\n\
+                     chain forward {{ type filter hook forward priority filter; policy accept;\n\
+                       iifname \"{b}\" ip saddr @no_egress drop\n\
+                       oifname \"{b}\" ip daddr @no_egress ct state new drop\n}}\n\
+                     chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n\
+                       ip saddr {net} oifname != \"{b}\" masquerade\n}}\n}}\n"
+                ))
+                .await?;
+                // Forwarding is what lets instances with egress out (as Docker does).
+                if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+                    tracing::warn!("enabling IPv4 forwarding for service egress: {e}");
+                }
                 Ok(s)
             })
             .await
@@ -124,8 +166,13 @@ impl Network {
         Ok(host)
     }
 
-    /// A new network namespace on the bridge.
-    pub async fn attach(&self) -> Result<Attachment, ServiceError> {
+    fn table(&self) -> String {
+        format!("hangar_{}", self.sid)
+    }
+
+    /// A new network namespace on the bridge; without `egress` nothing from it is forwarded
+    /// beyond the bridge.
+    pub async fn attach(&self, egress: bool) -> Result<Attachment, ServiceError> {
         let s = self.ensure_bridge().await?;
         let host = self.allocate()?;
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -135,7 +182,11 @@ impl Network {
         let ipaddr = Ipv4Addr::new(s[0], s[1], s[2], host);
         let result = async {
             ip(&[], &format!("netns add {netns}\nlink add {veth} type veth peer name eth0 netns {netns}\nlink set {veth} master {} up\n", self.bridge)).await?;
-            ip(&["-n", &netns], &format!("addr add {ipaddr}/24 dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {}.{}.{}.1\n", s[0], s[1], s[2])).await
+            ip(&["-n", &netns], &format!("addr add {ipaddr}/24 dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {}.{}.{}.1\n", s[0], s[1], s[2])).await?;
+            if !egress {
+                nft(&format!("add element inet {} no_egress {{ {ipaddr} }}\n", self.table())).await?;
+            }
+            Ok(())
         }
         .await;
         if let Err(e) = result {
@@ -155,6 +206,8 @@ impl Network {
         if let Err(e) = ip(&[], &format!("netns del {}\n", a.netns)).await {
             tracing::warn!("removing network namespace {}: {e}", a.netns);
         }
+        // Harmless if it was never there.
+        let _ = nft(&format!("delete element inet {} no_egress {{ {} }}\n", self.table(), a.ip)).await;
         self.release(a.ip.octets()[3]);
     }
 
@@ -174,6 +227,8 @@ impl Network {
         if !batch.is_empty() {
             let _ = ip(&["-force"], &batch).await;
         }
+        let t = self.table();
+        let _ = nft(&format!("add table inet {t}\ndelete table inet {t}\n")).await;
         let claims = std::fs::read_dir(CLAIMS).into_iter().flatten().flatten();
         for c in claims {
             if std::fs::read_to_string(c.path()).is_ok_and(|o| o.trim() == self.sid) {

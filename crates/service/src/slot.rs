@@ -214,7 +214,7 @@ async fn start(host: &Arc<Host>, svc: &Arc<Service>, shared: &Arc<Shared>, confi
     }
     let n = host.seq.fetch_add(1, Ordering::Relaxed);
     let cid = format!("hs-{}-{n}", host.sid);
-    let att = host.network.attach().await?;
+    let att = host.network.attach(config.egress).await?;
     let run_dir = host.run.join(&cid);
     let data_dir = host.data.join("instances").join(&cid);
     let rootfs = run_dir.join("rootfs");
