@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 mod process;
+mod services;
 
 #[derive(Parser)]
 struct Args {
@@ -41,10 +42,30 @@ struct Args {
     /// Measure only process functions, replacing their sections of the report
     #[arg(long)]
     process_only: bool,
+    /// Measure only services, replacing their sections of the report
+    #[arg(long)]
+    services_only: bool,
 }
 
 /// Where the process-function sections start in the report.
 const PROCESS_HEADING: &str = "## Process functions";
+/// Where the service sections start in the report.
+const SERVICES_HEADING: &str = "## Services";
+
+/// Replaces the sections whose headings start with `heading` (or, if there are none, puts
+/// `section` before `## Reproduce`).
+fn splice(old: &str, heading: &str, section: &str) -> String {
+    let starts: Vec<usize> = old.match_indices("\n## ").map(|(i, _)| i + 1).chain(old.starts_with("## ").then_some(0)).collect();
+    let mine: Vec<usize> = starts.iter().copied().filter(|&i| old[i..].starts_with(heading)).collect();
+    let (from, to) = match (mine.first(), mine.last()) {
+        (Some(&a), Some(&b)) => (a, starts.iter().copied().filter(|&i| i > b).min().unwrap_or(old.len())),
+        _ => {
+            let at = old.find("## Reproduce").unwrap_or(old.len());
+            (at, at)
+        }
+    };
+    format!("{}{section}{}", &old[..from], &old[to..])
+}
 
 /// Restarts measured for the first-response-after-restart figures.
 const RESTARTS: usize = 5;
@@ -232,13 +253,16 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
-    if a.process_only {
-        eprintln!("measuring process functions");
-        let section = process::run(&a.hangar).await?;
+    if a.process_only || a.services_only {
+        let (heading, section) = if a.process_only {
+            eprintln!("measuring process functions");
+            (PROCESS_HEADING, process::run(&a.hangar).await?)
+        } else {
+            eprintln!("measuring services");
+            (SERVICES_HEADING, services::run(&a.hangar, a.connections, a.duration, a.runs).await?)
+        };
         let old = std::fs::read_to_string(&a.out).unwrap_or_default();
-        let keep = old.find(PROCESS_HEADING).or_else(|| old.find("## Reproduce")).map_or(old.as_str(), |i| &old[..i]);
-        let reproduce = old.find("## Reproduce").map_or("", |i| &old[i..]);
-        std::fs::write(&a.out, format!("{keep}{section}{reproduce}"))?;
+        std::fs::write(&a.out, splice(&old, heading, &section))?;
         print!("{section}");
         return Ok(());
     }
@@ -418,7 +442,9 @@ async fn main() -> Result<()> {
     eprintln!("measuring process functions");
     writeln!(report)?;
     report.push_str(&process::run(&a.hangar).await?);
-    writeln!(report, "## Reproduce\n\n```sh\n./scripts/bench.sh                  # installs wrk and wasmtime-cli 48.0.8 if missing, builds, runs, rewrites this file\n./scripts/bench.sh --process-only   # only the process-function sections\n```")?;
+    eprintln!("measuring services");
+    report.push_str(&services::run(&a.hangar, a.connections, a.duration, a.runs).await?);
+    writeln!(report, "## Reproduce\n\n```sh\n./scripts/bench.sh                  # installs wrk and wasmtime-cli 48.0.8 if missing, builds, runs, rewrites this file\n./scripts/bench.sh --process-only   # only the process-function sections\n./scripts/bench.sh --services-only  # only the service sections\n```")?;
     std::fs::write(&a.out, &report)?;
     print!("{report}");
     Ok(())

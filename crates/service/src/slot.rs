@@ -347,6 +347,8 @@ async fn run(
             Ok((mut running, addr)) => {
                 // Until ready: probe, unless it exits or the slot stops.
                 let mut exited = None;
+                // Probe soon after the start, then less often, up to the configured period.
+                let mut pause = Duration::from_millis(5).min(period);
                 let ready = loop {
                     tokio::select! {
                         status = running.child.wait() => { exited = Some(describe(status)); break false; }
@@ -357,7 +359,8 @@ async fn run(
                         }
                         ok = probe_once(addr, &config.readiness) => {
                             if ok { break true; }
-                            tokio::time::sleep(period).await;
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(period);
                         }
                     }
                 };
