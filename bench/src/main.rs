@@ -194,7 +194,13 @@ impl Hangar {
 
 impl Drop for Hangar {
     fn drop(&mut self) {
+        // A graceful stop, so the server removes its containers, namespaces and bridge.
         if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -83,6 +83,10 @@ pub struct ServiceConfig {
     pub cpus: f64,
     #[serde(default)]
     pub readiness: Probe,
+    /// Host names whose requests the gateway sends to this service (whole path), e.g.
+    /// `app.example.com`; each may belong to one service only.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// Whether `/svc/{namespace}/{name}/...` answers without an API key.
     #[serde(default)]
     pub public: bool,
@@ -150,6 +154,15 @@ impl ServiceConfig {
             let (_, path) = v.split_once(':').unwrap_or_default();
             if !seen.insert(path) {
                 return Err(Invalid::new("volumes", format!("`{path}` is mounted twice")));
+            }
+        }
+        for h in &self.hosts {
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+                && h.contains('.');
+            if !ok {
+                return Err(Invalid::new("hosts", format!("`{h}` is not a lowercase DNS name with a dot (e.g. `app.example.com`)")));
             }
         }
         if let Some(p) = &self.readiness.path

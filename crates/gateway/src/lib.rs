@@ -107,7 +107,13 @@ pub fn router(state: AppState) -> Router {
         .route("/svc/{*rest}", any(services::proxy).layer(DefaultBodyLimit::disable()))
         .nest("/v1", v1)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), services::host_routes))
         .with_state(state)
+}
+
+/// The router instances reach on the bridge: services of their namespace, by name.
+pub fn internal_router(state: AppState) -> Router {
+    Router::new().fallback(services::internal).layer(DefaultBodyLimit::disable()).with_state(state)
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

@@ -186,31 +186,77 @@ fn client() -> &'static Client<HttpConnector, Body> {
 const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding"];
 
 /// `/svc/{namespace}/{name}/{rest...}`: the service sees `/{rest...}`.
-pub async fn proxy(State(state): State<AppState>, mut req: Request) -> Result<Response, ApiError> {
+pub async fn proxy(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let path = req.uri().path().to_string();
     let mut parts = path.strip_prefix("/svc/").unwrap_or("").splitn(3, '/');
     let (ns, name) = match (parts.next(), parts.next()) {
         (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => (ns.to_string(), name.to_string()),
         _ => return Err(ApiError::bad_request("invalid_path", "service URLs look like /svc/{namespace}/{name}/{path}")),
     };
-    let rest = parts.next().unwrap_or("");
+    let rest = format!("/{}", parts.next().unwrap_or(""));
     let svc = state.services.as_ref().and_then(|s| s.get(&ns, &name));
-    let public = svc.as_ref().is_some_and(|s| s.config.read().unwrap_or_else(|p| p.into_inner()).public);
+    authorize(&state, &req, svc.as_deref(), &ns, &name)?;
+    let Some(svc) = svc else { return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`"))) };
+    forward(&svc, req, &rest).await
+}
+
+/// Lets the request through if the service is public or the caller's key covers its
+/// namespace; a caller without access learns nothing about which services exist.
+fn authorize(state: &AppState, req: &Request, svc: Option<&hangar_service::Service>, ns: &str, name: &str) -> Result<(), ApiError> {
+    let public = svc.is_some_and(|s| s.config.read().unwrap_or_else(|p| p.into_inner()).public);
     if !public {
         let principal = Credentials::from_headers(req.headers(), &state.keys).require()?;
-        if !principal.can_access(&ns) || svc.is_none() {
+        if !principal.can_access(ns) || svc.is_none() {
             return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
         }
-        req.headers_mut().remove(http::header::AUTHORIZATION);
     }
-    let Some(svc) = svc else { return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`"))) };
+    Ok(())
+}
+
+/// Requests whose `Host` a service declared go to that service, whole path; others pass on.
+pub async fn host_routes(State(state): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+    let svc = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).and_then(|h| state.services.as_ref()?.by_host(h));
+    let Some(svc) = svc else { return next.run(req).await };
+    let (ns, name) = (svc.namespace.clone(), svc.name.clone());
+    if let Err(e) = authorize(&state, &req, Some(&svc), &ns, &name) {
+        return e.into_response();
+    }
+    let rest = req.uri().path().to_string();
+    forward(&svc, req, &rest).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Calls between services: an instance asks `http://NAME/...` (its hosts file points NAME at
+/// the bridge) and reaches service NAME of its own namespace, no key needed.
+pub async fn internal(State(state): State<AppState>, axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>, req: Request) -> Result<Response, ApiError> {
+    let svcs = services(&state)?;
+    let Some(ns) = svcs.namespace_of(peer.ip()) else {
+        return Err(ApiError::forbidden("only service instances call services by name here"));
+    };
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let name = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h).to_ascii_lowercase();
+    let Some(svc) = svcs.get(&ns, &name) else {
+        return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
+    };
+    let rest = req.uri().path().to_string();
+    forward(&svc, req, &rest).await
+}
+
+/// Sends `req` to the service's ready instance with the fewest requests in flight, at `path`
+/// (plus the request's query), and streams the answer back.
+async fn forward(svc: &hangar_service::Service, mut req: Request, path: &str) -> Result<Response, ApiError> {
+    let name = svc.name.clone();
     let Some(endpoint) = svc.pick() else {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_ready_instance", format!("service `{name}` has no ready instance right now; `hangar svc get {name}` shows why")));
     };
     let target = match req.uri().query() {
-        Some(q) => format!("http://{}/{rest}?{q}", endpoint.addr()),
-        None => format!("http://{}/{rest}", endpoint.addr()),
+        Some(q) => format!("http://{}{path}?{q}", endpoint.addr()),
+        None => format!("http://{}{path}", endpoint.addr()),
     };
+    let public = svc.config.read().unwrap_or_else(|p| p.into_inner()).public;
+    if !public {
+        // The platform key is for Hangar, not for the service.
+        req.headers_mut().remove(http::header::AUTHORIZATION);
+    }
     let upgrade = req.headers().contains_key(http::header::UPGRADE);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut head, body) = req.into_parts();

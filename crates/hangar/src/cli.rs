@@ -186,6 +186,9 @@ pub struct SvcDeployArgs {
     /// Serve /svc/... without an API key
     #[arg(long)]
     pub public: bool,
+    /// Also serve requests for this host name, whole path (repeatable)
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
     /// Forbid connections beyond Hangar's bridge
     #[arg(long)]
     pub no_egress: bool,

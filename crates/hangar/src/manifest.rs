@@ -54,6 +54,9 @@ struct ServiceSpec {
     #[serde(default)]
     public: bool,
     egress: Option<bool>,
+    /// Host names routed to the service, whole path.
+    #[serde(default)]
+    hosts: Vec<String>,
 }
 
 /// A service ready to deploy.
@@ -200,6 +203,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
         c.args = spec.args;
         c.public = spec.public;
         c.egress = spec.egress.unwrap_or(true);
+        c.hosts = spec.hosts;
         c.validate().map_err(|e| {
             let field = match e.field.as_str() {
                 "memory_mb" => "memory",

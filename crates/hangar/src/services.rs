@@ -32,6 +32,7 @@ fn config(a: &SvcDeployArgs) -> Result<ServiceConfig> {
     c.command = (!a.command.is_empty()).then(|| a.command.clone());
     c.args = (!a.args.is_empty()).then(|| a.args.clone());
     c.public = a.public;
+    c.hosts = a.hosts.clone();
     c.egress = !a.no_egress;
     c.validate().map_err(|e| anyhow::anyhow!("invalid {e}"))?;
     hangar_api::validate::name("name", &a.name).map_err(|e| anyhow::anyhow!("invalid {e}"))?;

@@ -125,6 +125,21 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         });
     }
 
+    // Calls between services: served on the bridge's address once the bridge exists.
+    if let Some(svcs) = &services {
+        let mut ready = svcs.bridge_ready();
+        let internal = hangar_gateway::internal_router(state.clone());
+        tokio::spawn(async move {
+            let Ok(gw) = ready.wait_for(Option::is_some).await.map(|g| g.unwrap_or(std::net::Ipv4Addr::LOCALHOST)) else { return };
+            let addr = std::net::SocketAddr::from((gw, hangar_service::INTERNAL_PORT));
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    let _ = axum::serve(l, internal.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
+                }
+                Err(e) => tracing::error!("serving calls between services on {addr}: {e}"),
+            }
+        });
+    }
     let app = hangar_gateway::router(state);
     // Small response pieces (head, chunks, end) must not wait for Nagle's algorithm.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

@@ -267,12 +267,17 @@ fn outside(tag: u8) -> Outside {
     Outside { ns, addr, server }
 }
 
+/// A CGI that sends `GET /` to `host:port` (its query) from inside the instance; a host that
+/// is a name is looked up in /etc/hosts (static busybox has no resolver) and sent as `Host`.
+/// The request side stays open a moment: HTTP servers may drop a half-closed connection.
+const FETCH_CGI: &[u8] = b"#!/bin/busybox sh\necho Content-Type: text/plain\necho\nhost=${QUERY_STRING%:*}\nport=${QUERY_STRING##*:}\naddr=$(/bin/busybox awk -v n=\"$host\" '$2 == n { print $1; exit }' /etc/hosts)\nout=$({ printf 'GET / HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n' \"$host\"; /bin/busybox sleep 1; } | /bin/busybox timeout 3 /bin/busybox nc \"${addr:-$host}\" \"$port\" 2>&1)\necho \"${out:-unreachable}\"\n";
+
 #[tokio::test]
 async fn instances_reach_neither_the_host_nor_beyond_unless_granted() {
     let s = Server::start();
     let work = tempfile::tempdir().unwrap();
     // A CGI that fetches a URL from inside the instance.
-    let fetch = layer(&[("www/", b"", 0o755), ("www/cgi-bin/", b"", 0o755), ("www/cgi-bin/fetch", b"#!/bin/busybox sh\necho Content-Type: text/plain\necho\nprintf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox timeout 3 /bin/busybox nc \"${QUERY_STRING%:*}\" \"${QUERY_STRING##*:}\" 2>&1 || echo unreachable\n", 0o755)]);
+    let fetch = layer(&[("www/", b"", 0o755), ("www/cgi-bin/", b"", 0o755), ("www/cgi-bin/fetch", FETCH_CGI, 0o755)]);
     let with_fetch = work.path().join("fetch");
     let busybox = std::fs::read("/bin/busybox").unwrap();
     let root = layer(&[("bin/", b"", 0o755), ("bin/busybox", &busybox, 0o755), ("bin/sh", b"->busybox", 0o777), ("etc/", b"", 0o755), ("etc/passwd", b"root:x:0:0::/:/bin/sh\n", 0o644)]);
@@ -302,4 +307,24 @@ async fn instances_reach_neither_the_host_nor_beyond_unless_granted() {
     assert!(body.contains("200 OK") && body.trim_end().ends_with("outside"), "egress allowed: {body}");
     let (_, body) = get(&s, &format!("/svc/default/closed/cgi-bin/fetch?{}:80", out.addr)).await;
     assert!(!body.contains("outside"), "egress denied: {body}");
+
+    // Services of a namespace call each other by name (even one deployed after the caller
+    // started), without a key; other namespaces' services are not there.
+    s.ok(&["image", "import", httpd_image(work.path(), "by name").to_str().unwrap(), "--name", "named:1"]);
+    s.ok(&["svc", "deploy", "target", "--image", "named:1"]);
+    let (_, body) = get(&s, "/svc/default/open/cgi-bin/fetch?target:80").await;
+    assert!(body.contains("200 OK") && body.trim_end().ends_with("by name"), "by name: {body}");
+    s.ok(&["ns", "create", "other"]);
+    s.ok(&["-n", "other", "image", "import", httpd_image(work.path(), "other ns").to_str().unwrap(), "--name", "named:1"]);
+    s.ok(&["-n", "other", "svc", "deploy", "secret", "--image", "named:1"]);
+    let (_, body) = get(&s, "/svc/default/open/cgi-bin/fetch?secret:80").await;
+    assert!(!body.contains("other ns"), "another namespace's service: {body}");
+
+    // Host routes: requests for a declared host go to the service, whole path.
+    s.ok(&["svc", "deploy", "target", "--image", "named:1", "--host", "app.example.test", "--public"]);
+    let r = reqwest::Client::new().get(format!("{}/", s.url)).header("host", "app.example.test").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "by name");
+    let r = reqwest::Client::new().get(format!("{}/healthz", s.url)).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok\n", "other hosts are Hangar's own routes");
 }

@@ -22,7 +22,7 @@ use hangar_api::services::{ServiceConfig, ServiceInstance};
 use hangar_image::{Image, ImageStore};
 
 pub use logs::LogRing;
-pub use network::Network;
+pub use network::{INTERNAL_PORT, Network};
 
 /// What can go wrong running services; each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,40 @@ pub struct Host {
     cgroup_parent: String,
     seq: AtomicU64,
     runsc: Option<PathBuf>,
+    /// Which namespace each instance address belongs to (for calls between services).
+    addresses: RwLock<HashMap<std::net::Ipv4Addr, String>>,
+    /// The `/etc/hosts` of every running instance, by namespace.
+    hosts_files: Mutex<HashMap<String, Vec<PathBuf>>>,
+    /// Service names of each namespace, for those hosts files.
+    names: RwLock<HashMap<String, Vec<String>>>,
+}
+
+impl Host {
+    /// The `/etc/hosts` text of an instance of `namespace` (`name` at `ip`): every service of
+    /// the namespace resolves to the bridge, where the gateway routes by name.
+    fn hosts_text(&self, namespace: &str, hostname: &str, ip: std::net::Ipv4Addr) -> String {
+        let mut text = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n");
+        if let Some(gw) = self.network.gateway() {
+            let names = self.names.read().unwrap_or_else(|p| p.into_inner());
+            for n in names.get(namespace).into_iter().flatten().filter(|n| *n != hostname) {
+                text.push_str(&format!("{gw}\t{n}\n"));
+            }
+        }
+        text
+    }
+
+    /// Rewrites the hosts files of `namespace`'s instances in place (they are bind-mounted).
+    fn refresh_hosts(&self, namespace: &str) {
+        let files = self.hosts_files.lock().unwrap_or_else(|p| p.into_inner()).get(namespace).cloned().unwrap_or_default();
+        for f in files {
+            let Ok(old) = std::fs::read_to_string(&f) else { continue };
+            let mut lines = old.lines();
+            let head: Vec<&str> = lines.by_ref().take(3).collect();
+            let Some((ip, hostname)) = head.get(2).and_then(|l| l.split_once('\t')) else { continue };
+            let Ok(ip) = ip.parse() else { continue };
+            let _ = std::fs::write(&f, self.hosts_text(namespace, hostname, ip));
+        }
+    }
 }
 
 impl Host {
@@ -162,6 +196,9 @@ impl Services {
             cgroup_parent: format!("hangar-{sid}-svc"),
             seq: AtomicU64::new(1),
             runsc,
+            addresses: RwLock::new(HashMap::new()),
+            hosts_files: Mutex::new(HashMap::new()),
+            names: RwLock::new(HashMap::new()),
         });
         let s = Services { host, images, table: RwLock::new(HashMap::new()) };
         s.remove_all().await;
@@ -201,6 +238,31 @@ impl Services {
         &self.images
     }
 
+    /// The bridge's address once it exists: the gateway serves calls between services there
+    /// on [`network::INTERNAL_PORT`].
+    pub fn bridge_ready(&self) -> tokio::sync::watch::Receiver<Option<std::net::Ipv4Addr>> {
+        self.host.network.bridge_ready()
+    }
+
+    /// The namespace of the instance at `ip`, if it is one of ours.
+    pub fn namespace_of(&self, ip: std::net::IpAddr) -> Option<String> {
+        let std::net::IpAddr::V4(v4) = ip else { return None };
+        self.host.addresses.read().unwrap_or_else(|p| p.into_inner()).get(&v4).cloned()
+    }
+
+    /// The service a `Host` header names, if a service declared it.
+    pub fn by_host(&self, host: &str) -> Option<Arc<Service>> {
+        let host = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h).to_ascii_lowercase();
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.values().find(|s| s.config.read().unwrap_or_else(|p| p.into_inner()).hosts.iter().any(|h| *h == host)).cloned()
+    }
+
+    fn set_names(&self, namespace: &str) {
+        let names: Vec<String> = self.table.read().unwrap_or_else(|p| p.into_inner()).keys().filter(|(ns, _)| ns == namespace).map(|(_, n)| n.clone()).collect();
+        self.host.names.write().unwrap_or_else(|p| p.into_inner()).insert(namespace.to_string(), names);
+        self.host.refresh_hosts(namespace);
+    }
+
     /// The running service `namespace/name`, if any.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).get(&(namespace.to_string(), name.to_string())).cloned()
@@ -233,6 +295,7 @@ impl Services {
                 })
                 .clone()
         };
+        self.set_names(namespace);
         let image = Arc::new(image);
         let lower = self.images.lower_dirs(&image).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         let mut fresh = Vec::new();
@@ -248,6 +311,7 @@ impl Services {
             let empty = svc.slots.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
             if empty {
                 self.table.write().unwrap_or_else(|p| p.into_inner()).remove(&(namespace.to_string(), name.to_string()));
+                self.set_names(namespace);
             }
             return Err(e);
         }
@@ -269,6 +333,7 @@ impl Services {
     pub async fn remove(&self, namespace: &str, name: &str) {
         let svc = self.table.write().unwrap_or_else(|p| p.into_inner()).remove(&(namespace.to_string(), name.to_string()));
         if let Some(svc) = svc {
+            self.set_names(namespace);
             let slots = std::mem::take(&mut *svc.slots.lock().unwrap_or_else(|p| p.into_inner()));
             futures::future::join_all(slots.into_iter().map(|s| {
                 let grace = s.grace_ms();

@@ -20,6 +20,10 @@ use crate::ServiceError;
 
 const CLAIMS: &str = "/run/hangar-subnets";
 
+/// The port on the bridge's address where instances reach the services of their namespace by
+/// name (`http://NAME/`).
+pub const INTERNAL_PORT: u16 = 80;
+
 /// An instance's place on the bridge.
 #[derive(Debug, Clone)]
 pub struct Attachment {
@@ -42,6 +46,7 @@ pub struct Network {
     subnet: tokio::sync::OnceCell<[u8; 3]>,
     used: Mutex<HashSet<u8>>,
     seq: AtomicU64,
+    ready: tokio::sync::watch::Sender<Option<Ipv4Addr>>,
 }
 
 async fn nft(script: &str) -> Result<(), ServiceError> {
@@ -89,11 +94,17 @@ impl Network {
             subnet: tokio::sync::OnceCell::new(),
             used: Mutex::new(HashSet::new()),
             seq: AtomicU64::new(1),
+            ready: tokio::sync::watch::channel(None).0,
         }
     }
 
     pub fn bridge(&self) -> &str {
         &self.bridge
+    }
+
+    /// Tells the bridge's address once the bridge exists.
+    pub fn bridge_ready(&self) -> tokio::sync::watch::Receiver<Option<Ipv4Addr>> {
+        self.ready.subscribe()
     }
 
     /// The bridge's own address (the instances' gateway), once the bridge exists.
@@ -136,11 +147,13 @@ impl Network {
                 ip(&[], &format!("link add {b} type bridge\naddr add {}.{}.{}.1/24 dev {b}\nlink set {b} up\n", s[0], s[1], s[2])).await?;
                 let t = self.table();
                 let net = format!("{}.{}.{}.0/24", s[0], s[1], s[2]);
+                let gw = format!("{}.{}.{}.1", s[0], s[1], s[2]);
                 nft(&format!(
                     "add table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n\
                      set no_egress {{ type ipv4_addr; }}\n\
                      chain input {{ type filter hook input priority filter; policy accept;\n\
                        iifname \"{b}\" ct state established,related accept\n\
+                       iifname \"{b}\" ip daddr {gw} tcp dport {INTERNAL_PORT} accept\n\
                        iifname \"{b}\" drop\n}}\n\
                      chain forward {{ type filter hook forward priority filter; policy accept;\n\
                        iifname \"{b}\" ip saddr @no_egress drop\n\
@@ -153,6 +166,7 @@ impl Network {
                 if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
                     tracing::warn!("enabling IPv4 forwarding for service egress: {e}");
                 }
+                let _ = self.ready.send(Some(Ipv4Addr::new(s[0], s[1], s[2], 1)));
                 Ok(s)
             })
             .await

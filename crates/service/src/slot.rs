@@ -176,6 +176,11 @@ impl Running {
     }
 
     async fn cleanup(self) {
+        self.host.addresses.write().unwrap_or_else(|p| p.into_inner()).remove(&self.att.ip);
+        let hosts = self.run_dir.join("etc/hosts");
+        for files in self.host.hosts_files.lock().unwrap_or_else(|p| p.into_inner()).values_mut() {
+            files.retain(|f| *f != hosts);
+        }
         let _ = self.runtime_cmd().args(["delete", "--force", &self.cid]).stdout(Stdio::null()).stderr(Stdio::null()).status().await;
         bundle::unmount_root(&self.rootfs);
         let _ = std::fs::remove_dir_all(&self.run_dir);
@@ -199,9 +204,9 @@ fn runtime_command(host: &Host, runtime: ContainerRuntime) -> tokio::process::Co
     }
 }
 
-fn write_etc(dir: &std::path::Path, hostname: &str, ip: std::net::Ipv4Addr) -> std::io::Result<()> {
+fn write_etc(dir: &std::path::Path, hostname: &str, hosts: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("hosts"), format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"))?;
+    std::fs::write(dir.join("hosts"), hosts)?;
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let resolv: String = resolv.lines().filter(|l| !l.trim_start().starts_with("nameserver 127.")).map(|l| format!("{l}\n")).collect();
     std::fs::write(dir.join("resolv.conf"), resolv)?;
@@ -220,7 +225,7 @@ async fn start(host: &Arc<Host>, svc: &Arc<Service>, shared: &Arc<Shared>, confi
     let rootfs = run_dir.join("rootfs");
     let port = service_port(config, image);
     let prepared = (|| -> Result<(), ServiceError> {
-        write_etc(&run_dir.join("etc"), &svc.name, att.ip)?;
+        write_etc(&run_dir.join("etc"), &svc.name, &host.hosts_text(&svc.namespace, &svc.name, att.ip))?;
         bundle::mount_root(lower, &data_dir.join("upper"), &data_dir.join("work"), &rootfs)?;
         let mut volumes = Vec::new();
         for v in &config.volumes {
@@ -291,6 +296,8 @@ async fn start(host: &Arc<Host>, svc: &Arc<Service>, shared: &Arc<Shared>, confi
     }
     let addr = SocketAddr::from((att.ip, port));
     shared.set(|s| s.address = addr.to_string());
+    host.addresses.write().unwrap_or_else(|p| p.into_inner()).insert(att.ip, svc.namespace.clone());
+    host.hosts_files.lock().unwrap_or_else(|p| p.into_inner()).entry(svc.namespace.clone()).or_default().push(run_dir.join("etc/hosts"));
     Ok((Running { cid, runtime: config.runtime, child, att, run_dir, data_dir, rootfs, host: host.clone() }, addr))
 }
 
