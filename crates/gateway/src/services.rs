@@ -79,6 +79,16 @@ pub async fn put_service(State(state): State<AppState>, p: Principal, Path(name)
         return Err(ApiError::not_found(format_args!("namespace `{ns}`")));
     }
     let _guard = state.deploy_lock.lock().await;
+    // A host name routes to one service, whichever namespace declared it first.
+    if !config.hosts.is_empty() {
+        for other in state.store.list_services(None).await? {
+            if (other.namespace != ns || other.name != name)
+                && let Some(h) = other.config.hosts.iter().find(|h| config.hosts.contains(h))
+            {
+                return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("host `{h}` is already routed to another service; choose another host name")));
+            }
+        }
+    }
     let existing = state.store.get_service(&ns, &name).await?;
     if let Some(row) = &existing
         && row.config == config

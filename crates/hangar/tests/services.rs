@@ -325,6 +325,9 @@ async fn instances_reach_neither_the_host_nor_beyond_unless_granted() {
     let r = reqwest::Client::new().get(format!("{}/", s.url)).header("host", "app.example.test").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "by name");
+    // Another namespace cannot take the host over.
+    let err = s.fails(&["-n", "other", "svc", "deploy", "thief", "--image", "named:1", "--host", "app.example.test"], 6);
+    assert!(err.contains("already routed"), "{err}");
     let r = reqwest::Client::new().get(format!("{}/healthz", s.url)).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "ok\n", "other hosts are Hangar's own routes");
 }

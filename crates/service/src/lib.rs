@@ -254,7 +254,7 @@ impl Services {
     pub fn by_host(&self, host: &str) -> Option<Arc<Service>> {
         let host = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h).to_ascii_lowercase();
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        table.values().find(|s| s.config.read().unwrap_or_else(|p| p.into_inner()).hosts.iter().any(|h| *h == host)).cloned()
+        table.values().find(|s| s.config.read().unwrap_or_else(|p| p.into_inner()).hosts.contains(&host)).cloned()
     }
 
     fn set_names(&self, namespace: &str) {
