@@ -1,5 +1,7 @@
-//! The benchmark's service backend: a small keep-alive HTTP/1.1 server (std only, built
-//! static for musl so an image needs nothing else) answering `ok` to every request on $PORT.
+//! The benchmark's and tests' service backend: a small keep-alive HTTP/1.1 server (std only,
+//! built static so an image needs nothing else) on $PORT. `GET /stream` answers three chunks
+//! 300 ms apart; a request with `Upgrade:` is switched (101) to echoing raw bytes; anything
+//! else gets `ok`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,6 +15,8 @@ fn serve(conn: TcpStream) -> std::io::Result<()> {
         // Request line and headers; bodies are not expected (GET).
         let mut content_length = 0usize;
         let mut first = true;
+        let mut upgrade = false;
+        let mut path = String::new();
         loop {
             line.clear();
             if reader.read_line(&mut line)? == 0 {
@@ -21,11 +25,14 @@ fn serve(conn: TcpStream) -> std::io::Result<()> {
             if line == "\r\n" || line == "\n" {
                 break;
             }
-            if !first {
-                if let Some((k, v)) = line.split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        content_length = v.trim().parse().unwrap_or(0);
-                    }
+            if first {
+                path = line.split(' ').nth(1).unwrap_or("/").to_string();
+            } else if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    content_length = v.trim().parse().unwrap_or(0);
+                }
+                if k.eq_ignore_ascii_case("upgrade") {
+                    upgrade = true;
                 }
             }
             first = false;
@@ -33,6 +40,26 @@ fn serve(conn: TcpStream) -> std::io::Result<()> {
         if content_length > 0 {
             let mut body = vec![0u8; content_length];
             std::io::Read::read_exact(&mut reader, &mut body)?;
+        }
+        if upgrade {
+            out.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")?;
+            // Whatever was read ahead, then the rest of the connection, echoed.
+            let ahead = reader.buffer().to_vec();
+            out.write_all(&ahead)?;
+            let mut raw = reader.into_inner();
+            std::io::copy(&mut raw, &mut out)?;
+            return Ok(());
+        }
+        if path == "/stream" {
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+            for i in 1..=3 {
+                let chunk = format!("chunk {i}\n");
+                out.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())?;
+                out.flush()?;
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            out.write_all(b"0\r\n\r\n")?;
+            continue;
         }
         out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")?;
     }

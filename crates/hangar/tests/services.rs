@@ -331,3 +331,86 @@ async fn instances_reach_neither_the_host_nor_beyond_unless_granted() {
     let r = reqwest::Client::new().get(format!("{}/healthz", s.url)).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "ok\n", "other hosts are Hangar's own routes");
 }
+
+#[tokio::test]
+async fn an_instance_failing_its_liveness_checks_is_replaced() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let health = b"#!/bin/busybox sh\nif [ -e /tmp/sick ]; then echo Status: 500 Sick; echo; echo sick; else echo Content-Type: text/plain; echo; echo healthy; fi\n";
+    let sicken = b"#!/bin/busybox sh\ntouch /tmp/sick\necho Content-Type: text/plain\necho\necho now sick\n";
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let root = layer(&[("bin/", b"", 0o755), ("bin/busybox", &busybox, 0o755), ("bin/sh", b"->busybox", 0o777), ("bin/touch", b"->busybox", 0o777), ("tmp/", b"", 0o1777)]);
+    let site = layer(&[("www/", b"", 0o755), ("www/cgi-bin/", b"", 0o755), ("www/cgi-bin/health", health, 0o755), ("www/cgi-bin/sicken", sicken, 0o755)]);
+    let layout = work.path().join("health");
+    oci_layout(&layout, &[root, site], json!({"Entrypoint": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]}), None);
+    s.ok(&["image", "import", layout.to_str().unwrap(), "--name", "health:1"]);
+    s.ok(&["svc", "deploy", "h", "--image", "health:1", "--readiness-path", "/cgi-bin/health"]);
+    assert_eq!(get(&s, "/svc/default/h/cgi-bin/health").await, (200, "healthy\n".into()));
+    assert_eq!(get(&s, "/svc/default/h/cgi-bin/sicken").await.1, "now sick\n");
+    wait_for("the sick instance to be replaced", Duration::from_secs(30), async || {
+        let v = service(&s, "h");
+        let i = &v["instances"][0];
+        i["restarts"].as_u64() >= Some(1) && i["state"] == "ready"
+    })
+    .await;
+    let v = service(&s, "h");
+    assert!(v["instances"][0]["last_exit"].as_str().unwrap_or("").contains("liveness"), "{v}");
+    assert_eq!(get(&s, "/svc/default/h/cgi-bin/health").await, (200, "healthy\n".into()));
+}
+
+/// The test backend (bench/svc-backend), built static for the host by the test.
+fn backend_image(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/svc-backend/main.rs");
+    let bin = dir.join("svc-backend");
+    let out = Command::new("rustc").args(["-O", "--edition", "2021", "-C", "target-feature=+crt-static"]).arg(&src).arg("-o").arg(&bin).output().unwrap();
+    assert!(out.status.success(), "building the test backend: {}", String::from_utf8_lossy(&out.stderr));
+    let body = std::fs::read(&bin).unwrap();
+    let layout = dir.join("backend");
+    oci_layout(&layout, &[layer(&[("server", &body, 0o755)])], json!({"Entrypoint": ["/server"], "ExposedPorts": {"8080/tcp": {}}}), None);
+    layout
+}
+
+#[tokio::test]
+async fn responses_stream_and_upgrades_pass_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    s.ok(&["image", "import", backend_image(work.path()).to_str().unwrap(), "--name", "backend:1"]);
+    s.ok(&["svc", "deploy", "echo", "--image", "backend:1"]);
+
+    // Streaming: the first chunk arrives while the backend is still writing the others.
+    let r = s.get("/svc/default/echo/stream").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let started = Instant::now();
+    let mut stream = r.bytes_stream();
+    use futures::StreamExt;
+    let first = stream.next().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    let mut rest = Vec::new();
+    while let Some(c) = stream.next().await {
+        rest.extend_from_slice(&c.unwrap());
+    }
+    let all_at = started.elapsed();
+    assert_eq!(String::from_utf8_lossy(&first), "chunk 1\n");
+    assert_eq!(String::from_utf8_lossy(&rest), "chunk 2\nchunk 3\n");
+    assert!(all_at >= first_at + Duration::from_millis(400), "the response was buffered: first chunk at {first_at:?}, end at {all_at:?}");
+
+    // An upgrade (as WebSocket uses): 101 through the gateway, then bytes both ways.
+    let mut conn = tokio::net::TcpStream::connect(s.url.trim_start_matches("http://")).await.unwrap();
+    let req = format!("GET /svc/default/echo/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n", s.admin_key);
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(conn.read(&mut b).await.unwrap(), 1, "the connection closed: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in ["ping", "and more bytes"] {
+        conn.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        conn.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+}
