@@ -196,18 +196,28 @@ fn nginx(upstream: &str) -> Result<(std::process::Child, u16, tempfile::TempDir)
     Ok((child, port, dir))
 }
 
-/// Hangar's own processes for its instances: the server and its `runc run` children, in KiB.
-fn hangar_rss(pid: u32) -> u64 {
-    let mut total = rss_kib(pid);
+fn uss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Hangar's own memory for its instances, in KiB: the server's resident memory, and the
+/// resident (RSS) and unique (USS) memory of its `runc run` children.
+fn hangar_memory(pid: u32) -> (u64, u64, u64) {
+    let (mut rss, mut uss) = (0, 0);
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
         let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|x| x.parse::<u32>().ok());
         if ppid == Some(pid) && stat.contains("(runc)") {
-            total += rss_kib(p);
+            rss += rss_kib(p);
+            uss += uss_kib(p);
         }
     }
-    total
+    (rss_kib(pid), rss, uss)
 }
 
 /// Runs everything and returns the markdown sections.
@@ -247,11 +257,10 @@ pub async fn run(bin: &Path, connections: u32, seconds: u32, runs: usize) -> Res
 
     eprintln!("services: memory per instance");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = hangar_rss(h.pid());
+    let before = hangar_memory(h.pid());
     h.cli(&["svc", "deploy", "many", "--image", "bench/backend:1", "--min", &INSTANCES.to_string(), "--memory", "16"])?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = hangar_rss(h.pid());
-    let server_only = rss_kib(h.pid());
+    let after = hangar_memory(h.pid());
     h.cli(&["svc", "rm", "many"])?;
     drop(h);
 
@@ -302,22 +311,23 @@ pub async fn run(bin: &Path, connections: u32, seconds: u32, runs: usize) -> Res
         );
     }
     let _ = writeln!(out, "\n## Services: memory per instance\n");
-    let per = (after.saturating_sub(before)) as f64 / f64::from(INSTANCES) / 1024.0;
+    let n = f64::from(INSTANCES) * 1024.0;
+    let server = after.0.saturating_sub(before.0) as f64 / n;
+    let (runc_rss, runc_uss) = (after.1.saturating_sub(before.1) as f64 / n, after.2.saturating_sub(before.2) as f64 / n);
     let _ = writeln!(
         out,
-        "Resident memory of Hangar's own processes (the server and the `runc run` process that\n\
-         supervises each container) with {INSTANCES} instances running, minus without them, per instance; the\n\
-         containers' own memory is not counted. Server RSS with them: {:.1} MiB.\n",
-        server_only as f64 / 1024.0
+        "Memory of Hangar's own processes per running instance, with {INSTANCES} instances of the backend\n\
+         running, minus without them: the server's resident growth, and the `runc run` process that\n\
+         supervises each container (it reports the exit status and forwards signals). Its resident\n\
+         size is mostly the runc binary's pages, shared by every runc process; its unique memory (USS)\n\
+         is what each instance really adds. The containers' own memory is not counted.\n"
     );
-    let _ = writeln!(out, "| measure | value |");
+    let _ = writeln!(out, "| measure | per instance |");
     let _ = writeln!(out, "|---|---:|");
-    let _ = writeln!(out, "| Hangar memory per running instance | {per:.2} MiB |");
-    let _ = writeln!(
-        out,
-        "\nNearly all of it is the foreground `runc run` kept per instance (it reports the exit status\n\
-         and forwards signals); the server's own share is the slot task, its log buffer and routes."
-    );
+    let _ = writeln!(out, "| server (resident growth) | {server:.2} MiB |");
+    let _ = writeln!(out, "| `runc run` supervisor, unique (USS) | {runc_uss:.2} MiB |");
+    let _ = writeln!(out, "| `runc run` supervisor, resident (RSS, shared pages counted each time) | {runc_rss:.2} MiB |");
+    let _ = writeln!(out, "| **Hangar memory per running instance** (server + supervisor USS) | **{:.2} MiB** |", server + runc_uss);
     let _ = writeln!(out);
     Ok(out)
 }

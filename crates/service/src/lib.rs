@@ -169,6 +169,9 @@ pub struct Services {
     host: Arc<Host>,
     images: Arc<ImageStore>,
     table: RwLock<HashMap<(String, String), Arc<Service>>>,
+    /// Declared host names → service; `any_hosts` lets every other request skip the lookup.
+    hosts: RwLock<HashMap<String, Arc<Service>>>,
+    any_hosts: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Services {
@@ -200,7 +203,7 @@ impl Services {
             hosts_files: Mutex::new(HashMap::new()),
             names: RwLock::new(HashMap::new()),
         });
-        let s = Services { host, images, table: RwLock::new(HashMap::new()) };
+        let s = Services { host, images, table: RwLock::new(HashMap::new()), hosts: RwLock::new(HashMap::new()), any_hosts: Default::default() };
         s.remove_all().await;
         std::fs::create_dir_all(s.host.run.join("runc"))?;
         std::fs::create_dir_all(s.host.data.join("instances"))?;
@@ -252,9 +255,23 @@ impl Services {
 
     /// The service a `Host` header names, if a service declared it.
     pub fn by_host(&self, host: &str) -> Option<Arc<Service>> {
+        if !self.any_hosts.load(Ordering::Acquire) {
+            return None;
+        }
         let host = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h).to_ascii_lowercase();
-        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        table.values().find(|s| s.config.read().unwrap_or_else(|p| p.into_inner()).hosts.contains(&host)).cloned()
+        self.hosts.read().unwrap_or_else(|p| p.into_inner()).get(&host).cloned()
+    }
+
+    /// Rebuilds the host-name index from the running services' configs.
+    fn reindex_hosts(&self) {
+        let mut index = HashMap::new();
+        for svc in self.table.read().unwrap_or_else(|p| p.into_inner()).values() {
+            for h in &svc.config.read().unwrap_or_else(|p| p.into_inner()).hosts {
+                index.insert(h.clone(), svc.clone());
+            }
+        }
+        self.any_hosts.store(!index.is_empty(), Ordering::Release);
+        *self.hosts.write().unwrap_or_else(|p| p.into_inner()) = index;
     }
 
     fn set_names(&self, namespace: &str) {
@@ -322,6 +339,7 @@ impl Services {
             old
         };
         *svc.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        self.reindex_hosts();
         for s in old {
             let grace = s.grace_ms();
             s.stop(grace).await;
@@ -334,6 +352,7 @@ impl Services {
         let svc = self.table.write().unwrap_or_else(|p| p.into_inner()).remove(&(namespace.to_string(), name.to_string()));
         if let Some(svc) = svc {
             self.set_names(namespace);
+            self.reindex_hosts();
             let slots = std::mem::take(&mut *svc.slots.lock().unwrap_or_else(|p| p.into_inner()));
             futures::future::join_all(slots.into_iter().map(|s| {
                 let grace = s.grace_ms();
