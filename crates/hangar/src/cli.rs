@@ -120,6 +120,9 @@ pub struct UpArgs {
     /// How long an idle instance of a process function stays warm before it is stopped
     #[arg(long, env = "HANGAR_KEEP_ALIVE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub keep_alive: std::time::Duration,
+    /// How often the reconcile loop removes what the server owns but no service instance wants
+    #[arg(long, env = "HANGAR_RECONCILE_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reconcile_every: std::time::Duration,
     /// The AWS_REGION process functions see
     #[arg(long, env = "HANGAR_REGION", default_value = "local")]
     pub region: String,

@@ -47,6 +47,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 pool_instances: a.pool_instances,
                 apply: a.apply.clone(),
                 keep_alive: a.keep_alive,
+                reconcile_every: a.reconcile_every,
                 region: a.region.clone(),
             })
             .await?;

@@ -25,6 +25,8 @@ pub struct UpOptions {
     pub apply: Option<PathBuf>,
     /// How long an idle process-function instance stays warm.
     pub keep_alive: Duration,
+    /// Period of the services reconcile loop.
+    pub reconcile_every: Duration,
     /// `AWS_REGION` as process functions see it.
     pub region: String,
 }
@@ -125,6 +127,18 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         });
     }
 
+    // The reconcile loop: whatever this server owns but no instance wants is removed.
+    let reconcile_every = opts.reconcile_every;
+    if let Some(svcs) = services.clone() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(reconcile_every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                svcs.reconcile().await;
+            }
+        });
+    }
     // Calls between services: served on the bridge's address once the bridge exists.
     if let Some(svcs) = &services {
         let mut ready = svcs.bridge_ready();

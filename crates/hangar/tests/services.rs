@@ -414,3 +414,21 @@ async fn responses_stream_and_upgrades_pass_through() {
         assert_eq!(buf, msg.as_bytes());
     }
 }
+
+#[tokio::test]
+async fn the_reconcile_loop_removes_what_no_instance_owns() {
+    let s = Server::start_with(&["--reconcile-every", "300ms"]);
+    let work = tempfile::tempdir().unwrap();
+    s.ok(&["image", "import", httpd_image(work.path(), "kept").to_str().unwrap(), "--name", "web:1"]);
+    s.ok(&["svc", "deploy", "web", "--image", "web:1"]);
+    // Things named like this server's but owned by no instance: a network namespace, a root.
+    let sid = sid(&s);
+    let stray_ns = format!("hgr-{sid}-9999");
+    assert!(Command::new("ip").args(["netns", "add", &stray_ns]).status().unwrap().success());
+    let stray_dir = PathBuf::from(format!("/run/hangar-svc-{sid}/hs-{sid}-9999"));
+    std::fs::create_dir_all(stray_dir.join("rootfs")).unwrap();
+    wait_for("the reconcile loop", Duration::from_secs(20), async || !Path::new("/run/netns").join(&stray_ns).exists() && !stray_dir.exists()).await;
+    // The service's own instance is untouched.
+    assert_eq!(get(&s, "/svc/default/web/").await, (200, "kept".into()));
+    assert_eq!(owned(&s).2, 1);
+}

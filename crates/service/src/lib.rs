@@ -59,6 +59,9 @@ pub struct Host {
     hosts_files: Mutex<HashMap<String, Vec<PathBuf>>>,
     /// Service names of each namespace, for those hosts files.
     names: RwLock<HashMap<String, Vec<String>>>,
+    /// Numbers of the instances that exist or are being made or removed: everything on the
+    /// machine named after another number is the reconcile loop's to remove.
+    live: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Host {
@@ -102,6 +105,12 @@ impl Host {
     pub fn volume_dir(&self, namespace: &str, name: &str) -> PathBuf {
         self.data.join("volumes").join(namespace).join(name)
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ContainerRuntimeRoot {
+    Runc,
+    Runsc,
 }
 
 /// A ready instance's address, and its requests in flight.
@@ -202,6 +211,7 @@ impl Services {
             addresses: RwLock::new(HashMap::new()),
             hosts_files: Mutex::new(HashMap::new()),
             names: RwLock::new(HashMap::new()),
+            live: Mutex::new(std::collections::HashSet::new()),
         });
         let s = Services { host, images, table: RwLock::new(HashMap::new()), hosts: RwLock::new(HashMap::new()), any_hosts: Default::default() };
         s.remove_all().await;
@@ -235,6 +245,46 @@ impl Services {
         let _ = std::fs::remove_dir_all(h.data.join("instances"));
         h.network.remove_all().await;
         hangar_jail::cgroup::remove_tree(&h.cgroup_parent).await;
+    }
+
+    /// Removes what this server owns on the machine but no instance wants: containers, roots,
+    /// namespaces, cgroups left by an instance that did not clean up (e.g. a runtime that failed
+    /// half-way). Run periodically.
+    pub async fn reconcile(&self) {
+        let h = &self.host;
+        let prefix = format!("hs-{}-", h.sid);
+        let number = |id: &str| id.strip_prefix(&prefix).and_then(|n| n.parse::<u64>().ok());
+        // What exists, listed before the live set is read: anything made after the listing is
+        // not considered, and anything listed was registered as live before it was made.
+        let mut containers: Vec<(ContainerRuntimeRoot, String)> = Vec::new();
+        for (rt, root, bin) in [(ContainerRuntimeRoot::Runc, h.runc_root(), Some(PathBuf::from("runc"))), (ContainerRuntimeRoot::Runsc, h.runsc_root(), h.runsc.clone())] {
+            let Some(bin) = bin else { continue };
+            if let Ok(out) = tokio::process::Command::new(&bin).arg("--root").arg(&root).args(["list", "-q"]).output().await {
+                containers.extend(String::from_utf8_lossy(&out.stdout).lines().filter(|l| number(l).is_some()).map(|l| (rt, l.to_string())));
+            }
+        }
+        let dirs: Vec<String> = std::fs::read_dir(&h.run).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| number(n).is_some()).collect();
+        let live = h.live.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let wanted = |id: &str| number(id).is_none_or(|n| live.contains(&n));
+        for (rt, id) in containers.iter().filter(|(_, id)| !wanted(id)) {
+            tracing::warn!("reconcile: removing container {id}, which no instance owns");
+            let (root, bin) = match rt {
+                ContainerRuntimeRoot::Runc => (h.runc_root(), PathBuf::from("runc")),
+                ContainerRuntimeRoot::Runsc => (h.runsc_root(), h.runsc.clone().unwrap_or_default()),
+            };
+            let _ = tokio::process::Command::new(&bin).arg("--root").arg(&root).args(["delete", "--force", id]).output().await;
+        }
+        for id in dirs.iter().filter(|id| !wanted(id)) {
+            tracing::warn!("reconcile: removing the root of {id}, which no instance owns");
+            bundle::unmount_root(&h.run.join(id).join("rootfs"));
+            let _ = std::fs::remove_dir_all(h.run.join(id));
+            let _ = std::fs::remove_dir_all(h.data.join("instances").join(id));
+            hangar_jail::cgroup::remove_tree(&format!("{}/{id}", h.cgroup_parent)).await;
+        }
+        let netns_prefix = format!("hgr-{}-", h.sid);
+        h.network
+            .remove_unwanted(|name| name.strip_prefix(&netns_prefix).and_then(|n| n.parse::<u64>().ok()).is_none_or(|n| live.contains(&n)))
+            .await;
     }
 
     pub fn images(&self) -> &Arc<ImageStore> {

@@ -12,7 +12,6 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::AsyncWriteExt as _;
 
@@ -45,7 +44,6 @@ pub struct Network {
     bridge: String,
     subnet: tokio::sync::OnceCell<[u8; 3]>,
     used: Mutex<HashSet<u8>>,
-    seq: AtomicU64,
     ready: tokio::sync::watch::Sender<Option<Ipv4Addr>>,
 }
 
@@ -93,7 +91,6 @@ impl Network {
             bridge: format!("hgr{sid}"),
             subnet: tokio::sync::OnceCell::new(),
             used: Mutex::new(HashSet::new()),
-            seq: AtomicU64::new(1),
             ready: tokio::sync::watch::channel(None).0,
         }
     }
@@ -184,13 +181,17 @@ impl Network {
         format!("hangar_{}", self.sid)
     }
 
-    /// A new network namespace on the bridge; without `egress` nothing from it is forwarded
-    /// beyond the bridge.
-    pub async fn attach(&self, egress: bool) -> Result<Attachment, ServiceError> {
+    /// The name of instance `n`'s network namespace.
+    pub fn netns_name(&self, n: u64) -> String {
+        format!("hgr-{}-{n}", self.sid)
+    }
+
+    /// A new network namespace on the bridge for instance `n`; without `egress` nothing from
+    /// it is forwarded beyond the bridge.
+    pub async fn attach(&self, n: u64, egress: bool) -> Result<Attachment, ServiceError> {
         let s = self.ensure_bridge().await?;
         let host = self.allocate()?;
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let netns = format!("hgr-{}-{n}", self.sid);
+        let netns = self.netns_name(n);
         // Host side: ≤ 15 characters.
         let veth = format!("hgv{}{n:x}", &self.sid[..6.min(self.sid.len())]);
         let ipaddr = Ipv4Addr::new(s[0], s[1], s[2], host);
@@ -223,6 +224,22 @@ impl Network {
         // Harmless if it was never there.
         let _ = nft(&format!("delete element inet {} no_egress {{ {} }}\n", self.table(), a.ip)).await;
         self.release(a.ip.octets()[3]);
+    }
+
+    /// Removes this server's namespaces that `wanted` does not keep (the reconcile loop).
+    pub async fn remove_unwanted(&self, wanted: impl Fn(&str) -> bool) {
+        let prefix = format!("hgr-{}-", self.sid);
+        let mut batch = String::new();
+        for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && !wanted(&name) {
+                tracing::warn!("reconcile: removing network namespace {name}, which no instance owns");
+                batch.push_str(&format!("netns del {name}\n"));
+            }
+        }
+        if !batch.is_empty() {
+            let _ = ip(&["-force"], &batch).await;
+        }
     }
 
     /// Removes every namespace, veth and the bridge this server made (recovery and shutdown).

@@ -141,6 +141,7 @@ impl Slot {
 
 /// A started container.
 struct Running {
+    n: u64,
     cid: String,
     runtime: ContainerRuntime,
     child: tokio::process::Child,
@@ -186,6 +187,7 @@ impl Running {
         let _ = std::fs::remove_dir_all(&self.run_dir);
         let _ = std::fs::remove_dir_all(&self.data_dir);
         self.host.network.detach(&self.att).await;
+        self.host.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.n);
     }
 }
 
@@ -219,7 +221,15 @@ async fn start(host: &Arc<Host>, svc: &Arc<Service>, shared: &Arc<Shared>, confi
     }
     let n = host.seq.fetch_add(1, Ordering::Relaxed);
     let cid = format!("hs-{}-{n}", host.sid);
-    let att = host.network.attach(config.egress).await?;
+    // Live before anything exists, so the reconcile loop leaves it alone.
+    host.live.lock().unwrap_or_else(|p| p.into_inner()).insert(n);
+    let att = match host.network.attach(n, config.egress).await {
+        Ok(a) => a,
+        Err(e) => {
+            host.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
+            return Err(e);
+        }
+    };
     let run_dir = host.run.join(&cid);
     let data_dir = host.data.join("instances").join(&cid);
     let rootfs = run_dir.join("rootfs");
@@ -253,6 +263,7 @@ async fn start(host: &Arc<Host>, svc: &Arc<Service>, shared: &Arc<Shared>, confi
         let _ = std::fs::remove_dir_all(&run_dir);
         let _ = std::fs::remove_dir_all(&data_dir);
         host.network.detach(&att).await;
+        host.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
         return Err(e);
     }
     let mut cmd = match config.runtime {
@@ -275,6 +286,7 @@ async fn start(host: &Arc<Host>, svc: &Arc<Service>, shared: &Arc<Shared>, confi
             let _ = std::fs::remove_dir_all(&run_dir);
             let _ = std::fs::remove_dir_all(&data_dir);
             host.network.detach(&att).await;
+            host.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
             return Err(ServiceError::Runtime(format!("cannot start {:?}: {e}", config.runtime)));
         }
     };
@@ -298,7 +310,7 @@ async fn start(host: &Arc<Host>, svc: &Arc<Service>, shared: &Arc<Shared>, confi
     shared.set(|s| s.address = addr.to_string());
     host.addresses.write().unwrap_or_else(|p| p.into_inner()).insert(att.ip, svc.namespace.clone());
     host.hosts_files.lock().unwrap_or_else(|p| p.into_inner()).entry(svc.namespace.clone()).or_default().push(run_dir.join("etc/hosts"));
-    Ok((Running { cid, runtime: config.runtime, child, att, run_dir, data_dir, rootfs, host: host.clone() }, addr))
+    Ok((Running { n, cid, runtime: config.runtime, child, att, run_dir, data_dir, rootfs, host: host.clone() }, addr))
 }
 
 /// One readiness or liveness check.
