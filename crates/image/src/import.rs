@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use serde::Deserialize;
 
-use crate::{Image, ImageError, ImageStore, Layer, Tag, check_config, decompressed, digest_hex, normalize, now_ms, run_config, sha256_digest};
+use crate::{Image, ImageError, ImageStore, Layer, Tag, check_config, decompressed, digest_hex, normalize, sha256_digest};
 
 /// Largest manifest, index or config read into memory.
 const MAX_JSON: u64 = 4 << 20;
@@ -161,17 +161,7 @@ impl ImageStore {
                 layers.push(Layer { diff_id, digest, size });
             }
             let id = manifest.config().digest().to_string();
-            out.push(self.record(Image {
-                tags: tags(namespace, names, &id),
-                id,
-                manifest: Some(d.digest().to_string()),
-                size: layers.iter().map(|l| l.size).sum(),
-                layers,
-                config: run_config(&config),
-                os: config.os().to_string(),
-                architecture: config.architecture().to_string(),
-                added_ms: now_ms(),
-            })?);
+            out.push(self.record(Image::new(id.clone(), tags(namespace, names, &id), Some(d.digest().to_string()), layers, &config))?);
         }
         Ok(out)
     }
@@ -206,17 +196,7 @@ impl ImageStore {
                 None => e.repo_tags.unwrap_or_default().iter().filter_map(|t| normalize(t).ok()).collect(),
             };
             let id = sha256_digest(&config_bytes);
-            out.push(self.record(Image {
-                tags: tags(namespace, names, &id),
-                id,
-                manifest: None,
-                size: layers.iter().map(|l| l.size).sum(),
-                layers,
-                config: run_config(&config),
-                os: config.os().to_string(),
-                architecture: config.architecture().to_string(),
-                added_ms: now_ms(),
-            })?);
+            out.push(self.record(Image::new(id.clone(), tags(namespace, names, &id), None, layers, &config))?);
         }
         Ok(out)
     }

@@ -384,6 +384,21 @@ impl ImageStore {
 }
 
 impl Image {
+    /// An image added now: its config (run settings and platform) and layers.
+    fn new(id: String, tags: Vec<Tag>, manifest: Option<String>, layers: Vec<Layer>, config: &oci_spec::image::ImageConfiguration) -> Image {
+        Image {
+            id,
+            tags,
+            manifest,
+            size: layers.iter().map(|l| l.size).sum(),
+            layers,
+            config: run_config(config),
+            os: config.os().to_string(),
+            architecture: config.architecture().to_string(),
+            added_ms: now_ms(),
+        }
+    }
+
     /// Whether `namespace` has a name for this image.
     pub fn named_in(&self, namespace: &str) -> bool {
         self.tags.iter().any(|t| t.namespace == namespace)

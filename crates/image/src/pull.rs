@@ -12,7 +12,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use oci_spec::image::ImageConfiguration;
 
-use crate::{Image, ImageError, RegistryFailure, ImageStore, Layer, Tag, check_config, now_ms, run_config, sha256_digest};
+use crate::{Image, ImageError, RegistryFailure, ImageStore, Layer, Tag, check_config, sha256_digest};
 
 /// Registry credentials.
 #[derive(Clone, Default)]
@@ -144,17 +144,7 @@ impl ImageStore {
             layers.push(Layer { diff_id, digest: l.digest.clone(), size });
         }
         let store = self.clone();
-        let image = Image {
-            id: manifest.config.digest.clone(),
-            tags: vec![Tag { namespace: namespace.to_string(), name: r.whole() }],
-            manifest: Some(digest),
-            size: layers.iter().map(|l| l.size).sum(),
-            layers,
-            config: run_config(&config),
-            os: config.os().to_string(),
-            architecture: config.architecture().to_string(),
-            added_ms: now_ms(),
-        };
+        let image = Image::new(manifest.config.digest.clone(), vec![Tag { namespace: namespace.to_string(), name: r.whole() }], Some(digest), layers, &config);
         tokio::task::spawn_blocking(move || store.record(image)).await.map_err(|e| ImageError::Io(std::io::Error::other(e)))?
     }
 }

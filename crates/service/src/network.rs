@@ -47,41 +47,32 @@ pub struct Network {
     ready: tokio::sync::watch::Sender<Option<Ipv4Addr>>,
 }
 
-async fn nft(script: &str) -> Result<(), ServiceError> {
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
+/// Runs `program args...` with `script` on its standard input (nft -f -, ip -batch -).
+async fn feed(program: &str, args: &[&str], script: &str, package: &str) -> Result<(), ServiceError> {
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| ServiceError::Network(format!("cannot run `nft` (apt-get install nftables): {e}")))?;
+        .map_err(|e| ServiceError::Network(format!("cannot run `{program}` (apt-get install {package}): {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(script.as_bytes()).await.map_err(|e| ServiceError::Network(e.to_string()))?;
     }
     let out = child.wait_with_output().await.map_err(|e| ServiceError::Network(e.to_string()))?;
     if !out.status.success() {
-        return Err(ServiceError::Network(format!("nft failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(ServiceError::Network(format!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
 }
 
+async fn nft(script: &str) -> Result<(), ServiceError> {
+    feed("nft", &["-f", "-"], script, "nftables").await
+}
+
 async fn ip(args: &[&str], batch: &str) -> Result<(), ServiceError> {
-    let mut child = tokio::process::Command::new("ip")
-        .args(args)
-        .args(["-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| ServiceError::Network(format!("cannot run `ip` (iproute2): {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(batch.as_bytes()).await.map_err(|e| ServiceError::Network(e.to_string()))?;
-    }
-    let out = child.wait_with_output().await.map_err(|e| ServiceError::Network(e.to_string()))?;
-    if !out.status.success() {
-        return Err(ServiceError::Network(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    Ok(())
+    let args: Vec<&str> = args.iter().copied().chain(["-batch", "-"]).collect();
+    feed("ip", &args, batch, "iproute2").await
 }
 
 impl Network {
