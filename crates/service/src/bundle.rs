@@ -214,3 +214,81 @@ pub fn unmount_root(target: &Path) {
     use nix::mount::{MntFlags, umount2};
     let _ = umount2(target, MntFlags::MNT_DETACH);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> RunConfig {
+        RunConfig {
+            entrypoint: vec!["/bin/app".into()],
+            cmd: vec!["--serve".into()],
+            env: vec!["A=image".into(), "B=image".into()],
+            working_dir: "/srv".into(),
+            user: "www".into(),
+            exposed_ports: vec![8080],
+            stop_signal: None,
+        }
+    }
+
+    #[test]
+    fn argv_follows_docker_rules() {
+        let mut c = ServiceConfig::new("x");
+        assert_eq!(argv(&image(), &c), ["/bin/app", "--serve"]);
+        c.args = Some(vec!["--other".into()]);
+        assert_eq!(argv(&image(), &c), ["/bin/app", "--other"]);
+        // A new entrypoint drops the image's cmd unless args are given.
+        c.args = None;
+        c.command = Some(vec!["/bin/sh".into()]);
+        assert_eq!(argv(&image(), &c), ["/bin/sh"]);
+    }
+
+    #[test]
+    fn users_resolve_from_the_image() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("etc/passwd"), "root:x:0:0::/:/bin/sh\nwww:x:33:34::/:/bin/sh\n").unwrap();
+        std::fs::write(root.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        assert_eq!(resolve_user(root.path(), "www").unwrap().0, 33);
+        assert_eq!(resolve_user(root.path(), "www").unwrap().1, 34);
+        assert_eq!(resolve_user(root.path(), "1000:50").unwrap().1, 50);
+        assert_eq!(resolve_user(root.path(), "www:staff").unwrap().1, 50);
+        assert!(resolve_user(root.path(), "nobody-here").is_err());
+        assert_eq!(resolve_user(root.path(), "").unwrap(), (0, 0, vec![]));
+    }
+
+    #[test]
+    fn the_config_merges_image_and_service() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("etc/passwd"), "www:x:33:33::/:/bin/sh\n").unwrap();
+        let mut c = ServiceConfig::new("x");
+        c.env.insert("B".into(), "service".into());
+        c.memory_mb = 64;
+        c.cpus = 0.5;
+        let img = image();
+        let spec = InstanceSpec {
+            hostname: "web",
+            image: &img,
+            config: &c,
+            port: 9000,
+            netns: Path::new("/run/netns/t"),
+            cgroup_path: "/hangar-t-svc/hs-t-1".into(),
+            volumes: vec![(PathBuf::from("/data/v"), "/var/lib/app".into())],
+            etc: Path::new("/run/x/etc"),
+        };
+        let v = serde_json::to_value(config(&spec, root.path()).unwrap()).unwrap();
+        let env: Vec<&str> = v["process"]["env"].as_array().unwrap().iter().filter_map(|e| e.as_str()).collect();
+        assert!(env.contains(&"A=image") && env.contains(&"B=service") && env.contains(&"PORT=9000"), "{env:?}");
+        assert_eq!(v["process"]["cwd"], "/srv");
+        assert_eq!(v["process"]["user"]["uid"], 33);
+        assert_eq!(v["process"]["noNewPrivileges"], true);
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
+        let ns = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/netns/t"));
+        let vol = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/var/lib/app").unwrap();
+        assert_eq!(vol["source"], "/data/v");
+        assert!(!v["process"]["capabilities"]["bounding"].as_array().unwrap().iter().any(|c| c == "CAP_SYS_ADMIN"));
+    }
+}
