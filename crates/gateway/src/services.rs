@@ -282,7 +282,23 @@ async fn forward(svc: &hangar_service::Service, mut req: Request, path: &str) ->
         head.headers.insert("x-forwarded-host", h);
     }
     head.headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
-    let resp = client().request(Request::from_parts(head, body)).await.map_err(|e| {
+    // A request that is safe to repeat and has no body may be sent again, once, when the
+    // connection failed before an answer (e.g. an instance closed a pooled connection).
+    let replay = (!upgrade && http_body::Body::is_end_stream(&body) && matches!(head.method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS))
+        .then(|| (head.method.clone(), head.uri.clone(), head.headers.clone(), head.version));
+    let mut endpoint = endpoint;
+    let mut resp = client().request(Request::from_parts(head, body)).await;
+    if let (Err(_), Some((method, uri, headers, version))) = (&resp, replay) {
+        endpoint = svc.pick().unwrap_or(endpoint);
+        let target = format!("http://{}{}", endpoint.addr(), uri.path_and_query().map_or("/", |p| p.as_str()));
+        let mut again = Request::new(Body::empty());
+        *again.method_mut() = method;
+        *again.uri_mut() = target.parse().unwrap_or(uri);
+        *again.headers_mut() = headers;
+        *again.version_mut() = version;
+        resp = client().request(again).await;
+    }
+    let resp = resp.map_err(|e| {
         ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("service `{name}` (instance at {}) did not answer: {e}", endpoint.addr()))
     })?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS

@@ -208,6 +208,10 @@ async fn bad_services_are_refused_or_reported_as_crash_loops() {
     let (cgroups, mounts, netns, _) = owned(&s);
     assert_eq!((cgroups, mounts, netns), (0, 0, 0), "nothing half-created is left");
 
+    // A process that outgrows its memory limit: told as such.
+    let err = s.fails(&["svc", "deploy", "hog", "--image", "web:1", "--memory", "16", "--command", "/bin/busybox", "--arg", "dd", "--arg", "if=/dev/zero", "--arg", "of=/dev/null", "--arg", "bs=64M", "--arg", "count=1"], 6);
+    assert!(err.contains("ran out of memory (limit 16 MiB)"), "{err}");
+
     // A working service keeps serving when its update crash-loops.
     s.ok(&["svc", "deploy", "web", "--image", "web:1"]);
     s.fails(&["svc", "deploy", "web", "--image", "web:1", "--command", "/bin/false"], 6);

@@ -278,7 +278,13 @@ async fn start(host: &Arc<Host>, svc: &Arc<Service>, shared: &Arc<Shared>, confi
             c
         }
     };
-    cmd.arg("run").arg("--bundle").arg(&run_dir).arg(&cid).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    // runc keeps the stopped container (`--keep`), so its cgroup can still tell an OOM kill;
+    // the cleanup deletes it.
+    cmd.arg("run");
+    if config.runtime == ContainerRuntime::Runc {
+        cmd.arg("--keep");
+    }
+    cmd.arg("--bundle").arg(&run_dir).arg(&cid).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -328,6 +334,30 @@ async fn probe_once(addr: SocketAddr, probe: &Probe) -> bool {
     tokio::time::timeout(Duration::from_secs(2), attempt).await.ok().flatten().unwrap_or(false)
 }
 
+impl Running {
+    /// Whether the kernel killed something in the container for exceeding its memory limit.
+    fn oom_killed(&self) -> bool {
+        let rel = format!("{}/{}", self.host.cgroup_parent, self.cid);
+        let (file, key) = match hangar_jail::cgroup::Version::detect() {
+            hangar_jail::cgroup::Version::V1 => (PathBuf::from("/sys/fs/cgroup/memory").join(&rel).join("memory.oom_control"), "oom_kill "),
+            hangar_jail::cgroup::Version::V2 => (PathBuf::from("/sys/fs/cgroup").join(&rel).join("memory.events"), "oom_kill "),
+        };
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+            .any(|n| n > 0)
+    }
+
+    /// Why it ended, once its process has.
+    fn ended(&self, status: std::io::Result<std::process::ExitStatus>, memory_mb: u32) -> String {
+        if self.oom_killed() {
+            return format!("ran out of memory (limit {memory_mb} MiB) and was killed; raise --memory");
+        }
+        describe(status)
+    }
+}
+
 fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     use std::os::unix::process::ExitStatusExt as _;
     match status {
@@ -370,7 +400,7 @@ async fn run(
                 let mut pause = Duration::from_millis(5).min(period);
                 let ready = loop {
                     tokio::select! {
-                        status = running.child.wait() => { exited = Some(describe(status)); break false; }
+                        status = running.child.wait() => { exited = Some(running.ended(status, config.memory_mb)); break false; }
                         _ = stop.changed() => {
                             let grace = stop.borrow().unwrap_or(0);
                             running.stop(grace).await;
@@ -393,7 +423,7 @@ async fn run(
                     let liveness = period.max(Duration::from_secs(1));
                     let how = loop {
                         tokio::select! {
-                            status = running.child.wait() => break describe(status),
+                            status = running.child.wait() => break running.ended(status, config.memory_mb),
                             _ = stop.changed() => {
                                 let grace = stop.borrow().unwrap_or(0);
                                 svc.unpublish(&shared.id);
