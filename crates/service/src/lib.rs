@@ -145,6 +145,8 @@ pub struct Service {
     pub config: RwLock<ServiceConfig>,
     routes: RwLock<Vec<Arc<Endpoint>>>,
     slots: Mutex<Vec<slot::Slot>>,
+    /// Image ids of instances still stopping after a rollout (their roots are still mounted).
+    retiring: Arc<Mutex<Vec<String>>>,
     pub logs: Arc<LogRing>,
 }
 
@@ -338,12 +340,15 @@ impl Services {
     /// Whether any service of `namespace` runs the image `id`.
     pub fn uses_image(&self, namespace: &str, id: &str) -> bool {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        table.values().filter(|s| s.namespace == namespace).any(|s| s.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|slot| slot.image_id() == id))
+        table.values().filter(|s| s.namespace == namespace).any(|s| {
+            s.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|slot| slot.image_id() == id)
+                || s.retiring.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r == id)
+        })
     }
 
     /// Rolls `namespace/name` out to `revision`: starts `min_instances` new instances, waits
     /// until all are ready (traffic reaches each as soon as it is), then drains and stops the
-    /// old ones. If the new instances do not become ready, they are stopped and the old ones
+    /// old ones in the background. If the new instances do not become ready, they are stopped and the old ones
     /// keep serving; the error carries their last log lines.
     pub async fn rollout(&self, namespace: &str, name: &str, revision: u64, config: ServiceConfig, image: Image) -> Result<(), ServiceError> {
         let svc = {
@@ -357,6 +362,7 @@ impl Services {
                         config: RwLock::new(config.clone()),
                         routes: RwLock::new(Vec::new()),
                         slots: Mutex::new(Vec::new()),
+                        retiring: Arc::default(),
                         logs: Arc::new(LogRing::new(1 << 20)),
                     })
                 })
@@ -390,10 +396,23 @@ impl Services {
         };
         *svc.config.write().unwrap_or_else(|p| p.into_inner()) = config;
         self.reindex_hosts();
-        for s in old {
-            let grace = s.grace_ms();
-            s.stop(grace).await;
-        }
+        // The new revision serves; the old instances drain and stop meanwhile, together.
+        let ids: Vec<String> = old.iter().map(|s| s.image_id().to_string()).collect();
+        svc.retiring.lock().unwrap_or_else(|p| p.into_inner()).extend(ids.iter().cloned());
+        let retiring = svc.retiring.clone();
+        tokio::spawn(async move {
+            futures::future::join_all(old.into_iter().map(|s| {
+                let grace = s.grace_ms();
+                s.stop(grace)
+            }))
+            .await;
+            let mut r = retiring.lock().unwrap_or_else(|p| p.into_inner());
+            for id in ids {
+                if let Some(i) = r.iter().position(|x| *x == id) {
+                    r.remove(i);
+                }
+            }
+        });
         Ok(())
     }
 

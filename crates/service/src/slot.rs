@@ -131,8 +131,8 @@ impl Slot {
         }
     }
 
-    /// Stops the slot: out of the routes, requests drained (up to `grace_ms`), SIGTERM,
-    /// `grace_ms`, SIGKILL, everything removed.
+    /// Stops the slot: out of the routes, requests drained (up to `grace_ms`), SIGTERM, up to
+    /// `grace_ms` more, SIGKILL, everything removed.
     pub(crate) async fn stop(self, grace_ms: u64) {
         let _ = self.stop.send(Some(grace_ms));
         let _ = self.task.await;
@@ -432,7 +432,7 @@ async fn run(
                                 while endpoint.inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
                                     tokio::time::sleep(Duration::from_millis(20)).await;
                                 }
-                                running.stop(grace.saturating_sub(deadline.saturating_duration_since(Instant::now()).as_millis() as u64).max(1000.min(grace))).await;
+                                running.stop(grace).await;
                                 return;
                             }
                             _ = tokio::time::sleep(liveness) => {
