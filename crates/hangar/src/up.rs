@@ -33,6 +33,8 @@ pub struct UpOptions {
 
 pub async fn run(opts: UpOptions) -> Result<()> {
     create_private_dir(&opts.data_dir)?;
+    // One server per data dir: a second one would clean up (kill) the first one's containers.
+    let _lock = lock_data_dir(&opts.data_dir)?;
     let db = opts.data_dir.join("hangar.db");
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&db).with_context(|| format!("opening the database {}", db.display()))?,
@@ -180,6 +182,30 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     println!("Hangar stopped");
     Ok(())
+}
+
+/// Holds an exclusive lock on `<data>/hangar.lock` for as long as the server runs.
+fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = dir.join("hangar.lock");
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            lock.rewind()?;
+            write!(lock, "{}", std::process::id())?;
+            Ok(lock)
+        }
+        Err((mut file, _)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            anyhow::bail!(
+                "another Hangar (pid {}) is running with the data dir {}; stop it first, or give this one another --data-dir",
+                pid.trim(),
+                dir.display()
+            )
+        }
+    }
 }
 
 /// The services runtime, if this machine can run containers (root, runc, iproute2).

@@ -436,3 +436,18 @@ async fn the_reconcile_loop_removes_what_no_instance_owns() {
     assert_eq!(get(&s, "/svc/default/web/").await, (200, "kept".into()));
     assert_eq!(owned(&s).2, 1);
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_refuses_to_start_and_harms_nothing() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    s.ok(&["image", "import", httpd_image(work.path(), "first").to_str().unwrap(), "--name", "web:1"]);
+    s.ok(&["svc", "deploy", "web", "--image", "web:1"]);
+    let out = Command::new(common::BIN).arg("up").arg("--data-dir").arg(s.dir.path()).args(["--listen", "127.0.0.1:0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another Hangar") && err.contains("is running with the data dir"), "{err}");
+    // The first server's instances were not cleaned up by the second.
+    assert_eq!(get(&s, "/svc/default/web/").await, (200, "first".into()));
+    assert_eq!(owned(&s).2, 1);
+}
