@@ -101,16 +101,31 @@ impl Host {
         self.run.join("runsc")
     }
 
+    /// The container runtimes this machine has.
+    fn runtimes(&self) -> Vec<hangar_api::services::ContainerRuntime> {
+        use hangar_api::services::ContainerRuntime;
+        let mut v = vec![ContainerRuntime::Runc];
+        if self.runsc.is_some() {
+            v.push(ContainerRuntime::Gvisor);
+        }
+        v
+    }
+
+    /// The containers a runtime knows under this server's root.
+    async fn containers(&self, runtime: hangar_api::services::ContainerRuntime) -> Vec<String> {
+        let out = slot::runtime_command(self, runtime).args(["list", "-q"]).output().await;
+        out.map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()).unwrap_or_default()
+    }
+
+    /// Kills and deletes a container.
+    async fn delete_container(&self, runtime: hangar_api::services::ContainerRuntime, id: &str) {
+        let _ = slot::runtime_command(self, runtime).args(["delete", "--force", id]).output().await;
+    }
+
     /// The directory of a named volume of a namespace.
     pub fn volume_dir(&self, namespace: &str, name: &str) -> PathBuf {
         self.data.join("volumes").join(namespace).join(name)
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum ContainerRuntimeRoot {
-    Runc,
-    Runsc,
 }
 
 /// A ready instance's address, and its requests in flight.
@@ -226,13 +241,9 @@ impl Services {
     /// Removes every container, mount, namespace, cgroup and instance root this server owns.
     async fn remove_all(&self) {
         let h = &self.host;
-        hangar_jail::remove_all(&h.runc_root()).await;
-        if let Some(runsc) = &h.runsc {
-            let root = h.runsc_root();
-            if let Ok(out) = tokio::process::Command::new(runsc).arg("--root").arg(&root).args(["list", "-q"]).output().await {
-                for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
-                    let _ = tokio::process::Command::new(runsc).arg("--root").arg(&root).args(["delete", "--force", id]).output().await;
-                }
+        for rt in h.runtimes() {
+            for id in h.containers(rt).await {
+                h.delete_container(rt, &id).await;
             }
         }
         // Mounted roots, deepest first.
@@ -258,23 +269,16 @@ impl Services {
         let number = |id: &str| id.strip_prefix(&prefix).and_then(|n| n.parse::<u64>().ok());
         // What exists, listed before the live set is read: anything made after the listing is
         // not considered, and anything listed was registered as live before it was made.
-        let mut containers: Vec<(ContainerRuntimeRoot, String)> = Vec::new();
-        for (rt, root, bin) in [(ContainerRuntimeRoot::Runc, h.runc_root(), Some(PathBuf::from("runc"))), (ContainerRuntimeRoot::Runsc, h.runsc_root(), h.runsc.clone())] {
-            let Some(bin) = bin else { continue };
-            if let Ok(out) = tokio::process::Command::new(&bin).arg("--root").arg(&root).args(["list", "-q"]).output().await {
-                containers.extend(String::from_utf8_lossy(&out.stdout).lines().filter(|l| number(l).is_some()).map(|l| (rt, l.to_string())));
-            }
+        let mut containers = Vec::new();
+        for rt in h.runtimes() {
+            containers.extend(h.containers(rt).await.into_iter().filter(|id| number(id).is_some()).map(|id| (rt, id)));
         }
         let dirs: Vec<String> = std::fs::read_dir(&h.run).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| number(n).is_some()).collect();
         let live = h.live.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let wanted = |id: &str| number(id).is_none_or(|n| live.contains(&n));
         for (rt, id) in containers.iter().filter(|(_, id)| !wanted(id)) {
             tracing::warn!("reconcile: removing container {id}, which no instance owns");
-            let (root, bin) = match rt {
-                ContainerRuntimeRoot::Runc => (h.runc_root(), PathBuf::from("runc")),
-                ContainerRuntimeRoot::Runsc => (h.runsc_root(), h.runsc.clone().unwrap_or_default()),
-            };
-            let _ = tokio::process::Command::new(&bin).arg("--root").arg(&root).args(["delete", "--force", id]).output().await;
+            h.delete_container(*rt, id).await;
         }
         for id in dirs.iter().filter(|id| !wanted(id)) {
             tracing::warn!("reconcile: removing the root of {id}, which no instance owns");
@@ -287,10 +291,6 @@ impl Services {
         h.network
             .remove_unwanted(|name| name.strip_prefix(&netns_prefix).and_then(|n| n.parse::<u64>().ok()).is_none_or(|n| live.contains(&n)))
             .await;
-    }
-
-    pub fn images(&self) -> &Arc<ImageStore> {
-        &self.images
     }
 
     /// The bridge's address once it exists: the gateway serves calls between services there
@@ -436,10 +436,5 @@ impl Services {
         let all: Vec<(String, String)> = self.table.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         futures::future::join_all(all.iter().map(|(ns, name)| self.remove(ns, name))).await;
         self.remove_all().await;
-    }
-
-    /// The directory of a named volume (created on first use).
-    pub fn volume_dir(&self, namespace: &str, name: &str) -> PathBuf {
-        self.host.volume_dir(namespace, name)
     }
 }

@@ -86,10 +86,6 @@ impl Network {
         }
     }
 
-    pub fn bridge(&self) -> &str {
-        &self.bridge
-    }
-
     /// Tells the bridge's address once the bridge exists.
     pub fn bridge_ready(&self) -> tokio::sync::watch::Receiver<Option<Ipv4Addr>> {
         self.ready.subscribe()

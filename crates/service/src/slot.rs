@@ -191,7 +191,8 @@ impl Running {
     }
 }
 
-fn runtime_command(host: &Host, runtime: ContainerRuntime) -> tokio::process::Command {
+/// runc or runsc with this server's state root.
+pub(crate) fn runtime_command(host: &Host, runtime: ContainerRuntime) -> tokio::process::Command {
     match runtime {
         ContainerRuntime::Runc => {
             let mut c = tokio::process::Command::new("runc");
