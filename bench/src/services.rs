@@ -101,7 +101,8 @@ async fn hangar_cold(client: &reqwest::Client, h: &Hangar) -> Result<Vec<f64>> {
         let r = client
             .put(format!("{}/v1/services/cold", h.url))
             .bearer_auth(&h.key)
-            .json(&json!({"image": "bench/backend:1", "memory_mb": 64}))
+            // The backend is pid 1 without a SIGTERM handler: no grace period to wait out.
+            .json(&json!({"image": "bench/backend:1", "memory_mb": 64, "stop_grace_ms": 0}))
             .send()
             .await?;
         if !r.status().is_success() {
@@ -251,7 +252,8 @@ pub async fn run(bin: &Path, connections: u32, seconds: u32, runs: usize) -> Res
         dv.push(wrk(&direct, connections, seconds)?);
         nv.push(wrk(&proxied, connections, seconds)?);
     }
-    let _ = nginx_child.kill();
+    // SIGQUIT: the master stops its workers too (SIGKILL would leave them running).
+    let _ = Command::new("kill").arg("-QUIT").arg(nginx_child.id().to_string()).status();
     let _ = nginx_child.wait();
     h.cli(&["svc", "rm", "web"])?;
 

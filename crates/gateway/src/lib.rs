@@ -53,9 +53,26 @@ pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 8 << 30;
 /// Whether an image (namespace, id) is needed by something that runs.
 pub type ImageUsers = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
-/// Everything the handlers share. Cheap to clone.
+/// Everything the handlers share: one pointer, so the per-request clones axum makes cost
+/// a reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] points at.
+pub struct Shared {
     pub store: Arc<dyn Store>,
     pub scheduler: Arc<Scheduler>,
     pub meter: Meter,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hangar_api::now_ms;
-use hangar_gateway::{AppState, KeyCache, Limits};
+use hangar_gateway::{AppState, KeyCache, Limits, Shared};
 use hangar_meter::{Meter, Metrics};
 use hangar_runtime_wasm::{PoolSize, WasmCounters, WasmRuntime};
 use hangar_scheduler::Scheduler;
@@ -85,7 +85,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     };
     let users = services.clone();
     let image_users: hangar_gateway::ImageUsers = Arc::new(move |ns: &str, id: &str| users.as_ref().is_some_and(|s| s.uses_image(ns, id)));
-    let state = AppState {
+    let state = AppState::new(Shared {
         store,
         scheduler: scheduler.clone(),
         meter: meter.clone(),
@@ -97,7 +97,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         limits: opts.limits,
         deploy_lock: Arc::default(),
         ready: Arc::default(),
-    };
+    });
     let restored = hangar_gateway::restore(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
     // Services come back in the background; the API answers meanwhile.
     let restoring = state.clone();
