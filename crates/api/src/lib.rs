@@ -74,6 +74,8 @@ macro_rules! wire_enum {
     };
 }
 
+pub mod events;
+
 wire_enum! {
     /// How a function's code is executed.
     RuntimeKind, "runtime" {
@@ -134,6 +136,9 @@ pub struct FunctionConfig {
     /// Whether the function URL answers without an API key.
     #[serde(default)]
     pub public: bool,
+    /// Retries and destination of asynchronous invocations.
+    #[serde(default, rename = "async", skip_serializing_if = "events::AsyncConfig::is_default")]
+    pub async_: events::AsyncConfig,
 }
 
 fn default_memory_mb() -> u32 {
@@ -158,6 +163,7 @@ impl FunctionConfig {
             env: BTreeMap::new(),
             allow_outbound: Vec::new(),
             public: false,
+            async_: events::AsyncConfig::default(),
         }
     }
 }
@@ -225,6 +231,8 @@ wire_enum! {
         Http = "http",
         /// `POST /v1/functions/{name}/invoke`.
         Api = "api",
+        /// An attempt of an asynchronous invocation.
+        Async = "async",
     }
 }
 

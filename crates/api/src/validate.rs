@@ -61,6 +61,7 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
         return Err(Invalid::new("max_instances", format!("{} is out of range: choose {lo} to {hi}", cfg.max_instances)));
     }
     handler(cfg)?;
+    cfg.async_.validate()?;
     let mut env_bytes = 0;
     for (k, v) in &cfg.env {
         env_var_name(k)?;

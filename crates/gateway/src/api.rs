@@ -296,6 +296,10 @@ pub async fn put_function(
     };
     let _guard = state.deploy_lock.lock().await;
     let existing = state.store.get_function(&ns, &name).await?;
+    // A dry run (a manifest's check) cannot know the functions deployed before this one.
+    if let Some(target) = config.async_.on_failure.as_deref().filter(|_| !q.dry_run) {
+        crate::events::check_on_failure(&state, &ns, &name, target).await?;
+    }
     if let (None, Some(e)) = (&code_info, &existing)
         && e.config.runtime != config.runtime {
             return Err(ApiError::bad_request(

@@ -14,7 +14,6 @@ use hangar_api::{INVOCATION_ID_HEADER, Trigger};
 use http_body::Frame;
 
 use crate::AppState;
-use crate::api::NamespaceQuery;
 use crate::auth::Credentials;
 use crate::error::{ApiError, ApiQuery};
 
@@ -52,19 +51,35 @@ pub async fn function_url(State(state): State<AppState>, req: Request) -> Result
     invoke(&state, &slot, head, body, Trigger::Http).await
 }
 
+/// Query of an invoke.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeQuery {
+    pub namespace: Option<String>,
+    /// Queue the invocation and answer `202` with its id once it is persisted (also
+    /// `X-Hangar-Invocation-Type: Event`); an `Idempotency-Key` header deduplicates.
+    #[serde(default, rename = "async")]
+    pub asynchronous: bool,
+}
+
 /// `POST /v1/functions/{name}/invoke`: the body is sent to the function as `POST /`.
-#[utoipa::path(post, path = "/v1/functions/{name}/invoke", params(NamespaceQuery), tag = "functions",
+#[utoipa::path(post, path = "/v1/functions/{name}/invoke", params(InvokeQuery), tag = "functions",
     request_body(content = String, description = "sent to the function as the body of `POST /`"),
-    responses((status = 200, description = "the function's response"), (status = 404, body = hangar_api::ErrorBody), (status = 413, body = hangar_api::ErrorBody)))]
+    responses((status = 200, description = "the function's response"), (status = 202, body = hangar_api::events::AsyncAccepted, description = "queued (asynchronous)"),
+        (status = 404, body = hangar_api::ErrorBody), (status = 413, body = hangar_api::ErrorBody)))]
 pub async fn invoke_api(
     State(state): State<AppState>,
     principal: crate::auth::Principal,
     Path(name): Path<String>,
-    ApiQuery(q): ApiQuery<NamespaceQuery>,
+    ApiQuery(q): ApiQuery<InvokeQuery>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let ns = principal.scope(q.namespace.as_deref())?;
     let slot = state.scheduler.route(&ns, &name).ok_or_else(|| ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")))?;
+    if crate::events::wants_async(q.asynchronous, req.headers())? {
+        let (head, body) = req.into_parts();
+        return crate::events::accept(&state, &slot, &head.headers, body).await;
+    }
     let (mut head, body) = req.into_parts();
     head.uri = http::Uri::from_static("/");
     head.method = http::Method::POST;

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod images;
 pub mod invoke;
 pub mod openapi;
@@ -86,6 +87,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Serializes deploys and deletes, so revisions are numbered without gaps or races.
     pub deploy_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The durable queue of asynchronous invocations.
+    pub async_queue: hangar_events::AsyncQueue,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -115,6 +118,8 @@ pub fn router(state: AppState) -> Router {
         .route("/services/{name}/logs", get(services::service_logs))
         .route("/invocations", get(api::list_invocations))
         .route("/invocations/{id}", get(api::get_invocation))
+        .route("/async-invocations", get(events::list))
+        .route("/async-invocations/{id}", get(events::get))
         .route("/openapi.json", get(openapi_json))
         .layer(json_limit);
     Router::new()

@@ -83,6 +83,9 @@ pub enum Command {
     /// Manage services: long-running containers from images
     #[command(subcommand, name = "svc")]
     Service(SvcCommand),
+    /// Show asynchronous invocations (`hangar invoke --async`) and the dead-letter list
+    #[command(subcommand, name = "async")]
+    Async(AsyncCommand),
     /// Manage container images (import, pull, list, remove)
     #[command(subcommand)]
     Image(ImageCommand),
@@ -126,6 +129,9 @@ pub struct UpArgs {
     /// The AWS_REGION process functions see
     #[arg(long, env = "HANGAR_REGION", default_value = "local")]
     pub region: String,
+    /// Most attempts of asynchronous invocations running at once (1..=4096)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub async_concurrency: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,6 +271,18 @@ pub struct DeployArgs {
     /// Answer on the function URL without an API key
     #[arg(long)]
     pub public: bool,
+    /// Retries of a failed asynchronous invocation (0..=2) [default: 2]
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// Wait before the first retry, doubled for each further one, e.g. 1s [default: 1s]
+    #[arg(long)]
+    pub retry_delay: Option<String>,
+    /// Give asynchronous invocations up once this old, e.g. 1h (60s..6h) [default: 6h]
+    #[arg(long)]
+    pub max_event_age: Option<String>,
+    /// Function that receives every asynchronous invocation given up
+    #[arg(long)]
+    pub on_failure: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +300,28 @@ pub struct InvokeArgs {
     /// Extra header "Name: value" (repeatable)
     #[arg(long = "header", short = 'H')]
     pub headers: Vec<String>,
+    /// Queue the invocation (the body is the event) and print its id once it is persisted
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+    /// With --async: events with the same key run once
+    #[arg(long, requires = "asynchronous")]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AsyncCommand {
+    /// List asynchronous invocations, newest first
+    Ls {
+        /// Only this function
+        name: Option<String>,
+        /// Only this state: queued, running, succeeded, failed (the dead-letter list)
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one asynchronous invocation with its attempts
+    Get { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -418,6 +458,17 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
             if let Some(n) = a.max_instances {
                 config.max_instances = n;
             }
+            if let Some(n) = a.retries {
+                config.async_.max_retries = n;
+            }
+            let duration = |flag: &str, v: &str| humantime::parse_duration(v).with_context(|| format!("{flag} `{v}` is not a duration like 500ms or 1m"));
+            if let Some(d) = &a.retry_delay {
+                config.async_.retry_delay_ms = duration("--retry-delay", d)?.as_millis() as u64;
+            }
+            if let Some(d) = &a.max_event_age {
+                config.async_.max_event_age_s = duration("--max-event-age", d)?.as_secs();
+            }
+            config.async_.on_failure = a.on_failure.clone();
             hangar_api::validate::function_config(&config).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
             hangar_api::validate::name("name", &a.name).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
             let code = crate::code::read(&a.code).context("--code")?;
@@ -467,6 +518,9 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
 }
 
 pub async fn run_invoke(cli: &Cli, a: &InvokeArgs) -> Result<i32> {
+    if a.asynchronous {
+        return crate::events::invoke_async(cli, a).await;
+    }
     let client = client(cli);
     let ns = match cli.namespace.clone() {
         Some(n) => n,

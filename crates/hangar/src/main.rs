@@ -5,6 +5,7 @@
 mod cli;
 mod client;
 mod code;
+mod events;
 mod images;
 mod manifest;
 mod services;
@@ -48,6 +49,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 apply: a.apply.clone(),
                 keep_alive: a.keep_alive,
                 reconcile_every: a.reconcile_every,
+                async_concurrency: a.async_concurrency,
                 region: a.region.clone(),
             })
             .await?;
@@ -68,6 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Image(cmd) => images::run(&cli, cmd).await?,
         Command::Service(cmd) => services::run(&cli, cmd).await?,
+        Command::Async(cmd) => events::run(&cli, cmd).await?,
         Command::Namespace(cmd) => cli::run_ns(&cli, cmd).await?,
         Command::Key(cmd) => cli::run_key(&cli, cmd).await?,
     }

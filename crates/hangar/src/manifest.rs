@@ -89,6 +89,9 @@ struct FunctionSpec {
     allow_outbound: Vec<String>,
     #[serde(default)]
     public: bool,
+    /// Retries and on_failure of asynchronous invocations.
+    #[serde(default, rename = "async")]
+    async_: Option<hangar_api::events::AsyncConfig>,
 }
 
 /// A function ready to deploy.
@@ -169,6 +172,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
         if let Some(n) = spec.max_instances {
             config.max_instances = n;
         }
+        config.async_ = spec.async_.unwrap_or_default();
         validate::function_config(&config).map_err(|e| {
             let field = match e.field.as_str() {
                 "memory_mb" => "memory",
@@ -179,6 +183,23 @@ pub fn plan(path: &Path) -> Result<Plan> {
         })?;
         planned.push(Planned { name, config, code_path: base.join(spec.code), build: spec.build });
     }
+    // A function's on_failure target must exist when it is deployed: targets go first.
+    let depth = |start: &str| -> Result<usize> {
+        let mut chain = vec![start.to_string()];
+        while let Some(next) = planned.iter().find(|p| Some(&p.name) == chain.last()).and_then(|p| p.config.async_.on_failure.clone()) {
+            let cycle = chain.contains(&next);
+            chain.push(next);
+            if cycle {
+                bail!("{file}: functions.{start}.async.on_failure: failures would go round in a cycle ({})", chain.join(" → "));
+            }
+        }
+        Ok(chain.len() - 1)
+    };
+    let depths = planned.iter().map(|p| depth(&p.name)).collect::<Result<Vec<usize>>>()?;
+    let mut order: Vec<usize> = (0..planned.len()).collect();
+    order.sort_by_key(|&i| depths[i]);
+    let mut slots: Vec<Option<Planned>> = planned.into_iter().map(Some).collect();
+    let planned: Vec<Planned> = order.into_iter().filter_map(|i| slots[i].take()).collect();
     let mut services = Vec::new();
     for (name, spec) in manifest.services {
         let err = |field: Option<&str>, msg: String| {
@@ -246,6 +267,15 @@ pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, outpu
             format!("reading the code of function `{}` at {}; build it first (or give `build`)", p.name, p.code_path.display())
         })?;
         codes.push(code);
+    }
+    // on_failure targets outside the manifest must exist already (the dry run cannot tell).
+    for p in &planned {
+        if let Some(t) = p.config.async_.on_failure.as_deref().filter(|t| !planned.iter().any(|q| q.name == *t)) {
+            let q = crate::cli::ns_query(ns.as_deref());
+            if let Err(e) = client.send(client.request(reqwest::Method::GET, &format!("/v1/functions/{t}")).query(&q)).await {
+                bail!("function `{}`: its async.on_failure function `{t}` is not in the manifest and could not be found deployed ({e:#}); nothing was deployed", p.name);
+            }
+        }
     }
     for (p, code) in planned.iter().zip(&codes) {
         crate::cli::put_function(client, &p.name, ns.as_deref(), &p.config, Some(code.clone()), true)
@@ -337,6 +367,29 @@ mod tests {
         assert!(e.contains(":1: functions.Bad_Name:"), "{e}");
         let e = plan_text("[functions.t]\nruntime = \"wasm\"\ncode = \"a.wasm\"\ntimeout = \"soon\"\n").unwrap_err().to_string();
         assert!(e.contains(":4: functions.t.timeout:"), "{e}");
+    }
+
+    #[test]
+    fn async_policies_are_read_and_failure_targets_deploy_first() {
+        let p = plan_all(
+            "[functions.a]\nruntime = \"wasm\"\ncode = \"a.wasm\"\nasync = { max_retries = 0, on_failure = \"b\" }\n\
+             [functions.b]\nruntime = \"wasm\"\ncode = \"b.wasm\"\n[functions.b.async]\non_failure = \"c\"\nretry_delay_ms = 100\n\
+             [functions.c]\nruntime = \"wasm\"\ncode = \"c.wasm\"\n",
+        )
+        .unwrap();
+        let order: Vec<&str> = p.functions.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(order, ["c", "b", "a"]);
+        assert_eq!(p.functions[2].config.async_.max_retries, 0);
+        assert_eq!(p.functions[1].config.async_.retry_delay_ms, 100);
+        let e = plan_all("[functions.a]\nruntime = \"wasm\"\ncode = \"a.wasm\"\nasync = { max_retries = 5 }\n").unwrap_err().to_string();
+        assert!(e.contains("functions.a.async.max_retries"), "{e}");
+        let e = plan_all(
+            "[functions.a]\nruntime = \"wasm\"\ncode = \"a.wasm\"\nasync = { on_failure = \"b\" }\n\
+             [functions.b]\nruntime = \"wasm\"\ncode = \"b.wasm\"\nasync = { on_failure = \"a\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("a → b → a"), "{e}");
     }
 
     #[test]

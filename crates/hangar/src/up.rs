@@ -27,6 +27,8 @@ pub struct UpOptions {
     pub keep_alive: Duration,
     /// Period of the services reconcile loop.
     pub reconcile_every: Duration,
+    /// Most attempts of asynchronous invocations running at once.
+    pub async_concurrency: u32,
     /// `AWS_REGION` as process functions see it.
     pub region: String,
 }
@@ -83,6 +85,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             (None, Some(format!("{e:#}")))
         }
     };
+    let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency).await.context("reading the queue of asynchronous invocations")?;
     let users = services.clone();
     let image_users: hangar_gateway::ImageUsers = Arc::new(move |ns: &str, id: &str| users.as_ref().is_some_and(|s| s.uses_image(ns, id)));
     let state = AppState::new(Shared {
@@ -97,8 +100,11 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         limits: opts.limits,
         deploy_lock: Arc::default(),
         ready: Arc::default(),
+        async_queue: async_queue.clone(),
     });
     let restored = hangar_gateway::restore(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    // Functions are routable again: events accepted before a restart run now.
+    async_queue.run();
     // Services come back in the background; the API answers meanwhile.
     let restoring = state.clone();
     tokio::spawn(async move {
@@ -167,7 +173,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     // The CLI finds the server through this file; it must not point at a stopped one.
     let _ = std::fs::remove_file(&url_file);
 
-    // No new requests; let running invocations end, then make every record durable.
+    // No new requests or attempts; let running invocations end, then make every record durable.
+    async_queue.shutdown(Duration::from_secs(30)).await;
     let left = scheduler.drain(Duration::from_secs(30)).await;
     if left > 0 {
         tracing::warn!(left, "invocations still running at shutdown");

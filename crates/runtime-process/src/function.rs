@@ -328,7 +328,7 @@ impl Inner {
             }
         };
         let payload = match info.trigger {
-            Trigger::Api => {
+            Trigger::Api | Trigger::Async => {
                 if body.iter().all(u8::is_ascii_whitespace) {
                     Bytes::from_static(b"{}")
                 } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
@@ -381,7 +381,7 @@ impl Inner {
         let healthy = matches!(ran, Ran::Answer(Answer::Response(_) | Answer::Error(_)));
         let o = match ran {
             Ran::Answer(Answer::Response(bytes)) => match info.trigger {
-                Trigger::Api => {
+                Trigger::Api | Trigger::Async => {
                     let mut resp = http::Response::new(full(bytes));
                     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
                     Reply { response: resp, outcome: Outcome::Ok, error: None }

@@ -130,4 +130,29 @@ pub trait Store: Send + Sync + 'static {
     async fn list_invocations(&self, filter: InvocationFilter) -> Result<Vec<InvocationRecord>>;
     /// One record; `namespace` restricts the look-up (`None`: any namespace).
     async fn get_invocation(&self, namespace: Option<&str>, id: &str) -> Result<Option<InvocationRecord>>;
+
+    /// In one transaction: queues `new` asynchronous invocations and writes the state of
+    /// `changed` ones. Returns, per new one, the id that holds it and whether that is an
+    /// earlier invocation with the same idempotency key (then nothing was queued).
+    async fn save_async(&self, new: Vec<AsyncRecord>, changed: Vec<AsyncRecord>) -> Result<Vec<(String, bool)>>;
+    /// Every asynchronous invocation not yet finished (queued or running), oldest first.
+    async fn unfinished_async(&self) -> Result<Vec<AsyncRecord>>;
+    /// One asynchronous invocation; `namespace` restricts the look-up.
+    async fn get_async(&self, namespace: Option<&str>, id: &str) -> Result<Option<AsyncRecord>>;
+    /// Asynchronous invocations, newest first, without payloads.
+    async fn list_async(&self, filter: AsyncFilter) -> Result<Vec<AsyncRecord>>;
+}
+
+pub use hangar_api::events::{AsyncRecord, AsyncState};
+
+/// Which asynchronous invocations to list.
+#[derive(Debug, Clone, Default)]
+pub struct AsyncFilter {
+    /// `None` lists every namespace (admin only).
+    pub namespace: Option<String>,
+    pub function: Option<String>,
+    pub state: Option<AsyncState>,
+    /// Id to continue after (exclusive), newest first.
+    pub cursor: Option<String>,
+    pub limit: u32,
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{
-    ServiceRow, FunctionRow, InvocationFilter, InvocationRecord, KeyRow, NamespaceRow, Result, Store, StoreError,
+    AsyncFilter, AsyncRecord, ServiceRow, FunctionRow, InvocationFilter, InvocationRecord, KeyRow, NamespaceRow, Result, Store, StoreError,
 };
 
 const SCHEMA: &str = r#"
@@ -72,6 +72,25 @@ CREATE TABLE IF NOT EXISTS invocations (
 );
 CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations(namespace, function, id);
 CREATE INDEX IF NOT EXISTS invocations_by_namespace ON invocations(namespace, id);
+CREATE TABLE IF NOT EXISTS async_invocations (
+    id              TEXT PRIMARY KEY,
+    namespace       TEXT NOT NULL,
+    function        TEXT NOT NULL,
+    payload         BLOB NOT NULL,
+    content_type    TEXT,
+    idempotency_key TEXT,
+    state           TEXT NOT NULL,
+    attempts        TEXT NOT NULL,
+    accepted_ms     INTEGER NOT NULL,
+    next_ms         INTEGER NOT NULL,
+    finished_ms     INTEGER,
+    error           TEXT,
+    destination_id  TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS async_by_key ON async_invocations(namespace, function, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS async_unfinished ON async_invocations(state) WHERE state IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS async_by_function ON async_invocations(namespace, function, id);
 "#;
 
 /// SQLite-backed [`Store`]. Cheap to clone.
@@ -461,6 +480,115 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn save_async(&self, new: Vec<AsyncRecord>, changed: Vec<AsyncRecord>) -> Result<Vec<(String, bool)>> {
+        if new.is_empty() && changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let mut held = Vec::with_capacity(new.len());
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO async_invocations(id, namespace, function, content_type, idempotency_key, state,
+                       attempts, accepted_ms, next_ms, finished_ms, error, destination_id, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     ON CONFLICT DO NOTHING",
+                )?;
+                let mut by_key = tx.prepare_cached(
+                    "SELECT id FROM async_invocations WHERE namespace = ?1 AND function = ?2 AND idempotency_key = ?3",
+                )?;
+                for a in &new {
+                    let n = insert.execute(params![
+                        a.id, a.namespace, a.function, a.content_type, a.idempotency_key, a.state.as_str(),
+                        attempts_json(a), a.accepted_ms, a.next_ms, a.finished_ms, a.error, a.destination_id, a.payload
+                    ])?;
+                    if n == 1 {
+                        held.push((a.id.clone(), false));
+                    } else {
+                        let id: Option<String> = by_key.query_row(params![a.namespace, a.function, a.idempotency_key], |r| r.get(0)).optional()?;
+                        let id = id.ok_or_else(|| StoreError::Conflict(format!("asynchronous invocation `{}` exists already", a.id)))?;
+                        held.push((id, true));
+                    }
+                }
+                let mut update = tx.prepare_cached(
+                    "UPDATE async_invocations SET state = ?2, attempts = ?3, next_ms = ?4, finished_ms = ?5, error = ?6,
+                       destination_id = ?7 WHERE id = ?1",
+                )?;
+                for a in &changed {
+                    update.execute(params![a.id, a.state.as_str(), attempts_json(a), a.next_ms, a.finished_ms, a.error, a.destination_id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn unfinished_async(&self) -> Result<Vec<AsyncRecord>> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE state IN ('queued', 'running') ORDER BY id"
+            ))?;
+            let rows = st.query_map([], |r| async_from_row(r, true))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn get_async(&self, namespace: Option<&str>, id: &str) -> Result<Option<AsyncRecord>> {
+        let (ns, id) = (namespace.map(str::to_string), id.to_string());
+        self.with(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE id = ?1 AND (?2 IS NULL OR namespace = ?2)"),
+                params![id, ns],
+                |r| async_from_row(r, true),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_async(&self, f: AsyncFilter) -> Result<Vec<AsyncRecord>> {
+        self.with(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {ASYNC_COLUMNS} FROM async_invocations
+                 WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2) AND (?3 IS NULL OR state = ?3)
+                   AND (?4 IS NULL OR id < ?4)
+                 ORDER BY id DESC LIMIT ?5"
+            ))?;
+            let rows = st.query_map(params![f.namespace, f.function, f.state.map(|s| s.as_str()), f.cursor, f.limit], |r| async_from_row(r, false))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}
+
+const ASYNC_COLUMNS: &str =
+    "id, namespace, function, content_type, idempotency_key, state, attempts, accepted_ms, next_ms, finished_ms, error, destination_id";
+
+/// Reads [`ASYNC_COLUMNS`], then `payload` when `with_payload`.
+fn async_from_row(r: &Row<'_>, with_payload: bool) -> rusqlite::Result<AsyncRecord> {
+    let bad = |i: usize, e: String| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into());
+    Ok(AsyncRecord {
+        id: r.get(0)?,
+        namespace: r.get(1)?,
+        function: r.get(2)?,
+        content_type: r.get(3)?,
+        idempotency_key: r.get(4)?,
+        state: r.get::<_, String>(5)?.parse().map_err(|e| bad(5, e))?,
+        attempts: serde_json::from_str(&r.get::<_, String>(6)?).map_err(|e| bad(6, e.to_string()))?,
+        accepted_ms: r.get(7)?,
+        next_ms: r.get(8)?,
+        finished_ms: r.get(9)?,
+        error: r.get(10)?,
+        destination_id: r.get(11)?,
+        payload: if with_payload { r.get(12)? } else { Vec::new() },
+    })
+}
+
+fn attempts_json(a: &AsyncRecord) -> String {
+    serde_json::to_string(&a.attempts).unwrap_or_else(|_| "[]".into())
 }
 
 const SERVICE_COLUMNS: &str = "namespace, name, revision, config, image_id, created_ms, updated_ms";
@@ -554,5 +682,45 @@ mod tests {
         assert!(s.get_invocation(Some("other"), "02").await.unwrap().is_none());
         assert!(s.delete_function("default", "hello").await.unwrap());
         assert!(!s.delete_function("default", "hello").await.unwrap());
+    }
+
+    fn queued(id: &str, key: Option<&str>) -> AsyncRecord {
+        AsyncRecord {
+            id: id.into(),
+            namespace: "default".into(),
+            function: "f".into(),
+            payload: b"{}".to_vec(),
+            content_type: Some("application/json".into()),
+            idempotency_key: key.map(str::to_string),
+            state: crate::AsyncState::Queued,
+            attempts: Vec::new(),
+            accepted_ms: 1,
+            next_ms: 1,
+            finished_ms: None,
+            error: None,
+            destination_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn async_invocations_deduplicate_by_key_and_keep_their_state() {
+        let s = SqliteStore::in_memory().unwrap();
+        // A key seen twice in one batch and again in a later one holds the first id.
+        let held = s.save_async(vec![queued("a1", Some("k")), queued("a2", Some("k")), queued("a3", None)], vec![]).await.unwrap();
+        assert_eq!(held, vec![("a1".into(), false), ("a1".into(), true), ("a3".into(), false)]);
+        let held = s.save_async(vec![queued("a4", Some("k"))], vec![]).await.unwrap();
+        assert_eq!(held, vec![("a1".into(), true)]);
+        let mut done = queued("a1", Some("k"));
+        done.state = crate::AsyncState::Succeeded;
+        done.finished_ms = Some(5);
+        done.attempts.push(hangar_api::events::Attempt { invocation_id: "i1".into(), started_ms: 2, outcome: Outcome::Ok, status: 200, error: None });
+        s.save_async(vec![], vec![done.clone()]).await.unwrap();
+        let unfinished: Vec<String> = s.unfinished_async().await.unwrap().into_iter().map(|a| a.id).collect();
+        assert_eq!(unfinished, ["a3"]);
+        assert_eq!(s.get_async(Some("default"), "a1").await.unwrap().unwrap(), done);
+        assert!(s.get_async(Some("other"), "a1").await.unwrap().is_none());
+        let failed = s.list_async(AsyncFilter { state: Some(crate::AsyncState::Succeeded), limit: 10, ..Default::default() }).await.unwrap();
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].payload.is_empty(), "listings leave payloads out");
     }
 }

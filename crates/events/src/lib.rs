@@ -1,0 +1,8 @@
+//! Events: what runs functions besides a caller waiting for the answer. `queue` is the durable
+//! queue of asynchronous invocations (accepted means persisted; at-least-once attempts with
+//! retries, a maximum event age, a dead-letter list and an on-failure function; idempotency keys).
+#![forbid(unsafe_code)]
+
+pub mod queue;
+
+pub use queue::{AsyncQueue, EventsError};

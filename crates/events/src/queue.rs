@@ -1,0 +1,475 @@
+//! The durable queue of asynchronous invocations.
+//!
+//! `accept` returns only once the event is in the store (accepts arriving together share one
+//! transaction: a group commit), so an accepted event survives a crash. Unfinished events live
+//! in memory too, ordered by when their next attempt is due; a dispatcher runs due ones through
+//! the scheduler (at most `concurrency` at once) and records each attempt. A 2xx answer
+//! finishes the event; a throttled one (429) is tried again soon without counting; any other
+//! failure is retried after the function's backoff until its retries are used up or the event
+//! is too old, and then the event is given up: kept as `failed` (the dead-letter list) and,
+//! when the function names an `on_failure` function, sent there as a new event carrying a
+//! Lambda-style destination record. After a restart every event not recorded as finished is
+//! run again (at-least-once); finishing is recorded before the event leaves the queue.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hangar_api::events::{AsyncConfig, AsyncRecord, AsyncState, Attempt};
+use hangar_api::{Outcome, Trigger, now_ms, rfc3339};
+use hangar_scheduler::Scheduler;
+use hangar_store::{Store, StoreError};
+use http_body_util::BodyExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+/// Why an event was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    /// The store could not persist it; nothing was queued.
+    #[error("the event could not be persisted ({0}); nothing was queued, send it again")]
+    Store(String),
+    /// The server is stopping.
+    #[error("the server is shutting down; nothing was queued, send the event again once it is back")]
+    Stopping,
+}
+
+/// How much of a failed attempt's answer goes into the destination record.
+const MAX_RESPONSE_KEPT: usize = 256 * 1024;
+/// Most events taken off the due list per dispatcher round.
+const ROUND: usize = 256;
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// See the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct AsyncQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    scheduler: Arc<Scheduler>,
+    writes: mpsc::UnboundedSender<Write>,
+    state: Mutex<State>,
+    wake: Notify,
+    permits: Arc<Semaphore>,
+    concurrency: u32,
+    stopping: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    /// (due time in Unix ms, id) of queued events.
+    due: BinaryHeap<Reverse<(i64, String)>>,
+    /// Every unfinished event, queued or running.
+    events: HashMap<String, AsyncRecord>,
+}
+
+enum Write {
+    New(AsyncRecord, oneshot::Sender<Result<(String, bool), String>>),
+    Changed(AsyncRecord),
+    Flush(oneshot::Sender<()>),
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AsyncQueue {
+    /// Loads every unfinished event from the store (all due now, with the attempts they had)
+    /// and starts the writer. Nothing runs before [`AsyncQueue::run`], which is called once
+    /// the functions are routable again.
+    pub async fn open(store: Arc<dyn Store>, scheduler: Arc<Scheduler>, concurrency: u32) -> Result<AsyncQueue, StoreError> {
+        let unfinished = store.unfinished_async().await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let concurrency = concurrency.max(1);
+        let inner = Arc::new(Inner {
+            scheduler,
+            writes: tx,
+            state: Mutex::default(),
+            wake: Notify::new(),
+            permits: Arc::new(Semaphore::new(concurrency as usize)),
+            concurrency,
+            stopping: AtomicBool::new(false),
+        });
+        if !unfinished.is_empty() {
+            tracing::info!("{} asynchronous invocation(s) to finish from before the restart", unfinished.len());
+        }
+        for mut rec in unfinished {
+            // An attempt that was running when the server stopped is run again.
+            rec.state = AsyncState::Queued;
+            inner.enqueue(rec);
+        }
+        tokio::spawn(write_loop(store, rx));
+        Ok(AsyncQueue { inner })
+    }
+
+    /// Starts running due events.
+    pub fn run(&self) {
+        tokio::spawn(dispatch(self.inner.clone()));
+    }
+
+    /// Persists an event for `namespace/function` and queues it. Returns its id and whether an
+    /// earlier event with the same idempotency key holds it (then nothing new is queued).
+    /// The caller has checked that the function exists and the payload's size.
+    pub async fn accept(&self, namespace: &str, function: &str, payload: Bytes, content_type: Option<String>, idempotency_key: Option<String>) -> Result<(String, bool), EventsError> {
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(EventsError::Stopping);
+        }
+        self.inner.accept(namespace, function, payload, content_type, idempotency_key).await
+    }
+
+    /// Events waiting or running now.
+    pub fn pending(&self) -> usize {
+        lock(&self.inner.state).events.len()
+    }
+
+    /// The state of an unfinished event as the queue has it (`running` is never stored).
+    pub fn live_state(&self, id: &str) -> Option<AsyncState> {
+        lock(&self.inner.state).events.get(id).map(|r| r.state)
+    }
+
+    /// Waits until every change made before the call is in the store.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.writes.send(Write::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Stops starting attempts, waits up to `timeout` for running ones, then until every
+    /// change is written.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+        let _ = tokio::time::timeout(timeout, self.inner.permits.acquire_many(self.inner.concurrency)).await;
+        self.flush().await;
+    }
+}
+
+impl Inner {
+    /// [`AsyncQueue::accept`], also while stopping (for hand-overs of running attempts).
+    async fn accept(&self, namespace: &str, function: &str, payload: Bytes, content_type: Option<String>, idempotency_key: Option<String>) -> Result<(String, bool), EventsError> {
+        let now = now_ms();
+        let rec = AsyncRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            namespace: namespace.to_string(),
+            function: function.to_string(),
+            payload: payload.to_vec(),
+            content_type,
+            idempotency_key,
+            state: AsyncState::Queued,
+            attempts: Vec::new(),
+            accepted_ms: now,
+            next_ms: now,
+            finished_ms: None,
+            error: None,
+            destination_id: None,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.writes.send(Write::New(rec.clone(), tx)).map_err(|_| EventsError::Stopping)?;
+        let (id, duplicate) = rx.await.map_err(|_| EventsError::Stopping)?.map_err(EventsError::Store)?;
+        if !duplicate {
+            self.enqueue(rec);
+        }
+        Ok((id, duplicate))
+    }
+
+    /// Puts a queued event on the due list.
+    fn enqueue(&self, rec: AsyncRecord) {
+        let mut st = lock(&self.state);
+        st.due.push(Reverse((rec.next_ms, rec.id.clone())));
+        st.events.insert(rec.id.clone(), rec);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Takes up to [`ROUND`] due events off the list, marking them running. Also returns when
+    /// the next one is due.
+    fn take_due(&self, now: i64) -> (Vec<AsyncRecord>, Option<i64>) {
+        let mut st = lock(&self.state);
+        let mut ready = Vec::new();
+        while ready.len() < ROUND {
+            let Some(Reverse((at, _))) = st.due.peek() else { break };
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, id))) = st.due.pop() else { break };
+            if let Some(rec) = st.events.get_mut(&id).filter(|r| r.state == AsyncState::Queued) {
+                rec.state = AsyncState::Running;
+                ready.push(rec.clone());
+            }
+        }
+        let next = st.due.peek().map(|Reverse((at, _))| *at);
+        (ready, next)
+    }
+
+    /// Records a change durably (in order with every other write) and in memory.
+    fn save(&self, rec: AsyncRecord) {
+        let finished = matches!(rec.state, AsyncState::Succeeded | AsyncState::Failed);
+        let _ = self.writes.send(Write::Changed(rec.clone()));
+        if finished {
+            lock(&self.state).events.remove(&rec.id);
+        } else {
+            self.enqueue(rec);
+        }
+    }
+
+    /// Gives an event up: `failed`, and sent to the `on_failure` function if there is one.
+    async fn give_up(&self, mut rec: AsyncRecord, condition: &str, reason: String, cfg: Option<&AsyncConfig>, answer: Option<(u16, Bytes)>) {
+        rec.state = AsyncState::Failed;
+        rec.finished_ms = Some(now_ms());
+        rec.error = Some(reason.clone());
+        if let Some(target) = cfg.and_then(|c| c.on_failure.as_deref()) {
+            let payload = destination_record(&rec, condition, answer);
+            // The key makes the hand-over happen once even if the server stops right after it.
+            let key = Some(format!("failure-of:{}", rec.id));
+            if self.scheduler.route(&rec.namespace, target).is_none() {
+                rec.error = Some(format!("{reason}; its on_failure function `{target}` does not exist"));
+            } else {
+                match self.accept(&rec.namespace, target, payload, Some("application/json".into()), key).await {
+                    Ok((id, _)) => rec.destination_id = Some(id),
+                    Err(e) => rec.error = Some(format!("{reason}; handing it to `{target}` failed: {e}")),
+                }
+            }
+        }
+        tracing::warn!(id = %rec.id, function = %rec.function, "asynchronous invocation given up: {}", rec.error.as_deref().unwrap_or(""));
+        self.save(rec);
+    }
+}
+
+/// Starts due events while permits last; sleeps until the next is due or one is queued.
+async fn dispatch(inner: Arc<Inner>) {
+    loop {
+        let notified = inner.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if inner.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let now = now_ms();
+        let (ready, next) = inner.take_due(now);
+        let started = !ready.is_empty();
+        for rec in ready {
+            let Ok(permit) = inner.permits.clone().acquire_owned().await else { return };
+            tokio::spawn(attempt(inner.clone(), rec, permit));
+        }
+        if started {
+            continue;
+        }
+        match next {
+            Some(at) => {
+                let wait = Duration::from_millis(u64::try_from(at - now).unwrap_or(0));
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
+/// Runs one attempt of `rec` and decides what follows.
+async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphorePermit) {
+    let Some(slot) = inner.scheduler.route(&rec.namespace, &rec.function) else {
+        let reason = format!("function `{}` no longer exists", rec.function);
+        return inner.give_up(rec, "FunctionMissing", reason, None, None).await;
+    };
+    let cfg = slot.deployment().config.async_.clone();
+    let started_ms = now_ms();
+    let max_age_ms = i64::try_from(cfg.max_event_age_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    if started_ms - rec.accepted_ms > max_age_ms {
+        let reason = format!("the event is older than its function's max_event_age_s ({} s)", cfg.max_event_age_s);
+        return inner.give_up(rec, "EventAgeExceeded", reason, Some(&cfg), None).await;
+    }
+    let mut request = http::Request::new(hangar_runtime::full(Bytes::from(rec.payload.clone())));
+    *request.method_mut() = http::Method::POST;
+    if let Some(v) = rec.content_type.as_deref().and_then(|c| http::HeaderValue::from_str(c).ok()) {
+        request.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    let (invocation_id, response) = inner.scheduler.invoke(&slot, request, Trigger::Async).await;
+    let status = response.status();
+    // Reading to the end also lets the invocation finish and be recorded.
+    let body = read_kept(response.into_body()).await;
+    let (outcome, error) = classify(status, &body);
+    if outcome == Outcome::Throttled {
+        // Throttles do not use up retries (as Lambda): try again soon.
+        rec.state = AsyncState::Queued;
+        rec.next_ms = now_ms() + i64::try_from(cfg.retry_delay_ms.min(1000)).unwrap_or(1000);
+        return inner.enqueue(rec);
+    }
+    rec.attempts.push(Attempt { invocation_id, started_ms, outcome, status: status.as_u16(), error: error.clone() });
+    if outcome == Outcome::Ok {
+        rec.state = AsyncState::Succeeded;
+        rec.finished_ms = Some(now_ms());
+        rec.error = None;
+        return inner.save(rec);
+    }
+    let failures = rec.attempts.iter().filter(|a| a.outcome != Outcome::Ok).count() as u32;
+    let why = error.unwrap_or_else(|| format!("the function answered {status}"));
+    if failures > cfg.max_retries {
+        let reason = format!("{failures} attempt(s) failed, the last with: {why}");
+        return inner.give_up(rec, "RetriesExhausted", reason, Some(&cfg), Some((status.as_u16(), body))).await;
+    }
+    rec.state = AsyncState::Queued;
+    rec.next_ms = now_ms() + i64::try_from(cfg.backoff_ms(failures)).unwrap_or(i64::MAX / 2);
+    rec.error = Some(why);
+    inner.save(rec);
+}
+
+/// Reads a response body to its end, keeping its first [`MAX_RESPONSE_KEPT`] bytes.
+async fn read_kept(mut body: hangar_runtime::Body) -> Bytes {
+    let mut kept = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(data) = frame.data_ref() {
+            let room = MAX_RESPONSE_KEPT.saturating_sub(kept.len());
+            kept.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    Bytes::from(kept)
+}
+
+/// The outcome of an attempt from its answer: the platform's error shape
+/// (`{"error":{"code","message"}}`) or Lambda's (`{"errorType","errorMessage"}`).
+fn classify(status: http::StatusCode, body: &[u8]) -> (Outcome, Option<String>) {
+    if status.is_success() {
+        return (Outcome::Ok, None);
+    }
+    if status == http::StatusCode::TOO_MANY_REQUESTS {
+        return (Outcome::Throttled, Some("throttled".into()));
+    }
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let platform = json.as_ref().and_then(|j| j.get("error")).and_then(|e| Some((e.get("code")?.as_str()?, e.get("message")?.as_str()?)));
+    let lambda = json.as_ref().and_then(|j| Some((j.get("errorType")?.as_str()?, j.get("errorMessage")?.as_str()?)));
+    let outcome = match platform.map(|(c, _)| c) {
+        Some("timeout") => Outcome::Timeout,
+        Some("out_of_memory") => Outcome::OutOfMemory,
+        _ if status == http::StatusCode::GATEWAY_TIMEOUT => Outcome::Timeout,
+        _ => Outcome::Error,
+    };
+    let error = match (platform, lambda) {
+        (Some((_, m)), _) => m.to_string(),
+        (None, Some((t, m))) => format!("{t}: {m}"),
+        (None, None) => format!("the function answered {status}: {}", String::from_utf8_lossy(&body[..body.len().min(512)])),
+    };
+    (outcome, Some(error))
+}
+
+/// What an `on_failure` function receives: the record Lambda sends to a destination.
+fn destination_record(rec: &AsyncRecord, condition: &str, answer: Option<(u16, Bytes)>) -> Bytes {
+    let as_json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(b).into_owned()));
+    let mut record = serde_json::json!({
+        "version": "1.0",
+        "timestamp": rfc3339(now_ms()),
+        "requestContext": {
+            "requestId": rec.id,
+            "functionArn": format!("hangar:{}:function:{}", rec.namespace, rec.function),
+            "condition": condition,
+            "approximateInvokeCount": rec.attempts.len(),
+        },
+        "requestPayload": as_json(&rec.payload),
+    });
+    if let Some((status, body)) = answer {
+        record["responseContext"] = serde_json::json!({"statusCode": status, "executedVersion": "$LATEST", "functionError": "Unhandled"});
+        record["responsePayload"] = as_json(&body);
+    }
+    Bytes::from(record.to_string())
+}
+
+/// Commits writes in batches: new events (answering each with the id that holds it) and
+/// changes. Failed changes are retried until they are written; failed new events are refused.
+async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Write>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let (mut new, mut replies, mut changed, mut flushes) = (Vec::new(), Vec::new(), Vec::<AsyncRecord>::new(), Vec::new());
+        for w in batch {
+            match w {
+                Write::New(rec, reply) => {
+                    new.push(rec);
+                    replies.push(reply);
+                }
+                Write::Changed(rec) => {
+                    // Only the latest state of an event matters.
+                    changed.retain(|c| c.id != rec.id);
+                    changed.push(rec);
+                }
+                Write::Flush(tx) => flushes.push(tx),
+            }
+        }
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match store.save_async(std::mem::take(&mut new), changed.clone()).await {
+                Ok(held) => {
+                    for (reply, h) in replies.drain(..).zip(held) {
+                        let _ = reply.send(Ok(h));
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!("writing asynchronous invocations: {e}");
+                    for reply in replies.drain(..) {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                    if changed.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_by_status_and_error_shape() {
+        assert_eq!(classify(http::StatusCode::OK, b"").0, Outcome::Ok);
+        assert_eq!(classify(http::StatusCode::TOO_MANY_REQUESTS, b"").0, Outcome::Throttled);
+        let (o, e) = classify(http::StatusCode::GATEWAY_TIMEOUT, br#"{"error":{"code":"timeout","message":"took too long"}}"#);
+        assert_eq!((o, e.as_deref()), (Outcome::Timeout, Some("took too long")));
+        let (o, e) = classify(http::StatusCode::BAD_GATEWAY, br#"{"errorType":"ValueError","errorMessage":"boom"}"#);
+        assert_eq!((o, e.as_deref()), (Outcome::Error, Some("ValueError: boom")));
+        assert_eq!(classify(http::StatusCode::INTERNAL_SERVER_ERROR, b"plain").0, Outcome::Error);
+    }
+
+    #[test]
+    fn destination_records_carry_request_and_response() {
+        let rec = AsyncRecord {
+            id: "a1".into(),
+            namespace: "default".into(),
+            function: "f".into(),
+            payload: br#"{"order":7}"#.to_vec(),
+            content_type: None,
+            idempotency_key: None,
+            state: AsyncState::Failed,
+            attempts: Vec::new(),
+            accepted_ms: 0,
+            next_ms: 0,
+            finished_ms: None,
+            error: None,
+            destination_id: None,
+        };
+        let r: serde_json::Value = serde_json::from_slice(&destination_record(&rec, "RetriesExhausted", Some((502, Bytes::from_static(b"oops"))))).unwrap();
+        assert_eq!(r["requestContext"]["condition"], "RetriesExhausted");
+        assert_eq!(r["requestPayload"]["order"], 7);
+        assert_eq!(r["responsePayload"], "oops");
+        assert_eq!(r["responseContext"]["statusCode"], 502);
+    }
+}

@@ -1,0 +1,172 @@
+//! Asynchronous invocations over HTTP: accepting them (`202`, persisted first), listing and
+//! showing them with their attempts, and the deploy-time check of `async.on_failure`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hangar_api::events::{AsyncAccepted, AsyncInvocation, AsyncState, IDEMPOTENCY_KEY_HEADER, INVOCATION_TYPE_HEADER, MAX_ASYNC_PAYLOAD_BYTES};
+use hangar_api::{INVOCATION_ID_HEADER, RuntimeKind, validate};
+use hangar_store::AsyncFilter;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::api::NamespaceQuery;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiQuery};
+
+/// Whether a request asks for an asynchronous invocation: `?async=true` or
+/// `X-Hangar-Invocation-Type: Event`. `RequestResponse` (or nothing) is the synchronous kind.
+pub fn wants_async(query_async: bool, headers: &http::HeaderMap) -> Result<bool, ApiError> {
+    match headers.get(INVOCATION_TYPE_HEADER).map(|v| v.to_str().unwrap_or("")) {
+        None => Ok(query_async),
+        Some(v) if v.eq_ignore_ascii_case("event") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("requestresponse") => Ok(query_async),
+        Some(v) => Err(ApiError::bad_request(
+            "invalid_header",
+            format!("{INVOCATION_TYPE_HEADER}: `{v}` is not `Event` (asynchronous) or `RequestResponse` (synchronous)"),
+        )),
+    }
+}
+
+/// Persists the request's body as an event for the function and answers `202` with its id.
+pub async fn accept(state: &AppState, slot: &hangar_scheduler::Slot, headers: &http::HeaderMap, body: axum::body::Body) -> Result<Response, ApiError> {
+    let d = slot.deployment();
+    let key = match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        Some(v) => {
+            let k = v.to_str().unwrap_or("");
+            hangar_api::events::idempotency_key(k)?;
+            Some(k.to_string())
+        }
+        None => None,
+    };
+    let max = MAX_ASYNC_PAYLOAD_BYTES.min(state.limits.max_payload_bytes);
+    let payload = read_bounded(body, max).await?;
+    if d.config.runtime != RuntimeKind::Wasm && !payload.iter().all(u8::is_ascii_whitespace) && serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
+        return Err(ApiError::bad_request("invalid_payload", "the payload of a process function is its event and must be JSON"));
+    }
+    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (id, duplicate) = state
+        .async_queue
+        .accept(&d.namespace, &d.name, payload, content_type, key)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_accepted", e.to_string()))?;
+    let mut resp = (StatusCode::ACCEPTED, Json(AsyncAccepted { id: id.clone(), state: AsyncState::Queued, duplicate })).into_response();
+    if duplicate && let Ok(Some(rec)) = state.store.get_async(Some(&d.namespace), &id).await {
+        resp = (StatusCode::ACCEPTED, Json(AsyncAccepted { id: id.clone(), state: rec.state, duplicate })).into_response();
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(INVOCATION_ID_HEADER, v);
+    }
+    Ok(resp)
+}
+
+/// Reads a whole body of at most `max` bytes; more is a `413`.
+async fn read_bounded(body: axum::body::Body, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("an asynchronous invocation's payload may be at most {max} bytes; send less or pass a reference (e.g. a URL) instead"),
+        )
+    };
+    let limited = http_body_util::Limited::new(body, max);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request("invalid_body", format!("reading the request body failed: {e}"))),
+    }
+}
+
+/// Refuses an `on_failure` function that does not exist or leads back to `name`.
+pub async fn check_on_failure(state: &AppState, ns: &str, name: &str, target: &str) -> Result<(), ApiError> {
+    let mut at = target.to_string();
+    let mut chain = vec![name.to_string()];
+    loop {
+        if chain.contains(&at) {
+            chain.push(at);
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("async.on_failure: failures would go round in a cycle ({}); end the chain at a function without on_failure", chain.join(" → ")),
+            ));
+        }
+        let Some(f) = state.store.get_function(ns, &at).await? else {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("async.on_failure: function `{at}` does not exist in namespace `{ns}`; deploy it first"),
+            ));
+        };
+        chain.push(at);
+        match f.config.async_.on_failure {
+            Some(next) => at = next,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Filters of `GET /v1/async-invocations`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncQuery {
+    pub namespace: Option<String>,
+    /// Only this function.
+    pub function: Option<String>,
+    /// Only this state: queued, running, succeeded, failed (the dead-letter list).
+    pub state: Option<String>,
+    /// Continue after this id (from `next_cursor`).
+    pub cursor: Option<String>,
+    /// At most this many (1..=1000, default 50).
+    pub limit: Option<u32>,
+}
+
+/// A page of asynchronous invocations, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AsyncPage {
+    pub items: Vec<AsyncInvocation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Lists asynchronous invocations; `state=failed` is the dead-letter list.
+#[utoipa::path(get, path = "/v1/async-invocations", params(AsyncQuery), tag = "invocations", responses((status = 200, body = AsyncPage)))]
+pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<AsyncQuery>) -> Result<Json<AsyncPage>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let st = q.state.as_deref().map(str::parse::<AsyncState>).transpose().map_err(|e| ApiError::bad_request("invalid_query", format!("state: {e}")))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit: {limit} is out of range; choose 1 to 1000")));
+    }
+    if let Some(f) = &q.function {
+        validate::name("function", f)?;
+    }
+    state.async_queue.flush().await;
+    let rows = state.store.list_async(AsyncFilter { namespace: Some(ns), function: q.function, state: st, cursor: q.cursor, limit }).await?;
+    let next_cursor = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.id.clone())).flatten();
+    let items = rows.iter().map(|r| live(&state, r)).collect();
+    Ok(Json(AsyncPage { items, next_cursor }))
+}
+
+/// One asynchronous invocation with its attempts.
+#[utoipa::path(get, path = "/v1/async-invocations/{id}", params(NamespaceQuery), tag = "invocations",
+    responses((status = 200, body = AsyncInvocation), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn get(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<AsyncInvocation>, ApiError> {
+    let ns = match (&q.namespace, p.is_admin()) {
+        (None, true) => None,
+        (asked, _) => Some(p.scope(asked.as_deref())?),
+    };
+    state.async_queue.flush().await;
+    let row = state.store.get_async(ns.as_deref(), &id).await?.ok_or_else(|| ApiError::not_found(format_args!("asynchronous invocation `{id}`")))?;
+    Ok(Json(live(&state, &row)))
+}
+
+/// The stored view, with the state the queue has in memory (running is not persisted).
+fn live(state: &AppState, rec: &hangar_api::events::AsyncRecord) -> AsyncInvocation {
+    let mut view = rec.to_api();
+    if let Some(now) = state.async_queue.live_state(&rec.id) {
+        view.state = now;
+    }
+    view
+}

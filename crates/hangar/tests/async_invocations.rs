@@ -1,0 +1,202 @@
+//! Asynchronous invocations end to end through the real binary: accepted means persisted
+//! (202 with an id), attempts with retries and backoff, the dead-letter list, the on_failure
+//! function, idempotency keys, bad input, and `kill -9` with queued and running events.
+//! Uses Python handlers (root, runc and python3, installed by scripts/test.sh).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Server, error_code};
+use serde_json::{Value, json};
+
+const APP: &str = r#"
+import json, time
+
+def handler(event, context):
+    print("event", json.dumps(event))
+    if event.get("fail"):
+        raise ValueError("asked to fail")
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    return {"ok": event}
+"#;
+
+fn deploy(s: &Server, name: &str, flags: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.py"), APP).unwrap();
+    let mut args = vec!["fn", "deploy", name, "--runtime", "python3", "--handler", "app.handler", "--code", dir.path().to_str().unwrap()];
+    args.extend_from_slice(flags);
+    s.ok(&args);
+    dir
+}
+
+fn post_async(s: &Server, name: &str) -> reqwest::RequestBuilder {
+    s.http().post(format!("{}/v1/functions/{name}/invoke?async=true", s.url)).bearer_auth(&s.admin_key)
+}
+
+async fn get_async(s: &Server, id: &str) -> Value {
+    s.get(&format!("/v1/async-invocations/{id}")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Polls an asynchronous invocation until it is in one of `states`.
+async fn wait_for(s: &Server, id: &str, states: &[&str], timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = get_async(s, id).await;
+        if states.iter().any(|st| v["state"] == *st) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{id} did not reach {states:?} in {timeout:?}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn async_invocations_retry_then_go_to_the_dead_letter_list_and_on_failure() {
+    let s = Server::start();
+    let _sink = deploy(&s, "sink", &[]);
+    let _flaky = deploy(&s, "flaky", &["--retries", "1", "--retry-delay", "200ms", "--on-failure", "sink"]);
+
+    // Accepted with an id; runs once; its attempt is an invocation record with trigger async.
+    let id = s.ok(&["invoke", "flaky", "--async", "-d", r#"{"n": 1}"#]).trim().to_string();
+    let v = wait_for(&s, &id, &["succeeded"], Duration::from_secs(30)).await;
+    assert_eq!(v["attempts"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["attempts"][0]["outcome"], "ok");
+    let record: Value = s.get(&format!("/v1/invocations/{}", v["attempts"][0]["invocation_id"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(record["trigger"], "async");
+    assert!(record["logs"].as_str().unwrap().contains(r#"event {"n": 1}"#), "{record}");
+
+    // A failing event: tried 1 + 1 times with backoff, then failed, kept as a dead letter and
+    // handed to `sink` as a Lambda destination record.
+    let r = s
+        .http()
+        .post(format!("{}/v1/functions/flaky/invoke", s.url))
+        .bearer_auth(&s.admin_key)
+        .header("x-hangar-invocation-type", "Event")
+        .json(&json!({"fail": true, "order": 7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let accepted: Value = r.json().await.unwrap();
+    let failing = accepted["id"].as_str().unwrap().to_string();
+    assert_eq!(accepted["state"], "queued");
+    let v = wait_for(&s, &failing, &["failed"], Duration::from_secs(30)).await;
+    let attempts = v["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{v}");
+    assert!(attempts.iter().all(|a| a["outcome"] == "error" && a["status"] == 502), "{v}");
+    let gap = attempts[1]["started_ms"].as_i64().unwrap() - attempts[0]["started_ms"].as_i64().unwrap();
+    assert!(gap >= 200, "the retry waited the backoff: {gap} ms");
+    assert!(v["error"].as_str().unwrap().contains("ValueError: asked to fail"), "{v}");
+    let dead: Value = s.get("/v1/async-invocations?function=flaky&state=failed").send().await.unwrap().json().await.unwrap();
+    assert_eq!(dead["items"].as_array().unwrap().len(), 1);
+    assert_eq!(dead["items"][0]["id"], failing.as_str());
+    let listed = s.ok(&["async", "ls", "flaky", "--state", "failed"]);
+    assert!(listed.contains(&failing), "{listed}");
+    let shown = s.ok(&["async", "get", &failing]);
+    assert!(shown.contains("asked to fail") && shown.contains("sent to on_failure"), "{shown}");
+
+    let handed = v["destination_id"].as_str().expect("handed to on_failure").to_string();
+    let d = wait_for(&s, &handed, &["succeeded"], Duration::from_secs(30)).await;
+    assert_eq!(d["function"], "sink");
+    let logs: Value = s.get(&format!("/v1/invocations/{}", d["attempts"][0]["invocation_id"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
+    let logs = logs["logs"].as_str().unwrap();
+    assert!(logs.contains("RetriesExhausted") && logs.contains(&failing) && logs.contains(r#""order": 7"#), "{logs}");
+
+    // The same idempotency key twice: one event, one run.
+    let first: Value = post_async(&s, "sink").header("idempotency-key", "order-42").json(&json!({"k": 1})).send().await.unwrap().json().await.unwrap();
+    let again: Value = post_async(&s, "sink").header("idempotency-key", "order-42").json(&json!({"k": 1})).send().await.unwrap().json().await.unwrap();
+    assert_eq!(first["duplicate"], false);
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["id"], first["id"]);
+    let once = wait_for(&s, first["id"].as_str().unwrap(), &["succeeded"], Duration::from_secs(30)).await;
+    assert_eq!(once["attempts"].as_array().unwrap().len(), 1);
+    let out = s.ok(&["invoke", "sink", "--async", "--idempotency-key", "order-42", "-d", "{}"]);
+    assert!(out.contains(first["id"].as_str().unwrap()) && out.contains("already queued"), "{out}");
+}
+
+#[tokio::test]
+async fn bad_async_requests_and_policies_are_refused() {
+    let s = Server::start();
+    let _f = deploy(&s, "f", &[]);
+    let url = format!("{}/v1/functions/f/invoke", s.url);
+    let http = s.http();
+    let r = http.post(format!("{url}?async=maybe")).bearer_auth(&s.admin_key).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http.post(&url).bearer_auth(&s.admin_key).header("x-hangar-invocation-type", "Later").body("{}").send().await.unwrap();
+    let (status, code, msg) = error_code(r).await;
+    assert_eq!((status, code.as_str()), (400, "invalid_header"), "{msg}");
+    let r = post_async(&s, "f").body("not json").send().await.unwrap();
+    assert_eq!(error_code(r).await.1, "invalid_payload");
+    let r = post_async(&s, "f").body(vec![b' '; 1024 * 1024 + 1]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let r = post_async(&s, "f").header("idempotency-key", "has space").body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post_async(&s, "nope").body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = s.get("/v1/async-invocations/0190aaaa-0000-7000-8000-000000000000").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = s.get("/v1/async-invocations?state=lost").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    // Nothing was queued by any of it.
+    let all: Value = s.get("/v1/async-invocations").send().await.unwrap().json().await.unwrap();
+    assert_eq!(all["items"].as_array().unwrap().len(), 0, "{all}");
+
+    // Policies: unknown target, a cycle, out-of-range numbers; the function is unchanged.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.py"), APP).unwrap();
+    let code = dir.path().to_str().unwrap();
+    let base = ["fn", "deploy", "f", "--runtime", "python3", "--handler", "app.handler", "--code", code];
+    let err = s.fails(&[&base[..], &["--on-failure", "ghost"]].concat(), 6);
+    assert!(err.contains("`ghost` does not exist"), "{err}");
+    let err = s.fails(&[&base[..], &["--on-failure", "f"]].concat(), 6);
+    assert!(err.contains("cycle"), "{err}");
+    let _g = deploy(&s, "g", &["--on-failure", "f"]);
+    let err = s.fails(&[&base[..], &["--on-failure", "g"]].concat(), 6);
+    assert!(err.contains("f → g → f"), "{err}");
+    let err = s.fails(&[&base[..], &["--retries", "3"]].concat(), 1);
+    assert!(err.contains("max_retries"), "{err}");
+    let r = s
+        .http()
+        .put(format!("{}/v1/functions/f", s.url))
+        .bearer_auth(&s.admin_key)
+        .json(&json!({"runtime": "python3", "handler": "app.handler", "async": {"max_event_age_s": 10}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, msg) = error_code(r).await;
+    assert_eq!(status, 400);
+    assert!(msg.contains("max_event_age_s"), "{msg}");
+    let f: Value = s.get("/v1/functions/f").send().await.unwrap().json().await.unwrap();
+    assert_eq!(f["revision"], 1);
+    assert!(f["config"].get("async").is_none(), "{f}");
+}
+
+#[tokio::test]
+async fn accepted_events_survive_kill_9_and_keyed_ones_run_once() {
+    let mut s = Server::start();
+    let _slow = deploy(&s, "slow", &["--max-instances", "2", "--retry-delay", "100ms"]);
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let r: Value = post_async(&s, "slow").header("idempotency-key", format!("job-{i}")).json(&json!({"sleep": 1, "i": i})).send().await.unwrap().json().await.unwrap();
+        ids.push(r["id"].as_str().unwrap().to_string());
+    }
+    // Two run (max_instances), the rest wait; then the server dies without warning.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.kill();
+    s.restart_after_stop();
+
+    for id in &ids {
+        let v = wait_for(&s, id, &["succeeded"], Duration::from_secs(60)).await;
+        assert_eq!(v["attempts"].as_array().unwrap().last().unwrap()["outcome"], "ok", "{v}");
+    }
+    // The same keys again hold the same, finished events: nothing runs twice.
+    for (i, id) in ids.iter().enumerate() {
+        let r: Value = post_async(&s, "slow").header("idempotency-key", format!("job-{i}")).json(&json!({"sleep": 1, "i": i})).send().await.unwrap().json().await.unwrap();
+        assert_eq!((r["id"].as_str().unwrap(), r["duplicate"].as_bool(), r["state"].as_str()), (id.as_str(), Some(true), Some("succeeded")));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ok = s.invocations("slow").await.into_iter().filter(|r| r["trigger"] == "async" && r["outcome"] == "ok").count();
+    assert_eq!(ok, ids.len(), "every event completed exactly once");
+}
