@@ -104,11 +104,22 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// What receives an event.
+    TargetKind, "target kind" {
+        /// A function: the event is its invocation's body (`POST /`).
+        Function = "function",
+        /// A service: the event is POSTed to `path` on a ready instance.
+        Service = "service",
+    }
+}
+
 /// One attempt of an asynchronous invocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
-    /// The invocation record of this attempt (`GET /v1/invocations/{id}`).
-    pub invocation_id: String,
+    /// The invocation record of this attempt (`GET /v1/invocations/{id}`); functions only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocation_id: Option<String>,
     /// Unix milliseconds when it started.
     pub started_ms: i64,
     pub outcome: Outcome,
@@ -122,7 +133,11 @@ pub struct Attempt {
 pub struct AsyncRecord {
     pub id: String,
     pub namespace: String,
-    pub function: String,
+    pub kind: TargetKind,
+    /// The function's or service's name.
+    pub target: String,
+    /// The path a service receives the event at.
+    pub path: Option<String>,
     pub payload: Vec<u8>,
     pub content_type: Option<String>,
     pub idempotency_key: Option<String>,
@@ -143,7 +158,9 @@ impl AsyncRecord {
         AsyncInvocation {
             id: self.id.clone(),
             namespace: self.namespace.clone(),
-            function: self.function.clone(),
+            kind: self.kind,
+            target: self.target.clone(),
+            path: self.path.clone(),
             state: self.state,
             accepted_at: rfc3339(self.accepted_ms),
             next_attempt_at: (self.state == AsyncState::Queued).then(|| rfc3339(self.next_ms)),
@@ -162,7 +179,11 @@ impl AsyncRecord {
 pub struct AsyncInvocation {
     pub id: String,
     pub namespace: String,
-    pub function: String,
+    pub kind: TargetKind,
+    /// The function's or service's name.
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     pub state: AsyncState,
     /// RFC 3339 time it was accepted (and persisted).
     pub accepted_at: String,
@@ -202,6 +223,110 @@ pub fn idempotency_key(key: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A trigger: a cron schedule or a topic subscription, delivering events to a function or a
+/// service through the asynchronous queue (same retries, dead letters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerConfig {
+    /// A cron schedule: 5 fields (minute hour day-of-month month day-of-week) or 6 with
+    /// seconds first, e.g. `*/5 * * * *`, `0 30 9 * * MON-FRI`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// IANA time zone of the schedule, e.g. `Europe/Berlin` (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// A topic of the namespace: every event published to it is delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// The function that receives the events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// The service that receives the events (POST to `path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Where a service receives events (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The `data` of every cron event (default `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub data: Option<serde_json::Value>,
+}
+
+impl TriggerConfig {
+    /// Checks the shape; the cron expression, time zone and target are the server's to check.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match (&self.cron, &self.topic) {
+            (Some(_), Some(_)) | (None, None) => return Err(Invalid::new("cron", "give exactly one of `cron` (a schedule) or `topic`")),
+            (None, Some(t)) => {
+                topic(t)?;
+                if self.timezone.is_some() {
+                    return Err(Invalid::new("timezone", "only schedules (`cron`) have a time zone"));
+                }
+                if self.data.is_some() {
+                    return Err(Invalid::new("data", "only schedules (`cron`) carry fixed data; a topic's events bring their own"));
+                }
+            }
+            (Some(c), None) if c.trim().is_empty() || c.len() > 256 => return Err(Invalid::new("cron", "must be a cron expression of at most 256 characters")),
+            (Some(_), None) => {}
+        }
+        match (&self.function, &self.service) {
+            (Some(_), Some(_)) | (None, None) => return Err(Invalid::new("function", "give exactly one target: `function` or `service`")),
+            (Some(f), None) => {
+                validate::name("function", f)?;
+                if self.path.is_some() {
+                    return Err(Invalid::new("path", "only services receive events at a path"));
+                }
+            }
+            (None, Some(s)) => validate::name("service", s)?,
+        }
+        if let Some(p) = &self.path
+            && (!p.starts_with('/') || p.len() > 1024 || p.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()))
+        {
+            return Err(Invalid::new("path", format!("`{p}` is not a path like /events (at most 1024 characters, no spaces)")));
+        }
+        Ok(())
+    }
+}
+
+/// The rule for topic names: `[a-z0-9][a-z0-9._-]{0,127}`.
+pub fn topic(t: &str) -> Result<(), Invalid> {
+    let ok = !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) && t.as_bytes()[0].is_ascii_alphanumeric();
+    if ok { Ok(()) } else { Err(Invalid::new("topic", format!("`{t}` is not a valid topic: use 1 to 128 lowercase letters, digits, dots, dashes and underscores, starting with a letter or digit (e.g. `orders.created`)"))) }
+}
+
+/// A trigger as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TriggerInfo {
+    pub namespace: String,
+    pub name: String,
+    pub config: TriggerConfig,
+    pub created_at: String,
+    /// The scheduled time of the last cron event queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fired_at: Option<String>,
+    /// When the schedule fires next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_fire_at: Option<String>,
+}
+
+/// One delivery of a published event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Delivery {
+    pub trigger: String,
+    pub kind: TargetKind,
+    pub target: String,
+    /// The asynchronous invocation carrying it (`GET /v1/async-invocations/{id}`).
+    pub id: String,
+}
+
+/// Answer to a publish (202): the event's id and one delivery per subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Published {
+    pub id: String,
+    pub deliveries: Vec<Delivery>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +347,19 @@ mod tests {
         assert!(idempotency_key("order-42").is_ok());
         assert!(idempotency_key("has space").is_err());
         assert!(idempotency_key("").is_err());
+    }
+
+    #[test]
+    fn triggers_need_one_source_and_one_target() {
+        let cron = TriggerConfig { cron: Some("* * * * *".into()), timezone: None, topic: None, function: Some("f".into()), service: None, path: None, data: None };
+        assert!(cron.validate().is_ok());
+        assert!(TriggerConfig { topic: Some("t".into()), ..cron.clone() }.validate().is_err());
+        assert!(TriggerConfig { service: Some("s".into()), ..cron.clone() }.validate().is_err());
+        assert!(TriggerConfig { path: Some("/x".into()), ..cron.clone() }.validate().is_err());
+        let topic = TriggerConfig { cron: None, topic: Some("orders.created".into()), function: None, service: Some("web".into()), path: Some("/events".into()), ..cron.clone() };
+        assert!(topic.validate().is_ok());
+        assert!(TriggerConfig { path: Some("events".into()), ..topic.clone() }.validate().is_err());
+        assert!(TriggerConfig { topic: Some("Orders!".into()), ..topic.clone() }.validate().is_err());
+        assert!(TriggerConfig { timezone: Some("UTC".into()), ..topic }.validate().is_err());
     }
 }

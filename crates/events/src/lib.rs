@@ -1,8 +1,11 @@
 //! Events: what runs functions besides a caller waiting for the answer. `queue` is the durable
 //! queue of asynchronous invocations (accepted means persisted; at-least-once attempts with
-//! retries, a maximum event age, a dead-letter list and an on-failure function; idempotency keys).
+//! retries, a maximum event age, a dead-letter list and an on-failure function; idempotency keys);
+//! `triggers` turns cron schedules and topic subscriptions into events on that queue.
 #![forbid(unsafe_code)]
 
 pub mod queue;
+pub mod triggers;
 
-pub use queue::{AsyncQueue, EventsError};
+pub use queue::{AsyncQueue, EventsError, ServiceSink, SinkError, Target};
+pub use triggers::{EventMeta, Schedule, Triggers};

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hangar_api::events::{AsyncConfig, AsyncRecord, AsyncState, Attempt};
+use hangar_api::events::{AsyncConfig, AsyncRecord, AsyncState, Attempt, TargetKind};
 use hangar_api::{Outcome, Trigger, now_ms, rfc3339};
 use hangar_scheduler::Scheduler;
 use hangar_store::{Store, StoreError};
@@ -36,6 +36,42 @@ pub enum EventsError {
     Stopping,
 }
 
+/// Where an event goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub kind: TargetKind,
+    pub name: String,
+    /// Where a service receives it.
+    pub path: Option<String>,
+}
+
+impl Target {
+    pub fn function(name: &str) -> Target {
+        Target { kind: TargetKind::Function, name: name.to_string(), path: None }
+    }
+
+    pub fn service(name: &str, path: &str) -> Target {
+        Target { kind: TargetKind::Service, name: name.to_string(), path: Some(path.to_string()) }
+    }
+}
+
+/// Why a service could not take an event.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// No such service (any more).
+    #[error("service `{0}` does not exist")]
+    Missing(String),
+    /// It exists but did not answer.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Hands events to services: POST `path` on a ready instance (the gateway's proxy).
+#[async_trait::async_trait]
+pub trait ServiceSink: Send + Sync + 'static {
+    async fn deliver(&self, namespace: &str, service: &str, path: &str, content_type: Option<&str>, body: Bytes) -> Result<(http::StatusCode, Bytes), SinkError>;
+}
+
 /// How much of a failed attempt's answer goes into the destination record.
 const MAX_RESPONSE_KEPT: usize = 256 * 1024;
 /// Most events taken off the due list per dispatcher round.
@@ -51,6 +87,7 @@ pub struct AsyncQueue {
 
 struct Inner {
     scheduler: Arc<Scheduler>,
+    services: std::sync::OnceLock<Arc<dyn ServiceSink>>,
     writes: mpsc::UnboundedSender<Write>,
     state: Mutex<State>,
     wake: Notify,
@@ -87,6 +124,7 @@ impl AsyncQueue {
         let concurrency = concurrency.max(1);
         let inner = Arc::new(Inner {
             scheduler,
+            services: std::sync::OnceLock::new(),
             writes: tx,
             state: Mutex::default(),
             wake: Notify::new(),
@@ -106,6 +144,11 @@ impl AsyncQueue {
         Ok(AsyncQueue { inner })
     }
 
+    /// Where events for services go (once the gateway exists).
+    pub fn set_service_sink(&self, sink: Arc<dyn ServiceSink>) {
+        let _ = self.inner.services.set(sink);
+    }
+
     /// Starts running due events.
     pub fn run(&self) {
         tokio::spawn(dispatch(self.inner.clone()));
@@ -114,11 +157,11 @@ impl AsyncQueue {
     /// Persists an event for `namespace/function` and queues it. Returns its id and whether an
     /// earlier event with the same idempotency key holds it (then nothing new is queued).
     /// The caller has checked that the function exists and the payload's size.
-    pub async fn accept(&self, namespace: &str, function: &str, payload: Bytes, content_type: Option<String>, idempotency_key: Option<String>) -> Result<(String, bool), EventsError> {
+    pub async fn accept(&self, namespace: &str, target: &Target, payload: Bytes, content_type: Option<String>, idempotency_key: Option<String>) -> Result<(String, bool), EventsError> {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(EventsError::Stopping);
         }
-        self.inner.accept(namespace, function, payload, content_type, idempotency_key).await
+        self.inner.accept(namespace, target, payload, content_type, idempotency_key).await
     }
 
     /// Events waiting or running now.
@@ -151,12 +194,14 @@ impl AsyncQueue {
 
 impl Inner {
     /// [`AsyncQueue::accept`], also while stopping (for hand-overs of running attempts).
-    async fn accept(&self, namespace: &str, function: &str, payload: Bytes, content_type: Option<String>, idempotency_key: Option<String>) -> Result<(String, bool), EventsError> {
+    async fn accept(&self, namespace: &str, target: &Target, payload: Bytes, content_type: Option<String>, idempotency_key: Option<String>) -> Result<(String, bool), EventsError> {
         let now = now_ms();
         let rec = AsyncRecord {
             id: uuid::Uuid::now_v7().to_string(),
             namespace: namespace.to_string(),
-            function: function.to_string(),
+            kind: target.kind,
+            target: target.name.clone(),
+            path: target.path.clone(),
             payload: payload.to_vec(),
             content_type,
             idempotency_key,
@@ -229,13 +274,13 @@ impl Inner {
             if self.scheduler.route(&rec.namespace, target).is_none() {
                 rec.error = Some(format!("{reason}; its on_failure function `{target}` does not exist"));
             } else {
-                match self.accept(&rec.namespace, target, payload, Some("application/json".into()), key).await {
+                match self.accept(&rec.namespace, &Target::function(target), payload, Some("application/json".into()), key).await {
                     Ok((id, _)) => rec.destination_id = Some(id),
                     Err(e) => rec.error = Some(format!("{reason}; handing it to `{target}` failed: {e}")),
                 }
             }
         }
-        tracing::warn!(id = %rec.id, function = %rec.function, "asynchronous invocation given up: {}", rec.error.as_deref().unwrap_or(""));
+        tracing::warn!(id = %rec.id, target = %rec.target, "asynchronous invocation given up: {}", rec.error.as_deref().unwrap_or(""));
         self.save(rec);
     }
 }
@@ -274,26 +319,48 @@ async fn dispatch(inner: Arc<Inner>) {
 
 /// Runs one attempt of `rec` and decides what follows.
 async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphorePermit) {
-    let Some(slot) = inner.scheduler.route(&rec.namespace, &rec.function) else {
-        let reason = format!("function `{}` no longer exists", rec.function);
-        return inner.give_up(rec, "FunctionMissing", reason, None, None).await;
-    };
-    let cfg = slot.deployment().config.async_.clone();
     let started_ms = now_ms();
-    let max_age_ms = i64::try_from(cfg.max_event_age_s.saturating_mul(1000)).unwrap_or(i64::MAX);
-    if started_ms - rec.accepted_ms > max_age_ms {
-        let reason = format!("the event is older than its function's max_event_age_s ({} s)", cfg.max_event_age_s);
-        return inner.give_up(rec, "EventAgeExceeded", reason, Some(&cfg), None).await;
-    }
-    let mut request = http::Request::new(hangar_runtime::full(Bytes::from(rec.payload.clone())));
-    *request.method_mut() = http::Method::POST;
-    if let Some(v) = rec.content_type.as_deref().and_then(|c| http::HeaderValue::from_str(c).ok()) {
-        request.headers_mut().insert(http::header::CONTENT_TYPE, v);
-    }
-    let (invocation_id, response) = inner.scheduler.invoke(&slot, request, Trigger::Async).await;
-    let status = response.status();
-    // Reading to the end also lets the invocation finish and be recorded.
-    let body = read_kept(response.into_body()).await;
+    let (cfg, tried) = match rec.kind {
+        TargetKind::Function => {
+            let Some(slot) = inner.scheduler.route(&rec.namespace, &rec.target) else {
+                let reason = format!("function `{}` no longer exists", rec.target);
+                return inner.give_up(rec, "FunctionMissing", reason, None, None).await;
+            };
+            let cfg = slot.deployment().config.async_.clone();
+            if let Some(too_old) = too_old(&rec, &cfg, started_ms) {
+                return inner.give_up(rec, "EventAgeExceeded", too_old, Some(&cfg), None).await;
+            }
+            let mut request = http::Request::new(hangar_runtime::full(Bytes::from(rec.payload.clone())));
+            *request.method_mut() = http::Method::POST;
+            if let Some(v) = rec.content_type.as_deref().and_then(|c| http::HeaderValue::from_str(c).ok()) {
+                request.headers_mut().insert(http::header::CONTENT_TYPE, v);
+            }
+            let (invocation_id, response) = inner.scheduler.invoke(&slot, request, Trigger::Async).await;
+            let status = response.status();
+            // Reading to the end also lets the invocation finish and be recorded.
+            let body = read_kept(response.into_body()).await;
+            (cfg, (Some(invocation_id), status, body))
+        }
+        TargetKind::Service => {
+            // Services have no policy of their own: Lambda's defaults.
+            let cfg = AsyncConfig::default();
+            if let Some(too_old) = too_old(&rec, &cfg, started_ms) {
+                return inner.give_up(rec, "EventAgeExceeded", too_old, None, None).await;
+            }
+            let Some(sink) = inner.services.get() else {
+                return inner.give_up(rec, "ServiceMissing", "this server runs no services".into(), None, None).await;
+            };
+            let path = rec.path.clone().unwrap_or_else(|| "/".into());
+            match sink.deliver(&rec.namespace, &rec.target, &path, rec.content_type.as_deref(), Bytes::from(rec.payload.clone())).await {
+                Ok((status, body)) => (cfg, (None, status, body)),
+                Err(SinkError::Missing(name)) => {
+                    return inner.give_up(rec, "ServiceMissing", format!("service `{name}` no longer exists"), None, None).await;
+                }
+                Err(SinkError::Failed(e)) => (cfg, (None, http::StatusCode::BAD_GATEWAY, Bytes::from(e))),
+            }
+        }
+    };
+    let (invocation_id, status, body) = tried;
     let (outcome, error) = classify(status, &body);
     if outcome == Outcome::Throttled {
         // Throttles do not use up retries (as Lambda): try again soon.
@@ -309,7 +376,7 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
         return inner.save(rec);
     }
     let failures = rec.attempts.iter().filter(|a| a.outcome != Outcome::Ok).count() as u32;
-    let why = error.unwrap_or_else(|| format!("the function answered {status}"));
+    let why = error.unwrap_or_else(|| format!("the target answered {status}"));
     if failures > cfg.max_retries {
         let reason = format!("{failures} attempt(s) failed, the last with: {why}");
         return inner.give_up(rec, "RetriesExhausted", reason, Some(&cfg), Some((status.as_u16(), body))).await;
@@ -318,6 +385,12 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
     rec.next_ms = now_ms() + i64::try_from(cfg.backoff_ms(failures)).unwrap_or(i64::MAX / 2);
     rec.error = Some(why);
     inner.save(rec);
+}
+
+/// Why an event is too old to try, if it is.
+fn too_old(rec: &AsyncRecord, cfg: &AsyncConfig, now: i64) -> Option<String> {
+    let max_age_ms = i64::try_from(cfg.max_event_age_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    (now - rec.accepted_ms > max_age_ms).then(|| format!("the event is older than max_event_age_s ({} s)", cfg.max_event_age_s))
 }
 
 /// Reads a response body to its end, keeping its first [`MAX_RESPONSE_KEPT`] bytes.
@@ -367,7 +440,7 @@ fn destination_record(rec: &AsyncRecord, condition: &str, answer: Option<(u16, B
         "timestamp": rfc3339(now_ms()),
         "requestContext": {
             "requestId": rec.id,
-            "functionArn": format!("hangar:{}:function:{}", rec.namespace, rec.function),
+            "functionArn": format!("hangar:{}:{}:{}", rec.namespace, rec.kind, rec.target),
             "condition": condition,
             "approximateInvokeCount": rec.attempts.len(),
         },
@@ -454,7 +527,9 @@ mod tests {
         let rec = AsyncRecord {
             id: "a1".into(),
             namespace: "default".into(),
-            function: "f".into(),
+            kind: TargetKind::Function,
+            target: "f".into(),
+            path: None,
             payload: br#"{"order":7}"#.to_vec(),
             content_type: None,
             idempotency_key: None,

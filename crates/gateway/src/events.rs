@@ -1,12 +1,13 @@
-//! Asynchronous invocations over HTTP: accepting them (`202`, persisted first), listing and
-//! showing them with their attempts, and the deploy-time check of `async.on_failure`.
+//! Events over HTTP: asynchronous invocations (`202`, persisted first; listing and showing
+//! them with their attempts; the deploy-time check of `async.on_failure`), triggers (cron
+//! schedules and topic subscriptions) and publishing to topics.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use hangar_api::events::{AsyncAccepted, AsyncInvocation, AsyncState, IDEMPOTENCY_KEY_HEADER, INVOCATION_TYPE_HEADER, MAX_ASYNC_PAYLOAD_BYTES};
+use hangar_api::events::{AsyncAccepted, AsyncInvocation, AsyncState, IDEMPOTENCY_KEY_HEADER, INVOCATION_TYPE_HEADER, MAX_ASYNC_PAYLOAD_BYTES, Published, TriggerConfig, TriggerInfo};
 use hangar_api::{INVOCATION_ID_HEADER, RuntimeKind, validate};
 use hangar_store::AsyncFilter;
 use http_body_util::BodyExt;
@@ -51,7 +52,7 @@ pub async fn accept(state: &AppState, slot: &hangar_scheduler::Slot, headers: &h
     let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (id, duplicate) = state
         .async_queue
-        .accept(&d.namespace, &d.name, payload, content_type, key)
+        .accept(&d.namespace, &hangar_events::Target::function(&d.name), payload, content_type, key)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_accepted", e.to_string()))?;
     let mut resp = (StatusCode::ACCEPTED, Json(AsyncAccepted { id: id.clone(), state: AsyncState::Queued, duplicate })).into_response();
@@ -112,8 +113,8 @@ pub async fn check_on_failure(state: &AppState, ns: &str, name: &str, target: &s
 #[serde(deny_unknown_fields)]
 pub struct AsyncQuery {
     pub namespace: Option<String>,
-    /// Only this function.
-    pub function: Option<String>,
+    /// Only events for this function or service.
+    pub target: Option<String>,
     /// Only this state: queued, running, succeeded, failed (the dead-letter list).
     pub state: Option<String>,
     /// Continue after this id (from `next_cursor`).
@@ -139,11 +140,11 @@ pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQ
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", format!("limit: {limit} is out of range; choose 1 to 1000")));
     }
-    if let Some(f) = &q.function {
-        validate::name("function", f)?;
+    if let Some(t) = &q.target {
+        validate::name("target", t)?;
     }
     state.async_queue.flush().await;
-    let rows = state.store.list_async(AsyncFilter { namespace: Some(ns), function: q.function, state: st, cursor: q.cursor, limit }).await?;
+    let rows = state.store.list_async(AsyncFilter { namespace: Some(ns), target: q.target, state: st, cursor: q.cursor, limit }).await?;
     let next_cursor = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.id.clone())).flatten();
     let items = rows.iter().map(|r| live(&state, r)).collect();
     Ok(Json(AsyncPage { items, next_cursor }))
@@ -169,4 +170,111 @@ fn live(state: &AppState, rec: &hangar_api::events::AsyncRecord) -> AsyncInvocat
         view.state = now;
     }
     view
+}
+
+// ---- triggers and topics ----
+
+fn trigger_view(state: &AppState, row: &hangar_store::TriggerRow) -> TriggerInfo {
+    let (last, next) = state.triggers.times(&row.namespace, &row.name);
+    TriggerInfo {
+        namespace: row.namespace.clone(),
+        name: row.name.clone(),
+        config: row.config.clone(),
+        created_at: hangar_api::rfc3339(row.created_ms),
+        last_fired_at: last.or(row.last_fired_ms).map(hangar_api::rfc3339),
+        next_fire_at: next.map(hangar_api::rfc3339),
+    }
+}
+
+/// Creates or replaces a trigger: a cron schedule or a topic subscription, for a function or
+/// a service of the namespace.
+#[utoipa::path(put, path = "/v1/triggers/{name}", params(NamespaceQuery), request_body = TriggerConfig, tag = "events",
+    responses((status = 201, body = TriggerInfo), (status = 200, body = TriggerInfo), (status = 400, body = hangar_api::ErrorBody)))]
+pub async fn put_trigger(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>, crate::error::ApiJson(config): crate::error::ApiJson<TriggerConfig>) -> Result<Response, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    validate::name("name", &name)?;
+    config.validate()?;
+    if let Some(c) = &config.cron {
+        hangar_events::Schedule::parse(c, config.timezone.as_deref()).map_err(|e| ApiError::bad_request("invalid_field", format!("cron: {e}")))?;
+    }
+    if state.store.get_namespace(&ns).await?.is_none() {
+        return Err(ApiError::not_found(format_args!("namespace `{ns}`")));
+    }
+    if let Some(f) = &config.function
+        && state.store.get_function(&ns, f).await?.is_none()
+    {
+        return Err(ApiError::bad_request("unknown_target", format!("function `{f}` does not exist in namespace `{ns}`; deploy it first")));
+    }
+    if let Some(s) = &config.service
+        && state.store.get_service(&ns, s).await?.is_none()
+    {
+        return Err(ApiError::bad_request("unknown_target", format!("service `{s}` does not exist in namespace `{ns}`; deploy it first")));
+    }
+    let _guard = state.deploy_lock.lock().await;
+    let existing = state.store.list_triggers(Some(&ns)).await?.into_iter().find(|t| t.name == name);
+    let row = hangar_store::TriggerRow {
+        namespace: ns,
+        name,
+        config,
+        created_ms: existing.as_ref().map_or_else(hangar_api::now_ms, |e| e.created_ms),
+        last_fired_ms: existing.as_ref().and_then(|e| e.last_fired_ms),
+    };
+    state.store.put_trigger(&row).await?;
+    state.triggers.install(row.clone());
+    let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(trigger_view(&state, &row))).into_response())
+}
+
+/// The namespace's triggers.
+#[utoipa::path(get, path = "/v1/triggers", params(NamespaceQuery), tag = "events", responses((status = 200, body = [TriggerInfo])))]
+pub async fn list_triggers(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Vec<TriggerInfo>>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let rows = state.store.list_triggers(Some(&ns)).await?;
+    Ok(Json(rows.iter().map(|r| trigger_view(&state, r)).collect()))
+}
+
+#[utoipa::path(delete, path = "/v1/triggers/{name}", params(NamespaceQuery), tag = "events",
+    responses((status = 204), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn delete_trigger(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<StatusCode, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let _guard = state.deploy_lock.lock().await;
+    if !state.store.delete_trigger(&ns, &name).await? {
+        return Err(ApiError::not_found(format_args!("trigger `{name}` in namespace `{ns}`")));
+    }
+    state.triggers.remove(&ns, &name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Publishes an event: the body is its data; `ce-type`, `ce-source` and `ce-id` (which
+/// deduplicates) may be given as in CloudEvents' binary mode. Every subscription gets it as a
+/// CloudEvent, asynchronously with the usual retries. `202` once persisted.
+#[utoipa::path(post, path = "/v1/topics/{topic}/events", params(NamespaceQuery), tag = "events",
+    request_body(content = String, description = "the event's data"),
+    responses((status = 202, body = Published), (status = 404, body = hangar_api::ErrorBody), (status = 413, body = hangar_api::ErrorBody)))]
+pub async fn publish(State(state): State<AppState>, p: Principal, Path(topic): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>, req: axum::extract::Request) -> Result<Response, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let (head, body) = req.into_parts();
+    let max = MAX_ASYNC_PAYLOAD_BYTES.min(state.limits.max_payload_bytes);
+    // Read first: an answer sent while the client still uploads is lost.
+    let data = read_bounded(body, max).await?;
+    hangar_api::events::topic(&topic)?;
+    if !state.triggers.has_topic(&ns, &topic) {
+        return Err(ApiError::not_found(format_args!("topic `{topic}` (no trigger subscribes to it in namespace `{ns}`; add one with `hangar triggers add NAME --topic {topic} --function F`)")));
+    }
+    let header = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let meta = hangar_events::EventMeta { id: header("ce-id"), kind: header("ce-type"), source: header("ce-source"), content_type: header("content-type") };
+    if let Some(id) = &meta.id {
+        hangar_api::events::idempotency_key(id).map_err(|e| ApiError::bad_request("invalid_header", format!("ce-id: {}", e.message)))?;
+    }
+    for (h, v) in [("ce-type", &meta.kind), ("ce-source", &meta.source)] {
+        if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 1024) {
+            return Err(ApiError::bad_request("invalid_header", format!("{h}: must be 1 to 1024 characters")));
+        }
+    }
+    let (id, deliveries) = state
+        .triggers
+        .publish(&ns, &topic, data, meta)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_accepted", e.to_string()))?;
+    Ok((StatusCode::ACCEPTED, Json(Published { id, deliveries })).into_response())
 }

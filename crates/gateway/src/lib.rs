@@ -89,6 +89,8 @@ pub struct Shared {
     pub deploy_lock: Arc<tokio::sync::Mutex<()>>,
     /// The durable queue of asynchronous invocations.
     pub async_queue: hangar_events::AsyncQueue,
+    /// Cron schedules and topic subscriptions.
+    pub triggers: hangar_events::Triggers,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -120,6 +122,9 @@ pub fn router(state: AppState) -> Router {
         .route("/invocations/{id}", get(api::get_invocation))
         .route("/async-invocations", get(events::list))
         .route("/async-invocations/{id}", get(events::get))
+        .route("/triggers", get(events::list_triggers))
+        .route("/triggers/{name}", axum::routing::put(events::put_trigger).delete(events::delete_trigger))
+        .route("/topics/{topic}/events", post(events::publish).layer(DefaultBodyLimit::disable()))
         .route("/openapi.json", get(openapi_json))
         .layer(json_limit);
     Router::new()

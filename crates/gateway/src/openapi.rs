@@ -13,6 +13,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         crate::invoke::invoke_api,
         crate::api::list_invocations, crate::api::get_invocation,
         crate::events::list, crate::events::get,
+        crate::events::put_trigger, crate::events::list_triggers, crate::events::delete_trigger, crate::events::publish,
         crate::images::list_images, crate::images::get_image, crate::images::delete_image,
         crate::images::import_image, crate::images::pull_image,
         crate::services::put_service, crate::services::list_services, crate::services::get_service,

@@ -326,3 +326,33 @@ async fn forward(svc: &hangar_service::Service, mut req: Request, path: &str) ->
     });
     Ok(Response::from_parts(head, Body::new(body)))
 }
+
+/// Hands queued events to services through the same proxy path as requests.
+pub struct EventSink {
+    pub services: Arc<hangar_service::Services>,
+    pub store: Arc<dyn hangar_store::Store>,
+}
+
+#[async_trait::async_trait]
+impl hangar_events::ServiceSink for EventSink {
+    async fn deliver(&self, namespace: &str, service: &str, path: &str, content_type: Option<&str>, body: bytes::Bytes) -> Result<(StatusCode, bytes::Bytes), hangar_events::SinkError> {
+        let Some(svc) = self.services.get(namespace, service) else {
+            // Deployed but not running (yet): after a restart services come back in the background.
+            return match self.store.get_service(namespace, service).await {
+                Ok(Some(_)) => Err(hangar_events::SinkError::Failed(format!("service `{service}` is not running yet"))),
+                Ok(None) => Err(hangar_events::SinkError::Missing(service.to_string())),
+                Err(e) => Err(hangar_events::SinkError::Failed(e.to_string())),
+            };
+        };
+        let mut req = Request::new(Body::from(body));
+        *req.method_mut() = http::Method::POST;
+        if let Some(v) = content_type.and_then(|c| http::HeaderValue::from_str(c).ok()) {
+            req.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+        let resp = forward(&svc, req, path).await.map_err(|e| hangar_events::SinkError::Failed(e.message))?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), 256 * 1024);
+        let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        Ok((status, bytes))
+    }
+}

@@ -86,6 +86,12 @@ pub enum Command {
     /// Show asynchronous invocations (`hangar invoke --async`) and the dead-letter list
     #[command(subcommand, name = "async")]
     Async(AsyncCommand),
+    /// Manage triggers: cron schedules and topic subscriptions
+    #[command(subcommand, name = "triggers")]
+    Triggers(TriggerCommand),
+    /// Publish events to topics
+    #[command(subcommand, name = "events")]
+    Events(EventsCommand),
     /// Manage container images (import, pull, list, remove)
     #[command(subcommand)]
     Image(ImageCommand),
@@ -309,10 +315,65 @@ pub struct InvokeArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TriggerCommand {
+    /// List the namespace's triggers with their next fire times
+    Ls,
+    /// Create or replace a trigger
+    Add(TriggerArgs),
+    /// Remove a trigger
+    Rm { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    pub name: String,
+    /// Cron schedule: 5 fields, or 6 with seconds first (e.g. "*/5 * * * *")
+    #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
+    pub cron: Option<String>,
+    /// IANA time zone of the schedule (default UTC)
+    #[arg(long = "tz", requires = "cron")]
+    pub timezone: Option<String>,
+    /// The data of every scheduled event (JSON)
+    #[arg(long, requires = "cron")]
+    pub data: Option<String>,
+    /// Subscribe to this topic instead
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// The function that receives the events
+    #[arg(long, conflicts_with = "service", required_unless_present = "service")]
+    pub function: Option<String>,
+    /// The service that receives the events
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Where the service receives them (default /)
+    #[arg(long, requires = "service")]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Publish DATA to TOPIC: every subscribed function or service gets it as a CloudEvent
+    Publish {
+        topic: String,
+        /// The event's data: JSON or text, or @FILE
+        data: String,
+        /// The CloudEvent type
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// The CloudEvent source
+        #[arg(long)]
+        source: Option<String>,
+        /// The CloudEvent id; the same id again is delivered once
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AsyncCommand {
     /// List asynchronous invocations, newest first
     Ls {
-        /// Only this function
+        /// Only events for this function or service
         name: Option<String>,
         /// Only this state: queued, running, succeeded, failed (the dead-letter list)
         #[arg(long)]

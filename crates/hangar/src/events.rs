@@ -1,10 +1,11 @@
-//! `hangar invoke --async` and `hangar async ...`: queue events, list them, show their attempts.
+//! `hangar invoke --async`, `hangar async ...` (events and their attempts), `hangar triggers ...`
+//! (cron schedules and topic subscriptions) and `hangar events publish`.
 
 use anyhow::{Context, Result};
-use hangar_api::events::{AsyncAccepted, AsyncInvocation, IDEMPOTENCY_KEY_HEADER};
+use hangar_api::events::{AsyncAccepted, AsyncInvocation, IDEMPOTENCY_KEY_HEADER, Published, TriggerConfig, TriggerInfo};
 use reqwest::Method;
 
-use crate::cli::{AsyncCommand, Cli, InvokeArgs, Output, client, ns_query, print_json, table};
+use crate::cli::{AsyncCommand, Cli, EventsCommand, InvokeArgs, Output, TriggerArgs, TriggerCommand, client, ns_query, print_json, table};
 
 /// `POST /v1/functions/{name}/invoke?async=true`; prints the id once the event is persisted.
 pub async fn invoke_async(cli: &Cli, a: &InvokeArgs) -> Result<i32> {
@@ -41,7 +42,7 @@ pub async fn run(cli: &Cli, cmd: &AsyncCommand) -> Result<()> {
             let mut q = ns_query(cli.namespace.as_deref());
             q.push(("limit", limit.to_string()));
             if let Some(n) = name {
-                q.push(("function", n.clone()));
+                q.push(("target", n.clone()));
             }
             if let Some(s) = state {
                 q.push(("state", s.clone()));
@@ -51,11 +52,11 @@ pub async fn run(cli: &Cli, cmd: &AsyncCommand) -> Result<()> {
                 return print_json(&page);
             }
             let items: Vec<AsyncInvocation> = serde_json::from_value(page["items"].clone()).context("reading the listing")?;
-            let mut t = table(&["ID", "FUNCTION", "STATE", "ACCEPTED", "ATTEMPTS", "ERROR"]);
+            let mut t = table(&["ID", "TARGET", "STATE", "ACCEPTED", "ATTEMPTS", "ERROR"]);
             for i in &items {
                 t.add_row(vec![
                     i.id.clone(),
-                    i.function.clone(),
+                    format!("{} {}", i.kind, i.target),
                     i.state.to_string(),
                     i.accepted_at.clone(),
                     i.attempts.len().to_string(),
@@ -69,7 +70,7 @@ pub async fn run(cli: &Cli, cmd: &AsyncCommand) -> Result<()> {
             if cli.output == Output::Json {
                 return print_json(&i);
             }
-            println!("{} {} ({}), accepted {}", i.id, i.function, i.state, i.accepted_at);
+            println!("{} {} {}{} ({}), accepted {}", i.id, i.kind, i.target, i.path.as_deref().unwrap_or(""), i.state, i.accepted_at);
             if let Some(k) = &i.idempotency_key {
                 println!("idempotency key: {k}");
             }
@@ -86,7 +87,7 @@ pub async fn run(cli: &Cli, cmd: &AsyncCommand) -> Result<()> {
             for (n, a) in i.attempts.iter().enumerate() {
                 t.add_row(vec![
                     (n + 1).to_string(),
-                    a.invocation_id.clone(),
+                    a.invocation_id.clone().unwrap_or_default(),
                     hangar_api::rfc3339(a.started_ms),
                     a.outcome.to_string(),
                     a.status.to_string(),
@@ -94,6 +95,109 @@ pub async fn run(cli: &Cli, cmd: &AsyncCommand) -> Result<()> {
                 ]);
             }
             println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+/// The trigger `a` describes, checked.
+pub fn trigger_config(a: &TriggerArgs) -> Result<TriggerConfig> {
+    let data = match &a.data {
+        Some(d) => Some(serde_json::from_str(d).with_context(|| format!("--data `{d}` is not JSON"))?),
+        None => None,
+    };
+    let c = TriggerConfig {
+        cron: a.cron.clone(),
+        timezone: a.timezone.clone(),
+        topic: a.topic.clone(),
+        function: a.function.clone(),
+        service: a.service.clone(),
+        path: a.path.clone(),
+        data,
+    };
+    c.validate().map_err(|e| anyhow::anyhow!("invalid {e}"))?;
+    hangar_api::validate::name("name", &a.name).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
+    Ok(c)
+}
+
+fn describe(t: &TriggerInfo) -> (String, String) {
+    let c = &t.config;
+    let source = match (&c.cron, &c.topic) {
+        (Some(cron), _) => format!("cron {cron}{}", c.timezone.as_deref().map(|z| format!(" ({z})")).unwrap_or_default()),
+        (None, Some(topic)) => format!("topic {topic}"),
+        (None, None) => String::new(),
+    };
+    let target = match (&c.function, &c.service) {
+        (Some(f), _) => format!("function {f}"),
+        (None, Some(s)) => format!("service {s}{}", c.path.as_deref().unwrap_or("/")),
+        (None, None) => String::new(),
+    };
+    (source, target)
+}
+
+pub async fn run_triggers(cli: &Cli, cmd: &TriggerCommand) -> Result<()> {
+    let client = client(cli);
+    let q = ns_query(cli.namespace.as_deref());
+    match cmd {
+        TriggerCommand::Ls => {
+            let list: Vec<TriggerInfo> = client.json(client.request(Method::GET, "/v1/triggers").query(&q)).await?;
+            if cli.output == Output::Json {
+                return print_json(&list);
+            }
+            let mut t = table(&["NAME", "SOURCE", "TARGET", "LAST FIRED", "NEXT"]);
+            for tr in &list {
+                let (source, target) = describe(tr);
+                t.add_row(vec![tr.name.clone(), source, target, tr.last_fired_at.clone().unwrap_or_default(), tr.next_fire_at.clone().unwrap_or_default()]);
+            }
+            println!("{t}");
+        }
+        TriggerCommand::Add(a) => {
+            let config = trigger_config(a)?;
+            let tr: TriggerInfo = client.json(client.request(Method::PUT, &format!("/v1/triggers/{}", a.name)).query(&q).json(&config)).await?;
+            match cli.output {
+                Output::Json => print_json(&tr)?,
+                Output::Table => {
+                    let (source, target) = describe(&tr);
+                    println!("trigger {}: {source} → {target}{}", tr.name, tr.next_fire_at.map(|n| format!(", next at {n}")).unwrap_or_default());
+                }
+            }
+        }
+        TriggerCommand::Rm { name } => {
+            client.send(client.request(Method::DELETE, &format!("/v1/triggers/{name}")).query(&q)).await?;
+            if cli.output == Output::Table {
+                println!("removed trigger {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_events(cli: &Cli, cmd: &EventsCommand) -> Result<()> {
+    let client = client(cli);
+    let EventsCommand::Publish { topic, data, kind, source, id } = cmd;
+    let body = match data.strip_prefix('@') {
+        Some(f) => std::fs::read(f).with_context(|| format!("reading {f}"))?,
+        None => data.clone().into_bytes(),
+    };
+    let json = serde_json::from_slice::<serde_json::Value>(&body).is_ok();
+    let mut rb = client
+        .request(Method::POST, &format!("/v1/topics/{topic}/events"))
+        .query(&ns_query(cli.namespace.as_deref()))
+        .header("content-type", if json { "application/json" } else { "text/plain; charset=utf-8" })
+        .body(body);
+    for (h, v) in [("ce-type", kind), ("ce-source", source), ("ce-id", id)] {
+        if let Some(v) = v {
+            rb = rb.header(h, v);
+        }
+    }
+    let p: Published = client.json(rb).await?;
+    match cli.output {
+        Output::Json => print_json(&p)?,
+        Output::Table => {
+            println!("event {} delivered to {} subscription(s)", p.id, p.deliveries.len());
+            for d in &p.deliveries {
+                println!("  {} → {} {} ({})", d.trigger, d.kind, d.target, d.id);
+            }
         }
     }
     Ok(())

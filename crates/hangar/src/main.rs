@@ -71,6 +71,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(cmd) => images::run(&cli, cmd).await?,
         Command::Service(cmd) => services::run(&cli, cmd).await?,
         Command::Async(cmd) => events::run(&cli, cmd).await?,
+        Command::Triggers(cmd) => events::run_triggers(&cli, cmd).await?,
+        Command::Events(cmd) => events::run_events(&cli, cmd).await?,
         Command::Namespace(cmd) => cli::run_ns(&cli, cmd).await?,
         Command::Key(cmd) => cli::run_key(&cli, cmd).await?,
     }

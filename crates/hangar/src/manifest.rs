@@ -26,6 +26,9 @@ struct Manifest {
     functions: BTreeMap<String, FunctionSpec>,
     #[serde(default)]
     services: BTreeMap<String, ServiceSpec>,
+    /// Cron schedules and topic subscriptions, applied after the functions and services.
+    #[serde(default)]
+    triggers: BTreeMap<String, hangar_api::events::TriggerConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +134,7 @@ pub struct Plan {
     pub namespace: Option<String>,
     pub functions: Vec<Planned>,
     pub services: Vec<PlannedService>,
+    pub triggers: Vec<(String, hangar_api::events::TriggerConfig)>,
 }
 
 /// Parses and validates a manifest; every error names the file, line and field.
@@ -147,8 +151,15 @@ pub fn plan(path: &Path) -> Result<Plan> {
     if let Some(ns) = &manifest.namespace {
         validate::name("namespace", ns).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
     }
-    if manifest.functions.is_empty() && manifest.services.is_empty() {
-        bail!("{file}: declares nothing; add a [functions.NAME] or [services.NAME] table");
+    if manifest.functions.is_empty() && manifest.services.is_empty() && manifest.triggers.is_empty() {
+        bail!("{file}: declares nothing; add a [functions.NAME], [services.NAME] or [triggers.NAME] table");
+    }
+    let mut triggers = Vec::new();
+    for (name, config) in manifest.triggers {
+        let at = |field: Option<&str>| line_of(&text, "triggers", &name, field);
+        validate::name("name", &name).map_err(|e| anyhow::anyhow!("{file}:{}: triggers.{name}: {}", at(None), e.message))?;
+        config.validate().map_err(|e| anyhow::anyhow!("{file}:{}: triggers.{name}.{}: {}", at(Some(&e.field)), e.field, e.message))?;
+        triggers.push((name, config));
     }
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut planned = Vec::new();
@@ -237,12 +248,12 @@ pub fn plan(path: &Path) -> Result<Plan> {
         })?;
         services.push(PlannedService { name, config: c, import: spec.import.map(|p| base.join(p)), build: spec.build });
     }
-    Ok(Plan { namespace: manifest.namespace, functions: planned, services })
+    Ok(Plan { namespace: manifest.namespace, functions: planned, services, triggers })
 }
 
 /// `hangar deploy [-f FILE]`.
 pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, output: Output) -> Result<()> {
-    let Plan { namespace: manifest_ns, functions: planned, services } = plan(path)?;
+    let Plan { namespace: manifest_ns, functions: planned, services, triggers } = plan(path)?;
     let ns = namespace.map(str::to_string).or(manifest_ns);
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let builds = planned.iter().map(|p| (&p.name, &p.build)).chain(services.iter().map(|s| (&s.name, &s.build)));
@@ -303,8 +314,14 @@ pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, outpu
         let r: hangar_api::services::ServiceDeployed = client.json(rb).await.with_context(|| format!("deploying service `{}`", s.name))?;
         deployed.push(r);
     }
+    let mut applied = Vec::new();
+    for (name, config) in &triggers {
+        let rb = client.request(reqwest::Method::PUT, &format!("/v1/triggers/{name}")).query(&crate::cli::ns_query(ns.as_deref())).json(config);
+        let t: hangar_api::events::TriggerInfo = client.json(rb).await.with_context(|| format!("applying trigger `{name}`"))?;
+        applied.push(t);
+    }
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"functions": results, "services": deployed}))?),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"functions": results, "services": deployed, "triggers": applied}))?),
         Output::Table => {
             for r in &results {
                 let word = match r.status {
@@ -316,6 +333,9 @@ pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, outpu
             }
             for r in &deployed {
                 println!("{:<10} {}/{} (revision {})  {}", r.status, r.service.namespace, r.service.name, r.service.revision, r.service.url_path);
+            }
+            for t in &applied {
+                println!("{:<10} {}/{} (trigger){}", "applied", t.namespace, t.name, t.next_fire_at.as_deref().map(|n| format!("  next at {n}")).unwrap_or_default());
             }
         }
     }

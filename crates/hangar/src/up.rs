@@ -86,6 +86,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         }
     };
     let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency).await.context("reading the queue of asynchronous invocations")?;
+    let triggers = hangar_events::Triggers::open(store.clone(), async_queue.clone()).await.context("reading the triggers")?;
+    if let Some(s) = &services {
+        async_queue.set_service_sink(Arc::new(hangar_gateway::services::EventSink { services: s.clone(), store: store.clone() }));
+    }
     let users = services.clone();
     let image_users: hangar_gateway::ImageUsers = Arc::new(move |ns: &str, id: &str| users.as_ref().is_some_and(|s| s.uses_image(ns, id)));
     let state = AppState::new(Shared {
@@ -101,10 +105,13 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         deploy_lock: Arc::default(),
         ready: Arc::default(),
         async_queue: async_queue.clone(),
+        triggers: triggers.clone(),
     });
     let restored = hangar_gateway::restore(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    // Functions are routable again: events accepted before a restart run now.
+    // Functions are routable again: events accepted before a restart run now, and schedules
+    // catch up on times missed while stopped.
     async_queue.run();
+    triggers.run();
     // Services come back in the background; the API answers meanwhile.
     let restoring = state.clone();
     tokio::spawn(async move {

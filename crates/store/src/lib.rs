@@ -141,6 +141,24 @@ pub trait Store: Send + Sync + 'static {
     async fn get_async(&self, namespace: Option<&str>, id: &str) -> Result<Option<AsyncRecord>>;
     /// Asynchronous invocations, newest first, without payloads.
     async fn list_async(&self, filter: AsyncFilter) -> Result<Vec<AsyncRecord>>;
+
+    /// Creates or replaces a trigger (keeping when it last fired if it existed).
+    async fn put_trigger(&self, row: &TriggerRow) -> Result<()>;
+    /// `None` lists every namespace.
+    async fn list_triggers(&self, namespace: Option<&str>) -> Result<Vec<TriggerRow>>;
+    async fn delete_trigger(&self, namespace: &str, name: &str) -> Result<bool>;
+    /// Records the scheduled time of the last event a cron trigger queued.
+    async fn set_trigger_fired(&self, namespace: &str, name: &str, fired_ms: i64) -> Result<()>;
+}
+
+/// A trigger as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerRow {
+    pub namespace: String,
+    pub name: String,
+    pub config: hangar_api::events::TriggerConfig,
+    pub created_ms: i64,
+    pub last_fired_ms: Option<i64>,
 }
 
 pub use hangar_api::events::{AsyncRecord, AsyncState};
@@ -150,7 +168,8 @@ pub use hangar_api::events::{AsyncRecord, AsyncState};
 pub struct AsyncFilter {
     /// `None` lists every namespace (admin only).
     pub namespace: Option<String>,
-    pub function: Option<String>,
+    /// Only events for this function or service.
+    pub target: Option<String>,
     pub state: Option<AsyncState>,
     /// Id to continue after (exclusive), newest first.
     pub cursor: Option<String>,

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{
-    AsyncFilter, AsyncRecord, ServiceRow, FunctionRow, InvocationFilter, InvocationRecord, KeyRow, NamespaceRow, Result, Store, StoreError,
+    AsyncFilter, AsyncRecord, ServiceRow, TriggerRow, FunctionRow, InvocationFilter, InvocationRecord, KeyRow, NamespaceRow, Result, Store, StoreError,
 };
 
 const SCHEMA: &str = r#"
@@ -75,7 +75,9 @@ CREATE INDEX IF NOT EXISTS invocations_by_namespace ON invocations(namespace, id
 CREATE TABLE IF NOT EXISTS async_invocations (
     id              TEXT PRIMARY KEY,
     namespace       TEXT NOT NULL,
-    function        TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    path            TEXT,
     payload         BLOB NOT NULL,
     content_type    TEXT,
     idempotency_key TEXT,
@@ -87,10 +89,18 @@ CREATE TABLE IF NOT EXISTS async_invocations (
     error           TEXT,
     destination_id  TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS async_by_key ON async_invocations(namespace, function, idempotency_key)
+CREATE UNIQUE INDEX IF NOT EXISTS async_by_key ON async_invocations(namespace, kind, target, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS async_unfinished ON async_invocations(state) WHERE state IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS async_by_function ON async_invocations(namespace, function, id);
+CREATE INDEX IF NOT EXISTS async_by_target ON async_invocations(namespace, target, id);
+CREATE TABLE IF NOT EXISTS triggers (
+    namespace     TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    config        TEXT NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    last_fired_ms INTEGER,
+    PRIMARY KEY (namespace, name)
+);
 "#;
 
 /// SQLite-backed [`Store`]. Cheap to clone.
@@ -249,6 +259,10 @@ impl Store for SqliteStore {
                 return Err(StoreError::Conflict(format!(
                     "namespace `{name}` still has {services} service(s); delete them first"
                 )));
+            }
+            let triggers: i64 = tx.query_row("SELECT count(*) FROM triggers WHERE namespace = ?1", [&name], |r| r.get(0))?;
+            if triggers > 0 {
+                return Err(StoreError::Conflict(format!("namespace `{name}` still has {triggers} trigger(s); remove them first (`hangar triggers rm`)")));
             }
             tx.execute("DELETE FROM api_keys WHERE namespace = ?1", [&name])?;
             let n = tx.execute("DELETE FROM namespaces WHERE name = ?1", [&name])?;
@@ -490,23 +504,23 @@ impl Store for SqliteStore {
             let mut held = Vec::with_capacity(new.len());
             {
                 let mut insert = tx.prepare_cached(
-                    "INSERT INTO async_invocations(id, namespace, function, content_type, idempotency_key, state,
-                       attempts, accepted_ms, next_ms, finished_ms, error, destination_id, payload)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                    "INSERT INTO async_invocations(id, namespace, target, content_type, idempotency_key, state,
+                       attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                      ON CONFLICT DO NOTHING",
                 )?;
                 let mut by_key = tx.prepare_cached(
-                    "SELECT id FROM async_invocations WHERE namespace = ?1 AND function = ?2 AND idempotency_key = ?3",
+                    "SELECT id FROM async_invocations WHERE namespace = ?1 AND kind = ?2 AND target = ?3 AND idempotency_key = ?4",
                 )?;
                 for a in &new {
                     let n = insert.execute(params![
-                        a.id, a.namespace, a.function, a.content_type, a.idempotency_key, a.state.as_str(),
-                        attempts_json(a), a.accepted_ms, a.next_ms, a.finished_ms, a.error, a.destination_id, a.payload
+                        a.id, a.namespace, a.target, a.content_type, a.idempotency_key, a.state.as_str(),
+                        attempts_json(a), a.accepted_ms, a.next_ms, a.finished_ms, a.error, a.destination_id, a.kind.as_str(), a.path, a.payload
                     ])?;
                     if n == 1 {
                         held.push((a.id.clone(), false));
                     } else {
-                        let id: Option<String> = by_key.query_row(params![a.namespace, a.function, a.idempotency_key], |r| r.get(0)).optional()?;
+                        let id: Option<String> = by_key.query_row(params![a.namespace, a.kind.as_str(), a.target, a.idempotency_key], |r| r.get(0)).optional()?;
                         let id = id.ok_or_else(|| StoreError::Conflict(format!("asynchronous invocation `{}` exists already", a.id)))?;
                         held.push((id, true));
                     }
@@ -549,15 +563,62 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_trigger(&self, row: &TriggerRow) -> Result<()> {
+        let row = row.clone();
+        let config = serde_json::to_string(&row.config).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO triggers(namespace, name, config, created_ms, last_fired_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(namespace, name) DO UPDATE SET config = excluded.config",
+                params![row.namespace, row.name, config, row.created_ms, row.last_fired_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_triggers(&self, namespace: Option<&str>) -> Result<Vec<TriggerRow>> {
+        let ns = namespace.map(str::to_string);
+        let raw = self
+            .with(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT namespace, name, config, created_ms, last_fired_ms FROM triggers WHERE (?1 IS NULL OR namespace = ?1) ORDER BY namespace, name",
+                )?;
+                let rows = st.query_map(params![ns], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, Option<i64>>(4)?)))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await?;
+        raw.into_iter()
+            .map(|(namespace, name, config, created_ms, last_fired_ms)| {
+                let config = serde_json::from_str(&config).map_err(|e| StoreError::Corrupt(format!("trigger {namespace}/{name}: {e}")))?;
+                Ok(TriggerRow { namespace, name, config, created_ms, last_fired_ms })
+            })
+            .collect()
+    }
+
+    async fn delete_trigger(&self, namespace: &str, name: &str) -> Result<bool> {
+        let (ns, name) = (namespace.to_string(), name.to_string());
+        self.with(move |c| Ok(c.execute("DELETE FROM triggers WHERE namespace = ?1 AND name = ?2", params![ns, name])? > 0)).await
+    }
+
+    async fn set_trigger_fired(&self, namespace: &str, name: &str, fired_ms: i64) -> Result<()> {
+        let (ns, name) = (namespace.to_string(), name.to_string());
+        self.with(move |c| {
+            c.execute("UPDATE triggers SET last_fired_ms = ?3 WHERE namespace = ?1 AND name = ?2", params![ns, name, fired_ms])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn list_async(&self, f: AsyncFilter) -> Result<Vec<AsyncRecord>> {
         self.with(move |c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {ASYNC_COLUMNS} FROM async_invocations
-                 WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2) AND (?3 IS NULL OR state = ?3)
+                 WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR target = ?2) AND (?3 IS NULL OR state = ?3)
                    AND (?4 IS NULL OR id < ?4)
                  ORDER BY id DESC LIMIT ?5"
             ))?;
-            let rows = st.query_map(params![f.namespace, f.function, f.state.map(|s| s.as_str()), f.cursor, f.limit], |r| async_from_row(r, false))?;
+            let rows = st.query_map(params![f.namespace, f.target, f.state.map(|s| s.as_str()), f.cursor, f.limit], |r| async_from_row(r, false))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -565,7 +626,7 @@ impl Store for SqliteStore {
 }
 
 const ASYNC_COLUMNS: &str =
-    "id, namespace, function, content_type, idempotency_key, state, attempts, accepted_ms, next_ms, finished_ms, error, destination_id";
+    "id, namespace, target, content_type, idempotency_key, state, attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path";
 
 /// Reads [`ASYNC_COLUMNS`], then `payload` when `with_payload`.
 fn async_from_row(r: &Row<'_>, with_payload: bool) -> rusqlite::Result<AsyncRecord> {
@@ -573,7 +634,7 @@ fn async_from_row(r: &Row<'_>, with_payload: bool) -> rusqlite::Result<AsyncReco
     Ok(AsyncRecord {
         id: r.get(0)?,
         namespace: r.get(1)?,
-        function: r.get(2)?,
+        target: r.get(2)?,
         content_type: r.get(3)?,
         idempotency_key: r.get(4)?,
         state: r.get::<_, String>(5)?.parse().map_err(|e| bad(5, e))?,
@@ -583,7 +644,9 @@ fn async_from_row(r: &Row<'_>, with_payload: bool) -> rusqlite::Result<AsyncReco
         finished_ms: r.get(9)?,
         error: r.get(10)?,
         destination_id: r.get(11)?,
-        payload: if with_payload { r.get(12)? } else { Vec::new() },
+        kind: r.get::<_, String>(12)?.parse().map_err(|e| bad(12, e))?,
+        path: r.get(13)?,
+        payload: if with_payload { r.get(14)? } else { Vec::new() },
     })
 }
 
@@ -688,7 +751,9 @@ mod tests {
         AsyncRecord {
             id: id.into(),
             namespace: "default".into(),
-            function: "f".into(),
+            kind: hangar_api::events::TargetKind::Function,
+            target: "f".into(),
+            path: None,
             payload: b"{}".to_vec(),
             content_type: Some("application/json".into()),
             idempotency_key: key.map(str::to_string),
@@ -713,7 +778,7 @@ mod tests {
         let mut done = queued("a1", Some("k"));
         done.state = crate::AsyncState::Succeeded;
         done.finished_ms = Some(5);
-        done.attempts.push(hangar_api::events::Attempt { invocation_id: "i1".into(), started_ms: 2, outcome: Outcome::Ok, status: 200, error: None });
+        done.attempts.push(hangar_api::events::Attempt { invocation_id: Some("i1".into()), started_ms: 2, outcome: Outcome::Ok, status: 200, error: None });
         s.save_async(vec![], vec![done.clone()]).await.unwrap();
         let unfinished: Vec<String> = s.unfinished_async().await.unwrap().into_iter().map(|a| a.id).collect();
         assert_eq!(unfinished, ["a3"]);

@@ -1,12 +1,15 @@
-//! Asynchronous invocations end to end through the real binary: accepted means persisted
-//! (202 with an id), attempts with retries and backoff, the dead-letter list, the on_failure
-//! function, idempotency keys, bad input, and `kill -9` with queued and running events.
-//! Uses Python handlers (root, runc and python3, installed by scripts/test.sh).
+//! Events end to end through the real binary: asynchronous invocations (accepted means
+//! persisted, retries with backoff, the dead-letter list, the on_failure function, idempotency
+//! keys, bad input, `kill -9` with queued and running events), cron triggers (a fast schedule,
+//! missed times collapsing into one after downtime) and topics delivering CloudEvents to a
+//! function and a service. Uses Python handlers and a busybox httpd image (root, runc, python3,
+//! nftables and busybox-static, installed by scripts/test.sh).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::oci::{layer, oci_layout};
 use common::{Server, error_code};
 use serde_json::{Value, json};
 
@@ -89,7 +92,7 @@ async fn async_invocations_retry_then_go_to_the_dead_letter_list_and_on_failure(
     let gap = attempts[1]["started_ms"].as_i64().unwrap() - attempts[0]["started_ms"].as_i64().unwrap();
     assert!(gap >= 200, "the retry waited the backoff: {gap} ms");
     assert!(v["error"].as_str().unwrap().contains("ValueError: asked to fail"), "{v}");
-    let dead: Value = s.get("/v1/async-invocations?function=flaky&state=failed").send().await.unwrap().json().await.unwrap();
+    let dead: Value = s.get("/v1/async-invocations?target=flaky&state=failed").send().await.unwrap().json().await.unwrap();
     assert_eq!(dead["items"].as_array().unwrap().len(), 1);
     assert_eq!(dead["items"][0]["id"], failing.as_str());
     let listed = s.ok(&["async", "ls", "flaky", "--state", "failed"]);
@@ -99,7 +102,7 @@ async fn async_invocations_retry_then_go_to_the_dead_letter_list_and_on_failure(
 
     let handed = v["destination_id"].as_str().expect("handed to on_failure").to_string();
     let d = wait_for(&s, &handed, &["succeeded"], Duration::from_secs(30)).await;
-    assert_eq!(d["function"], "sink");
+    assert_eq!((d["kind"].as_str(), d["target"].as_str()), (Some("function"), Some("sink")));
     let logs: Value = s.get(&format!("/v1/invocations/{}", d["attempts"][0]["invocation_id"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
     let logs = logs["logs"].as_str().unwrap();
     assert!(logs.contains("RetriesExhausted") && logs.contains(&failing) && logs.contains(r#""order": 7"#), "{logs}");
@@ -199,4 +202,148 @@ async fn accepted_events_survive_kill_9_and_keyed_ones_run_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ok = s.invocations("slow").await.into_iter().filter(|r| r["trigger"] == "async" && r["outcome"] == "ok").count();
     assert_eq!(ok, ids.len(), "every event completed exactly once");
+}
+
+/// Events whose target is `target`, newest first.
+async fn events_for(s: &Server, target: &str) -> Vec<Value> {
+    let v: Value = s.get(&format!("/v1/async-invocations?target={target}&limit=1000")).send().await.unwrap().json().await.unwrap();
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[tokio::test]
+async fn cron_fires_on_schedule_and_times_missed_while_down_fire_once() {
+    let mut s = Server::start();
+    let _tick = deploy(&s, "tick", &[]);
+    let _late = deploy(&s, "late", &[]);
+    let out = s.ok(&["triggers", "add", "every-second", "--cron", "* * * * * *", "--function", "tick", "--data", r#"{"n": 1}"#]);
+    assert!(out.contains("next at"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let done: Vec<Value> = events_for(&s, "tick").await.into_iter().filter(|e| e["state"] == "succeeded").collect();
+        if done.len() >= 3 {
+            break done;
+        }
+        assert!(Instant::now() < deadline, "the schedule did not fire 3 times: {done:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Each is a CloudEvent with the trigger's data, one per scheduled second.
+    let rec: Value = s.get(&format!("/v1/invocations/{}", done[0]["attempts"][0]["invocation_id"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
+    let logs = rec["logs"].as_str().unwrap();
+    assert!(logs.contains(r#""specversion": "1.0""#) && logs.contains(r#""type": "dev.hangar.cron""#) && logs.contains(r#""data": {"n": 1}"#), "{logs}");
+    let mut keys: Vec<&str> = done.iter().map(|e| e["idempotency_key"].as_str().unwrap()).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), done.len(), "one event per scheduled time: {keys:?}");
+    let listed = s.ok(&["triggers", "ls"]);
+    assert!(listed.contains("every-second") && listed.contains("cron * * * * * *") && listed.contains("function tick"), "{listed}");
+    s.ok(&["triggers", "rm", "every-second"]);
+
+    // A schedule whose three times all fall while the server is down: on restart it fires
+    // once, for the latest of them, and then not again until its next time (a minute later).
+    let now = unix_ms();
+    let secs: Vec<String> = (4..7).map(|d| (((now / 1000) + d) % 60).to_string()).collect();
+    let cron = format!("{} * * * * *", secs.join(","));
+    s.ok(&["triggers", "add", "catch-up", "--cron", &cron, "--function", "late"]);
+    s.kill();
+    let back = now + 8_000;
+    tokio::time::sleep(Duration::from_millis(u64::try_from(back - unix_ms()).unwrap_or(0))).await;
+    s.restart_after_stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fired = events_for(&s, "late").await;
+    assert_eq!(fired.len(), 1, "missed times collapse into one event: {fired:?}");
+    let key = fired[0]["idempotency_key"].as_str().unwrap();
+    let at: i64 = key.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!((at / 1000) % 60, ((now / 1000) + 6) % 60, "the latest missed time fired: {key}");
+    wait_for(&s, fired[0]["id"].as_str().unwrap(), &["succeeded"], Duration::from_secs(30)).await;
+
+    // Bad triggers are refused and change nothing.
+    let put = |body: Value| s.http().put(format!("{}/v1/triggers/bad", s.url)).bearer_auth(&s.admin_key).json(&body).send();
+    for (body, needle) in [
+        (json!({"cron": "61 * * * *", "function": "tick"}), "cron"),
+        (json!({"cron": "* * *", "function": "tick"}), "fields"),
+        (json!({"cron": "* * * * *", "timezone": "Mars/Base", "function": "tick"}), "IANA"),
+        (json!({"cron": "* * * * *", "function": "ghost"}), "ghost"),
+        (json!({"topic": "t", "service": "ghost"}), "ghost"),
+        (json!({"cron": "* * * * *", "topic": "t", "function": "tick"}), "exactly one"),
+        (json!({"topic": "Bad Topic", "function": "tick"}), "topic"),
+    ] {
+        let (status, _, msg) = error_code(put(body.clone()).await.unwrap()).await;
+        assert_eq!(status, 400, "{body}: {msg}");
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+    let list: Value = s.get("/v1/triggers").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+/// A busybox httpd image whose `/cgi-bin/events` keeps every POSTed body and shows them on GET.
+fn sink_image(dir: &std::path::Path) -> String {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is missing: ./scripts/test.sh installs it (apt-get install busybox-static)");
+    let cgi = b"#!/bin/busybox sh\necho Content-Type: text/plain\necho\nif [ \"$REQUEST_METHOD\" = POST ]; then /bin/busybox head -c \"$CONTENT_LENGTH\" >> /tmp/events; echo >> /tmp/events; echo kept; else cat /tmp/events 2>/dev/null; fi\n";
+    let root = layer(&[
+        ("bin/", b"", 0o755),
+        ("bin/busybox", &busybox, 0o755),
+        ("bin/sh", b"->busybox", 0o777),
+        ("etc/", b"", 0o755),
+        ("etc/passwd", b"root:x:0:0::/:/bin/sh\n", 0o644),
+        ("tmp/", b"", 0o1777),
+        ("www/", b"", 0o755),
+        ("www/cgi-bin/", b"", 0o755),
+        ("www/cgi-bin/events", cgi, 0o755),
+    ]);
+    let layout = dir.join("sink");
+    oci_layout(&layout, &[root], json!({"Entrypoint": ["/bin/busybox"], "Cmd": ["httpd", "-f", "-p", "8080", "-h", "/www"]}), None);
+    layout.to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn topics_deliver_cloudevents_to_functions_and_services() {
+    let s = Server::start();
+    let _f = deploy(&s, "audit", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    s.ok(&["image", "import", &sink_image(dir.path()), "--name", "sink:1"]);
+    s.ok(&["svc", "deploy", "inbox", "--image", "sink:1", "--port", "8080"]);
+    s.ok(&["triggers", "add", "to-audit", "--topic", "orders.created", "--function", "audit"]);
+    s.ok(&["triggers", "add", "to-inbox", "--topic", "orders.created", "--service", "inbox", "--path", "/cgi-bin/events"]);
+
+    let out = s.ok(&["events", "publish", "orders.created", r#"{"order": 7}"#, "--type", "com.example.order", "--id", "evt-7"]);
+    assert!(out.contains("delivered to 2 subscription(s)"), "{out}");
+    let events = [events_for(&s, "audit").await, events_for(&s, "inbox").await];
+    for e in &events {
+        assert_eq!(e.len(), 1, "{e:?}");
+        wait_for(&s, e[0]["id"].as_str().unwrap(), &["succeeded"], Duration::from_secs(30)).await;
+    }
+    // The function got the CloudEvent as its event.
+    let done = get_async(&s, events[0][0]["id"].as_str().unwrap()).await;
+    let rec: Value = s.get(&format!("/v1/invocations/{}", done["attempts"][0]["invocation_id"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
+    let logs = rec["logs"].as_str().unwrap();
+    assert!(logs.contains(r#""type": "com.example.order""#) && logs.contains(r#""id": "evt-7""#) && logs.contains(r#""data": {"order": 7}"#), "{logs}");
+    // The service got it POSTed at its path.
+    let kept = s.get("/svc/default/inbox/cgi-bin/events").send().await.unwrap().text().await.unwrap();
+    let ev: Value = serde_json::from_str(kept.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {kept}"));
+    assert_eq!((ev["specversion"].as_str(), ev["type"].as_str(), ev["source"].as_str()), (Some("1.0"), Some("com.example.order"), Some("/hangar/default/topics/orders.created")));
+    assert_eq!(ev["data"]["order"], 7);
+
+    // The same ce-id again is delivered once; unknown topics and bad ids are refused.
+    s.ok(&["events", "publish", "orders.created", r#"{"order": 7}"#, "--id", "evt-7"]);
+    assert_eq!(events_for(&s, "audit").await.len(), 1);
+    let r = s.http().post(format!("{}/v1/topics/nobody-listens/events", s.url)).bearer_auth(&s.admin_key).body("{}").send().await.unwrap();
+    let (status, _, msg) = error_code(r).await;
+    assert_eq!(status, 404);
+    assert!(msg.contains("hangar triggers add"), "{msg}");
+    let r = s.http().post(format!("{}/v1/topics/orders.created/events", s.url)).bearer_auth(&s.admin_key).header("ce-id", "has space").body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    // Text data stays text.
+    s.ok(&["events", "publish", "orders.created", "plain words"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let kept = s.get("/svc/default/inbox/cgi-bin/events").send().await.unwrap().text().await.unwrap();
+        if kept.contains(r#""data":"plain words""#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "text event not delivered: {kept}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

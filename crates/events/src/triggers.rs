@@ -1,0 +1,304 @@
+//! Triggers: cron schedules and topic subscriptions, turned into events on the durable queue.
+//!
+//! A cron trigger queues one CloudEvent per scheduled time, keyed by that time (so a time is
+//! never queued twice) and remembers the last scheduled time it queued. After a restart, times
+//! missed while the server was down collapse into one event for the latest of them. Publishing
+//! to a topic queues one CloudEvent per subscription in the namespace. Events reach functions
+//! and services in CloudEvents' structured mode (`application/cloudevents+json`).
+
+use std::collections::HashMap;
+use std::str::FromStr as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::TimeZone as _;
+use hangar_api::events::{Delivery, TriggerConfig};
+use hangar_api::{now_ms, rfc3339};
+use hangar_store::{Store, StoreError, TriggerRow};
+use tokio::sync::Notify;
+
+use crate::queue::{AsyncQueue, EventsError, Target};
+
+/// Content type of a structured-mode CloudEvent.
+pub const CLOUDEVENT_JSON: &str = "application/cloudevents+json";
+
+/// A parsed cron schedule in its time zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: croner::Cron,
+    tz: chrono_tz::Tz,
+}
+
+impl Schedule {
+    /// Parses a 5-field (or 6-field, seconds first) expression and an IANA zone (UTC if none).
+    pub fn parse(expr: &str, timezone: Option<&str>) -> Result<Schedule, String> {
+        let fields = expr.split_whitespace().count();
+        if !(5..=6).contains(&fields) {
+            return Err(format!("`{expr}` has {fields} fields; give 5 (minute hour day-of-month month day-of-week) or 6 (seconds first)"));
+        }
+        let parser = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .year(croner::parser::Year::Disallowed)
+            .build();
+        let cron = parser.parse(expr).map_err(|e| format!("`{expr}` is not a cron expression: {e}"))?;
+        let tz = match timezone {
+            None => chrono_tz::UTC,
+            Some(z) => chrono_tz::Tz::from_str(z).map_err(|_| format!("`{z}` is not an IANA time zone (e.g. Europe/Berlin, America/New_York, UTC)"))?,
+        };
+        Ok(Schedule { cron, tz })
+    }
+
+    /// The first scheduled time strictly after `ms` (Unix ms).
+    pub fn next_after(&self, ms: i64) -> Option<i64> {
+        let at = self.tz.timestamp_millis_opt(ms).single()?;
+        self.cron.find_next_occurrence(&at, false).ok().map(|t| t.timestamp_millis())
+    }
+
+    /// The last scheduled time at or before `ms`.
+    fn latest_until(&self, ms: i64) -> Option<i64> {
+        let at = self.tz.timestamp_millis_opt(ms).single()?;
+        self.cron.find_previous_occurrence(&at, true).ok().map(|t| t.timestamp_millis())
+    }
+}
+
+/// What a request to publish carries besides the data.
+#[derive(Debug, Clone, Default)]
+pub struct EventMeta {
+    /// `ce-id`; also makes publishing the same id twice deliver once.
+    pub id: Option<String>,
+    pub kind: Option<String>,
+    pub source: Option<String>,
+    pub content_type: Option<String>,
+}
+
+struct Entry {
+    row: TriggerRow,
+    schedule: Option<Schedule>,
+}
+
+/// See the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct Triggers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    queue: AsyncQueue,
+    table: Mutex<HashMap<(String, String), Entry>>,
+    wake: Notify,
+}
+
+fn target_of(c: &TriggerConfig) -> Target {
+    match (&c.function, &c.service) {
+        (Some(f), _) => Target::function(f),
+        (None, s) => Target::service(s.as_deref().unwrap_or_default(), c.path.as_deref().unwrap_or("/")),
+    }
+}
+
+impl Triggers {
+    /// Loads every trigger; nothing fires before [`Triggers::run`].
+    pub async fn open(store: Arc<dyn Store>, queue: AsyncQueue) -> Result<Triggers, StoreError> {
+        let rows = store.list_triggers(None).await?;
+        let t = Triggers { inner: Arc::new(Inner { store, queue, table: Mutex::default(), wake: Notify::new() }) };
+        for row in rows {
+            t.install(row);
+        }
+        Ok(t)
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Entry>> {
+        self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts firing schedules (first catching up on times missed while stopped).
+    pub fn run(&self) {
+        tokio::spawn(cron_loop(self.clone()));
+    }
+
+    /// Adds or replaces a trigger (already validated and stored).
+    pub fn install(&self, row: TriggerRow) {
+        let schedule = row.config.cron.as_deref().and_then(|c| match Schedule::parse(c, row.config.timezone.as_deref()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(trigger = %row.name, "stored schedule does not parse: {e}");
+                None
+            }
+        });
+        let mut table = self.table();
+        // A replaced schedule keeps when it last fired.
+        let last = table.get(&(row.namespace.clone(), row.name.clone())).and_then(|e| e.row.last_fired_ms);
+        let mut row = row;
+        row.last_fired_ms = row.last_fired_ms.or(last);
+        table.insert((row.namespace.clone(), row.name.clone()), Entry { row, schedule });
+        drop(table);
+        self.inner.wake.notify_one();
+    }
+
+    pub fn remove(&self, namespace: &str, name: &str) {
+        self.table().remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// When and what fired last, and when a schedule fires next.
+    pub fn times(&self, namespace: &str, name: &str) -> (Option<i64>, Option<i64>) {
+        let table = self.table();
+        let Some(e) = table.get(&(namespace.to_string(), name.to_string())) else { return (None, None) };
+        let from = e.row.last_fired_ms.unwrap_or(e.row.created_ms).max(now_ms());
+        (e.row.last_fired_ms, e.schedule.as_ref().and_then(|s| s.next_after(from)))
+    }
+
+    /// Whether any trigger of the namespace subscribes to `topic`.
+    pub fn has_topic(&self, namespace: &str, topic: &str) -> bool {
+        self.table().values().any(|e| e.row.namespace == namespace && e.row.config.topic.as_deref() == Some(topic))
+    }
+
+    /// Queues the event for every subscription of `topic` in the namespace. Returns the
+    /// event's id and the deliveries (empty when nothing subscribes).
+    pub async fn publish(&self, namespace: &str, topic: &str, data: Bytes, meta: EventMeta) -> Result<(String, Vec<Delivery>), EventsError> {
+        let subs: Vec<(String, Target)> = self
+            .table()
+            .values()
+            .filter(|e| e.row.namespace == namespace && e.row.config.topic.as_deref() == Some(topic))
+            .map(|e| (e.row.name.clone(), target_of(&e.row.config)))
+            .collect();
+        let id = meta.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let source = meta.source.clone().unwrap_or_else(|| format!("/hangar/{namespace}/topics/{topic}"));
+        let kind = meta.kind.clone().unwrap_or_else(|| format!("dev.hangar.topic.{topic}"));
+        let event = cloudevent(&id, &source, &kind, now_ms(), meta.content_type.as_deref(), &data);
+        // Accepts issued together share the queue's transaction.
+        let accepts = subs.iter().map(|(trigger, target)| {
+            let key = Some(format!("topic:{topic}:{id}:{trigger}"));
+            self.inner.queue.accept(namespace, target, event.clone(), Some(CLOUDEVENT_JSON.into()), key)
+        });
+        let held = futures::future::join_all(accepts).await;
+        let mut deliveries = Vec::new();
+        for ((trigger, target), r) in subs.into_iter().zip(held) {
+            let (qid, _) = r?;
+            deliveries.push(Delivery { trigger, kind: target.kind, target: target.name, id: qid });
+        }
+        Ok((id, deliveries))
+    }
+}
+
+/// A structured-mode CloudEvent (spec 1.0) around `data`: JSON data stays JSON, other UTF-8
+/// text becomes a string, anything else `data_base64`.
+pub fn cloudevent(id: &str, source: &str, kind: &str, time_ms: i64, content_type: Option<&str>, data: &[u8]) -> Bytes {
+    let mut ev = serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": source,
+        "type": kind,
+        "time": rfc3339(time_ms),
+    });
+    let json_like = content_type.is_none_or(|c| c.starts_with("application/json") || c.contains("+json"));
+    if data.is_empty() {
+    } else if let (true, Ok(v)) = (json_like, serde_json::from_slice::<serde_json::Value>(data)) {
+        ev["datacontenttype"] = "application/json".into();
+        ev["data"] = v;
+    } else if let Ok(text) = std::str::from_utf8(data) {
+        ev["datacontenttype"] = content_type.unwrap_or("text/plain").into();
+        ev["data"] = text.into();
+    } else {
+        use base64::Engine as _;
+        ev["datacontenttype"] = content_type.unwrap_or("application/octet-stream").into();
+        ev["data_base64"] = base64::engine::general_purpose::STANDARD.encode(data).into();
+    }
+    Bytes::from(ev.to_string())
+}
+
+/// Fires due schedules; sleeps until the next one is due or the table changes.
+async fn cron_loop(t: Triggers) {
+    loop {
+        let notified = t.inner.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = now_ms();
+        // (namespace, name, scheduled time, target, data) of every schedule due now.
+        let mut due = Vec::new();
+        let mut next: Option<i64> = None;
+        for e in t.table().values() {
+            let Some(s) = &e.schedule else { continue };
+            let from = e.row.last_fired_ms.unwrap_or(e.row.created_ms);
+            let Some(at) = s.next_after(from) else { continue };
+            if at <= now {
+                // Several missed times collapse into the latest of them.
+                let fire_at = s.latest_until(now).unwrap_or(at).max(at);
+                due.push((e.row.namespace.clone(), e.row.name.clone(), fire_at, target_of(&e.row.config), e.row.config.data.clone()));
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        let fired = !due.is_empty();
+        for (ns, name, at, target, data) in due {
+            let id = uuid::Uuid::now_v7().to_string();
+            let data = data.unwrap_or_else(|| serde_json::json!({})).to_string();
+            let event = cloudevent(&id, &format!("/hangar/{ns}/triggers/{name}"), "dev.hangar.cron", at, None, data.as_bytes());
+            let key = Some(format!("cron:{name}:{at}"));
+            match t.inner.queue.accept(&ns, &target, event, Some(CLOUDEVENT_JSON.into()), key).await {
+                Ok(_) => {
+                    if let Some(e) = t.table().get_mut(&(ns.clone(), name.clone())) {
+                        e.row.last_fired_ms = Some(at);
+                    }
+                    if let Err(e) = t.inner.store.set_trigger_fired(&ns, &name, at).await {
+                        tracing::error!(trigger = %name, "recording when the trigger fired: {e}");
+                    }
+                }
+                Err(EventsError::Stopping) => return,
+                Err(e) => {
+                    tracing::error!(trigger = %name, "queueing the scheduled event failed: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        if fired {
+            // Their next times are due to be computed from the new last-fired times.
+            continue;
+        }
+        let wait = next.map(|n| Duration::from_millis(u64::try_from(n - now_ms()).unwrap_or(0)));
+        match wait {
+            Some(w) => {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(w) => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_api::events::TargetKind;
+
+    #[test]
+    fn schedules_parse_five_or_six_fields_in_a_time_zone() {
+        let every_5s = Schedule::parse("*/5 * * * * *", None).unwrap();
+        assert_eq!(every_5s.next_after(1_000), Some(5_000));
+        let hourly = Schedule::parse("0 * * * *", Some("Asia/Kolkata")).unwrap();
+        // Kolkata is UTC+5:30: its whole hours are half past in UTC.
+        assert_eq!(hourly.next_after(0), Some(30 * 60 * 1000));
+        assert_eq!(hourly.latest_until(2 * 3600 * 1000), Some(90 * 60 * 1000));
+        assert!(Schedule::parse("* * *", None).unwrap_err().contains("3 fields"));
+        assert!(Schedule::parse("61 * * * *", None).is_err());
+        assert!(Schedule::parse("* * * * *", Some("Mars/Olympus")).unwrap_err().contains("IANA"));
+    }
+
+    #[test]
+    fn cloudevents_keep_json_text_and_bytes() {
+        let ev = |ct: Option<&str>, d: &[u8]| serde_json::from_slice::<serde_json::Value>(&cloudevent("1", "/s", "t", 0, ct, d)).unwrap();
+        let j = ev(Some("application/json"), br#"{"a":1}"#);
+        assert_eq!((j["specversion"].as_str(), j["data"]["a"].as_i64()), (Some("1.0"), Some(1)));
+        assert_eq!(ev(Some("text/plain"), b"hi")["data"], "hi");
+        assert_eq!(ev(None, &[0xff, 0x00, 0x01])["data_base64"], "/wAB");
+    }
+
+    #[test]
+    fn targets_come_from_the_config() {
+        let c = TriggerConfig { cron: None, timezone: None, topic: Some("t".into()), function: None, service: Some("web".into()), path: None, data: None };
+        assert_eq!(target_of(&c), Target::service("web", "/"));
+        assert_eq!(target_of(&TriggerConfig { function: Some("f".into()), service: None, ..c }).kind, TargetKind::Function);
+    }
+}
