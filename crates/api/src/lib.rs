@@ -87,6 +87,9 @@ wire_enum! {
         Nodejs = "nodejs",
         /// An executable named `bootstrap` that speaks the Lambda Runtime API itself.
         Provided = "provided",
+        /// No code of its own: its `steps` (functions of the namespace) run one after another,
+        /// each one's response body the next one's request body (like OpenWhisk sequences).
+        Sequence = "sequence",
     }
 }
 
@@ -139,6 +142,9 @@ pub struct FunctionConfig {
     /// Retries and destination of asynchronous invocations.
     #[serde(default, rename = "async", skip_serializing_if = "events::AsyncConfig::is_default")]
     pub async_: events::AsyncConfig,
+    /// The functions a `sequence` runs, in order (1..=50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<String>,
 }
 
 fn default_memory_mb() -> u32 {
@@ -164,6 +170,7 @@ impl FunctionConfig {
             allow_outbound: Vec::new(),
             public: false,
             async_: events::AsyncConfig::default(),
+            steps: Vec::new(),
         }
     }
 }
@@ -267,6 +274,12 @@ pub struct Invocation {
     pub logs: Option<String>,
     /// Whether the logs were cut at the bound.
     pub logs_truncated: bool,
+    /// The sequence invocation this one is a step of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    /// A sequence's steps, in order (on `GET /v1/invocations/{id}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
 }
 
 /// One page of a listing; pass `next_cursor` as `cursor` to get the next page.
@@ -397,6 +410,8 @@ pub struct InvocationRecord {
     pub error: Option<String>,
     pub logs: String,
     pub logs_truncated: bool,
+    /// The sequence invocation this one is a step of.
+    pub parent_id: Option<String>,
 }
 
 impl InvocationRecord {
@@ -419,6 +434,8 @@ impl InvocationRecord {
             error: self.error.clone(),
             logs: with_logs.then(|| self.logs.clone()),
             logs_truncated: self.logs_truncated,
+            parent_id: self.parent_id.clone(),
+            children: Vec::new(),
         }
     }
 }

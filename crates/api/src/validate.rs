@@ -62,6 +62,7 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
     }
     handler(cfg)?;
     cfg.async_.validate()?;
+    steps(cfg)?;
     let mut env_bytes = 0;
     for (k, v) in &cfg.env {
         env_var_name(k)?;
@@ -85,6 +86,26 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Most steps of a sequence.
+pub const MAX_STEPS: usize = 50;
+
+/// A sequence names 1 to 50 functions; nothing else has steps.
+pub fn steps(cfg: &FunctionConfig) -> Result<(), Invalid> {
+    if cfg.runtime != crate::RuntimeKind::Sequence {
+        if !cfg.steps.is_empty() {
+            return Err(Invalid::new("steps", format!("only sequences have steps; a {} function runs its own code", cfg.runtime)));
+        }
+        return Ok(());
+    }
+    if cfg.steps.is_empty() || cfg.steps.len() > MAX_STEPS {
+        return Err(Invalid::new("steps", format!("a sequence runs 1 to {MAX_STEPS} functions; {} given", cfg.steps.len())));
+    }
+    for s in &cfg.steps {
+        name("steps", s)?;
+    }
+    Ok(())
+}
+
 /// The handler fits the runtime: required as `module.function` for python3 and
 /// `file.function` for nodejs, free text for provided, absent for wasm.
 pub fn handler(cfg: &FunctionConfig) -> Result<(), Invalid> {
@@ -92,7 +113,8 @@ pub fn handler(cfg: &FunctionConfig) -> Result<(), Invalid> {
     let h = cfg.handler.as_deref();
     match (cfg.runtime, h) {
         (RuntimeKind::Wasm, Some(_)) => Err(Invalid::new("handler", "wasm functions have no handler: the component's wasi:http handler is called")),
-        (RuntimeKind::Wasm, None) | (RuntimeKind::Provided, None) => Ok(()),
+        (RuntimeKind::Sequence, Some(_)) => Err(Invalid::new("handler", "sequences have no handler: their steps run")),
+        (RuntimeKind::Wasm | RuntimeKind::Provided | RuntimeKind::Sequence, None) => Ok(()),
         (kind, None) => Err(Invalid::new(
             "handler",
             format!("the {kind} runtime needs a handler, e.g. `{}`", if kind == RuntimeKind::Python3 { "app.handler" } else { "index.handler" }),

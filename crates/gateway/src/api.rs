@@ -278,21 +278,22 @@ pub async fn put_function(
     validate::name("name", &name)?;
     let ns = existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     validate::function_config(&config)?;
-    let runtime = state
-        .scheduler
-        .runtime(config.runtime)
-        .ok_or_else(|| {
+    let is_sequence = config.runtime == hangar_api::RuntimeKind::Sequence;
+    let runtime = match is_sequence {
+        true => None,
+        false => Some(state.scheduler.runtime(config.runtime).cloned().ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_field",
                 format!("runtime: `{}` is not available on this server (process runtimes need root, runc and python3; nodejs needs node; the server log says what is missing)", config.runtime),
             )
-        })?
-        .clone();
+        })?),
+    };
     // Compile before taking the lock: deploys of different functions compile in parallel.
-    let code_info = match code {
-        Some(code) if code.is_empty() => return Err(ApiError::bad_request("invalid_code", "the `code` part is empty")),
-        Some(code) => Some(runtime.prepare(code).await?),
-        None => None,
+    let code_info = match (code, &runtime) {
+        (None, _) => None,
+        (Some(_), None) => return Err(ApiError::bad_request("invalid_code", "a sequence has no code of its own: deploy its steps as functions and name them in `steps`")),
+        (Some(code), Some(_)) if code.is_empty() => return Err(ApiError::bad_request("invalid_code", "the `code` part is empty")),
+        (Some(code), Some(runtime)) => Some(runtime.prepare(code).await?),
     };
     let _guard = state.deploy_lock.lock().await;
     let existing = state.store.get_function(&ns, &name).await?;
@@ -300,14 +301,20 @@ pub async fn put_function(
     if let Some(target) = config.async_.on_failure.as_deref().filter(|_| !q.dry_run) {
         crate::events::check_on_failure(&state, &ns, &name, target).await?;
     }
+    // A dry run (a manifest's check) cannot know the functions deployed before this one.
+    if is_sequence && !q.dry_run {
+        crate::events::check_steps(&state, &ns, &name, &config.steps).await?;
+    }
     if let (None, Some(e)) = (&code_info, &existing)
-        && e.config.runtime != config.runtime {
+        && e.config.runtime != config.runtime
+        && !is_sequence {
             return Err(ApiError::bad_request(
                 "invalid_code",
                 format!("function `{name}` runs on {}; changing its runtime to {} needs new code (upload `code` too)", e.config.runtime, config.runtime),
             ));
         }
     let (digest, size) = match (&code_info, &existing) {
+        _ if is_sequence => (String::new(), 0),
         (Some(c), _) => (c.digest.clone(), c.size),
         (None, Some(e)) => (e.code_digest.clone(), e.code_size),
         (None, None) => {
@@ -363,6 +370,8 @@ pub struct InvocationQuery {
     /// Include each invocation's logs.
     #[serde(default)]
     pub logs: bool,
+    /// Only the steps of this sequence invocation.
+    pub parent: Option<String>,
 }
 
 fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
@@ -400,6 +409,7 @@ pub async fn list_invocations(State(state): State<AppState>, p: Principal, ApiQu
         limit,
         ascending,
         with_logs: q.logs,
+        parent: q.parent.clone(),
     };
     let rows = state.store.list_invocations(filter).await?;
     let next_cursor = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.id.clone())).flatten();
@@ -415,5 +425,9 @@ pub async fn get_invocation(State(state): State<AppState>, p: Principal, Path(id
     };
     state.meter.flush().await;
     let row = state.store.get_invocation(ns.as_deref(), &id).await?.ok_or_else(|| ApiError::not_found(format_args!("invocation `{id}`")))?;
-    Ok(Json(row.to_api(true)))
+    let mut view = row.to_api(true);
+    // A sequence's steps, oldest first.
+    let steps = InvocationFilter { namespace: Some(row.namespace.clone()), parent: Some(row.id.clone()), limit: 1000, ascending: true, ..Default::default() };
+    view.children = state.store.list_invocations(steps).await?.into_iter().map(|r| r.id).collect();
+    Ok(Json(view))
 }

@@ -108,6 +108,28 @@ pub async fn check_on_failure(state: &AppState, ns: &str, name: &str, target: &s
     }
 }
 
+/// Refuses steps that do not exist or lead back to the sequence `name` (through nested
+/// sequences).
+pub async fn check_steps(state: &AppState, ns: &str, name: &str, steps: &[String]) -> Result<(), ApiError> {
+    // Depth-first through nested sequences, with the path that led to each step.
+    let mut todo: Vec<(String, Vec<String>)> = steps.iter().rev().map(|s| (s.clone(), vec![name.to_string()])).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some((step, path)) = todo.pop() {
+        if step == name {
+            return Err(ApiError::bad_request("invalid_field", format!("steps: the sequence would run itself ({} → {step})", path.join(" → "))));
+        }
+        let Some(f) = state.store.get_function(ns, &step).await? else {
+            return Err(ApiError::bad_request("invalid_field", format!("steps: function `{step}` does not exist in namespace `{ns}`; deploy it first")));
+        };
+        if seen.insert(step.clone()) && f.config.runtime == RuntimeKind::Sequence {
+            let mut next = path.clone();
+            next.push(step.clone());
+            todo.extend(f.config.steps.iter().rev().map(|s| (s.clone(), next.clone())));
+        }
+    }
+    Ok(())
+}
+
 /// Filters of `GET /v1/async-invocations`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

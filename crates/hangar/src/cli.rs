@@ -254,8 +254,12 @@ pub struct DeployArgs {
     #[arg(long, default_value = "wasm")]
     pub runtime: String,
     /// The code: a .wasm component (wasm), or a .zip or directory (python3, nodejs, provided)
-    #[arg(long)]
-    pub code: PathBuf,
+    #[arg(long, required_unless_present = "sequence")]
+    pub code: Option<PathBuf>,
+    /// Make a sequence of these functions instead (comma-separated, in order): each one's
+    /// response is the next one's request
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["code", "handler"])]
+    pub sequence: Vec<String>,
     /// Lambda handler: module.function (python3) or file.function (nodejs)
     #[arg(long)]
     pub handler: Option<String>,
@@ -501,8 +505,12 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
     let ns = cli.namespace.as_deref();
     match cmd {
         FnCommand::Deploy(a) => {
-            let runtime: RuntimeKind = a.runtime.parse().map_err(|e: String| anyhow::anyhow!("--runtime: {e}"))?;
+            let runtime: RuntimeKind = match a.sequence.is_empty() {
+                true => a.runtime.parse().map_err(|e: String| anyhow::anyhow!("--runtime: {e}"))?,
+                false => RuntimeKind::Sequence,
+            };
             let mut config = FunctionConfig::new(runtime);
+            config.steps = a.sequence.clone();
             if let Some(m) = a.memory {
                 config.memory_mb = m;
             }
@@ -532,8 +540,11 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
             config.async_.on_failure = a.on_failure.clone();
             hangar_api::validate::function_config(&config).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
             hangar_api::validate::name("name", &a.name).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
-            let code = crate::code::read(&a.code).context("--code")?;
-            let r = put_function(&client, &a.name, ns, &config, Some(code), false).await?;
+            let code = match &a.code {
+                Some(path) => Some(crate::code::read(path).context("--code")?),
+                None => None,
+            };
+            let r = put_function(&client, &a.name, ns, &config, code, false).await?;
             match cli.output {
                 Output::Json => print_json(&r)?,
                 Output::Table => println!(

@@ -79,8 +79,12 @@ struct FunctionSpec {
     handler: Option<String>,
     /// Most instances at once (process runtimes).
     max_instances: Option<u32>,
-    /// Path of the code (a file, or a directory that is zipped), relative to the manifest.
-    code: PathBuf,
+    /// Path of the code (a file, or a directory that is zipped), relative to the manifest;
+    /// none for a sequence.
+    code: Option<PathBuf>,
+    /// A sequence's functions, in order.
+    #[serde(default)]
+    steps: Vec<String>,
     /// Shell command that produces `code`, run in the manifest's directory first.
     build: Option<String>,
     memory: Option<u32>,
@@ -102,7 +106,8 @@ struct FunctionSpec {
 pub struct Planned {
     pub name: String,
     pub config: FunctionConfig,
-    pub code_path: PathBuf,
+    /// `None` for a sequence.
+    pub code_path: Option<PathBuf>,
     build: Option<String>,
 }
 
@@ -184,6 +189,13 @@ pub fn plan(path: &Path) -> Result<Plan> {
             config.max_instances = n;
         }
         config.async_ = spec.async_.unwrap_or_default();
+        config.steps = spec.steps;
+        let code_path = match (&spec.code, config.runtime) {
+            (None, hangar_api::RuntimeKind::Sequence) => None,
+            (Some(_), hangar_api::RuntimeKind::Sequence) => return Err(err(Some("code"), "a sequence has no code: its `steps` run".into())),
+            (Some(c), _) => Some(base.join(c)),
+            (None, _) => return Err(err(Some("code"), "missing: give the path of the function's code".into())),
+        };
         validate::function_config(&config).map_err(|e| {
             let field = match e.field.as_str() {
                 "memory_mb" => "memory",
@@ -192,7 +204,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
             };
             err(Some(field), e.message)
         })?;
-        planned.push(Planned { name, config, code_path: base.join(spec.code), build: spec.build });
+        planned.push(Planned { name, config, code_path, build: spec.build });
     }
     // A function's on_failure target must exist when it is deployed: targets go first.
     let depth = |start: &str| -> Result<usize> {
@@ -206,9 +218,35 @@ pub fn plan(path: &Path) -> Result<Plan> {
         }
         Ok(chain.len() - 1)
     };
-    let depths = planned.iter().map(|p| depth(&p.name)).collect::<Result<Vec<usize>>>()?;
-    let mut order: Vec<usize> = (0..planned.len()).collect();
-    order.sort_by_key(|&i| depths[i]);
+    for p in &planned {
+        depth(&p.name)?;
+    }
+    // What a function needs deployed before it: its on_failure target and, for a sequence,
+    // its steps. Depth-first, so each comes after what it needs.
+    fn visit(i: usize, planned: &[Planned], marks: &mut [u8], order: &mut Vec<usize>, path: &mut Vec<String>) -> std::result::Result<(), String> {
+        path.push(planned[i].name.clone());
+        match marks[i] {
+            2 => {}
+            1 => return Err(path.join(" → ")),
+            _ => {
+                marks[i] = 1;
+                let c = &planned[i].config;
+                for d in c.async_.on_failure.iter().chain(&c.steps) {
+                    if let Some(j) = planned.iter().position(|q| &q.name == d) {
+                        visit(j, planned, marks, order, path)?;
+                    }
+                }
+                marks[i] = 2;
+                order.push(i);
+            }
+        }
+        path.pop();
+        Ok(())
+    }
+    let (mut marks, mut order) = (vec![0u8; planned.len()], Vec::new());
+    for i in 0..planned.len() {
+        visit(i, &planned, &mut marks, &mut order, &mut Vec::new()).map_err(|cycle| anyhow::anyhow!("{file}: functions.{}: sequence steps go round in a cycle ({cycle})", planned[i].name))?;
+    }
     let mut slots: Vec<Option<Planned>> = planned.into_iter().map(Some).collect();
     let planned: Vec<Planned> = order.into_iter().filter_map(|i| slots[i].take()).collect();
     let mut services = Vec::new();
@@ -274,28 +312,34 @@ pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, outpu
     }
     let mut codes = Vec::new();
     for p in &planned {
-        let code = crate::code::read(&p.code_path).with_context(|| {
-            format!("reading the code of function `{}` at {}; build it first (or give `build`)", p.name, p.code_path.display())
+        let Some(path) = &p.code_path else {
+            codes.push(None);
+            continue;
+        };
+        let code = crate::code::read(path).with_context(|| {
+            format!("reading the code of function `{}` at {}; build it first (or give `build`)", p.name, path.display())
         })?;
-        codes.push(code);
+        codes.push(Some(code));
     }
-    // on_failure targets outside the manifest must exist already (the dry run cannot tell).
+    // on_failure targets and sequence steps outside the manifest must exist already (the dry
+    // run cannot tell).
     for p in &planned {
-        if let Some(t) = p.config.async_.on_failure.as_deref().filter(|t| !planned.iter().any(|q| q.name == *t)) {
+        let c = &p.config;
+        for t in c.async_.on_failure.iter().chain(&c.steps).filter(|t| !planned.iter().any(|q| &q.name == *t)) {
             let q = crate::cli::ns_query(ns.as_deref());
             if let Err(e) = client.send(client.request(reqwest::Method::GET, &format!("/v1/functions/{t}")).query(&q)).await {
-                bail!("function `{}`: its async.on_failure function `{t}` is not in the manifest and could not be found deployed ({e:#}); nothing was deployed", p.name);
+                bail!("function `{}` needs function `{t}`, which is not in the manifest and could not be found deployed ({e:#}); nothing was deployed", p.name);
             }
         }
     }
     for (p, code) in planned.iter().zip(&codes) {
-        crate::cli::put_function(client, &p.name, ns.as_deref(), &p.config, Some(code.clone()), true)
+        crate::cli::put_function(client, &p.name, ns.as_deref(), &p.config, code.clone(), true)
             .await
             .with_context(|| format!("function `{}` was rejected; nothing was deployed", p.name))?;
     }
     let mut results = Vec::new();
     for (p, code) in planned.iter().zip(codes) {
-        let r: DeployResponse = crate::cli::put_function(client, &p.name, ns.as_deref(), &p.config, Some(code), false)
+        let r: DeployResponse = crate::cli::put_function(client, &p.name, ns.as_deref(), &p.config, code, false)
             .await
             .with_context(|| format!("deploying function `{}`", p.name))?;
         results.push(r);
@@ -410,6 +454,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("a → b → a"), "{e}");
+    }
+
+    #[test]
+    fn sequences_deploy_after_their_steps() {
+        let p = plan_all(
+            "[functions.pipe]\nruntime = \"sequence\"\nsteps = [\"b\", \"a\"]\n\
+             [functions.a]\nruntime = \"wasm\"\ncode = \"a.wasm\"\n[functions.b]\nruntime = \"wasm\"\ncode = \"b.wasm\"\n",
+        )
+        .unwrap();
+        let order: Vec<&str> = p.functions.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(order.last(), Some(&"pipe"));
+        assert!(p.functions.last().unwrap().code_path.is_none());
+        let e = plan_all("[functions.s]\nruntime = \"sequence\"\nsteps = [\"t\"]\n[functions.t]\nruntime = \"sequence\"\nsteps = [\"s\"]\n").unwrap_err().to_string();
+        assert!(e.contains("cycle"), "{e}");
+        let e = plan_all("[functions.s]\nruntime = \"sequence\"\nsteps = [\"t\"]\ncode = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("functions.s.code"), "{e}");
+        let e = plan_all("[functions.w]\nruntime = \"wasm\"\n").unwrap_err().to_string();
+        assert!(e.contains("functions.w.code: missing"), "{e}");
     }
 
     #[test]

@@ -347,3 +347,72 @@ async fn topics_deliver_cloudevents_to_functions_and_services() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+const STEPS: &str = r#"
+def inc(event, context):
+    return {"v": event["v"] + 1}
+
+def double(event, context):
+    return {"v": event["v"] * 2}
+
+def boom(event, context):
+    raise RuntimeError("step exploded")
+"#;
+
+#[tokio::test]
+async fn sequences_chain_functions_as_one_invocation_with_children() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("steps.py"), STEPS).unwrap();
+    let code = dir.path().to_str().unwrap();
+    for h in ["inc", "double", "boom"] {
+        s.ok(&["fn", "deploy", h, "--runtime", "python3", "--handler", &format!("steps.{h}"), "--code", code]);
+    }
+    s.ok(&["fn", "deploy", "pipe", "--sequence", "inc,double,inc"]);
+
+    let r = s.http().post(format!("{}/v1/functions/pipe/invoke", s.url)).bearer_auth(&s.admin_key).json(&json!({"v": 1})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-hangar-invocation-id"].to_str().unwrap().to_string();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"v": 5}), "(1 + 1) * 2 + 1");
+    let rec: Value = s.get(&format!("/v1/invocations/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((rec["function"].as_str(), rec["outcome"].as_str(), rec["billed_ms"].as_u64()), (Some("pipe"), Some("ok"), Some(0)), "{rec}");
+    let children = rec["children"].as_array().unwrap();
+    assert_eq!(children.len(), 3, "{rec}");
+    let mut names = Vec::new();
+    for c in children {
+        let child: Value = s.get(&format!("/v1/invocations/{}", c.as_str().unwrap())).send().await.unwrap().json().await.unwrap();
+        assert_eq!(child["parent_id"], id.as_str());
+        names.push(child["function"].as_str().unwrap().to_string());
+    }
+    assert_eq!(names, ["inc", "double", "inc"]);
+
+    // Asynchronously too, through the queue.
+    let accepted: Value = post_async(&s, "pipe").json(&json!({"v": 10})).send().await.unwrap().json().await.unwrap();
+    wait_for(&s, accepted["id"].as_str().unwrap(), &["succeeded"], Duration::from_secs(30)).await;
+
+    // A failing step ends the sequence with its answer.
+    s.ok(&["fn", "deploy", "broken", "--sequence", "inc,boom,double"]);
+    let r = s.http().post(format!("{}/v1/functions/broken/invoke", s.url)).bearer_auth(&s.admin_key).json(&json!({"v": 1})).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let id = r.headers()["x-hangar-invocation-id"].to_str().unwrap().to_string();
+    assert_eq!(r.json::<Value>().await.unwrap()["errorMessage"], "step exploded");
+    let rec: Value = s.get(&format!("/v1/invocations/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(rec["outcome"], "error");
+    assert!(rec["error"].as_str().unwrap().contains("step 2 (`boom`)"), "{rec}");
+    assert_eq!(rec["children"].as_array().unwrap().len(), 2);
+
+    // Unknown steps and cycles are refused at deploy, and change nothing.
+    let err = s.fails(&["fn", "deploy", "bad", "--sequence", "inc,ghost"], 6);
+    assert!(err.contains("`ghost` does not exist"), "{err}");
+    let err = s.fails(&["fn", "deploy", "loop", "--sequence", "loop"], 6);
+    assert!(err.contains("run itself"), "{err}");
+    s.ok(&["fn", "deploy", "outer", "--sequence", "pipe,inc"]);
+    let err = s.fails(&["fn", "deploy", "pipe", "--sequence", "inc,outer"], 6);
+    assert!(err.contains("pipe → outer → pipe"), "{err}");
+    let r = s.http().put(format!("{}/v1/functions/inc", s.url)).bearer_auth(&s.admin_key).json(&json!({"runtime": "python3", "handler": "steps.inc", "steps": ["double"]})).send().await.unwrap();
+    let (status, _, msg) = error_code(r).await;
+    assert_eq!(status, 400);
+    assert!(msg.contains("only sequences have steps"), "{msg}");
+    let pipe: Value = s.get("/v1/functions/pipe").send().await.unwrap().json().await.unwrap();
+    assert_eq!((pipe["revision"].as_u64(), pipe["config"]["steps"].clone()), (Some(1), json!(["inc", "double", "inc"])));
+}

@@ -28,7 +28,8 @@ pub struct Deployment {
 /// A routable function: its current revision and, once loaded, its resident code.
 pub struct Slot {
     deployment: Deployment,
-    runtime: Arc<dyn Runtime>,
+    /// `None` for sequences, which run their steps' runtimes.
+    runtime: Option<Arc<dyn Runtime>>,
     spec: RevisionSpec,
     loaded: OnceCell<Arc<dyn Loaded>>,
     metrics: FunctionMetrics,
@@ -38,7 +39,38 @@ impl Slot {
     pub fn deployment(&self) -> &Deployment {
         &self.deployment
     }
+
+    async fn load(&self) -> Result<&Arc<dyn Loaded>, RuntimeError> {
+        let Some(runtime) = &self.runtime else {
+            return Err(RuntimeError::Internal("a sequence has no code to load".into()));
+        };
+        self.loaded.get_or_try_init(|| runtime.load(&self.spec)).await
+    }
 }
+
+/// Reads a whole body of at most [`MAX_STEP_BYTES`].
+fn read_bounded(body: Body) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bytes::Bytes, String>> + Send>> {
+    use http_body_util::BodyExt as _;
+    Box::pin(async move {
+        let mut body = body;
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Some(d) = frame.data_ref() {
+                if out.len() + d.len() > MAX_STEP_BYTES {
+                    return Err(format!("larger than {MAX_STEP_BYTES} bytes"));
+                }
+                out.extend_from_slice(d);
+            }
+        }
+        Ok(bytes::Bytes::from(out))
+    })
+}
+
+/// How deep sequences may nest (a sequence among another's steps).
+const MAX_SEQUENCE_DEPTH: u32 = 8;
+/// Largest response of a step handed to the next one (Lambda's payload limit).
+const MAX_STEP_BYTES: usize = 6 * 1024 * 1024;
 
 /// Namespace -> function name -> slot; nested so look-ups borrow `&str` keys.
 type Table = HashMap<String, HashMap<String, Arc<Slot>>>;
@@ -103,11 +135,12 @@ impl Scheduler {
     /// Makes `deployment` the revision that serves its function. Invocations already running on
     /// an older revision finish on it.
     pub fn install(&self, deployment: Deployment) -> Result<(), RuntimeError> {
-        let runtime = self
-            .runtimes
-            .get(&deployment.config.runtime)
-            .ok_or_else(|| RuntimeError::Internal(format!("no runtime `{}` in this build", deployment.config.runtime)))?
-            .clone();
+        let runtime = match deployment.config.runtime {
+            RuntimeKind::Sequence => None,
+            kind => Some(
+                self.runtimes.get(&kind).ok_or_else(|| RuntimeError::Internal(format!("no runtime `{kind}` in this build")))?.clone(),
+            ),
+        };
         let c = &deployment.config;
         let spec = RevisionSpec {
             namespace: deployment.namespace.clone(),
@@ -126,12 +159,12 @@ impl Scheduler {
         };
         let metrics = self.meter.function_metrics(&deployment.namespace, &deployment.name);
         let (ns, name) = (deployment.namespace.clone(), deployment.name.clone());
-        let eager = runtime.eager();
+        let eager = runtime.as_ref().is_some_and(|r| r.eager());
         let slot = Arc::new(Slot { deployment, runtime, spec, loaded: OnceCell::new(), metrics });
         self.write_table().entry(ns).or_default().insert(name, slot.clone());
         if eager && let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = slot.loaded.get_or_try_init(|| slot.runtime.load(&slot.spec)).await {
+                if let Err(e) = slot.load().await {
                     tracing::warn!(function = %slot.deployment.name, "loading at deploy failed: {e}");
                 }
             });
@@ -172,6 +205,115 @@ impl Scheduler {
     /// Runs one invocation on the slot's revision. Returns the invocation id and the response;
     /// the record is written when the invocation is over.
     pub async fn invoke(&self, slot: &Arc<Slot>, request: http::Request<Body>, trigger: Trigger) -> (String, http::Response<Body>) {
+        self.invoke_in(slot, request, trigger, None, 0).await
+    }
+
+    fn invoke_in<'a>(
+        &'a self,
+        slot: &'a Arc<Slot>,
+        request: http::Request<Body>,
+        trigger: Trigger,
+        parent: Option<String>,
+        depth: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = (String, http::Response<Body>)> + Send + 'a>> {
+        Box::pin(async move {
+            if slot.deployment.config.runtime == RuntimeKind::Sequence {
+                self.run_sequence(slot, request, trigger, parent, depth).await
+            } else {
+                self.run_one(slot, request, trigger, parent).await
+            }
+        })
+    }
+
+    /// A sequence: each step's response body is the next step's request body (`POST /`);
+    /// the first failing step's answer ends it. Its record has no cost of its own (its steps
+    /// are billed) and its steps' records name it as their parent.
+    async fn run_sequence(&self, slot: &Arc<Slot>, request: http::Request<Body>, trigger: Trigger, parent: Option<String>, depth: u32) -> (String, http::Response<Body>) {
+        let id = uuid::Uuid::now_v7().to_string();
+        let started_ms = now_ms();
+        let started = Instant::now();
+        let guard = InFlightGuard::enter(&self.in_flight, &slot.metrics);
+        let d = &slot.deployment;
+        let step_trigger = if trigger == Trigger::Async { Trigger::Async } else { Trigger::Api };
+        let (head, body) = request.into_parts();
+        let mut content_type = head.headers.get(http::header::CONTENT_TYPE).cloned();
+        let (mut response, mut error) = (None, None);
+        let mut data = match read_bounded(body).await {
+            Ok(b) => b,
+            Err(e) => {
+                error = Some(format!("reading the request body: {e}"));
+                response = Some(error_response(http::StatusCode::BAD_REQUEST, "invalid_body", error.as_deref().unwrap_or_default()));
+                bytes::Bytes::new()
+            }
+        };
+        let mut last_head = None;
+        for (n, step) in d.config.steps.iter().enumerate() {
+            if response.is_some() {
+                break;
+            }
+            let fail = |status: http::StatusCode, code: &str, msg: String| (Some(error_response(status, code, &msg)), Some(msg));
+            let Some(step_slot) = self.route(&d.namespace, step) else {
+                (response, error) = fail(http::StatusCode::BAD_GATEWAY, "step_missing", format!("step {} of sequence `{}`: function `{step}` does not exist", n + 1, d.name));
+                break;
+            };
+            if depth >= MAX_SEQUENCE_DEPTH {
+                (response, error) = fail(http::StatusCode::LOOP_DETECTED, "too_deep", format!("sequences nest deeper than {MAX_SEQUENCE_DEPTH} at `{step}`"));
+                break;
+            }
+            let mut req = http::Request::new(hangar_runtime::full(std::mem::take(&mut data)));
+            *req.method_mut() = http::Method::POST;
+            if let Some(ct) = &content_type {
+                req.headers_mut().insert(http::header::CONTENT_TYPE, ct.clone());
+            }
+            let (_, resp) = self.invoke_in(&step_slot, req, step_trigger, Some(id.clone()), depth + 1).await;
+            let (parts, body) = resp.into_parts();
+            let bytes = match read_bounded(body).await {
+                Ok(b) => b,
+                Err(e) => {
+                    (response, error) = fail(http::StatusCode::BAD_GATEWAY, "step_failed", format!("step {} (`{step}`): its response could not be read: {e}", n + 1));
+                    break;
+                }
+            };
+            if !parts.status.is_success() {
+                error = Some(format!("step {} (`{step}`) answered {}", n + 1, parts.status));
+                response = Some(http::Response::from_parts(parts, hangar_runtime::full(bytes)));
+                break;
+            }
+            content_type = parts.headers.get(http::header::CONTENT_TYPE).cloned();
+            data = bytes;
+            last_head = Some(parts);
+        }
+        let response = match (response, last_head) {
+            (Some(r), _) => r,
+            (None, Some(head)) => http::Response::from_parts(head, hangar_runtime::full(data)),
+            (None, None) => error_response(http::StatusCode::INTERNAL_SERVER_ERROR, "empty_sequence", "the sequence has no steps"),
+        };
+        let duration_us = started.elapsed().as_micros() as u64;
+        let record = InvocationRecord {
+            id: id.clone(),
+            namespace: d.namespace.clone(),
+            function: d.name.clone(),
+            revision: d.revision,
+            trigger,
+            started_ms,
+            duration_us,
+            billed_ms: 0,
+            memory_mb: 0,
+            start: StartKind::Warm,
+            outcome: if error.is_some() { hangar_api::Outcome::Error } else { hangar_api::Outcome::Ok },
+            status: response.status().as_u16(),
+            response_bytes: http_body::Body::size_hint(response.body()).exact().unwrap_or(0),
+            error,
+            logs: String::new(),
+            logs_truncated: false,
+            parent_id: parent,
+        };
+        self.meter.record(&slot.metrics, record);
+        drop(guard);
+        (id, response)
+    }
+
+    async fn run_one(&self, slot: &Arc<Slot>, request: http::Request<Body>, trigger: Trigger, parent: Option<String>) -> (String, http::Response<Body>) {
         let id = uuid::Uuid::now_v7().to_string();
         let started_ms = now_ms();
         let started = Instant::now();
@@ -196,6 +338,7 @@ impl Scheduler {
             error: None,
             logs: String::new(),
             logs_truncated: false,
+            parent_id: parent,
         };
         let finish = {
             let meter = self.meter.clone();
@@ -217,7 +360,7 @@ impl Scheduler {
             }
         };
 
-        let loaded = slot.loaded.get_or_try_init(|| slot.runtime.load(&slot.spec)).await;
+        let loaded = slot.load().await;
         let response = match loaded {
             Ok(loaded) => {
                 let loaded = loaded.clone();

@@ -95,6 +95,8 @@ pub struct InvocationFilter {
     pub ascending: bool,
     /// Whether to read the logs column.
     pub with_logs: bool,
+    /// Only the steps of this sequence invocation.
+    pub parent: Option<String>,
 }
 
 /// Durable state behind the control plane.

@@ -103,6 +103,20 @@ CREATE TABLE IF NOT EXISTS triggers (
 );
 "#;
 
+/// Brings tables made by older versions up to date (columns added since).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        let mut st = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        let names = st.query_map([], |r| r.get::<_, String>(1))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(names.iter().any(|n| n == column))
+    };
+    if !has("invocations", "parent_id")? {
+        conn.execute_batch("ALTER TABLE invocations ADD COLUMN parent_id TEXT")?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS invocations_by_parent ON invocations(parent_id) WHERE parent_id IS NOT NULL")?;
+    Ok(())
+}
+
 /// SQLite-backed [`Store`]. Cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -128,6 +142,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
     }
 
@@ -176,7 +191,7 @@ const FUNCTION_COLUMNS: &str =
     "namespace, name, revision, config, code_digest, code_size, created_ms, updated_ms";
 const INVOCATION_COLUMNS: &str = "id, namespace, function, revision, trigger, started_ms, \
     duration_us, billed_ms, memory_mb, start_kind, outcome, status, response_bytes, error, \
-    logs_truncated";
+    logs_truncated, parent_id";
 
 fn invocation_from_row(r: &Row<'_>, with_logs: bool) -> rusqlite::Result<InvocationRecord> {
     let text = |i: usize| -> rusqlite::Result<String> { r.get(i) };
@@ -199,7 +214,8 @@ fn invocation_from_row(r: &Row<'_>, with_logs: bool) -> rusqlite::Result<Invocat
         response_bytes: r.get::<_, i64>(12)? as u64,
         error: r.get(13)?,
         logs_truncated: r.get::<_, i64>(14)? != 0,
-        logs: if with_logs { r.get(15)? } else { String::new() },
+        parent_id: r.get(15)?,
+        logs: if with_logs { r.get(16)? } else { String::new() },
     })
 }
 
@@ -438,15 +454,15 @@ impl Store for SqliteStore {
                 let mut st = tx.prepare_cached(
                     "INSERT OR IGNORE INTO invocations(id, namespace, function, revision, trigger, started_ms,
                        duration_us, billed_ms, memory_mb, start_kind, outcome, status, response_bytes, error,
-                       logs, logs_truncated)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                       logs, logs_truncated, parent_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 )?;
                 for r in &batch {
                     st.execute(params![
                         r.id, r.namespace, r.function, r.revision as i64, r.trigger.as_str(), r.started_ms,
                         r.duration_us as i64, r.billed_ms as i64, r.memory_mb, r.start.as_str(),
                         r.outcome.as_str(), r.status, r.response_bytes as i64, r.error, r.logs,
-                        r.logs_truncated as i64
+                        r.logs_truncated as i64, r.parent_id
                     ])?;
                 }
             }
@@ -465,13 +481,14 @@ impl Store for SqliteStore {
                  WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2)
                    AND (?3 IS NULL OR outcome = ?3) AND (?4 IS NULL OR started_ms >= ?4)
                    AND (?5 IS NULL OR started_ms < ?5) AND (?6 IS NULL OR id {cmp} ?6)
+                   AND (?8 IS NULL OR parent_id = ?8)
                  ORDER BY id {order} LIMIT ?7"
             );
             let mut st = c.prepare_cached(&sql)?;
             let rows = st.query_map(
                 params![
                     f.namespace, f.function, f.outcome.map(|o| o.as_str()), f.since_ms, f.until_ms,
-                    f.cursor, f.limit
+                    f.cursor, f.limit, f.parent
                 ],
                 |r| invocation_from_row(r, f.with_logs),
             )?;
@@ -690,6 +707,7 @@ mod tests {
             error: None,
             logs: format!("log of {id}"),
             logs_truncated: false,
+            parent_id: None,
         }
     }
 
