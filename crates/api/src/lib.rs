@@ -145,6 +145,10 @@ pub struct FunctionConfig {
     /// The functions a `sequence` runs, in order (1..=50).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<String>,
+    /// Most invocations of this function running at once (0..=1000); more are throttled
+    /// (429 with `Retry-After`). 0 throttles every call, as Lambda's reserved concurrency of 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_concurrency: Option<u32>,
 }
 
 fn default_memory_mb() -> u32 {
@@ -171,6 +175,7 @@ impl FunctionConfig {
             public: false,
             async_: events::AsyncConfig::default(),
             steps: Vec::new(),
+            reserved_concurrency: None,
         }
     }
 }

@@ -62,6 +62,9 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
     }
     handler(cfg)?;
     cfg.async_.validate()?;
+    if let Some(n) = cfg.reserved_concurrency.filter(|n| *n > MAX_INSTANCES_RANGE.1) {
+        return Err(Invalid::new("reserved_concurrency", format!("{n} is out of range: choose 0 to {}", MAX_INSTANCES_RANGE.1)));
+    }
     steps(cfg)?;
     let mut env_bytes = 0;
     for (k, v) in &cfg.env {

@@ -138,6 +138,9 @@ pub struct UpArgs {
     /// Most attempts of asynchronous invocations running at once (1..=4096)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub async_concurrency: u32,
+    /// Most invocations running at once in one namespace; more are throttled (429 with Retry-After)
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub namespace_concurrency: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,6 +284,9 @@ pub struct DeployArgs {
     /// Answer on the function URL without an API key
     #[arg(long)]
     pub public: bool,
+    /// Most invocations running at once (0..=1000); more get 429 with Retry-After
+    #[arg(long)]
+    pub reserved_concurrency: Option<u32>,
     /// Retries of a failed asynchronous invocation (0..=2) [default: 2]
     #[arg(long)]
     pub retries: Option<u32>,
@@ -527,6 +533,7 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
             if let Some(n) = a.max_instances {
                 config.max_instances = n;
             }
+            config.reserved_concurrency = a.reserved_concurrency;
             if let Some(n) = a.retries {
                 config.async_.max_retries = n;
             }

@@ -50,6 +50,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 keep_alive: a.keep_alive,
                 reconcile_every: a.reconcile_every,
                 async_concurrency: a.async_concurrency,
+                namespace_concurrency: a.namespace_concurrency,
                 region: a.region.clone(),
             })
             .await?;

@@ -79,6 +79,8 @@ struct FunctionSpec {
     handler: Option<String>,
     /// Most instances at once (process runtimes).
     max_instances: Option<u32>,
+    /// Most invocations running at once; more are throttled.
+    reserved_concurrency: Option<u32>,
     /// Path of the code (a file, or a directory that is zipped), relative to the manifest;
     /// none for a sequence.
     code: Option<PathBuf>,
@@ -190,6 +192,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
         }
         config.async_ = spec.async_.unwrap_or_default();
         config.steps = spec.steps;
+        config.reserved_concurrency = spec.reserved_concurrency;
         let code_path = match (&spec.code, config.runtime) {
             (None, hangar_api::RuntimeKind::Sequence) => None,
             (Some(_), hangar_api::RuntimeKind::Sequence) => return Err(err(Some("code"), "a sequence has no code: its `steps` run".into())),

@@ -29,6 +29,8 @@ pub struct UpOptions {
     pub reconcile_every: Duration,
     /// Most attempts of asynchronous invocations running at once.
     pub async_concurrency: u32,
+    /// Most invocations running at once in one namespace.
+    pub namespace_concurrency: u32,
     /// `AWS_REGION` as process functions see it.
     pub region: String,
 }
@@ -76,7 +78,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             eprintln!("warning: process functions (python3, nodejs, provided) are not available: {e}");
         }
     }
-    let scheduler = Arc::new(Scheduler::new(runtimes, meter.clone(), opts.max_log_bytes));
+    let scheduler = Arc::new(Scheduler::new(runtimes, meter.clone(), opts.max_log_bytes, opts.namespace_concurrency));
     let (services, services_unavailable) = match start_services(&opts.data_dir, images.clone()).await {
         Ok(s) => (Some(Arc::new(s)), None),
         Err(e) => {

@@ -26,12 +26,7 @@ def handler(event, context):
 "#;
 
 fn deploy(s: &Server, name: &str, flags: &[&str]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("app.py"), APP).unwrap();
-    let mut args = vec!["fn", "deploy", name, "--runtime", "python3", "--handler", "app.handler", "--code", dir.path().to_str().unwrap()];
-    args.extend_from_slice(flags);
-    s.ok(&args);
-    dir
+    common::python_fn(s, name, APP, "handler", flags)
 }
 
 fn post_async(s: &Server, name: &str) -> reqwest::RequestBuilder {

@@ -275,6 +275,7 @@ mod tests {
             error: None,
             logs: String::new(),
             logs_truncated: false,
+            parent_id: None,
         }
     }
 

@@ -6,7 +6,7 @@
 //! database, no lock held across an await.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ pub struct Slot {
     spec: RevisionSpec,
     loaded: OnceCell<Arc<dyn Loaded>>,
     metrics: FunctionMetrics,
+    /// Invocations of this revision running now (for its reserved concurrency).
+    active: Arc<AtomicU32>,
 }
 
 impl Slot {
@@ -65,6 +67,22 @@ fn read_bounded(body: Body) -> std::pin::Pin<Box<dyn std::future::Future<Output 
         }
         Ok(bytes::Bytes::from(out))
     })
+}
+
+/// Seconds a throttled caller is told to wait.
+const RETRY_AFTER_S: &str = "1";
+
+/// The answer to a throttled call: 429 with `Retry-After`.
+fn throttled(why: &str) -> http::Response<Body> {
+    with_retry_after(error_response(http::StatusCode::TOO_MANY_REQUESTS, "throttled", why))
+}
+
+/// Adds `Retry-After` to a 429 that has none (a runtime's own throttles).
+fn with_retry_after(mut resp: http::Response<Body>) -> http::Response<Body> {
+    if resp.status() == http::StatusCode::TOO_MANY_REQUESTS && !resp.headers().contains_key(http::header::RETRY_AFTER) {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static(RETRY_AFTER_S));
+    }
+    resp
 }
 
 /// How deep sequences may nest (a sequence among another's steps).
@@ -107,20 +125,40 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// One admitted invocation: counted against its function's reserved concurrency and its
+/// namespace's limit until dropped.
+struct Admission {
+    function: Arc<AtomicU32>,
+    namespace: Arc<AtomicU32>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.function.fetch_sub(1, Ordering::AcqRel);
+        self.namespace.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// See the module docs.
 pub struct Scheduler {
     runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
     table: RwLock<Table>,
+    /// Invocations running per namespace, against `namespace_limit`.
+    namespaces: RwLock<HashMap<String, Arc<AtomicU32>>>,
+    namespace_limit: u32,
     meter: Meter,
     in_flight: Arc<InFlight>,
     max_log_bytes: usize,
 }
 
 impl Scheduler {
-    pub fn new(runtimes: Vec<Arc<dyn Runtime>>, meter: Meter, max_log_bytes: usize) -> Self {
+    /// `namespace_limit`: most invocations running at once in one namespace.
+    pub fn new(runtimes: Vec<Arc<dyn Runtime>>, meter: Meter, max_log_bytes: usize, namespace_limit: u32) -> Self {
         Scheduler {
             runtimes: runtimes.into_iter().map(|r| (r.kind(), r)).collect(),
             table: RwLock::default(),
+            namespaces: RwLock::default(),
+            namespace_limit,
             meter,
             in_flight: Arc::default(),
             max_log_bytes,
@@ -160,7 +198,7 @@ impl Scheduler {
         let metrics = self.meter.function_metrics(&deployment.namespace, &deployment.name);
         let (ns, name) = (deployment.namespace.clone(), deployment.name.clone());
         let eager = runtime.as_ref().is_some_and(|r| r.eager());
-        let slot = Arc::new(Slot { deployment, runtime, spec, loaded: OnceCell::new(), metrics });
+        let slot = Arc::new(Slot { deployment, runtime, spec, loaded: OnceCell::new(), metrics, active: Arc::default() });
         self.write_table().entry(ns).or_default().insert(name, slot.clone());
         if eager && let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -190,6 +228,25 @@ impl Scheduler {
     pub fn route(&self, namespace: &str, name: &str) -> Option<Arc<Slot>> {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
         table.get(namespace)?.get(name).cloned()
+    }
+
+    /// Counts an invocation in, or says why it is throttled.
+    fn admit(&self, slot: &Slot) -> Result<Admission, String> {
+        let d = &slot.deployment;
+        let existing = self.namespaces.read().unwrap_or_else(|p| p.into_inner()).get(&d.namespace).cloned();
+        let namespace = existing.unwrap_or_else(|| self.namespaces.write().unwrap_or_else(|p| p.into_inner()).entry(d.namespace.clone()).or_default().clone());
+        let before = slot.active.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission { function: slot.active.clone(), namespace: namespace.clone() };
+        if namespace.fetch_add(1, Ordering::AcqRel) >= self.namespace_limit {
+            return Err(format!(
+                "namespace `{}` is running its limit of {} invocations at once; retry shortly (`hangar up --namespace-concurrency` sets the limit)",
+                d.namespace, self.namespace_limit
+            ));
+        }
+        if let Some(limit) = d.config.reserved_concurrency.filter(|l| before >= *l) {
+            return Err(format!("function `{}` is running its reserved concurrency of {limit} invocations at once; retry shortly or raise reserved_concurrency", d.name));
+        }
+        Ok(admission)
     }
 
     fn write_table(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
@@ -318,6 +375,7 @@ impl Scheduler {
         let started_ms = now_ms();
         let started = Instant::now();
         let guard = InFlightGuard::enter(&self.in_flight, &slot.metrics);
+        let admission = self.admit(slot);
 
         let start = if slot.loaded.initialized() { StartKind::Warm } else { StartKind::Cold };
         let d = &slot.deployment;
@@ -340,12 +398,26 @@ impl Scheduler {
             logs_truncated: false,
             parent_id: parent,
         };
+        let admission = match admission {
+            Ok(a) => a,
+            Err(why) => {
+                // Throttled before anything ran: recorded, not billed.
+                record.outcome = hangar_api::Outcome::Throttled;
+                record.status = 429;
+                record.duration_us = started.elapsed().as_micros() as u64;
+                record.error = Some(why.clone());
+                self.meter.record(&slot.metrics, record);
+                drop(guard);
+                return (id, throttled(&why));
+            }
+        };
         let finish = {
             let meter = self.meter.clone();
             let metrics = slot.metrics.clone();
             move |f: hangar_runtime::Finished| {
+                drop(admission);
                 record.duration_us = started.elapsed().as_micros() as u64;
-                record.billed_ms = billed_ms(record.duration_us);
+                record.billed_ms = if f.outcome == hangar_api::Outcome::Throttled { 0 } else { billed_ms(record.duration_us) };
                 record.outcome = f.outcome;
                 record.status = f.status;
                 record.response_bytes = f.response_bytes;
@@ -384,7 +456,7 @@ impl Scheduler {
                 resp
             }
         };
-        (id, response)
+        (id, with_retry_after(response))
     }
 
     /// Stops everything the runtimes run (after [`Scheduler::drain`]).

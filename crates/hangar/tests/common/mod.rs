@@ -211,3 +211,15 @@ pub async fn error_code(resp: reqwest::Response) -> (u16, String, String) {
     let v: serde_json::Value = resp.json().await.unwrap_or_default();
     (status, v["error"]["code"].as_str().unwrap_or("").to_string(), v["error"]["message"].as_str().unwrap_or("").to_string())
 }
+
+/// Deploys `source` as `app.py` of a python3 function with handler `app.<handler>`; the
+/// returned directory holds the code and must live as long as the test uses it.
+pub fn python_fn(s: &Server, name: &str, source: &str, handler: &str, flags: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.py"), source).unwrap();
+    let h = format!("app.{handler}");
+    let mut args = vec!["fn", "deploy", name, "--runtime", "python3", "--handler", &h, "--code", dir.path().to_str().unwrap()];
+    args.extend_from_slice(flags);
+    s.ok(&args);
+    dir
+}
