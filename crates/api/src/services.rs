@@ -56,12 +56,21 @@ pub struct ServiceConfig {
     /// TCP port, else 8080.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// Instances always running (1..=100).
+    /// Instances always running (0..=100); 0 lets the service scale to zero when idle, and
+    /// the gateway holds requests while an instance starts.
     #[serde(default = "one")]
     pub min_instances: u32,
-    /// Most instances (min..=100).
+    /// Most instances (min..=100, at least 1); between min and max the autoscaler decides.
     #[serde(default = "one")]
     pub max_instances: u32,
+    /// Requests in flight one instance should carry; the autoscaler keeps the average near
+    /// it (1..=1000, default 80 as Cloud Run's concurrency).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// The autoscaler's stable window in ms (1000..=3600000, default 60000): it scales down
+    /// (and to zero) only on this long an average; its panic window is a tenth of it.
+    #[serde(default = "default_window_ms")]
+    pub scale_window_ms: u64,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Replaces the image's Entrypoint.
@@ -101,6 +110,12 @@ pub struct ServiceConfig {
 fn one() -> u32 {
     1
 }
+fn default_concurrency() -> u32 {
+    80
+}
+fn default_window_ms() -> u64 {
+    60_000
+}
 fn yes() -> bool {
     true
 }
@@ -128,11 +143,17 @@ impl ServiceConfig {
         if self.port == Some(0) {
             return Err(Invalid::new("port", "must be 1..=65535"));
         }
-        if !(1..=100).contains(&self.min_instances) {
-            return Err(Invalid::new("min_instances", "must be 1..=100"));
+        if self.min_instances > 100 {
+            return Err(Invalid::new("min_instances", "must be 0..=100"));
         }
-        if self.max_instances < self.min_instances || self.max_instances > 100 {
-            return Err(Invalid::new("max_instances", format!("must be {}..=100 (at least min_instances)", self.min_instances)));
+        if self.max_instances < self.min_instances.max(1) || self.max_instances > 100 {
+            return Err(Invalid::new("max_instances", format!("must be {}..=100 (at least min_instances and 1)", self.min_instances.max(1))));
+        }
+        if !(1..=1000).contains(&self.concurrency) {
+            return Err(Invalid::new("concurrency", "must be 1..=1000 requests per instance"));
+        }
+        if !(1000..=3_600_000).contains(&self.scale_window_ms) {
+            return Err(Invalid::new("scale_window_ms", "must be 1000..=3600000 (1 s to 1 h)"));
         }
         if !(16..=65536).contains(&self.memory_mb) {
             return Err(Invalid::new("memory_mb", "must be 16..=65536"));
@@ -217,6 +238,24 @@ pub struct Service {
     /// Its instances now (empty when the server is not running it).
     #[serde(default)]
     pub instances: Vec<ServiceInstance>,
+    /// What the autoscaler saw and decided last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingStatus>,
+}
+
+/// The autoscaler's last decision and what it was based on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScalingStatus {
+    /// Instances it wants.
+    pub desired: u32,
+    /// Whether a burst put it in panic mode (no scaling down until a stable window passes).
+    pub panic: bool,
+    /// Average requests in flight (and waiting) over the stable window.
+    pub stable_concurrency: f64,
+    /// The same over the panic window.
+    pub panic_concurrency: f64,
+    /// Requests waiting at the gateway for a ready instance.
+    pub waiting: u32,
 }
 
 /// States of an instance.

@@ -46,7 +46,8 @@ fn services(state: &AppState) -> Result<&Arc<Services>, ApiError> {
 }
 
 fn view(state: &AppState, row: &ServiceRow) -> Service {
-    let instances = state.services.as_ref().and_then(|s| s.get(&row.namespace, &row.name)).map(|s| s.instances()).unwrap_or_default();
+    let running = state.services.as_ref().and_then(|s| s.get(&row.namespace, &row.name));
+    let instances = running.as_ref().map(|s| s.instances()).unwrap_or_default();
     Service {
         namespace: row.namespace.clone(),
         name: row.name.clone(),
@@ -57,6 +58,7 @@ fn view(state: &AppState, row: &ServiceRow) -> Service {
         created_at: hangar_api::rfc3339(row.created_ms),
         updated_at: hangar_api::rfc3339(row.updated_ms),
         instances,
+        scaling: running.and_then(|s| s.scaling()),
     }
 }
 
@@ -255,8 +257,11 @@ pub async fn internal(State(state): State<AppState>, axum::extract::ConnectInfo(
 /// (plus the request's query), and streams the answer back.
 async fn forward(svc: &hangar_service::Service, mut req: Request, path: &str) -> Result<Response, ApiError> {
     let name = svc.name.clone();
-    let Some(endpoint) = svc.pick() else {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_ready_instance", format!("service `{name}` has no ready instance right now; `hangar svc get {name}` shows why")));
+    // No instance ready (scaled to zero, or all starting): wait for one, as long as an
+    // instance may take to become ready.
+    let wait = std::time::Duration::from_millis(svc.config.read().unwrap_or_else(|p| p.into_inner()).readiness.timeout_ms);
+    let Some(endpoint) = svc.wait_ready(wait).await else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_ready_instance", format!("service `{name}` got no ready instance within {} ms; `hangar svc get {name}` shows why", wait.as_millis())));
     };
     let target = match req.uri().query() {
         Some(q) => format!("http://{}{path}?{q}", endpoint.addr()),

@@ -171,12 +171,18 @@ pub struct SvcDeployArgs {
     /// Port the container listens on (sets PORT) [default: the image's exposed port, else 8080]
     #[arg(long)]
     pub port: Option<u16>,
-    /// Instances always running
+    /// Instances always running; 0 scales to zero when idle
     #[arg(long, default_value_t = 1)]
     pub min: u32,
-    /// Most instances [default: --min]
+    /// Most instances; the autoscaler moves between --min and --max [default: --min, at least 1]
     #[arg(long)]
     pub max: Option<u32>,
+    /// Requests in flight per instance the autoscaler aims at [default: 80]
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// The autoscaler's stable window, e.g. 60s: it scales down (and to zero) only on this long an average [default: 60s]
+    #[arg(long)]
+    pub scale_window: Option<String>,
     /// Environment variable K=V (repeatable)
     #[arg(long = "env", short = 'e')]
     pub env: Vec<String>,

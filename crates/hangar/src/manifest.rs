@@ -44,6 +44,10 @@ struct ServiceSpec {
     port: Option<u16>,
     min: Option<u32>,
     max: Option<u32>,
+    /// Requests in flight per instance the autoscaler aims at.
+    concurrency: Option<u32>,
+    /// The autoscaler's stable window, e.g. "60s".
+    scale_window: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -261,7 +265,13 @@ pub fn plan(path: &Path) -> Result<Plan> {
         let mut c = hangar_api::services::ServiceConfig::new(spec.image);
         c.port = spec.port;
         c.min_instances = spec.min.unwrap_or(1);
-        c.max_instances = spec.max.unwrap_or(c.min_instances);
+        if let Some(n) = spec.concurrency {
+            c.concurrency = n;
+        }
+        if let Some(w) = &spec.scale_window {
+            c.scale_window_ms = humantime::parse_duration(w).map_err(|e| err(Some("scale_window"), format!("`{w}` is not a duration like \"60s\" ({e})")))?.as_millis() as u64;
+        }
+        c.max_instances = spec.max.unwrap_or(c.min_instances.max(1));
         c.env = spec.env;
         c.volumes = spec.volumes;
         c.runtime = spec.runtime.unwrap_or_default();
@@ -486,7 +496,7 @@ mod tests {
         assert!(p.services[0].import.as_ref().unwrap().ends_with("img"));
         let e = plan_all("[services.web]\nimage = \"web:1\"\nvolumes = [\"/etc:/etc\"]\n").unwrap_err().to_string();
         assert!(e.contains(":3: services.web.volumes:"), "{e}");
-        let e = plan_all("[services.web]\nimage = \"web:1\"\nmin = 0\n").unwrap_err().to_string();
+        let e = plan_all("[services.web]\nimage = \"web:1\"\nmin = 101\n").unwrap_err().to_string();
         assert!(e.contains(":3: services.web.min:"), "{e}");
         let e = plan_all("namespace = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("declares nothing"), "{e}");

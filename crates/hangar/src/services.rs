@@ -11,7 +11,13 @@ fn config(a: &SvcDeployArgs) -> Result<ServiceConfig> {
     let mut c = ServiceConfig::new(a.image.clone());
     c.port = a.port;
     c.min_instances = a.min;
-    c.max_instances = a.max.unwrap_or(a.min);
+    c.max_instances = a.max.unwrap_or(a.min.max(1));
+    if let Some(n) = a.concurrency {
+        c.concurrency = n;
+    }
+    if let Some(w) = &a.scale_window {
+        c.scale_window_ms = humantime::parse_duration(w).with_context(|| format!("--scale-window `{w}` is not a duration like 60s"))?.as_millis() as u64;
+    }
     for kv in &a.env {
         let (k, v) = kv.split_once('=').with_context(|| format!("--env `{kv}` is not K=V"))?;
         c.env.insert(k.to_string(), v.to_string());

@@ -62,3 +62,80 @@ async fn reserved_concurrency_and_namespace_limits_throttle_with_retry_after() {
     let err = s.fails(&["fn", "deploy", "x", "--runtime", "python3", "--handler", "app.handler", "--code", _many.path().to_str().unwrap(), "--reserved-concurrency", "5000"], 1);
     assert!(err.contains("reserved_concurrency"), "{err}");
 }
+
+/// A busybox httpd image: `/` answers at once, `/cgi-bin/slow` after 2 seconds.
+fn slow_image(dir: &std::path::Path) -> String {
+    use common::oci::{layer, oci_layout};
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is missing: ./scripts/test.sh installs it (apt-get install busybox-static)");
+    let slow = b"#!/bin/busybox sh\n/bin/busybox sleep 2\necho Content-Type: text/plain\necho\necho slow done\n";
+    let root = layer(&[
+        ("bin/", b"", 0o755),
+        ("bin/busybox", &busybox, 0o755),
+        ("bin/sh", b"->busybox", 0o777),
+        ("etc/", b"", 0o755),
+        ("etc/passwd", b"root:x:0:0::/:/bin/sh\n", 0o644),
+        ("www/", b"", 0o755),
+        ("www/index.html", b"hello\n", 0o644),
+        ("www/cgi-bin/", b"", 0o755),
+        ("www/cgi-bin/slow", slow, 0o755),
+    ]);
+    let layout = dir.join("slow");
+    oci_layout(&layout, &[root], json!({"Entrypoint": ["/bin/busybox"], "Cmd": ["httpd", "-f", "-p", "8080", "-h", "/www"]}), None);
+    layout.to_str().unwrap().to_string()
+}
+
+async fn instances(s: &Server, name: &str) -> (usize, Value) {
+    let v: Value = s.get(&format!("/v1/services/{name}")).send().await.unwrap().json().await.unwrap();
+    (v["instances"].as_array().map_or(0, Vec::len), v)
+}
+
+/// Polls until the service has `n` instances.
+async fn until_instances(s: &Server, name: &str, n: usize, within: std::time::Duration) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (have, v) = instances(s, name).await;
+        if have == n {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} did not reach {n} instances in {within:?}: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn services_scale_with_load_and_back_and_from_zero() {
+    use std::time::Duration;
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    s.ok(&["image", "import", &slow_image(dir.path()), "--name", "slow:1"]);
+
+    // One request per instance: six slow requests at once ask for six, max is three.
+    s.ok(&["svc", "deploy", "busy", "--image", "slow:1", "--port", "8080", "--min", "1", "--max", "3", "--concurrency", "1", "--scale-window", "2s"]);
+    let load = (0..6).map(|_| s.get("/svc/default/busy/cgi-bin/slow").send());
+    let (answers, grown) = tokio::join!(futures::future::join_all(load), until_instances(&s, "busy", 3, Duration::from_secs(10)));
+    assert!(answers.into_iter().all(|r| r.unwrap().status() == 200), "no request failed while scaling");
+    assert_eq!(grown["scaling"]["desired"], 3, "{grown}");
+    assert_eq!(grown["scaling"]["panic"], true, "a burst of 6 on 1 instance is a panic: {grown}");
+    // Quiet again: back to min after the panic and a stable window pass.
+    let v = until_instances(&s, "busy", 1, Duration::from_secs(20)).await;
+    assert_eq!(v["scaling"]["panic"], false, "{v}");
+    assert_eq!(s.get("/svc/default/busy/").send().await.unwrap().status(), 200);
+
+    // min 0: idle for a window → no instance; a request waits for one to start and succeeds.
+    s.ok(&["svc", "deploy", "lazy", "--image", "slow:1", "--port", "8080", "--min", "0", "--max", "2", "--scale-window", "1s"]);
+    until_instances(&s, "lazy", 0, Duration::from_secs(10)).await;
+    let t = std::time::Instant::now();
+    let r = s.get("/svc/default/lazy/").send().await.unwrap();
+    assert_eq!(r.status(), 200, "the request was held until an instance was ready");
+    assert_eq!(r.text().await.unwrap(), "hello\n");
+    eprintln!("scale from zero answered in {:?}", t.elapsed());
+    let (n, _) = instances(&s, "lazy").await;
+    assert_eq!(n, 1);
+    // Bad scaling settings are refused.
+    for args in [&["--min", "0", "--max", "0"][..], &["--concurrency", "0"], &["--scale-window", "10ms"], &["--min", "101"]] {
+        let mut all = vec!["svc", "deploy", "bad", "--image", "slow:1"];
+        all.extend_from_slice(args);
+        let out = s.cli(&all);
+        assert!(!out.status.success(), "{args:?} was accepted");
+    }
+}

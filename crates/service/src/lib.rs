@@ -7,6 +7,7 @@
 //! that starts a container, waits for its readiness probe, publishes its address, and restarts
 //! it when it ends, until the slot is stopped (drain, SIGTERM, grace, SIGKILL, clean up).
 
+mod autoscale;
 mod bundle;
 mod logs;
 mod network;
@@ -152,6 +153,15 @@ impl Drop for EndpointGuard {
     }
 }
 
+/// What new instances of a service run: its current revision.
+#[derive(Debug)]
+struct Revision {
+    revision: u64,
+    config: ServiceConfig,
+    image: Arc<Image>,
+    lower: Vec<PathBuf>,
+}
+
 /// A running service: its ready endpoints, its slots, its logs.
 #[derive(Debug)]
 pub struct Service {
@@ -163,6 +173,26 @@ pub struct Service {
     /// Image ids of instances still stopping after a rollout (their roots are still mounted).
     retiring: Arc<Mutex<Vec<String>>>,
     pub logs: Arc<LogRing>,
+    current: Mutex<Option<Arc<Revision>>>,
+    /// A rollout is replacing the slots: the autoscaler waits.
+    rolling: std::sync::atomic::AtomicBool,
+    removed: std::sync::atomic::AtomicBool,
+    /// Requests waiting at the gateway for a ready instance.
+    waiting: AtomicU32,
+    /// Woken when a request starts waiting (scale from zero now, not at the next tick).
+    demand: tokio::sync::Notify,
+    /// Woken when an instance becomes ready.
+    ready_notify: tokio::sync::Notify,
+    scaling: Mutex<Option<hangar_api::services::ScalingStatus>>,
+}
+
+/// A request's place in the queue of [`Service::wait_ready`].
+struct Waiting<'a>(&'a AtomicU32);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Service {
@@ -174,8 +204,37 @@ impl Service {
         Some(EndpointGuard(e))
     }
 
+    /// A ready endpoint, waiting up to `timeout` for one when none is (the service scaled to
+    /// zero, or all its instances are starting): the autoscaler hears of the wait at once.
+    pub async fn wait_ready(&self, timeout: std::time::Duration) -> Option<EndpointGuard> {
+        if let Some(e) = self.pick() {
+            return Some(e);
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.waiting);
+        self.demand.notify_one();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ready = self.ready_notify.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            if let Some(e) = self.pick() {
+                return Some(e);
+            }
+            if tokio::time::timeout_at(deadline, ready).await.is_err() {
+                return self.pick();
+            }
+        }
+    }
+
+    /// The autoscaler's last decision.
+    pub fn scaling(&self) -> Option<hangar_api::services::ScalingStatus> {
+        self.scaling.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn publish(&self, e: Arc<Endpoint>) {
         self.routes.write().unwrap_or_else(|p| p.into_inner()).push(e);
+        self.ready_notify.notify_waiters();
     }
 
     fn unpublish(&self, instance: &str) -> Option<Arc<Endpoint>> {
@@ -356,7 +415,7 @@ impl Services {
             table
                 .entry((namespace.to_string(), name.to_string()))
                 .or_insert_with(|| {
-                    Arc::new(Service {
+                    let svc = Arc::new(Service {
                         namespace: namespace.to_string(),
                         name: name.to_string(),
                         config: RwLock::new(config.clone()),
@@ -364,15 +423,35 @@ impl Services {
                         slots: Mutex::new(Vec::new()),
                         retiring: Arc::default(),
                         logs: Arc::new(LogRing::new(1 << 20)),
-                    })
+                        current: Mutex::new(None),
+                        rolling: Default::default(),
+                        removed: Default::default(),
+                        waiting: AtomicU32::new(0),
+                        demand: tokio::sync::Notify::new(),
+                        ready_notify: tokio::sync::Notify::new(),
+                        scaling: Mutex::new(None),
+                    });
+                    tokio::spawn(autoscale::run(Arc::downgrade(&svc), self.host.clone()));
+                    svc
                 })
                 .clone()
         };
+        svc.rolling.store(true, Ordering::Release);
+        let result = self.roll(&svc, namespace, name, revision, config, image).await;
+        svc.rolling.store(false, Ordering::Release);
+        result
+    }
+
+    async fn roll(&self, svc: &Arc<Service>, namespace: &str, name: &str, revision: u64, config: ServiceConfig, image: Image) -> Result<(), ServiceError> {
         self.set_names(namespace);
         let image = Arc::new(image);
         let lower = self.images.lower_dirs(&image).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        // As many as run now (the autoscaler's count), at least min and at least one, so the
+        // new revision is seen serving before the deploy returns.
+        let running = svc.slots.lock().unwrap_or_else(|p| p.into_inner()).len() as u32;
+        let count = running.max(config.min_instances).max(1).min(config.max_instances.max(1));
         let mut fresh = Vec::new();
-        for _ in 0..config.min_instances {
+        for _ in 0..count {
             fresh.push(slot::Slot::spawn(self.host.clone(), svc.clone(), revision, config.clone(), image.clone(), lower.clone()));
         }
         let waits: Vec<_> = fresh.iter().map(|s| s.ready(config.readiness.timeout_ms)).collect();
@@ -383,6 +462,7 @@ impl Services {
             }
             let empty = svc.slots.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
             if empty {
+                svc.removed.store(true, Ordering::Release);
                 self.table.write().unwrap_or_else(|p| p.into_inner()).remove(&(namespace.to_string(), name.to_string()));
                 self.set_names(namespace);
             }
@@ -394,6 +474,7 @@ impl Services {
             *slots = fresh;
             old
         };
+        *svc.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Revision { revision, config: config.clone(), image: image.clone(), lower }));
         *svc.config.write().unwrap_or_else(|p| p.into_inner()) = config;
         self.reindex_hosts();
         // The new revision serves; the old instances drain and stop meanwhile, together.
@@ -420,6 +501,7 @@ impl Services {
     pub async fn remove(&self, namespace: &str, name: &str) {
         let svc = self.table.write().unwrap_or_else(|p| p.into_inner()).remove(&(namespace.to_string(), name.to_string()));
         if let Some(svc) = svc {
+            svc.removed.store(true, Ordering::Release);
             self.set_names(namespace);
             self.reindex_hosts();
             let slots = std::mem::take(&mut *svc.slots.lock().unwrap_or_else(|p| p.into_inner()));

@@ -89,6 +89,10 @@ impl Slot {
         Slot { shared, ready, stop, task }
     }
 
+    pub(crate) fn id(&self) -> &str {
+        &self.shared.id
+    }
+
     pub(crate) fn image_id(&self) -> &str {
         &self.shared.image_id
     }
