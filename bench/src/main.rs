@@ -303,6 +303,9 @@ async fn main() -> Result<()> {
             code_digest: info.digest,
             handler: None,
             max_instances: 1,
+            provisioned: 0,
+            pause_after: None,
+            keep_alive: None,
             limits,
         }).await?;
         for _ in 0..200 {

@@ -149,6 +149,38 @@ pub struct FunctionConfig {
     /// (429 with `Retry-After`). 0 throttles every call, as Lambda's reserved concurrency of 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved_concurrency: Option<u32>,
+    /// Instances kept initialized from deploy on, never paused or reaped (process runtimes;
+    /// 0..=max_instances). Invocations they serve are recorded as `provisioned`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub provisioned_instances: u32,
+    /// Idle instances are paused (cgroup freezer: no CPU, memory kept) after this many ms and
+    /// resumed by the next invocation (`resumed`); 0 never pauses. Default: the server's
+    /// `--pause-after`. Process runtimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_after_ms: Option<u64>,
+    /// Idle instances are stopped after this many ms (1000..=86400000). Default: the server's
+    /// `--keep-alive`. Process runtimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_ms: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A process function's instances now, by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceCounts {
+    /// Running an invocation.
+    pub busy: u32,
+    /// Waiting for one, warm.
+    pub idle: u32,
+    /// Waiting for one, frozen.
+    pub paused: u32,
+    /// Kept initialized (counted here too when idle or busy).
+    pub provisioned: u32,
+    /// Made ahead of demand for the next cold start.
+    pub spare: u32,
 }
 
 fn default_memory_mb() -> u32 {
@@ -176,6 +208,9 @@ impl FunctionConfig {
             async_: events::AsyncConfig::default(),
             steps: Vec::new(),
             reserved_concurrency: None,
+            provisioned_instances: 0,
+            pause_after_ms: None,
+            keep_alive_ms: None,
         }
     }
 }
@@ -197,6 +232,9 @@ pub struct Function {
     pub updated_at: String,
     /// Path of the function URL on this server.
     pub url_path: String,
+    /// Its instances now, when its runtime keeps instances (process runtimes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<InstanceCounts>,
 }
 
 /// What a deploy did.
@@ -220,8 +258,13 @@ wire_enum! {
     StartKind, "start kind" {
         /// The revision had to be loaded (compiled code read from the cache) before instantiating.
         Cold = "cold",
-        /// The revision was resident; a fresh instance was made from it.
+        /// The revision was resident; a fresh instance was made from it (wasm), or an idle
+        /// instance served it (process runtimes).
         Warm = "warm",
+        /// A paused (frozen) idle instance was resumed for it.
+        Resumed = "resumed",
+        /// One of the function's provisioned instances served it.
+        Provisioned = "provisioned",
     }
 }
 

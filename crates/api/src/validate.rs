@@ -62,6 +62,23 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
     }
     handler(cfg)?;
     cfg.async_.validate()?;
+    let process = matches!(cfg.runtime, crate::RuntimeKind::Python3 | crate::RuntimeKind::Nodejs | crate::RuntimeKind::Provided);
+    let policies = cfg.provisioned_instances > 0 || cfg.pause_after_ms.is_some() || cfg.keep_alive_ms.is_some();
+    if policies && !process {
+        return Err(Invalid::new(
+            "provisioned_instances",
+            format!("provisioned instances, pause_after_ms and keep_alive_ms apply to process runtimes; {} functions keep no instances between calls", cfg.runtime),
+        ));
+    }
+    if cfg.provisioned_instances > cfg.max_instances {
+        return Err(Invalid::new("provisioned_instances", format!("{} is more than max_instances ({})", cfg.provisioned_instances, cfg.max_instances)));
+    }
+    if let Some(ms) = cfg.pause_after_ms.filter(|ms| *ms > 86_400_000) {
+        return Err(Invalid::new("pause_after_ms", format!("{ms} is out of range: choose 0 (never) to 86400000 (a day)")));
+    }
+    if let Some(ms) = cfg.keep_alive_ms.filter(|ms| !(1000..=86_400_000).contains(ms)) {
+        return Err(Invalid::new("keep_alive_ms", format!("{ms} is out of range: choose 1000 to 86400000 (a day)")));
+    }
     if let Some(n) = cfg.reserved_concurrency.filter(|n| *n > MAX_INSTANCES_RANGE.1) {
         return Err(Invalid::new("reserved_concurrency", format!("{n} is out of range: choose 0 to {}", MAX_INSTANCES_RANGE.1)));
     }

@@ -49,6 +49,7 @@ pub fn function_view(row: &FunctionRow) -> Function {
         created_at: rfc3339(row.created_ms),
         updated_at: rfc3339(row.updated_ms),
         url_path: format!("/fn/{}/{}/", row.namespace, row.name),
+        instances: None,
     }
 }
 
@@ -170,7 +171,9 @@ pub async fn list_functions(State(state): State<AppState>, p: Principal, ApiQuer
 pub async fn get_function(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Function>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let row = state.store.get_function(&ns, &name).await?.ok_or_else(|| ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")))?;
-    Ok(Json(function_view(&row)))
+    let mut view = function_view(&row);
+    view.instances = state.scheduler.route(&row.namespace, &row.name).and_then(|s| s.instances());
+    Ok(Json(view))
 }
 
 #[utoipa::path(delete, path = "/v1/functions/{name}", params(NamespaceQuery), tag = "functions",

@@ -65,7 +65,12 @@ impl Cgroup {
         let rel = Path::new(parent.trim_start_matches('/')).join(name);
         let dirs: Vec<(&'static str, PathBuf)> = match version {
             Version::V2 => vec![("", Path::new(ROOT).join(&rel))],
-            Version::V1 => ["memory", "pids", "cpu"].into_iter().map(|c| (c, Path::new(ROOT).join(c).join(&rel))).collect(),
+            Version::V1 => ["memory", "pids", "cpu", "freezer"]
+                .into_iter()
+                // The freezer (for pausing) where the machine has it mounted.
+                .filter(|c| *c != "freezer" || Path::new(ROOT).join(c).is_dir())
+                .map(|c| (c, Path::new(ROOT).join(c).join(&rel)))
+                .collect(),
         };
         let cg = Cgroup { version, dirs };
         for (_, dir) in &cg.dirs {
@@ -149,13 +154,48 @@ impl Cgroup {
         read(dir, "cgroup.procs").lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
 
-    /// Sends SIGKILL to every process inside.
+    /// Sends SIGKILL to every process inside (thawing them, so frozen ones die too).
     pub fn kill_all(&self) {
         if self.version == Version::V2 && write(&self.dirs[0].1, "cgroup.kill", "1").is_ok() {
             return;
         }
         for pid in self.pids() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let _ = self.thaw();
+    }
+
+    /// The directory and file that freeze this cgroup, and the values for frozen and thawed.
+    fn freezer(&self) -> Option<(&Path, &'static str, &'static str, &'static str)> {
+        match self.version {
+            Version::V2 => Some((&self.dirs[0].1, "cgroup.freeze", "1", "0")),
+            Version::V1 => self.dirs.iter().find(|(c, _)| *c == "freezer").map(|(_, d)| (d.as_path(), "freezer.state", "FROZEN", "THAWED")),
+        }
+    }
+
+    /// Whether this cgroup can be frozen here.
+    pub fn can_freeze(&self) -> bool {
+        self.freezer().is_some()
+    }
+
+    /// Stops every process inside from running (no CPU; memory and state kept) until
+    /// [`Cgroup::thaw`].
+    pub fn freeze(&self) -> Result<(), JailError> {
+        let (dir, file, frozen, _) = self.freezer().ok_or_else(|| JailError::Cgroup("this machine has no cgroup freezer".into()))?;
+        write(dir, file, frozen)
+    }
+
+    /// Lets frozen processes run again.
+    pub fn thaw(&self) -> Result<(), JailError> {
+        let Some((dir, file, _, thawed)) = self.freezer() else { return Ok(()) };
+        write(dir, file, thawed)
+    }
+
+    /// Whether the processes inside are frozen now (v1: also while still freezing).
+    pub fn frozen(&self) -> bool {
+        match self.version {
+            Version::V2 => keyed(&read(&self.dirs[0].1, "cgroup.events"), "frozen") == 1,
+            Version::V1 => self.freezer().is_some_and(|(d, f, _, _)| read(d, f).trim() != "THAWED"),
         }
     }
 

@@ -62,6 +62,12 @@ pub struct RevisionSpec {
     pub handler: Option<String>,
     /// Most instances at once, for runtimes whose instances serve one invocation at a time.
     pub max_instances: u32,
+    /// Instances to keep initialized from the start (never paused or reaped).
+    pub provisioned: u32,
+    /// Pause idle instances after this long (`Some(ZERO)`: never); `None`: the runtime's default.
+    pub pause_after: Option<Duration>,
+    /// Stop idle instances after this long; `None`: the runtime's default.
+    pub keep_alive: Option<Duration>,
     pub limits: Limits,
 }
 
@@ -121,6 +127,11 @@ pub trait Loaded: Send + Sync + 'static {
     /// Runs one invocation. Never fails: every failure becomes an error response and an
     /// outcome in the [`Finished`] given to `on_finish`.
     async fn invoke(&self, info: InvokeInfo, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body>;
+
+    /// Its instances by state, for runtimes that keep instances between invocations.
+    fn instances(&self) -> Option<hangar_api::InstanceCounts> {
+        None
+    }
 }
 
 /// An error response in the API's JSON shape `{"error":{"code","message"}}`.

@@ -42,6 +42,11 @@ impl Slot {
         &self.deployment
     }
 
+    /// Its instances by state, once resident (process runtimes).
+    pub fn instances(&self) -> Option<hangar_api::InstanceCounts> {
+        self.loaded.get()?.instances()
+    }
+
     async fn load(&self) -> Result<&Arc<dyn Loaded>, RuntimeError> {
         let Some(runtime) = &self.runtime else {
             return Err(RuntimeError::Internal("a sequence has no code to load".into()));
@@ -187,6 +192,9 @@ impl Scheduler {
             code_digest: deployment.code_digest.clone(),
             handler: c.handler.clone(),
             max_instances: c.max_instances,
+            provisioned: c.provisioned_instances,
+            pause_after: c.pause_after_ms.map(Duration::from_millis),
+            keep_alive: c.keep_alive_ms.map(Duration::from_millis),
             limits: Limits {
                 memory_bytes: u64::from(c.memory_mb) << 20,
                 timeout: Duration::from_millis(c.timeout_ms),
