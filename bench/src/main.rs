@@ -304,6 +304,7 @@ async fn main() -> Result<()> {
             handler: None,
             max_instances: 1,
             provisioned: 0,
+            min_instances: 0,
             pause_after: None,
             keep_alive: None,
             limits,

@@ -153,6 +153,10 @@ pub struct FunctionConfig {
     /// 0..=max_instances). Invocations they serve are recorded as `provisioned`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub provisioned_instances: u32,
+    /// Instances (provisioned ones included) made at deploy and never reaped; idle ones are
+    /// paused like any other (process runtimes; 0..=max_instances).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_instances: u32,
     /// Idle instances are paused (cgroup freezer: no CPU, memory kept) after this many ms and
     /// resumed by the next invocation (`resumed`); 0 never pauses. Default: the server's
     /// `--pause-after`. Process runtimes.
@@ -209,6 +213,7 @@ impl FunctionConfig {
             steps: Vec::new(),
             reserved_concurrency: None,
             provisioned_instances: 0,
+            min_instances: 0,
             pause_after_ms: None,
             keep_alive_ms: None,
         }

@@ -63,15 +63,18 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
     handler(cfg)?;
     cfg.async_.validate()?;
     let process = matches!(cfg.runtime, crate::RuntimeKind::Python3 | crate::RuntimeKind::Nodejs | crate::RuntimeKind::Provided);
-    let policies = cfg.provisioned_instances > 0 || cfg.pause_after_ms.is_some() || cfg.keep_alive_ms.is_some();
+    let policies = cfg.provisioned_instances > 0 || cfg.min_instances > 0 || cfg.pause_after_ms.is_some() || cfg.keep_alive_ms.is_some();
     if policies && !process {
         return Err(Invalid::new(
             "provisioned_instances",
-            format!("provisioned instances, pause_after_ms and keep_alive_ms apply to process runtimes; {} functions keep no instances between calls", cfg.runtime),
+            format!("provisioned and min instances, pause_after_ms and keep_alive_ms apply to process runtimes; {} functions keep no instances between calls", cfg.runtime),
         ));
     }
     if cfg.provisioned_instances > cfg.max_instances {
         return Err(Invalid::new("provisioned_instances", format!("{} is more than max_instances ({})", cfg.provisioned_instances, cfg.max_instances)));
+    }
+    if cfg.min_instances > cfg.max_instances {
+        return Err(Invalid::new("min_instances", format!("{} is more than max_instances ({})", cfg.min_instances, cfg.max_instances)));
     }
     if let Some(ms) = cfg.pause_after_ms.filter(|ms| *ms > 86_400_000) {
         return Err(Invalid::new("pause_after_ms", format!("{ms} is out of range: choose 0 (never) to 86400000 (a day)")));

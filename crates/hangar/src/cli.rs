@@ -129,6 +129,10 @@ pub struct UpArgs {
     /// How long an idle instance of a process function stays warm before it is stopped
     #[arg(long, env = "HANGAR_KEEP_ALIVE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub keep_alive: std::time::Duration,
+    /// How long an idle instance of a process function runs before it is paused (cgroup
+    /// freezer: no CPU, memory kept; resumed by the next invocation); 0s never pauses
+    #[arg(long, env = "HANGAR_PAUSE_AFTER", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub pause_after: std::time::Duration,
     /// How often the reconcile loop removes what the server owns but no service instance wants
     #[arg(long, env = "HANGAR_RECONCILE_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub reconcile_every: std::time::Duration,
@@ -254,6 +258,31 @@ pub enum FnCommand {
     Get { name: String },
     /// Delete a function
     Rm { name: String },
+    /// Change how a process function scales (a new revision with the same code)
+    Scale(ScaleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    pub name: String,
+    /// Instances made at deploy and never reaped (paused when idle)
+    #[arg(long)]
+    pub min: Option<u32>,
+    /// Most instances; more concurrent calls wait for one to come free
+    #[arg(long)]
+    pub max: Option<u32>,
+    /// Instances kept initialized and running (never paused); calls they serve are `provisioned`
+    #[arg(long)]
+    pub provisioned: Option<u32>,
+    /// Most invocations at once before 429 (0 throttles every call)
+    #[arg(long)]
+    pub reserved_concurrency: Option<u32>,
+    /// Pause idle instances after this long, e.g. 1s (0s: never)
+    #[arg(long)]
+    pub pause_after: Option<String>,
+    /// Stop idle instances after this long, e.g. 5m
+    #[arg(long)]
+    pub keep_alive: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -293,6 +322,18 @@ pub struct DeployArgs {
     /// Most invocations running at once (0..=1000); more get 429 with Retry-After
     #[arg(long)]
     pub reserved_concurrency: Option<u32>,
+    /// Instances kept initialized and running from deploy on (process runtimes)
+    #[arg(long)]
+    pub provisioned: Option<u32>,
+    /// Instances made at deploy and never reaped (process runtimes)
+    #[arg(long)]
+    pub min_instances: Option<u32>,
+    /// Pause idle instances after this long, e.g. 1s; 0s never [default: the server's --pause-after]
+    #[arg(long)]
+    pub pause_after: Option<String>,
+    /// Stop idle instances after this long, e.g. 5m [default: the server's --keep-alive]
+    #[arg(long)]
+    pub keep_alive: Option<String>,
     /// Retries of a failed asynchronous invocation (0..=2) [default: 2]
     #[arg(long)]
     pub retries: Option<u32>,
@@ -540,6 +581,18 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
                 config.max_instances = n;
             }
             config.reserved_concurrency = a.reserved_concurrency;
+            apply_scale(
+                &mut config,
+                &ScaleArgs {
+                    name: a.name.clone(),
+                    min: a.min_instances,
+                    max: None,
+                    provisioned: a.provisioned,
+                    reserved_concurrency: None,
+                    pause_after: a.pause_after.clone(),
+                    keep_alive: a.keep_alive.clone(),
+                },
+            )?;
             if let Some(n) = a.retries {
                 config.async_.max_retries = n;
             }
@@ -592,12 +645,76 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
                     if !f.config.allow_outbound.is_empty() {
                         println!("outbound: {}", f.config.allow_outbound.join(", "));
                     }
+                    let c = &f.config;
+                    let ms = |v: Option<u64>| v.map_or("server default".to_string(), |v| format!("{v} ms"));
+                    println!(
+                        "scaling: min {} max {} provisioned {} reserved concurrency {} pause after {} keep alive {}",
+                        c.min_instances,
+                        c.max_instances,
+                        c.provisioned_instances,
+                        c.reserved_concurrency.map_or("none".to_string(), |n| n.to_string()),
+                        ms(c.pause_after_ms),
+                        ms(c.keep_alive_ms)
+                    );
+                    if let Some(i) = &f.instances {
+                        println!("instances: {} busy, {} idle, {} paused, {} provisioned, {} spare", i.busy, i.idle, i.paused, i.provisioned, i.spare);
+                    }
                 }
             }
         }
         FnCommand::Rm { name } => {
             delete(cli, &client, client.request(Method::DELETE, &format!("/v1/functions/{name}")).query(&ns_query(ns)), name).await?;
         }
+        FnCommand::Scale(a) => {
+            let f: Function = client.json(client.request(Method::GET, &format!("/v1/functions/{}", a.name)).query(&ns_query(ns))).await?;
+            let mut config = f.config;
+            apply_scale(&mut config, a)?;
+            hangar_api::validate::function_config(&config).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
+            let r = put_function(&client, &a.name, ns, &config, None, false).await?;
+            match cli.output {
+                Output::Json => print_json(&r)?,
+                Output::Table => {
+                    let c = &r.function.config;
+                    println!(
+                        "{}/{} revision {}: min {} max {} provisioned {}{}",
+                        r.function.namespace,
+                        r.function.name,
+                        r.function.revision,
+                        c.min_instances,
+                        c.max_instances,
+                        c.provisioned_instances,
+                        c.reserved_concurrency.map(|n| format!(" reserved concurrency {n}")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A duration flag in milliseconds.
+fn flag_ms(flag: &str, v: &str) -> Result<u64> {
+    Ok(humantime::parse_duration(v).with_context(|| format!("{flag} `{v}` is not a duration like 1s or 5m"))?.as_millis() as u64)
+}
+
+fn apply_scale(config: &mut FunctionConfig, a: &ScaleArgs) -> Result<()> {
+    if let Some(n) = a.min {
+        config.min_instances = n;
+    }
+    if let Some(n) = a.max {
+        config.max_instances = n;
+    }
+    if let Some(n) = a.provisioned {
+        config.provisioned_instances = n;
+    }
+    if let Some(n) = a.reserved_concurrency {
+        config.reserved_concurrency = Some(n);
+    }
+    if let Some(d) = &a.pause_after {
+        config.pause_after_ms = Some(flag_ms("--pause-after", d)?);
+    }
+    if let Some(d) = &a.keep_alive {
+        config.keep_alive_ms = Some(flag_ms("--keep-alive", d)?);
     }
     Ok(())
 }

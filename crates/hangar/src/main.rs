@@ -48,6 +48,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 pool_instances: a.pool_instances,
                 apply: a.apply.clone(),
                 keep_alive: a.keep_alive,
+                pause_after: a.pause_after,
                 reconcile_every: a.reconcile_every,
                 async_concurrency: a.async_concurrency,
                 namespace_concurrency: a.namespace_concurrency,

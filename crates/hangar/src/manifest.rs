@@ -85,6 +85,16 @@ struct FunctionSpec {
     max_instances: Option<u32>,
     /// Most invocations running at once; more are throttled.
     reserved_concurrency: Option<u32>,
+    /// Instances kept initialized and running (process runtimes).
+    #[serde(default)]
+    provisioned_instances: u32,
+    /// Instances made at deploy and never reaped (process runtimes).
+    #[serde(default)]
+    min_instances: u32,
+    /// Pause idle instances after this long, e.g. "1s" ("0s": never).
+    pause_after: Option<String>,
+    /// Stop idle instances after this long, e.g. "5m".
+    keep_alive: Option<String>,
     /// Path of the code (a file, or a directory that is zipped), relative to the manifest;
     /// none for a sequence.
     code: Option<PathBuf>,
@@ -197,6 +207,13 @@ pub fn plan(path: &Path) -> Result<Plan> {
         config.async_ = spec.async_.unwrap_or_default();
         config.steps = spec.steps;
         config.reserved_concurrency = spec.reserved_concurrency;
+        config.provisioned_instances = spec.provisioned_instances;
+        config.min_instances = spec.min_instances;
+        for (field, value, slot) in [("pause_after", &spec.pause_after, &mut config.pause_after_ms), ("keep_alive", &spec.keep_alive, &mut config.keep_alive_ms)] {
+            if let Some(v) = value {
+                *slot = Some(humantime::parse_duration(v).map_err(|e| err(Some(field), format!("`{v}` is not a duration like \"1s\" ({e})")))?.as_millis() as u64);
+            }
+        }
         let code_path = match (&spec.code, config.runtime) {
             (None, hangar_api::RuntimeKind::Sequence) => None,
             (Some(_), hangar_api::RuntimeKind::Sequence) => return Err(err(Some("code"), "a sequence has no code: its `steps` run".into())),
@@ -207,6 +224,8 @@ pub fn plan(path: &Path) -> Result<Plan> {
             let field = match e.field.as_str() {
                 "memory_mb" => "memory",
                 "timeout_ms" => "timeout",
+                "pause_after_ms" => "pause_after",
+                "keep_alive_ms" => "keep_alive",
                 f => f,
             };
             err(Some(field), e.message)

@@ -25,6 +25,8 @@ pub struct UpOptions {
     pub apply: Option<PathBuf>,
     /// How long an idle process-function instance stays warm.
     pub keep_alive: Duration,
+    /// How long an idle process-function instance runs before it is paused (zero: never).
+    pub pause_after: Duration,
     /// Period of the services reconcile loop.
     pub reconcile_every: Duration,
     /// Most attempts of asynchronous invocations running at once.
@@ -70,7 +72,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let images = Arc::new(hangar_image::ImageStore::open(&opts.data_dir.join("images")).context("opening the image store")?);
     let (meter, writer) = Meter::start(store.clone(), metrics);
     let mut runtimes: Vec<Arc<dyn hangar_runtime::Runtime>> = vec![Arc::new(wasm)];
-    let process = hangar_runtime_process::HostConfig { data_dir: opts.data_dir.clone(), keep_alive: opts.keep_alive, region: opts.region.clone() };
+    let process = hangar_runtime_process::HostConfig { data_dir: opts.data_dir.clone(), keep_alive: opts.keep_alive, pause_after: opts.pause_after, region: opts.region.clone() };
     match hangar_runtime_process::Host::start(process).await {
         Ok(host) => runtimes.extend(host.runtimes()),
         Err(e) => {

@@ -139,3 +139,96 @@ async fn services_scale_with_load_and_back_and_from_zero() {
         assert!(!out.status.success(), "{args:?} was accepted");
     }
 }
+
+const COUNTER: &str = r#"
+import os, time
+COUNT = 0
+
+def handler(event, context):
+    global COUNT
+    COUNT += 1
+    time.sleep(event.get("sleep", 0))
+    return {"count": COUNT, "instance": os.environ["AWS_LAMBDA_LOG_STREAM_NAME"]}
+"#;
+
+async fn invoke_json(s: &Server, name: &str, event: Value) -> (String, Value) {
+    let r = s.http().post(format!("{}/v1/functions/{name}/invoke", s.url)).bearer_auth(&s.admin_key).json(&event).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-hangar-invocation-id"].to_str().unwrap().to_string();
+    (id, r.json().await.unwrap())
+}
+
+async fn start_kind(s: &Server, id: &str) -> String {
+    let rec: Value = s.get(&format!("/v1/invocations/{id}")).send().await.unwrap().json().await.unwrap();
+    rec["start"].as_str().unwrap().to_string()
+}
+
+async fn counts(s: &Server, name: &str) -> Value {
+    let f: Value = s.get(&format!("/v1/functions/{name}")).send().await.unwrap().json().await.unwrap();
+    f["instances"].clone()
+}
+
+/// Polls a function's instance counts until `check` holds.
+async fn until_counts(s: &Server, name: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let c = counts(s, name).await;
+        if check(&c) {
+            return c;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name}: counts never matched: {c}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn paused_instances_keep_their_state_and_provisioned_ones_serve_first_calls() {
+    let s = Server::start();
+    // Paused after 200 ms idle, resumed by the next call with its memory as it was.
+    let _p = common::python_fn(&s, "pausy", COUNTER, "handler", &["--pause-after", "200ms"]);
+    let (id, first) = invoke_json(&s, "pausy", json!({})).await;
+    assert_eq!((first["count"].as_i64(), start_kind(&s, &id).await.as_str()), (Some(1), "cold"));
+    until_counts(&s, "pausy", |c| c["paused"] == 1 && c["idle"] == 0).await;
+    let (id, second) = invoke_json(&s, "pausy", json!({})).await;
+    assert_eq!(second["count"], 2, "the resumed instance kept its module state");
+    assert_eq!(second["instance"], first["instance"]);
+    assert_eq!(start_kind(&s, &id).await, "resumed");
+    // Right after a call it is warm, not paused.
+    let (id, _) = invoke_json(&s, "pausy", json!({})).await;
+    assert_eq!(start_kind(&s, &id).await, "warm");
+
+    // Two provisioned instances exist before any call and serve the first two at once.
+    let _q = common::python_fn(&s, "ready", COUNTER, "handler", &["--provisioned", "2", "--pause-after", "100ms"]);
+    until_counts(&s, "ready", |c| c["provisioned"] == 2 && c["idle"] == 2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(counts(&s, "ready").await["paused"], 0, "provisioned instances are never paused");
+    let calls = (0..2).map(|_| invoke_json(&s, "ready", json!({"sleep": 0.3})));
+    let done = futures::future::join_all(calls).await;
+    for (id, v) in &done {
+        assert_eq!(v["count"], 1);
+        assert_eq!(start_kind(&s, id).await, "provisioned");
+    }
+    // `fn scale` changes the policy in a new revision.
+    let out = s.ok(&["fn", "scale", "ready", "--provisioned", "0", "--min", "1", "--max", "5"]);
+    assert!(out.contains("min 1 max 5 provisioned 0"), "{out}");
+    let f: Value = s.get("/v1/functions/ready").send().await.unwrap().json().await.unwrap();
+    assert_eq!((f["revision"].as_u64(), f["config"]["min_instances"].as_u64()), (Some(2), Some(1)));
+    let err = s.fails(&["fn", "scale", "ready", "--provisioned", "9"], 1);
+    assert!(err.contains("more than max_instances"), "{err}");
+    let err = s.fails(&["fn", "deploy", "w", "--code", common::guest("hello").to_str().unwrap(), "--provisioned", "1"], 1);
+    assert!(err.contains("process runtimes"), "{err}");
+}
+
+#[tokio::test]
+async fn min_instances_outlive_the_keep_alive() {
+    let s = Server::start();
+    let _a = common::python_fn(&s, "kept", COUNTER, "handler", &["--min-instances", "2", "--keep-alive", "1s"]);
+    let _b = common::python_fn(&s, "gone", COUNTER, "handler", &["--keep-alive", "1s"]);
+    until_counts(&s, "kept", |c| c["idle"].as_u64().unwrap_or(0) + c["paused"].as_u64().unwrap_or(0) + c["spare"].as_u64().unwrap_or(0) >= 2).await;
+    invoke_json(&s, "gone", json!({})).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let kept = counts(&s, "kept").await;
+    assert!(kept["idle"].as_u64().unwrap() + kept["paused"].as_u64().unwrap() + kept["spare"].as_u64().unwrap() >= 2, "{kept}");
+    let gone = counts(&s, "gone").await;
+    assert_eq!((gone["idle"].as_u64(), gone["paused"].as_u64()), (Some(0), Some(0)), "{gone}");
+}

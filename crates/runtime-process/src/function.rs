@@ -1,10 +1,13 @@
 //! A resident process function: its zygote, its idle instances and the invocation path.
 //!
 //! One invocation at a time per instance (the Lambda model). A request takes an idle instance
-//! (warm), else the spare sandbox made ahead of demand, else forks a new one (both cold) while
-//! fewer than `max_instances` exist, and is throttled (429) beyond. Instances idle longer than
-//! the keep-alive are reaped (the spare stays with the zygote); an instance that timed out,
-//! crashed or ran out of memory is killed, and the next request gets a fresh one.
+//! (warm; `resumed` if it was paused, `provisioned` if it is one of those), else the spare
+//! sandbox made ahead of demand, else forks a new one (both cold) while fewer than
+//! `max_instances` exist; beyond that it waits for an instance to come free, up to the
+//! function's timeout, and only then is throttled (429). Idle instances are paused (cgroup
+//! freezer) after the pause delay and reaped after the keep-alive; provisioned instances are
+//! made at load, never paused or reaped, and replaced when they end. An instance that timed
+//! out, crashed or ran out of memory is killed, and the next request gets a fresh one.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -43,6 +46,13 @@ struct Inner {
     refilling: std::sync::atomic::AtomicBool,
     /// Instances that exist: idle, busy, starting or spare.
     live: Arc<AtomicU32>,
+    /// Provisioned instances that exist.
+    provisioned: Arc<AtomicU32>,
+    provisioning: std::sync::atomic::AtomicBool,
+    /// Instances running an invocation.
+    busy: AtomicU32,
+    /// Woken when an instance goes back to idle.
+    freed: tokio::sync::Notify,
     seq: AtomicU64,
 }
 
@@ -63,17 +73,23 @@ impl Function {
             spare: Mutex::new(None),
             refilling: std::sync::atomic::AtomicBool::new(false),
             live: Arc::new(AtomicU32::new(0)),
+            provisioned: Arc::new(AtomicU32::new(0)),
+            provisioning: Default::default(),
+            busy: AtomicU32::new(0),
+            freed: tokio::sync::Notify::new(),
             seq: AtomicU64::new(0),
         });
         let reaper = tokio::spawn(reap(Arc::downgrade(&inner)));
         Function { inner, reaper }
     }
 
-    /// Starts the zygote ahead of the first request; failures are reported on invocations.
+    /// Starts the zygote ahead of the first request, and the provisioned instances; failures
+    /// are reported on invocations.
     pub(crate) fn warm_up_in_background(&self) {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             if inner.pod().await.is_ok() {
+                inner.provision().await;
                 inner.refill();
             }
         });
@@ -89,16 +105,32 @@ impl Drop for Function {
     }
 }
 
-/// Every second, kills instances idle for longer than the keep-alive.
+/// Four times a second: pauses instances idle for longer than the pause delay, kills those
+/// idle for longer than the keep-alive, and replaces provisioned instances that ended.
 async fn reap(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let keep = inner.host.keep_alive;
+        let keep = inner.spec.keep_alive.unwrap_or(inner.host.keep_alive);
+        let pause = inner.spec.pause_after.unwrap_or(inner.host.pause_after);
         let expired: Vec<Instance> = {
             let mut idle = lock(&inner.idle);
-            let (old, fresh) = std::mem::take(&mut *idle).into_iter().partition(|i| i.last_used.elapsed() >= keep);
+            // Reaped: the longest idle first, while more than min_instances live.
+            let mut above_min = inner.live.load(Ordering::Acquire).saturating_sub(inner.spec.min_instances) as usize;
+            idle.sort_by_key(|i| std::cmp::Reverse(i.last_used.elapsed()));
+            let (old, mut fresh): (Vec<Instance>, Vec<Instance>) = std::mem::take(&mut *idle).into_iter().partition(|i| {
+                let reap = above_min > 0 && !i.is_provisioned() && i.last_used.elapsed() >= keep;
+                above_min -= usize::from(reap);
+                reap
+            });
+            // Most recently used last: `pop` takes it (LIFO).
+            fresh.reverse();
+            if !pause.is_zero() {
+                for i in fresh.iter_mut().filter(|i| !i.is_provisioned() && !i.is_paused() && i.last_used.elapsed() >= pause) {
+                    i.pause();
+                }
+            }
             *idle = fresh;
             old
         };
@@ -106,6 +138,11 @@ async fn reap(inner: Weak<Inner>) {
             tracing::debug!(function = %inner.spec.name, reaped = expired.len(), "idle instances reaped");
         }
         drop(expired);
+        let short = inner.provisioned.load(Ordering::Acquire) < inner.spec.provisioned || inner.live.load(Ordering::Acquire) < inner.spec.min_instances;
+        if short && !inner.provisioning.load(Ordering::Acquire) {
+            let inner = inner.clone();
+            tokio::spawn(async move { inner.provision().await });
+        }
     }
 }
 
@@ -212,6 +249,56 @@ impl Inner {
         }
     }
 
+    /// Makes provisioned instances until the function has its number of them, then plain
+    /// ones until it has `min_instances`.
+    async fn provision(self: &Arc<Self>) {
+        if self.provisioning.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        loop {
+            let provisioned = self.provisioned.load(Ordering::Acquire) < self.spec.provisioned;
+            if !provisioned && self.live.load(Ordering::Acquire) >= self.spec.min_instances {
+                break;
+            }
+            if self.live.fetch_add(1, Ordering::AcqRel) >= self.spec.max_instances {
+                self.live.fetch_sub(1, Ordering::AcqRel);
+                break;
+            }
+            let mut i = match self.prepare().await {
+                Ok(i) => i,
+                Err(o) => {
+                    self.live.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!(function = %self.spec.name, "making a provisioned instance failed: {}", o.error.unwrap_or_default());
+                    break;
+                }
+            };
+            i.count_in(self.live.clone());
+            if let Err(e) = i.start().await {
+                tracing::warn!(function = %self.spec.name, "starting a provisioned instance failed: {e}");
+                break;
+            }
+            if provisioned {
+                i.provision(self.provisioned.clone());
+            }
+            lock(&self.idle).push(i);
+            self.freed.notify_one();
+        }
+        self.provisioning.store(false, Ordering::Release);
+    }
+
+    /// The function's instances by state.
+    fn counts(&self) -> hangar_api::InstanceCounts {
+        let idle = lock(&self.idle);
+        let paused = idle.iter().filter(|i| i.is_paused()).count() as u32;
+        hangar_api::InstanceCounts {
+            busy: self.busy.load(Ordering::Acquire),
+            idle: idle.len() as u32 - paused,
+            paused,
+            provisioned: self.provisioned.load(Ordering::Acquire),
+            spare: u32::from(lock(&self.spare).is_some()),
+        }
+    }
+
     /// Makes the next spare sandbox in the background, if there is room and none is coming.
     fn refill(self: &Arc<Self>) {
         if lock(&self.spare).is_some() || self.refilling.swap(true, Ordering::AcqRel) {
@@ -277,26 +364,59 @@ impl Inner {
     /// Takes an idle instance (warm), the spare sandbox, or forks a new one if the function may
     /// have one more (cold).
     async fn acquire(self: &Arc<Self>) -> Result<(Instance, StartKind), Reply> {
+        // At max_instances a request waits for one to come free, as long as it could run.
+        let give_up = tokio::time::Instant::now() + self.spec.limits.timeout;
         loop {
-            let Some(i) = lock(&self.idle).pop() else { break };
-            if i.zygote_alive() {
-                return Ok((i, StartKind::Warm));
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(found) = self.try_acquire().await {
+                return found;
             }
-            // It died with its zygote: drop it and look further.
+            let max = self.spec.max_instances;
+            let waited = tokio::select! {
+                _ = &mut freed => true,
+                // Instances that end (rather than return) free room too.
+                _ = tokio::time::sleep(Duration::from_millis(20)) => true,
+                _ = tokio::time::sleep_until(give_up) => false,
+            };
+            if !waited {
+                return Err(platform_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "throttled",
+                    Outcome::Throttled,
+                    format!("all {max} instances of the function stayed busy for its whole timeout; retry later or raise max_instances"),
+                ));
+            }
+        }
+    }
+
+    /// An idle instance, the spare, or a new one; `None` when `max_instances` are busy.
+    async fn try_acquire(self: &Arc<Self>) -> Option<Result<(Instance, StartKind), Reply>> {
+        loop {
+            let Some(mut i) = lock(&self.idle).pop() else { break };
+            if !i.zygote_alive() {
+                // It died with its zygote: drop it and look further.
+                continue;
+            }
+            let start = match i.resume() {
+                Ok(true) => StartKind::Resumed,
+                Ok(false) if i.is_provisioned() => StartKind::Provisioned,
+                Ok(false) => StartKind::Warm,
+                Err(e) => {
+                    tracing::warn!(function = %self.spec.name, "resuming a paused instance failed: {e}");
+                    continue;
+                }
+            };
+            return Some(Ok((i, start)));
         }
         let spare = lock(&self.spare).take().filter(Instance::zygote_alive);
         let mut instance = match spare {
             Some(i) => i,
             None => {
-                let max = self.spec.max_instances;
-                if self.live.fetch_add(1, Ordering::AcqRel) >= max {
+                if self.live.fetch_add(1, Ordering::AcqRel) >= self.spec.max_instances {
                     self.live.fetch_sub(1, Ordering::AcqRel);
-                    return Err(platform_error(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "throttled",
-                        Outcome::Throttled,
-                        format!("all {max} instances of the function are busy; retry later or raise max_instances"),
-                    ));
+                    return None;
                 }
                 match self.prepare().await {
                     Ok(mut i) => {
@@ -305,16 +425,15 @@ impl Inner {
                     }
                     Err(o) => {
                         self.live.fetch_sub(1, Ordering::AcqRel);
-                        return Err(o);
+                        return Some(Err(o));
                     }
                 }
             }
         };
-        instance
-            .start()
-            .await
-            .map_err(|e| platform_error(StatusCode::BAD_GATEWAY, "init_failed", Outcome::Error, format!("a new instance could not start: {e}")))?;
-        Ok((instance, StartKind::Cold))
+        Some(match instance.start().await {
+            Ok(()) => Ok((instance, StartKind::Cold)),
+            Err(e) => Err(platform_error(StatusCode::BAD_GATEWAY, "init_failed", Outcome::Error, format!("a new instance could not start: {e}"))),
+        })
     }
 
     async fn run(self: Arc<Self>, info: InvokeInfo, request: http::Request<Body>) -> (Reply, String, bool, StartKind) {
@@ -361,6 +480,7 @@ impl Inner {
             Ok(x) => x,
             Err(o) => return (o, String::new(), false, StartKind::Cold),
         };
+        self.busy.fetch_add(1, Ordering::AcqRel);
         let timeout = self.spec.limits.timeout;
         let deadline_ms = now_ms() + timeout.as_millis() as i64;
         let inv = Invocation {
@@ -417,10 +537,14 @@ impl Inner {
             self.refill();
         }
         let (text, truncated) = self.frame_logs(&info.id, &mut logs, elapsed, &instance, start);
+        self.busy.fetch_sub(1, Ordering::AcqRel);
         if healthy {
             instance.last_used = Instant::now();
             lock(&self.idle).push(instance);
+        } else {
+            drop(instance);
         }
+        self.freed.notify_one();
         (o, text, truncated, start)
     }
 
@@ -450,6 +574,10 @@ impl Inner {
 
 #[async_trait::async_trait]
 impl hangar_runtime::Loaded for Function {
+    fn instances(&self) -> Option<hangar_api::InstanceCounts> {
+        Some(self.inner.counts())
+    }
+
     async fn invoke(&self, info: InvokeInfo, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body> {
         // The invocation runs to its end in its own task, so a caller that goes away neither
         // leaves an instance half-used nor loses the record.

@@ -42,6 +42,10 @@ pub struct Instance {
     zygote: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// The function's count of live instances, decremented when this one ends.
     live: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
+    /// The function's count of provisioned instances, when this is one.
+    provisioned: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
+    /// Frozen by the cgroup freezer while idle.
+    paused: bool,
 }
 
 impl Instance {
@@ -60,6 +64,8 @@ impl Instance {
             egress: None,
             zygote: None,
             live: None,
+            provisioned: None,
+            paused: false,
         })
     }
 
@@ -95,6 +101,41 @@ impl Instance {
     /// Counts this instance in `live` until it ends.
     pub(crate) fn count_in(&mut self, live: std::sync::Arc<std::sync::atomic::AtomicU32>) {
         self.live = Some(live);
+    }
+
+    /// Makes this one of the function's provisioned instances (counted in `count`).
+    pub(crate) fn provision(&mut self, count: std::sync::Arc<std::sync::atomic::AtomicU32>) {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.provisioned = Some(count);
+    }
+
+    pub(crate) fn is_provisioned(&self) -> bool {
+        self.provisioned.is_some()
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Freezes an idle instance: no CPU until [`Instance::resume`], memory kept.
+    pub(crate) fn pause(&mut self) {
+        if self.paused {
+            return;
+        }
+        match self.cgroup().freeze() {
+            Ok(()) => self.paused = true,
+            Err(e) => tracing::debug!("pausing an idle instance: {e}"),
+        }
+    }
+
+    /// Thaws a paused instance; says whether it was paused.
+    pub(crate) fn resume(&mut self) -> Result<bool, String> {
+        if !self.paused {
+            return Ok(false);
+        }
+        self.cgroup().thaw().map_err(|e| e.to_string())?;
+        self.paused = false;
+        Ok(true)
     }
 
     pub(crate) fn cgroup(&self) -> &Cgroup {
@@ -182,6 +223,9 @@ impl Drop for Instance {
         }
         if let Some(live) = self.live.take() {
             live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        if let Some(p) = self.provisioned.take() {
+            p.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
         if let Some(pid) = rustix::process::Pid::from_raw(self.pid) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);

@@ -37,6 +37,8 @@ pub struct HostConfig {
     pub data_dir: PathBuf,
     /// How long an idle instance stays warm.
     pub keep_alive: Duration,
+    /// How long an idle instance runs before it is paused (zero: never).
+    pub pause_after: Duration,
     /// `AWS_REGION` as functions see it.
     pub region: String,
 }
@@ -63,6 +65,7 @@ pub struct Host {
     python: Interpreter,
     node: Option<Interpreter>,
     keep_alive: Duration,
+    pause_after: Duration,
     region: String,
     /// Size of each instance's `/tmp` (its pages count against the instance's memory).
     tmp_bytes: u64,
@@ -121,6 +124,7 @@ impl Host {
             python,
             node,
             keep_alive: config.keep_alive,
+            pause_after: config.pause_after,
             region: config.region,
             tmp_bytes: 512 << 20,
             next: AtomicU64::new(1),

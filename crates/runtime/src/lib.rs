@@ -64,6 +64,8 @@ pub struct RevisionSpec {
     pub max_instances: u32,
     /// Instances to keep initialized from the start (never paused or reaped).
     pub provisioned: u32,
+    /// Instances (provisioned included) made at load and never reaped.
+    pub min_instances: u32,
     /// Pause idle instances after this long (`Some(ZERO)`: never); `None`: the runtime's default.
     pub pause_after: Option<Duration>,
     /// Stop idle instances after this long; `None`: the runtime's default.

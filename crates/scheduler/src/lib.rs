@@ -193,6 +193,7 @@ impl Scheduler {
             handler: c.handler.clone(),
             max_instances: c.max_instances,
             provisioned: c.provisioned_instances,
+            min_instances: c.min_instances,
             pause_after: c.pause_after_ms.map(Duration::from_millis),
             keep_alive: c.keep_alive_ms.map(Duration::from_millis),
             limits: Limits {
