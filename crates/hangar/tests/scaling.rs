@@ -232,3 +232,31 @@ async fn min_instances_outlive_the_keep_alive() {
     let gone = counts(&s, "gone").await;
     assert_eq!((gone["idle"].as_u64(), gone["paused"].as_u64()), (Some(0), Some(0)), "{gone}");
 }
+
+#[tokio::test]
+async fn a_burst_of_500_cold_calls_all_succeed_then_instances_go_back_to_zero() {
+    let s = Server::start();
+    let _py = common::python_fn(&s, "py", SLOW, "handler", &["--keep-alive", "2s"]);
+    let t = std::time::Instant::now();
+    let got = burst(&s, "py", 500, 0.05).await;
+    let took = t.elapsed();
+    assert!(got.iter().all(|(st, _)| *st == 200), "{:?}", got.iter().filter(|(st, _)| *st != 200).collect::<Vec<_>>());
+    eprintln!("500 cold python calls answered in {took:?}");
+    let records = s.invocations("py").await;
+    assert_eq!(records.len(), 500);
+    let cold = records.iter().filter(|r| r["start"] == "cold").count();
+    assert!((2..=100).contains(&cold), "instances scaled up to at most max_instances (100): {cold} cold starts");
+    // After the keep-alive nothing is left running but the spare sandbox.
+    until_counts(&s, "py", |c| c["busy"] == 0 && c["idle"] == 0 && c["paused"] == 0).await;
+
+    s.deploy("hello", "hello", &[]);
+    let calls = (0..500).map(|_| s.get("/fn/default/hello/").send());
+    let answers = futures::future::join_all(calls).await;
+    assert!(answers.into_iter().all(|r| r.unwrap().status() == 200));
+    let recs: Value = s.get("/v1/invocations?function=hello&limit=1000").send().await.unwrap().json().await.unwrap();
+    let recs = recs["items"].as_array().unwrap();
+    assert_eq!(recs.len(), 500);
+    assert!(recs.iter().filter(|r| r["start"] == "cold").count() >= 1);
+    let metrics = s.get("/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "hangar_instances{namespace=\"default\",function=\"hello\"} 0"), "no wasm instance is left:\n{metrics}");
+}
