@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 mod process;
+mod scaling;
 mod services;
 
 #[derive(Parser)]
@@ -45,12 +46,17 @@ struct Args {
     /// Measure only services, replacing their sections of the report
     #[arg(long)]
     services_only: bool,
+    /// Measure only scaling and events, replacing their section of the report
+    #[arg(long)]
+    scaling_only: bool,
 }
 
 /// Where the process-function sections start in the report.
 const PROCESS_HEADING: &str = "## Process functions";
 /// Where the service sections start in the report.
 const SERVICES_HEADING: &str = "## Services";
+/// Where the scaling and events section starts in the report.
+const SCALING_HEADING: &str = "## Scaling and events";
 
 /// Replaces the sections whose headings start with `heading` (or, if there are none, puts
 /// `section` before `## Reproduce`).
@@ -259,10 +265,13 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
-    if a.process_only || a.services_only {
+    if a.process_only || a.services_only || a.scaling_only {
         let (heading, section) = if a.process_only {
             eprintln!("measuring process functions");
             (PROCESS_HEADING, process::run(&a.hangar).await?)
+        } else if a.scaling_only {
+            eprintln!("measuring scaling and events");
+            (SCALING_HEADING, scaling::run(&a.hangar, &a.wasmtime, &a.component).await?)
         } else {
             eprintln!("measuring services");
             (SERVICES_HEADING, services::run(&a.hangar, a.connections, a.duration, a.runs).await?)
@@ -454,7 +463,10 @@ async fn main() -> Result<()> {
     report.push_str(&process::run(&a.hangar).await?);
     eprintln!("measuring services");
     report.push_str(&services::run(&a.hangar, a.connections, a.duration, a.runs).await?);
-    writeln!(report, "## Reproduce\n\n```sh\n./scripts/bench.sh                  # installs wrk and wasmtime-cli 48.0.8 if missing, builds, runs, rewrites this file\n./scripts/bench.sh --process-only   # only the process-function sections\n./scripts/bench.sh --services-only  # only the service sections\n```")?;
+    eprintln!("measuring scaling and events");
+    report.push_str(&scaling::run(&a.hangar, &a.wasmtime, &a.component).await?);
+    writeln!(report, "## Reproduce\n\n```sh\n./scripts/bench.sh                  # installs wrk and wasmtime-cli 48.0.8 if missing, builds, runs, rewrites this file\n./scripts/bench.sh --process-only   # only the process-function sections\n./scripts/bench.sh --services-only  # only the service sections
+./scripts/bench.sh --scaling-only   # only the scaling and events section\n```")?;
     std::fs::write(&a.out, &report)?;
     print!("{report}");
     Ok(())

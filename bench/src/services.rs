@@ -25,7 +25,7 @@ fn digest(bytes: &[u8]) -> String {
 }
 
 /// Builds the static backend (bench/svc-backend, std only) for musl.
-fn backend(root: &Path) -> Result<PathBuf> {
+pub fn backend(root: &Path) -> Result<PathBuf> {
     let out = root.join("target/bench-tools/svc-backend");
     std::fs::create_dir_all(out.parent().unwrap_or(root))?;
     let st = Command::new("rustc")
@@ -41,7 +41,7 @@ fn backend(root: &Path) -> Result<PathBuf> {
 }
 
 /// An OCI layout holding one image: `/server`, run with $PORT.
-fn image(dir: &Path, server: &Path) -> Result<()> {
+pub fn image(dir: &Path, server: &Path) -> Result<()> {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     let bin = std::fs::read(server)?;

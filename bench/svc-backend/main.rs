@@ -1,7 +1,7 @@
 //! The benchmark's and tests' service backend: a small keep-alive HTTP/1.1 server (std only,
 //! built static so an image needs nothing else) on $PORT. `GET /stream` answers three chunks
-//! 300 ms apart; a request with `Upgrade:` is switched (101) to echoing raw bytes; anything
-//! else gets `ok`.
+//! 300 ms apart; `GET /sleep/N` answers `ok` after N ms; a request with `Upgrade:` is switched
+//! (101) to echoing raw bytes; anything else gets `ok`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -60,6 +60,9 @@ fn serve(conn: TcpStream) -> std::io::Result<()> {
             }
             out.write_all(b"0\r\n\r\n")?;
             continue;
+        }
+        if let Some(ms) = path.strip_prefix("/sleep/").and_then(|n| n.parse::<u64>().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
         }
         out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")?;
     }

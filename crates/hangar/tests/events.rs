@@ -411,3 +411,25 @@ async fn sequences_chain_functions_as_one_invocation_with_children() {
     let pipe: Value = s.get("/v1/functions/pipe").send().await.unwrap().json().await.unwrap();
     assert_eq!((pipe["revision"].as_u64(), pipe["config"]["steps"].clone()), (Some(1), json!(["inc", "double", "inc"])));
 }
+
+#[tokio::test]
+async fn wasm_functions_run_from_the_queue_in_sequences_and_on_topics() {
+    let s = Server::start();
+    s.deploy("hello", "hello", &[]);
+    let accepted: Value = post_async(&s, "hello").body("Ada").send().await.unwrap().json().await.unwrap();
+    let done = wait_for(&s, accepted["id"].as_str().unwrap(), &["succeeded"], Duration::from_secs(30)).await;
+    assert_eq!(done["attempts"][0]["status"], 200, "{done}");
+
+    s.ok(&["fn", "deploy", "twice", "--sequence", "hello,hello"]);
+    let r = s.http().post(format!("{}/v1/functions/twice/invoke", s.url)).bearer_auth(&s.admin_key).body("Ada").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("Hello, Hello, Ada!"), "{text}");
+
+    s.ok(&["triggers", "add", "greet", "--topic", "names", "--function", "hello"]);
+    let out = s.ok(&["events", "publish", "names", "Bob"]);
+    assert!(out.contains("delivered to 1"), "{out}");
+    let events = events_for(&s, "hello").await;
+    let newest = events[0]["id"].as_str().unwrap().to_string();
+    wait_for(&s, &newest, &["succeeded"], Duration::from_secs(30)).await;
+}

@@ -174,6 +174,12 @@ impl Loaded for WasmFunction {
     async fn invoke(&self, _info: hangar_runtime::InvokeInfo, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body> {
         let logs = LogSink::new(self.limits.max_log_bytes);
         let mut store = self.new_store(&logs);
+        let mut request = request;
+        // wasi:http wants an authority; calls made inside Hangar (asynchronous attempts,
+        // sequence steps, triggers) have no Host of their own.
+        if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST) {
+            request.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
+        }
         let request = request.map(|b| {
             b.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(format!("request body: {e}"))))
         });
