@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::oci::{layer, oci_layout};
+use common::oci::busybox_httpd;
 use common::{Server, error_code};
 use serde_json::{Value, json};
 
@@ -275,22 +275,8 @@ async fn cron_fires_on_schedule_and_times_missed_while_down_fire_once() {
 
 /// A busybox httpd image whose `/cgi-bin/events` keeps every POSTed body and shows them on GET.
 fn sink_image(dir: &std::path::Path) -> String {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is missing: ./scripts/test.sh installs it (apt-get install busybox-static)");
     let cgi = b"#!/bin/busybox sh\necho Content-Type: text/plain\necho\nif [ \"$REQUEST_METHOD\" = POST ]; then /bin/busybox head -c \"$CONTENT_LENGTH\" >> /tmp/events; echo >> /tmp/events; echo kept; else cat /tmp/events 2>/dev/null; fi\n";
-    let root = layer(&[
-        ("bin/", b"", 0o755),
-        ("bin/busybox", &busybox, 0o755),
-        ("bin/sh", b"->busybox", 0o777),
-        ("etc/", b"", 0o755),
-        ("etc/passwd", b"root:x:0:0::/:/bin/sh\n", 0o644),
-        ("tmp/", b"", 0o1777),
-        ("www/", b"", 0o755),
-        ("www/cgi-bin/", b"", 0o755),
-        ("www/cgi-bin/events", cgi, 0o755),
-    ]);
-    let layout = dir.join("sink");
-    oci_layout(&layout, &[root], json!({"Entrypoint": ["/bin/busybox"], "Cmd": ["httpd", "-f", "-p", "8080", "-h", "/www"]}), None);
-    layout.to_str().unwrap().to_string()
+    busybox_httpd(dir, "sink", &[("www/cgi-bin/events", cgi, 0o755)])
 }
 
 #[tokio::test]

@@ -65,23 +65,8 @@ async fn reserved_concurrency_and_namespace_limits_throttle_with_retry_after() {
 
 /// A busybox httpd image: `/` answers at once, `/cgi-bin/slow` after 2 seconds.
 fn slow_image(dir: &std::path::Path) -> String {
-    use common::oci::{layer, oci_layout};
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is missing: ./scripts/test.sh installs it (apt-get install busybox-static)");
     let slow = b"#!/bin/busybox sh\n/bin/busybox sleep 2\necho Content-Type: text/plain\necho\necho slow done\n";
-    let root = layer(&[
-        ("bin/", b"", 0o755),
-        ("bin/busybox", &busybox, 0o755),
-        ("bin/sh", b"->busybox", 0o777),
-        ("etc/", b"", 0o755),
-        ("etc/passwd", b"root:x:0:0::/:/bin/sh\n", 0o644),
-        ("www/", b"", 0o755),
-        ("www/index.html", b"hello\n", 0o644),
-        ("www/cgi-bin/", b"", 0o755),
-        ("www/cgi-bin/slow", slow, 0o755),
-    ]);
-    let layout = dir.join("slow");
-    oci_layout(&layout, &[root], json!({"Entrypoint": ["/bin/busybox"], "Cmd": ["httpd", "-f", "-p", "8080", "-h", "/www"]}), None);
-    layout.to_str().unwrap().to_string()
+    common::oci::busybox_httpd(dir, "slow", &[("www/index.html", b"hello\n", 0o644), ("www/cgi-bin/slow", slow, 0o755)])
 }
 
 async fn instances(s: &Server, name: &str) -> (usize, Value) {
@@ -91,15 +76,11 @@ async fn instances(s: &Server, name: &str) -> (usize, Value) {
 
 /// Polls until the service has `n` instances.
 async fn until_instances(s: &Server, name: &str, n: usize, within: std::time::Duration) -> Value {
-    let deadline = std::time::Instant::now() + within;
-    loop {
+    common::eventually(&format!("{name} having {n} instances"), within, || async move {
         let (have, v) = instances(s, name).await;
-        if have == n {
-            return v;
-        }
-        assert!(std::time::Instant::now() < deadline, "{name} did not reach {n} instances in {within:?}: {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        if have == n { Ok(v) } else { Err(v.to_string()) }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -170,15 +151,11 @@ async fn counts(s: &Server, name: &str) -> Value {
 
 /// Polls a function's instance counts until `check` holds.
 async fn until_counts(s: &Server, name: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    common::eventually(&format!("{name}'s instance counts matching"), std::time::Duration::from_secs(20), || async {
         let c = counts(s, name).await;
-        if check(&c) {
-            return c;
-        }
-        assert!(std::time::Instant::now() < deadline, "{name}: counts never matched: {c}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        if check(&c) { Ok(c) } else { Err(c.to_string()) }
+    })
+    .await
 }
 
 #[tokio::test]

@@ -74,6 +74,29 @@ fn read_bounded(body: Body) -> std::pin::Pin<Box<dyn std::future::Future<Output 
     })
 }
 
+/// The record of an invocation starting now, filled in as it ends.
+fn begin_record(d: &Deployment, id: &str, trigger: Trigger, start: StartKind, parent: Option<String>) -> InvocationRecord {
+    InvocationRecord {
+        id: id.to_string(),
+        namespace: d.namespace.clone(),
+        function: d.name.clone(),
+        revision: d.revision,
+        trigger,
+        started_ms: now_ms(),
+        duration_us: 0,
+        billed_ms: 0,
+        memory_mb: d.config.memory_mb,
+        start,
+        outcome: hangar_api::Outcome::Ok,
+        status: 0,
+        response_bytes: 0,
+        error: None,
+        logs: String::new(),
+        logs_truncated: false,
+        parent_id: parent,
+    }
+}
+
 /// Seconds a throttled caller is told to wait.
 const RETRY_AFTER_S: &str = "1";
 
@@ -296,10 +319,10 @@ impl Scheduler {
     /// are billed) and its steps' records name it as their parent.
     async fn run_sequence(&self, slot: &Arc<Slot>, request: http::Request<Body>, trigger: Trigger, parent: Option<String>, depth: u32) -> (String, http::Response<Body>) {
         let id = uuid::Uuid::now_v7().to_string();
-        let started_ms = now_ms();
         let started = Instant::now();
         let guard = InFlightGuard::enter(&self.in_flight, &slot.metrics);
         let d = &slot.deployment;
+        let mut record = begin_record(d, &id, trigger, StartKind::Warm, parent);
         let step_trigger = if trigger == Trigger::Async { Trigger::Async } else { Trigger::Api };
         let (head, body) = request.into_parts();
         let mut content_type = head.headers.get(http::header::CONTENT_TYPE).cloned();
@@ -354,26 +377,13 @@ impl Scheduler {
             (None, Some(head)) => http::Response::from_parts(head, hangar_runtime::full(data)),
             (None, None) => error_response(http::StatusCode::INTERNAL_SERVER_ERROR, "empty_sequence", "the sequence has no steps"),
         };
-        let duration_us = started.elapsed().as_micros() as u64;
-        let record = InvocationRecord {
-            id: id.clone(),
-            namespace: d.namespace.clone(),
-            function: d.name.clone(),
-            revision: d.revision,
-            trigger,
-            started_ms,
-            duration_us,
-            billed_ms: 0,
-            memory_mb: 0,
-            start: StartKind::Warm,
-            outcome: if error.is_some() { hangar_api::Outcome::Error } else { hangar_api::Outcome::Ok },
-            status: response.status().as_u16(),
-            response_bytes: http_body::Body::size_hint(response.body()).exact().unwrap_or(0),
-            error,
-            logs: String::new(),
-            logs_truncated: false,
-            parent_id: parent,
-        };
+        // The steps are billed; the sequence itself costs nothing.
+        record.memory_mb = 0;
+        record.duration_us = started.elapsed().as_micros() as u64;
+        record.outcome = if error.is_some() { hangar_api::Outcome::Error } else { hangar_api::Outcome::Ok };
+        record.status = response.status().as_u16();
+        record.response_bytes = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
+        record.error = error;
         self.meter.record(&slot.metrics, record);
         drop(guard);
         (id, response)
@@ -381,32 +391,13 @@ impl Scheduler {
 
     async fn run_one(&self, slot: &Arc<Slot>, request: http::Request<Body>, trigger: Trigger, parent: Option<String>) -> (String, http::Response<Body>) {
         let id = uuid::Uuid::now_v7().to_string();
-        let started_ms = now_ms();
         let started = Instant::now();
         let guard = InFlightGuard::enter(&self.in_flight, &slot.metrics);
         let admission = self.admit(slot);
 
         let start = if slot.loaded.initialized() { StartKind::Warm } else { StartKind::Cold };
         let d = &slot.deployment;
-        let mut record = InvocationRecord {
-            id: id.clone(),
-            namespace: d.namespace.clone(),
-            function: d.name.clone(),
-            revision: d.revision,
-            trigger,
-            started_ms,
-            duration_us: 0,
-            billed_ms: 0,
-            memory_mb: d.config.memory_mb,
-            start,
-            outcome: hangar_api::Outcome::Ok,
-            status: 0,
-            response_bytes: 0,
-            error: None,
-            logs: String::new(),
-            logs_truncated: false,
-            parent_id: parent,
-        };
+        let mut record = begin_record(d, &id, trigger, start, parent);
         let admission = match admission {
             Ok(a) => a,
             Err(why) => {

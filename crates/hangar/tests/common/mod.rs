@@ -223,3 +223,20 @@ pub fn python_fn(s: &Server, name: &str, source: &str, handler: &str, flags: &[&
     s.ok(&args);
     dir
 }
+
+/// Polls `probe` every 100 ms until it returns `Some`, failing after `within` with `what` and
+/// the last thing it saw.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(seen) => assert!(Instant::now() < deadline, "{what} did not happen within {within:?}; last seen: {seen}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

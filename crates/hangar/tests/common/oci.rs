@@ -122,3 +122,24 @@ pub fn docker_archive(layers: &[Vec<u8>], run: Value, tag: &str) -> Vec<u8> {
     add("manifest.json", &serde_json::to_vec(&json!([{"Config": config_name, "RepoTags": [tag], "Layers": names}])).unwrap());
     gzip(&b.into_inner().unwrap())
 }
+
+/// An OCI layout at `dir/name` of a one-layer busybox httpd image serving `/www` on port 8080,
+/// with `www` (paths under `www/`, e.g. CGI scripts under `www/cgi-bin/`) added. Needs the
+/// host's static busybox (`apt-get install busybox-static`, done by scripts/test.sh).
+pub fn busybox_httpd(dir: &Path, name: &str, www: &[Entry]) -> String {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is missing: ./scripts/test.sh installs it (apt-get install busybox-static)");
+    let mut entries: Vec<Entry> = vec![
+        ("bin/", b"", 0o755),
+        ("bin/busybox", &busybox, 0o755),
+        ("bin/sh", b"->busybox", 0o777),
+        ("etc/", b"", 0o755),
+        ("etc/passwd", b"root:x:0:0::/:/bin/sh\n", 0o644),
+        ("tmp/", b"", 0o1777),
+        ("www/", b"", 0o755),
+        ("www/cgi-bin/", b"", 0o755),
+    ];
+    entries.extend_from_slice(www);
+    let layout = dir.join(name);
+    oci_layout(&layout, &[layer(&entries)], json!({"Entrypoint": ["/bin/busybox"], "Cmd": ["httpd", "-f", "-p", "8080", "-h", "/www"]}), None);
+    layout.to_str().unwrap_or_default().to_string()
+}
