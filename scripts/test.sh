@@ -15,9 +15,10 @@ if ! command -v runc >/dev/null; then
 fi
 
 # Image tests pull from a real registry on loopback (Debian's docker-registry), pushed to with
-# skopeo; service tests build images from busybox-static and run one under gVisor (runsc).
+# skopeo, one behind a token server that signs with openssl; service tests build images from
+# busybox-static and run one under gVisor (runsc).
 missing=()
-for tool in docker-registry:docker-registry skopeo:skopeo busybox:busybox-static runsc:runsc nft:nftables; do
+for tool in docker-registry:docker-registry skopeo:skopeo openssl:openssl busybox:busybox-static runsc:runsc nft:nftables; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then

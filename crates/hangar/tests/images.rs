@@ -1,6 +1,6 @@
 //! Images through the real binary: import (OCI layout directory, OCI archive, `docker save`
-//! archive), a pull from a real registry on loopback (Debian's `docker-registry`, pushed to
-//! with `skopeo`), shared layers unpacked once, removal with garbage collection, and bad input.
+//! archive), pulls from a real registry on loopback (Debian's `docker-registry`, pushed to
+//! with `skopeo`; open, behind basic auth, and behind a token server), shared layers unpacked once, removal with garbage collection, and bad input.
 
 mod common;
 
@@ -274,4 +274,96 @@ fn pulls_from_a_real_registry_with_and_without_auth() {
     assert!(err.contains("refused"), "{err}");
     s.ok(&["image", "pull", &private, "--username", "alice", "--password", "s3cret"]);
     assert_eq!(json_of(&s.ok(&["-o", "json", "image", "get", &private]))["id"], id);
+}
+
+/// A token server as the distribution spec describes one: `GET /token?service=..&scope=..`
+/// with the user's basic credentials answers a JWT (RS256, its certificate in `x5c`) granting
+/// the scopes asked for; wrong credentials get 401. Signs with the `openssl` command.
+const TOKEN_SERVER: &str = r#"
+import base64, http.server, json, subprocess, sys, time, urllib.parse, uuid
+port, key, cert, user, password, service = sys.argv[1:7]
+der = subprocess.run(["openssl", "x509", "-in", cert, "-outform", "DER"], capture_output=True, check=True).stdout
+b64u = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        url = urllib.parse.urlparse(self.path)
+        q = urllib.parse.parse_qs(url.query)
+        want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        if url.path != "/token" or self.headers.get("Authorization") != want:
+            self.send_response(401); self.end_headers(); return
+        access = []
+        for scope in q.get("scope", []):
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        head = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+        claims = {"iss": "hangar-test-issuer", "sub": user, "aud": service, "exp": now + 300, "nbf": now - 10, "iat": now, "jti": str(uuid.uuid4()), "access": access}
+        signing = (b64u(json.dumps(head).encode()) + "." + b64u(json.dumps(claims).encode())).encode()
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signing, capture_output=True, check=True).stdout
+        token = signing.decode() + "." + b64u(sig)
+        body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json"); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), H).serve_forever()
+"#;
+
+/// A `docker-registry` that wants bearer tokens from [`TOKEN_SERVER`] (for `user`), and that server.
+fn token_registry(user: (&str, &str)) -> (Registry, Child) {
+    need("docker-registry");
+    need("openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+    let st = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=hangar-test-token", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl could not make the token signing key");
+    std::fs::write(dir.path().join("token.py"), TOKEN_SERVER).unwrap();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (tport, port) = (free(), free());
+    let tokens = Command::new("python3")
+        .arg(dir.path().join("token.py"))
+        .args([tport.to_string().as_str(), key.to_str().unwrap(), cert.to_str().unwrap(), user.0, user.1, "hangar-test"])
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let config = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\nauth:\n  token:\n    realm: http://127.0.0.1:{tport}/token\n    service: hangar-test\n    issuer: hangar-test-issuer\n    rootcertbundle: {}\n",
+        dir.path().join("data").display(),
+        cert.display()
+    );
+    std::fs::write(dir.path().join("config.yml"), config).unwrap();
+    let child = Command::new("docker-registry").arg("serve").arg(dir.path().join("config.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() || std::net::TcpStream::connect(("127.0.0.1", tport)).is_err() {
+        assert!(Instant::now() < deadline, "docker-registry or the token server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Registry { child, addr, _dir: dir }, tokens)
+}
+
+#[test]
+fn pulls_from_a_registry_with_token_auth() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    let app = layer(&[("srv/", b"", 0o755), ("srv/index.html", b"tokens", 0o644)]);
+    let id = oci_layout(&layout, &[base_layer(), app], json!({"Cmd": ["/bin/sh"]}), Some("v1"));
+    let (reg, mut tokens) = token_registry(("bob", "t0ken"));
+    let reference = format!("{}/secure/app:v1", reg.addr);
+    push(&layout, "v1", &reference, Some("bob:t0ken"));
+    // Without credentials the token server refuses, so does the registry; with them, it works.
+    let err = s.fails(&["image", "pull", &reference], 5);
+    assert!(err.contains("refused"), "{err}");
+    let err = s.fails(&["image", "pull", &reference, "--username", "bob", "--password", "nope"], 5);
+    assert!(err.contains("refused"), "{err}");
+    s.ok(&["image", "pull", &reference, "--username", "bob", "--password", "t0ken"]);
+    assert_eq!(json_of(&s.ok(&["-o", "json", "image", "get", &reference]))["id"], id);
+    let _ = tokens.kill();
+    let _ = tokens.wait();
 }
