@@ -1,6 +1,7 @@
 //! Images through the real binary: import (OCI layout directory, OCI archive, `docker save`
 //! archive), pulls from a real registry on loopback (Debian's `docker-registry`, pushed to
-//! with `skopeo`; open, behind basic auth, and behind a token server), shared layers unpacked once, removal with garbage collection, and bad input.
+//! with `skopeo`; open, behind basic auth, and behind a token server), shared layers unpacked
+//! once, removal with garbage collection, and bad input.
 
 mod common;
 
