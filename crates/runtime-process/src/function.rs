@@ -181,6 +181,9 @@ fn platform_error(status: StatusCode, code: &str, outcome: Outcome, message: Str
 impl Inner {
     /// The running zygote, started (again) if needed.
     async fn pod(&self) -> Result<Arc<Pod>, PodError> {
+        if self.host.stopping() {
+            return Err(PodError::Stopping);
+        }
         let mut pod = self.pod.lock().await;
         if let Some(p) = pod.as_ref().filter(|p| p.alive()) {
             return Ok(p.clone());
@@ -268,7 +271,9 @@ impl Inner {
                 Ok(i) => i,
                 Err(o) => {
                     self.live.fetch_sub(1, Ordering::AcqRel);
-                    tracing::warn!(function = %self.spec.name, "making a provisioned instance failed: {}", o.error.unwrap_or_default());
+                    if !self.host.stopping() {
+                        tracing::warn!(function = %self.spec.name, "making a provisioned instance failed: {}", o.error.unwrap_or_default());
+                    }
                     break;
                 }
             };
@@ -333,6 +338,9 @@ impl Inner {
         let pod = match self.pod().await {
             Ok(p) => p,
             Err(PodError::Init { error, logs }) => return Err(function_error(&error, true, &logs)),
+            Err(PodError::Stopping) => {
+                return Err(platform_error(StatusCode::SERVICE_UNAVAILABLE, "stopping", Outcome::Error, "the server is shutting down; retry once it is back".into()));
+            }
             Err(PodError::Failed { message, logs }) => {
                 tracing::error!(function = %self.spec.name, "starting the zygote failed: {message}\n{logs}");
                 let detail = if logs.is_empty() { message } else { format!("{message}\n{logs}") };

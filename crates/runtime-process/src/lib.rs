@@ -67,6 +67,8 @@ pub struct Host {
     keep_alive: Duration,
     pause_after: Duration,
     region: String,
+    /// Set at shutdown: nothing new is started after it.
+    stopping: std::sync::atomic::AtomicBool,
     /// Size of each instance's `/tmp` (its pages count against the instance's memory).
     tmp_bytes: u64,
     next: AtomicU64,
@@ -126,6 +128,7 @@ impl Host {
             keep_alive: config.keep_alive,
             pause_after: config.pause_after,
             region: config.region,
+            stopping: Default::default(),
             tmp_bytes: 512 << 20,
             next: AtomicU64::new(1),
         };
@@ -167,8 +170,14 @@ impl Host {
 
     /// Stops everything (at shutdown).
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
         self.clean().await;
         let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+
+    /// Whether the server is shutting down.
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     fn next_id(&self) -> u64 {

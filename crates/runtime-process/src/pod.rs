@@ -31,6 +31,8 @@ pub enum PodError {
     Init { error: serde_json::Value, logs: String },
     /// The platform failed (runc, namespaces): what happened, and the output so far.
     Failed { message: String, logs: String },
+    /// The server is shutting down: nothing new starts.
+    Stopping,
 }
 
 /// What a zygote needs to start.
