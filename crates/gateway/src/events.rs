@@ -281,7 +281,11 @@ pub async fn publish(State(state): State<AppState>, p: Principal, Path(topic): P
     let data = read_bounded(body, max).await?;
     hangar_api::events::topic(&topic)?;
     if !state.triggers.has_topic(&ns, &topic) {
-        return Err(ApiError::not_found(format_args!("topic `{topic}` (no trigger subscribes to it in namespace `{ns}`; add one with `hangar triggers add NAME --topic {topic} --function F`)")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("topic `{topic}` has no subscriber in namespace `{ns}`; add one with `hangar triggers add NAME --topic {topic} --function F`"),
+        ));
     }
     let header = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let meta = hangar_events::EventMeta { id: header("ce-id"), kind: header("ce-type"), source: header("ce-source"), content_type: header("content-type") };
