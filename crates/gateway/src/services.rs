@@ -257,11 +257,16 @@ pub async fn internal(State(state): State<AppState>, axum::extract::ConnectInfo(
 /// (plus the request's query), and streams the answer back.
 async fn forward(svc: &hangar_service::Service, mut req: Request, path: &str) -> Result<Response, ApiError> {
     let name = svc.name.clone();
-    // No instance ready (scaled to zero, or all starting): wait for one, as long as an
-    // instance may take to become ready.
-    let wait = std::time::Duration::from_millis(svc.config.read().unwrap_or_else(|p| p.into_inner()).readiness.timeout_ms);
-    let Some(endpoint) = svc.wait_ready(wait).await else {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_ready_instance", format!("service `{name}` got no ready instance within {} ms; `hangar svc get {name}` shows why", wait.as_millis())));
+    let endpoint = match svc.pick() {
+        Some(e) => e,
+        None => {
+            // No instance ready (scaled to zero, or all starting): wait for one, as long as
+            // an instance may take to become ready.
+            let wait = std::time::Duration::from_millis(svc.config.read().unwrap_or_else(|p| p.into_inner()).readiness.timeout_ms);
+            svc.wait_ready(wait).await.ok_or_else(|| {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_ready_instance", format!("service `{name}` got no ready instance within {} ms; `hangar svc get {name}` shows why", wait.as_millis()))
+            })?
+        }
     };
     let target = match req.uri().query() {
         Some(q) => format!("http://{}{path}?{q}", endpoint.addr()),
