@@ -353,6 +353,30 @@ pub struct FunctionList {
 pub struct Namespace {
     pub name: String,
     pub created_at: String,
+    /// Most invocations running at once in it; none: the server's `--namespace-concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+}
+
+/// Largest namespace concurrency limit.
+pub const MAX_NAMESPACE_CONCURRENCY: u32 = 1_000_000;
+
+/// Body of `PATCH /v1/namespaces/{name}`: its limits (`null` for the server's default).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceLimits {
+    pub max_concurrency: Option<u32>,
+}
+
+impl NamespaceLimits {
+    pub fn validate(&self) -> Result<(), validate::Invalid> {
+        match self.max_concurrency {
+            Some(n) if n == 0 || n > MAX_NAMESPACE_CONCURRENCY => {
+                Err(validate::Invalid::new("max_concurrency", format!("{n} is out of range: choose 1 to {MAX_NAMESPACE_CONCURRENCY}, or null for the server's default")))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// List of namespaces.
@@ -366,6 +390,9 @@ pub struct NamespaceList {
 #[serde(deny_unknown_fields)]
 pub struct CreateNamespace {
     pub name: String,
+    /// Most invocations running at once in it (default: the server's `--namespace-concurrency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
 }
 
 /// Body of `POST /v1/keys`.

@@ -64,7 +64,7 @@ pub fn deployment(row: &FunctionRow) -> Deployment {
 }
 
 fn namespace_view(row: &hangar_store::NamespaceRow) -> Namespace {
-    Namespace { name: row.name.clone(), created_at: rfc3339(row.created_ms) }
+    Namespace { name: row.name.clone(), created_at: rfc3339(row.created_ms), max_concurrency: row.max_concurrency }
 }
 
 fn key_view(row: &KeyRow) -> ApiKey {
@@ -87,8 +87,29 @@ async fn existing_namespace(state: &AppState, p: &Principal, asked: Option<&str>
 pub async fn create_namespace(State(state): State<AppState>, p: Principal, ApiJson(body): ApiJson<CreateNamespace>) -> Result<Response, ApiError> {
     p.require_admin()?;
     validate::name("name", &body.name)?;
-    let row = state.store.create_namespace(&body.name, now_ms()).await?;
+    let limits = hangar_api::NamespaceLimits { max_concurrency: body.max_concurrency };
+    limits.validate()?;
+    let mut row = state.store.create_namespace(&body.name, now_ms()).await?;
+    if limits.max_concurrency.is_some() {
+        state.store.set_namespace_limit(&row.name, limits.max_concurrency).await?;
+        row.max_concurrency = limits.max_concurrency;
+    }
+    state.scheduler.set_namespace_limit(&row.name, row.max_concurrency);
     Ok((StatusCode::CREATED, Json(namespace_view(&row))).into_response())
+}
+
+/// Sets a namespace's limits: `max_concurrency` (`null`: the server's `--namespace-concurrency`).
+#[utoipa::path(patch, path = "/v1/namespaces/{name}", request_body = hangar_api::NamespaceLimits, tag = "namespaces",
+    responses((status = 200, body = Namespace), (status = 400, body = hangar_api::ErrorBody), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn set_namespace_limits(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiJson(body): ApiJson<hangar_api::NamespaceLimits>) -> Result<Json<Namespace>, ApiError> {
+    p.require_admin()?;
+    body.validate()?;
+    if !state.store.set_namespace_limit(&name, body.max_concurrency).await? {
+        return Err(ApiError::not_found(format_args!("namespace `{name}`")));
+    }
+    state.scheduler.set_namespace_limit(&name, body.max_concurrency);
+    let row = state.store.get_namespace(&name).await?.ok_or_else(|| ApiError::not_found(format_args!("namespace `{name}`")))?;
+    Ok(Json(namespace_view(&row)))
 }
 
 #[utoipa::path(get, path = "/v1/namespaces", tag = "namespaces", responses((status = 200, body = NamespaceList)))]

@@ -99,7 +99,7 @@ pub fn router(state: AppState) -> Router {
     let json_limit = DefaultBodyLimit::max(1 << 20);
     let v1 = Router::new()
         .route("/namespaces", get(api::list_namespaces).post(api::create_namespace))
-        .route("/namespaces/{name}", axum::routing::delete(api::delete_namespace))
+        .route("/namespaces/{name}", axum::routing::delete(api::delete_namespace).patch(api::set_namespace_limits))
         .route("/keys", get(api::list_keys).post(api::create_key))
         .route("/keys/{id}", axum::routing::delete(api::delete_key))
         .route("/functions", get(api::list_functions))
@@ -171,6 +171,9 @@ async fn not_found(req: axum::extract::Request) -> ApiError {
 pub async fn restore(state: &AppState) -> Result<usize, ApiError> {
     for row in state.store.list_keys().await? {
         state.keys.insert(&row);
+    }
+    for ns in state.store.list_namespaces().await? {
+        state.scheduler.set_namespace_limit(&ns.name, ns.max_concurrency);
     }
     let functions = state.store.list_functions(None).await?;
     for row in &functions {

@@ -7,7 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 #[openapi(
     info(title = "Hangar API", description = "Functions, services and sandboxes under one API. Authenticate with `Authorization: Bearer <key>`."),
     paths(
-        crate::api::create_namespace, crate::api::list_namespaces, crate::api::delete_namespace,
+        crate::api::create_namespace, crate::api::list_namespaces, crate::api::delete_namespace, crate::api::set_namespace_limits,
         crate::api::create_key, crate::api::list_keys, crate::api::delete_key,
         crate::api::list_functions, crate::api::get_function, crate::api::put_function, crate::api::delete_function,
         crate::invoke::invoke_api,

@@ -444,9 +444,21 @@ pub enum AsyncCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum NsCommand {
-    Create { name: String },
+    Create {
+        name: String,
+        /// Most invocations running at once in it [default: the server's --namespace-concurrency]
+        #[arg(long)]
+        max_concurrency: Option<u32>,
+    },
     Ls,
     Rm { name: String },
+    /// Set a namespace's limits
+    Set {
+        name: String,
+        /// Most invocations running at once in it, or `default` for the server's
+        #[arg(long)]
+        max_concurrency: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -876,9 +888,10 @@ pub async fn run_logs(cli: &Cli, name: &str, follow: bool, limit: u32) -> Result
 pub async fn run_ns(cli: &Cli, cmd: &NsCommand) -> Result<()> {
     let client = client(cli);
     match cmd {
-        NsCommand::Create { name } => {
+        NsCommand::Create { name, max_concurrency } => {
             hangar_api::validate::name("name", name).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
-            let n: Namespace = client.json(client.request(Method::POST, "/v1/namespaces").json(&CreateNamespace { name: name.clone() })).await?;
+            let body = CreateNamespace { name: name.clone(), max_concurrency: *max_concurrency };
+            let n: Namespace = client.json(client.request(Method::POST, "/v1/namespaces").json(&body)).await?;
             match cli.output {
                 Output::Json => print_json(&n)?,
                 Output::Table => println!("created namespace {}", n.name),
@@ -889,9 +902,9 @@ pub async fn run_ns(cli: &Cli, cmd: &NsCommand) -> Result<()> {
             match cli.output {
                 Output::Json => print_json(&l)?,
                 Output::Table => {
-                    let mut t = table(&["NAME", "CREATED"]);
+                    let mut t = table(&["NAME", "CREATED", "MAX CONCURRENCY"]);
                     for n in &l.items {
-                        t.add_row(vec![n.name.clone(), n.created_at.clone()]);
+                        t.add_row(vec![n.name.clone(), n.created_at.clone(), n.max_concurrency.map_or("server default".to_string(), |m| m.to_string())]);
                     }
                     println!("{t}");
                 }
@@ -899,6 +912,17 @@ pub async fn run_ns(cli: &Cli, cmd: &NsCommand) -> Result<()> {
         }
         NsCommand::Rm { name } => {
             delete(cli, &client, client.request(Method::DELETE, &format!("/v1/namespaces/{name}")), &format!("namespace {name}")).await?;
+        }
+        NsCommand::Set { name, max_concurrency } => {
+            let limit = match max_concurrency.as_str() {
+                "default" => None,
+                n => Some(n.parse::<u32>().with_context(|| format!("--max-concurrency `{n}` is not a number or `default`"))?),
+            };
+            let n: Namespace = client.json(client.request(Method::PATCH, &format!("/v1/namespaces/{name}")).json(&hangar_api::NamespaceLimits { max_concurrency: limit })).await?;
+            match cli.output {
+                Output::Json => print_json(&n)?,
+                Output::Table => println!("namespace {}: max concurrency {}", n.name, n.max_concurrency.map_or("server default".to_string(), |m| m.to_string())),
+            }
         }
     }
     Ok(())

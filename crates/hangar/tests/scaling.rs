@@ -30,7 +30,7 @@ async fn burst(s: &Server, name: &str, n: usize, secs: f64) -> Vec<(u16, Option<
 
 #[tokio::test]
 async fn reserved_concurrency_and_namespace_limits_throttle_with_retry_after() {
-    let s = Server::start_with(&["--namespace-concurrency", "3"]);
+    let mut s = Server::start_with(&["--namespace-concurrency", "3"]);
     let _one = common::python_fn(&s, "one", SLOW, "handler", &["--reserved-concurrency", "1"]);
     let _many = common::python_fn(&s, "many", SLOW, "handler", &[]);
     let _off = common::python_fn(&s, "off", SLOW, "handler", &["--reserved-concurrency", "0"]);
@@ -61,6 +61,36 @@ async fn reserved_concurrency_and_namespace_limits_throttle_with_retry_after() {
     assert_eq!(records.iter().filter(|r| r["outcome"] == "ok").count(), 4, "the warm-up and three in the burst");
     let err = s.fails(&["fn", "deploy", "x", "--runtime", "python3", "--handler", "app.handler", "--code", _many.path().to_str().unwrap(), "--reserved-concurrency", "5000"], 1);
     assert!(err.contains("reserved_concurrency"), "{err}");
+
+    // A namespace with its own limit (1), then back to the server's (3).
+    s.ok(&["ns", "create", "team", "--max-concurrency", "1"]);
+    let _team = common::python_fn(&s, "work", SLOW, "handler", &["-n", "team"]);
+    let team_burst = |n: usize| {
+        let calls = (0..n).map(|_| s.http().post(format!("{}/v1/functions/work/invoke?namespace=team", s.url)).bearer_auth(&s.admin_key).json(&json!({"sleep": 1.0})).send());
+        async move { futures::future::join_all(calls).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect::<Vec<u16>>() }
+    };
+    let mut got = team_burst(3).await;
+    got.sort();
+    assert_eq!(got, [200, 429, 429]);
+    let listed = s.ok(&["ns", "ls"]);
+    assert!(listed.lines().any(|l| l.contains("team") && l.contains(" 1 ")), "{listed}");
+    let out = s.ok(&["ns", "set", "team", "--max-concurrency", "default"]);
+    assert!(out.contains("server default"), "{out}");
+    let got = team_burst(3).await;
+    assert!(got.iter().all(|st| *st == 200), "{got:?}");
+    // The namespace's own limit survives a restart.
+    s.ok(&["ns", "set", "team", "--max-concurrency", "1"]);
+    s.restart();
+    let team_burst = |n: usize| {
+        let calls = (0..n).map(|_| s.http().post(format!("{}/v1/functions/work/invoke?namespace=team", s.url)).bearer_auth(&s.admin_key).json(&json!({"sleep": 1.0})).send());
+        async move { futures::future::join_all(calls).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect::<Vec<u16>>() }
+    };
+    let mut got = team_burst(3).await;
+    got.sort();
+    assert_eq!(got, [200, 429, 429], "after a restart");
+    let r = s.http().patch(format!("{}/v1/namespaces/team", s.url)).bearer_auth(&s.admin_key).json(&json!({"max_concurrency": 0})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    s.fails(&["ns", "set", "ghost", "--max-concurrency", "5"], 4);
 }
 
 /// A busybox httpd image: `/` answers at once, `/cgi-bin/slow` after 2 seconds.

@@ -153,17 +153,24 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// A namespace's invocations running now, and its own limit (0: the server's).
+#[derive(Default)]
+struct NamespaceLoad {
+    active: AtomicU32,
+    limit: AtomicU32,
+}
+
 /// One admitted invocation: counted against its function's reserved concurrency and its
 /// namespace's limit until dropped.
 struct Admission {
     function: Arc<AtomicU32>,
-    namespace: Arc<AtomicU32>,
+    namespace: Arc<NamespaceLoad>,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
         self.function.fetch_sub(1, Ordering::AcqRel);
-        self.namespace.fetch_sub(1, Ordering::AcqRel);
+        self.namespace.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -172,7 +179,7 @@ pub struct Scheduler {
     runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
     table: RwLock<Table>,
     /// Invocations running per namespace, against `namespace_limit`.
-    namespaces: RwLock<HashMap<String, Arc<AtomicU32>>>,
+    namespaces: RwLock<HashMap<String, Arc<NamespaceLoad>>>,
     namespace_limit: u32,
     meter: Meter,
     in_flight: Arc<InFlight>,
@@ -262,17 +269,30 @@ impl Scheduler {
         table.get(namespace)?.get(name).cloned()
     }
 
+    fn namespace_load(&self, namespace: &str) -> Arc<NamespaceLoad> {
+        let existing = self.namespaces.read().unwrap_or_else(|p| p.into_inner()).get(namespace).cloned();
+        existing.unwrap_or_else(|| self.namespaces.write().unwrap_or_else(|p| p.into_inner()).entry(namespace.to_string()).or_default().clone())
+    }
+
+    /// Gives a namespace its own concurrency limit (`None`: the server's).
+    pub fn set_namespace_limit(&self, namespace: &str, limit: Option<u32>) {
+        self.namespace_load(namespace).limit.store(limit.unwrap_or(0), Ordering::Release);
+    }
+
     /// Counts an invocation in, or says why it is throttled.
     fn admit(&self, slot: &Slot) -> Result<Admission, String> {
         let d = &slot.deployment;
-        let existing = self.namespaces.read().unwrap_or_else(|p| p.into_inner()).get(&d.namespace).cloned();
-        let namespace = existing.unwrap_or_else(|| self.namespaces.write().unwrap_or_else(|p| p.into_inner()).entry(d.namespace.clone()).or_default().clone());
+        let namespace = self.namespace_load(&d.namespace);
         let before = slot.active.fetch_add(1, Ordering::AcqRel);
         let admission = Admission { function: slot.active.clone(), namespace: namespace.clone() };
-        if namespace.fetch_add(1, Ordering::AcqRel) >= self.namespace_limit {
+        let limit = match namespace.limit.load(Ordering::Acquire) {
+            0 => self.namespace_limit,
+            own => own,
+        };
+        if namespace.active.fetch_add(1, Ordering::AcqRel) >= limit {
             return Err(format!(
-                "namespace `{}` is running its limit of {} invocations at once; retry shortly (`hangar up --namespace-concurrency` sets the limit)",
-                d.namespace, self.namespace_limit
+                "namespace `{}` is running its limit of {limit} invocations at once; retry shortly (`hangar ns set {} --max-concurrency N` raises it)",
+                d.namespace, d.namespace
             ));
         }
         if let Some(limit) = d.config.reserved_concurrency.filter(|l| before >= *l) {

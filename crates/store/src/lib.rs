@@ -36,6 +36,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct NamespaceRow {
     pub name: String,
     pub created_ms: i64,
+    /// Its concurrency limit, if it has its own.
+    pub max_concurrency: Option<u32>,
 }
 
 /// An API key row: only the SHA-256 of the secret is kept.
@@ -108,6 +110,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_namespace(&self, name: &str) -> Result<Option<NamespaceRow>>;
     /// Deletes an empty namespace and its keys; `Conflict` if functions remain. `false` if absent.
     async fn delete_namespace(&self, name: &str) -> Result<bool>;
+    /// Sets (or, with `None`, clears) a namespace's own concurrency limit; false if it does not exist.
+    async fn set_namespace_limit(&self, name: &str, max_concurrency: Option<u32>) -> Result<bool>;
 
     async fn insert_key(&self, key: &KeyRow) -> Result<()>;
     async fn list_keys(&self) -> Result<Vec<KeyRow>>;

@@ -110,6 +110,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         let names = st.query_map([], |r| r.get::<_, String>(1))?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(names.iter().any(|n| n == column))
     };
+    if !has("namespaces", "max_concurrency")? {
+        conn.execute_batch("ALTER TABLE namespaces ADD COLUMN max_concurrency INTEGER")?;
+    }
     if !has("invocations", "parent_id")? {
         conn.execute_batch("ALTER TABLE invocations ADD COLUMN parent_id TEXT")?;
     }
@@ -231,15 +234,15 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(StoreError::Conflict(format!("namespace `{name}` already exists")));
             }
-            Ok(NamespaceRow { name, created_ms: now_ms })
+            Ok(NamespaceRow { name, created_ms: now_ms, max_concurrency: None })
         })
         .await
     }
 
     async fn list_namespaces(&self) -> Result<Vec<NamespaceRow>> {
         self.with(|c| {
-            let mut st = c.prepare_cached("SELECT name, created_ms FROM namespaces ORDER BY name")?;
-            let rows = st.query_map([], |r| Ok(NamespaceRow { name: r.get(0)?, created_ms: r.get(1)? }))?;
+            let mut st = c.prepare_cached("SELECT name, created_ms, max_concurrency FROM namespaces ORDER BY name")?;
+            let rows = st.query_map([], |r| Ok(NamespaceRow { name: r.get(0)?, created_ms: r.get(1)?, max_concurrency: r.get(2)? }))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -249,13 +252,18 @@ impl Store for SqliteStore {
         let name = name.to_string();
         self.with(move |c| {
             Ok(c.query_row(
-                "SELECT name, created_ms FROM namespaces WHERE name = ?1",
+                "SELECT name, created_ms, max_concurrency FROM namespaces WHERE name = ?1",
                 [name],
-                |r| Ok(NamespaceRow { name: r.get(0)?, created_ms: r.get(1)? }),
+                |r| Ok(NamespaceRow { name: r.get(0)?, created_ms: r.get(1)?, max_concurrency: r.get(2)? }),
             )
             .optional()?)
         })
         .await
+    }
+
+    async fn set_namespace_limit(&self, name: &str, max_concurrency: Option<u32>) -> Result<bool> {
+        let name = name.to_string();
+        self.with(move |c| Ok(c.execute("UPDATE namespaces SET max_concurrency = ?2 WHERE name = ?1", params![name, max_concurrency])? > 0)).await
     }
 
     async fn delete_namespace(&self, name: &str) -> Result<bool> {
