@@ -179,18 +179,51 @@ async fn bad_archives_are_refused_and_leave_nothing_behind() {
     assert_eq!(r.status(), 400);
 }
 
-/// A `docker-registry` on a free loopback port, stopped on drop.
+/// A `docker-registry` on a free loopback port (and the token server it trusts, if any),
+/// stopped on drop.
 struct Registry {
     child: Child,
+    tokens: Option<Child>,
     addr: String,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in std::iter::once(&mut self.child).chain(self.tokens.as_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `docker-registry` storing under `dir`, with `auth` (a YAML `auth:` section, or
+/// nothing) in its config.
+fn serve_registry(dir: tempfile::TempDir, auth: &str, tokens: Option<Child>) -> Registry {
+    need("docker-registry");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth}",
+        dir.path().join("data").display()
+    );
+    std::fs::write(dir.path().join("config.yml"), config).unwrap();
+    let child = Command::new("docker-registry").arg("serve").arg(dir.path().join("config.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let registry = Registry { child, tokens, addr, _dir: dir };
+    wait_for_port(port, "docker-registry");
+    registry
 }
 
 fn need(tool: &str) {
@@ -199,14 +232,8 @@ fn need(tool: &str) {
 }
 
 fn registry(user: Option<(&str, &str)>) -> Registry {
-    need("docker-registry");
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut config = format!(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-        dir.path().join("data").display()
-    );
+    let mut auth = String::new();
     if let Some((name, password)) = user {
         let hash = Command::new("python3")
             .args(["-W", "ignore", "-c", "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))", password])
@@ -214,16 +241,9 @@ fn registry(user: Option<(&str, &str)>) -> Registry {
             .unwrap();
         let hash = String::from_utf8(hash.stdout).unwrap();
         std::fs::write(dir.path().join("htpasswd"), format!("{name}:{}\n", hash.trim())).unwrap();
-        config.push_str(&format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", dir.path().join("htpasswd").display()));
+        auth = format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", dir.path().join("htpasswd").display());
     }
-    std::fs::write(dir.path().join("config.yml"), config).unwrap();
-    let child = Command::new("docker-registry").arg("serve").arg(dir.path().join("config.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "docker-registry did not start on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Registry { child, addr, _dir: dir }
+    serve_registry(dir, &auth, None)
 }
 
 fn push(layout: &Path, tag: &str, dest: &str, creds: Option<&str>) {
@@ -261,7 +281,7 @@ fn pulls_from_a_real_registry_with_and_without_auth() {
     assert!(err.contains("not found"), "{err}");
     let err = s.fails(&["image", "pull", &format!("{}/team/nothing:v1", open.addr)], 4);
     assert!(err.contains("not found"), "{err}");
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = free_port();
     let err = s.fails(&["image", "pull", &format!("127.0.0.1:{dead}/x:1")], 7);
     assert!(err.contains("could not reach the registry"), "{err}");
 
@@ -308,9 +328,8 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), H).serve_forever()
 "#;
 
-/// A `docker-registry` that wants bearer tokens from [`TOKEN_SERVER`] (for `user`), and that server.
-fn token_registry(user: (&str, &str)) -> (Registry, Child) {
-    need("docker-registry");
+/// A `docker-registry` that wants bearer tokens from [`TOKEN_SERVER`] (for `user`).
+fn token_registry(user: (&str, &str)) -> Registry {
     need("openssl");
     let dir = tempfile::tempdir().unwrap();
     let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
@@ -325,27 +344,18 @@ fn token_registry(user: (&str, &str)) -> (Registry, Child) {
         .unwrap();
     assert!(st.success(), "openssl could not make the token signing key");
     std::fs::write(dir.path().join("token.py"), TOKEN_SERVER).unwrap();
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (tport, port) = (free(), free());
+    let tport = free_port();
     let tokens = Command::new("python3")
         .arg(dir.path().join("token.py"))
         .args([tport.to_string().as_str(), key.to_str().unwrap(), cert.to_str().unwrap(), user.0, user.1, "hangar-test"])
         .spawn()
         .unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    let config = format!(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\nauth:\n  token:\n    realm: http://127.0.0.1:{tport}/token\n    service: hangar-test\n    issuer: hangar-test-issuer\n    rootcertbundle: {}\n",
-        dir.path().join("data").display(),
+    wait_for_port(tport, "the token server");
+    let auth = format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{tport}/token\n    service: hangar-test\n    issuer: hangar-test-issuer\n    rootcertbundle: {}\n",
         cert.display()
     );
-    std::fs::write(dir.path().join("config.yml"), config).unwrap();
-    let child = Command::new("docker-registry").arg("serve").arg(dir.path().join("config.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&addr).is_err() || std::net::TcpStream::connect(("127.0.0.1", tport)).is_err() {
-        assert!(Instant::now() < deadline, "docker-registry or the token server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Registry { child, addr, _dir: dir }, tokens)
+    serve_registry(dir, &auth, Some(tokens))
 }
 
 #[test]
@@ -355,7 +365,7 @@ fn pulls_from_a_registry_with_token_auth() {
     let layout = work.path().join("layout");
     let app = layer(&[("srv/", b"", 0o755), ("srv/index.html", b"tokens", 0o644)]);
     let id = oci_layout(&layout, &[base_layer(), app], json!({"Cmd": ["/bin/sh"]}), Some("v1"));
-    let (reg, mut tokens) = token_registry(("bob", "t0ken"));
+    let reg = token_registry(("bob", "t0ken"));
     let reference = format!("{}/secure/app:v1", reg.addr);
     push(&layout, "v1", &reference, Some("bob:t0ken"));
     // Without credentials the token server refuses, so does the registry; with them, it works.
@@ -365,6 +375,4 @@ fn pulls_from_a_registry_with_token_auth() {
     assert!(err.contains("refused"), "{err}");
     s.ok(&["image", "pull", &reference, "--username", "bob", "--password", "t0ken"]);
     assert_eq!(json_of(&s.ok(&["-o", "json", "image", "get", &reference]))["id"], id);
-    let _ = tokens.kill();
-    let _ = tokens.wait();
 }
