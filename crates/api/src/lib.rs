@@ -270,6 +270,9 @@ wire_enum! {
         Resumed = "resumed",
         /// One of the function's provisioned instances served it.
         Provisioned = "provisioned",
+        /// A sandbox made ahead of demand served it, its runtime already initialized: no
+        /// instance was created for this request (process runtimes).
+        Prewarmed = "prewarmed",
     }
 }
 

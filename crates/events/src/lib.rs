@@ -7,5 +7,5 @@
 pub mod queue;
 pub mod triggers;
 
-pub use queue::{AsyncQueue, EventsError, ServiceSink, SinkError, Target};
+pub use queue::{AsyncQueue, EventsError, QueueLimits, ServiceSink, SinkError, Target};
 pub use triggers::{EventMeta, Schedule, Triggers};

@@ -34,6 +34,23 @@ pub enum EventsError {
     /// The server is stopping.
     #[error("the server is shutting down; nothing was queued, send the event again once it is back")]
     Stopping,
+    /// The queue holds as many unfinished events (or payload bytes) as it may.
+    #[error("the asynchronous queue is full: {events} unfinished events with {bytes} bytes of payload wait (this server holds at most {max_events} events and {max_bytes} bytes); nothing was queued, send it again later")]
+    Full { events: usize, bytes: usize, max_events: usize, max_bytes: usize },
+}
+
+/// How much the queue holds at most: unfinished events, and their payloads' bytes (kept in
+/// memory until they finish). Accepts beyond either are refused with [`EventsError::Full`].
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits { max_events: 100_000, max_bytes: 256 << 20 }
+    }
 }
 
 /// Where an event goes.
@@ -93,6 +110,7 @@ struct Inner {
     wake: Notify,
     permits: Arc<Semaphore>,
     concurrency: u32,
+    limits: QueueLimits,
     stopping: AtomicBool,
 }
 
@@ -102,6 +120,8 @@ struct State {
     due: BinaryHeap<Reverse<(i64, String)>>,
     /// Every unfinished event, queued or running.
     events: HashMap<String, AsyncRecord>,
+    /// The bytes of their payloads.
+    bytes: usize,
 }
 
 enum Write {
@@ -118,7 +138,9 @@ impl AsyncQueue {
     /// Loads every unfinished event from the store (all due now, with the attempts they had)
     /// and starts the writer. Nothing runs before [`AsyncQueue::run`], which is called once
     /// the functions are routable again.
-    pub async fn open(store: Arc<dyn Store>, scheduler: Arc<Scheduler>, concurrency: u32) -> Result<AsyncQueue, StoreError> {
+    /// Events from before the restart are all loaded, even beyond `limits`; new ones wait for
+    /// room.
+    pub async fn open(store: Arc<dyn Store>, scheduler: Arc<Scheduler>, concurrency: u32, limits: QueueLimits) -> Result<AsyncQueue, StoreError> {
         let unfinished = store.unfinished_async().await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let concurrency = concurrency.max(1);
@@ -130,6 +152,7 @@ impl AsyncQueue {
             wake: Notify::new(),
             permits: Arc::new(Semaphore::new(concurrency as usize)),
             concurrency,
+            limits,
             stopping: AtomicBool::new(false),
         });
         if !unfinished.is_empty() {
@@ -160,6 +183,13 @@ impl AsyncQueue {
     pub async fn accept(&self, namespace: &str, target: &Target, payload: Bytes, content_type: Option<String>, idempotency_key: Option<String>) -> Result<(String, bool), EventsError> {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(EventsError::Stopping);
+        }
+        {
+            let st = lock(&self.inner.state);
+            let QueueLimits { max_events, max_bytes } = self.inner.limits;
+            if st.events.len() >= max_events || st.bytes + payload.len() > max_bytes {
+                return Err(EventsError::Full { events: st.events.len(), bytes: st.bytes, max_events, max_bytes });
+            }
         }
         self.inner.accept(namespace, target, payload, content_type, idempotency_key).await
     }
@@ -193,7 +223,8 @@ impl AsyncQueue {
 }
 
 impl Inner {
-    /// [`AsyncQueue::accept`], also while stopping (for hand-overs of running attempts).
+    /// [`AsyncQueue::accept`], also while stopping and when full: for hand-overs of events
+    /// leaving the queue to their `on_failure` function.
     async fn accept(&self, namespace: &str, target: &Target, payload: Bytes, content_type: Option<String>, idempotency_key: Option<String>) -> Result<(String, bool), EventsError> {
         let now = now_ms();
         let rec = AsyncRecord {
@@ -226,7 +257,10 @@ impl Inner {
     fn enqueue(&self, rec: AsyncRecord) {
         let mut st = lock(&self.state);
         st.due.push(Reverse((rec.next_ms, rec.id.clone())));
-        st.events.insert(rec.id.clone(), rec);
+        st.bytes += rec.payload.len();
+        if let Some(old) = st.events.insert(rec.id.clone(), rec) {
+            st.bytes -= old.payload.len();
+        }
         drop(st);
         self.wake.notify_one();
     }
@@ -256,7 +290,10 @@ impl Inner {
         let finished = matches!(rec.state, AsyncState::Succeeded | AsyncState::Failed);
         let _ = self.writes.send(Write::Changed(rec.clone()));
         if finished {
-            lock(&self.state).events.remove(&rec.id);
+            let mut st = lock(&self.state);
+            if let Some(old) = st.events.remove(&rec.id) {
+                st.bytes -= old.payload.len();
+            }
         } else {
             self.enqueue(rec);
         }

@@ -37,7 +37,20 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, "{}", self.message);
         }
-        hangar_runtime::error_response(self.status, self.code, &self.message).map(axum::body::Body::new)
+        let mut resp = hangar_runtime::error_response(self.status, self.code, &self.message).map(axum::body::Body::new);
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<hangar_events::EventsError> for ApiError {
+    fn from(e: hangar_events::EventsError) -> Self {
+        match e {
+            hangar_events::EventsError::Full { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string()),
+            _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_accepted", e.to_string()),
+        }
     }
 }
 

@@ -53,8 +53,7 @@ pub async fn accept(state: &AppState, slot: &hangar_scheduler::Slot, headers: &h
     let (id, duplicate) = state
         .async_queue
         .accept(&d.namespace, &hangar_events::Target::function(&d.name), payload, content_type, key)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_accepted", e.to_string()))?;
+        .await?;
     let mut resp = (StatusCode::ACCEPTED, Json(AsyncAccepted { id: id.clone(), state: AsyncState::Queued, duplicate })).into_response();
     if duplicate && let Ok(Some(rec)) = state.store.get_async(Some(&d.namespace), &id).await {
         resp = (StatusCode::ACCEPTED, Json(AsyncAccepted { id: id.clone(), state: rec.state, duplicate })).into_response();
@@ -300,7 +299,6 @@ pub async fn publish(State(state): State<AppState>, p: Principal, Path(topic): P
     let (id, deliveries) = state
         .triggers
         .publish(&ns, &topic, data, meta)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_accepted", e.to_string()))?;
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(Published { id, deliveries })).into_response())
 }

@@ -133,6 +133,10 @@ pub struct UpArgs {
     /// freezer: no CPU, memory kept; resumed by the next invocation); 0s never pauses
     #[arg(long, env = "HANGAR_PAUSE_AFTER", default_value = "1s", value_parser = humantime::parse_duration)]
     pub pause_after: std::time::Duration,
+    /// Prewarmed zygotes kept ready per process runtime (python3, nodejs, provided): a new
+    /// function or revision takes one instead of starting its runtime (0..=16)
+    #[arg(long, env = "HANGAR_PREWARM", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub prewarm: u32,
     /// How often the reconcile loop removes what the server owns but no service instance wants
     #[arg(long, env = "HANGAR_RECONCILE_EVERY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub reconcile_every: std::time::Duration,
@@ -142,6 +146,14 @@ pub struct UpArgs {
     /// Most attempts of asynchronous invocations running at once (1..=4096)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub async_concurrency: u32,
+    /// Most unfinished asynchronous events the server holds; more are refused (429 with
+    /// Retry-After) until some finish
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub async_queue_events: u32,
+    /// Most MiB of payload the unfinished asynchronous events hold (in memory); more are
+    /// refused (429 with Retry-After) until some finish
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub async_queue_mb: u32,
     /// Most invocations running at once in one namespace; more are throttled (429 with Retry-After)
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub namespace_concurrency: u32,

@@ -49,8 +49,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 apply: a.apply.clone(),
                 keep_alive: a.keep_alive,
                 pause_after: a.pause_after,
+                prewarm: a.prewarm as usize,
                 reconcile_every: a.reconcile_every,
                 async_concurrency: a.async_concurrency,
+                async_queue: hangar_events::QueueLimits { max_events: a.async_queue_events as usize, max_bytes: (a.async_queue_mb as usize) << 20 },
                 namespace_concurrency: a.namespace_concurrency,
                 region: a.region.clone(),
             })

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hangar_api::now_ms;
+use hangar_api::{RuntimeKind, now_ms};
 use hangar_gateway::{AppState, KeyCache, Limits, Shared};
 use hangar_meter::{Meter, Metrics};
 use hangar_runtime_wasm::{PoolSize, WasmCounters, WasmRuntime};
@@ -27,10 +27,14 @@ pub struct UpOptions {
     pub keep_alive: Duration,
     /// How long an idle process-function instance runs before it is paused (zero: never).
     pub pause_after: Duration,
+    /// Prewarmed zygotes kept ready per process runtime.
+    pub prewarm: usize,
     /// Period of the services reconcile loop.
     pub reconcile_every: Duration,
     /// Most attempts of asynchronous invocations running at once.
     pub async_concurrency: u32,
+    /// How much the queue of asynchronous invocations holds at most.
+    pub async_queue: hangar_events::QueueLimits,
     /// Most invocations running at once in one namespace.
     pub namespace_concurrency: u32,
     /// `AWS_REGION` as process functions see it.
@@ -70,9 +74,16 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let pool = PoolSize { instances: opts.pool_instances, ..PoolSize::default() };
     let wasm = WasmRuntime::new(opts.data_dir.join("wasm"), pool, counters).context("starting the WebAssembly runtime")?;
     let images = Arc::new(hangar_image::ImageStore::open(&opts.data_dir.join("images")).context("opening the image store")?);
+    let prewarm_metrics: Vec<_> = [RuntimeKind::Python3, RuntimeKind::Nodejs, RuntimeKind::Provided]
+        .into_iter()
+        .map(|kind| {
+            let (ready, taken) = metrics.prewarmed_zygotes(kind.as_str());
+            (kind, hangar_runtime_process::PoolMetrics { ready, taken })
+        })
+        .collect();
     let (meter, writer) = Meter::start(store.clone(), metrics);
     let mut runtimes: Vec<Arc<dyn hangar_runtime::Runtime>> = vec![Arc::new(wasm)];
-    let process = hangar_runtime_process::HostConfig { data_dir: opts.data_dir.clone(), keep_alive: opts.keep_alive, pause_after: opts.pause_after, region: opts.region.clone() };
+    let process = hangar_runtime_process::HostConfig { data_dir: opts.data_dir.clone(), keep_alive: opts.keep_alive, pause_after: opts.pause_after, region: opts.region.clone(), prewarm: opts.prewarm, prewarm_metrics };
     match hangar_runtime_process::Host::start(process).await {
         Ok(host) => runtimes.extend(host.runtimes()),
         Err(e) => {
@@ -89,7 +100,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             (None, Some(format!("{e:#}")))
         }
     };
-    let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency).await.context("reading the queue of asynchronous invocations")?;
+    let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency, opts.async_queue).await.context("reading the queue of asynchronous invocations")?;
     let triggers = hangar_events::Triggers::open(store.clone(), async_queue.clone()).await.context("reading the triggers")?;
     if let Some(s) = &services {
         async_queue.set_service_sink(Arc::new(hangar_gateway::services::EventSink { services: s.clone(), store: store.clone() }));

@@ -419,3 +419,37 @@ async fn wasm_functions_run_from_the_queue_in_sequences_and_on_topics() {
     let newest = events[0]["id"].as_str().unwrap().to_string();
     wait_for(&s, &newest, &["succeeded"], Duration::from_secs(30)).await;
 }
+
+#[tokio::test]
+async fn a_full_queue_refuses_new_events_with_429_until_some_finish() {
+    let s = Server::start_with(&["--async-concurrency", "1", "--async-queue-events", "3", "--async-queue-mb", "1"]);
+    let _slow = deploy(&s, "slow", &[]);
+    // One event runs (for 1.5 s) and two wait: the queue holds its 3.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = post_async(&s, "slow").json(&json!({"sleep": 1.5})).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    let r = post_async(&s, "slow").json(&json!({"sleep": 0})).send().await.unwrap();
+    assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()), Some("1".into()));
+    let (status, code, message) = error_code(r).await;
+    assert_eq!((status, code.as_str()), (429, "queue_full"), "{message}");
+    assert!(message.contains("3 unfinished events") && message.contains("at most 3 events"), "{message}");
+    // Nothing of the refused event was kept; the accepted ones all finish, then there is room.
+    let listed: Value = s.get("/v1/async-invocations?target=slow").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(3), "{listed}");
+    for id in &ids {
+        wait_for(&s, id, &["succeeded"], Duration::from_secs(30)).await;
+    }
+    let r = post_async(&s, "slow").json(&json!({"sleep": 0})).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    wait_for(&s, &id, &["succeeded"], Duration::from_secs(30)).await;
+
+    // The payload bytes are bounded too: 1 MiB here, so of two 600 kB events one is refused.
+    let big = json!({"sleep": 1.0, "pad": "x".repeat(600_000)});
+    assert_eq!(post_async(&s, "slow").json(&big).send().await.unwrap().status(), 202);
+    let (status, code, message) = error_code(post_async(&s, "slow").json(&big).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (429, "queue_full"), "{message}");
+}

@@ -194,7 +194,8 @@ async fn paused_instances_keep_their_state_and_provisioned_ones_serve_first_call
     // Paused after 200 ms idle, resumed by the next call with its memory as it was.
     let _p = common::python_fn(&s, "pausy", COUNTER, "handler", &["--pause-after", "200ms"]);
     let (id, first) = invoke_json(&s, "pausy", json!({})).await;
-    assert_eq!((first["count"].as_i64(), start_kind(&s, &id).await.as_str()), (Some(1), "cold"));
+    assert_eq!(first["count"].as_i64(), Some(1));
+    assert!(["cold", "prewarmed"].contains(&start_kind(&s, &id).await.as_str()));
     until_counts(&s, "pausy", |c| c["paused"] == 1 && c["idle"] == 0).await;
     let (id, second) = invoke_json(&s, "pausy", json!({})).await;
     assert_eq!(second["count"], 2, "the resumed instance kept its module state");
@@ -251,7 +252,7 @@ async fn a_burst_of_500_cold_calls_all_succeed_then_instances_go_back_to_zero() 
     eprintln!("500 cold python calls answered in {took:?}");
     let records = s.invocations("py").await;
     assert_eq!(records.len(), 500);
-    let cold = records.iter().filter(|r| r["start"] == "cold").count();
+    let cold = records.iter().filter(|r| common::new_instance(r)).count();
     assert!((2..=100).contains(&cold), "instances scaled up to at most max_instances (100): {cold} cold starts");
     // After the keep-alive nothing is left running but the spare sandbox.
     until_counts(&s, "py", |c| c["busy"] == 0 && c["idle"] == 0 && c["paused"] == 0).await;
@@ -266,4 +267,72 @@ async fn a_burst_of_500_cold_calls_all_succeed_then_instances_go_back_to_zero() 
     assert!(recs.iter().filter(|r| r["start"] == "cold").count() >= 1);
     let metrics = s.get("/metrics").send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == "hangar_instances{namespace=\"default\",function=\"hello\"} 0"), "no wasm instance is left:\n{metrics}");
+}
+
+const ENV_APP: &str = r#"
+import os
+
+def handler(event, context):
+    seen = {k: os.environ.get(k) for k in ["AWS_LAMBDA_FUNCTION_NAME", "COLOR", "HANGAR_MODE", "LAMBDA_TASK_ROOT"]}
+    seen["files"] = sorted(os.listdir("/var/task"))
+    return seen
+"#;
+
+const NODE_APP: &str = "exports.handler = async () => ({ name: process.env.AWS_LAMBDA_FUNCTION_NAME, color: process.env.COLOR });\n";
+
+/// Waits until a metric sample has the value.
+async fn until_metric(s: &Server, sample: &str, value: f64) {
+    common::eventually(&format!("{sample} = {value}"), std::time::Duration::from_secs(20), || async {
+        let got = s.metric(sample).await;
+        if got == value { Ok(()) } else { Err(format!("{sample} is {got}")) }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn prewarmed_zygotes_become_new_functions_and_spares_serve_first_calls() {
+    let s = Server::start();
+    let ready = |rt: &str| format!("hangar_prewarmed_zygotes{{runtime=\"{rt}\"}}");
+    let taken = |rt: &str| format!("hangar_prewarmed_zygotes_taken_total{{runtime=\"{rt}\"}}");
+    for rt in ["python3", "nodejs", "provided"] {
+        until_metric(&s, &ready(rt), 1.0).await;
+    }
+
+    // A new function takes the runtime's prewarmed zygote, which then has the function's code
+    // and environment only; the pool is topped up again.
+    let _envy = common::python_fn(&s, "envy", ENV_APP, "handler", &["--env", "COLOR=blue"]);
+    // The first call is served by the sandbox made ahead of it.
+    until_counts(&s, "envy", |c| c["spare"] == 1).await;
+    let (id, v) = invoke_json(&s, "envy", json!({})).await;
+    assert_eq!(v, json!({"AWS_LAMBDA_FUNCTION_NAME": "envy", "COLOR": "blue", "HANGAR_MODE": null, "LAMBDA_TASK_ROOT": "/var/task", "files": ["app.py"]}));
+    assert_eq!(start_kind(&s, &id).await, "prewarmed");
+    let rec: Value = s.get(&format!("/v1/invocations/{id}")).send().await.unwrap().json().await.unwrap();
+    assert!(rec["logs"].as_str().unwrap().contains("Init Duration: "), "{rec}");
+    assert_eq!(s.metric(&taken("python3")).await, 1.0);
+    until_metric(&s, &ready("python3"), 1.0).await;
+
+    // A handler that fails to import reports it, whether its zygote was prewarmed or not.
+    let _broken = common::python_fn(&s, "broken", "raise RuntimeError('not today')\n", "handler", &[]);
+    let r = s.http().post(format!("{}/v1/functions/broken/invoke", s.url)).bearer_auth(&s.admin_key).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["errorMessage"].as_str().unwrap().contains("not today"), "{e}");
+    assert_eq!(s.metric(&taken("python3")).await, 2.0);
+    until_metric(&s, &ready("python3"), 1.0).await;
+
+    // PYTHONPATH is read as Python starts: such a function gets a zygote of its own.
+    let code = tempfile::tempdir().unwrap();
+    std::fs::create_dir(code.path().join("lib")).unwrap();
+    std::fs::write(code.path().join("lib/extra.py"), "VALUE = 42\n").unwrap();
+    std::fs::write(code.path().join("app.py"), "import extra\n\ndef handler(event, context):\n    return {'extra': extra.VALUE}\n").unwrap();
+    s.ok(&["fn", "deploy", "pathy", "--runtime", "python3", "--handler", "app.handler", "--code", code.path().to_str().unwrap(), "--env", "PYTHONPATH=/var/task/lib"]);
+    assert_eq!(invoke_json(&s, "pathy", json!({})).await.1, json!({"extra": 42}));
+    assert_eq!(s.metric(&taken("python3")).await, 2.0);
+
+    // Node.js has its own pool.
+    let node = tempfile::tempdir().unwrap();
+    std::fs::write(node.path().join("index.js"), NODE_APP).unwrap();
+    s.ok(&["fn", "deploy", "nodey", "--runtime", "nodejs", "--handler", "index.handler", "--code", node.path().to_str().unwrap(), "--env", "COLOR=green"]);
+    assert_eq!(invoke_json(&s, "nodey", json!({})).await.1, json!({"name": "nodey", "color": "green"}));
+    assert_eq!(s.metric(&taken("nodejs")).await, 1.0);
 }

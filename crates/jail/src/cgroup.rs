@@ -83,6 +83,34 @@ impl Cgroup {
         Ok(cg)
     }
 
+    /// Changes the memory and pids limits of an existing cgroup `<parent>/<name>` (one made by
+    /// `runc` for a container, say): raising memory writes the swap-inclusive limit first,
+    /// lowering it writes it last, as cgroup v1 wants both in order.
+    pub fn update(parent: &str, name: &str, memory_bytes: u64, pids_max: u64) -> Result<(), JailError> {
+        let rel = Path::new(parent.trim_start_matches('/')).join(name);
+        match Version::detect() {
+            Version::V2 => {
+                let dir = Path::new(ROOT).join(&rel);
+                write(&dir, "memory.max", &memory_bytes.to_string())?;
+                write(&dir, "pids.max", &pids_max.to_string())
+            }
+            Version::V1 => {
+                let memory = Path::new(ROOT).join("memory").join(&rel);
+                let value = memory_bytes.to_string();
+                if memory.join("memory.memsw.limit_in_bytes").exists() {
+                    let raising = write(&memory, "memory.memsw.limit_in_bytes", &value).is_ok();
+                    write(&memory, "memory.limit_in_bytes", &value)?;
+                    if !raising {
+                        write(&memory, "memory.memsw.limit_in_bytes", &value)?;
+                    }
+                } else {
+                    write(&memory, "memory.limit_in_bytes", &value)?;
+                }
+                write(&Path::new(ROOT).join("pids").join(&rel), "pids.max", &pids_max.to_string())
+            }
+        }
+    }
+
     fn apply(&self, l: Limits) -> Result<(), JailError> {
         match self.version {
             Version::V2 => {
@@ -288,5 +316,24 @@ mod tests {
         assert!(!status.success(), "the process was killed");
         remove_tree(&parent).await;
         assert!(!Path::new(ROOT).join("pids").join(&parent).exists() && !Path::new(ROOT).join(&parent).exists());
+    }
+
+    #[tokio::test]
+    async fn limits_of_an_existing_cgroup_go_up_and_down() {
+        let parent = format!("hangar-test-update-{}", std::process::id());
+        let cg = Cgroup::create(&parent, "c1", Limits { memory_bytes: 32 << 20, pids_max: 8, cpu_shares: 128 }).unwrap();
+        let memory = |cg: &Cgroup| match cg.version {
+            Version::V2 => read(cg.memory_dir(), "memory.max").trim().parse::<u64>().unwrap(),
+            Version::V1 => read(cg.memory_dir(), "memory.limit_in_bytes").trim().parse::<u64>().unwrap(),
+        };
+        Cgroup::update(&parent, "c1", 256 << 20, 40).unwrap();
+        assert_eq!(memory(&cg), 256 << 20);
+        Cgroup::update(&parent, "c1", 16 << 20, 4).unwrap();
+        assert_eq!(memory(&cg), 16 << 20);
+        let pids = cg.dirs.iter().find(|(c, _)| *c == "pids" || c.is_empty()).unwrap();
+        assert_eq!(read(&pids.1, "pids.max").trim(), "4");
+        assert!(Cgroup::update(&parent, "missing", 1 << 20, 1).is_err(), "a cgroup that does not exist is an error");
+        cg.remove().await;
+        remove_tree(&parent).await;
     }
 }

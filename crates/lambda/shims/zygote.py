@@ -6,7 +6,16 @@ each instance execs its runtime. Either way, each instance gets its own mount, p
 ipc and uts namespaces, a fresh /proc, a private size-bounded /tmp and loopback only; then it
 drops to `nobody` with no capabilities and adds a seccomp filter before any request is served.
 
+A prewarmed zygote (`HANGAR_MODE=prewarm:python` or `prewarm:exec`) starts before any
+function is known: the interpreter and the Python shim are loaded, /var/task is empty. It says
+"ready", then waits to be specialized: Hangar fills /var/task, raises the jail's limits and
+sends the function's mode, argv and environment; from there on it is that function's zygote.
+
 Protocol with Hangar (stdlib only). fd 0 is a SOCK_SEQPACKET socket to Hangar:
+  (prewarmed only)
+  zygote -> Hangar  {"type":"ready"}
+  Hangar -> zygote  {"type":"specialize","mode":"python"|"exec","argv":[...],"env":{...}}
+  (then, as every zygote)
   zygote -> Hangar  {"type":"ready"} | {"type":"init_error","error":{...}}
   Hangar -> zygote  {"type":"spawn","env":{...},"tmp_bytes":N} + fds [instance socket, log pipe]
 On each instance socket:
@@ -184,35 +193,67 @@ def spawn(msg, fds, run, control, program):
     os._exit(0)
 
 
+def load(mode, argv, control):
+    """What each instance runs: the imported handler's loop (python) or an exec (others)."""
+    if mode != "python":
+        def run():
+            os.execve(argv[0], argv, dict(os.environ))
+        return run
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bootstrap
+    try:
+        handler = bootstrap.load_handler(os.environ.get("_HANDLER", ""), os.environ.get("LAMBDA_TASK_ROOT", "/var/task"))
+    except bootstrap.HandlerLoadError as e:
+        error_type, message = e.args
+        print(f"[ERROR] {error_type}: {message}", file=sys.stderr, flush=True)
+        send(control, {"type": "init_error", "error": {"errorMessage": message, "errorType": error_type, "stackTrace": []}})
+        sys.exit(1)
+    except Exception as e:  # the module raised while being imported
+        traceback.print_exc()
+        sys.stderr.flush()
+        body = json.loads(bootstrap.error_body("Runtime.ImportModuleError", f"{type(e).__name__}: {e}", e.__traceback__))
+        send(control, {"type": "init_error", "error": body})
+        sys.exit(1)
+
+    def run():
+        client = bootstrap.RuntimeClient(os.environ["AWS_LAMBDA_RUNTIME_API"])
+        bootstrap.serve(client, handler)
+    return run
+
+
+def specialize(control, preload):
+    """A prewarmed zygote: ready before any function is known, then waits for one."""
+    if preload == "python":
+        import importlib
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import bootstrap  # noqa: F401  (the shim and the modules it imports, loaded ahead)
+    send(control, {"type": "ready"})
+    while True:
+        try:
+            data = control.recv(65536)
+        except InterruptedError:
+            continue
+        if not data:
+            os._exit(0)
+        msg = json.loads(data)
+        if msg.get("type") == "specialize":
+            break
+    os.environ.clear()
+    os.environ.update(msg.get("env", {}))
+    os.chdir("/var/task")
+    if preload == "python":
+        importlib.invalidate_caches()  # /var/task was filled after the interpreter started
+    return msg.get("mode", "exec"), msg.get("argv", [])
+
+
 def main():
     control = socket.socket(fileno=0)
     sys.stdin = None
     mode = os.environ.pop("HANGAR_MODE", "exec")
     argv = json.loads(os.environ.pop("HANGAR_EXEC", "[]"))
-    if mode == "python":
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import bootstrap
-        try:
-            handler = bootstrap.load_handler(os.environ.get("_HANDLER", ""), os.environ.get("LAMBDA_TASK_ROOT", "/var/task"))
-        except bootstrap.HandlerLoadError as e:
-            error_type, message = e.args
-            print(f"[ERROR] {error_type}: {message}", file=sys.stderr, flush=True)
-            send(control, {"type": "init_error", "error": {"errorMessage": message, "errorType": error_type, "stackTrace": []}})
-            sys.exit(1)
-        except Exception as e:  # the module raised while being imported
-            traceback.print_exc()
-            sys.stderr.flush()
-            body = json.loads(bootstrap.error_body("Runtime.ImportModuleError", f"{type(e).__name__}: {e}", e.__traceback__))
-            send(control, {"type": "init_error", "error": body})
-            sys.exit(1)
-
-        def run():
-            client = bootstrap.RuntimeClient(os.environ["AWS_LAMBDA_RUNTIME_API"])
-            bootstrap.serve(client, handler)
-    else:
-        def run():
-            os.execve(argv[0], argv, dict(os.environ))
-
+    if mode.startswith("prewarm:"):
+        mode, argv = specialize(control, mode.removeprefix("prewarm:"))
+    run = load(mode, argv, control)
     sys.stdout.flush()
     sys.stderr.flush()
     program = seccomp_program()

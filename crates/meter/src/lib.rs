@@ -11,8 +11,8 @@ use std::sync::Arc;
 use hangar_api::{InvocationRecord, Outcome, StartKind};
 use hangar_store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+pub use prometheus_client::metrics::counter::Counter;
 pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -25,6 +25,11 @@ const MAX_BATCH: usize = 1024;
 struct FunctionLabels {
     namespace: String,
     function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuntimeLabels {
+    runtime: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +51,8 @@ pub struct Metrics {
     duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     cold_starts: Family<FunctionLabels, Counter>,
     instances: Family<FunctionLabels, Gauge>,
+    prewarmed: Family<RuntimeLabels, Gauge>,
+    prewarmed_taken: Family<RuntimeLabels, Counter>,
     records_written: Counter,
     record_write_errors: Counter,
 }
@@ -63,20 +70,31 @@ impl Metrics {
         let duration = Family::<FunctionLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
         let cold_starts = Family::<FunctionLabels, Counter>::default();
         let instances = Family::<FunctionLabels, Gauge>::default();
+        let prewarmed = Family::<RuntimeLabels, Gauge>::default();
+        let prewarmed_taken = Family::<RuntimeLabels, Counter>::default();
         let records_written = Counter::default();
         let record_write_errors = Counter::default();
         registry.register("invocations", "Invocations by function and outcome", invocations.clone());
         registry.register("invocation_duration_seconds", "Invocation duration", duration.clone());
         registry.register("cold_starts", "Invocations that had to load their revision first", cold_starts.clone());
         registry.register("instances", "Instances running now", instances.clone());
+        registry.register("prewarmed_zygotes", "Prewarmed zygotes of a process runtime ready to be specialized to a function", prewarmed.clone());
+        registry.register("prewarmed_zygotes_taken", "Prewarmed zygotes specialized to a function", prewarmed_taken.clone());
         registry.register("records_written", "Invocation records written to the store", records_written.clone());
         registry.register("record_write_errors", "Failed batch writes of invocation records (retried)", record_write_errors.clone());
-        Metrics { registry, invocations, duration, cold_starts, instances, records_written, record_write_errors }
+        Metrics { registry, invocations, duration, cold_starts, instances, prewarmed, prewarmed_taken, records_written, record_write_errors }
     }
 
     /// Registers a counter owned elsewhere (e.g. by a runtime).
     pub fn register_counter(&mut self, name: &str, help: &str, counter: Counter) {
         self.registry.register(name, help, counter);
+    }
+
+    /// For the process runtimes to keep: the gauge of `runtime`'s prewarmed zygotes ready now,
+    /// and the counter of those specialized to a function.
+    pub fn prewarmed_zygotes(&self, runtime: &str) -> (Gauge, Counter) {
+        let labels = RuntimeLabels { runtime: runtime.to_string() };
+        (self.prewarmed.get_or_create(&labels).clone(), self.prewarmed_taken.get_or_create(&labels).clone())
     }
 
     /// Prometheus text exposition of every metric.

@@ -1,8 +1,11 @@
 //! A resident process function: its zygote, its idle instances and the invocation path.
 //!
+//! The zygote is a prewarmed one of the runtime's pool, specialized to the function, when one
+//! is ready; otherwise it is started for the function.
+//!
 //! One invocation at a time per instance (the Lambda model). A request takes an idle instance
 //! (warm; `resumed` if it was paused, `provisioned` if it is one of those), else the spare
-//! sandbox made ahead of demand, else forks a new one (both cold) while fewer than
+//! sandbox made ahead of demand (`prewarmed`), else forks a new one (`cold`) while fewer than
 //! `max_instances` exist; beyond that it waits for an instance to come free, up to the
 //! function's timeout, and only then is throttled (429). Idle instances are paused (cgroup
 //! freezer) after the pause delay and reaped after the keep-alive; provisioned instances are
@@ -194,9 +197,33 @@ impl Inner {
             tracing::warn!(function = %self.spec.name, "the zygote ended; starting it again");
             dead.stop().await;
         }
-        let started = Pod::start(&self.host, self.pod_spec(), self.host.instance_limits(self.spec.limits.memory_bytes)).await?;
+        let spec = self.pod_spec();
+        let limits = self.host.instance_limits(self.spec.limits.memory_bytes);
+        let prewarmed = if self.prewarmable() { self.host.take_prewarmed(self.kind) } else { None };
+        let started = match prewarmed {
+            Some(p) => match p.specialize(&spec, limits).await {
+                Ok(()) => p,
+                // The function's own init error is its answer; a platform failure falls back
+                // to a zygote of its own.
+                Err(e @ (PodError::Init { .. } | PodError::Stopping)) => return Err(e),
+                Err(PodError::Failed { message, .. }) => {
+                    tracing::warn!(function = %self.spec.name, "specializing a prewarmed zygote failed ({message}); starting one");
+                    p.stop().await;
+                    Pod::start(&self.host, spec, limits).await?
+                }
+            },
+            None => Pod::start(&self.host, spec, limits).await?,
+        };
         *pod = Some(started.clone());
         Ok(started)
+    }
+
+    /// Whether a prewarmed zygote can serve this function: not when its environment sets what
+    /// an interpreter reads only as it starts (`PYTHON*`, the dynamic loader's `LD_*`), since a
+    /// prewarmed Python started without them.
+    fn prewarmable(&self) -> bool {
+        self.kind != RuntimeKind::Python3
+            || !self.spec.limits.env.iter().any(|(k, _)| (k.starts_with("PYTHON") && k != "PYTHONDONTWRITEBYTECODE") || k.starts_with("LD_"))
     }
 
     fn pod_spec(&self) -> PodSpec {
@@ -246,7 +273,7 @@ impl Inner {
             mode,
             argv,
             env,
-            binds: h.binds(&s.code_digest),
+            code: h.code_path(&s.code_digest),
             memory_bytes: s.limits.memory_bytes,
             max_instances: s.max_instances,
         }
@@ -419,9 +446,11 @@ impl Inner {
             return Some(Ok((i, start)));
         }
         let spare = lock(&self.spare).take().filter(Instance::zygote_alive);
+        let mut start = StartKind::Prewarmed;
         let mut instance = match spare {
             Some(i) => i,
             None => {
+                start = StartKind::Cold;
                 if self.live.fetch_add(1, Ordering::AcqRel) >= self.spec.max_instances {
                     self.live.fetch_sub(1, Ordering::AcqRel);
                     return None;
@@ -439,7 +468,7 @@ impl Inner {
             }
         };
         Some(match instance.start().await {
-            Ok(()) => Ok((instance, StartKind::Cold)),
+            Ok(()) => Ok((instance, start)),
             Err(e) => Err(platform_error(StatusCode::BAD_GATEWAY, "init_failed", Outcome::Error, format!("a new instance could not start: {e}"))),
         })
     }
@@ -540,8 +569,8 @@ impl Inner {
             ),
             Ran::Exited { how, .. } => function_error(&hangar_lambda::error_body("Runtime.ExitError", format!("{how} before answering")), false, ""),
         };
-        if start == StartKind::Cold {
-            // The next spare is made once this cold start is answered, not competing with it.
+        if matches!(start, StartKind::Cold | StartKind::Prewarmed) {
+            // The next spare is made once this start is answered, not competing with it.
             self.refill();
         }
         let (text, truncated) = self.frame_logs(&info.id, &mut logs, elapsed, &instance, start);
@@ -572,7 +601,7 @@ impl Inner {
             self.spec.limits.memory_bytes >> 20,
             instance.peak_memory().div_ceil(1 << 20),
         );
-        if let (StartKind::Cold, Some(init)) = (start, instance.init) {
+        if let (StartKind::Cold | StartKind::Prewarmed, Some(init)) = (start, instance.init) {
             let _ = write!(out, "\tInit Duration: {:.2} ms", init.as_secs_f64() * 1000.0);
         }
         out.push('\n');

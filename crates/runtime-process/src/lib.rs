@@ -41,6 +41,25 @@ pub struct HostConfig {
     pub pause_after: Duration,
     /// `AWS_REGION` as functions see it.
     pub region: String,
+    /// Prewarmed zygotes kept ready per runtime, not yet specialized to any function.
+    pub prewarm: usize,
+    /// Where each runtime's pool publishes how many zygotes are ready and how many were taken.
+    pub prewarm_metrics: Vec<(RuntimeKind, PoolMetrics)>,
+}
+
+/// The metrics of one runtime's pool of prewarmed zygotes.
+#[derive(Debug, Clone, Default)]
+pub struct PoolMetrics {
+    pub ready: prometheus_client::metrics::gauge::Gauge,
+    pub taken: prometheus_client::metrics::counter::Counter,
+}
+
+/// The prewarmed zygotes of one runtime.
+#[derive(Default)]
+struct Pool {
+    ready: Vec<Arc<pod::Pod>>,
+    filling: bool,
+    metrics: PoolMetrics,
 }
 
 #[derive(Debug)]
@@ -72,6 +91,9 @@ pub struct Host {
     /// Size of each instance's `/tmp` (its pages count against the instance's memory).
     tmp_bytes: u64,
     next: AtomicU64,
+    /// How many prewarmed zygotes each runtime keeps ready.
+    prewarm: usize,
+    pools: std::sync::Mutex<std::collections::HashMap<RuntimeKind, Pool>>,
 }
 
 async fn output(cmd: &str, args: &[&str]) -> Result<String, String> {
@@ -131,6 +153,8 @@ impl Host {
             stopping: Default::default(),
             tmp_bytes: 512 << 20,
             next: AtomicU64::new(1),
+            prewarm: config.prewarm,
+            pools: Default::default(),
         };
         host.clean().await;
         let io = |e: std::io::Error| format!("preparing {}: {e}", host.run_dir.display());
@@ -147,16 +171,99 @@ impl Host {
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
         }
         tracing::info!(python = %host.python.version, node = ?host.node.as_ref().map(|n| &n.version), "process runtimes ready");
-        Ok(Arc::new(host))
+        let host = Arc::new(host);
+        {
+            let mut pools = lock(&host.pools);
+            for (kind, metrics) in config.prewarm_metrics {
+                pools.entry(kind).or_default().metrics = metrics;
+            }
+        }
+        for kind in host.kinds() {
+            host.fill(kind);
+        }
+        Ok(host)
     }
 
-    /// The runtimes this machine can run: python3 and provided, and nodejs when Node is there.
-    pub fn runtimes(self: &Arc<Self>) -> Vec<Arc<dyn Runtime>> {
+    /// The process runtimes this machine can run: python3 and provided, and nodejs when Node
+    /// is there.
+    fn kinds(&self) -> Vec<RuntimeKind> {
         let mut kinds = vec![RuntimeKind::Python3, RuntimeKind::Provided];
         if self.node.is_some() {
             kinds.push(RuntimeKind::Nodejs);
         }
-        kinds.into_iter().map(|kind| Arc::new(ProcessRuntime { kind, host: self.clone() }) as Arc<dyn Runtime>).collect()
+        kinds
+    }
+
+    /// Tops the runtime's pool of prewarmed zygotes up to its size, in the background.
+    fn fill(self: &Arc<Self>, kind: RuntimeKind) {
+        {
+            let mut pools = lock(&self.pools);
+            let pool = pools.entry(kind).or_default();
+            pool.ready.retain(|p| p.alive());
+            if pool.filling || pool.ready.len() >= self.prewarm || self.stopping() {
+                return;
+            }
+            pool.filling = true;
+        }
+        let host = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let short = lock(&host.pools).get(&kind).is_some_and(|p| p.ready.len() < host.prewarm);
+                if !short || host.stopping() {
+                    break;
+                }
+                let id = format!("{}-prewarm-{kind}", host.next_id());
+                let slot = host.code_dir.join(SLOTS).join(&id);
+                match pod::Pod::prewarm(&host, id, zygote_mode(kind), host.prewarm_env(), slot).await {
+                    Ok(p) => {
+                        let mut pools = lock(&host.pools);
+                        let pool = pools.entry(kind).or_default();
+                        pool.ready.push(p);
+                        pool.publish();
+                    }
+                    Err(e) => {
+                        if !host.stopping() {
+                            tracing::warn!(runtime = %kind, "starting a prewarmed zygote failed: {e:?}");
+                        }
+                        break;
+                    }
+                }
+            }
+            if let Some(pool) = lock(&host.pools).get_mut(&kind) {
+                pool.filling = false;
+            }
+        });
+    }
+
+    /// A prewarmed zygote of the runtime, if one is ready (and the pool is topped up again).
+    fn take_prewarmed(self: &Arc<Self>, kind: RuntimeKind) -> Option<Arc<pod::Pod>> {
+        let taken = {
+            let mut pools = lock(&self.pools);
+            let pool = pools.get_mut(&kind)?;
+            pool.ready.retain(|p| p.alive());
+            let taken = pool.ready.pop();
+            if taken.is_some() {
+                pool.metrics.taken.inc();
+            }
+            pool.publish();
+            taken
+        };
+        self.fill(kind);
+        taken
+    }
+
+    /// The environment a prewarmed zygote starts with; a function's replaces it whole.
+    fn prewarm_env(&self) -> Vec<(String, String)> {
+        [("PATH", self.path_env()), ("LANG", "C.UTF-8".into()), ("TZ", ":UTC".into()), ("HOME", "/tmp".into()), ("PYTHONDONTWRITEBYTECODE", "1".into())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
+    /// The runtimes this machine can run: python3 and provided, and nodejs when Node is there.
+    pub fn runtimes(self: &Arc<Self>) -> Vec<Arc<dyn Runtime>> {
+        self.kinds()
+            .into_iter().map(|kind| Arc::new(ProcessRuntime { kind, host: self.clone() }) as Arc<dyn Runtime>).collect()
     }
 
     /// Removes every container, cgroup and bundle of this server.
@@ -166,11 +273,16 @@ impl Host {
         }
         hangar_jail::cgroup::remove_tree(&self.cgroup_parent).await;
         let _ = std::fs::remove_dir_all(self.run_dir.join("bundles"));
+        let _ = std::fs::remove_dir_all(self.code_dir.join(SLOTS));
     }
 
     /// Stops everything (at shutdown).
     pub async fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
+        let pools: Vec<Pool> = lock(&self.pools).drain().map(|(_, p)| p).collect();
+        for p in pools.iter().flat_map(|p| &p.ready) {
+            p.stop().await;
+        }
         self.clean().await;
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
@@ -212,8 +324,9 @@ impl Host {
     }
 
     /// What a zygote sees, all read-only: the system's `/usr`, the interpreters, the loader
-    /// cache and CA certificates, the shims at `/opt/hangar` and the code at `/var/task`.
-    fn binds(&self, digest: &str) -> Vec<(PathBuf, String)> {
+    /// cache and CA certificates, the shims at `/opt/hangar` and `task` (the code, or a
+    /// prewarmed zygote's slot for it) at `/var/task`.
+    fn binds(&self, task: &Path) -> Vec<(PathBuf, String)> {
         let mut binds = vec![(PathBuf::from("/usr"), "/usr".to_string())];
         for i in [Some(&self.python), self.node.as_ref()].into_iter().flatten() {
             if let Some(b) = &i.bind {
@@ -228,7 +341,7 @@ impl Host {
             }
         }
         binds.push((self.shims_dir.clone(), "/opt/hangar".into()));
-        binds.push((self.code_path(digest), "/var/task".into()));
+        binds.push((task.to_path_buf(), "/var/task".into()));
         binds
     }
 
@@ -236,6 +349,32 @@ impl Host {
     /// memory as in Lambda (1769 MiB = one CPU).
     fn instance_limits(&self, memory_bytes: u64) -> CgroupLimits {
         CgroupLimits { memory_bytes, pids_max: 256, cpu_shares: ((memory_bytes >> 20) * 1024 / 1769).max(2) }
+    }
+}
+
+/// Where prewarmed zygotes' `/var/task` directories are, under the code directory (the same
+/// file system as the code, so filling one makes hard links).
+const SLOTS: &str = ".slots";
+
+/// How a runtime's zygote runs: importing the handler itself, or exec'ing a runtime per
+/// instance.
+fn zygote_mode(kind: RuntimeKind) -> &'static str {
+    if kind == RuntimeKind::Python3 { "python" } else { "exec" }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("ready", &self.ready.len()).field("filling", &self.filling).finish()
+    }
+}
+
+impl Pool {
+    fn publish(&self) {
+        self.metrics.ready.set(self.ready.len() as i64);
     }
 }
 

@@ -240,3 +240,10 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Whether an invocation record's instance was made for it or ahead of it (`cold` or
+/// `prewarmed`), rather than reused (`warm`, `resumed`, `provisioned`).
+#[allow(dead_code)]
+pub fn new_instance(record: &serde_json::Value) -> bool {
+    record["start"] == "cold" || record["start"] == "prewarmed"
+}
