@@ -1,7 +1,8 @@
 //! Scaling and events, side by side in one run: a burst of 500 concurrent first requests to a
 //! cold function (Python against 500 plain `python3` processes running the same handler; WASM
 //! against `wasmtime serve` of the same component); a call that resumes a paused instance
-//! against a cold start of the same function; the time a service's autoscaler takes to settle
+//! against a new instance of the same function; deploy to first answer of a new function with
+//! the runtime's prewarmed zygote against without one; the time a service's autoscaler takes to settle
 //! after a 10× step in load; and asynchronous invocations accepted and completed per second
 //! with durability on, against synchronous calls of the same function.
 
@@ -25,6 +26,40 @@ const EVENTS: usize = 2000;
 const CLIENTS: usize = 32;
 
 const PY_APP: &str = "def handler(event, context):\n    return {'ok': True}\n";
+
+/// New functions per runtime and server in the prewarm figure.
+const FIRSTS: usize = 8;
+
+/// Deploy-to-first-answer times (ms) per runtime: on a server with prewarmed zygotes, and on
+/// one without, in the same run.
+#[allow(clippy::type_complexity)]
+async fn first_answers(bin: &Path, client: &reqwest::Client, work: &Path) -> Result<(Vec<(&'static str, Vec<f64>)>, Vec<(&'static str, Vec<f64>)>)> {
+    let pooled = Hangar::start(bin)?;
+    let bare = Hangar::start_with(bin, &["--prewarm", "0"])?;
+    let node_dir = work.join("node");
+    std::fs::create_dir_all(&node_dir)?;
+    std::fs::write(node_dir.join("index.js"), "exports.handler = async () => ({ ok: true });\n")?;
+    let py_dir = work.join("py");
+    let runtimes: [(&'static str, &Path, &str); 2] = [("python3", &py_dir, "app.handler"), ("nodejs", &node_dir, "index.handler")];
+    let (mut with_pool, mut without): (Vec<(&'static str, Vec<f64>)>, Vec<(&'static str, Vec<f64>)>) = (Vec::new(), Vec::new());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (rt, dir, handler) in runtimes {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for i in 0..FIRSTS {
+            for (h, times) in [(&pooled, &mut a), (&bare, &mut b)] {
+                let name = format!("first-{rt}-{i}");
+                let t = Instant::now();
+                h.cli(&["fn", "deploy", &name, "--runtime", rt, "--handler", handler, "--code", dir.to_str().unwrap_or_default()])?;
+                invoke(client, h, &name).await?;
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        with_pool.push((rt, a));
+        without.push((rt, b));
+    }
+    Ok((with_pool, without))
+}
 
 /// Fires `n` requests at once; returns each one's latency in ms and the time until all were
 /// answered, failing if any was not a success.
@@ -144,10 +179,15 @@ pub async fn run(bin: &Path, wasmtime: &Path, component: &Path) -> Result<String
             resumed.push(ms);
         }
         let (ms, id) = invoke(&client, &h, "coldy").await?;
-        if start_kind(&client, &h, &id).await? == "cold" {
+        if start_kind(&client, &h, &id).await? == "prewarmed" {
             cold.push(ms);
         }
     }
+
+    eprintln!("scaling: deploy to first answer, with and without prewarmed zygotes");
+    drop(h);
+    let (with_pool, without) = first_answers(bin, &client, work.path()).await?;
+    let h = Hangar::start(bin)?;
 
     eprintln!("scaling: the autoscaler after a 10x step");
     let server = crate::services::backend(&root)?;
@@ -237,16 +277,31 @@ pub async fn run(bin: &Path, wasmtime: &Path, component: &Path) -> Result<String
         out,
         "### Resume from pause against a cold start\n\nThe same Python function, called through `POST /v1/functions/NAME/invoke` once its idle\n\
          instance was paused by the cgroup freezer (`--pause-after 100ms`; the record says\n\
-         `resumed`), and once its instances were reaped (`--keep-alive 1s`; the record says `cold`:\n\
-         the spare sandbox is let go). {} and {} samples, alternating; medians.\n",
+         `resumed`), and once its instances were reaped (`--keep-alive 1s`; the record says\n\
+         `prewarmed`: the spare sandbox made ahead of demand is let go). {} and {} samples, alternating; medians.\n",
         resumed.len(),
         cold.len()
     );
     let _ = writeln!(out, "| call | p50 | p90 |");
     let _ = writeln!(out, "|---|---:|---:|");
     let _ = writeln!(out, "| resumed (paused instance thawed) | {r50:.2} ms | {:.2} ms |", percentile(resumed, 0.9));
-    let _ = writeln!(out, "| cold (new instance) | {c50:.2} ms | {:.2} ms |", percentile(cold, 0.9));
-    let _ = writeln!(out, "\nResume is {:.2}× a cold start.\n", r50 / c50);
+    let _ = writeln!(out, "| new instance (the spare sandbox let go: `prewarmed`) | {c50:.2} ms | {:.2} ms |", percentile(cold, 0.9));
+    let _ = writeln!(out, "\nResume is {:.2}× a new instance.\n", r50 / c50);
+    let _ = writeln!(
+        out,
+        "### Deploy to first answer: prewarmed zygotes\n\nA new function deployed (`hangar fn deploy`, code from a directory) and called at once\n\
+         (`POST /v1/functions/NAME/invoke`), timed from the deploy's start to the answer; one server\n\
+         keeps a prewarmed zygote per runtime (`--prewarm 1`, the default), the other none\n\
+         (`--prewarm 0`), so its new function's zygote starts its interpreter first. {FIRSTS}\n\
+         functions per runtime on each server, alternating, 1.5 s apart (the pool refills); medians.\n"
+    );
+    let _ = writeln!(out, "| runtime | prewarmed zygote | no pool | ratio |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for ((rt, a), (_, b)) in with_pool.iter().zip(&without) {
+        let (a, b) = (median(a.clone()), median(b.clone()));
+        let _ = writeln!(out, "| {rt} | {a:.1} ms | {b:.1} ms | {:.2}× |", a / b);
+    }
+    let _ = writeln!(out);
     let _ = writeln!(
         out,
         "### The autoscaler after a 10× step\n\nA service of `bench/svc-backend` (`/sleep/50` answers after 50 ms) with `--concurrency 1\n\
