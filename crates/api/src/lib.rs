@@ -75,6 +75,7 @@ macro_rules! wire_enum {
 }
 
 pub mod events;
+pub mod sandboxes;
 
 wire_enum! {
     /// How a function's code is executed.

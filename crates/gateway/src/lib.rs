@@ -12,6 +12,7 @@ pub mod events;
 pub mod images;
 pub mod invoke;
 pub mod openapi;
+pub mod sandboxes;
 pub mod services;
 
 use std::sync::Arc;
@@ -83,6 +84,10 @@ pub struct Shared {
     pub services: Option<Arc<hangar_service::Services>>,
     /// Why not, when it cannot.
     pub services_unavailable: Option<String>,
+    /// The sandboxes, when this server can run them (runsc).
+    pub sandboxes: Option<hangar_sandbox::Sandboxes>,
+    /// Why not, when it cannot.
+    pub sandboxes_unavailable: Option<String>,
     pub keys: KeyCache,
     pub limits: Limits,
     /// Serializes deploys and deletes, so revisions are numbered without gaps or races.
@@ -118,6 +123,11 @@ pub fn router(state: AppState) -> Router {
         .route("/services", get(services::list_services))
         .route("/services/{name}", get(services::get_service).put(services::put_service).delete(services::delete_service))
         .route("/services/{name}/logs", get(services::service_logs))
+        .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
+        .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::remove))
+        .route("/sandboxes/{id}/exec", post(sandboxes::exec))
+        .route("/sandboxes/{id}/files", get(sandboxes::read).put(sandboxes::write).layer(DefaultBodyLimit::disable()))
+        .route("/sandboxes/{id}/{action}", post(sandboxes::lifecycle))
         .route("/invocations", get(api::list_invocations))
         .route("/invocations/{id}", get(api::get_invocation))
         .route("/async-invocations", get(events::list))

@@ -18,6 +18,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         crate::images::import_image, crate::images::pull_image,
         crate::services::put_service, crate::services::list_services, crate::services::get_service,
         crate::services::delete_service, crate::services::service_logs,
+        crate::sandboxes::create, crate::sandboxes::list, crate::sandboxes::get, crate::sandboxes::remove,
+        crate::sandboxes::lifecycle, crate::sandboxes::exec, crate::sandboxes::read, crate::sandboxes::write,
     ),
     components(schemas(hangar_api::FunctionConfig, hangar_api::RuntimeKind, hangar_api::ErrorBody, hangar_api::ErrorDetail)),
     modifiers(&BearerAuth),

@@ -92,6 +92,9 @@ pub enum Command {
     /// Publish events to topics
     #[command(subcommand, name = "events")]
     Events(EventsCommand),
+    /// Manage sandboxes: gVisor machines for untrusted code (exec, files, pause, standby)
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
     /// Manage container images (import, pull, list, remove)
     #[command(subcommand)]
     Image(ImageCommand),
@@ -509,6 +512,17 @@ pub fn client(cli: &Cli) -> Client {
     Client::new(url, key)
 }
 
+/// `--env K=V` flags as a map.
+pub fn env_flags(flags: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    flags
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').with_context(|| format!("--env `{kv}` is not K=V"))?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 pub fn ns_query(ns: Option<&str>) -> Vec<(&'static str, String)> {
     ns.map(|n| vec![("namespace", n.to_string())]).unwrap_or_default()
 }
@@ -594,10 +608,7 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
             if let Some(t) = &a.timeout {
                 config.timeout_ms = crate::manifest::parse_timeout(t)?;
             }
-            for kv in &a.env {
-                let (k, v) = kv.split_once('=').with_context(|| format!("--env `{kv}` is not K=V"))?;
-                config.env.insert(k.to_string(), v.to_string());
-            }
+            config.env.extend(env_flags(&a.env)?);
             config.allow_outbound = a.allow_outbound.clone();
             config.public = a.public;
             config.handler = a.handler.clone();
@@ -984,4 +995,67 @@ pub fn check_limit(limit: u32) -> Result<()> {
         bail!("--limit {limit} is out of range; choose 1 to 1000");
     }
     Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Make a sandbox from an image and start it; prints its id
+    Create {
+        /// Image reference or id (`hangar image ls`)
+        #[arg(long)]
+        image: String,
+        /// Memory limit, MiB
+        #[arg(long)]
+        memory: Option<u32>,
+        /// CPU limit, in CPUs
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Disk the sandbox's files may take, MiB
+        #[arg(long)]
+        disk: Option<u32>,
+        /// Environment variable K=V of every command (repeatable)
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// Destroy it this long after creation (e.g. 1h)
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Pause it after this long without exec or file calls (e.g. 30s)
+        #[arg(long)]
+        pause_after: Option<String>,
+        /// Put it on standby (checkpoint to disk) after this long without calls (e.g. 5m)
+        #[arg(long)]
+        standby_after: Option<String>,
+    },
+    /// List sandboxes
+    Ls,
+    /// Show a sandbox: state, timings, sizes, usage
+    Get { id: String },
+    /// Stop a sandbox and remove it with its files
+    Rm { id: String },
+    /// Freeze a sandbox: no CPU, memory kept
+    Pause { id: String },
+    /// Resume a paused sandbox, or restore one on standby
+    Resume { id: String },
+    /// Checkpoint a sandbox to disk and stop it: no CPU, no memory, state kept
+    Standby { id: String },
+    /// Run a command in a sandbox; its output streams here and its exit code is this one's.
+    /// Standard input is passed on when it is not a terminal.
+    Exec {
+        id: String,
+        /// Environment variable K=V (repeatable)
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// Working directory inside the sandbox
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Kill the command after this long (e.g. 30s)
+        #[arg(long)]
+        timeout: Option<String>,
+        /// The command and its arguments
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Copy a file into or out of a sandbox: `cp LOCAL ID:/path` or `cp ID:/path LOCAL`
+    /// (LOCAL `-` is stdin or stdout); `cp ID:/dir` lists a directory
+    Cp { from: String, to: Option<String> },
 }

@@ -8,6 +8,7 @@ mod code;
 mod events;
 mod images;
 mod manifest;
+mod sandboxes;
 mod services;
 mod up;
 
@@ -74,6 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Image(cmd) => images::run(&cli, cmd).await?,
         Command::Service(cmd) => services::run(&cli, cmd).await?,
+        Command::Sandbox(cmd) => return sandboxes::run(&cli, cmd).await,
         Command::Async(cmd) => events::run(&cli, cmd).await?,
         Command::Triggers(cmd) => events::run_triggers(&cli, cmd).await?,
         Command::Events(cmd) => events::run_events(&cli, cmd).await?,

@@ -18,10 +18,7 @@ fn config(a: &SvcDeployArgs) -> Result<ServiceConfig> {
     if let Some(w) = &a.scale_window {
         c.scale_window_ms = humantime::parse_duration(w).with_context(|| format!("--scale-window `{w}` is not a duration like 60s"))?.as_millis() as u64;
     }
-    for kv in &a.env {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--env `{kv}` is not K=V"))?;
-        c.env.insert(k.to_string(), v.to_string());
-    }
+    c.env.extend(crate::cli::env_flags(&a.env)?);
     c.volumes = a.volumes.clone();
     c.runtime = match a.runtime.as_str() {
         "runc" => ContainerRuntime::Runc,

@@ -105,8 +105,18 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     if let Some(s) = &services {
         async_queue.set_service_sink(Arc::new(hangar_gateway::services::EventSink { services: s.clone(), store: store.clone() }));
     }
-    let users = services.clone();
-    let image_users: hangar_gateway::ImageUsers = Arc::new(move |ns: &str, id: &str| users.as_ref().is_some_and(|s| s.uses_image(ns, id)));
+    let (sandboxes, sandboxes_unavailable) = match hangar_sandbox::Sandboxes::start(&opts.data_dir, store.clone(), images.clone()).await {
+        Ok(s) => (Some(s), None),
+        Err(e) => {
+            tracing::warn!("sandboxes are not available: {e}");
+            eprintln!("warning: sandboxes are not available: {e}");
+            (None, Some(e.to_string()))
+        }
+    };
+    let (users, sandbox_users) = (services.clone(), sandboxes.clone());
+    let image_users: hangar_gateway::ImageUsers = Arc::new(move |ns: &str, id: &str| {
+        users.as_ref().is_some_and(|s| s.uses_image(ns, id)) || sandbox_users.as_ref().is_some_and(|s| s.uses_image(ns, id))
+    });
     let state = AppState::new(Shared {
         store,
         scheduler: scheduler.clone(),
@@ -115,6 +125,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         image_users,
         services: services.clone(),
         services_unavailable,
+        sandboxes: sandboxes.clone(),
+        sandboxes_unavailable,
         keys: KeyCache::default(),
         limits: opts.limits,
         deploy_lock: Arc::default(),
@@ -203,6 +215,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     }
     scheduler.shutdown().await;
     if let Some(s) = &services {
+        s.shutdown().await;
+    }
+    // Running sandboxes go to standby: their state survives the restart.
+    if let Some(s) = &sandboxes {
         s.shutdown().await;
     }
     meter.flush().await;

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cgroup;
+pub mod overlay;
 mod netns;
 
 pub use netns::NetNs;

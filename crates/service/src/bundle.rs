@@ -62,32 +62,10 @@ fn bind(source: &Path, dest: &str, options: &[&str]) -> Result<Mount, ServiceErr
 
 /// `uid[:gid]` or `name[:group]` resolved in the image's `/etc/passwd` and `/etc/group`.
 pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), ServiceError> {
-    if user.is_empty() {
-        return Ok((0, 0, Vec::new()));
-    }
-    let (u, g) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
-    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
-    let (uid, primary) = match u.parse::<u32>() {
-        Ok(uid) => (uid, passwd.lines().find(|l| l.split(':').nth(2) == Some(u)).and_then(|l| l.split(':').nth(3)?.parse().ok())),
-        Err(_) => {
-            let line = passwd.lines().find(|l| l.split(':').next() == Some(u)).ok_or_else(|| ServiceError::Invalid(format!("user `{u}` is not in the image's /etc/passwd")))?;
-            let f: Vec<&str> = line.split(':').collect();
-            (f.get(2).and_then(|x| x.parse().ok()).unwrap_or(0), f.get(3).and_then(|x| x.parse().ok()))
-        }
-    };
-    let gid = match g {
-        Some(g) => match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => group
-                .lines()
-                .find(|l| l.split(':').next() == Some(g))
-                .and_then(|l| l.split(':').nth(2)?.parse().ok())
-                .ok_or_else(|| ServiceError::Invalid(format!("group `{g}` is not in the image's /etc/group")))?,
-        },
-        None => primary.unwrap_or(0),
-    };
-    Ok((uid, gid, Vec::new()))
+    hangar_jail::overlay::resolve_user(rootfs, user).map_err(|e| match e {
+        hangar_jail::JailError::Invalid(m) => ServiceError::Invalid(m),
+        other => ServiceError::Invalid(other.to_string()),
+    })
 }
 
 /// The process's argv: the service's command/args, else the image's Entrypoint/Cmd.
@@ -194,26 +172,13 @@ pub fn config(spec: &InstanceSpec<'_>, rootfs: &Path) -> Result<Spec, ServiceErr
 
 /// Mounts the overlay root: `lower` top first, the instance's `upper` and `work`.
 pub fn mount_root(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), ServiceError> {
-    use nix::mount::{MsFlags, mount};
-    std::fs::create_dir_all(upper)?;
-    std::fs::create_dir_all(work)?;
-    std::fs::create_dir_all(target)?;
-    if lower.is_empty() {
-        return Err(ServiceError::Invalid("the image has no layers".into()));
-    }
-    let lowers: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
-    let data = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display());
-    if data.len() >= 4000 {
-        return Err(ServiceError::Invalid(format!("the image has too many layers ({}) to stack here", lower.len())));
-    }
-    mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(data.as_str())).map_err(|e| ServiceError::Io(std::io::Error::other(format!("mounting the overlay root at {}: {e}", target.display()))))
+    hangar_jail::overlay::mount_root(lower, upper, work, target).map_err(|e| match e {
+        hangar_jail::JailError::Invalid(m) => ServiceError::Invalid(m),
+        other => ServiceError::Io(std::io::Error::other(other.to_string())),
+    })
 }
 
-/// Unmounts an overlay root (lazily, in case something still holds it).
-pub fn unmount_root(target: &Path) {
-    use nix::mount::{MntFlags, umount2};
-    let _ = umount2(target, MntFlags::MNT_DETACH);
-}
+pub use hangar_jail::overlay::unmount_root;
 
 #[cfg(test)]
 mod tests {

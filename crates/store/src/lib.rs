@@ -155,6 +155,12 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_trigger(&self, namespace: &str, name: &str) -> Result<bool>;
     /// Records the scheduled time of the last event a cron trigger queued.
     async fn set_trigger_fired(&self, namespace: &str, name: &str, fired_ms: i64) -> Result<()>;
+
+    /// Creates or replaces a sandbox's record.
+    async fn put_sandbox(&self, sandbox: &hangar_api::sandboxes::Sandbox) -> Result<()>;
+    /// Every sandbox of every namespace.
+    async fn list_sandboxes(&self) -> Result<Vec<hangar_api::sandboxes::Sandbox>>;
+    async fn delete_sandbox(&self, id: &str) -> Result<bool>;
 }
 
 /// A trigger as stored.

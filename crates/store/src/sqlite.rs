@@ -101,6 +101,12 @@ CREATE TABLE IF NOT EXISTS triggers (
     last_fired_ms INTEGER,
     PRIMARY KEY (namespace, name)
 );
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id         TEXT PRIMARY KEY,
+    namespace  TEXT NOT NULL,
+    body       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sandboxes_by_namespace ON sandboxes(namespace, id);
 "#;
 
 /// Brings tables made by older versions up to date (columns added since).
@@ -287,6 +293,10 @@ impl Store for SqliteStore {
             let triggers: i64 = tx.query_row("SELECT count(*) FROM triggers WHERE namespace = ?1", [&name], |r| r.get(0))?;
             if triggers > 0 {
                 return Err(StoreError::Conflict(format!("namespace `{name}` still has {triggers} trigger(s); remove them first (`hangar triggers rm`)")));
+            }
+            let sandboxes: i64 = tx.query_row("SELECT count(*) FROM sandboxes WHERE namespace = ?1", [&name], |r| r.get(0))?;
+            if sandboxes > 0 {
+                return Err(StoreError::Conflict(format!("namespace `{name}` still has {sandboxes} sandbox(es); remove them first (`hangar sandbox rm`)")));
             }
             tx.execute("DELETE FROM api_keys WHERE namespace = ?1", [&name])?;
             let n = tx.execute("DELETE FROM namespaces WHERE name = ?1", [&name])?;
@@ -633,6 +643,32 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn put_sandbox(&self, sandbox: &hangar_api::sandboxes::Sandbox) -> Result<()> {
+        let body = serde_json::to_string(sandbox).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (id, ns) = (sandbox.id.clone(), sandbox.namespace.clone());
+        self.with(move |c| {
+            c.execute("INSERT INTO sandboxes(id, namespace, body) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET body = excluded.body", params![id, ns, body])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_sandboxes(&self) -> Result<Vec<hangar_api::sandboxes::Sandbox>> {
+        let raw = self
+            .with(move |c| {
+                let mut st = c.prepare_cached("SELECT id, body FROM sandboxes ORDER BY id")?;
+                let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await?;
+        raw.into_iter().map(|(id, body)| serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("sandbox {id}: {e}")))).collect()
+    }
+
+    async fn delete_sandbox(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        self.with(move |c| Ok(c.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)).await
     }
 
     async fn list_async(&self, f: AsyncFilter) -> Result<Vec<AsyncRecord>> {

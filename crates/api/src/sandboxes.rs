@@ -1,0 +1,297 @@
+//! Wire types of `/v1/sandboxes`: machines for untrusted code (gVisor), driven by exec and
+//! file calls, paused or put on standby when idle.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::validate::Invalid;
+
+/// Memory of a sandbox, MiB.
+pub const SANDBOX_MEMORY_MB: std::ops::RangeInclusive<u32> = 32..=16_384;
+/// Disk a sandbox may fill through uploads, MiB.
+pub const SANDBOX_DISK_MB: std::ops::RangeInclusive<u32> = 16..=65_536;
+/// Longest a sandbox may live, seconds (30 days).
+pub const MAX_TTL_S: u64 = 30 * 24 * 3600;
+/// Largest stdin given to one exec.
+pub const MAX_EXEC_STDIN_BYTES: usize = 1 << 20;
+
+/// When an idle sandbox (no exec or file call running) is paused and put on standby.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdlePolicy {
+    /// Idle seconds before it is paused (frozen: no CPU, memory kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_after_s: Option<u64>,
+    /// Idle seconds before it is put on standby (checkpointed to disk: no CPU, no memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_after_s: Option<u64>,
+}
+
+/// What a sandbox is made from and may use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Image reference or id in the namespace's image store.
+    pub image: String,
+    /// Memory limit, MiB (32..=16384, default 512).
+    #[serde(default = "default_memory")]
+    pub memory_mb: u32,
+    /// CPU limit in CPUs (0.05..=64, default 1).
+    #[serde(default = "default_cpus")]
+    pub cpus: f64,
+    /// Disk the sandbox's own files may take, MiB (16..=65536, default 1024); uploads beyond
+    /// it are refused.
+    #[serde(default = "default_disk")]
+    pub disk_mb: u32,
+    /// Environment of every command (on top of the image's).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds after creation when the sandbox is destroyed, whatever its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+    #[serde(default)]
+    pub idle: IdlePolicy,
+}
+
+fn default_memory() -> u32 {
+    512
+}
+fn default_cpus() -> f64 {
+    1.0
+}
+fn default_disk() -> u32 {
+    1024
+}
+
+impl SandboxConfig {
+    /// A configuration with every default for `image`.
+    pub fn new(image: impl Into<String>) -> Self {
+        serde_json::from_value(serde_json::json!({ "image": image.into() })).unwrap_or_else(|_| unreachable!("the defaults deserialize"))
+    }
+
+    /// Checks every field; the first broken rule is the error.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.image.trim().is_empty() {
+            return Err(Invalid::new("image", "give the image to make the sandbox from (`hangar image ls` lists them)"));
+        }
+        if !SANDBOX_MEMORY_MB.contains(&self.memory_mb) {
+            return Err(Invalid::new("memory_mb", format!("{} is out of range {}..={}", self.memory_mb, SANDBOX_MEMORY_MB.start(), SANDBOX_MEMORY_MB.end())));
+        }
+        if !(self.cpus.is_finite() && (0.05..=64.0).contains(&self.cpus)) {
+            return Err(Invalid::new("cpus", format!("{} is out of range 0.05..=64", self.cpus)));
+        }
+        if !SANDBOX_DISK_MB.contains(&self.disk_mb) {
+            return Err(Invalid::new("disk_mb", format!("{} is out of range {}..={}", self.disk_mb, SANDBOX_DISK_MB.start(), SANDBOX_DISK_MB.end())));
+        }
+        env(&self.env)?;
+        if let Some(t) = self.ttl_s
+            && !(1..=MAX_TTL_S).contains(&t)
+        {
+            return Err(Invalid::new("ttl_s", format!("{t} is out of range 1..={MAX_TTL_S}")));
+        }
+        let IdlePolicy { pause_after_s, standby_after_s } = self.idle;
+        for (field, v) in [("idle.pause_after_s", pause_after_s), ("idle.standby_after_s", standby_after_s)] {
+            if let Some(v) = v
+                && !(1..=MAX_TTL_S).contains(&v)
+            {
+                return Err(Invalid::new(field, format!("{v} is out of range 1..={MAX_TTL_S}")));
+            }
+        }
+        if let (Some(p), Some(s)) = (pause_after_s, standby_after_s)
+            && s <= p
+        {
+            return Err(Invalid::new("idle.standby_after_s", format!("{s} must be later than pause_after_s ({p})")));
+        }
+        Ok(())
+    }
+}
+
+fn env(env: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(Invalid::new("env", format!("`{k}` is not a valid variable name (no `=`, no NUL, not empty)")));
+        }
+    }
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if total > 64 * 1024 {
+        return Err(Invalid::new("env", format!("{total} bytes is more than 64 KiB")));
+    }
+    Ok(())
+}
+
+wire_enum! {
+    /// Where a sandbox is in its life.
+    SandboxState, "sandbox state" {
+        /// Running: commands execute now.
+        Running = "running",
+        /// Frozen: no CPU, memory kept; the next call resumes it at once.
+        Paused = "paused",
+        /// Checkpointed to disk: no CPU, no memory; the next call restores it.
+        Standby = "standby",
+        /// Broken (e.g. its standby image could not be restored); only `rm` is left.
+        Failed = "failed",
+    }
+}
+
+/// A sandbox as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Sandbox {
+    pub id: String,
+    pub namespace: String,
+    pub config: SandboxConfig,
+    /// The image it was made from (its id, whatever its names become).
+    pub image_id: String,
+    pub state: SandboxState,
+    pub created_ms: i64,
+    /// When the state last changed.
+    pub state_since_ms: i64,
+    /// When an exec or file call last ended (or started, while one runs).
+    pub last_active_ms: i64,
+    /// Size of the standby image on disk (while on standby).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_bytes: Option<u64>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How long the last transitions took.
+    #[serde(default)]
+    pub timings: SandboxTimings,
+    /// Time spent in each state so far, for metering.
+    #[serde(default)]
+    pub usage: SandboxUsage,
+}
+
+/// Durations of a sandbox's last transitions, ms.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxTimings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_ms: Option<f64>,
+}
+
+/// What a sandbox used, as the meter needs it: milliseconds in each state (up to the last
+/// change of state), and standby storage in byte-milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxUsage {
+    pub running_ms: u64,
+    pub paused_ms: u64,
+    pub standby_ms: u64,
+    pub standby_byte_ms: u128,
+}
+
+/// A page of sandboxes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SandboxList {
+    pub items: Vec<Sandbox>,
+}
+
+/// A command to run in a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The program and its arguments; the program is looked up in the image's `PATH`.
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (absolute); default the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Given to the command's standard input (UTF-8, at most 1 MiB); without it, stdin is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Seconds after which the command is killed (exit code 137); default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+}
+
+impl ExecRequest {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let Some(program) = self.cmd.first() else {
+            return Err(Invalid::new("cmd", "give the command to run, e.g. [\"ls\", \"-l\"]"));
+        };
+        if program.is_empty() || self.cmd.iter().any(|a| a.contains('\0')) {
+            return Err(Invalid::new("cmd", "the program must be named, and no argument may hold NUL"));
+        }
+        env(&self.env)?;
+        if let Some(cwd) = &self.cwd {
+            path("cwd", cwd)?;
+        }
+        if self.stdin.as_ref().is_some_and(|s| s.len() > MAX_EXEC_STDIN_BYTES) {
+            return Err(Invalid::new("stdin", format!("more than {MAX_EXEC_STDIN_BYTES} bytes")));
+        }
+        if let Some(t) = self.timeout_s
+            && !(1..=24 * 3600).contains(&t)
+        {
+            return Err(Invalid::new("timeout_s", format!("{t} is out of range 1..=86400")));
+        }
+        Ok(())
+    }
+}
+
+/// One line of an exec's answer (`application/x-ndjson`): output as it comes, then the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecFrame {
+    /// Bytes the command wrote to stdout (UTF-8, invalid sequences replaced).
+    Stdout(String),
+    Stderr(String),
+    /// The command ended with this code (128 + N when killed by signal N; 127 when the
+    /// program does not exist).
+    ExitCode(i32),
+    /// Hangar could not run it or follow it to its end.
+    Error(String),
+}
+
+/// A file or directory in a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileEntry {
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    pub size: u64,
+    /// Permission bits, e.g. 420 (0o644).
+    pub mode: u32,
+    pub modified_s: i64,
+}
+
+/// Checks a path inside a sandbox: absolute, no `..`, no NUL, at most 4096 bytes.
+pub fn path(field: &str, p: &str) -> Result<(), Invalid> {
+    if !p.starts_with('/') || p.len() > 4096 || p.contains('\0') {
+        return Err(Invalid::new(field, format!("`{p}` must be an absolute path (starting with `/`) of at most 4096 bytes")));
+    }
+    if p.split('/').any(|c| c == "..") {
+        return Err(Invalid::new(field, format!("`{p}` holds `..`; give the path without it")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_and_commands_are_checked() {
+        assert!(SandboxConfig::new("busybox").validate().is_ok());
+        let mut c = SandboxConfig::new("busybox");
+        c.memory_mb = 8;
+        assert_eq!(c.validate().unwrap_err().field, "memory_mb");
+        let mut c = SandboxConfig::new("busybox");
+        c.idle = IdlePolicy { pause_after_s: Some(10), standby_after_s: Some(5) };
+        assert_eq!(c.validate().unwrap_err().field, "idle.standby_after_s");
+        let bad: Result<SandboxConfig, _> = serde_json::from_str(r#"{"image":"x","cpu":2}"#);
+        assert!(bad.is_err(), "unknown fields are refused");
+        let e = ExecRequest { cmd: vec![], env: BTreeMap::new(), cwd: None, stdin: None, timeout_s: None };
+        assert_eq!(e.validate().unwrap_err().field, "cmd");
+        assert!(path("path", "/tmp/../etc/shadow").is_err());
+        assert!(path("path", "tmp/x").is_err());
+        assert!(path("path", "/tmp/x..y").is_ok());
+        assert_eq!(serde_json::to_string(&ExecFrame::ExitCode(3)).unwrap(), r#"{"exit_code":3}"#);
+    }
+}

@@ -1,0 +1,148 @@
+//! `/v1/sandboxes`: create, list, show, remove; exec (output streamed as NDJSON frames);
+//! files in and out; pause, standby and resume.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use hangar_api::sandboxes::{ExecRequest, Sandbox, SandboxConfig, SandboxList};
+use hangar_sandbox::files::Found;
+use hangar_sandbox::{SandboxError, Sandboxes};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::api::NamespaceQuery;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiJson, ApiQuery};
+
+impl From<SandboxError> for ApiError {
+    fn from(e: SandboxError) -> Self {
+        let message = e.to_string();
+        match e {
+            SandboxError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+            SandboxError::Invalid(_) => ApiError::bad_request("invalid_request", message),
+            SandboxError::Failed(..) => ApiError::new(StatusCode::CONFLICT, "sandbox_failed", message),
+            SandboxError::Quota(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded", message),
+            SandboxError::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "sandboxes_unavailable", message),
+            SandboxError::Runtime(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "sandbox_error", message),
+        }
+    }
+}
+
+/// The items of a channel as a stream.
+fn receiver_stream<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
+fn sandboxes(state: &AppState) -> Result<&Sandboxes, ApiError> {
+    state.sandboxes.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "sandboxes_unavailable",
+            format!("sandboxes are not available on this server: {}", state.sandboxes_unavailable.as_deref().unwrap_or("unknown reason")),
+        )
+    })
+}
+
+/// Makes a sandbox from an image and starts it.
+#[utoipa::path(post, path = "/v1/sandboxes", request_body = SandboxConfig, params(NamespaceQuery), tag = "sandboxes",
+    responses((status = 201, body = Sandbox), (status = 400, body = hangar_api::ErrorBody)))]
+pub async fn create(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>, ApiJson(config): ApiJson<SandboxConfig>) -> Result<Response, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let sb = sandboxes(&state)?.create(&ns, config).await?;
+    Ok((StatusCode::CREATED, Json(sb)).into_response())
+}
+
+/// The sandboxes of a namespace, oldest first.
+#[utoipa::path(get, path = "/v1/sandboxes", params(NamespaceQuery), tag = "sandboxes", responses((status = 200, body = SandboxList)))]
+pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<SandboxList>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    Ok(Json(SandboxList { items: sandboxes(&state)?.list(Some(&ns)) }))
+}
+
+/// One sandbox: state, timings, sizes, usage.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", params(("id" = String, Path), NamespaceQuery), tag = "sandboxes",
+    responses((status = 200, body = Sandbox), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn get(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Sandbox>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    Ok(Json(sandboxes(&state)?.get(Some(&ns), &id)?))
+}
+
+/// Stops a sandbox and removes it with its files and standby image.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", params(("id" = String, Path), NamespaceQuery), tag = "sandboxes",
+    responses((status = 204), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn remove(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<StatusCode, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    sandboxes(&state)?.remove(Some(&ns), &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `pause`, `resume` or `standby`.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/{action}", params(("id" = String, Path), ("action" = String, Path, description = "pause, resume or standby"), NamespaceQuery),
+    tag = "sandboxes", responses((status = 200, body = Sandbox), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn lifecycle(State(state): State<AppState>, p: Principal, Path((id, action)): Path<(String, String)>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Sandbox>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let s = sandboxes(&state)?;
+    let sb = match action.as_str() {
+        "pause" => s.pause(Some(&ns), &id).await?,
+        "resume" => s.resume(Some(&ns), &id).await?,
+        "standby" => s.standby(Some(&ns), &id).await?,
+        other => return Err(ApiError::not_found(format_args!("sandbox action `{other}` (use pause, resume, standby or exec)"))),
+    };
+    Ok(Json(sb))
+}
+
+/// Runs a command. The answer streams `application/x-ndjson`: `{"stdout":...}` and
+/// `{"stderr":...}` frames as output comes, then `{"exit_code":N}` (127: no such command).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", request_body = ExecRequest, params(("id" = String, Path), NamespaceQuery), tag = "sandboxes",
+    responses((status = 200, description = "NDJSON frames", body = [hangar_api::sandboxes::ExecFrame]), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn exec(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>, ApiJson(req): ApiJson<ExecRequest>) -> Result<Response, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let frames = sandboxes(&state)?.exec(Some(&ns), &id, req).await?;
+    let lines = receiver_stream(frames).map(|f| {
+        let mut line = serde_json::to_vec(&f).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line))
+    });
+    Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuery {
+    pub namespace: Option<String>,
+    /// Absolute path inside the sandbox.
+    pub path: String,
+}
+
+/// A file's bytes, or a directory's entries as JSON.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/files", params(("id" = String, Path), FileQuery), tag = "sandboxes",
+    responses((status = 200, description = "the file, or [FileEntry] for a directory"), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn read(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>) -> Result<Response, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let s = sandboxes(&state)?;
+    match s.stat(Some(&ns), &id, &q.path).await.map_err(|e| match e {
+        SandboxError::NotFound(_) => ApiError::not_found(format_args!("{} in sandbox `{id}`", q.path)),
+        other => other.into(),
+    })? {
+        Found::Dir(entries) => Ok(Json(entries).into_response()),
+        Found::File { size } => {
+            let chunks = s.read(Some(&ns), &id, &q.path).await?;
+            let body = Body::from_stream(receiver_stream(chunks).map(|c| c.map_err(std::io::Error::other)));
+            Ok(([(http::header::CONTENT_TYPE, "application/octet-stream".to_string()), (http::header::CONTENT_LENGTH, size.to_string())], body).into_response())
+        }
+    }
+}
+
+/// Writes a file from the request body (making its directories).
+#[utoipa::path(put, path = "/v1/sandboxes/{id}/files", params(("id" = String, Path), FileQuery), tag = "sandboxes",
+    responses((status = 201, description = "written"), (status = 413, body = hangar_api::ErrorBody)))]
+pub async fn write(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>, req: Request) -> Result<Response, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let length = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let body = req.into_body().into_data_stream();
+    let written = sandboxes(&state)?.write(Some(&ns), &id, &q.path, length, body).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({"path": q.path, "bytes": written}))).into_response())
+}

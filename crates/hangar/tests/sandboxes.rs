@@ -1,0 +1,215 @@
+//! Sandboxes end to end through the real binary: exec (stdout, stderr, exit codes, stdin, a
+//! missing command), files in and out, a process that keeps running between calls, pause,
+//! standby and resume with memory state intact, standby across a restart, isolation from the
+//! host and from other sandboxes, and the idle policy and TTL. Uses gVisor (runsc) and a
+//! busybox image (root, runsc and busybox-static, installed by scripts/test.sh).
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use common::oci::busybox_httpd;
+use serde_json::{Value, json};
+
+const IMAGE: &str = "sandbox/busybox:1";
+
+fn import(s: &Server) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = busybox_httpd(dir.path(), "img", &[]);
+    s.ok(&["image", "import", &layout, "--name", IMAGE]);
+    dir
+}
+
+fn create(s: &Server, flags: &[&str]) -> String {
+    let mut args = vec!["sandbox", "create", "--image", IMAGE, "--memory", "256"];
+    args.extend_from_slice(flags);
+    s.ok(&args).trim().to_string()
+}
+
+/// Runs a command through the API: (stdout, stderr, exit code).
+async fn exec(s: &Server, id: &str, cmd: &[&str], stdin: Option<&str>) -> (String, String, i64) {
+    let mut req = json!({"cmd": cmd});
+    if let Some(input) = stdin {
+        req["stdin"] = json!(input);
+    }
+    let r = s.http().post(format!("{}/v1/sandboxes/{id}/exec", s.url)).bearer_auth(&s.admin_key).json(&req).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let text = r.text().await.unwrap();
+    let (mut out, mut err, mut code) = (String::new(), String::new(), None);
+    for line in text.lines() {
+        let f: Value = serde_json::from_str(line).unwrap();
+        if let Some(s) = f["stdout"].as_str() {
+            out.push_str(s);
+        } else if let Some(s) = f["stderr"].as_str() {
+            err.push_str(s);
+        } else if let Some(c) = f["exit_code"].as_i64() {
+            code = Some(c);
+        } else {
+            panic!("unexpected frame {f}");
+        }
+    }
+    (out, err, code.unwrap_or_else(|| panic!("no exit code in {text}")))
+}
+
+async fn sandbox(s: &Server, id: &str) -> Value {
+    s.get(&format!("/v1/sandboxes/{id}")).send().await.unwrap().json().await.unwrap()
+}
+
+async fn counter(s: &Server, id: &str) -> u64 {
+    let (out, err, code) = exec(s, id, &["busybox", "cat", "/tmp/count"], None).await;
+    assert_eq!(code, 0, "{err}");
+    out.trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn sandboxes_run_commands_keep_processes_and_files_and_survive_standby_and_restarts() {
+    let mut s = Server::start();
+    let _img = import(&s);
+    let id = create(&s, &[]);
+    assert_eq!(sandbox(&s, &id).await["state"], "running");
+
+    // stdout, stderr and exit codes; stdin; a command that does not exist is 127, not a 500.
+    assert_eq!(exec(&s, &id, &["sh", "-c", "echo out; echo err >&2; exit 3"], None).await, ("out\n".into(), "err\n".into(), 3));
+    assert_eq!(exec(&s, &id, &["busybox", "tr", "a-z", "A-Z"], Some("piped input")).await.0, "PIPED INPUT");
+    let (_, err, code) = exec(&s, &id, &["no-such-program", "--flag"], None).await;
+    assert_eq!(code, 127);
+    assert!(err.contains("no-such-program: command not found"), "{err}");
+    // The CLI streams the output and passes the exit code on.
+    let out = s.cli(&["sandbox", "exec", &id, "--", "sh", "-c", "echo hi; exit 4"]);
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()), (Some(4), "hi\n"));
+
+    // Files in and out, through the API and `hangar sandbox cp`.
+    let url = |p: &str| format!("{}/v1/sandboxes/{id}/files?path={p}", s.url);
+    let r = s.http().put(url("/work/notes.txt")).bearer_auth(&s.admin_key).body("remember this\n").send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s.http().get(url("/work/notes.txt")).bearer_auth(&s.admin_key).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "remember this\n");
+    let listing: Value = s.http().get(url("/work")).bearer_auth(&s.admin_key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listing, json!([{"name": "notes.txt", "kind": "file", "size": 14, "mode": 0o644, "modified_s": listing[0]["modified_s"]}]));
+    assert_eq!(exec(&s, &id, &["busybox", "cat", "/work/notes.txt"], None).await.0, "remember this\n", "commands see uploaded files");
+    let local = tempfile::tempdir().unwrap();
+    let binary: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    std::fs::write(local.path().join("in.bin"), &binary).unwrap();
+    s.ok(&["sandbox", "cp", local.path().join("in.bin").to_str().unwrap(), &format!("{id}:/data/deep/in.bin")]);
+    s.ok(&["sandbox", "cp", &format!("{id}:/data/deep/in.bin"), local.path().join("out.bin").to_str().unwrap()]);
+    assert_eq!(std::fs::read(local.path().join("out.bin")).unwrap(), binary, "binary files round trip");
+    // Bad paths and missing files.
+    let (status, code, _) = common::error_code(s.http().put(url("/work/../etc/passwd")).bearer_auth(&s.admin_key).body("x").send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (400, "invalid_request"));
+    let (status, _, _) = common::error_code(s.http().get(url("/nope.txt")).bearer_auth(&s.admin_key).send().await.unwrap()).await;
+    assert_eq!(status, 404);
+
+    // A process started by one call keeps running between calls.
+    let (_, err, code) = exec(&s, &id, &["sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; busybox sleep 0.1; done) >/dev/null 2>&1 &"], None).await;
+    assert_eq!(code, 0, "{err}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let c1 = counter(&s, &id).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(counter(&s, &id).await > c1, "the background process still runs");
+
+    // Pause: frozen, then resumed with the process where it was.
+    let v: Value = s.http().post(format!("{}/v1/sandboxes/{id}/pause", s.url)).bearer_auth(&s.admin_key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["state"], "paused");
+    assert!(s.ok(&["sandbox", "resume", &id]).contains("is running"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Standby: checkpointed to disk and stopped; the next call restores it with the running
+    // process's memory (its counter lives in /tmp, a tmpfs in the sandbox's memory) and files.
+    let before = counter(&s, &id).await;
+    let v: Value = s.http().post(format!("{}/v1/sandboxes/{id}/standby", s.url)).bearer_auth(&s.admin_key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["state"], "standby", "{v}");
+    assert!(v["standby_bytes"].as_u64().unwrap() > 0, "{v}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = counter(&s, &id).await;
+    assert!(after >= before && after < before + 5, "the counter went on from where it stood: {before} then {after}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(counter(&s, &id).await > after, "and the process runs again");
+    assert_eq!(exec(&s, &id, &["busybox", "cat", "/work/notes.txt"], None).await.0, "remember this\n");
+    let v = sandbox(&s, &id).await;
+    assert_eq!(v["state"], "running");
+    assert!(v["timings"]["resume_ms"].as_f64().unwrap() > 0.0 && v["usage"]["standby_ms"].as_u64().unwrap() > 0, "{v}");
+
+    // A graceful stop puts running sandboxes on standby; after the restart they resume.
+    let before = counter(&s, &id).await;
+    s.restart();
+    assert_eq!(sandbox(&s, &id).await["state"], "standby");
+    let after = counter(&s, &id).await;
+    assert!(after >= before && after < before + 5, "{before} then {after}");
+    let listed: Value = s.get("/v1/sandboxes").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+
+    // Removed: gone, and calls on it are 404.
+    s.ok(&["sandbox", "rm", &id]);
+    let (status, _, _) = common::error_code(s.http().post(format!("{}/v1/sandboxes/{id}/exec", s.url)).bearer_auth(&s.admin_key).json(&json!({"cmd": ["true"]})).send().await.unwrap()).await;
+    assert_eq!(status, 404);
+    let err = s.fails(&["sandbox", "exec", &id, "--", "true"], 4);
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[tokio::test]
+async fn sandboxes_are_isolated_and_follow_their_idle_policy_and_ttl() {
+    let s = Server::start();
+    let _img = import(&s);
+    let a = create(&s, &[]);
+    let b = create(&s, &[]);
+
+    // gVisor's kernel, not the host's; none of the host's files; no network but loopback.
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let (uname, _, _) = exec(&s, &a, &["busybox", "uname", "-r"], None).await;
+    assert_ne!(uname.trim(), host_kernel.trim(), "the sandbox sees gVisor's kernel");
+    let (_, _, code) = exec(&s, &a, &["busybox", "cat", "/etc/shadow"], None).await;
+    assert_ne!(code, 0, "no host files");
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port().to_string();
+    let (_, _, code) = exec(&s, &a, &["busybox", "nc", "-w", "2", "127.0.0.1", &port], Some("hello")).await;
+    assert_ne!(code, 0, "the host's loopback is not reachable");
+    let (ifaces, _, _) = exec(&s, &a, &["busybox", "cat", "/proc/net/dev"], None).await;
+    assert!(!ifaces.contains("eth") && !ifaces.contains("veth"), "only loopback: {ifaces}");
+    // One sandbox does not see another's processes or files.
+    exec(&s, &a, &["sh", "-c", "busybox sleep 1000 >/dev/null 2>&1 & echo secret > /tmp/mine"], None).await;
+    let (ps, _, _) = exec(&s, &b, &["busybox", "ps"], None).await;
+    assert!(!ps.contains("sleep 1000"), "{ps}");
+    let (_, _, code) = exec(&s, &b, &["busybox", "cat", "/tmp/mine"], None).await;
+    assert_ne!(code, 0);
+    // Uploads past the disk quota are refused, and nothing of them is left.
+    let small = create(&s, &["--disk", "16"]);
+    let big = vec![b'x'; 17 << 20];
+    let r = s.http().put(format!("{}/v1/sandboxes/{small}/files?path=/big", s.url)).bearer_auth(&s.admin_key).body(big).send().await.unwrap();
+    let (status, code, msg) = common::error_code(r).await;
+    assert_eq!((status, code.as_str()), (413, "quota_exceeded"), "{msg}");
+    assert_ne!(exec(&s, &small, &["busybox", "ls", "/big"], None).await.2, 0);
+    // A flood of output streams through without piling up: all of it arrives.
+    let (out, _, code) = exec(&s, &b, &["sh", "-c", "busybox yes 0123456789abcdef | busybox head -c 4000000"], None).await;
+    assert_eq!((out.len(), code), (4_000_000, 0));
+
+    // Idle policy: paused after 1 s without calls, on standby after 3 s; a call brings it back.
+    let idle = create(&s, &["--pause-after", "1s", "--standby-after", "3s"]);
+    common::eventually("paused", Duration::from_secs(20), || async {
+        let v = sandbox(&s, &idle).await;
+        if v["state"] == "paused" { Ok(()) } else { Err(v.to_string()) }
+    })
+    .await;
+    common::eventually("on standby", Duration::from_secs(20), || async {
+        let v = sandbox(&s, &idle).await;
+        if v["state"] == "standby" { Ok(()) } else { Err(v.to_string()) }
+    })
+    .await;
+    assert_eq!(exec(&s, &idle, &["sh", "-c", "echo back"], None).await.0, "back\n");
+    // TTL: destroyed after it, whatever its state.
+    let short = create(&s, &["--ttl", "2s"]);
+    common::eventually("destroyed by its TTL", Duration::from_secs(20), || async {
+        let r = s.get(&format!("/v1/sandboxes/{short}")).send().await.unwrap();
+        if r.status() == 404 { Ok(()) } else { Err(r.status().to_string()) }
+    })
+    .await;
+    // Bad input.
+    let err = s.fails(&["sandbox", "create", "--image", "no/such:image"], 6);
+    assert!(err.contains("not in namespace"), "{err}");
+    let err = s.fails(&["sandbox", "create", "--image", IMAGE, "--memory", "4"], 6);
+    assert!(err.contains("memory_mb"), "{err}");
+    for id in [a, b, small, idle] {
+        s.ok(&["sandbox", "rm", &id]);
+    }
+}

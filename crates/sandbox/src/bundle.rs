@@ -1,0 +1,164 @@
+//! The OCI bundle of a sandbox: its overlay root (the image's layers under the sandbox's own
+//! upper directory, kept in the data directory so files outlive standby and restarts) and a
+//! `config.json` for runsc with the sandbox's limits, no network but loopback, and Hangar's
+//! static busybox bound read-only at `/.hangar/busybox` for file calls.
+
+use std::path::{Path, PathBuf};
+
+use hangar_api::sandboxes::SandboxConfig;
+use hangar_image::RunConfig;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+
+use crate::SandboxError;
+
+/// Where the helper binary is inside every sandbox.
+pub const BUSYBOX: &str = "/.hangar/busybox";
+
+/// Capabilities of a sandbox's processes inside gVisor (Docker's default set): root in the
+/// sandbox is root of gVisor's kernel, not of the host's.
+const CAPS: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SandboxError> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(|e| SandboxError::Runtime(format!("sandbox config: {e}")))
+}
+
+/// The environment every command gets: a default `PATH`, the image's, the sandbox's.
+pub fn environment(image: &RunConfig, config: &SandboxConfig) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()), ("HOME".into(), "/root".into())];
+    let mut set = |k: &str, v: &str| {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v.to_string()));
+    };
+    for e in &image.env {
+        if let Some((k, v)) = e.split_once('=') {
+            set(k, v);
+        }
+    }
+    for (k, v) in &config.env {
+        set(k, v);
+    }
+    env
+}
+
+/// The sandbox's `config.json`: its first process only keeps it alive (commands come by exec).
+pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox: &Path, cgroup_path: &str, hostname: &str) -> Result<Spec, SandboxError> {
+    let (uid, gid, _) = hangar_jail::overlay::resolve_user(rootfs, &image.user).map_err(|e| SandboxError::Invalid(e.to_string()))?;
+    let env: Vec<String> = environment(image, config).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let caps: std::collections::HashSet<Capability> = CAPS.iter().copied().collect();
+    let err = |e: oci_spec::OciSpecError| SandboxError::Runtime(format!("sandbox config: {e}"));
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(vec![BUSYBOX.to_string(), "sleep".into(), "2147483647".into()])
+        .env(env)
+        .cwd(if image.working_dir.is_empty() { "/".to_string() } else { image.working_dir.clone() })
+        .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(err)?)
+        .capabilities(LinuxCapabilitiesBuilder::default().bounding(caps.clone()).effective(caps.clone()).permitted(caps).build().map_err(err)?)
+        .no_new_privileges(true)
+        .build()
+        .map_err(err)?;
+    let mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?,
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        MountBuilder::default()
+            .destination(BUSYBOX)
+            .typ("bind")
+            .source(busybox)
+            .options(vec!["rbind".into(), "ro".into()])
+            .build()
+            .map_err(err)?,
+    ];
+    let memory = i64::from(config.memory_mb) << 20;
+    let period = 100_000u64;
+    let resources = LinuxResourcesBuilder::default()
+        .memory(LinuxMemoryBuilder::default().limit(memory).swap(memory).build().map_err(err)?)
+        .cpu(LinuxCpuBuilder::default().period(period).quota((config.cpus * period as f64) as i64).shares((config.cpus * 1024.0) as u64).build().map_err(err)?)
+        .pids(LinuxPidsBuilder::default().limit(1024i64).build().map_err(err)?)
+        .build()
+        .map_err(err)?;
+    let ns = |t| LinuxNamespaceBuilder::default().typ(t).build().map_err(err);
+    let namespaces = vec![ns(LinuxNamespaceType::Pid)?, ns(LinuxNamespaceType::Network)?, ns(LinuxNamespaceType::Ipc)?, ns(LinuxNamespaceType::Uts)?, ns(LinuxNamespaceType::Mount)?];
+    let linux = LinuxBuilder::default().namespaces(namespaces).resources(resources).cgroups_path(PathBuf::from(cgroup_path)).build().map_err(err)?;
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(RootBuilder::default().path(rootfs).readonly(false).build().map_err(err)?)
+        .hostname(hostname)
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .build()
+        .map_err(err)
+}
+
+/// Bytes under `dir` (files and symlinks as they are on disk), without following links.
+pub fn disk_usage(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let Ok(meta) = e.path().symlink_metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_layers_image_and_sandbox() {
+        let image = RunConfig { env: vec!["PATH=/opt/bin".into(), "A=image".into()], ..Default::default() };
+        let mut config = SandboxConfig::new("x");
+        config.env.insert("A".into(), "sandbox".into());
+        let env = environment(&image, &config);
+        assert!(env.contains(&("PATH".into(), "/opt/bin".into())));
+        assert!(env.contains(&("A".into(), "sandbox".into())));
+        assert_eq!(env.iter().filter(|(k, _)| k == "A").count(), 1);
+    }
+
+    #[test]
+    fn the_config_limits_and_isolates() {
+        let root = tempfile::tempdir().unwrap();
+        let c = config(&SandboxConfig::new("x"), &RunConfig::default(), root.path(), Path::new("/bin/busybox"), "/hangar-sb/x", "sb").unwrap();
+        let linux = c.linux().as_ref().unwrap();
+        assert_eq!(linux.resources().as_ref().unwrap().memory().as_ref().unwrap().limit(), Some(512 << 20));
+        assert!(linux.namespaces().as_ref().unwrap().iter().any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none()));
+        assert!(c.mounts().as_ref().unwrap().iter().any(|m| m.destination() == Path::new(BUSYBOX)));
+        let used = disk_usage(root.path());
+        std::fs::write(root.path().join("f"), [0u8; 100]).unwrap();
+        assert_eq!(disk_usage(root.path()), used + 100);
+    }
+}

@@ -1,0 +1,141 @@
+//! Running a command in a sandbox (`runsc exec`): its output streamed as frames through a
+//! bounded channel (a slow reader stops the pipes being read, so the command blocks on its
+//! writes; nothing piles up in memory), its exit code, a timeout, and the command killed when
+//! the reader goes away.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hangar_api::sandboxes::ExecFrame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Frames buffered between the command and the reader.
+const FRAMES: usize = 16;
+/// Largest chunk of output in one frame.
+const CHUNK: usize = 16 * 1024;
+/// How runsc says a command could not be started.
+const NOT_STARTED: &str = "executing processes for container";
+
+/// What to run, resolved by the sandbox: the runsc command line up to the container id.
+pub struct Command {
+    pub runsc: tokio::process::Command,
+    pub argv: Vec<String>,
+    pub stdin: Option<Bytes>,
+    pub timeout: Option<Duration>,
+    /// Where runsc writes the command's pid inside the sandbox (to kill it).
+    pub pid_file: PathBuf,
+    /// `runsc kill --pid PID <sandbox> KILL` for a pid inside the sandbox.
+    pub kill: Box<dyn Fn(&str) -> tokio::process::Command + Send + Sync>,
+}
+
+/// Starts the command; the frames end with `ExitCode` or `Error`. `done` runs when it ended.
+pub fn start(cmd: Command, done: impl FnOnce() + Send + 'static) -> mpsc::Receiver<ExecFrame> {
+    let (tx, rx) = mpsc::channel(FRAMES);
+    tokio::spawn(async move {
+        let frame = run(cmd, &tx).await;
+        let _ = tx.send(frame).await;
+        done();
+    });
+    rx
+}
+
+async fn run(mut cmd: Command, tx: &mpsc::Sender<ExecFrame>) -> ExecFrame {
+    cmd.runsc.arg("--internal-pid-file").arg(&cmd.pid_file);
+    // argv is the container id, then the command.
+    let program = cmd.argv.get(1).cloned().unwrap_or_default();
+    let mut child = match cmd.runsc.args(&cmd.argv).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn() {
+        Ok(c) => c,
+        Err(e) => return ExecFrame::Error(format!("runsc could not run: {e}")),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = cmd.stdin.take();
+        tokio::spawn(async move {
+            if let Some(input) = input {
+                let _ = stdin.write_all(&input).await;
+            }
+            // Dropping it closes the command's stdin.
+        });
+    }
+    let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+        return ExecFrame::Error("the command's output pipes are missing".into());
+    };
+    let (mut out_open, mut err_open) = (true, true);
+    let (mut ob, mut eb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    // runsc's own complaint when the program cannot start, held until the exit code says so.
+    let mut held: Option<String> = None;
+    let deadline = cmd.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut timed_out = false;
+    while out_open || err_open {
+        let frame = tokio::select! {
+            n = out.read(&mut ob), if out_open => match n {
+                Ok(0) | Err(_) => { out_open = false; None }
+                Ok(n) => Some(ExecFrame::Stdout(String::from_utf8_lossy(&ob[..n]).into_owned())),
+            },
+            n = err.read(&mut eb), if err_open => match n {
+                Ok(0) | Err(_) => { err_open = false; None }
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&eb[..n]).into_owned();
+                    if held.is_none() && text.starts_with(NOT_STARTED) {
+                        held = Some(text);
+                        None
+                    } else {
+                        Some(ExecFrame::Stderr(text))
+                    }
+                }
+            },
+            _ = sleep_until(deadline), if !timed_out => {
+                timed_out = true;
+                kill(&cmd).await;
+                None
+            }
+            _ = tx.closed() => {
+                // Nobody reads any more: the command goes.
+                kill(&cmd).await;
+                return ExecFrame::Error("the caller went away".into());
+            }
+        };
+        if let Some(f) = frame
+            && tx.send(f).await.is_err()
+        {
+            kill(&cmd).await;
+            return ExecFrame::Error("the caller went away".into());
+        }
+    }
+    let status = match child.wait().await {
+        Ok(s) => s,
+        Err(e) => return ExecFrame::Error(format!("waiting for the command: {e}")),
+    };
+    let code = status.code().unwrap_or(128);
+    if let Some(text) = held {
+        if code == 128 {
+            let why = text.rsplit(": ").next().unwrap_or("").trim();
+            let _ = tx.send(ExecFrame::Stderr(format!("hangar: {program}: command not found ({why})\n"))).await;
+            return ExecFrame::ExitCode(127);
+        }
+        let _ = tx.send(ExecFrame::Stderr(text)).await;
+    }
+    if timed_out {
+        let _ = tx.send(ExecFrame::Stderr(format!("hangar: killed after its timeout of {} s\n", cmd.timeout.unwrap_or_default().as_secs()))).await;
+        return ExecFrame::ExitCode(137);
+    }
+    ExecFrame::ExitCode(code)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Kills the command inside the sandbox (by its pid there), not only the runsc process.
+async fn kill(cmd: &Command) {
+    let Ok(pid) = tokio::fs::read_to_string(&cmd.pid_file).await else { return };
+    let pid = pid.trim();
+    if pid.parse::<u32>().is_ok() {
+        let _ = (cmd.kill)(pid).output().await;
+    }
+}

@@ -1,0 +1,624 @@
+//! Sandboxes: machines for untrusted code (AI agents, user scripts) isolated by gVisor
+//! (`runsc`, a user-space kernel between the code and the host), driven by exec and file calls.
+//!
+//! Each sandbox is one runsc container whose first process only keeps it alive; commands run
+//! beside it (`runsc exec`) and share its filesystem and processes, like a machine. Its root is
+//! an overlay of the image's layers under the sandbox's own directory in the data dir. It has
+//! no network but loopback. `pause` freezes it (no CPU, memory kept); `standby` checkpoints it
+//! to disk (`runsc checkpoint`: no CPU, no memory; processes, memory and files kept) and the
+//! next call, or `resume`, restores it. An idle policy pauses and then stands by idle
+//! sandboxes; a TTL destroys them. At shutdown every running sandbox goes to standby, so it
+//! survives restarts. [`bundle`] writes the OCI bundle, [`exec`] runs commands, [`files`]
+//! moves files in and out.
+#![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod exec;
+pub mod files;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hangar_api::now_ms;
+use hangar_api::sandboxes::{ExecFrame, ExecRequest, Sandbox, SandboxConfig, SandboxState, SandboxTimings, SandboxUsage};
+use hangar_image::{ImageStore, RunConfig};
+use hangar_store::Store;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+/// Why a sandbox call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox `{0}` not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    /// The sandbox failed earlier; only `rm` is left.
+    #[error("sandbox `{0}` has failed ({1}); remove it with `hangar sandbox rm {0}`")]
+    Failed(String, String),
+    #[error("{0}")]
+    Quota(String),
+    /// runsc or the host failed.
+    #[error("{0}")]
+    Runtime(String),
+    /// This machine cannot run sandboxes.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<std::io::Error> for SandboxError {
+    fn from(e: std::io::Error) -> Self {
+        SandboxError::Runtime(e.to_string())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One sandbox as the server holds it.
+struct Entry {
+    record: Mutex<Sandbox>,
+    /// Held by every change of state (and while an exec or file call starts).
+    lifecycle: tokio::sync::Mutex<()>,
+    /// Exec and file calls running now.
+    active: AtomicU32,
+    image: RunConfig,
+    lowers: Vec<PathBuf>,
+}
+
+impl Entry {
+    fn id(&self) -> String {
+        lock(&self.record).id.clone()
+    }
+    fn state(&self) -> SandboxState {
+        lock(&self.record).state
+    }
+    fn snapshot(&self) -> Sandbox {
+        lock(&self.record).clone()
+    }
+}
+
+/// The sandboxes of one server. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandboxes {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    images: Arc<ImageStore>,
+    /// `<data>/sandboxes/<id>/`: upper, work, checkpoint.
+    data: PathBuf,
+    /// `/run/hangar-sb-<sid>/`: runsc state and each sandbox's bundle.
+    run: PathBuf,
+    runsc: PathBuf,
+    busybox: PathBuf,
+    cgroup_parent: String,
+    boxes: Mutex<HashMap<String, Arc<Entry>>>,
+    stopping: AtomicBool,
+}
+
+/// A call that keeps its sandbox from being paused or put on standby while it runs.
+pub struct Active {
+    entry: Arc<Entry>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        lock(&self.entry.record).last_active_ms = now_ms();
+        self.entry.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn find_program(names: &[&str]) -> Option<PathBuf> {
+    names.iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+impl Sandboxes {
+    /// Checks for runsc and a static busybox, clears what an earlier run left in the run
+    /// directory, and loads the sandboxes: those on standby wait to be resumed; those that were
+    /// running when the server died without putting them on standby are marked failed.
+    pub async fn start(data_dir: &Path, store: Arc<dyn Store>, images: Arc<ImageStore>) -> Result<Sandboxes, SandboxError> {
+        let runsc = find_program(&["/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc"])
+            .ok_or_else(|| SandboxError::Unavailable("sandboxes need gVisor's runsc (apt-get install runsc)".into()))?;
+        let busybox = find_program(&["/bin/busybox", "/usr/bin/busybox"])
+            .ok_or_else(|| SandboxError::Unavailable("sandboxes need a static busybox for file calls (apt-get install busybox-static)".into()))?;
+        let canonical = std::fs::canonicalize(data_dir).unwrap_or(data_dir.to_path_buf());
+        let sid = hex::encode(&Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5]);
+        let inner = Arc::new(Inner {
+            store,
+            images,
+            data: data_dir.join("sandboxes"),
+            run: PathBuf::from(format!("/run/hangar-sb-{sid}")),
+            runsc,
+            busybox,
+            cgroup_parent: format!("hangar-sb-{sid}"),
+            boxes: Mutex::default(),
+            stopping: AtomicBool::new(false),
+        });
+        std::fs::create_dir_all(&inner.data)?;
+        inner.clean().await;
+        std::fs::create_dir_all(inner.run.join("runsc"))?;
+        let records = inner.store.list_sandboxes().await.map_err(|e| SandboxError::Runtime(format!("reading the sandboxes: {e}")))?;
+        for mut rec in records {
+            let image = inner.images.get(&rec.namespace, &rec.image_id);
+            let lowers = image.as_ref().and_then(|i| inner.images.lower_dirs(i).ok()).unwrap_or_default();
+            let now = now_ms();
+            match rec.state {
+                SandboxState::Running | SandboxState::Paused => {
+                    change(&mut rec, SandboxState::Failed, now);
+                    rec.error = Some("the server stopped without putting it on standby (killed?): its processes and memory are gone; its files are kept".into());
+                }
+                SandboxState::Standby if !inner.checkpoint_dir(&rec.id).join("checkpoint.img").is_file() => {
+                    change(&mut rec, SandboxState::Failed, now);
+                    rec.error = Some("its standby image is missing from the data directory".into());
+                }
+                SandboxState::Standby if image.is_none() => {
+                    change(&mut rec, SandboxState::Failed, now);
+                    rec.error = Some(format!("its image {} is gone", rec.image_id));
+                }
+                _ => {}
+            }
+            let _ = inner.store.put_sandbox(&rec).await;
+            let entry = Arc::new(Entry {
+                record: Mutex::new(rec.clone()),
+                lifecycle: tokio::sync::Mutex::new(()),
+                active: AtomicU32::new(0),
+                image: image.map(|i| i.config).unwrap_or_default(),
+                lowers,
+            });
+            lock(&inner.boxes).insert(rec.id.clone(), entry);
+        }
+        tokio::spawn(idle_loop(Arc::downgrade(&inner)));
+        Ok(Sandboxes { inner })
+    }
+
+    /// Makes a sandbox from an image of the namespace and starts it.
+    pub async fn create(&self, namespace: &str, config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        config.validate().map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        if self.inner.stopping.load(Ordering::Acquire) {
+            return Err(SandboxError::Unavailable("the server is shutting down; create the sandbox once it is back".into()));
+        }
+        let image = self
+            .inner
+            .images
+            .get(namespace, &config.image)
+            .ok_or_else(|| SandboxError::Invalid(format!("image `{}` is not in namespace `{namespace}`'s image store; import or pull it first (`hangar image pull`)", config.image)))?;
+        let lowers = self.inner.images.lower_dirs(&image).map_err(|e| SandboxError::Runtime(e.to_string()))?;
+        let uuid = uuid::Uuid::now_v7().simple().to_string();
+        let id = format!("sb-{}", &uuid[uuid.len() - 12..]);
+        let now = now_ms();
+        let rec = Sandbox {
+            id: id.clone(),
+            namespace: namespace.to_string(),
+            image_id: image.id.clone(),
+            config,
+            state: SandboxState::Running,
+            created_ms: now,
+            state_since_ms: now,
+            last_active_ms: now,
+            standby_bytes: None,
+            error: None,
+            timings: SandboxTimings::default(),
+            usage: SandboxUsage::default(),
+        };
+        let entry = Arc::new(Entry { record: Mutex::new(rec), lifecycle: tokio::sync::Mutex::new(()), active: AtomicU32::new(0), image: image.config.clone(), lowers });
+        let _guard = entry.lifecycle.lock().await;
+        let t = Instant::now();
+        if let Err(e) = self.inner.boot(&entry, None).await {
+            self.inner.remove_files(&id).await;
+            return Err(e);
+        }
+        let snapshot = {
+            let mut rec = lock(&entry.record);
+            rec.timings.create_ms = Some(ms(t));
+            rec.state_since_ms = now_ms();
+            rec.clone()
+        };
+        if let Err(e) = self.inner.store.put_sandbox(&snapshot).await {
+            self.inner.destroy(&id).await;
+            return Err(SandboxError::Runtime(format!("recording the sandbox: {e}")));
+        }
+        lock(&self.inner.boxes).insert(id, entry.clone());
+        Ok(snapshot)
+    }
+
+    fn entry(&self, namespace: Option<&str>, id: &str) -> Result<Arc<Entry>, SandboxError> {
+        let e = lock(&self.inner.boxes).get(id).cloned().ok_or_else(|| SandboxError::NotFound(id.to_string()))?;
+        if namespace.is_some_and(|ns| lock(&e.record).namespace != ns) {
+            return Err(SandboxError::NotFound(id.to_string()));
+        }
+        Ok(e)
+    }
+
+    /// The sandboxes of a namespace (`None`: all), oldest first.
+    pub fn list(&self, namespace: Option<&str>) -> Vec<Sandbox> {
+        let mut all: Vec<Sandbox> = lock(&self.inner.boxes).values().map(|e| e.snapshot()).filter(|s| namespace.is_none_or(|ns| s.namespace == ns)).collect();
+        all.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
+        all
+    }
+
+    pub fn get(&self, namespace: Option<&str>, id: &str) -> Result<Sandbox, SandboxError> {
+        Ok(self.entry(namespace, id)?.snapshot())
+    }
+
+    /// Whether a sandbox was made from the image (which must then stay).
+    pub fn uses_image(&self, namespace: &str, image_id: &str) -> bool {
+        lock(&self.inner.boxes).values().any(|e| {
+            let r = lock(&e.record);
+            r.namespace == namespace && r.image_id == image_id
+        })
+    }
+
+    /// Marks a call on the sandbox, resuming it first if it is paused or on standby.
+    async fn activate(&self, namespace: Option<&str>, id: &str) -> Result<Active, SandboxError> {
+        let entry = self.entry(namespace, id)?;
+        let _guard = entry.lifecycle.lock().await;
+        self.inner.wake(&entry).await?;
+        entry.active.fetch_add(1, Ordering::AcqRel);
+        lock(&entry.record).last_active_ms = now_ms();
+        Ok(Active { entry: entry.clone() })
+    }
+
+    /// Runs a command; its output and exit code come as frames.
+    pub async fn exec(&self, namespace: Option<&str>, id: &str, req: ExecRequest) -> Result<mpsc::Receiver<ExecFrame>, SandboxError> {
+        req.validate().map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        let active = self.activate(namespace, id).await?;
+        let cmd = self.inner.command(&active.entry, &req);
+        Ok(exec::start(cmd, move || drop(active)))
+    }
+
+    /// Pauses a running sandbox (no CPU, memory kept).
+    pub async fn pause(&self, namespace: Option<&str>, id: &str) -> Result<Sandbox, SandboxError> {
+        let entry = self.entry(namespace, id)?;
+        let _guard = entry.lifecycle.lock().await;
+        match entry.state() {
+            SandboxState::Running => self.inner.pause(&entry).await?,
+            SandboxState::Paused => {}
+            SandboxState::Standby => return Err(SandboxError::Invalid(format!("sandbox `{id}` is on standby; resume it first"))),
+            SandboxState::Failed => return Err(failed(&entry)),
+        }
+        Ok(entry.snapshot())
+    }
+
+    /// Resumes a paused sandbox or restores one on standby.
+    pub async fn resume(&self, namespace: Option<&str>, id: &str) -> Result<Sandbox, SandboxError> {
+        let entry = self.entry(namespace, id)?;
+        let _guard = entry.lifecycle.lock().await;
+        self.inner.wake(&entry).await?;
+        Ok(entry.snapshot())
+    }
+
+    /// Checkpoints a sandbox to disk and stops it (no CPU, no memory).
+    pub async fn standby(&self, namespace: Option<&str>, id: &str) -> Result<Sandbox, SandboxError> {
+        let entry = self.entry(namespace, id)?;
+        let _guard = entry.lifecycle.lock().await;
+        if entry.active.load(Ordering::Acquire) > 0 {
+            return Err(SandboxError::Invalid(format!("sandbox `{id}` has commands or file calls running; wait for them to end")));
+        }
+        match entry.state() {
+            SandboxState::Running | SandboxState::Paused => self.inner.standby(&entry).await?,
+            SandboxState::Standby => {}
+            SandboxState::Failed => return Err(failed(&entry)),
+        }
+        Ok(entry.snapshot())
+    }
+
+    /// Stops a sandbox and removes everything of it.
+    pub async fn remove(&self, namespace: Option<&str>, id: &str) -> Result<(), SandboxError> {
+        let entry = self.entry(namespace, id)?;
+        let _guard = entry.lifecycle.lock().await;
+        self.inner.destroy(id).await;
+        lock(&self.inner.boxes).remove(id);
+        self.inner.store.delete_sandbox(id).await.map_err(|e| SandboxError::Runtime(format!("forgetting the sandbox: {e}")))?;
+        Ok(())
+    }
+
+    /// Puts every running or paused sandbox on standby, so it survives the restart.
+    pub async fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        let entries: Vec<Arc<Entry>> = lock(&self.inner.boxes).values().cloned().collect();
+        for entry in entries {
+            let _guard = entry.lifecycle.lock().await;
+            if matches!(entry.state(), SandboxState::Running | SandboxState::Paused)
+                && let Err(e) = self.inner.standby(&entry).await
+            {
+                tracing::error!(sandbox = %entry.id(), "putting the sandbox on standby at shutdown failed: {e}");
+            }
+        }
+        self.inner.clean().await;
+    }
+}
+
+fn failed(entry: &Entry) -> SandboxError {
+    let r = lock(&entry.record);
+    SandboxError::Failed(r.id.clone(), r.error.clone().unwrap_or_default())
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Moves a record to `state` at `now`, adding the time spent in the old one to its usage.
+fn change(rec: &mut Sandbox, state: SandboxState, now: i64) {
+    let spent = u64::try_from(now - rec.state_since_ms).unwrap_or(0);
+    match rec.state {
+        SandboxState::Running => rec.usage.running_ms += spent,
+        SandboxState::Paused => rec.usage.paused_ms += spent,
+        SandboxState::Standby => {
+            rec.usage.standby_ms += spent;
+            rec.usage.standby_byte_ms += u128::from(rec.standby_bytes.unwrap_or(0)) * u128::from(spent);
+        }
+        SandboxState::Failed => {}
+    }
+    rec.state = state;
+    rec.state_since_ms = now;
+}
+
+impl Inner {
+    fn run_dir(&self, id: &str) -> PathBuf {
+        self.run.join(id)
+    }
+    fn data_dir(&self, id: &str) -> PathBuf {
+        self.data.join(id)
+    }
+    fn checkpoint_dir(&self, id: &str) -> PathBuf {
+        self.data_dir(id).join("checkpoint")
+    }
+
+    /// runsc with this server's state root, on the ptrace platform (no KVM here).
+    fn runsc(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.runsc);
+        c.arg("--root").arg(self.run.join("runsc")).arg("--platform=ptrace").stdin(std::process::Stdio::null());
+        c
+    }
+
+    async fn runsc_ok(&self, args: &[&str], what: &str) -> Result<(), SandboxError> {
+        let out = self.runsc().args(args).output().await.map_err(|e| SandboxError::Runtime(format!("{what}: runsc could not run: {e}")))?;
+        if !out.status.success() {
+            return Err(SandboxError::Runtime(format!("{what}: runsc failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        Ok(())
+    }
+
+    /// A runsc command that leaves the sandbox running: its output goes to a file (the
+    /// sandbox's processes inherit it, so a pipe would never close), read when it fails.
+    async fn runsc_detached(&self, run: &Path, args: &[&str], what: &str) -> Result<(), SandboxError> {
+        let log_path = run.join("runsc.log");
+        let log = std::fs::File::create(&log_path)?;
+        let status = self
+            .runsc()
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .status()
+            .await
+            .map_err(|e| SandboxError::Runtime(format!("{what}: runsc could not run: {e}")))?;
+        if !status.success() {
+            let why = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let why = why.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+            return Err(SandboxError::Runtime(format!("{what}: runsc failed ({status}): {why}")));
+        }
+        Ok(())
+    }
+
+    /// Kills and deletes every container under the state root and unmounts the roots.
+    async fn clean(&self) {
+        let root = self.run.join("runsc");
+        if root.is_dir()
+            && let Ok(out) = self.runsc().args(["list", "-q"]).output().await
+        {
+            for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+                let _ = self.runsc().args(["kill", "--all", id, "KILL"]).output().await;
+                let _ = self.runsc().args(["delete", "--force", id]).output().await;
+            }
+        }
+        if let Ok(dirs) = std::fs::read_dir(&self.run) {
+            for d in dirs.flatten() {
+                hangar_jail::overlay::unmount_root(&d.path().join("rootfs"));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.run);
+        hangar_jail::cgroup::remove_tree(&self.cgroup_parent).await;
+    }
+
+    /// Mounts the sandbox's root, writes its bundle, and starts it: fresh, or restored from
+    /// the checkpoint in `from`.
+    async fn boot(&self, entry: &Entry, from: Option<&Path>) -> Result<(), SandboxError> {
+        let (id, config) = {
+            let r = lock(&entry.record);
+            (r.id.clone(), r.config.clone())
+        };
+        let (run, data) = (self.run_dir(&id), self.data_dir(&id));
+        let rootfs = run.join("rootfs");
+        hangar_jail::overlay::unmount_root(&rootfs);
+        hangar_jail::overlay::mount_root(&entry.lowers, &data.join("upper"), &data.join("work"), &rootfs).map_err(|e| SandboxError::Runtime(e.to_string()))?;
+        let spec = bundle::config(&config, &entry.image, &rootfs, &self.busybox, &format!("/{}/{id}", self.cgroup_parent), &id)?;
+        spec.save(run.join("config.json")).map_err(|e| SandboxError::Runtime(format!("writing the bundle: {e}")))?;
+        let bundle = run.display().to_string();
+        let started = match from {
+            None => self.runsc_detached(&run, &["--network=none", "run", "--detach", "--bundle", &bundle, &id], "starting the sandbox").await,
+            Some(image) => {
+                let image = image.display().to_string();
+                self.runsc_detached(&run, &["--network=none", "restore", "--detach", "--image-path", &image, "--bundle", &bundle, &id], "restoring the sandbox").await
+            }
+        };
+        if started.is_err() {
+            let _ = self.runsc().args(["delete", "--force", &id]).output().await;
+            hangar_jail::overlay::unmount_root(&rootfs);
+        }
+        started
+    }
+
+    /// Makes a sandbox that is paused or on standby run (the caller holds its lifecycle).
+    async fn wake(&self, entry: &Entry) -> Result<(), SandboxError> {
+        let id = entry.id();
+        let t = Instant::now();
+        match entry.state() {
+            SandboxState::Running => return Ok(()),
+            SandboxState::Failed => return Err(failed(entry)),
+            SandboxState::Paused => self.runsc_ok(&["resume", &id], "resuming the sandbox").await?,
+            SandboxState::Standby => {
+                let image = self.checkpoint_dir(&id);
+                if let Err(e) = self.boot(entry, Some(&image)).await {
+                    let snapshot = {
+                        let mut r = lock(&entry.record);
+                        change(&mut r, SandboxState::Failed, now_ms());
+                        r.error = Some(format!("its standby image could not be restored ({e})"));
+                        r.clone()
+                    };
+                    let _ = self.store.put_sandbox(&snapshot).await;
+                    return Err(failed(entry));
+                }
+                let _ = tokio::fs::remove_dir_all(&image).await;
+            }
+        }
+        let snapshot = {
+            let mut r = lock(&entry.record);
+            change(&mut r, SandboxState::Running, now_ms());
+            r.standby_bytes = None;
+            r.timings.resume_ms = Some(ms(t));
+            r.clone()
+        };
+        let _ = self.store.put_sandbox(&snapshot).await;
+        Ok(())
+    }
+
+    async fn pause(&self, entry: &Entry) -> Result<(), SandboxError> {
+        let id = entry.id();
+        let t = Instant::now();
+        self.runsc_ok(&["pause", &id], "pausing the sandbox").await?;
+        let snapshot = {
+            let mut r = lock(&entry.record);
+            change(&mut r, SandboxState::Paused, now_ms());
+            r.timings.pause_ms = Some(ms(t));
+            r.clone()
+        };
+        let _ = self.store.put_sandbox(&snapshot).await;
+        Ok(())
+    }
+
+    /// Checkpoints the sandbox to `<data>/sandboxes/<id>/checkpoint` and stops it.
+    async fn standby(&self, entry: &Entry) -> Result<(), SandboxError> {
+        let id = entry.id();
+        let t = Instant::now();
+        if entry.state() == SandboxState::Paused {
+            self.runsc_ok(&["resume", &id], "resuming the sandbox to checkpoint it").await?;
+        }
+        let image = self.checkpoint_dir(&id);
+        let _ = tokio::fs::remove_dir_all(&image).await;
+        tokio::fs::create_dir_all(&image).await?;
+        let image_s = image.display().to_string();
+        self.runsc_ok(&["checkpoint", "--image-path", &image_s, &id], "checkpointing the sandbox").await?;
+        let _ = self.runsc().args(["delete", "--force", &id]).output().await;
+        hangar_jail::overlay::unmount_root(&self.run_dir(&id).join("rootfs"));
+        let bytes = bundle::disk_usage(&image);
+        let snapshot = {
+            let mut r = lock(&entry.record);
+            change(&mut r, SandboxState::Standby, now_ms());
+            r.standby_bytes = Some(bytes);
+            r.timings.standby_ms = Some(ms(t));
+            r.clone()
+        };
+        let _ = self.store.put_sandbox(&snapshot).await;
+        Ok(())
+    }
+
+    /// Kills the sandbox and removes its container, mounts and files.
+    async fn destroy(&self, id: &str) {
+        let _ = self.runsc().args(["kill", "--all", id, "KILL"]).output().await;
+        let _ = self.runsc().args(["delete", "--force", id]).output().await;
+        self.remove_files(id).await;
+    }
+
+    async fn remove_files(&self, id: &str) {
+        hangar_jail::overlay::unmount_root(&self.run_dir(id).join("rootfs"));
+        let _ = tokio::fs::remove_dir_all(self.run_dir(id)).await;
+        let _ = tokio::fs::remove_dir_all(self.data_dir(id)).await;
+    }
+
+    /// The runsc exec command line for a request.
+    fn command(&self, entry: &Entry, req: &ExecRequest) -> exec::Command {
+        let (id, config) = {
+            let r = lock(&entry.record);
+            (r.id.clone(), r.config.clone())
+        };
+        let mut runsc = self.runsc();
+        runsc.arg("exec");
+        let mut env = bundle::environment(&entry.image, &config);
+        for (k, v) in &req.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        for (k, v) in env {
+            runsc.arg("--env").arg(format!("{k}={v}"));
+        }
+        if let Some(cwd) = &req.cwd {
+            runsc.arg("--cwd").arg(cwd);
+        }
+        let pid_file = self.run_dir(&id).join(format!("exec-{}.pid", uuid::Uuid::now_v7().simple()));
+        // Flags end at the container id: the command's own arguments are left alone.
+        let argv: Vec<String> = std::iter::once(id.clone()).chain(req.cmd.iter().cloned()).collect();
+        let (root, runsc_path, sid) = (self.run.join("runsc"), self.runsc.clone(), id.clone());
+        exec::Command {
+            runsc,
+            argv,
+            stdin: req.stdin.clone().map(Bytes::from),
+            timeout: req.timeout_s.map(Duration::from_secs),
+            pid_file,
+            kill: Box::new(move |pid| {
+                let mut c = tokio::process::Command::new(&runsc_path);
+                c.arg("--root").arg(&root).arg("--platform=ptrace").args(["kill", "--pid", pid, &sid, "KILL"]);
+                c
+            }),
+        }
+    }
+}
+
+/// Once a second: destroys sandboxes past their TTL, pauses and then stands by idle ones as
+/// their idle policy says.
+async fn idle_loop(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let entries: Vec<Arc<Entry>> = lock(&inner.boxes).values().cloned().collect();
+        let now = now_ms();
+        for entry in entries {
+            let rec = entry.snapshot();
+            if rec.config.ttl_s.is_some_and(|ttl| now >= rec.created_ms + (ttl as i64) * 1000) {
+                let _guard = entry.lifecycle.lock().await;
+                tracing::info!(sandbox = %rec.id, "the sandbox reached its TTL; destroying it");
+                inner.destroy(&rec.id).await;
+                lock(&inner.boxes).remove(&rec.id);
+                let _ = inner.store.delete_sandbox(&rec.id).await;
+                continue;
+            }
+            if entry.active.load(Ordering::Acquire) > 0 {
+                continue;
+            }
+            let idle_s = (now - rec.last_active_ms) / 1000;
+            let due = |after: Option<u64>| after.is_some_and(|a| idle_s >= a as i64);
+            let Ok(_guard) = entry.lifecycle.try_lock() else { continue };
+            if entry.active.load(Ordering::Acquire) > 0 {
+                continue;
+            }
+            let result = match entry.state() {
+                SandboxState::Running | SandboxState::Paused if due(rec.config.idle.standby_after_s) => inner.standby(&entry).await,
+                SandboxState::Running if due(rec.config.idle.pause_after_s) => inner.pause(&entry).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(sandbox = %rec.id, "idle policy: {e}");
+            }
+        }
+    }
+}
