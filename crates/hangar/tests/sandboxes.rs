@@ -204,6 +204,19 @@ async fn sandboxes_are_isolated_and_follow_their_idle_policy_and_ttl() {
         if r.status() == 404 { Ok(()) } else { Err(r.status().to_string()) }
     })
     .await;
+    // A corrupted standby image: the sandbox is marked failed with the reason; others go on.
+    let broken = create(&s, &[]);
+    assert_eq!(s.ok(&["sandbox", "standby", &broken]).trim(), format!("{broken} is standby"));
+    let image = s.dir.path().join("sandboxes").join(&broken).join("checkpoint/checkpoint.img");
+    std::fs::write(&image, b"not a checkpoint").unwrap();
+    let (status, code, msg) = common::error_code(s.http().post(format!("{}/v1/sandboxes/{broken}/exec", s.url)).bearer_auth(&s.admin_key).json(&json!({"cmd": ["true"]})).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (409, "sandbox_failed"), "{msg}");
+    let v = sandbox(&s, &broken).await;
+    assert_eq!(v["state"], "failed");
+    assert!(v["error"].as_str().unwrap().contains("could not be restored"), "{v}");
+    assert_eq!(exec(&s, &b, &["sh", "-c", "echo still fine"], None).await.0, "still fine\n");
+    s.ok(&["sandbox", "rm", &broken]);
+
     // Bad input.
     let err = s.fails(&["sandbox", "create", "--image", "no/such:image"], 6);
     assert!(err.contains("not in namespace"), "{err}");
