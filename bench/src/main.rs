@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 mod process;
+mod sandboxes;
 mod scaling;
 mod services;
 
@@ -49,6 +50,9 @@ struct Args {
     /// Measure only scaling and events, replacing their section of the report
     #[arg(long)]
     scaling_only: bool,
+    /// Measure only sandboxes, replacing their section of the report
+    #[arg(long)]
+    sandboxes_only: bool,
 }
 
 /// Where the process-function sections start in the report.
@@ -57,6 +61,8 @@ const PROCESS_HEADING: &str = "## Process functions";
 const SERVICES_HEADING: &str = "## Services";
 /// Where the scaling and events section starts in the report.
 const SCALING_HEADING: &str = "## Scaling and events";
+/// Where the sandboxes section starts in the report.
+const SANDBOXES_HEADING: &str = "## Sandboxes";
 
 /// Replaces the sections whose headings start with `heading` (or, if there are none, puts
 /// `section` before `## Reproduce`).
@@ -265,8 +271,11 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
-    if a.process_only || a.services_only || a.scaling_only {
-        let (heading, section) = if a.process_only {
+    if a.process_only || a.services_only || a.scaling_only || a.sandboxes_only {
+        let (heading, section) = if a.sandboxes_only {
+            eprintln!("measuring sandboxes");
+            (SANDBOXES_HEADING, sandboxes::run(&a.hangar).await?)
+        } else if a.process_only {
             eprintln!("measuring process functions");
             (PROCESS_HEADING, process::run(&a.hangar).await?)
         } else if a.scaling_only {
@@ -465,8 +474,10 @@ async fn main() -> Result<()> {
     report.push_str(&services::run(&a.hangar, a.connections, a.duration, a.runs).await?);
     eprintln!("measuring scaling and events");
     report.push_str(&scaling::run(&a.hangar, &a.wasmtime, &a.component).await?);
+    eprintln!("measuring sandboxes");
+    report.push_str(&sandboxes::run(&a.hangar).await?);
     writeln!(report, "## Reproduce\n\n```sh\n./scripts/bench.sh                  # installs wrk and wasmtime-cli 48.0.8 if missing, builds, runs, rewrites this file\n./scripts/bench.sh --process-only   # only the process-function sections\n./scripts/bench.sh --services-only  # only the service sections
-./scripts/bench.sh --scaling-only   # only the scaling and events section\n```")?;
+./scripts/bench.sh --scaling-only   # only the scaling and events section\n./scripts/bench.sh --sandboxes-only # only the sandboxes section\n```")?;
     std::fs::write(&a.out, &report)?;
     print!("{report}");
     Ok(())

@@ -42,16 +42,34 @@ pub fn backend(root: &Path) -> Result<PathBuf> {
 
 /// An OCI layout holding one image: `/server`, run with $PORT.
 pub fn image(dir: &Path, server: &Path) -> Result<()> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
     let bin = std::fs::read(server)?;
-    h.set_size(bin.len() as u64);
-    h.set_mode(0o755);
-    b.append_data(&mut h, "server", &bin[..])?;
+    layout(dir, &[("server", &bin, 0o755)], json!({"Entrypoint": ["/server"], "ExposedPorts": {"8080/tcp": {}}}))
+}
+
+/// An OCI layout holding one image of one layer with `files` (path, bytes, mode; bytes
+/// `->target` make a symlink) and the run `config`.
+pub fn layout(dir: &Path, files: &[(&str, &[u8], u32)], config: serde_json::Value) -> Result<()> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, bytes, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        if let Some(target) = bytes.strip_prefix(b"->") {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, path, std::str::from_utf8(target)?)?;
+        } else if path.ends_with('/') {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            b.append_data(&mut h, path, &[][..])?;
+        } else {
+            h.set_size(bytes.len() as u64);
+            b.append_data(&mut h, path, *bytes)?;
+        }
+    }
     let layer = b.into_inner()?;
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": ["/server"], "ExposedPorts": {"8080/tcp": {}}},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]},
     }))?;
     let blobs = dir.join("blobs/sha256");

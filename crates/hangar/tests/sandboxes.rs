@@ -58,9 +58,15 @@ async fn sandbox(s: &Server, id: &str) -> Value {
 }
 
 async fn counter(s: &Server, id: &str) -> u64 {
-    let (out, err, code) = exec(s, id, &["busybox", "cat", "/tmp/count"], None).await;
-    assert_eq!(code, 0, "{err}");
-    out.trim().parse().unwrap()
+    // The loop rewrites the file; a read can fall between its truncation and its write.
+    for _ in 0..20 {
+        let (out, err, code) = exec(s, id, &["busybox", "cat", "/tmp/count"], None).await;
+        assert_eq!(code, 0, "{err}");
+        if let Ok(n) = out.trim().parse() {
+            return n;
+        }
+    }
+    panic!("/tmp/count stayed empty");
 }
 
 #[tokio::test]
@@ -102,7 +108,7 @@ async fn sandboxes_run_commands_keep_processes_and_files_and_survive_standby_and
     assert_eq!(status, 404);
 
     // A process started by one call keeps running between calls.
-    let (_, err, code) = exec(&s, &id, &["sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; busybox sleep 0.1; done) >/dev/null 2>&1 &"], None).await;
+    let (_, err, code) = exec(&s, &id, &["sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; busybox sleep 0.2; done) >/dev/null 2>&1 &"], None).await;
     assert_eq!(code, 0, "{err}");
     tokio::time::sleep(Duration::from_millis(600)).await;
     let c1 = counter(&s, &id).await;
@@ -173,6 +179,19 @@ async fn sandboxes_are_isolated_and_follow_their_idle_policy_and_ttl() {
     assert!(!ps.contains("sleep 1000"), "{ps}");
     let (_, _, code) = exec(&s, &b, &["busybox", "cat", "/tmp/mine"], None).await;
     assert_ne!(code, 0);
+    // Every call needs a key; another namespace's key finds nothing.
+    let r = s.http().post(format!("{}/v1/sandboxes/{a}/exec", s.url)).json(&json!({"cmd": ["true"]})).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    s.ok(&["ns", "create", "other"]);
+    let other = s.ok(&["key", "create", "--namespace", "other"]).lines().last().unwrap().trim().to_string();
+    for (method, path) in [("GET", String::new()), ("POST", "/exec".to_string()), ("GET", "/files?path=/tmp".to_string()), ("DELETE", String::new())] {
+        let rb = s.http().request(method.parse().unwrap(), format!("{}/v1/sandboxes/{a}{path}", s.url)).bearer_auth(&other);
+        let r = if method == "POST" { rb.json(&json!({"cmd": ["true"]})) } else { rb }.send().await.unwrap();
+        assert_eq!(r.status(), 404, "{method} {path} with another namespace's key");
+    }
+    let theirs: Value = s.http().get(format!("{}/v1/sandboxes", s.url)).bearer_auth(&other).send().await.unwrap().json().await.unwrap();
+    assert_eq!(theirs["items"], json!([]));
+
     // Uploads past the disk quota are refused, and nothing of them is left.
     let small = create(&s, &["--disk", "16"]);
     let big = vec![b'x'; 17 << 20];

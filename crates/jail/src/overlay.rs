@@ -1,11 +1,31 @@
-//! Overlay roots: an image's unpacked layers, read-only and shared, under a directory of the
-//! container's own (`upper`) that takes every write.
+//! Containers made from images: the overlay root (the image's unpacked layers, read-only and
+//! shared, under a directory of the container's own, `upper`, that takes every write), the
+//! image's user resolved in that root, and the capabilities a container's processes get.
 
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use oci_spec::runtime::Capability;
 
 use crate::JailError;
+
+/// Capabilities a container's processes get (Docker's default set).
+pub const CONTAINER_CAPS: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
 
 /// Mounts the overlay at `target`: `lower` top layer first, then `upper` and its `work`
 /// directory (made if missing).

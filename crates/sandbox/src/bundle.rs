@@ -17,24 +17,6 @@ use crate::SandboxError;
 /// Where the helper binary is inside every sandbox.
 pub const BUSYBOX: &str = "/.hangar/busybox";
 
-/// Capabilities of a sandbox's processes inside gVisor (Docker's default set): root in the
-/// sandbox is root of gVisor's kernel, not of the host's.
-const CAPS: &[Capability] = &[
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SandboxError> {
     MountBuilder::default()
@@ -68,7 +50,8 @@ pub fn environment(image: &RunConfig, config: &SandboxConfig) -> Vec<(String, St
 pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox: &Path, cgroup_path: &str, hostname: &str) -> Result<Spec, SandboxError> {
     let (uid, gid, _) = hangar_jail::overlay::resolve_user(rootfs, &image.user).map_err(|e| SandboxError::Invalid(e.to_string()))?;
     let env: Vec<String> = environment(image, config).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let caps: std::collections::HashSet<Capability> = CAPS.iter().copied().collect();
+    // Docker's default set: root in the sandbox is root of gVisor's kernel, not of the host's.
+    let caps: std::collections::HashSet<Capability> = hangar_jail::overlay::CONTAINER_CAPS.iter().copied().collect();
     let err = |e: oci_spec::OciSpecError| SandboxError::Runtime(format!("sandbox config: {e}"));
     let process = ProcessBuilder::default()
         .terminal(false)

@@ -434,6 +434,7 @@ impl Inner {
             let r = lock(&entry.record);
             (r.id.clone(), r.config.clone())
         };
+        let t0 = Instant::now();
         let (run, data) = (self.run_dir(&id), self.data_dir(&id));
         let rootfs = run.join("rootfs");
         hangar_jail::overlay::unmount_root(&rootfs);
@@ -441,6 +442,7 @@ impl Inner {
         let spec = bundle::config(&config, &entry.image, &rootfs, &self.busybox, &format!("/{}/{id}", self.cgroup_parent), &id)?;
         spec.save(run.join("config.json")).map_err(|e| SandboxError::Runtime(format!("writing the bundle: {e}")))?;
         let bundle = run.display().to_string();
+        let prepared = ms(t0);
         let started = match from {
             None => self.runsc_detached(&run, &["--network=none", "run", "--detach", "--bundle", &bundle, &id], "starting the sandbox").await,
             Some(image) => {
@@ -452,6 +454,7 @@ impl Inner {
             let _ = self.runsc().args(["delete", "--force", &id]).output().await;
             hangar_jail::overlay::unmount_root(&rootfs);
         }
+        tracing::debug!(sandbox = %id, restore = from.is_some(), prepared_ms = prepared, total_ms = ms(t0), "sandbox booted");
         started
     }
 
@@ -514,7 +517,22 @@ impl Inner {
         let _ = tokio::fs::remove_dir_all(&image).await;
         tokio::fs::create_dir_all(&image).await?;
         let image_s = image.display().to_string();
-        self.runsc_ok(&["checkpoint", "--image-path", &image_s, &id], "checkpointing the sandbox").await?;
+        if let Err(e) = self.runsc_ok(&["checkpoint", "--image-path", &image_s, &id], "checkpointing the sandbox").await {
+            // A checkpoint that failed may have taken the sandbox down with it.
+            let state = self.runsc().args(["state", &id]).output().await.ok().and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
+            if state.is_none_or(|s| s["status"] != "running") {
+                let _ = self.runsc().args(["delete", "--force", &id]).output().await;
+                let snapshot = {
+                    let mut r = lock(&entry.record);
+                    change(&mut r, SandboxState::Failed, now_ms());
+                    r.error = Some(format!("it stopped while being checkpointed ({e}); its files are kept"));
+                    r.clone()
+                };
+                let _ = self.store.put_sandbox(&snapshot).await;
+            }
+            let _ = tokio::fs::remove_dir_all(&image).await;
+            return Err(e);
+        }
         let _ = self.runsc().args(["delete", "--force", &id]).output().await;
         hangar_jail::overlay::unmount_root(&self.run_dir(&id).join("rootfs"));
         let bytes = bundle::disk_usage(&image);

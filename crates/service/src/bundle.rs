@@ -14,23 +14,6 @@ use oci_spec::runtime::{
 
 use crate::ServiceError;
 
-/// Capabilities a container process gets (Docker's default set).
-const CAPS: &[Capability] = &[
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
 
 /// Everything an instance's config needs.
 #[derive(Debug)]
@@ -103,7 +86,7 @@ pub fn config(spec: &InstanceSpec<'_>, rootfs: &Path) -> Result<Spec, ServiceErr
     set("HOSTNAME", spec.hostname);
     let (uid, gid, additional) = resolve_user(rootfs, &spec.image.user)?;
     let cwd = if spec.image.working_dir.is_empty() { "/".to_string() } else { spec.image.working_dir.clone() };
-    let caps: std::collections::HashSet<Capability> = CAPS.iter().copied().collect();
+    let caps: std::collections::HashSet<Capability> = hangar_jail::overlay::CONTAINER_CAPS.iter().copied().collect();
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(args)
