@@ -351,8 +351,12 @@ impl Jail {
 
     /// Kills every process of the container and removes it and its bundle.
     pub async fn destroy(self) {
-        let _ = self.runc().args(["kill", "--all", &self.id, "KILL"]).output().await;
-        let _ = self.runc().args(["delete", "--force", &self.id]).output().await;
+        // With its state root gone (the server cleaned up first), runc has nothing to kill, and
+        // calling it would only make the root again.
+        if self.runc_root.as_deref().is_none_or(Path::exists) {
+            let _ = self.runc().args(["kill", "--all", &self.id, "KILL"]).output().await;
+            let _ = self.runc().args(["delete", "--force", &self.id]).output().await;
+        }
         let _ = std::fs::remove_dir_all(&self.bundle);
     }
 }

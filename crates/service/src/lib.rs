@@ -102,6 +102,14 @@ impl Host {
         self.run.join("runsc")
     }
 
+    /// Where a container runtime keeps this server's state.
+    fn runtime_root(&self, runtime: hangar_api::services::ContainerRuntime) -> PathBuf {
+        match runtime {
+            hangar_api::services::ContainerRuntime::Runc => self.runc_root(),
+            hangar_api::services::ContainerRuntime::Gvisor => self.runsc_root(),
+        }
+    }
+
     /// The container runtimes this machine has.
     fn runtimes(&self) -> Vec<hangar_api::services::ContainerRuntime> {
         use hangar_api::services::ContainerRuntime;
@@ -114,6 +122,10 @@ impl Host {
 
     /// The containers a runtime knows under this server's root.
     async fn containers(&self, runtime: hangar_api::services::ContainerRuntime) -> Vec<String> {
+        // No state root, no containers (and asking would only make the root again).
+        if !self.runtime_root(runtime).exists() {
+            return Vec::new();
+        }
         let out = slot::runtime_command(self, runtime).args(["list", "-q"]).output().await;
         out.map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()).unwrap_or_default()
     }

@@ -161,8 +161,16 @@ impl Running {
         runtime_command(&self.host, self.runtime)
     }
 
+    /// Whether the runtime's state root still exists (once the server has cleaned up, a
+    /// runtime call would only make it again).
+    fn has_root(&self) -> bool {
+        self.host.runtime_root(self.runtime).exists()
+    }
+
     async fn signal(&self, sig: &str) {
-        let _ = self.runtime_cmd().args(["kill", &self.cid, sig]).stdout(Stdio::null()).stderr(Stdio::null()).status().await;
+        if self.has_root() {
+            let _ = self.runtime_cmd().args(["kill", &self.cid, sig]).stdout(Stdio::null()).stderr(Stdio::null()).status().await;
+        }
     }
 
     /// SIGTERM, up to `grace_ms` for it to end, SIGKILL; then removes everything.
@@ -186,7 +194,9 @@ impl Running {
         for files in self.host.hosts_files.lock().unwrap_or_else(|p| p.into_inner()).values_mut() {
             files.retain(|f| *f != hosts);
         }
-        let _ = self.runtime_cmd().args(["delete", "--force", &self.cid]).stdout(Stdio::null()).stderr(Stdio::null()).status().await;
+        if self.has_root() {
+            let _ = self.runtime_cmd().args(["delete", "--force", &self.cid]).stdout(Stdio::null()).stderr(Stdio::null()).status().await;
+        }
         bundle::unmount_root(&self.rootfs);
         let _ = std::fs::remove_dir_all(&self.run_dir);
         let _ = std::fs::remove_dir_all(&self.data_dir);
