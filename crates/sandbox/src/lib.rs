@@ -458,6 +458,19 @@ impl Inner {
         started
     }
 
+    /// Moves the sandbox to `state`, lets `also` change more of its record, and stores it.
+    async fn transition(&self, entry: &Entry, state: SandboxState, also: impl FnOnce(&mut Sandbox)) {
+        let snapshot = {
+            let mut r = lock(&entry.record);
+            change(&mut r, state, now_ms());
+            also(&mut r);
+            r.clone()
+        };
+        if let Err(e) = self.store.put_sandbox(&snapshot).await {
+            tracing::error!(sandbox = %snapshot.id, "recording the sandbox's state: {e}");
+        }
+    }
+
     /// Makes a sandbox that is paused or on standby run (the caller holds its lifecycle).
     async fn wake(&self, entry: &Entry) -> Result<(), SandboxError> {
         let id = entry.id();
@@ -469,26 +482,17 @@ impl Inner {
             SandboxState::Standby => {
                 let image = self.checkpoint_dir(&id);
                 if let Err(e) = self.boot(entry, Some(&image)).await {
-                    let snapshot = {
-                        let mut r = lock(&entry.record);
-                        change(&mut r, SandboxState::Failed, now_ms());
-                        r.error = Some(format!("its standby image could not be restored ({e})"));
-                        r.clone()
-                    };
-                    let _ = self.store.put_sandbox(&snapshot).await;
+                    self.transition(entry, SandboxState::Failed, |r| r.error = Some(format!("its standby image could not be restored ({e})"))).await;
                     return Err(failed(entry));
                 }
                 let _ = tokio::fs::remove_dir_all(&image).await;
             }
         }
-        let snapshot = {
-            let mut r = lock(&entry.record);
-            change(&mut r, SandboxState::Running, now_ms());
+        self.transition(entry, SandboxState::Running, |r| {
             r.standby_bytes = None;
             r.timings.resume_ms = Some(ms(t));
-            r.clone()
-        };
-        let _ = self.store.put_sandbox(&snapshot).await;
+        })
+        .await;
         Ok(())
     }
 
@@ -496,13 +500,7 @@ impl Inner {
         let id = entry.id();
         let t = Instant::now();
         self.runsc_ok(&["pause", &id], "pausing the sandbox").await?;
-        let snapshot = {
-            let mut r = lock(&entry.record);
-            change(&mut r, SandboxState::Paused, now_ms());
-            r.timings.pause_ms = Some(ms(t));
-            r.clone()
-        };
-        let _ = self.store.put_sandbox(&snapshot).await;
+        self.transition(entry, SandboxState::Paused, |r| r.timings.pause_ms = Some(ms(t))).await;
         Ok(())
     }
 
@@ -522,13 +520,7 @@ impl Inner {
             let state = self.runsc().args(["state", &id]).output().await.ok().and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
             if state.is_none_or(|s| s["status"] != "running") {
                 let _ = self.runsc().args(["delete", "--force", &id]).output().await;
-                let snapshot = {
-                    let mut r = lock(&entry.record);
-                    change(&mut r, SandboxState::Failed, now_ms());
-                    r.error = Some(format!("it stopped while being checkpointed ({e}); its files are kept"));
-                    r.clone()
-                };
-                let _ = self.store.put_sandbox(&snapshot).await;
+                self.transition(entry, SandboxState::Failed, |r| r.error = Some(format!("it stopped while being checkpointed ({e}); its files are kept"))).await;
             }
             let _ = tokio::fs::remove_dir_all(&image).await;
             return Err(e);
@@ -536,14 +528,11 @@ impl Inner {
         let _ = self.runsc().args(["delete", "--force", &id]).output().await;
         hangar_jail::overlay::unmount_root(&self.run_dir(&id).join("rootfs"));
         let bytes = bundle::disk_usage(&image);
-        let snapshot = {
-            let mut r = lock(&entry.record);
-            change(&mut r, SandboxState::Standby, now_ms());
+        self.transition(entry, SandboxState::Standby, |r| {
             r.standby_bytes = Some(bytes);
             r.timings.standby_ms = Some(ms(t));
-            r.clone()
-        };
-        let _ = self.store.put_sandbox(&snapshot).await;
+        })
+        .await;
         Ok(())
     }
 
