@@ -199,6 +199,12 @@ pub async fn restore_services(state: &AppState) -> Result<usize, ApiError> {
     let rows = state.store.list_services(None).await?;
     let mut started = 0;
     for row in rows {
+        // Deploys and removals through the API wait meanwhile; one that came first wins.
+        let _guard = state.deploy_lock.lock().await;
+        let Some(row) = state.store.get_service(&row.namespace, &row.name).await? else { continue };
+        if svcs.get(&row.namespace, &row.name).is_some() {
+            continue;
+        }
         let Some(image) = state.images.get(&row.namespace, &row.image_id) else {
             tracing::error!(service = %row.name, namespace = %row.namespace, "image {} is gone; the service cannot start", row.image_id);
             continue;

@@ -30,6 +30,7 @@ impl From<ServiceError> for ApiError {
         match e {
             ServiceError::Invalid(_) => ApiError::bad_request("invalid_service", message),
             ServiceError::NotReady(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not_ready", message),
+            ServiceError::Removed => ApiError::new(StatusCode::CONFLICT, "service_removed", message),
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "service_error", message),
         }
     }

@@ -175,7 +175,10 @@ async fn a_service_runs_restarts_rolls_out_and_survives_a_killed_server() {
     assert_eq!((cgroups, mounts, netns, bridge), (2, 2, 2, true), "exactly the two new instances");
     assert_eq!(get(&s, "/svc/default/web/cgi-bin/count").await.1.trim(), "41");
 
-    // Removing the service leaves nothing; a graceful stop leaves nothing either.
+    // Removing the service leaves nothing, even while a restart is still bringing it back; a
+    // graceful stop leaves nothing either.
+    s.kill();
+    s.restart_after_stop();
     s.ok(&["svc", "rm", "web"]);
     assert_eq!(get(&s, "/svc/default/web/").await.0, 404);
     let (cgroups, mounts, netns, _) = owned(&s);

@@ -36,6 +36,8 @@ pub enum ServiceError {
     Runtime(String),
     #[error("the service did not become ready: {0}")]
     NotReady(String),
+    #[error("the service was removed while this deploy was starting it; deploy it again to bring it back")]
+    Removed,
     #[error("services: {0}")]
     Io(#[from] std::io::Error),
     #[error("building the container config: {0}")]
@@ -188,7 +190,12 @@ pub struct Service {
     current: Mutex<Option<Arc<Revision>>>,
     /// A rollout is replacing the slots: the autoscaler waits.
     rolling: std::sync::atomic::AtomicBool,
+    /// Held by a rollout from start to finish, so rollouts of one service take turns and a
+    /// removal waits for the one under way (which sees `removed` and stops what it started).
+    roll_lock: tokio::sync::Mutex<()>,
     removed: std::sync::atomic::AtomicBool,
+    /// Woken when the service is removed (a rollout waiting for readiness gives up).
+    removed_notify: tokio::sync::Notify,
     /// Requests waiting at the gateway for a ready instance.
     waiting: AtomicU32,
     /// Woken when a request starts waiting (scale from zero now, not at the next tick).
@@ -437,7 +444,9 @@ impl Services {
                         logs: Arc::new(LogRing::new(1 << 20)),
                         current: Mutex::new(None),
                         rolling: Default::default(),
+                        roll_lock: tokio::sync::Mutex::new(()),
                         removed: Default::default(),
+                        removed_notify: tokio::sync::Notify::new(),
                         waiting: AtomicU32::new(0),
                         demand: tokio::sync::Notify::new(),
                         ready_notify: tokio::sync::Notify::new(),
@@ -448,6 +457,10 @@ impl Services {
                 })
                 .clone()
         };
+        let _turn = svc.roll_lock.lock().await;
+        if svc.removed.load(Ordering::Acquire) {
+            return Err(ServiceError::Removed);
+        }
         svc.rolling.store(true, Ordering::Release);
         let result = self.roll(&svc, namespace, name, revision, config, image).await;
         svc.rolling.store(false, Ordering::Release);
@@ -466,25 +479,45 @@ impl Services {
         for _ in 0..count {
             fresh.push(slot::Slot::spawn(self.host.clone(), svc.clone(), revision, config.clone(), image.clone(), lower.clone()));
         }
-        let waits: Vec<_> = fresh.iter().map(|s| s.ready(config.readiness.timeout_ms)).collect();
-        let results = futures::future::join_all(waits).await;
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        let removed = svc.removed_notify.notified();
+        tokio::pin!(removed);
+        removed.as_mut().enable();
+        let results = if svc.removed.load(Ordering::Acquire) {
+            Err(ServiceError::Removed)
+        } else {
+            tokio::select! {
+                r = futures::future::join_all(fresh.iter().map(|s| s.ready(config.readiness.timeout_ms))) => r.into_iter().find(Result::is_err).unwrap_or(Ok(())),
+                () = &mut removed => Err(ServiceError::Removed),
+            }
+        };
+        if let Err(e) = results {
             for s in fresh {
                 s.stop(0).await;
             }
+            // A service that never got an instance is not kept (unless it was removed meanwhile:
+            // its name may already belong to a new one).
             let empty = svc.slots.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
-            if empty {
+            if empty && !matches!(e, ServiceError::Removed) {
                 svc.removed.store(true, Ordering::Release);
                 self.table.write().unwrap_or_else(|p| p.into_inner()).remove(&(namespace.to_string(), name.to_string()));
                 self.set_names(namespace);
             }
             return Err(e);
         }
-        let old: Vec<slot::Slot> = {
+        let old: Result<Vec<slot::Slot>, Vec<slot::Slot>> = {
             let mut slots = svc.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let old = std::mem::take(&mut *slots);
-            *slots = fresh;
-            old
+            if svc.removed.load(Ordering::Acquire) {
+                Err(fresh)
+            } else {
+                Ok(std::mem::replace(&mut *slots, fresh))
+            }
+        };
+        let old = match old {
+            Ok(old) => old,
+            Err(fresh) => {
+                futures::future::join_all(fresh.into_iter().map(|s| s.stop(0))).await;
+                return Err(ServiceError::Removed);
+            }
         };
         *svc.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Revision { revision, config: config.clone(), image: image.clone(), lower }));
         *svc.config.write().unwrap_or_else(|p| p.into_inner()) = config;
@@ -514,8 +547,11 @@ impl Services {
         let svc = self.table.write().unwrap_or_else(|p| p.into_inner()).remove(&(namespace.to_string(), name.to_string()));
         if let Some(svc) = svc {
             svc.removed.store(true, Ordering::Release);
+            svc.removed_notify.notify_waiters();
             self.set_names(namespace);
             self.reindex_hosts();
+            // A rollout under way stops the instances it started before letting go.
+            let _turn = svc.roll_lock.lock().await;
             let slots = std::mem::take(&mut *svc.slots.lock().unwrap_or_else(|p| p.into_inner()));
             futures::future::join_all(slots.into_iter().map(|s| {
                 let grace = s.grace_ms();
