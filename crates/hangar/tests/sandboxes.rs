@@ -22,7 +22,10 @@ fn import(s: &Server) -> tempfile::TempDir {
 }
 
 fn create(s: &Server, flags: &[&str]) -> String {
-    let mut args = vec!["sandbox", "create", "--image", IMAGE, "--memory", "256"];
+    let mut args = vec!["sandbox", "create", "--image", IMAGE];
+    if !flags.contains(&"--memory") {
+        args.extend(["--memory", "256"]);
+    }
     args.extend_from_slice(flags);
     s.ok(&args).trim().to_string()
 }
@@ -244,4 +247,65 @@ async fn sandboxes_are_isolated_and_follow_their_idle_policy_and_ttl() {
     for id in [a, b, small, idle] {
         s.ok(&["sandbox", "rm", &id]);
     }
+}
+
+#[tokio::test]
+async fn limits_contain_bombs_and_privileges_do_not_rise() {
+    let s = Server::start();
+    let _img = import(&s);
+    let bystander = create(&s, &[]);
+
+    // A fork bomb meets the sandbox's process limit (one per MiB of memory) inside gVisor;
+    // the sandbox survives it.
+    let forks = create(&s, &["--memory", "128"]);
+    assert_eq!(exec(&s, &forks, &["sh", "-c", "ulimit -u"], None).await.0.trim(), "128");
+    let bomb = json!({"cmd": ["sh", "-c", "f(){ f|f& }; f; busybox sleep 2; echo survived"], "timeout_s": 30});
+    let r = s.http().post(format!("{}/v1/sandboxes/{forks}/exec", s.url)).bearer_auth(&s.admin_key).json(&bomb).send().await.unwrap();
+    let frames = r.text().await.unwrap();
+    assert!(frames.contains("survived") && frames.contains("can't fork"), "{}", &frames[frames.len().saturating_sub(2000)..]);
+    assert_eq!(sandbox(&s, &forks).await["state"], "running");
+    // Even root cannot lift the limit.
+    let (_, err, code) = exec(&s, &forks, &["sh", "-c", "ulimit -u 100000"], None).await;
+    assert_ne!(code, 0, "{err}");
+    s.ok(&["sandbox", "rm", &forks]);
+
+    // A memory bomb: the host stops that sandbox's gVisor at its memory limit; the command
+    // and the sandbox say so; its files are kept and `resume` starts it again from them.
+    let hog = create(&s, &["--memory", "64"]);
+    let (_, err, code) = exec(&s, &hog, &["sh", "-c", "echo kept > /note; busybox tail /dev/zero"], None).await;
+    assert_eq!(code, 137, "{err}");
+    assert!(err.contains("ran out of memory (its limit is 64 MiB)"), "{err}");
+    let v = sandbox(&s, &hog).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("files are kept"), "{v}");
+    let (status, code, msg) = common::error_code(s.http().post(format!("{}/v1/sandboxes/{hog}/exec", s.url)).bearer_auth(&s.admin_key).json(&json!({"cmd": ["true"]})).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (409, "sandbox_failed"), "{msg}");
+    assert!(msg.contains("hangar sandbox resume"), "{msg}");
+    assert_eq!(s.ok(&["sandbox", "resume", &hog]).trim(), format!("{hog} is running"));
+    assert_eq!(exec(&s, &hog, &["busybox", "cat", "/note"], None).await, ("kept\n".into(), String::new(), 0));
+    s.ok(&["sandbox", "rm", &hog]);
+    assert_eq!(exec(&s, &bystander, &["sh", "-c", "echo unaffected"], None).await.0, "unaffected\n");
+
+    // Root inside holds only the default container capabilities: no mounts, no kernel
+    // modules, no network changes, no host devices, no kernel settings.
+    let (caps, _, _) = exec(&s, &bystander, &["busybox", "grep", "CapEff", "/proc/self/status"], None).await;
+    assert_eq!(caps.split_whitespace().nth(1), Some("00000000a80405fb"), "{caps}");
+    for attempt in [
+        "busybox mount -t tmpfs none /mnt",
+        "busybox insmod /lib/modules/x.ko",
+        "busybox ip link add x0 type dummy",
+        "busybox mknod /tmp/disk b 8 0 && busybox head -c 512 /tmp/disk",
+        "echo 1 > /proc/sys/kernel/panic",
+        "busybox nsenter -t 1 -m -u -n -p busybox cat /etc/shadow",
+    ] {
+        let (out, err, code) = exec(&s, &bystander, &["sh", "-c", attempt], None).await;
+        assert_ne!(code, 0, "`{attempt}` succeeded: {out} {err}");
+    }
+    // An unprivileged user stays unprivileged: a setuid-root copy of busybox gives nothing,
+    // and su to root fails.
+    let script = "b=/bin/busybox; echo nobody:x:65534:65534::/:/bin/sh >> /etc/passwd; $b mkdir -p /tmp/x; $b cp $b /tmp/x/busybox; $b chmod 4755 /tmp/x/busybox; \
+                  $b su -s /bin/sh nobody -c '/tmp/x/busybox id -u; /tmp/x/busybox sh -c \"echo x > /etc/owned\" || echo denied; $b su -c id root || echo no-su'";
+    let (out, err, _) = exec(&s, &bystander, &["sh", "-c", script], None).await;
+    assert_eq!(out, "65534\ndenied\nno-su\n", "{err}");
+    s.ok(&["sandbox", "rm", &bystander]);
 }

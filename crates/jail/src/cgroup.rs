@@ -83,6 +83,32 @@ impl Cgroup {
         Ok(cg)
     }
 
+    /// An existing cgroup `<parent>/<name>` (one a container runtime made), to read what the
+    /// kernel counted there. Nothing is created.
+    pub fn open(parent: &str, name: &str) -> Cgroup {
+        let version = Version::detect();
+        let rel = Path::new(parent.trim_start_matches('/')).join(name);
+        let dirs = match version {
+            Version::V2 => vec![("", Path::new(ROOT).join(&rel))],
+            Version::V1 => ["memory", "pids", "cpu", "freezer"].into_iter().map(|c| (c, Path::new(ROOT).join(c).join(&rel))).collect(),
+        };
+        Cgroup { version, dirs }
+    }
+
+    /// Whether the cgroup is there at all.
+    pub fn exists(&self) -> bool {
+        self.dirs.iter().any(|(_, d)| d.is_dir())
+    }
+
+    /// How many times a fork was refused for reaching the pids limit.
+    pub fn pids_refused(&self) -> u64 {
+        let dir = match self.version {
+            Version::V2 => &self.dirs[0].1,
+            Version::V1 => &self.dirs.iter().find(|(c, _)| *c == "pids").unwrap_or(&self.dirs[0]).1,
+        };
+        keyed(&read(dir, "pids.events"), "max")
+    }
+
     /// Changes the memory and pids limits of an existing cgroup `<parent>/<name>` (one made by
     /// `runc` for a container, say): raising memory writes the swap-inclusive limit first,
     /// lowering it writes it last, as cgroup v1 wants both in order.

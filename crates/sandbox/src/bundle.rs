@@ -9,7 +9,7 @@ use hangar_api::sandboxes::SandboxConfig;
 use hangar_image::RunConfig;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::SandboxError;
@@ -17,6 +17,25 @@ use crate::SandboxError;
 /// Where the helper binary is inside every sandbox.
 pub const BUSYBOX: &str = "/.hangar/busybox";
 
+/// The sandbox's first process: it only keeps the sandbox alive, and ignores `SIGCHLD` (kept
+/// across the `exec`), so the orphans it inherits are reaped by the kernel instead of piling
+/// up as zombies that count against [`max_processes`].
+const INIT: &str = "trap '' CHLD; exec /.hangar/busybox sleep 2147483647";
+
+/// Processes (and threads) a sandbox's user may have at once: one per MiB of its memory
+/// (64..=16384), enforced by gVisor's kernel (`RLIMIT_NPROC`; without `CAP_SYS_RESOURCE` even
+/// root cannot raise it). A fork bomb hits it and gets `EAGAIN` inside, while gVisor stays
+/// well under [`host_pids`] and its memory.
+pub fn max_processes(config: &SandboxConfig) -> u64 {
+    u64::from(config.memory_mb).clamp(64, 16_384)
+}
+
+/// Host threads and processes gVisor may use for one sandbox (its pids cgroup), the last line
+/// of defence: on the ptrace platform each process inside has a host stub, and each running
+/// task a host thread.
+fn host_pids(config: &SandboxConfig) -> i64 {
+    (max_processes(config) * 4 + 512) as i64
+}
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SandboxError> {
     MountBuilder::default()
@@ -55,12 +74,16 @@ pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox:
     let err = |e: oci_spec::OciSpecError| SandboxError::Runtime(format!("sandbox config: {e}"));
     let process = ProcessBuilder::default()
         .terminal(false)
-        .args(vec![BUSYBOX.to_string(), "sleep".into(), "2147483647".into()])
+        .args(vec![BUSYBOX.to_string(), "sh".into(), "-c".into(), INIT.into()])
         .env(env)
         .cwd(if image.working_dir.is_empty() { "/".to_string() } else { image.working_dir.clone() })
         .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(err)?)
         .capabilities(LinuxCapabilitiesBuilder::default().bounding(caps.clone()).effective(caps.clone()).permitted(caps).build().map_err(err)?)
         .no_new_privileges(true)
+        .rlimits(vec![
+            PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitNproc).hard(max_processes(config)).soft(max_processes(config)).build().map_err(err)?,
+            PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitNofile).hard(65_536u64).soft(65_536u64).build().map_err(err)?,
+        ])
         .build()
         .map_err(err)?;
     let mounts = vec![
@@ -82,7 +105,7 @@ pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox:
     let resources = LinuxResourcesBuilder::default()
         .memory(LinuxMemoryBuilder::default().limit(memory).swap(memory).build().map_err(err)?)
         .cpu(LinuxCpuBuilder::default().period(period).quota((config.cpus * period as f64) as i64).shares((config.cpus * 1024.0) as u64).build().map_err(err)?)
-        .pids(LinuxPidsBuilder::default().limit(1024i64).build().map_err(err)?)
+        .pids(LinuxPidsBuilder::default().limit(host_pids(config)).build().map_err(err)?)
         .build()
         .map_err(err)?;
     let ns = |t| LinuxNamespaceBuilder::default().typ(t).build().map_err(err);

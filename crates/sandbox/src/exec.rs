@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use hangar_api::sandboxes::ExecFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -29,6 +30,8 @@ pub struct Command {
     pub pid_file: PathBuf,
     /// `runsc kill --pid PID <sandbox> KILL` for a pid inside the sandbox.
     pub kill: Box<dyn Fn(&str) -> tokio::process::Command + Send + Sync>,
+    /// Asked when runsc itself failed: why the sandbox stopped, if it did.
+    pub stopped: Box<dyn FnOnce() -> BoxFuture<'static, Option<String>> + Send + Sync>,
 }
 
 /// Starts the command; the frames end with `ExitCode` or `Error`. `done` runs when it ended.
@@ -109,6 +112,13 @@ async fn run(mut cmd: Command, tx: &mpsc::Sender<ExecFrame>) -> ExecFrame {
         Err(e) => return ExecFrame::Error(format!("waiting for the command: {e}")),
     };
     let code = status.code().unwrap_or(128);
+    // 128 is runsc's own failure: the sandbox may have stopped under the command.
+    if code == 128
+        && let Some(why) = (cmd.stopped)().await
+    {
+        let _ = tx.send(ExecFrame::Stderr(format!("hangar: the sandbox stopped: {why}\n"))).await;
+        return ExecFrame::ExitCode(137);
+    }
     if let Some(text) = held {
         if code == 128 {
             let why = text.rsplit(": ").next().unwrap_or("").trim();

@@ -37,8 +37,8 @@ pub enum SandboxError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
-    /// The sandbox failed earlier; only `rm` is left.
-    #[error("sandbox `{0}` has failed ({1}); remove it with `hangar sandbox rm {0}`")]
+    /// The sandbox failed earlier: `resume` starts it again from its files, `rm` removes it.
+    #[error("sandbox `{0}` has failed ({1}); `hangar sandbox resume {0}` starts it again from its files, `hangar sandbox rm {0}` removes it")]
     Failed(String, String),
     #[error("{0}")]
     Quota(String),
@@ -269,7 +269,14 @@ impl Sandboxes {
     pub async fn exec(&self, namespace: Option<&str>, id: &str, req: ExecRequest) -> Result<mpsc::Receiver<ExecFrame>, SandboxError> {
         req.validate().map_err(|e| SandboxError::Invalid(e.to_string()))?;
         let active = self.activate(namespace, id).await?;
-        let cmd = self.inner.command(&active.entry, &req);
+        let mut cmd = self.inner.command(&active.entry, &req);
+        let (inner, entry) = (self.inner.clone(), active.entry.clone());
+        cmd.stopped = Box::new(move || {
+            Box::pin(async move {
+                let _guard = entry.lifecycle.lock().await;
+                inner.notice_stop(&entry, true).await
+            })
+        });
         Ok(exec::start(cmd, move || drop(active)))
     }
 
@@ -286,11 +293,16 @@ impl Sandboxes {
         Ok(entry.snapshot())
     }
 
-    /// Resumes a paused sandbox or restores one on standby.
+    /// Resumes a paused sandbox or restores one on standby. A failed sandbox starts again
+    /// from its files (like a machine rebooted: its processes and memory were lost).
     pub async fn resume(&self, namespace: Option<&str>, id: &str) -> Result<Sandbox, SandboxError> {
         let entry = self.entry(namespace, id)?;
         let _guard = entry.lifecycle.lock().await;
-        self.inner.wake(&entry).await?;
+        if entry.state() == SandboxState::Failed {
+            self.inner.restart(&entry).await?;
+        } else {
+            self.inner.wake(&entry).await?;
+        }
         Ok(entry.snapshot())
     }
 
@@ -475,6 +487,7 @@ impl Inner {
     async fn wake(&self, entry: &Entry) -> Result<(), SandboxError> {
         let id = entry.id();
         let t = Instant::now();
+        self.notice_stop(entry, false).await;
         match entry.state() {
             SandboxState::Running => return Ok(()),
             SandboxState::Failed => return Err(failed(entry)),
@@ -499,6 +512,9 @@ impl Inner {
     async fn pause(&self, entry: &Entry) -> Result<(), SandboxError> {
         let id = entry.id();
         let t = Instant::now();
+        if self.notice_stop(entry, false).await.is_some() {
+            return Err(failed(entry));
+        }
         self.runsc_ok(&["pause", &id], "pausing the sandbox").await?;
         self.transition(entry, SandboxState::Paused, |r| r.timings.pause_ms = Some(ms(t))).await;
         Ok(())
@@ -508,6 +524,9 @@ impl Inner {
     async fn standby(&self, entry: &Entry) -> Result<(), SandboxError> {
         let id = entry.id();
         let t = Instant::now();
+        if self.notice_stop(entry, false).await.is_some() {
+            return Err(failed(entry));
+        }
         if entry.state() == SandboxState::Paused {
             self.runsc_ok(&["resume", &id], "resuming the sandbox to checkpoint it").await?;
         }
@@ -531,6 +550,65 @@ impl Inner {
         self.transition(entry, SandboxState::Standby, |r| {
             r.standby_bytes = Some(bytes);
             r.timings.standby_ms = Some(ms(t));
+        })
+        .await;
+        Ok(())
+    }
+
+    /// If the gVisor kernel of a running or paused sandbox has stopped by itself (killed by the
+    /// host for memory, say: its cgroup is there but empty, or, when `ask_runsc`, runsc says it
+    /// stopped), removes what is left of its container, marks it failed and returns why. The
+    /// caller holds its lifecycle.
+    async fn notice_stop(&self, entry: &Entry, ask_runsc: bool) -> Option<String> {
+        let (id, memory_mb) = {
+            let r = lock(&entry.record);
+            if !matches!(r.state, SandboxState::Running | SandboxState::Paused) {
+                return None;
+            }
+            (r.id.clone(), r.config.memory_mb)
+        };
+        let cg = hangar_jail::cgroup::Cgroup::open(&self.cgroup_parent, &id);
+        let emptied = cg.exists() && cg.pids().is_empty();
+        if !emptied {
+            let state = if ask_runsc { self.runsc().args(["state", &id]).output().await.ok() } else { None };
+            let status = state.and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok()).map(|v| v["status"].clone());
+            if status.is_none_or(|s| s != "stopped") {
+                return None;
+            }
+        }
+        let why = if cg.oom_kills() > 0 {
+            format!("it ran out of memory (its limit is {memory_mb} MiB) and the host stopped its gVisor kernel")
+        } else if cg.pids_refused() > 0 {
+            "it reached its limit of host threads and its gVisor kernel stopped".to_string()
+        } else {
+            "its gVisor kernel stopped unexpectedly".to_string()
+        };
+        tracing::warn!(sandbox = %id, "the sandbox stopped: {why}");
+        let _ = self.runsc().args(["delete", "--force", &id]).output().await;
+        hangar_jail::overlay::unmount_root(&self.run_dir(&id).join("rootfs"));
+        let error = format!("{why}; its processes and memory are gone, its files are kept");
+        self.transition(entry, SandboxState::Failed, |r| r.error = Some(error)).await;
+        Some(why)
+    }
+
+    /// Starts a failed sandbox again from its files (the caller holds its lifecycle).
+    async fn restart(&self, entry: &Entry) -> Result<(), SandboxError> {
+        let (id, image_id) = {
+            let r = lock(&entry.record);
+            (r.id.clone(), r.image_id.clone())
+        };
+        if entry.lowers.is_empty() {
+            return Err(SandboxError::Invalid(format!("sandbox `{id}` cannot start again: its image {image_id} is gone; remove it with `hangar sandbox rm {id}`")));
+        }
+        let t = Instant::now();
+        let _ = self.runsc().args(["delete", "--force", &id]).output().await;
+        let _ = tokio::fs::remove_dir_all(self.checkpoint_dir(&id)).await;
+        tokio::fs::create_dir_all(self.run_dir(&id)).await?;
+        self.boot(entry, None).await?;
+        self.transition(entry, SandboxState::Running, |r| {
+            r.error = None;
+            r.standby_bytes = None;
+            r.timings.resume_ms = Some(ms(t));
         })
         .await;
         Ok(())
@@ -583,6 +661,7 @@ impl Inner {
                 c.arg("--root").arg(&root).arg("--platform=ptrace").args(["kill", "--pid", pid, &sid, "KILL"]);
                 c
             }),
+            stopped: Box::new(|| Box::pin(async { None })),
         }
     }
 }
@@ -615,7 +694,7 @@ async fn idle_loop(inner: std::sync::Weak<Inner>) {
             let idle_s = (now - rec.last_active_ms) / 1000;
             let due = |after: Option<u64>| after.is_some_and(|a| idle_s >= a as i64);
             let Ok(_guard) = entry.lifecycle.try_lock() else { continue };
-            if entry.active.load(Ordering::Acquire) > 0 {
+            if inner.notice_stop(&entry, false).await.is_some() || entry.active.load(Ordering::Acquire) > 0 {
                 continue;
             }
             let result = match entry.state() {
