@@ -18,7 +18,7 @@ fi
 # skopeo, one behind a token server that signs with openssl; service tests build images from
 # busybox-static and run one under gVisor (runsc).
 missing=()
-for tool in docker-registry:docker-registry skopeo:skopeo openssl:openssl busybox:busybox-static runsc:runsc nft:nftables; do
+for tool in docker-registry:docker-registry skopeo:skopeo openssl:openssl busybox:busybox-static runsc:runsc nft:nftables mkfs.ext4:e2fsprogs; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})); then

@@ -155,6 +155,9 @@ pub struct Sandbox {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Bytes its disk takes on the host now (the blocks written so far, at most `disk_mb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
     /// How long the last transitions took.
     #[serde(default)]
     pub timings: SandboxTimings,

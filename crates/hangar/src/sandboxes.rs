@@ -19,7 +19,8 @@ fn seconds(flag: &str, value: &Option<String>) -> Result<Option<u64>> {
 
 fn show(sb: &Sandbox) {
     println!("{} ({}) in {}: {} since {}", sb.id, sb.config.image, sb.namespace, sb.state, hangar_api::rfc3339(sb.state_since_ms));
-    println!("memory {} MiB, cpus {}, disk {} MiB", sb.config.memory_mb, sb.config.cpus, sb.config.disk_mb);
+    let used = sb.disk_bytes.map(|b| format!(" ({:.1} MiB written)", b as f64 / f64::from(1 << 20))).unwrap_or_default();
+    println!("memory {} MiB, cpus {}, disk {} MiB{used}", sb.config.memory_mb, sb.config.cpus, sb.config.disk_mb);
     if let Some(b) = sb.standby_bytes {
         println!("standby image: {b} bytes");
     }

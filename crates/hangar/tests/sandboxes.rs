@@ -202,6 +202,15 @@ async fn sandboxes_are_isolated_and_follow_their_idle_policy_and_ttl() {
     let (status, code, msg) = common::error_code(r).await;
     assert_eq!((status, code.as_str()), (413, "quota_exceeded"), "{msg}");
     assert_ne!(exec(&s, &small, &["busybox", "ls", "/big"], None).await.2, 0);
+    // Commands meet the same disk: past it, writes fail inside with ENOSPC, and the host holds
+    // no more than the disk's size for it.
+    let (_, err, code) = exec(&s, &small, &["busybox", "dd", "if=/dev/zero", "of=/fill", "bs=1M", "count=20"], None).await;
+    assert!(code != 0 && err.contains("No space left on device"), "{code} {err}");
+    let written = sandbox(&s, &small).await["disk_bytes"].as_u64().unwrap();
+    assert!(written > 10 << 20 && written <= 16 << 20, "{written}");
+    let r = s.http().put(format!("{}/v1/sandboxes/{small}/files?path=/more", s.url)).bearer_auth(&s.admin_key).body(vec![b'y'; 1 << 20]).send().await.unwrap();
+    assert_eq!(r.status(), 413, "a full disk takes no upload");
+    exec(&s, &small, &["busybox", "rm", "/fill"], None).await;
     // A flood of output streams through without piling up: all of it arrives.
     let (out, _, code) = exec(&s, &b, &["sh", "-c", "busybox yes 0123456789abcdef | busybox head -c 4000000"], None).await;
     assert_eq!((out.len(), code), (4_000_000, 0));

@@ -11,7 +11,7 @@ use hangar_api::sandboxes::FileEntry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::bundle::{BUSYBOX, disk_usage};
+use crate::bundle::BUSYBOX;
 use crate::{Sandboxes, SandboxError};
 
 /// Largest answer of a listing or `stat`.
@@ -126,15 +126,15 @@ impl Sandboxes {
         if path.ends_with('/') {
             return Err(SandboxError::Invalid(format!("{path} names a directory; give the file's path")));
         }
-        let entry = self.entry(namespace, id)?;
-        let quota = u64::from(entry.snapshot().config.disk_mb) << 20;
-        let upper = self.inner.data_dir(id).join("upper");
-        let room = quota.saturating_sub(tokio::task::spawn_blocking(move || disk_usage(&upper)).await.unwrap_or(0));
-        let over = |n: u64| SandboxError::Quota(format!("{path}: {n} bytes would pass the sandbox's disk quota of {} MiB ({room} bytes left)", quota >> 20));
+        let active = self.activate(namespace, id).await?;
+        let disk_mb = active.entry.snapshot().config.disk_mb;
+        let inner = self.inner.clone();
+        let sid = id.to_string();
+        let room = tokio::task::spawn_blocking(move || inner.room(&sid, disk_mb)).await.unwrap_or(0);
+        let over = |n: u64| SandboxError::Quota(format!("{path}: {n} bytes do not fit on the sandbox's disk of {disk_mb} MiB ({room} bytes free); remove files or make the sandbox with a larger --disk"));
         if let Some(n) = length.filter(|n| *n > room) {
             return Err(over(n));
         }
-        let active = self.activate(namespace, id).await?;
         let script = r#"mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#;
         let mut cmd = self.inner.runsc();
         cmd.arg("exec").arg(id).arg(BUSYBOX).args(["sh", "-c", script, "put", path]);
@@ -170,7 +170,13 @@ impl Sandboxes {
         let out = child.wait_with_output().await.map_err(|e| SandboxError::Runtime(e.to_string()))?;
         drop(active);
         if !out.status.success() {
-            return Err(SandboxError::Invalid(format!("writing {path}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            if why.contains("No space left") {
+                // Someone else wrote meanwhile: the disk filled up under the upload.
+                let _ = self.busybox(namespace, id, &["rm", "-f", "--", path]).await;
+                return Err(over(written));
+            }
+            return Err(SandboxError::Invalid(format!("writing {path}: {why}")));
         }
         Ok(written)
     }

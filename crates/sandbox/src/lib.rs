@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod disk;
 pub mod exec;
 pub mod files;
 
@@ -81,6 +82,12 @@ impl Entry {
     fn snapshot(&self) -> Sandbox {
         lock(&self.record).clone()
     }
+}
+
+/// Blocks a file takes on disk, in bytes (a sparse file takes only what was written).
+fn allocated(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.blocks() * 512)
 }
 
 /// The sandboxes of one server. Cheap to clone.
@@ -204,13 +211,21 @@ impl Sandboxes {
             last_active_ms: now,
             standby_bytes: None,
             error: None,
+            disk_bytes: None,
             timings: SandboxTimings::default(),
             usage: SandboxUsage::default(),
         };
         let entry = Arc::new(Entry { record: Mutex::new(rec), lifecycle: tokio::sync::Mutex::new(()), active: AtomicU32::new(0), image: image.config.clone(), lowers });
         let _guard = entry.lifecycle.lock().await;
         let t = Instant::now();
-        if let Err(e) = self.inner.boot(&entry, None).await {
+        let made = match tokio::fs::create_dir_all(self.inner.data_dir(&id)).await {
+            Ok(()) => disk::create(&self.inner.disk_image(&id), entry.snapshot().config.disk_mb).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = match made {
+            Ok(()) => self.inner.boot(&entry, None).await,
+            Err(e) => Err(e),
+        } {
             self.inner.remove_files(&id).await;
             return Err(e);
         }
@@ -238,13 +253,13 @@ impl Sandboxes {
 
     /// The sandboxes of a namespace (`None`: all), oldest first.
     pub fn list(&self, namespace: Option<&str>) -> Vec<Sandbox> {
-        let mut all: Vec<Sandbox> = lock(&self.inner.boxes).values().map(|e| e.snapshot()).filter(|s| namespace.is_none_or(|ns| s.namespace == ns)).collect();
+        let mut all: Vec<Sandbox> = lock(&self.inner.boxes).values().map(|e| self.inner.view(e)).filter(|s| namespace.is_none_or(|ns| s.namespace == ns)).collect();
         all.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
         all
     }
 
     pub fn get(&self, namespace: Option<&str>, id: &str) -> Result<Sandbox, SandboxError> {
-        Ok(self.entry(namespace, id)?.snapshot())
+        Ok(self.inner.view(&*self.entry(namespace, id)?))
     }
 
     /// Whether a sandbox was made from the image (which must then stay).
@@ -382,6 +397,45 @@ impl Inner {
     fn checkpoint_dir(&self, id: &str) -> PathBuf {
         self.data_dir(id).join("checkpoint")
     }
+    fn disk_image(&self, id: &str) -> PathBuf {
+        self.data_dir(id).join("disk.img")
+    }
+    /// Where the disk is mounted while the sandbox runs.
+    fn disk_dir(&self, id: &str) -> PathBuf {
+        self.data_dir(id).join("disk")
+    }
+    /// The overlay's upper and work directories: on the sandbox's disk, or, for a sandbox
+    /// made before disks existed, in its data directory.
+    fn layers(&self, id: &str) -> (PathBuf, PathBuf, bool) {
+        if self.disk_image(id).is_file() {
+            let d = self.disk_dir(id);
+            (d.join("upper"), d.join("work"), true)
+        } else {
+            let d = self.data_dir(id);
+            (d.join("upper"), d.join("work"), false)
+        }
+    }
+
+    /// The record as the API shows it, with what its disk takes now.
+    fn view(&self, entry: &Entry) -> Sandbox {
+        let mut s = entry.snapshot();
+        s.disk_bytes = allocated(&self.disk_image(&s.id));
+        s
+    }
+
+    /// Bytes the sandbox may still write (its disk must be mounted, i.e. it runs).
+    pub(crate) fn room(&self, id: &str, disk_mb: u32) -> u64 {
+        match self.layers(id) {
+            (_, _, true) => disk::free_bytes(&self.disk_dir(id)).unwrap_or(0),
+            (upper, _, false) => (u64::from(disk_mb) << 20).saturating_sub(bundle::disk_usage(&upper)),
+        }
+    }
+
+    /// Unmounts the sandbox's root and then its disk.
+    fn unmount(&self, id: &str) {
+        hangar_jail::overlay::unmount_root(&self.run_dir(id).join("rootfs"));
+        disk::unmount(&self.disk_dir(id));
+    }
 
     /// runsc with this server's state root, on the ptrace platform (no KVM here).
     fn runsc(&self) -> tokio::process::Command {
@@ -435,6 +489,11 @@ impl Inner {
                 hangar_jail::overlay::unmount_root(&d.path().join("rootfs"));
             }
         }
+        if let Ok(dirs) = std::fs::read_dir(&self.data) {
+            for d in dirs.flatten() {
+                disk::unmount(&d.path().join("disk"));
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.run);
         hangar_jail::cgroup::remove_tree(&self.cgroup_parent).await;
     }
@@ -447,10 +506,17 @@ impl Inner {
             (r.id.clone(), r.config.clone())
         };
         let t0 = Instant::now();
-        let (run, data) = (self.run_dir(&id), self.data_dir(&id));
+        let run = self.run_dir(&id);
         let rootfs = run.join("rootfs");
-        hangar_jail::overlay::unmount_root(&rootfs);
-        hangar_jail::overlay::mount_root(&entry.lowers, &data.join("upper"), &data.join("work"), &rootfs).map_err(|e| SandboxError::Runtime(e.to_string()))?;
+        self.unmount(&id);
+        let (upper, work, on_disk) = self.layers(&id);
+        if on_disk {
+            disk::mount(&self.disk_image(&id), &self.disk_dir(&id)).await?;
+        }
+        if let Err(e) = hangar_jail::overlay::mount_root(&entry.lowers, &upper, &work, &rootfs) {
+            self.unmount(&id);
+            return Err(SandboxError::Runtime(e.to_string()));
+        }
         let spec = bundle::config(&config, &entry.image, &rootfs, &self.busybox, &format!("/{}/{id}", self.cgroup_parent), &id)?;
         spec.save(run.join("config.json")).map_err(|e| SandboxError::Runtime(format!("writing the bundle: {e}")))?;
         let bundle = run.display().to_string();
@@ -464,7 +530,7 @@ impl Inner {
         };
         if started.is_err() {
             let _ = self.runsc().args(["delete", "--force", &id]).output().await;
-            hangar_jail::overlay::unmount_root(&rootfs);
+            self.unmount(&id);
         }
         tracing::debug!(sandbox = %id, restore = from.is_some(), prepared_ms = prepared, total_ms = ms(t0), "sandbox booted");
         started
@@ -545,7 +611,7 @@ impl Inner {
             return Err(e);
         }
         let _ = self.runsc().args(["delete", "--force", &id]).output().await;
-        hangar_jail::overlay::unmount_root(&self.run_dir(&id).join("rootfs"));
+        self.unmount(&id);
         let bytes = bundle::disk_usage(&image);
         self.transition(entry, SandboxState::Standby, |r| {
             r.standby_bytes = Some(bytes);
@@ -585,7 +651,7 @@ impl Inner {
         };
         tracing::warn!(sandbox = %id, "the sandbox stopped: {why}");
         let _ = self.runsc().args(["delete", "--force", &id]).output().await;
-        hangar_jail::overlay::unmount_root(&self.run_dir(&id).join("rootfs"));
+        self.unmount(&id);
         let error = format!("{why}; its processes and memory are gone, its files are kept");
         self.transition(entry, SandboxState::Failed, |r| r.error = Some(error)).await;
         Some(why)
@@ -622,7 +688,7 @@ impl Inner {
     }
 
     async fn remove_files(&self, id: &str) {
-        hangar_jail::overlay::unmount_root(&self.run_dir(id).join("rootfs"));
+        self.unmount(id);
         let _ = tokio::fs::remove_dir_all(self.run_dir(id)).await;
         let _ = tokio::fs::remove_dir_all(self.data_dir(id)).await;
     }
