@@ -238,6 +238,76 @@ impl ExecRequest {
     }
 }
 
+/// The first message of an interactive command (`GET /v1/sandboxes/{id}/tty`, a WebSocket):
+/// what to run and the terminal's size. Then binary messages carry keystrokes in and output
+/// out; a text message [`TtyControl`] resizes; the last message is a text [`ExecFrame`]
+/// (`exit_code` or `error`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TtyRequest {
+    /// The program and its arguments; default the image's shell, `/bin/sh`.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Columns and rows of the terminal (1..=1000; default 80 × 24).
+    #[serde(default = "default_cols")]
+    pub cols: u16,
+    #[serde(default = "default_rows")]
+    pub rows: u16,
+}
+
+fn default_cols() -> u16 {
+    80
+}
+
+fn default_rows() -> u16 {
+    24
+}
+
+fn size(cols: u16, rows: u16) -> Result<(), Invalid> {
+    if !(1..=1000).contains(&cols) || !(1..=1000).contains(&rows) {
+        return Err(Invalid::new("cols/rows", format!("{cols} × {rows} is out of range 1..=1000")));
+    }
+    Ok(())
+}
+
+impl TtyRequest {
+    /// The command to run: the one given, or `/bin/sh`.
+    pub fn command(&self) -> Vec<String> {
+        if self.cmd.is_empty() { vec!["/bin/sh".to_string()] } else { self.cmd.clone() }
+    }
+
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.cmd.first().is_some_and(String::is_empty) || self.cmd.iter().any(|a| a.contains('\0')) {
+            return Err(Invalid::new("cmd", "the program must be named, and no argument may hold NUL"));
+        }
+        env(&self.env)?;
+        if let Some(cwd) = &self.cwd {
+            path("cwd", cwd)?;
+        }
+        size(self.cols, self.rows)
+    }
+}
+
+/// A control message of an interactive command, sent as text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TtyControl {
+    /// The terminal's new size.
+    Resize { cols: u16, rows: u16 },
+}
+
+impl TtyControl {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match self {
+            TtyControl::Resize { cols, rows } => size(*cols, *rows),
+        }
+    }
+}
+
 /// One line of an exec's answer (`application/x-ndjson`): output as it comes, then the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

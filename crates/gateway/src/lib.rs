@@ -126,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
         .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::remove))
         .route("/sandboxes/{id}/exec", post(sandboxes::exec))
+        .route("/sandboxes/{id}/tty", get(sandboxes::tty))
         .route("/sandboxes/{id}/files", get(sandboxes::read).put(sandboxes::write).layer(DefaultBodyLimit::disable()))
         .route("/sandboxes/{id}/{action}", post(sandboxes::lifecycle))
         .route("/invocations", get(api::list_invocations))

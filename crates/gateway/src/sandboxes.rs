@@ -1,13 +1,15 @@
 //! `/v1/sandboxes`: create, list, show, remove; exec (output streamed as NDJSON frames);
-//! files in and out; pause, standby and resume.
+//! files in and out; pause, standby and resume; interactive commands on a terminal over a
+//! WebSocket.
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use hangar_api::sandboxes::{ExecRequest, Sandbox, SandboxConfig, SandboxList};
+use hangar_api::sandboxes::{ExecFrame, ExecRequest, Sandbox, SandboxConfig, SandboxList, TtyControl, TtyRequest};
 use hangar_sandbox::files::Found;
 use hangar_sandbox::{SandboxError, Sandboxes};
 use serde::Deserialize;
@@ -145,4 +147,93 @@ pub async fn write(State(state): State<AppState>, p: Principal, Path(id): Path<S
     let body = req.into_body().into_data_stream();
     let written = sandboxes(&state)?.write(Some(&ns), &id, &q.path, length, body).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({"path": q.path, "bytes": written}))).into_response())
+}
+
+/// Runs an interactive command on a terminal of its own, over a WebSocket: the first message
+/// (text) is a `TtyRequest`; then binary messages carry keystrokes in and output out, a text
+/// `TtyControl` resizes the terminal, and the last message is a text `ExecFrame` (`exit_code`
+/// or `error`). Closing the socket kills the command.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/tty", params(("id" = String, Path), NamespaceQuery), tag = "sandboxes",
+    responses((status = 101, description = "a WebSocket; see TtyRequest, TtyControl, ExecFrame"), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn tty(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let sbs = sandboxes(&state)?.clone();
+    // Unknown sandboxes are told before the upgrade, as a plain 404.
+    sbs.get(Some(&ns), &id)?;
+    Ok(ws.on_upgrade(move |socket| terminal(sbs, ns, id, socket)))
+}
+
+/// Sends the last message and closes.
+async fn end(socket: &mut (impl futures::Sink<Message> + Unpin), frame: ExecFrame) {
+    use futures::SinkExt;
+    let _ = socket.send(Message::Text(serde_json::to_string(&frame).unwrap_or_default().into())).await;
+    let _ = socket.close().await;
+}
+
+async fn terminal(sbs: Sandboxes, ns: String, id: String, mut socket: WebSocket) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = match socket.recv().await {
+        Some(Ok(Message::Text(t))) => serde_json::from_str::<TtyRequest>(&t).map_err(|e| format!("the first message must be the command to run, as JSON: {e}")),
+        _ => Err("the first message must be the command to run, as JSON text (a TtyRequest)".to_string()),
+    };
+    let started = match req {
+        Ok(req) => sbs.tty(Some(&ns), &id, req).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let mut tty = match started {
+        Ok(t) => t,
+        Err(e) => return end(&mut socket, ExecFrame::Error(e)).await,
+    };
+    // Keystrokes go through a bounded channel to their own writer, so a command that does not
+    // read its input never stops its output from being read.
+    let (keys, mut pending) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let mut input = tty.input.try_clone().await.ok();
+    let writer = tokio::spawn(async move {
+        while let Some(chunk) = pending.recv().await {
+            let Some(w) = input.as_mut() else { return };
+            if w.write_all(&chunk).await.is_err() || w.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let (mut sink, mut stream) = socket.split();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            n = tty.output.read(&mut buf) => match n {
+                // The terminal's other end closed: the command is over.
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    use futures::SinkExt;
+                    if sink.send(Message::Binary(bytes::Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        tty.kill().await;
+                        writer.abort();
+                        return;
+                    }
+                }
+            },
+            m = stream.next() => match m {
+                Some(Ok(Message::Binary(b))) => {
+                    if keys.send(b).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(TtyControl::Resize { cols, rows }) = serde_json::from_str::<TtyControl>(&t).map_err(|_| ()).and_then(|c| c.validate().map(|()| c).map_err(|_| ())) {
+                        let _ = tty.resize(cols, rows);
+                    }
+                }
+                Some(Ok(_)) => {}
+                // The caller went away: so does the command.
+                Some(Err(_)) | None => {
+                    tty.kill().await;
+                    writer.abort();
+                    return;
+                }
+            },
+        }
+    }
+    writer.abort();
+    let code = tty.wait().await;
+    end(&mut sink, ExecFrame::ExitCode(code)).await;
 }

@@ -1039,9 +1039,13 @@ pub enum SandboxCommand {
     /// Checkpoint a sandbox to disk and stop it: no CPU, no memory, state kept
     Standby { id: String },
     /// Run a command in a sandbox; its output streams here and its exit code is this one's.
-    /// Standard input is passed on when it is not a terminal.
+    /// Standard input is passed on when it is not a terminal; with -t the command runs on a
+    /// terminal of its own, interactively (default command /bin/sh).
     Exec {
         id: String,
+        /// Run on a terminal, interactively (over a WebSocket; keys go through as typed)
+        #[arg(long, short = 't')]
+        tty: bool,
         /// Environment variable K=V (repeatable)
         #[arg(long = "env", short = 'e')]
         env: Vec<String>,
@@ -1052,7 +1056,7 @@ pub enum SandboxCommand {
         #[arg(long)]
         timeout: Option<String>,
         /// The command and its arguments
-        #[arg(last = true, required = true)]
+        #[arg(last = true, required_unless_present = "tty")]
         cmd: Vec<String>,
     },
     /// Copy a file into or out of a sandbox: `cp LOCAL ID:/path` or `cp ID:/path LOCAL`

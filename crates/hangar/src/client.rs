@@ -61,6 +61,17 @@ impl Client {
         }
     }
 
+    /// A WebSocket handshake request for `path` (with its query), with the API key.
+    pub fn websocket(&self, path_and_query: &str) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let base = self.base.replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
+        let mut req = format!("{base}{path_and_query}").into_client_request()?;
+        if let Some(k) = &self.key {
+            req.headers_mut().insert(reqwest::header::AUTHORIZATION, format!("Bearer {k}").parse()?);
+        }
+        Ok(req)
+    }
+
     /// Sends and returns the response if it is a success; a failure otherwise.
     pub async fn send(&self, rb: RequestBuilder) -> Result<Response> {
         let resp = rb.send().await.map_err(|e| Failure::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;

@@ -10,6 +10,7 @@ mod images;
 mod manifest;
 mod sandboxes;
 mod services;
+mod terminal;
 mod up;
 
 use clap::Parser;

@@ -1,11 +1,11 @@
 //! `hangar sandbox ...`: create, list, show, remove, pause, resume, standby, exec (output
-//! streamed, exit code passed on) and cp (files in and out).
+//! streamed, exit code passed on; `-t` on a terminal, see `terminal`) and cp (files in and out).
 
 use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use hangar_api::sandboxes::{ExecFrame, ExecRequest, FileEntry, Sandbox, SandboxConfig, SandboxList};
+use hangar_api::sandboxes::{ExecFrame, ExecRequest, FileEntry, Sandbox, SandboxConfig, SandboxList, TtyRequest};
 use reqwest::Method;
 
 use crate::cli::{Cli, Output, SandboxCommand, client, env_flags, ns_query, print_json, table};
@@ -103,7 +103,15 @@ pub async fn run(cli: &Cli, cmd: &SandboxCommand) -> Result<i32> {
                 Output::Table => println!("{} is {}", sb.id, sb.state),
             }
         }
-        SandboxCommand::Exec { id, env, cwd, timeout, cmd } => {
+        SandboxCommand::Exec { id, tty: true, env, cwd, timeout, cmd } => {
+            if timeout.is_some() {
+                bail!("--timeout applies to commands without a terminal; leave it out with -t");
+            }
+            let query = if q.is_empty() { String::new() } else { format!("?namespace={}", q[0].1) };
+            let req = TtyRequest { cmd: cmd.clone(), env: env_flags(env)?, cwd: cwd.clone(), cols: 80, rows: 24 };
+            return crate::terminal::run(&client, &format!("{}{query}", path(id, "/tty")), req).await;
+        }
+        SandboxCommand::Exec { id, tty: false, env, cwd, timeout, cmd } => {
             let stdin = if std::io::stdin().is_terminal() {
                 None
             } else {

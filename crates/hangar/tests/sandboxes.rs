@@ -318,3 +318,100 @@ async fn limits_contain_bombs_and_privileges_do_not_rise() {
     assert_eq!(out, "65534\ndenied\nno-su\n", "{err}");
     s.ok(&["sandbox", "rm", &bystander]);
 }
+
+/// Reads a terminal's output until it holds `want` (or fails after 20 s); returns all of it.
+async fn read_until<S>(ws: &mut S, want: &str) -> String
+where
+    S: futures::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !seen.contains(want) {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Some(Ok(Message::Text(t)))) => seen.push_str(&format!("[{t}]")),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("waiting for {want:?}: {other:?}; the terminal showed {seen:?}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn interactive_commands_run_on_a_terminal_over_a_websocket() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let s = Server::start();
+    let _img = import(&s);
+    let id = create(&s, &[]);
+    let ws_url = format!("{}/v1/sandboxes/{id}/tty", s.url.replacen("http://", "ws://", 1));
+    let connect = |url: String, key: Option<String>| async move {
+        let mut req = url.into_client_request().unwrap();
+        if let Some(k) = key {
+            req.headers_mut().insert("authorization", format!("Bearer {k}").parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req).await
+    };
+
+    // A shell on a 100 × 30 terminal: it sees that size, then the new one after a resize.
+    let (mut ws, _) = connect(ws_url.clone(), Some(s.admin_key.clone())).await.unwrap();
+    ws.send(Message::Text(json!({"cmd": ["sh"], "cols": 100, "rows": 30}).to_string().into())).await.unwrap();
+    ws.send(Message::Binary(b"stty size; ulimit -u\n".to_vec().into())).await.unwrap();
+    read_until(&mut ws, "30 100\r\n256").await;
+    ws.send(Message::Text(json!({"resize": {"cols": 120, "rows": 40}}).to_string().into())).await.unwrap();
+    ws.send(Message::Binary(b"stty size\n".to_vec().into())).await.unwrap();
+    read_until(&mut ws, "40 120").await;
+    // Ctrl-C reaches the foreground command, as on any terminal; the shell goes on.
+    ws.send(Message::Binary(b"busybox sleep 1000\n".to_vec().into())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ws.send(Message::Binary(b"\x03".to_vec().into())).await.unwrap();
+    ws.send(Message::Binary(b"echo after-$((6*7))\n".to_vec().into())).await.unwrap();
+    read_until(&mut ws, "after-42").await;
+    ws.send(Message::Binary(b"exit 3\n".to_vec().into())).await.unwrap();
+    read_until(&mut ws, r#"[{"exit_code":3}]"#).await;
+
+    // Going away kills the command.
+    let (mut ws, _) = connect(ws_url.clone(), Some(s.admin_key.clone())).await.unwrap();
+    ws.send(Message::Text(json!({"cmd": ["busybox", "sh", "-c", "echo started; exec busybox sleep 4321"]}).to_string().into())).await.unwrap();
+    read_until(&mut ws, "started").await;
+    drop(ws);
+    common::eventually("the command killed with its terminal", Duration::from_secs(10), || async {
+        let (ps, _, _) = exec(&s, &id, &["busybox", "ps"], None).await;
+        if ps.contains("sleep 4321") { Err(ps) } else { Ok(()) }
+    })
+    .await;
+
+    // Bad input: no key, another sandbox, a first message that is not a command, a missing
+    // program.
+    assert!(connect(ws_url.clone(), None).await.is_err_and(|e| e.to_string().contains("401")));
+    let err = connect(ws_url.replace(&id, "sb-000000000000"), Some(s.admin_key.clone())).await.unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    let (mut ws, _) = connect(ws_url.clone(), Some(s.admin_key.clone())).await.unwrap();
+    ws.send(Message::Binary(b"ls\n".to_vec().into())).await.unwrap();
+    let said = read_until(&mut ws, "error").await;
+    assert!(said.contains("first message must be the command"), "{said}");
+    let (mut ws, _) = connect(ws_url.clone(), Some(s.admin_key.clone())).await.unwrap();
+    ws.send(Message::Text(json!({"cmd": ["sh"], "cols": 0}).to_string().into())).await.unwrap();
+    let said = read_until(&mut ws, "error").await;
+    assert!(said.contains("out of range"), "{said}");
+
+    // The CLI: `exec -t` with keys from a pipe, the exit code passed on.
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["--data-dir", s.dir.path().to_str().unwrap(), "sandbox", "exec", "-t", &id])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut keys = cli.stdin.take().unwrap();
+        keys.write_all(b"echo from-the-cli\nexit 5\n").unwrap();
+    }
+    let out = cli.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from-the-cli"));
+    s.ok(&["sandbox", "rm", &id]);
+}

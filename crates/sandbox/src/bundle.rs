@@ -9,7 +9,7 @@ use hangar_api::sandboxes::SandboxConfig;
 use hangar_image::RunConfig;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Process, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::SandboxError;
@@ -65,18 +65,23 @@ pub fn environment(image: &RunConfig, config: &SandboxConfig) -> Vec<(String, St
     env
 }
 
-/// The sandbox's `config.json`: its first process only keeps it alive (commands come by exec).
-pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox: &Path, cgroup_path: &str, hostname: &str) -> Result<Spec, SandboxError> {
+/// The user every process of the sandbox runs as: the image's, resolved in its root.
+pub fn user(rootfs: &Path, image: &RunConfig) -> Result<(u32, u32), SandboxError> {
     let (uid, gid, _) = hangar_jail::overlay::resolve_user(rootfs, &image.user).map_err(|e| SandboxError::Invalid(e.to_string()))?;
-    let env: Vec<String> = environment(image, config).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    // Docker's default set: root in the sandbox is root of gVisor's kernel, not of the host's.
+    Ok((uid, gid))
+}
+
+/// A process of the sandbox (its first one, or an interactive command): as `uid:gid`, with
+/// Docker's default capabilities (root in the sandbox is root of gVisor's kernel, not of the
+/// host's), no new privileges, and the sandbox's process and file limits.
+pub fn process(config: &SandboxConfig, (uid, gid): (u32, u32), args: Vec<String>, env: Vec<String>, cwd: String, terminal: bool) -> Result<Process, SandboxError> {
     let caps: std::collections::HashSet<Capability> = hangar_jail::overlay::CONTAINER_CAPS.iter().copied().collect();
     let err = |e: oci_spec::OciSpecError| SandboxError::Runtime(format!("sandbox config: {e}"));
-    let process = ProcessBuilder::default()
-        .terminal(false)
-        .args(vec![BUSYBOX.to_string(), "sh".into(), "-c".into(), INIT.into()])
+    ProcessBuilder::default()
+        .terminal(terminal)
+        .args(args)
         .env(env)
-        .cwd(if image.working_dir.is_empty() { "/".to_string() } else { image.working_dir.clone() })
+        .cwd(cwd)
         .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(err)?)
         .capabilities(LinuxCapabilitiesBuilder::default().bounding(caps.clone()).effective(caps.clone()).permitted(caps).build().map_err(err)?)
         .no_new_privileges(true)
@@ -85,7 +90,20 @@ pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox:
             PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitNofile).hard(65_536u64).soft(65_536u64).build().map_err(err)?,
         ])
         .build()
-        .map_err(err)?;
+        .map_err(err)
+}
+
+/// The working directory commands start in: the image's, or `/`.
+pub fn working_dir(image: &RunConfig) -> String {
+    if image.working_dir.is_empty() { "/".to_string() } else { image.working_dir.clone() }
+}
+
+/// The sandbox's `config.json`: its first process only keeps it alive (commands come by exec).
+pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox: &Path, cgroup_path: &str, hostname: &str) -> Result<Spec, SandboxError> {
+    let env: Vec<String> = environment(image, config).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let err = |e: oci_spec::OciSpecError| SandboxError::Runtime(format!("sandbox config: {e}"));
+    let init = vec![BUSYBOX.to_string(), "sh".into(), "-c".into(), INIT.into()];
+    let process = process(config, user(rootfs, image)?, init, env, working_dir(image), false)?;
     let mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,

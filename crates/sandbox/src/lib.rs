@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod disk;
 pub mod exec;
 pub mod files;
+pub mod tty;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
