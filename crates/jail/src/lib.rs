@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cgroup;
+pub mod netcmd;
 pub mod overlay;
 mod netns;
 
@@ -42,6 +43,9 @@ pub enum JailError {
     /// A cgroup could not be made or changed.
     #[error("jail: cgroup: {0}")]
     Cgroup(String),
+    /// `ip` or `nft` is missing or failed.
+    #[error("{0}")]
+    Network(String),
 }
 
 /// User and group the jailed process runs as (`nobody`).

@@ -13,8 +13,6 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use tokio::io::AsyncWriteExt as _;
-
 use crate::ServiceError;
 
 const CLAIMS: &str = "/run/hangar-subnets";
@@ -47,32 +45,12 @@ pub struct Network {
     ready: tokio::sync::watch::Sender<Option<Ipv4Addr>>,
 }
 
-/// Runs `program args...` with `script` on its standard input (nft -f -, ip -batch -).
-async fn feed(program: &str, args: &[&str], script: &str, package: &str) -> Result<(), ServiceError> {
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| ServiceError::Network(format!("cannot run `{program}` (apt-get install {package}): {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).await.map_err(|e| ServiceError::Network(e.to_string()))?;
-    }
-    let out = child.wait_with_output().await.map_err(|e| ServiceError::Network(e.to_string()))?;
-    if !out.status.success() {
-        return Err(ServiceError::Network(format!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    Ok(())
-}
-
 async fn nft(script: &str) -> Result<(), ServiceError> {
-    feed("nft", &["-f", "-"], script, "nftables").await
+    hangar_jail::netcmd::nft(script).await.map_err(|e| ServiceError::Network(e.to_string()))
 }
 
 async fn ip(args: &[&str], batch: &str) -> Result<(), ServiceError> {
-    let args: Vec<&str> = args.iter().copied().chain(["-batch", "-"]).collect();
-    feed("ip", &args, batch, "iproute2").await
+    hangar_jail::netcmd::ip(args, batch).await.map_err(|e| ServiceError::Network(e.to_string()))
 }
 
 impl Network {
