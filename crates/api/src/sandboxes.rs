@@ -53,6 +53,56 @@ pub struct SandboxConfig {
     pub ttl_s: Option<u64>,
     #[serde(default)]
     pub idle: IdlePolicy,
+    /// What the sandbox may reach over the network; by default nothing but its own loopback.
+    #[serde(default, skip_serializing_if = "NetworkPolicy::is_none")]
+    pub network: NetworkPolicy,
+}
+
+/// A sandbox's network: none, or connections to the hosts and ports of an allow-list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    /// `host:port` entries the sandbox may connect to (TCP and UDP): `host` a DNS name
+    /// (resolved by the server when the sandbox starts) or an IPv4 address, `port` a number or
+    /// `*` for any. Nothing else is reachable: not the host, not other sandboxes, functions or
+    /// services, not the rest of the network.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+impl NetworkPolicy {
+    pub fn is_none(&self) -> bool {
+        self.allow.is_empty()
+    }
+}
+
+/// Most entries in a sandbox's network allow-list.
+pub const MAX_ALLOW_ENTRIES: usize = 64;
+
+/// One allow-list entry, parsed: the host and the port (`None`: any port).
+pub fn allow_entry(entry: &str) -> Result<(String, Option<u16>), Invalid> {
+    let field = "network.allow";
+    let (host, port) = entry.rsplit_once(':').ok_or_else(|| Invalid::new(field, format!("`{entry}` is not `host:port` (a port, or `*` for any)")))?;
+    if host.contains(':') || host.starts_with('[') {
+        return Err(Invalid::new(field, format!("`{entry}`: IPv6 addresses are not supported; give a name or an IPv4 address")));
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.is_empty() || host.len() > 253 || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+        return Err(Invalid::new(field, format!("`{entry}`: `{host}` is not a host name or an IPv4 address")));
+    }
+    if let Ok(ip) = host.parse::<std::net::Ipv4Addr>()
+        && (ip.is_loopback() || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast())
+    {
+        return Err(Invalid::new(field, format!("`{entry}`: {ip} cannot be allowed (loopback is always the sandbox's own)")));
+    }
+    let port = match port {
+        "*" => None,
+        p => match p.parse::<u16>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => return Err(Invalid::new(field, format!("`{entry}`: the port must be 1..=65535 or `*`"))),
+        },
+    };
+    Ok((host, port))
 }
 
 fn default_memory() -> u32 {
@@ -103,6 +153,18 @@ impl SandboxConfig {
             && s <= p
         {
             return Err(Invalid::new("idle.standby_after_s", format!("{s} must be later than pause_after_s ({p})")));
+        }
+        if self.network.allow.len() > MAX_ALLOW_ENTRIES {
+            return Err(Invalid::new("network.allow", format!("{} entries are more than {MAX_ALLOW_ENTRIES}", self.network.allow.len())));
+        }
+        for entry in &self.network.allow {
+            allow_entry(entry)?;
+        }
+        if !self.network.is_none() && standby_after_s.is_some() {
+            return Err(Invalid::new(
+                "idle.standby_after_s",
+                "a sandbox with network access cannot go on standby (the gVisor release here does not restore its network); use idle.pause_after_s",
+            ));
         }
         Ok(())
     }
@@ -366,5 +428,24 @@ mod tests {
         assert!(path("path", "tmp/x").is_err());
         assert!(path("path", "/tmp/x..y").is_ok());
         assert_eq!(serde_json::to_string(&ExecFrame::ExitCode(3)).unwrap(), r#"{"exit_code":3}"#);
+    }
+
+    #[test]
+    fn allow_lists_are_checked() {
+        assert_eq!(allow_entry("API.example.com.:443").unwrap(), ("api.example.com".to_string(), Some(443)));
+        assert_eq!(allow_entry("10.1.2.3:*").unwrap(), ("10.1.2.3".to_string(), None));
+        for bad in ["example.com", "example.com:0", "example.com:70000", ":80", "[::1]:80", "::1:80", "bad host:80", "127.0.0.1:80", "0.0.0.0:*"] {
+            assert!(allow_entry(bad).is_err(), "{bad}");
+        }
+        let mut c = SandboxConfig::new("busybox");
+        c.network.allow = vec!["example.com:443".into()];
+        assert!(c.validate().is_ok());
+        c.idle.standby_after_s = Some(60);
+        assert_eq!(c.validate().unwrap_err().field, "idle.standby_after_s", "no standby with a network");
+        c.idle.standby_after_s = None;
+        c.network.allow = vec!["x:1".into(); MAX_ALLOW_ENTRIES + 1];
+        assert_eq!(c.validate().unwrap_err().field, "network.allow");
+        let json = serde_json::to_value(SandboxConfig::new("b")).unwrap();
+        assert!(json.get("network").is_none(), "no network, nothing said: {json}");
     }
 }

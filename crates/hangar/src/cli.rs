@@ -1025,6 +1025,10 @@ pub enum SandboxCommand {
         /// Put it on standby (checkpoint to disk) after this long without calls (e.g. 5m)
         #[arg(long)]
         standby_after: Option<String>,
+        /// Let it connect to HOST:PORT (a name or IPv4 address; port `*` for any), TCP and
+        /// UDP (repeatable); nothing else is reachable. Without it: no network but loopback
+        #[arg(long = "allow")]
+        allow: Vec<String>,
     },
     /// List sandboxes
     Ls,

@@ -40,7 +40,7 @@ pub async fn run(cli: &Cli, cmd: &SandboxCommand) -> Result<i32> {
     let q = ns_query(cli.namespace.as_deref());
     let path = |id: &str, rest: &str| format!("/v1/sandboxes/{id}{rest}");
     match cmd {
-        SandboxCommand::Create { image, memory, cpus, disk, env, ttl, pause_after, standby_after } => {
+        SandboxCommand::Create { image, memory, cpus, disk, env, ttl, pause_after, standby_after, allow } => {
             let mut c = SandboxConfig::new(image.clone());
             if let Some(m) = memory {
                 c.memory_mb = *m;
@@ -55,6 +55,7 @@ pub async fn run(cli: &Cli, cmd: &SandboxCommand) -> Result<i32> {
             c.ttl_s = seconds("--ttl", ttl)?;
             c.idle.pause_after_s = seconds("--pause-after", pause_after)?;
             c.idle.standby_after_s = seconds("--standby-after", standby_after)?;
+            c.network.allow = allow.clone();
             let sb: Sandbox = client.json(client.request(Method::POST, "/v1/sandboxes").query(&q).json(&c)).await?;
             match cli.output {
                 Output::Json => print_json(&sb)?,

@@ -415,3 +415,93 @@ async fn interactive_commands_run_on_a_terminal_over_a_websocket() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("from-the-cli"));
     s.ok(&["sandbox", "rm", &id]);
 }
+
+/// `GET /` to `addr:port` from inside a sandbox: the reply's last line, or nc's complaint.
+async fn fetch(s: &Server, id: &str, addr: &str, port: u16) -> String {
+    let script = format!("{{ printf 'GET / HTTP/1.0\\r\\n\\r\\n'; busybox sleep 1; }} | busybox nc -w 2 {addr} {port} 2>&1 | busybox tail -1");
+    exec(s, id, &["sh", "-c", &script], None).await.0.trim().to_string()
+}
+
+#[tokio::test]
+async fn an_allow_list_opens_exactly_the_named_hosts_and_ports() {
+    let mut s = Server::start();
+    let _img = import(&s);
+    let out = common::outside(9);
+    // An HTTP server on the host, on every address.
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for mut c in host.incoming().flatten() {
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nhost-secret");
+        }
+    });
+
+    let open = create(&s, &["--allow", &format!("{}:80", out.addr)]);
+    let closed = create(&s, &[]);
+    let other = create(&s, &["--allow", &format!("{}:*", out.addr)]);
+    assert_eq!(sandbox(&s, &open).await["config"]["network"]["allow"], json!([format!("{}:80", out.addr)]));
+    // The allowed host and port answer; another port of it, the host (on any of its
+    // addresses), and other sandboxes do not.
+    assert_eq!(fetch(&s, &open, &out.addr, 80).await, "outside");
+    assert_ne!(fetch(&s, &open, &out.addr, 81).await, "outside");
+    let (ifaces, _, _) = exec(&s, &open, &["busybox", "ip", "-4", "addr"], None).await;
+    let gateway = ifaces.lines().find_map(|l| l.trim().strip_prefix("inet 10.215.")).and_then(|a| a.split('/').next()).map(|a| {
+        let mut o: Vec<u8> = format!("10.215.{a}").split('.').map(|x| x.parse().unwrap()).collect();
+        o[3] -= 1;
+        o.iter().map(u8::to_string).collect::<Vec<_>>().join(".")
+    });
+    let gateway = gateway.unwrap_or_else(|| panic!("no 10.215 address: {ifaces}"));
+    for addr in [gateway.as_str(), "10.214.9.1", "127.0.0.1"] {
+        assert!(!fetch(&s, &open, addr, host_port).await.contains("host-secret"), "the host at {addr} is unreachable");
+    }
+    let (ifaces, _, _) = exec(&s, &other, &["busybox", "ip", "-4", "addr"], None).await;
+    let their_addr = ifaces.lines().filter_map(|l| l.trim().strip_prefix("inet ")).filter_map(|a| a.split('/').next()).find(|a| a.starts_with("10.215.")).map(str::to_string);
+    let their_addr = their_addr.unwrap_or_else(|| panic!("no 10.215 address: {ifaces}"));
+    exec(&s, &other, &["sh", "-c", "echo theirs > /www/index.html && busybox httpd -p 8080 -h /www"], None).await;
+    assert_eq!(fetch(&s, &other, "127.0.0.1", 8080).await, "theirs");
+    assert_ne!(fetch(&s, &open, &their_addr, 8080).await, "theirs", "another sandbox is unreachable");
+    // `*` allows every port of that host; no allow-list, no network at all.
+    assert_eq!(fetch(&s, &other, &out.addr, 80).await, "outside");
+    assert_ne!(fetch(&s, &closed, &out.addr, 80).await, "outside");
+    let (ifaces, _, _) = exec(&s, &closed, &["busybox", "cat", "/proc/net/dev"], None).await;
+    assert!(!ifaces.contains("eth0"), "{ifaces}");
+
+    // Pause keeps the network; standby is refused (runsc here does not restore it) and so is
+    // an idle policy asking for it.
+    s.ok(&["sandbox", "pause", &open]);
+    assert_eq!(fetch(&s, &open, &out.addr, 80).await, "outside");
+    let err = s.fails(&["sandbox", "standby", &open], 6);
+    assert!(err.contains("cannot go on standby"), "{err}");
+    let err = s.fails(&["sandbox", "create", "--image", IMAGE, "--allow", &format!("{}:80", out.addr), "--standby-after", "1m"], 6);
+    assert!(err.contains("standby"), "{err}");
+    for bad in ["nohost", "example.com:99999", "127.0.0.1:80", "[::1]:80"] {
+        let err = s.fails(&["sandbox", "create", "--image", IMAGE, "--allow", bad], 6);
+        assert!(err.contains("network.allow"), "{bad}: {err}");
+    }
+    let err = s.fails(&["sandbox", "create", "--image", IMAGE, "--allow", "no-such-host.invalid:443"], 6);
+    assert!(err.contains("does not resolve"), "{err}");
+
+    // A restart: a sandbox with a network cannot go on standby, so it is failed with the
+    // reason, and resume starts it again from its files, network included.
+    exec(&s, &open, &["sh", "-c", "echo kept > /note"], None).await;
+    s.restart();
+    let v = sandbox(&s, &open).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    s.ok(&["sandbox", "resume", &open]);
+    assert_eq!(exec(&s, &open, &["busybox", "cat", "/note"], None).await.0, "kept\n");
+    assert_eq!(fetch(&s, &open, &out.addr, 80).await, "outside");
+    for id in [&open, &closed, &other] {
+        s.ok(&["sandbox", "rm", id]);
+    }
+    s.stop();
+    let left: Vec<String> = std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("hsb-")).collect();
+    assert!(left.iter().all(|n| !n.contains(&sid_of(&s))), "namespaces left: {left:?}");
+}
+
+/// The id the server's sandboxes use on the machine (from its runsc state root).
+fn sid_of(s: &Server) -> String {
+    let canonical = std::fs::canonicalize(s.dir.path()).unwrap();
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5])
+}

@@ -242,38 +242,6 @@ async fn a_gvisor_service_runs_under_runsc() {
     assert_eq!(owned(&s), (0, 0, 0, false), "a stopped server leaves nothing behind");
 }
 
-/// A network namespace standing for "the outside": reachable from the host through its own
-/// veth and route, serving `outside` on port 80. Removed on drop.
-struct Outside {
-    ns: String,
-    addr: String,
-    server: std::process::Child,
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
-fn outside(tag: u8) -> Outside {
-    let ns = format!("hgt-out-{}-{tag}", std::process::id());
-    let (host_if, addr) = (format!("hgto{}{tag}", std::process::id() % 100000), format!("10.214.{tag}.2"));
-    let sh = |cmd: &str| {
-        let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
-        assert!(st.success(), "{cmd}");
-    };
-    sh(&format!("ip netns add {ns} && ip link add {host_if} type veth peer name eth0 netns {ns} && ip addr add 10.214.{tag}.1/24 dev {host_if} && ip link set {host_if} up"));
-    sh(&format!("ip -n {ns} addr add {addr}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && ip -n {ns} route add default via 10.214.{tag}.1"));
-    let www = tempfile::tempdir().unwrap().keep();
-    std::fs::write(www.join("index.html"), "outside").unwrap();
-    let server = Command::new("ip").args(["netns", "exec", &ns, "/bin/busybox", "httpd", "-f", "-p", "80", "-h"]).arg(&www).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    Outside { ns, addr, server }
-}
-
 /// A CGI that sends `GET /` to `host:port` (its query) from inside the instance; a host that
 /// is a name is looked up in /etc/hosts (static busybox has no resolver) and sent as `Host`.
 /// The request side stays open a moment: HTTP servers may drop a half-closed connection.
@@ -309,7 +277,7 @@ async fn instances_reach_neither_the_host_nor_beyond_unless_granted() {
     }
 
     // Beyond the host: only the service with egress gets there.
-    let out = outside(7);
+    let out = common::outside(7);
     let (_, body) = get(&s, &format!("/svc/default/open/cgi-bin/fetch?{}:80", out.addr)).await;
     assert!(body.contains("200 OK") && body.trim_end().ends_with("outside"), "egress allowed: {body}");
     let (_, body) = get(&s, &format!("/svc/default/closed/cgi-bin/fetch?{}:80", out.addr)).await;

@@ -98,13 +98,21 @@ pub fn working_dir(image: &RunConfig) -> String {
     if image.working_dir.is_empty() { "/".to_string() } else { image.working_dir.clone() }
 }
 
+/// Where a sandbox with network access joins the host's network: its namespace, and the
+/// `/etc/hosts` made for it.
+pub struct Joined<'a> {
+    pub netns: &'a Path,
+    pub hosts: &'a Path,
+}
+
 /// The sandbox's `config.json`: its first process only keeps it alive (commands come by exec).
-pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox: &Path, cgroup_path: &str, hostname: &str) -> Result<Spec, SandboxError> {
+/// Without `net` it gets a network namespace of its own with nothing but loopback.
+pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox: &Path, cgroup_path: &str, hostname: &str, net: Option<Joined<'_>>) -> Result<Spec, SandboxError> {
     let env: Vec<String> = environment(image, config).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     let err = |e: oci_spec::OciSpecError| SandboxError::Runtime(format!("sandbox config: {e}"));
     let init = vec![BUSYBOX.to_string(), "sh".into(), "-c".into(), INIT.into()];
     let process = process(config, user(rootfs, image)?, init, env, working_dir(image), false)?;
-    let mounts = vec![
+    let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
         mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?,
@@ -118,6 +126,9 @@ pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox:
             .build()
             .map_err(err)?,
     ];
+    if let Some(j) = &net {
+        mounts.push(MountBuilder::default().destination("/etc/hosts").typ("bind").source(j.hosts).options(vec!["rbind".into(), "ro".into()]).build().map_err(err)?);
+    }
     let memory = i64::from(config.memory_mb) << 20;
     let period = 100_000u64;
     let resources = LinuxResourcesBuilder::default()
@@ -127,7 +138,11 @@ pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox:
         .build()
         .map_err(err)?;
     let ns = |t| LinuxNamespaceBuilder::default().typ(t).build().map_err(err);
-    let namespaces = vec![ns(LinuxNamespaceType::Pid)?, ns(LinuxNamespaceType::Network)?, ns(LinuxNamespaceType::Ipc)?, ns(LinuxNamespaceType::Uts)?, ns(LinuxNamespaceType::Mount)?];
+    let network = match &net {
+        Some(j) => LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(j.netns).build().map_err(err)?,
+        None => ns(LinuxNamespaceType::Network)?,
+    };
+    let namespaces = vec![ns(LinuxNamespaceType::Pid)?, network, ns(LinuxNamespaceType::Ipc)?, ns(LinuxNamespaceType::Uts)?, ns(LinuxNamespaceType::Mount)?];
     let linux = LinuxBuilder::default().namespaces(namespaces).resources(resources).cgroups_path(PathBuf::from(cgroup_path)).build().map_err(err)?;
     SpecBuilder::default()
         .version("1.0.2")
@@ -176,7 +191,7 @@ mod tests {
     #[test]
     fn the_config_limits_and_isolates() {
         let root = tempfile::tempdir().unwrap();
-        let c = config(&SandboxConfig::new("x"), &RunConfig::default(), root.path(), Path::new("/bin/busybox"), "/hangar-sb/x", "sb").unwrap();
+        let c = config(&SandboxConfig::new("x"), &RunConfig::default(), root.path(), Path::new("/bin/busybox"), "/hangar-sb/x", "sb", None).unwrap();
         let linux = c.linux().as_ref().unwrap();
         assert_eq!(linux.resources().as_ref().unwrap().memory().as_ref().unwrap().limit(), Some(512 << 20));
         assert!(linux.namespaces().as_ref().unwrap().iter().any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none()));

@@ -142,10 +142,16 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Kills the command inside the sandbox (by its pid there), not only the runsc process.
+/// runsc writes the pid file a moment after the command starts, so a kill right after the
+/// start waits for it (up to 3 s).
 async fn kill(cmd: &Command) {
-    let Ok(pid) = tokio::fs::read_to_string(&cmd.pid_file).await else { return };
-    let pid = pid.trim();
-    if pid.parse::<u32>().is_ok() {
-        let _ = (cmd.kill)(pid).output().await;
+    for _ in 0..60 {
+        if let Ok(pid) = tokio::fs::read_to_string(&cmd.pid_file).await
+            && pid.trim().parse::<u32>().is_ok()
+        {
+            let _ = (cmd.kill)(pid.trim()).output().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod disk;
 pub mod exec;
 pub mod files;
+pub mod network;
 pub mod tty;
 
 use std::collections::HashMap;
@@ -71,6 +72,8 @@ struct Entry {
     active: AtomicU32,
     image: RunConfig,
     lowers: Vec<PathBuf>,
+    /// Its place on the host's network while it runs (sandboxes with network access).
+    net: Mutex<Option<network::Attachment>>,
 }
 
 impl Entry {
@@ -107,6 +110,7 @@ struct Inner {
     runsc: PathBuf,
     busybox: PathBuf,
     cgroup_parent: String,
+    network: network::Network,
     boxes: Mutex<HashMap<String, Arc<Entry>>>,
     stopping: AtomicBool,
 }
@@ -146,6 +150,7 @@ impl Sandboxes {
             runsc,
             busybox,
             cgroup_parent: format!("hangar-sb-{sid}"),
+            network: network::Network::new(&sid),
             boxes: Mutex::default(),
             stopping: AtomicBool::new(false),
         });
@@ -179,6 +184,7 @@ impl Sandboxes {
                 active: AtomicU32::new(0),
                 image: image.map(|i| i.config).unwrap_or_default(),
                 lowers,
+                net: Mutex::default(),
             });
             lock(&inner.boxes).insert(rec.id.clone(), entry);
         }
@@ -216,7 +222,14 @@ impl Sandboxes {
             timings: SandboxTimings::default(),
             usage: SandboxUsage::default(),
         };
-        let entry = Arc::new(Entry { record: Mutex::new(rec), lifecycle: tokio::sync::Mutex::new(()), active: AtomicU32::new(0), image: image.config.clone(), lowers });
+        let entry = Arc::new(Entry {
+            record: Mutex::new(rec),
+            lifecycle: tokio::sync::Mutex::new(()),
+            active: AtomicU32::new(0),
+            image: image.config.clone(),
+            lowers,
+            net: Mutex::default(),
+        });
         let _guard = entry.lifecycle.lock().await;
         let t = Instant::now();
         let made = match tokio::fs::create_dir_all(self.inner.data_dir(&id)).await {
@@ -227,6 +240,7 @@ impl Sandboxes {
             Ok(()) => self.inner.boot(&entry, None).await,
             Err(e) => Err(e),
         } {
+            self.inner.disconnect(&entry).await;
             self.inner.remove_files(&id).await;
             return Err(e);
         }
@@ -237,7 +251,7 @@ impl Sandboxes {
             rec.clone()
         };
         if let Err(e) = self.inner.store.put_sandbox(&snapshot).await {
-            self.inner.destroy(&id).await;
+            self.inner.destroy(&entry).await;
             return Err(SandboxError::Runtime(format!("recording the sandbox: {e}")));
         }
         lock(&self.inner.boxes).insert(id, entry.clone());
@@ -341,7 +355,7 @@ impl Sandboxes {
     pub async fn remove(&self, namespace: Option<&str>, id: &str) -> Result<(), SandboxError> {
         let entry = self.entry(namespace, id)?;
         let _guard = entry.lifecycle.lock().await;
-        self.inner.destroy(id).await;
+        self.inner.destroy(&entry).await;
         lock(&self.inner.boxes).remove(id);
         self.inner.store.delete_sandbox(id).await.map_err(|e| SandboxError::Runtime(format!("forgetting the sandbox: {e}")))?;
         Ok(())
@@ -353,9 +367,18 @@ impl Sandboxes {
         let entries: Vec<Arc<Entry>> = lock(&self.inner.boxes).values().cloned().collect();
         for entry in entries {
             let _guard = entry.lifecycle.lock().await;
-            if matches!(entry.state(), SandboxState::Running | SandboxState::Paused)
-                && let Err(e) = self.inner.standby(&entry).await
-            {
+            if !matches!(entry.state(), SandboxState::Running | SandboxState::Paused) {
+                continue;
+            }
+            if !entry.snapshot().config.network.is_none() {
+                // No standby with a network (see `standby`): its processes end here.
+                let id = entry.id();
+                let _ = self.inner.runsc().args(["delete", "--force", &id]).output().await;
+                self.inner.unmount(&id);
+                self.inner.disconnect(&entry).await;
+                let why = "the server stopped, and a sandbox with network access cannot go on standby: its processes and memory are gone, its files are kept";
+                self.inner.transition(&entry, SandboxState::Failed, |r| r.error = Some(why.into())).await;
+            } else if let Err(e) = self.inner.standby(&entry).await {
                 tracing::error!(sandbox = %entry.id(), "putting the sandbox on standby at shutdown failed: {e}");
             }
         }
@@ -455,11 +478,23 @@ impl Inner {
 
     /// A runsc command that leaves the sandbox running: its output goes to a file (the
     /// sandbox's processes inherit it, so a pipe would never close), read when it fails.
-    async fn runsc_detached(&self, run: &Path, args: &[&str], what: &str) -> Result<(), SandboxError> {
+    async fn runsc_detached(&self, run: &Path, args: &[&str], what: &str, networked: bool) -> Result<(), SandboxError> {
         let log_path = run.join("runsc.log");
         let log = std::fs::File::create(&log_path)?;
-        let status = self
-            .runsc()
+        let mut cmd = if networked {
+            // runsc (2022) refuses a network namespace in which /proc/sys/net/core/rmem_default
+            // exists, taking it for the host's; on this kernel it exists in every namespace. A
+            // private mount namespace with an empty /proc/sys/net hides it from runsc alone.
+            let mut c = tokio::process::Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c", r#"mount -t tmpfs hangar-none /proc/sys/net && exec "$0" "$@""#]);
+            c.arg(&self.runsc).arg("--root").arg(self.run.join("runsc")).arg("--platform=ptrace").arg("--network=sandbox").stdin(std::process::Stdio::null());
+            c
+        } else {
+            let mut c = self.runsc();
+            c.arg("--network=none");
+            c
+        };
+        let status = cmd
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -497,6 +532,7 @@ impl Inner {
         }
         let _ = std::fs::remove_dir_all(&self.run);
         hangar_jail::cgroup::remove_tree(&self.cgroup_parent).await;
+        self.network.remove_all().await;
     }
 
     /// Mounts the sandbox's root, writes its bundle, and starts it: fresh, or restored from
@@ -518,20 +554,38 @@ impl Inner {
             self.unmount(&id);
             return Err(SandboxError::Runtime(e.to_string()));
         }
-        let spec = bundle::config(&config, &entry.image, &rootfs, &self.busybox, &format!("/{}/{id}", self.cgroup_parent), &id)?;
-        spec.save(run.join("config.json")).map_err(|e| SandboxError::Runtime(format!("writing the bundle: {e}")))?;
-        let bundle = run.display().to_string();
-        let prepared = ms(t0);
-        let started = match from {
-            None => self.runsc_detached(&run, &["--network=none", "run", "--detach", "--bundle", &bundle, &id], "starting the sandbox").await,
-            Some(image) => {
-                let image = image.display().to_string();
-                self.runsc_detached(&run, &["--network=none", "restore", "--detach", "--image-path", &image, "--bundle", &bundle, &id], "restoring the sandbox").await
+        let networked = !config.network.is_none();
+        let started = async {
+            let hosts = run.join("hosts");
+            let joined = if networked {
+                self.disconnect(entry).await;
+                let (allowed, names) = network::resolve(&config.network.allow).await?;
+                let a = self.network.attach(&allowed, names).await?;
+                std::fs::write(&hosts, &a.hosts)?;
+                let path = a.netns_path();
+                *lock(&entry.net) = Some(a);
+                Some(path)
+            } else {
+                None
+            };
+            let net = joined.as_deref().map(|netns| bundle::Joined { netns, hosts: &hosts });
+            let spec = bundle::config(&config, &entry.image, &rootfs, &self.busybox, &format!("/{}/{id}", self.cgroup_parent), &id, net)?;
+            spec.save(run.join("config.json")).map_err(|e| SandboxError::Runtime(format!("writing the bundle: {e}")))?;
+            let bundle = run.display().to_string();
+            match from {
+                None => self.runsc_detached(&run, &["run", "--detach", "--bundle", &bundle, &id], "starting the sandbox", networked).await,
+                Some(image) => {
+                    let image = image.display().to_string();
+                    self.runsc_detached(&run, &["restore", "--detach", "--image-path", &image, "--bundle", &bundle, &id], "restoring the sandbox", networked).await
+                }
             }
-        };
+        }
+        .await;
+        let prepared = ms(t0);
         if started.is_err() {
             let _ = self.runsc().args(["delete", "--force", &id]).output().await;
             self.unmount(&id);
+            self.disconnect(entry).await;
         }
         tracing::debug!(sandbox = %id, restore = from.is_some(), prepared_ms = prepared, total_ms = ms(t0), "sandbox booted");
         started
@@ -594,6 +648,11 @@ impl Inner {
         if self.notice_stop(entry, false).await.is_some() {
             return Err(failed(entry));
         }
+        if !entry.snapshot().config.network.is_none() {
+            return Err(SandboxError::Invalid(format!(
+                "sandbox `{id}` has network access and cannot go on standby: the gVisor release here does not restore a sandbox's network; pause it instead (no CPU, memory kept)"
+            )));
+        }
         if entry.state() == SandboxState::Paused {
             self.runsc_ok(&["resume", &id], "resuming the sandbox to checkpoint it").await?;
         }
@@ -653,6 +712,7 @@ impl Inner {
         tracing::warn!(sandbox = %id, "the sandbox stopped: {why}");
         let _ = self.runsc().args(["delete", "--force", &id]).output().await;
         self.unmount(&id);
+        self.disconnect(entry).await;
         let error = format!("{why}; its processes and memory are gone, its files are kept");
         self.transition(entry, SandboxState::Failed, |r| r.error = Some(error)).await;
         Some(why)
@@ -681,11 +741,21 @@ impl Inner {
         Ok(())
     }
 
-    /// Kills the sandbox and removes its container, mounts and files.
-    async fn destroy(&self, id: &str) {
-        let _ = self.runsc().args(["kill", "--all", id, "KILL"]).output().await;
-        let _ = self.runsc().args(["delete", "--force", id]).output().await;
-        self.remove_files(id).await;
+    /// Kills the sandbox and removes its container, mounts, network and files.
+    async fn destroy(&self, entry: &Entry) {
+        let id = entry.id();
+        let _ = self.runsc().args(["kill", "--all", &id, "KILL"]).output().await;
+        let _ = self.runsc().args(["delete", "--force", &id]).output().await;
+        self.disconnect(entry).await;
+        self.remove_files(&id).await;
+    }
+
+    /// Takes the sandbox off the host's network, if it was on it.
+    async fn disconnect(&self, entry: &Entry) {
+        let attachment = lock(&entry.net).take();
+        if let Some(a) = attachment {
+            self.network.detach(&a).await;
+        }
     }
 
     async fn remove_files(&self, id: &str) {
@@ -750,7 +820,7 @@ async fn idle_loop(inner: std::sync::Weak<Inner>) {
             if rec.config.ttl_s.is_some_and(|ttl| now >= rec.created_ms + (ttl as i64) * 1000) {
                 let _guard = entry.lifecycle.lock().await;
                 tracing::info!(sandbox = %rec.id, "the sandbox reached its TTL; destroying it");
-                inner.destroy(&rec.id).await;
+                inner.destroy(&entry).await;
                 lock(&inner.boxes).remove(&rec.id);
                 let _ = inner.store.delete_sandbox(&rec.id).await;
                 continue;

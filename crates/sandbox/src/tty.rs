@@ -50,10 +50,19 @@ impl Tty {
 
     /// Kills the command inside the sandbox, and runsc with it.
     pub async fn kill(&mut self) {
-        if let Ok(pid) = tokio::fs::read_to_string(&self.pid_file).await
-            && let Ok(pid) = pid.trim().parse::<u32>()
-        {
-            let _ = self.kill.arg(pid.to_string()).arg(&self.sandbox).arg("KILL").output().await;
+        // runsc writes the pid a moment after the command starts: wait for it (while runsc
+        // runs), or the command would outlive its terminal.
+        for _ in 0..60 {
+            if let Ok(pid) = tokio::fs::read_to_string(&self.pid_file).await
+                && let Ok(pid) = pid.trim().parse::<u32>()
+            {
+                let _ = self.kill.arg(pid.to_string()).arg(&self.sandbox).arg("KILL").output().await;
+                break;
+            }
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         let _ = self.child.kill().await;
     }

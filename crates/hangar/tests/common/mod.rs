@@ -247,3 +247,35 @@ where
 pub fn new_instance(record: &serde_json::Value) -> bool {
     record["start"] == "cold" || record["start"] == "prewarmed"
 }
+
+/// A network namespace standing for "the outside": reachable from the host through its own
+/// veth and route, serving `outside` on port 80. Removed on drop.
+pub struct Outside {
+    pub ns: String,
+    pub addr: String,
+    server: std::process::Child,
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+pub fn outside(tag: u8) -> Outside {
+    let ns = format!("hgt-out-{}-{tag}", std::process::id());
+    let (host_if, addr) = (format!("hgto{}{tag}", std::process::id() % 100000), format!("10.214.{tag}.2"));
+    let sh = |cmd: &str| {
+        let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    sh(&format!("ip netns add {ns} && ip link add {host_if} type veth peer name eth0 netns {ns} && ip addr add 10.214.{tag}.1/24 dev {host_if} && ip link set {host_if} up"));
+    sh(&format!("ip -n {ns} addr add {addr}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && ip -n {ns} route add default via 10.214.{tag}.1"));
+    let www = tempfile::tempdir().unwrap().keep();
+    std::fs::write(www.join("index.html"), "outside").unwrap();
+    let server = Command::new("ip").args(["netns", "exec", &ns, "/bin/busybox", "httpd", "-f", "-p", "80", "-h"]).arg(&www).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    Outside { ns, addr, server }
+}
