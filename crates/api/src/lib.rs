@@ -5,6 +5,7 @@
 //! already validated and never parse HTTP themselves.
 #![forbid(unsafe_code)]
 
+pub mod cost;
 pub mod images;
 pub mod services;
 pub mod validate;

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cost;
 pub mod error;
 pub mod events;
 pub mod images;
@@ -97,6 +98,8 @@ pub struct Shared {
     /// Cron schedules and topic subscriptions.
     pub triggers: hangar_events::Triggers,
     pub ready: Arc<AtomicBool>,
+    /// The user's price sheets (`<data>/prices`).
+    pub prices_dir: std::path::PathBuf,
 }
 
 /// Builds the router of the whole gateway.
@@ -123,6 +126,8 @@ pub fn router(state: AppState) -> Router {
         .route("/services", get(services::list_services))
         .route("/services/{name}", get(services::get_service).put(services::put_service).delete(services::delete_service))
         .route("/services/{name}/logs", get(services::service_logs))
+        .route("/prices", get(cost::list))
+        .route("/cost/calc", post(cost::calc))
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
         .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::remove))
         .route("/sandboxes/{id}/exec", post(sandboxes::exec))

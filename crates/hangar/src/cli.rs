@@ -98,6 +98,12 @@ pub enum Command {
     /// Manage container images (import, pull, list, remove)
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Price sheets the cost calculator uses (built in, and yours in <data-dir>/prices/*.toml)
+    #[command(subcommand)]
+    Prices(PricesCommand),
+    /// What a workload costs as a function, with provisioned instances, or as a service
+    #[command(subcommand)]
+    Cost(CostCommand),
     /// Manage namespaces (admin)
     #[command(subcommand, name = "ns")]
     Namespace(NsCommand),
@@ -1066,4 +1072,44 @@ pub enum SandboxCommand {
     /// Copy a file into or out of a sandbox: `cp LOCAL ID:/path` or `cp ID:/path LOCAL`
     /// (LOCAL `-` is stdin or stdout); `cp ID:/dir` lists a directory
     Cp { from: String, to: Option<String> },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PricesCommand {
+    /// List the price sheets, with their source and date
+    Ls,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CostCommand {
+    /// Monthly cost (730 h) of a traffic shape under each model, and the break-even rate
+    Calc {
+        /// Mean requests per second (up to 3 decimals)
+        #[arg(long)]
+        rps: String,
+        /// How long one request runs (e.g. 120ms)
+        #[arg(long)]
+        duration: String,
+        /// Memory of one instance, MiB
+        #[arg(long)]
+        memory: u32,
+        /// vCPUs of one instance [default: 1]
+        #[arg(long)]
+        cpus: Option<String>,
+        /// Requests per second at the peak the always-on models are sized for [default: --rps]
+        #[arg(long)]
+        peak_rps: Option<String>,
+        /// Requests one service instance serves at once [default: 1]
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// How busy always-on instances may run at the peak, percent [default: 70]
+        #[arg(long)]
+        target_utilization: Option<u32>,
+        /// Sheet for the function and provisioned models [default: aws-lambda-x86]
+        #[arg(long)]
+        sheet: Option<String>,
+        /// Sheet for the always-on service [default: the sheet if it prices services, else aws-fargate]
+        #[arg(long)]
+        service_sheet: Option<String>,
+    },
 }

@@ -5,6 +5,7 @@
 mod cli;
 mod client;
 mod code;
+mod cost;
 mod events;
 mod images;
 mod manifest;
@@ -75,6 +76,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             manifest::deploy(&client, file, cli.namespace.as_deref(), cli.output).await?
         }
         Command::Image(cmd) => images::run(&cli, cmd).await?,
+        Command::Prices(cmd) => cost::run_prices(&cli, cmd).await?,
+        Command::Cost(cmd) => cost::run_cost(&cli, cmd).await?,
         Command::Service(cmd) => services::run(&cli, cmd).await?,
         Command::Sandbox(cmd) => return sandboxes::run(&cli, cmd).await,
         Command::Async(cmd) => events::run(&cli, cmd).await?,

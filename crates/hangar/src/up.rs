@@ -133,6 +133,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         ready: Arc::default(),
         async_queue: async_queue.clone(),
         triggers: triggers.clone(),
+        prices_dir: opts.data_dir.join("prices"),
     });
     let restored = hangar_gateway::restore(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
     // Functions are routable again: events accepted before a restart run now, and schedules

@@ -1,0 +1,97 @@
+//! Price sheets and the cost calculator on the wire: `GET /v1/prices`, `POST /v1/cost/calc`.
+//! Money is a decimal string of US dollars (exact, never a float).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A price sheet as listed: where its prices come from, and which models it prices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PriceSheetInfo {
+    pub name: String,
+    pub title: String,
+    /// Where the prices were read.
+    pub source: String,
+    /// When they were read (YYYY-MM-DD).
+    pub as_of: String,
+    /// `builtin`, or the file it was loaded from.
+    pub origin: String,
+    /// The models it prices: `function`, `provisioned`, `service`.
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PriceSheetList {
+    pub items: Vec<PriceSheetInfo>,
+}
+
+/// A traffic shape to price: what `hangar cost calc` sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CalcRequest {
+    /// Mean requests per second over the month (a decimal, at most 3 places: "5", "0.25").
+    pub rps: String,
+    /// How long one request runs ("120ms", "2s").
+    pub duration: String,
+    /// Memory of one instance, MiB.
+    pub memory_mb: u32,
+    /// vCPUs of one instance (a decimal, default "1"; priced where the sheet prices CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+    /// Requests per second at the peak the always-on models are sized for (default `rps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rps: Option<String>,
+    /// Requests one service instance serves at once (default 1, as a function instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// How busy always-on instances may run at the peak, percent (default 70).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_utilization: Option<u32>,
+    /// The sheet for the function and provisioned models (default `aws-lambda-x86`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sheet: Option<String>,
+    /// The sheet for the always-on service (default: `sheet` if it prices services, else
+    /// `aws-fargate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_sheet: Option<String>,
+}
+
+/// One line of a bill: quantity × unit price = cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CostLine {
+    pub what: String,
+    /// The billable quantity (after free tiers), as a decimal string.
+    pub quantity: String,
+    pub unit: String,
+    /// Dollars per unit.
+    pub unit_price: String,
+    /// Dollars.
+    pub cost: String,
+}
+
+/// What a model costs per month (730 hours) for the traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Estimate {
+    /// `function`, `provisioned` or `service`.
+    pub model: String,
+    pub sheet: String,
+    /// Dollars per month.
+    pub monthly: String,
+    pub lines: Vec<CostLine>,
+    /// Instances kept running (always-on models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u64>,
+    /// Caveats (e.g. a duration over the platform's limit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CalcAnswer {
+    pub estimates: Vec<Estimate>,
+    /// The mean rate (requests per second, 3 decimals) above which the always-on service
+    /// costs less than the function; none when it never does below 1,000,000 rps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_even_rps: Option<String>,
+    /// The cheapest model for this traffic.
+    pub cheapest: String,
+}

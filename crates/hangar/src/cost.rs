@@ -1,0 +1,75 @@
+//! `hangar prices ls` and `hangar cost calc`: the price sheets, and what a traffic shape costs
+//! a month under each execution model (computed by the server, which knows the user's sheets).
+
+use anyhow::Result;
+use hangar_api::cost::{CalcAnswer, CalcRequest, PriceSheetList};
+use reqwest::Method;
+
+use crate::cli::{Cli, CostCommand, Output, PricesCommand, client, print_json, table};
+
+pub async fn run_prices(cli: &Cli, cmd: &PricesCommand) -> Result<()> {
+    let client = client(cli);
+    match cmd {
+        PricesCommand::Ls => {
+            let list: PriceSheetList = client.json(client.request(Method::GET, "/v1/prices")).await?;
+            if cli.output == Output::Json {
+                return print_json(&list);
+            }
+            let mut t = table(&["NAME", "PRICES", "AS OF", "SOURCE", "FROM"]);
+            for s in &list.items {
+                t.add_row(vec![s.name.clone(), s.models.join(", "), s.as_of.clone(), s.source.clone(), s.origin.clone()]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+/// Dollars as `$1,234.56` (cents, rounded half up), from the exact decimal string.
+fn dollars(exact: &str) -> String {
+    let Ok(m) = hangar_cost::Money::parse(exact) else { return exact.to_string() };
+    let cents = m.cents();
+    let (whole, frac) = cents.split_once('.').unwrap_or((&cents, "00"));
+    let mut grouped = String::new();
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    format!("${grouped}.{frac}")
+}
+
+pub async fn run_cost(cli: &Cli, cmd: &CostCommand) -> Result<()> {
+    let client = client(cli);
+    match cmd {
+        CostCommand::Calc { rps, duration, memory, cpus, peak_rps, concurrency, target_utilization, sheet, service_sheet } => {
+            let req = CalcRequest {
+                rps: rps.clone(),
+                duration: duration.clone(),
+                memory_mb: *memory,
+                cpus: cpus.clone(),
+                peak_rps: peak_rps.clone(),
+                concurrency: *concurrency,
+                target_utilization: *target_utilization,
+                sheet: sheet.clone(),
+                service_sheet: service_sheet.clone(),
+            };
+            let answer: CalcAnswer = client.json(client.request(Method::POST, "/v1/cost/calc").json(&req)).await?;
+            if cli.output == Output::Json {
+                return print_json(&answer);
+            }
+            let mut t = table(&["MODEL", "SHEET", "PER MONTH", "INSTANCES", "NOTES"]);
+            for e in &answer.estimates {
+                t.add_row(vec![e.model.clone(), e.sheet.clone(), dollars(&e.monthly), e.instances.map(|n| n.to_string()).unwrap_or_default(), e.notes.join("; ")]);
+            }
+            println!("{t}");
+            match &answer.break_even_rps {
+                Some(r) => println!("break-even: above {r} requests/s on average, the always-on service costs less than the function"),
+                None => println!("break-even: none up to 1,000,000 requests/s; the function stays cheaper than the service"),
+            }
+            println!("cheapest: {} (monthly = 730 hours; exact figures with -o json)", answer.cheapest);
+        }
+    }
+    Ok(())
+}
