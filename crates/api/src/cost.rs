@@ -95,3 +95,70 @@ pub struct CalcAnswer {
     /// The cheapest model for this traffic.
     pub cheapest: String,
 }
+
+/// What one workload used in one hour, as the meter counts it (integers; the API adds the
+/// derived units).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageDelta {
+    pub namespace: String,
+    /// `function`, `service` or `sandbox`.
+    pub kind: String,
+    pub name: String,
+    /// Start of the UTC hour, ms since the epoch.
+    pub hour_ms: i64,
+    pub requests: u64,
+    pub errors: u64,
+    pub cold_starts: u64,
+    /// Billed milliseconds (functions).
+    pub billed_ms: u64,
+    /// Memory-time: MiB × ms (functions: billed; services and sandboxes: while running).
+    pub mb_ms: u64,
+    /// CPU-time: thousandths of a vCPU × ms.
+    pub vcpu_milli_ms: u64,
+    /// Instance time running, paused, on standby (services, sandboxes), ms.
+    pub running_ms: u64,
+    pub paused_ms: u64,
+    pub standby_ms: u64,
+    /// Standby storage: bytes × ms.
+    pub standby_byte_ms: u64,
+}
+
+/// How much of a sandbox's own usage counters the meter has counted already (so a restart
+/// neither loses nor repeats any of it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageMark {
+    pub id: String,
+    pub running_ms: u64,
+    pub paused_ms: u64,
+    pub standby_ms: u64,
+    pub standby_byte_ms: u128,
+}
+
+/// A period of a workload's usage on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRow {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+    /// Start of the hour or day (UTC, RFC 3339).
+    pub period: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub cold_starts: u64,
+    pub billed_ms: u64,
+    /// GB-seconds (GiB × s of memory), exact decimal.
+    pub gb_seconds: String,
+    /// vCPU-seconds, exact decimal.
+    pub vcpu_seconds: String,
+    /// Instance-seconds running, paused and on standby, exact decimals.
+    pub running_seconds: String,
+    pub paused_seconds: String,
+    pub standby_seconds: String,
+    /// Standby storage in GB-hours (GiB × h), exact decimal.
+    pub standby_gb_hours: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageList {
+    pub items: Vec<UsageRow>,
+}

@@ -15,6 +15,7 @@ pub mod invoke;
 pub mod openapi;
 pub mod sandboxes;
 pub mod services;
+pub mod usage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -128,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .route("/services/{name}/logs", get(services::service_logs))
         .route("/prices", get(cost::list))
         .route("/cost/calc", post(cost::calc))
+        .route("/usage", get(usage::list))
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
         .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::remove))
         .route("/sandboxes/{id}/exec", post(sandboxes::exec))

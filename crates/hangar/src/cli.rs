@@ -98,6 +98,23 @@ pub enum Command {
     /// Manage container images (import, pull, list, remove)
     #[command(subcommand)]
     Image(ImageCommand),
+    /// What workloads used, per hour or day: requests, GB-seconds, vCPU-seconds, instance time
+    Usage {
+        /// Only this workload (function, service, or sandbox id)
+        name: Option<String>,
+        /// Only this kind: function, service or sandbox
+        #[arg(long)]
+        kind: Option<String>,
+        /// From this time (RFC 3339) or this long ago (e.g. 7d) [default: 24h]
+        #[arg(long)]
+        since: Option<String>,
+        /// Until this time (RFC 3339)
+        #[arg(long)]
+        until: Option<String>,
+        /// Rows per `hour` or `day`
+        #[arg(long, default_value = "hour")]
+        per: String,
+    },
     /// Price sheets the cost calculator uses (built in, and yours in <data-dir>/prices/*.toml)
     #[command(subcommand)]
     Prices(PricesCommand),
@@ -166,6 +183,12 @@ pub struct UpArgs {
     /// Most invocations running at once in one namespace; more are throttled (429 with Retry-After)
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub namespace_concurrency: u32,
+    /// How often services and sandboxes are metered (functions are metered per invocation)
+    #[arg(long, env = "HANGAR_METER_EVERY", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub meter_every: std::time::Duration,
+    /// How long hourly usage rows are kept (`hangar usage`)
+    #[arg(long, env = "HANGAR_USAGE_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
+    pub usage_retention: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,10 +2,10 @@
 //! a month under each execution model (computed by the server, which knows the user's sheets).
 
 use anyhow::Result;
-use hangar_api::cost::{CalcAnswer, CalcRequest, PriceSheetList};
+use hangar_api::cost::{CalcAnswer, CalcRequest, PriceSheetList, UsageList};
 use reqwest::Method;
 
-use crate::cli::{Cli, CostCommand, Output, PricesCommand, client, print_json, table};
+use crate::cli::{Cli, CostCommand, Output, PricesCommand, client, ns_query, print_json, table};
 
 pub async fn run_prices(cli: &Cli, cmd: &PricesCommand) -> Result<()> {
     let client = client(cli);
@@ -71,5 +71,39 @@ pub async fn run_cost(cli: &Cli, cmd: &CostCommand) -> Result<()> {
             println!("cheapest: {} (monthly = 730 hours; exact figures with -o json)", answer.cheapest);
         }
     }
+    Ok(())
+}
+
+/// `hangar usage`: what workloads used, per hour or day.
+pub async fn run_usage(cli: &Cli, name: Option<&str>, kind: Option<&str>, since: Option<&str>, until: Option<&str>, per: &str) -> Result<()> {
+    let client = client(cli);
+    let mut q = ns_query(cli.namespace.as_deref());
+    for (k, v) in [("name", name), ("kind", kind), ("since", since), ("until", until), ("per", Some(per))] {
+        if let Some(v) = v {
+            q.push((k, v.to_string()));
+        }
+    }
+    let list: UsageList = client.json(client.request(Method::GET, "/v1/usage").query(&q)).await?;
+    if cli.output == Output::Json {
+        return print_json(&list);
+    }
+    let mut t = table(&["PERIOD", "KIND", "NAME", "REQUESTS", "ERRORS", "COLD", "GB-S", "VCPU-S", "RUNNING S", "PAUSED S", "STANDBY S", "STANDBY GB-H"]);
+    for r in &list.items {
+        t.add_row(vec![
+            r.period.clone(),
+            r.kind.clone(),
+            r.name.clone(),
+            r.requests.to_string(),
+            r.errors.to_string(),
+            r.cold_starts.to_string(),
+            r.gb_seconds.clone(),
+            r.vcpu_seconds.clone(),
+            r.running_seconds.clone(),
+            r.paused_seconds.clone(),
+            r.standby_seconds.clone(),
+            r.standby_gb_hours.clone(),
+        ]);
+    }
+    println!("{t}");
     Ok(())
 }

@@ -57,6 +57,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 async_concurrency: a.async_concurrency,
                 async_queue: hangar_events::QueueLimits { max_events: a.async_queue_events as usize, max_bytes: (a.async_queue_mb as usize) << 20 },
                 namespace_concurrency: a.namespace_concurrency,
+                usage_retention: a.usage_retention,
+                meter_every: a.meter_every,
                 region: a.region.clone(),
             })
             .await?;
@@ -77,6 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Image(cmd) => images::run(&cli, cmd).await?,
         Command::Prices(cmd) => cost::run_prices(&cli, cmd).await?,
+        Command::Usage { name, kind, since, until, per } => cost::run_usage(&cli, name.as_deref(), kind.as_deref(), since.as_deref(), until.as_deref(), per).await?,
         Command::Cost(cmd) => cost::run_cost(&cli, cmd).await?,
         Command::Service(cmd) => services::run(&cli, cmd).await?,
         Command::Sandbox(cmd) => return sandboxes::run(&cli, cmd).await,

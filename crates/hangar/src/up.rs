@@ -37,6 +37,10 @@ pub struct UpOptions {
     pub async_queue: hangar_events::QueueLimits,
     /// Most invocations running at once in one namespace.
     pub namespace_concurrency: u32,
+    /// How long hourly usage rows are kept.
+    pub usage_retention: Duration,
+    /// How often services and sandboxes are metered.
+    pub meter_every: Duration,
     /// `AWS_REGION` as process functions see it.
     pub region: String,
 }
@@ -140,6 +144,19 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     // catch up on times missed while stopped.
     async_queue.run();
     triggers.run();
+    // Services and sandboxes are metered by sampling (functions as their records are written).
+    let usage_meter = Arc::new(tokio::sync::Mutex::new(hangar_gateway::usage::Meter::new(state.clone(), opts.usage_retention).await));
+    let metering = {
+        let m = usage_meter.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(opts.meter_every.max(Duration::from_millis(100)));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                m.lock().await.sample().await;
+            }
+        })
+    };
     // Services come back in the background; the API answers meanwhile.
     let restoring = state.clone();
     tokio::spawn(async move {
@@ -215,6 +232,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         tracing::warn!(left, "invocations still running at shutdown");
     }
     scheduler.shutdown().await;
+    // The last seconds of services and sandboxes are metered before they stop.
+    metering.abort();
+    usage_meter.lock().await.sample().await;
     if let Some(s) = &services {
         s.shutdown().await;
     }

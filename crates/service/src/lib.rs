@@ -410,6 +410,20 @@ impl Services {
         self.host.refresh_hosts(namespace);
     }
 
+    /// Every service with the instances it has now (starting, serving or draining) and their
+    /// size: `(namespace, name, instances, thousandths of a vCPU, MiB)`, for metering.
+    pub fn sizes(&self) -> Vec<(String, String, u64, u64, u64)> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table
+            .values()
+            .map(|svc| {
+                let n = svc.slots.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+                let c = svc.config.read().unwrap_or_else(|p| p.into_inner());
+                (svc.namespace.clone(), svc.name.clone(), n, (c.cpus * 1000.0).round() as u64, u64::from(c.memory_mb))
+            })
+            .collect()
+    }
+
     /// The running service `namespace/name`, if any.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).get(&(namespace.to_string(), name.to_string())).cloned()

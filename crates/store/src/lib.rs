@@ -161,6 +161,30 @@ pub trait Store: Send + Sync + 'static {
     /// Every sandbox of every namespace.
     async fn list_sandboxes(&self) -> Result<Vec<hangar_api::sandboxes::Sandbox>>;
     async fn delete_sandbox(&self, id: &str) -> Result<bool>;
+
+    /// Adds usage to the hourly rows (made as needed). Function usage is added by
+    /// [`Store::insert_invocations`] itself, in the same transaction as the records.
+    /// `marks` replace the meter's marks of those sandboxes, and the marks of every sandbox
+    /// not in `marks` are dropped (the sandbox is gone), in the same transaction.
+    async fn add_usage(&self, deltas: Vec<hangar_api::cost::UsageDelta>, marks: Option<Vec<hangar_api::cost::UsageMark>>) -> Result<()>;
+    /// The meter's marks of sandboxes.
+    async fn usage_marks(&self) -> Result<Vec<hangar_api::cost::UsageMark>>;
+    /// Hourly rows (or summed per UTC day) in `[since_ms, until_ms)`, oldest first.
+    async fn list_usage(&self, filter: UsageFilter) -> Result<Vec<hangar_api::cost::UsageDelta>>;
+    /// Removes hourly rows before `before_ms`; how many went.
+    async fn prune_usage(&self, before_ms: i64) -> Result<u64>;
+}
+
+/// Which usage rows to read.
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    pub namespace: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Sum the hours of each UTC day.
+    pub per_day: bool,
 }
 
 /// A trigger as stored.

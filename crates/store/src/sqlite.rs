@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{
-    AsyncFilter, AsyncRecord, ServiceRow, TriggerRow, FunctionRow, InvocationFilter, InvocationRecord, KeyRow, NamespaceRow, Result, Store, StoreError,
+    AsyncFilter, AsyncRecord, ServiceRow, TriggerRow, FunctionRow, InvocationFilter, InvocationRecord, KeyRow, NamespaceRow, Result, Store, StoreError, UsageFilter,
 };
 
 const SCHEMA: &str = r#"
@@ -107,7 +107,54 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     body       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sandboxes_by_namespace ON sandboxes(namespace, id);
+CREATE TABLE IF NOT EXISTS usage (
+    namespace       TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    hour_ms         INTEGER NOT NULL,
+    requests        INTEGER NOT NULL DEFAULT 0,
+    errors          INTEGER NOT NULL DEFAULT 0,
+    cold_starts     INTEGER NOT NULL DEFAULT 0,
+    billed_ms       INTEGER NOT NULL DEFAULT 0,
+    mb_ms           INTEGER NOT NULL DEFAULT 0,
+    vcpu_milli_ms   INTEGER NOT NULL DEFAULT 0,
+    running_ms      INTEGER NOT NULL DEFAULT 0,
+    paused_ms       INTEGER NOT NULL DEFAULT 0,
+    standby_ms      INTEGER NOT NULL DEFAULT 0,
+    standby_byte_ms INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (namespace, kind, name, hour_ms)
+);
+CREATE INDEX IF NOT EXISTS usage_by_hour ON usage(hour_ms);
+CREATE TABLE IF NOT EXISTS usage_marks (
+    id              TEXT PRIMARY KEY,
+    running_ms      INTEGER NOT NULL,
+    paused_ms       INTEGER NOT NULL,
+    standby_ms      INTEGER NOT NULL,
+    standby_byte_ms TEXT NOT NULL
+);
 "#;
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Adds one delta to its hourly row (made if missing).
+fn upsert_usage(tx: &rusqlite::Transaction<'_>, d: &hangar_api::cost::UsageDelta) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO usage(namespace, kind, name, hour_ms, requests, errors, cold_starts, billed_ms, mb_ms,
+           vcpu_milli_ms, running_ms, paused_ms, standby_ms, standby_byte_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT(namespace, kind, name, hour_ms) DO UPDATE SET
+           requests = requests + excluded.requests, errors = errors + excluded.errors,
+           cold_starts = cold_starts + excluded.cold_starts, billed_ms = billed_ms + excluded.billed_ms,
+           mb_ms = mb_ms + excluded.mb_ms, vcpu_milli_ms = vcpu_milli_ms + excluded.vcpu_milli_ms,
+           running_ms = running_ms + excluded.running_ms, paused_ms = paused_ms + excluded.paused_ms,
+           standby_ms = standby_ms + excluded.standby_ms, standby_byte_ms = standby_byte_ms + excluded.standby_byte_ms",
+    )?;
+    st.execute(params![
+        d.namespace, d.kind, d.name, d.hour_ms, d.requests as i64, d.errors as i64, d.cold_starts as i64, d.billed_ms as i64,
+        d.mb_ms as i64, d.vcpu_milli_ms as i64, d.running_ms as i64, d.paused_ms as i64, d.standby_ms as i64, d.standby_byte_ms as i64
+    ])?;
+    Ok(())
+}
 
 /// Brings tables made by older versions up to date (columns added since).
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -468,6 +515,7 @@ impl Store for SqliteStore {
         }
         self.with(move |c| {
             let tx = c.transaction()?;
+            let mut usage: std::collections::HashMap<(String, String, i64), hangar_api::cost::UsageDelta> = std::collections::HashMap::new();
             {
                 let mut st = tx.prepare_cached(
                     "INSERT OR IGNORE INTO invocations(id, namespace, function, revision, trigger, started_ms,
@@ -476,13 +524,28 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 )?;
                 for r in &batch {
-                    st.execute(params![
+                    let inserted = st.execute(params![
                         r.id, r.namespace, r.function, r.revision as i64, r.trigger.as_str(), r.started_ms,
                         r.duration_us as i64, r.billed_ms as i64, r.memory_mb, r.start.as_str(),
                         r.outcome.as_str(), r.status, r.response_bytes as i64, r.error, r.logs,
                         r.logs_truncated as i64, r.parent_id
                     ])?;
+                    // Metered once: a record written again (a retried batch) is not counted again;
+                    // a throttled request never ran and is not billed (as on Lambda).
+                    if inserted == 0 || r.outcome == hangar_api::Outcome::Throttled {
+                        continue;
+                    }
+                    let hour_ms = r.started_ms.div_euclid(HOUR_MS) * HOUR_MS;
+                    let d = usage.entry((r.namespace.clone(), r.function.clone(), hour_ms)).or_default();
+                    d.requests += 1;
+                    d.errors += u64::from(r.outcome != hangar_api::Outcome::Ok);
+                    d.cold_starts += u64::from(r.start == hangar_api::StartKind::Cold);
+                    d.billed_ms += r.billed_ms;
+                    d.mb_ms += r.billed_ms * u64::from(r.memory_mb);
                 }
+            }
+            for ((namespace, name, hour_ms), d) in usage {
+                upsert_usage(&tx, &hangar_api::cost::UsageDelta { namespace, kind: "function".into(), name, hour_ms, ..d })?;
             }
             tx.commit()?;
             Ok(())
@@ -669,6 +732,85 @@ impl Store for SqliteStore {
     async fn delete_sandbox(&self, id: &str) -> Result<bool> {
         let id = id.to_string();
         self.with(move |c| Ok(c.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)).await
+    }
+
+    async fn add_usage(&self, deltas: Vec<hangar_api::cost::UsageDelta>, marks: Option<Vec<hangar_api::cost::UsageMark>>) -> Result<()> {
+        if deltas.is_empty() && marks.is_none() {
+            return Ok(());
+        }
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            for d in &deltas {
+                upsert_usage(&tx, d)?;
+            }
+            if let Some(marks) = marks {
+                tx.execute("DELETE FROM usage_marks", [])?;
+                let mut st = tx.prepare_cached("INSERT INTO usage_marks(id, running_ms, paused_ms, standby_ms, standby_byte_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+                for m in &marks {
+                    st.execute(params![m.id, m.running_ms as i64, m.paused_ms as i64, m.standby_ms as i64, m.standby_byte_ms.to_string()])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn usage_marks(&self) -> Result<Vec<hangar_api::cost::UsageMark>> {
+        self.with(move |c| {
+            let mut st = c.prepare_cached("SELECT id, running_ms, paused_ms, standby_ms, standby_byte_ms FROM usage_marks")?;
+            let rows = st.query_map([], |r| {
+                Ok(hangar_api::cost::UsageMark {
+                    id: r.get(0)?,
+                    running_ms: r.get::<_, i64>(1)?.max(0) as u64,
+                    paused_ms: r.get::<_, i64>(2)?.max(0) as u64,
+                    standby_ms: r.get::<_, i64>(3)?.max(0) as u64,
+                    standby_byte_ms: r.get::<_, String>(4)?.parse().unwrap_or(0),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn list_usage(&self, f: UsageFilter) -> Result<Vec<hangar_api::cost::UsageDelta>> {
+        self.with(move |c| {
+            let period = if f.per_day { "(hour_ms / 86400000) * 86400000" } else { "hour_ms" };
+            let mut st = c.prepare_cached(&format!(
+                "SELECT namespace, kind, name, {period} AS p, SUM(requests), SUM(errors), SUM(cold_starts), SUM(billed_ms),
+                   SUM(mb_ms), SUM(vcpu_milli_ms), SUM(running_ms), SUM(paused_ms), SUM(standby_ms), SUM(standby_byte_ms)
+                 FROM usage
+                 WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR name = ?3)
+                   AND (?4 IS NULL OR hour_ms >= ?4) AND (?5 IS NULL OR hour_ms < ?5)
+                 GROUP BY namespace, kind, name, p
+                 ORDER BY p, namespace, kind, name"
+            ))?;
+            let rows = st.query_map(params![f.namespace, f.kind, f.name, f.since_ms, f.until_ms], |r| {
+                let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                Ok(hangar_api::cost::UsageDelta {
+                    namespace: r.get(0)?,
+                    kind: r.get(1)?,
+                    name: r.get(2)?,
+                    hour_ms: r.get(3)?,
+                    requests: n(4)?,
+                    errors: n(5)?,
+                    cold_starts: n(6)?,
+                    billed_ms: n(7)?,
+                    mb_ms: n(8)?,
+                    vcpu_milli_ms: n(9)?,
+                    running_ms: n(10)?,
+                    paused_ms: n(11)?,
+                    standby_ms: n(12)?,
+                    standby_byte_ms: n(13)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn prune_usage(&self, before_ms: i64) -> Result<u64> {
+        self.with(move |c| Ok(c.execute("DELETE FROM usage WHERE hour_ms < ?1", params![before_ms])? as u64)).await
     }
 
     async fn list_async(&self, f: AsyncFilter) -> Result<Vec<AsyncRecord>> {

@@ -1,0 +1,201 @@
+//! Metering beyond invocations, and `GET /v1/usage`. Functions are metered exactly as their
+//! records are written (the store adds them to the hourly rows in the same transaction).
+//! Services and sandboxes are sampled every [`SAMPLE`]: a service's instances × the time since
+//! the last sample, and a sandbox's own running, paused and standby counters (exact: only the
+//! difference since the last sample is added). Rows older than the retention are pruned.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use hangar_api::cost::{UsageDelta, UsageList, UsageMark, UsageRow};
+use hangar_api::sandboxes::SandboxState;
+use hangar_cost::money::show_fixed;
+use hangar_store::UsageFilter;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiQuery};
+
+/// How often services and sandboxes are sampled.
+pub const SAMPLE: Duration = Duration::from_secs(10);
+const HOUR_MS: i64 = 3_600_000;
+
+/// A sandbox's counters at a sample: running, paused, standby ms and standby byte-ms.
+type Counters = (u64, u64, u64, u128);
+
+fn counters(sb: &hangar_api::sandboxes::Sandbox, now: i64) -> Counters {
+    let since = u64::try_from(now - sb.state_since_ms).unwrap_or(0);
+    let u = &sb.usage;
+    let (mut r, mut p, mut s, mut b) = (u.running_ms, u.paused_ms, u.standby_ms, u.standby_byte_ms);
+    match sb.state {
+        SandboxState::Running => r += since,
+        SandboxState::Paused => p += since,
+        SandboxState::Standby => {
+            s += since;
+            b += u128::from(sb.standby_bytes.unwrap_or(0)) * u128::from(since);
+        }
+        SandboxState::Failed => {}
+    }
+    (r, p, s, b)
+}
+
+/// The meter of services and sandboxes: the server calls [`Meter::sample`] every [`SAMPLE`],
+/// and once more at shutdown.
+pub struct Meter {
+    state: AppState,
+    retention: Duration,
+    last: i64,
+    /// What of each sandbox's counters is counted already (persisted as marks).
+    seen: HashMap<String, Counters>,
+    pruned_hour: i64,
+}
+
+impl Meter {
+    /// Starts from the marks the last run left, so nothing is counted twice or lost.
+    pub async fn new(state: AppState, retention: Duration) -> Meter {
+        let marks = state.store.usage_marks().await.unwrap_or_else(|e| {
+            tracing::error!("reading the meter's marks: {e}");
+            Vec::new()
+        });
+        let seen = marks.into_iter().map(|m| (m.id, (m.running_ms, m.paused_ms, m.standby_ms, m.standby_byte_ms))).collect();
+        Meter { state, retention, last: hangar_api::now_ms(), seen, pruned_hour: 0 }
+    }
+
+    /// Adds what services and sandboxes used since the last sample; prunes old rows hourly.
+    pub async fn sample(&mut self) {
+        let state = self.state.clone();
+        let now = hangar_api::now_ms();
+        let elapsed = u64::try_from(now - self.last).unwrap_or(0);
+        self.last = now;
+        let hour_ms = now.div_euclid(HOUR_MS) * HOUR_MS;
+        let mut deltas = Vec::new();
+        if let Some(services) = &state.services {
+            for (namespace, name, n, cpus_milli, memory_mb) in services.sizes() {
+                if n == 0 {
+                    continue;
+                }
+                let ms = n * elapsed;
+                deltas.push(UsageDelta { namespace, kind: "service".into(), name, hour_ms, running_ms: ms, mb_ms: ms * memory_mb, vcpu_milli_ms: ms * cpus_milli, ..Default::default() });
+            }
+        }
+        let mut marks = None;
+        if let Some(sandboxes) = &state.sandboxes {
+            let mut now_seen = HashMap::new();
+            for sb in sandboxes.list(None) {
+                let c = counters(&sb, now);
+                // A sandbox seen for the first time is counted from its creation.
+                let (r0, p0, s0, b0) = self.seen.get(&sb.id).copied().unwrap_or_default();
+                let d = (c.0.saturating_sub(r0), c.1.saturating_sub(p0), c.2.saturating_sub(s0), c.3.saturating_sub(b0));
+                now_seen.insert(sb.id.clone(), c);
+                if d == (0, 0, 0, 0) {
+                    continue;
+                }
+                let memory = u64::from(sb.config.memory_mb);
+                let cpus_milli = (sb.config.cpus * 1000.0).round() as u64;
+                deltas.push(UsageDelta {
+                    namespace: sb.namespace.clone(),
+                    kind: "sandbox".into(),
+                    name: sb.id.clone(),
+                    hour_ms,
+                    running_ms: d.0,
+                    paused_ms: d.1,
+                    standby_ms: d.2,
+                    standby_byte_ms: u64::try_from(d.3).unwrap_or(u64::MAX),
+                    mb_ms: d.0 * memory,
+                    vcpu_milli_ms: d.0 * cpus_milli,
+                    ..Default::default()
+                });
+            }
+            marks = Some(now_seen.iter().map(|(id, c)| UsageMark { id: id.clone(), running_ms: c.0, paused_ms: c.1, standby_ms: c.2, standby_byte_ms: c.3 }).collect());
+            self.seen = now_seen;
+        }
+        if let Err(e) = state.store.add_usage(deltas, marks).await {
+            tracing::error!("metering services and sandboxes: {e}");
+        }
+        if hour_ms != self.pruned_hour {
+            self.pruned_hour = hour_ms;
+            let before = now - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+            if let Err(e) = state.store.prune_usage(before).await {
+                tracing::warn!("pruning old usage: {e}");
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    pub namespace: Option<String>,
+    /// A workload's name (function, service, or sandbox id).
+    pub name: Option<String>,
+    /// `function`, `service` or `sandbox`.
+    pub kind: Option<String>,
+    /// RFC 3339 time, or a duration back from now (`24h`); default 24 h ago.
+    pub since: Option<String>,
+    /// RFC 3339 time; default now.
+    pub until: Option<String>,
+    /// `hour` (default) or `day`.
+    pub per: Option<String>,
+}
+
+fn time(field: &str, text: &str) -> Result<i64, ApiError> {
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(hangar_api::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    }
+    humantime::parse_rfc3339_weak(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .ok_or_else(|| ApiError::bad_request("invalid_request", format!("{field}: `{text}` is neither an RFC 3339 time nor a duration like 24h")))
+}
+
+/// Turns a stored row into the API's units, exactly.
+pub fn row(d: &UsageDelta) -> UsageRow {
+    UsageRow {
+        namespace: d.namespace.clone(),
+        kind: d.kind.clone(),
+        name: d.name.clone(),
+        period: hangar_api::rfc3339(d.hour_ms),
+        requests: d.requests,
+        errors: d.errors,
+        cold_starts: d.cold_starts,
+        billed_ms: d.billed_ms,
+        // MiB × ms → GiB × s: × 10¹³ / 1,024,000 = × 9,765,625 at 13 places.
+        gb_seconds: show_fixed(u128::from(d.mb_ms) * 9_765_625, 13),
+        vcpu_seconds: show_fixed(u128::from(d.vcpu_milli_ms), 6),
+        running_seconds: show_fixed(u128::from(d.running_ms), 3),
+        paused_seconds: show_fixed(u128::from(d.paused_ms), 3),
+        standby_seconds: show_fixed(u128::from(d.standby_ms), 3),
+        // bytes × ms → GiB × h: / (2³⁰ × 3.6·10⁶); 10²² / (2³⁰ × 3.6·10⁶) is not whole, so 12
+        // places, rounded.
+        standby_gb_hours: show_fixed(hangar_cost::money::div_round(u128::from(d.standby_byte_ms) * 1_000_000_000_000, (1u128 << 30) * 3_600_000), 12),
+    }
+}
+
+/// Usage per workload and hour (or day), oldest first.
+#[utoipa::path(get, path = "/v1/usage", params(UsageQuery), tag = "cost", responses((status = 200, body = UsageList), (status = 400, body = hangar_api::ErrorBody)))]
+pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<UsageQuery>) -> Result<Json<UsageList>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let per_day = match q.per.as_deref() {
+        None | Some("hour") => false,
+        Some("day") => true,
+        Some(other) => return Err(ApiError::bad_request("invalid_request", format!("per: `{other}` is not `hour` or `day`"))),
+    };
+    if let Some(k) = q.kind.as_deref()
+        && !["function", "service", "sandbox"].contains(&k)
+    {
+        return Err(ApiError::bad_request("invalid_request", format!("kind: `{k}` is not function, service or sandbox")));
+    }
+    let since = q.since.as_deref().map(|t| time("since", t)).transpose()?.unwrap_or(hangar_api::now_ms() - 24 * HOUR_MS);
+    let until = q.until.as_deref().map(|t| time("until", t)).transpose()?;
+    // The hour `since` falls in is included.
+    let since = since.div_euclid(HOUR_MS) * HOUR_MS;
+    let rows = state
+        .store
+        .list_usage(UsageFilter { namespace: Some(ns), kind: q.kind.clone(), name: q.name.clone(), since_ms: Some(since), until_ms: until, per_day })
+        .await?;
+    Ok(Json(UsageList { items: rows.iter().map(row).collect() }))
+}

@@ -1,0 +1,83 @@
+//! Metering through the real binary: a function's requests, billed milliseconds and GB-seconds
+//! match its invocation records exactly; a sandbox's running, paused and standby time match
+//! its own counters, across a restart, with nothing counted twice.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use hangar_cost::money::show_fixed;
+use serde_json::Value;
+
+async fn usage(s: &Server, query: &str) -> Vec<Value> {
+    let v: Value = s.get(&format!("/v1/usage?since=2h&{query}")).send().await.unwrap().json().await.unwrap();
+    v["items"].as_array().cloned().unwrap_or_else(|| panic!("{v}"))
+}
+
+/// Sums a column over rows (decimal strings with 3 places as thousandths).
+fn total(rows: &[Value], field: &str) -> u128 {
+    rows.iter().map(|r| r[field].as_str().map_or_else(|| r[field].as_u64().unwrap() as u128, |t| hangar_cost::money::parse_fixed(t, 3).unwrap())).sum()
+}
+
+#[tokio::test]
+async fn functions_and_sandboxes_are_metered_exactly() {
+    let mut s = Server::start_with(&["--meter-every", "1s"]);
+
+    // A function: 7 calls, metered as their records are written.
+    s.deploy("hello", "hello", &["--memory", "64"]);
+    for i in 0..7 {
+        let r = s.http().post(format!("{}/fn/default/hello/", s.url)).bearer_auth(&s.admin_key).body(format!("n{i}")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let records = common::eventually("7 records", Duration::from_secs(20), || async {
+        let r = s.invocations("hello").await;
+        if r.len() == 7 { Ok(r) } else { Err(r.len().to_string()) }
+    })
+    .await;
+    let billed: u64 = records.iter().map(|r| r["billed_ms"].as_u64().unwrap()).sum();
+    let mb_ms: u128 = records.iter().map(|r| u128::from(r["billed_ms"].as_u64().unwrap()) * u128::from(r["memory_mb"].as_u64().unwrap())).sum();
+    let rows = usage(&s, "kind=function&name=hello").await;
+    let requests: u64 = rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+    let row_billed: u64 = rows.iter().map(|r| r["billed_ms"].as_u64().unwrap()).sum();
+    assert_eq!((requests, row_billed), (7, billed), "{rows:?}");
+    // GB-s = MiB-ms / 1,024,000, exactly.
+    if rows.len() == 1 {
+        assert_eq!(rows[0]["gb_seconds"], show_fixed(mb_ms * 9_765_625, 13));
+    }
+    let cli = s.ok(&["usage", "hello"]);
+    assert!(cli.contains("hello") && cli.contains("function"), "{cli}");
+    let days = usage(&s, "kind=function&per=day").await;
+    assert_eq!(days.iter().map(|r| r["requests"].as_u64().unwrap()).sum::<u64>(), 7);
+
+    // A sandbox: running, then paused; the meter follows its own counters.
+    let img = tempfile::tempdir().unwrap();
+    let layout = common::oci::busybox_httpd(img.path(), "img", &[]);
+    s.ok(&["image", "import", &layout, "--name", "sb:1"]);
+    let id = s.ok(&["sandbox", "create", "--image", "sb:1", "--memory", "128"]).trim().to_string();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.ok(&["sandbox", "pause", &id]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let rows = usage(&s, &format!("kind=sandbox&name={id}")).await;
+    assert!(total(&rows, "running_seconds") >= 2000 && total(&rows, "paused_seconds") >= 1000, "{rows:?}");
+
+    // A restart: the sandbox goes on standby; what the meter counted before and after adds
+    // up to its own counters exactly (running time stops at the standby).
+    s.restart();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let record: Value = s.get(&format!("/v1/sandboxes/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(record["state"], "standby", "{record}");
+    let rows = usage(&s, &format!("kind=sandbox&name={id}")).await;
+    assert_eq!(total(&rows, "running_seconds"), u128::from(record["usage"]["running_ms"].as_u64().unwrap()), "{rows:?} vs {record}");
+    assert_eq!(total(&rows, "paused_seconds"), u128::from(record["usage"]["paused_ms"].as_u64().unwrap()), "{rows:?} vs {record}");
+    assert!(total(&rows, "standby_seconds") > 0, "standby time is metered: {rows:?}");
+    let gb_s: u128 = rows.iter().map(|r| hangar_cost::money::parse_fixed(r["gb_seconds"].as_str().unwrap(), 13).unwrap()).sum();
+    assert_eq!(gb_s, total(&rows, "running_seconds") * 128 * 9_765_625, "memory-time is the running time (ms) × 128 MiB");
+
+    // Bad input.
+    for q in ["per=week", "kind=vm", "since=yesterday-ish"] {
+        let r = s.get(&format!("/v1/usage?{q}")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{q}");
+    }
+    s.ok(&["sandbox", "rm", &id]);
+}
