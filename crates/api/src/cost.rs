@@ -162,3 +162,54 @@ pub struct UsageRow {
 pub struct UsageList {
     pub items: Vec<UsageRow>,
 }
+
+/// What the advisor saw of a workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Observed {
+    /// Hours looked at (from the first use in the window to now).
+    pub hours: u64,
+    pub requests: u64,
+    /// Mean requests per second over those hours (3 decimals).
+    pub mean_rps: String,
+    /// The busiest hour's mean requests per second.
+    pub peak_hour_rps: String,
+    /// Hours without a request, percent.
+    pub idle_hours_pct: u64,
+    /// Coefficient of variation of hourly requests, percent (0 = perfectly steady).
+    pub variation_pct: u64,
+    /// `steady`, `variable` or `spiky`.
+    pub pattern: String,
+    /// Mean billed duration, ms.
+    pub mean_duration_ms: u64,
+    /// p99 of durations among the recent invocations, ms.
+    pub p99_duration_ms: u64,
+    /// Cold starts among requests, percent.
+    pub cold_start_pct: u64,
+    /// p99 duration of cold and of warm requests, ms (recent invocations).
+    pub cold_p99_ms: u64,
+    pub warm_p99_ms: u64,
+    pub memory_mb: u32,
+}
+
+/// The advisor's answer for one workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Advice {
+    pub namespace: String,
+    pub name: String,
+    pub kind: String,
+    pub observed: Observed,
+    /// What each model would cost a month at the observed traffic.
+    pub costs: CalcAnswer,
+    /// `function`, `provisioned` or `service`.
+    pub recommendation: String,
+    /// What the decision rests on, in order.
+    pub reasons: Vec<String>,
+    /// Dollars a month saved against running it as a plain function (negative: it costs more,
+    /// for latency).
+    pub monthly_saving: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdviceList {
+    pub items: Vec<Advice>,
+}

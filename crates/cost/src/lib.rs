@@ -1,10 +1,12 @@
 //! What workloads cost: price sheets (built in, each with its source and date, and the user's
 //! own in TOML), money as exact integers, and the monthly cost of a traffic shape as a
 //! scale-to-zero function, with provisioned instances, or as an always-on service, with the
-//! break-even rate between them. [`money`] holds the arithmetic, [`sheet`] the prices,
-//! [`calc`] the models.
+//! break-even rate between them; and the advisor, which picks a model for a workload from
+//! what it did. [`money`] holds the arithmetic, [`sheet`] the prices, [`calc`] the models,
+//! [`advice`] the decision.
 #![forbid(unsafe_code)]
 
+pub mod advice;
 pub mod calc;
 pub mod money;
 pub mod sheet;

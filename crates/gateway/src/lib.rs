@@ -130,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/prices", get(cost::list))
         .route("/cost/calc", post(cost::calc))
         .route("/usage", get(usage::list))
+        .route("/advice", get(usage::advice))
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
         .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::remove))
         .route("/sandboxes/{id}/exec", post(sandboxes::exec))

@@ -1,4 +1,5 @@
-//! Metering beyond invocations, and `GET /v1/usage`. Functions are metered exactly as their
+//! Metering beyond invocations, `GET /v1/usage`, and `GET /v1/advice` (the advisor fed with
+//! what the meter and the invocation records saw). Functions are metered exactly as their
 //! records are written (the store adds them to the hourly rows in the same transaction).
 //! Services and sandboxes are sampled every [`SAMPLE`]: a service's instances × the time since
 //! the last sample, and a sandbox's own running, paused and standby counters (exact: only the
@@ -198,4 +199,82 @@ pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQ
         .list_usage(UsageFilter { namespace: Some(ns), kind: q.kind.clone(), name: q.name.clone(), since_ms: Some(since), until_ms: until, per_day })
         .await?;
     Ok(Json(UsageList { items: rows.iter().map(row).collect() }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AdviceQuery {
+    pub namespace: Option<String>,
+    /// One function; default every function with requests in the window.
+    pub name: Option<String>,
+    /// RFC 3339 time or a duration back from now; default 7d.
+    pub since: Option<String>,
+    /// Price sheet of the function and provisioned models (default aws-lambda-x86).
+    pub sheet: Option<String>,
+    /// Price sheet of the always-on service (default aws-fargate).
+    pub service_sheet: Option<String>,
+    /// Requests one service instance would serve at once (default 1).
+    pub concurrency: Option<u32>,
+    /// p99 latency objective, ms: cold starts beyond it call for warm instances.
+    pub objective_ms: Option<u64>,
+}
+
+/// Which model each function should run on, and why.
+#[utoipa::path(get, path = "/v1/advice", params(AdviceQuery), tag = "cost",
+    responses((status = 200, body = hangar_api::cost::AdviceList), (status = 400, body = hangar_api::ErrorBody), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<AdviceQuery>) -> Result<Json<hangar_api::cost::AdviceList>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    let now = hangar_api::now_ms();
+    let since = q.since.as_deref().map(|t| time("since", t)).transpose()?.unwrap_or(now - 7 * 24 * HOUR_MS);
+    let since_hour = since.div_euclid(HOUR_MS) * HOUR_MS;
+    let functions = match &q.name {
+        Some(name) => vec![state.store.get_function(&ns, name).await?.ok_or_else(|| ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")))?],
+        None => state.store.list_functions(Some(&ns)).await?,
+    };
+    let sheets = hangar_cost::Sheets::load(Some(&state.prices_dir))?;
+    let policy = hangar_cost::advice::Policy { sheet: q.sheet.clone(), service_sheet: q.service_sheet.clone(), concurrency: q.concurrency, objective_ms: q.objective_ms };
+    let mut items = Vec::new();
+    for f in functions {
+        let rows = state
+            .store
+            .list_usage(UsageFilter { namespace: Some(ns.clone()), kind: Some("function".into()), name: Some(f.name.clone()), since_ms: Some(since_hour), until_ms: None, per_day: false })
+            .await?;
+        let Some(first) = rows.first().map(|r| r.hour_ms) else {
+            if q.name.is_some() {
+                return Err(ApiError::bad_request("no_usage", format!("function `{}` has no requests since {}: nothing to advise on yet", f.name, hangar_api::rfc3339(since))));
+            }
+            continue;
+        };
+        let current = now.div_euclid(HOUR_MS) * HOUR_MS;
+        let mut hourly = vec![0u64; usize::try_from((current - first) / HOUR_MS + 1).unwrap_or(1)];
+        let (mut requests, mut billed) = (0, 0);
+        for r in &rows {
+            if let Some(slot) = usize::try_from((r.hour_ms - first) / HOUR_MS).ok().and_then(|i| hourly.get_mut(i)) {
+                *slot += r.requests;
+            }
+            requests += r.requests;
+            billed += r.billed_ms;
+        }
+        let recent = state
+            .store
+            .list_invocations(hangar_store::InvocationFilter { namespace: Some(ns.clone()), function: Some(f.name.clone()), since_ms: Some(since), limit: 1000, ..Default::default() })
+            .await?
+            .iter()
+            .filter(|r| r.outcome != hangar_api::Outcome::Throttled)
+            .map(|r| (r.billed_ms, r.start == hangar_api::StartKind::Cold))
+            .collect();
+        let stats = hangar_cost::advice::Stats { hourly_requests: hourly, requests, billed_ms: billed, recent, memory_mb: f.config.memory_mb };
+        let d = hangar_cost::advice::advise(&stats, &policy, &sheets)?;
+        items.push(hangar_api::cost::Advice {
+            namespace: ns.clone(),
+            name: f.name.clone(),
+            kind: "function".into(),
+            observed: d.observed,
+            costs: d.costs,
+            recommendation: d.recommendation,
+            reasons: d.reasons,
+            monthly_saving: hangar_cost::advice::signed(d.saving_pico),
+        });
+    }
+    Ok(Json(hangar_api::cost::AdviceList { items }))
 }

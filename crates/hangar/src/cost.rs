@@ -1,8 +1,8 @@
 //! `hangar prices ls` and `hangar cost calc`: the price sheets, and what a traffic shape costs
 //! a month under each execution model (computed by the server, which knows the user's sheets).
 
-use anyhow::Result;
-use hangar_api::cost::{CalcAnswer, CalcRequest, PriceSheetList, UsageList};
+use anyhow::{Context, Result};
+use hangar_api::cost::{AdviceList, CalcAnswer, CalcRequest, PriceSheetList, UsageList};
 use reqwest::Method;
 
 use crate::cli::{Cli, CostCommand, Output, PricesCommand, client, ns_query, print_json, table};
@@ -105,5 +105,47 @@ pub async fn run_usage(cli: &Cli, name: Option<&str>, kind: Option<&str>, since:
         ]);
     }
     println!("{t}");
+    Ok(())
+}
+
+/// `hangar advise`: the advisor's recommendation for each function, with its reasons.
+pub async fn run_advise(
+    cli: &Cli,
+    name: Option<&str>,
+    since: Option<&str>,
+    sheet: Option<&str>,
+    service_sheet: Option<&str>,
+    concurrency: Option<u32>,
+    objective: Option<&str>,
+) -> Result<()> {
+    let client = client(cli);
+    let mut q = ns_query(cli.namespace.as_deref());
+    let objective_ms = objective
+        .map(|o| humantime::parse_duration(o).map(|d| d.as_millis().to_string()).with_context(|| format!("--objective `{o}` is not a duration like 200ms")))
+        .transpose()?;
+    let concurrency = concurrency.map(|c| c.to_string());
+    for (k, v) in [("name", name), ("since", since), ("sheet", sheet), ("service_sheet", service_sheet), ("concurrency", concurrency.as_deref()), ("objective_ms", objective_ms.as_deref())] {
+        if let Some(v) = v {
+            q.push((k, v.to_string()));
+        }
+    }
+    let list: AdviceList = client.json(client.request(Method::GET, "/v1/advice").query(&q)).await?;
+    if cli.output == Output::Json {
+        return print_json(&list);
+    }
+    if list.items.is_empty() {
+        println!("no function had requests in the window: nothing to advise on yet");
+    }
+    for a in &list.items {
+        let saving = match a.monthly_saving.strip_prefix('-') {
+            Some(more) => format!("costs {} a month more than a plain function, for latency", dollars(more)),
+            None if a.recommendation == "function" => "already the cheapest".to_string(),
+            None => format!("saves {} a month", dollars(&a.monthly_saving)),
+        };
+        println!("{}: run as {} ({saving})", a.name, a.recommendation);
+        for r in &a.reasons {
+            println!("  - {r}");
+        }
+    }
     Ok(())
 }

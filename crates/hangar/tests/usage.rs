@@ -1,6 +1,7 @@
 //! Metering through the real binary: a function's requests, billed milliseconds and GB-seconds
-//! match its invocation records exactly; a sandbox's running, paused and standby time match
-//! its own counters, across a restart, with nothing counted twice.
+//! match its invocation records exactly; the advisor explains its choice from them; a
+//! sandbox's running, paused and standby time match its own counters, across a restart, with
+//! nothing counted twice.
 
 mod common;
 
@@ -49,6 +50,18 @@ async fn functions_and_sandboxes_are_metered_exactly() {
     assert!(cli.contains("hello") && cli.contains("function"), "{cli}");
     let days = usage(&s, "kind=function&per=day").await;
     assert_eq!(days.iter().map(|r| r["requests"].as_u64().unwrap()).sum::<u64>(), 7);
+
+    // The advisor: light, sparse traffic stays a function, with its reasons.
+    let advice = s.ok(&["advise", "hello"]);
+    assert!(advice.contains("hello: run as function") && advice.contains("traffic: 7 requests"), "{advice}");
+    let v: Value = s.get("/v1/advice?name=hello&objective_ms=1").send().await.unwrap().json().await.unwrap();
+    let a = &v["items"][0];
+    assert_eq!(a["observed"]["requests"], 7);
+    assert!(a["reasons"].as_array().unwrap().len() >= 4, "{a}");
+    assert_eq!(s.get("/v1/advice?name=nope").send().await.unwrap().status(), 404);
+    s.deploy("idle", "hello", &[]);
+    let (status, code, msg) = common::error_code(s.get("/v1/advice?name=idle").send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (400, "no_usage"), "{msg}");
 
     // A sandbox: running, then paused; the meter follows its own counters.
     let img = tempfile::tempdir().unwrap();
