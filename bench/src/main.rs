@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
+mod metering;
 mod process;
 mod sandboxes;
 mod scaling;
@@ -50,6 +51,9 @@ struct Args {
     /// Measure only scaling and events, replacing their section of the report
     #[arg(long)]
     scaling_only: bool,
+    /// Measure only the metering overhead, replacing its section of the report
+    #[arg(long)]
+    metering_only: bool,
     /// Measure only sandboxes, replacing their section of the report
     #[arg(long)]
     sandboxes_only: bool,
@@ -61,6 +65,8 @@ const PROCESS_HEADING: &str = "## Process functions";
 const SERVICES_HEADING: &str = "## Services";
 /// Where the scaling and events section starts in the report.
 const SCALING_HEADING: &str = "## Scaling and events";
+/// Where the metering section starts in the report.
+const METERING_HEADING: &str = "## Metering";
 /// Where the sandboxes section starts in the report.
 const SANDBOXES_HEADING: &str = "## Sandboxes";
 
@@ -271,8 +277,11 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
-    if a.process_only || a.services_only || a.scaling_only || a.sandboxes_only {
-        let (heading, section) = if a.sandboxes_only {
+    if a.process_only || a.services_only || a.scaling_only || a.sandboxes_only || a.metering_only {
+        let (heading, section) = if a.metering_only {
+            eprintln!("measuring the metering overhead");
+            (METERING_HEADING, metering::run(&a.hangar, &a.component, a.connections, a.duration, a.runs.max(5)).await?)
+        } else if a.sandboxes_only {
             eprintln!("measuring sandboxes");
             (SANDBOXES_HEADING, sandboxes::run(&a.hangar).await?)
         } else if a.process_only {
@@ -477,7 +486,7 @@ async fn main() -> Result<()> {
     eprintln!("measuring sandboxes");
     report.push_str(&sandboxes::run(&a.hangar).await?);
     writeln!(report, "## Reproduce\n\n```sh\n./scripts/bench.sh                  # installs wrk and wasmtime-cli 48.0.8 if missing, builds, runs, rewrites this file\n./scripts/bench.sh --process-only   # only the process-function sections\n./scripts/bench.sh --services-only  # only the service sections
-./scripts/bench.sh --scaling-only   # only the scaling and events section\n./scripts/bench.sh --sandboxes-only # only the sandboxes section\n```")?;
+./scripts/bench.sh --scaling-only   # only the scaling and events section\n./scripts/bench.sh --sandboxes-only # only the sandboxes section\n./scripts/bench.sh --metering-only  # only the metering overhead\n```")?;
     std::fs::write(&a.out, &report)?;
     print!("{report}");
     Ok(())

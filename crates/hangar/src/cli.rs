@@ -203,6 +203,9 @@ pub struct UpArgs {
     /// Most invocations running at once in one namespace; more are throttled (429 with Retry-After)
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub namespace_concurrency: u32,
+    /// Meter usage (`hangar usage`, `hangar advise`); `off` keeps invocation records only
+    #[arg(long, env = "HANGAR_METERING", default_value = "on", value_parser = ["on", "off"])]
+    pub metering: String,
     /// How often services and sandboxes are metered (functions are metered per invocation)
     #[arg(long, env = "HANGAR_METER_EVERY", default_value = "10s", value_parser = humantime::parse_duration)]
     pub meter_every: std::time::Duration,

@@ -59,6 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 namespace_concurrency: a.namespace_concurrency,
                 usage_retention: a.usage_retention,
                 meter_every: a.meter_every,
+                metering: a.metering == "on",
                 region: a.region.clone(),
             })
             .await?;

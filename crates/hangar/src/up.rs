@@ -41,6 +41,8 @@ pub struct UpOptions {
     pub usage_retention: Duration,
     /// How often services and sandboxes are metered.
     pub meter_every: Duration,
+    /// Whether usage is metered at all.
+    pub metering: bool,
     /// `AWS_REGION` as process functions see it.
     pub region: String,
 }
@@ -51,7 +53,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let _lock = lock_data_dir(&opts.data_dir)?;
     let db = opts.data_dir.join("hangar.db");
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&db).with_context(|| format!("opening the database {}", db.display()))?,
+        SqliteStore::open(&db).with_context(|| format!("opening the database {}", db.display()))?.with_metering(opts.metering),
     );
     if store.get_namespace(hangar_api::DEFAULT_NAMESPACE).await?.is_none() {
         store.create_namespace(hangar_api::DEFAULT_NAMESPACE, now_ms()).await?;
@@ -148,7 +150,11 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let usage_meter = Arc::new(tokio::sync::Mutex::new(hangar_gateway::usage::Meter::new(state.clone(), opts.usage_retention).await));
     let metering = {
         let m = usage_meter.clone();
+        let on = opts.metering;
         tokio::spawn(async move {
+            if !on {
+                return;
+            }
             let mut tick = tokio::time::interval(opts.meter_every.max(Duration::from_millis(100)));
             tick.tick().await;
             loop {
@@ -234,7 +240,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     scheduler.shutdown().await;
     // The last seconds of services and sandboxes are metered before they stop.
     metering.abort();
-    usage_meter.lock().await.sample().await;
+    if opts.metering {
+        usage_meter.lock().await.sample().await;
+    }
     if let Some(s) = &services {
         s.shutdown().await;
     }

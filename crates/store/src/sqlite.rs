@@ -177,6 +177,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Whether invocation records are also added to the usage rows.
+    metering: bool,
 }
 
 impl SqliteStore {
@@ -184,6 +186,12 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
         Self::init(conn)
+    }
+
+    /// Without metering, invocation records are written but not added to the usage rows.
+    pub fn with_metering(mut self, on: bool) -> Self {
+        self.metering = on;
+        self
     }
 
     /// A private in-memory database, for tests.
@@ -199,7 +207,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), metering: true })
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T>
@@ -513,6 +521,7 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
+        let metering = self.metering;
         self.with(move |c| {
             let tx = c.transaction()?;
             let mut usage: std::collections::HashMap<(String, String, i64), hangar_api::cost::UsageDelta> = std::collections::HashMap::new();
@@ -532,7 +541,7 @@ impl Store for SqliteStore {
                     ])?;
                     // Metered once: a record written again (a retried batch) is not counted again;
                     // a throttled request never ran and is not billed (as on Lambda).
-                    if inserted == 0 || r.outcome == hangar_api::Outcome::Throttled {
+                    if !metering || inserted == 0 || r.outcome == hangar_api::Outcome::Throttled {
                         continue;
                     }
                     let hour_ms = r.started_ms.div_euclid(HOUR_MS) * HOUR_MS;
