@@ -115,7 +115,8 @@ pub struct UsageDelta {
     pub mb_ms: u64,
     /// CPU-time: thousandths of a vCPU × ms.
     pub vcpu_milli_ms: u64,
-    /// Instance time running, paused, on standby (services, sandboxes), ms.
+    /// Instance time running, paused, on standby, ms. For a function: running is the time of
+    /// its provisioned instances, paused that of its paused ones.
     pub running_ms: u64,
     pub paused_ms: u64,
     pub standby_ms: u64,

@@ -1,6 +1,8 @@
 //! Metering beyond invocations, `GET /v1/usage`, and `GET /v1/advice` (the advisor fed with
-//! what the meter and the invocation records saw). Functions are metered exactly as their
-//! records are written (the store adds them to the hourly rows in the same transaction).
+//! what the meter and the invocation records saw). Functions' requests are metered exactly as
+//! their records are written (the store adds them to the hourly rows in the same
+//! transaction); their provisioned and paused instances are sampled (for a function, a row's
+//! running time is its provisioned instances' time).
 //! Services and sandboxes are sampled every [`SAMPLE`]: a service's instances × the time since
 //! the last sample, and a sandbox's own running, paused and standby counters (exact: only the
 //! difference since the last sample is added). Rows older than the retention are pruned.
@@ -81,6 +83,24 @@ impl Meter {
                 let ms = n * elapsed;
                 deltas.push(UsageDelta { namespace, kind: "service".into(), name, hour_ms, running_ms: ms, mb_ms: ms * memory_mb, vcpu_milli_ms: ms * cpus_milli, ..Default::default() });
             }
+        }
+        // Functions' instances kept initialized (provisioned) and paused, × the time since the
+        // last sample.
+        for slot in state.scheduler.slots() {
+            let Some(c) = slot.instances() else { continue };
+            if c.provisioned == 0 && c.paused == 0 {
+                continue;
+            }
+            let d = slot.deployment();
+            deltas.push(UsageDelta {
+                namespace: d.namespace.clone(),
+                kind: "function".into(),
+                name: d.name.clone(),
+                hour_ms,
+                running_ms: u64::from(c.provisioned) * elapsed,
+                paused_ms: u64::from(c.paused) * elapsed,
+                ..Default::default()
+            });
         }
         let mut marks = None;
         if let Some(sandboxes) = &state.sandboxes {

@@ -63,6 +63,16 @@ async fn functions_and_sandboxes_are_metered_exactly() {
     let (status, code, msg) = common::error_code(s.get("/v1/advice?name=idle").send().await.unwrap()).await;
     assert_eq!((status, code.as_str()), (400, "no_usage"), "{msg}");
 
+    // A function with a provisioned instance: its kept-initialized time is metered (as the
+    // row's running time), with no request.
+    let _code = common::python_fn(&s, "warm", "def handler(event, context):\n    return 'ok'\n", "handler", &["--provisioned", "1"]);
+    common::eventually("provisioned time metered", Duration::from_secs(30), || async {
+        let rows = usage(&s, "kind=function&name=warm").await;
+        let (kept, requests) = (total(&rows, "running_seconds"), rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum::<u64>());
+        if kept >= 2000 && requests == 0 { Ok(()) } else { Err(format!("{rows:?}")) }
+    })
+    .await;
+
     // A sandbox: running, then paused; the meter follows its own counters.
     let img = tempfile::tempdir().unwrap();
     let layout = common::oci::busybox_httpd(img.path(), "img", &[]);

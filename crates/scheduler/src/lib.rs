@@ -305,6 +305,12 @@ impl Scheduler {
         self.table.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every deployed function's slot (for metering).
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.values().flat_map(|f| f.values()).cloned().collect()
+    }
+
     /// How many revisions are resident.
     pub fn loaded_count(&self) -> usize {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
