@@ -168,6 +168,48 @@ pub struct FunctionConfig {
     /// `--keep-alive`. Process runtimes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive_ms: Option<u64>,
+    /// `fixed` (default): instances as configured. `auto`: the advisor keeps instances warm
+    /// (provisioned) while cold starts break `latency_objective_ms` or warm costs less, and
+    /// lets it scale to zero again when its traffic falls (process runtimes).
+    #[serde(default, skip_serializing_if = "FunctionMode::is_fixed")]
+    pub mode: FunctionMode,
+    /// The p99 latency the advisor keeps in `auto` mode, ms (1..=60000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_objective_ms: Option<u64>,
+}
+
+wire_enum! {
+    /// Who decides how many instances a function keeps warm.
+    #[derive(Default)]
+    FunctionMode, "mode" {
+        /// Its configuration.
+        #[default]
+        Fixed = "fixed",
+        /// The advisor (adaptive mode).
+        Auto = "auto",
+    }
+}
+
+impl FunctionMode {
+    pub fn is_fixed(&self) -> bool {
+        *self == FunctionMode::Fixed
+    }
+}
+
+/// A change of warm instances made by adaptive mode, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModeSwitch {
+    pub at: String,
+    pub revision: u64,
+    /// Instances kept warm before and after.
+    pub from_warm: u32,
+    pub to_warm: u32,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModeSwitchList {
+    pub items: Vec<ModeSwitch>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -218,6 +260,8 @@ impl FunctionConfig {
             min_instances: 0,
             pause_after_ms: None,
             keep_alive_ms: None,
+            mode: FunctionMode::Fixed,
+            latency_objective_ms: None,
         }
     }
 }

@@ -70,6 +70,12 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
             format!("provisioned and min instances, pause_after_ms and keep_alive_ms apply to process runtimes; {} functions keep no instances between calls", cfg.runtime),
         ));
     }
+    if cfg.mode == crate::FunctionMode::Auto && !process {
+        return Err(Invalid::new("mode", format!("auto mode keeps process functions warm; {} functions start in microseconds and keep no instances", cfg.runtime)));
+    }
+    if let Some(ms) = cfg.latency_objective_ms.filter(|ms| !(1..=60_000).contains(ms)) {
+        return Err(Invalid::new("latency_objective_ms", format!("{ms} is out of range: choose 1 to 60000")));
+    }
     if cfg.provisioned_instances > cfg.max_instances {
         return Err(Invalid::new("provisioned_instances", format!("{} is more than max_instances ({})", cfg.provisioned_instances, cfg.max_instances)));
     }

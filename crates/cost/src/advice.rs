@@ -16,8 +16,10 @@ pub const MARGIN_PCT: u128 = 10;
 /// What a workload did in the window.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
-    /// Requests in each hour of the window, oldest first (hours without any included).
+    /// Requests in each period of the window, oldest first (periods without any included).
     pub hourly_requests: Vec<u64>,
+    /// Seconds in each of those periods (0: an hour).
+    pub period_s: u64,
     pub requests: u64,
     pub billed_ms: u64,
     /// Billed durations of recent requests, ms, with whether each was a cold start.
@@ -67,13 +69,14 @@ pub fn signed(pico: i128) -> String {
 
 pub fn advise(stats: &Stats, policy: &Policy, sheets: &Sheets) -> Result<Decision, CostError> {
     let hours = stats.hourly_requests.len().max(1) as u64;
+    let period_s = if stats.period_s == 0 { 3600 } else { stats.period_s };
     if stats.requests == 0 {
         return Err(CostError::Invalid("no requests in the window: nothing to advise on yet".into()));
     }
     // Rates in thousandths of a request per second.
-    let mean_milli = (u128::from(stats.requests) * 1000).div_ceil(u128::from(hours) * 3600).max(1);
+    let mean_milli = (u128::from(stats.requests) * 1000).div_ceil(u128::from(hours * period_s)).max(1);
     let peak = stats.hourly_requests.iter().copied().max().unwrap_or(0);
-    let peak_milli = (u128::from(peak) * 1000).div_ceil(3600).max(mean_milli);
+    let peak_milli = (u128::from(peak) * 1000).div_ceil(u128::from(period_s)).max(mean_milli);
     let idle = stats.hourly_requests.iter().filter(|r| **r == 0).count() as u64;
     let idle_pct = idle * 100 / hours;
     // Statistics of the pattern (not money): floats are fine here.
@@ -124,8 +127,11 @@ pub fn advise(stats: &Stats, policy: &Policy, sheets: &Sheets) -> Result<Decisio
     let (f, p, s) = (cost_of("function"), cost_of("provisioned"), cost_of("service"));
     let mut reasons = vec![
         format!(
-            "traffic: {} requests in {hours} h, mean {} req/s, busiest hour {} req/s, {idle_pct}% of hours idle, variation {cv_pct}%: {pattern}",
-            stats.requests, observed.mean_rps, observed.peak_hour_rps
+            "traffic: {} requests in {}, mean {} req/s, busiest period {} req/s, {idle_pct}% of periods idle, variation {cv_pct}%: {pattern}",
+            stats.requests,
+            if period_s == 3600 { format!("{hours} h") } else { format!("{} s", hours * period_s) },
+            observed.mean_rps,
+            observed.peak_hour_rps
         ),
         format!("duration: mean {mean_ms} ms, p99 {} ms, memory {} MiB", observed.p99_duration_ms, stats.memory_mb),
     ];
@@ -180,7 +186,7 @@ mod tests {
     fn stats(hourly: Vec<u64>, duration_ms: u64, cold_every: usize) -> Stats {
         let requests = hourly.iter().sum();
         let recent = (0..1000).map(|i| if cold_every > 0 && i % cold_every == 0 { (duration_ms * 10, true) } else { (duration_ms, false) }).collect();
-        Stats { requests, billed_ms: requests * duration_ms, hourly_requests: hourly, recent, memory_mb: 512 }
+        Stats { requests, billed_ms: requests * duration_ms, hourly_requests: hourly, period_s: 0, recent, memory_mb: 512 }
     }
 
     #[test]

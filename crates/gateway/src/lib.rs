@@ -5,6 +5,7 @@
 //! scheduler (routing and invocation). Libraries below it never see an HTTP API request.
 #![forbid(unsafe_code)]
 
+pub mod adapt;
 pub mod api;
 pub mod auth;
 pub mod cost;
@@ -131,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/cost/calc", post(cost::calc))
         .route("/usage", get(usage::list))
         .route("/advice", get(usage::advice))
+        .route("/functions/{name}/switches", get(adapt::switches))
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
         .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::remove))
         .route("/sandboxes/{id}/exec", post(sandboxes::exec))

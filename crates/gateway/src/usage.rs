@@ -221,6 +221,12 @@ pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQ
     Ok(Json(UsageList { items: rows.iter().map(row).collect() }))
 }
 
+/// A record's latency (ms, from arrival to the response's end) and whether it started an
+/// instance (cold, or a prewarmed one that ran its init).
+pub fn latency(r: &hangar_api::InvocationRecord) -> (u64, bool) {
+    (r.duration_us.div_ceil(1000), matches!(r.start, hangar_api::StartKind::Cold | hangar_api::StartKind::Prewarmed))
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AdviceQuery {
@@ -281,9 +287,9 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
             .await?
             .iter()
             .filter(|r| r.outcome != hangar_api::Outcome::Throttled)
-            .map(|r| (r.billed_ms, r.start == hangar_api::StartKind::Cold))
+            .map(latency)
             .collect();
-        let stats = hangar_cost::advice::Stats { hourly_requests: hourly, requests, billed_ms: billed, recent, memory_mb: f.config.memory_mb };
+        let stats = hangar_cost::advice::Stats { hourly_requests: hourly, period_s: 3600, requests, billed_ms: billed, recent, memory_mb: f.config.memory_mb };
         let d = hangar_cost::advice::advise(&stats, &policy, &sheets)?;
         items.push(hangar_api::cost::Advice {
             namespace: ns.clone(),

@@ -209,6 +209,12 @@ pub struct UpArgs {
     /// How often services and sandboxes are metered (functions are metered per invocation)
     #[arg(long, env = "HANGAR_METER_EVERY", default_value = "10s", value_parser = humantime::parse_duration)]
     pub meter_every: std::time::Duration,
+    /// How often adaptive mode looks at functions deployed with `--mode auto`
+    #[arg(long, env = "HANGAR_ADAPT_EVERY", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub adapt_every: std::time::Duration,
+    /// How much of a function's recent traffic adaptive mode looks at
+    #[arg(long, env = "HANGAR_ADAPT_WINDOW", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub adapt_window: std::time::Duration,
     /// How long hourly usage rows are kept (`hangar usage`)
     #[arg(long, env = "HANGAR_USAGE_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
     pub usage_retention: std::time::Duration,
@@ -327,6 +333,8 @@ pub enum FnCommand {
     Rm { name: String },
     /// Change how a process function scales (a new revision with the same code)
     Scale(ScaleArgs),
+    /// The changes adaptive mode (`--mode auto`) made to a function's warm instances, and why
+    Switches { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -401,6 +409,13 @@ pub struct DeployArgs {
     /// Stop idle instances after this long, e.g. 5m [default: the server's --keep-alive]
     #[arg(long)]
     pub keep_alive: Option<String>,
+    /// `auto`: the advisor keeps instances warm while cold starts break --latency-objective
+    /// (or warm costs less) and lets the function scale to zero again [default: fixed]
+    #[arg(long, value_parser = ["fixed", "auto"])]
+    pub mode: Option<String>,
+    /// The p99 latency adaptive mode keeps, e.g. 200ms
+    #[arg(long)]
+    pub latency_objective: Option<String>,
     /// Retries of a failed asynchronous invocation (0..=2) [default: 2]
     #[arg(long)]
     pub retries: Option<u32>,
@@ -680,6 +695,12 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
                     keep_alive: a.keep_alive.clone(),
                 },
             )?;
+            if let Some(m) = &a.mode {
+                config.mode = if m == "auto" { hangar_api::FunctionMode::Auto } else { hangar_api::FunctionMode::Fixed };
+            }
+            if let Some(o) = &a.latency_objective {
+                config.latency_objective_ms = Some(flag_ms("--latency-objective", o)?);
+            }
             if let Some(n) = a.retries {
                 config.async_.max_retries = n;
             }
@@ -746,6 +767,22 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
                     if let Some(i) = &f.instances {
                         println!("instances: {} busy, {} idle, {} paused, {} provisioned, {} spare", i.busy, i.idle, i.paused, i.provisioned, i.spare);
                     }
+                    if c.mode == hangar_api::FunctionMode::Auto {
+                        println!("mode: auto (latency objective {}; `hangar fn switches {}` lists its changes)", c.latency_objective_ms.map_or("none".to_string(), |v| format!("{v} ms")), f.name);
+                    }
+                }
+            }
+        }
+        FnCommand::Switches { name } => {
+            let list: hangar_api::ModeSwitchList = client.json(client.request(Method::GET, &format!("/v1/functions/{name}/switches")).query(&ns_query(ns))).await?;
+            match cli.output {
+                Output::Json => print_json(&list)?,
+                Output::Table => {
+                    let mut t = table(&["AT", "REVISION", "WARM", "REASON"]);
+                    for sw in &list.items {
+                        t.add_row(vec![sw.at.clone(), sw.revision.to_string(), format!("{} → {}", sw.from_warm, sw.to_warm), sw.reason.clone()]);
+                    }
+                    println!("{t}");
                 }
             }
         }

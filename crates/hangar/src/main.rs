@@ -60,6 +60,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 usage_retention: a.usage_retention,
                 meter_every: a.meter_every,
                 metering: a.metering == "on",
+                adapt_every: a.adapt_every,
+                adapt_window: a.adapt_window,
                 region: a.region.clone(),
             })
             .await?;

@@ -95,6 +95,11 @@ struct FunctionSpec {
     pause_after: Option<String>,
     /// Stop idle instances after this long, e.g. "5m".
     keep_alive: Option<String>,
+    /// "auto": the advisor keeps it warm or lets it scale to zero (process runtimes).
+    #[serde(default)]
+    mode: hangar_api::FunctionMode,
+    /// The p99 latency adaptive mode keeps, e.g. "200ms".
+    latency_objective: Option<String>,
     /// Path of the code (a file, or a directory that is zipped), relative to the manifest;
     /// none for a sequence.
     code: Option<PathBuf>,
@@ -209,7 +214,12 @@ pub fn plan(path: &Path) -> Result<Plan> {
         config.reserved_concurrency = spec.reserved_concurrency;
         config.provisioned_instances = spec.provisioned_instances;
         config.min_instances = spec.min_instances;
-        for (field, value, slot) in [("pause_after", &spec.pause_after, &mut config.pause_after_ms), ("keep_alive", &spec.keep_alive, &mut config.keep_alive_ms)] {
+        config.mode = spec.mode;
+        for (field, value, slot) in [
+            ("pause_after", &spec.pause_after, &mut config.pause_after_ms),
+            ("keep_alive", &spec.keep_alive, &mut config.keep_alive_ms),
+            ("latency_objective", &spec.latency_objective, &mut config.latency_objective_ms),
+        ] {
             if let Some(v) = value {
                 *slot = Some(humantime::parse_duration(v).map_err(|e| err(Some(field), format!("`{v}` is not a duration like \"1s\" ({e})")))?.as_millis() as u64);
             }
@@ -226,6 +236,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
                 "timeout_ms" => "timeout",
                 "pause_after_ms" => "pause_after",
                 "keep_alive_ms" => "keep_alive",
+                "latency_objective_ms" => "latency_objective",
                 f => f,
             };
             err(Some(field), e.message)

@@ -43,6 +43,9 @@ pub struct UpOptions {
     pub meter_every: Duration,
     /// Whether usage is metered at all.
     pub metering: bool,
+    /// How often adaptive mode looks, and at how much recent traffic.
+    pub adapt_every: Duration,
+    pub adapt_window: Duration,
     /// `AWS_REGION` as process functions see it.
     pub region: String,
 }
@@ -147,6 +150,19 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     async_queue.run();
     triggers.run();
     // Services and sandboxes are metered by sampling (functions as their records are written).
+    // Adaptive mode: functions deployed with `mode = "auto"` are warmed and cooled by the advisor.
+    let adapting = {
+        let mut adapter = hangar_gateway::adapt::Adapter::new(state.clone(), opts.adapt_window);
+        let every = opts.adapt_every.max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                adapter.look().await;
+            }
+        })
+    };
     let usage_meter = Arc::new(tokio::sync::Mutex::new(hangar_gateway::usage::Meter::new(state.clone(), opts.usage_retention).await));
     let metering = {
         let m = usage_meter.clone();
@@ -238,6 +254,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         tracing::warn!(left, "invocations still running at shutdown");
     }
     scheduler.shutdown().await;
+    adapting.abort();
     // The last seconds of services and sandboxes are metered before they stop.
     metering.abort();
     if opts.metering {

@@ -51,6 +51,8 @@ struct Inner {
     live: Arc<AtomicU32>,
     /// Provisioned instances that exist.
     provisioned: Arc<AtomicU32>,
+    /// How many there should be: the revision's, until changed (adaptive mode).
+    provisioned_target: AtomicU32,
     provisioning: std::sync::atomic::AtomicBool,
     /// Instances running an invocation.
     busy: AtomicU32,
@@ -66,6 +68,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Function {
     pub(crate) fn new(host: Arc<Host>, kind: RuntimeKind, spec: RevisionSpec) -> Function {
         let pod_id = format!("{}-{}", host.next_id(), spec.name);
+        let target = spec.provisioned;
         let inner = Arc::new(Inner {
             host,
             kind,
@@ -77,6 +80,7 @@ impl Function {
             refilling: std::sync::atomic::AtomicBool::new(false),
             live: Arc::new(AtomicU32::new(0)),
             provisioned: Arc::new(AtomicU32::new(0)),
+            provisioned_target: AtomicU32::new(target),
             provisioning: Default::default(),
             busy: AtomicU32::new(0),
             freed: tokio::sync::Notify::new(),
@@ -129,6 +133,15 @@ async fn reap(inner: Weak<Inner>) {
             });
             // Most recently used last: `pop` takes it (LIFO).
             fresh.reverse();
+            // Beyond the target, provisioned instances become ordinary idle ones.
+            let mut excess = inner.provisioned.load(Ordering::Acquire).saturating_sub(inner.provisioned_target.load(Ordering::Acquire));
+            for i in fresh.iter_mut().filter(|i| i.is_provisioned()) {
+                if excess == 0 {
+                    break;
+                }
+                i.unprovision();
+                excess -= 1;
+            }
             if !pause.is_zero() {
                 for i in fresh.iter_mut().filter(|i| !i.is_provisioned() && !i.is_paused() && i.last_used.elapsed() >= pause) {
                     i.pause();
@@ -141,7 +154,7 @@ async fn reap(inner: Weak<Inner>) {
             tracing::debug!(function = %inner.spec.name, reaped = expired.len(), "idle instances reaped");
         }
         drop(expired);
-        let short = inner.provisioned.load(Ordering::Acquire) < inner.spec.provisioned || inner.live.load(Ordering::Acquire) < inner.spec.min_instances;
+        let short = inner.provisioned.load(Ordering::Acquire) < inner.provisioned_target.load(Ordering::Acquire) || inner.live.load(Ordering::Acquire) < inner.spec.min_instances;
         if short && !inner.provisioning.load(Ordering::Acquire) {
             let inner = inner.clone();
             tokio::spawn(async move { inner.provision().await });
@@ -286,7 +299,7 @@ impl Inner {
             return;
         }
         loop {
-            let provisioned = self.provisioned.load(Ordering::Acquire) < self.spec.provisioned;
+            let provisioned = self.provisioned.load(Ordering::Acquire) < self.provisioned_target.load(Ordering::Acquire);
             if !provisioned && self.live.load(Ordering::Acquire) >= self.spec.min_instances {
                 break;
             }
@@ -613,6 +626,12 @@ impl Inner {
 impl hangar_runtime::Loaded for Function {
     fn instances(&self) -> Option<hangar_api::InstanceCounts> {
         Some(self.inner.counts())
+    }
+
+    fn set_provisioned(&self, n: u32) -> bool {
+        self.inner.provisioned_target.store(n.min(self.inner.spec.max_instances), Ordering::Release);
+        // The reaper makes the missing ones within a quarter second, and releases the extra.
+        true
     }
 
     async fn invoke(&self, info: InvokeInfo, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body> {

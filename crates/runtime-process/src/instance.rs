@@ -109,6 +109,15 @@ impl Instance {
         self.provisioned = Some(count);
     }
 
+    /// Makes this an ordinary instance again (its function keeps fewer provisioned).
+    pub(crate) fn unprovision(&mut self) {
+        if let Some(p) = self.provisioned.take() {
+            p.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        // Counted as just used, so keep-alive starts from now.
+        self.last_used = std::time::Instant::now();
+    }
+
     pub(crate) fn is_provisioned(&self) -> bool {
         self.provisioned.is_some()
     }

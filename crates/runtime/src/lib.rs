@@ -134,6 +134,12 @@ pub trait Loaded: Send + Sync + 'static {
     fn instances(&self) -> Option<hangar_api::InstanceCounts> {
         None
     }
+
+    /// Keeps `n` instances initialized from now on (more are made in the background; beyond
+    /// `n` they become ordinary idle instances). `false` when the runtime keeps none.
+    fn set_provisioned(&self, _n: u32) -> bool {
+        false
+    }
 }
 
 /// An error response in the API's JSON shape `{"error":{"code","message"}}`.

@@ -47,6 +47,15 @@ impl Slot {
         self.loaded.get()?.instances()
     }
 
+    /// Keeps `n` instances of this revision initialized from now on (loading it if needed);
+    /// `false` when its runtime keeps none.
+    pub async fn set_provisioned(&self, n: u32) -> bool {
+        match self.load().await {
+            Ok(l) => l.set_provisioned(n),
+            Err(_) => false,
+        }
+    }
+
     async fn load(&self) -> Result<&Arc<dyn Loaded>, RuntimeError> {
         let Some(runtime) = &self.runtime else {
             return Err(RuntimeError::Internal("a sequence has no code to load".into()));

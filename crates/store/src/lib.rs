@@ -173,6 +173,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_usage(&self, filter: UsageFilter) -> Result<Vec<hangar_api::cost::UsageDelta>>;
     /// Removes hourly rows before `before_ms`; how many went.
     async fn prune_usage(&self, before_ms: i64) -> Result<u64>;
+
+    /// Records a change adaptive mode made to a function (at `at_ms`).
+    async fn add_mode_switch(&self, namespace: &str, name: &str, at_ms: i64, switch: &hangar_api::ModeSwitch) -> Result<()>;
+    /// A function's adaptive-mode changes, oldest first.
+    async fn list_mode_switches(&self, namespace: &str, name: &str) -> Result<Vec<hangar_api::ModeSwitch>>;
 }
 
 /// Which usage rows to read.

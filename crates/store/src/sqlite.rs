@@ -125,6 +125,13 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (namespace, kind, name, hour_ms)
 );
 CREATE INDEX IF NOT EXISTS usage_by_hour ON usage(hour_ms);
+CREATE TABLE IF NOT EXISTS mode_switches (
+    namespace TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    at_ms     INTEGER NOT NULL,
+    body      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mode_switches_by_function ON mode_switches(namespace, name, at_ms);
 CREATE TABLE IF NOT EXISTS usage_marks (
     id              TEXT PRIMARY KEY,
     running_ms      INTEGER NOT NULL,
@@ -814,6 +821,25 @@ impl Store for SqliteStore {
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn add_mode_switch(&self, namespace: &str, name: &str, at_ms: i64, switch: &hangar_api::ModeSwitch) -> Result<()> {
+        let (ns, name, body) = (namespace.to_string(), name.to_string(), serde_json::to_string(switch).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        self.with(move |c| {
+            c.execute("INSERT INTO mode_switches(namespace, name, at_ms, body) VALUES (?1, ?2, ?3, ?4)", params![ns, name, at_ms, body])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_mode_switches(&self, namespace: &str, name: &str) -> Result<Vec<hangar_api::ModeSwitch>> {
+        let (ns, name) = (namespace.to_string(), name.to_string());
+        self.with(move |c| {
+            let mut st = c.prepare_cached("SELECT body FROM mode_switches WHERE namespace = ?1 AND name = ?2 ORDER BY at_ms, rowid")?;
+            let rows = st.query_map(params![ns, name], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.iter().map(|b| serde_json::from_str(b).map_err(|e| StoreError::Corrupt(format!("a mode switch: {e}")))).collect()
         })
         .await
     }

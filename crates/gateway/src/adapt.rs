@@ -1,0 +1,168 @@
+//! Adaptive mode: functions deployed with `mode = "auto"` are moved between scale to zero and
+//! warm (provisioned) instances by the advisor. Every look (`--adapt-every`) takes the
+//! function's invocations of the last `--adapt-window`; a cold function is warmed when the
+//! advisor picks a warm model (cold starts break its latency objective, or warm costs less);
+//! a warm one goes back to zero when it had no request in the window, or its rate fell under
+//! half of what it was warmed at (a band, since warm instances hide the cold starts that
+//! warmed them). A change is made only after the same answer held for [`STREAK`] looks in a
+//! row, and each is recorded with its reason (`GET /v1/functions/{name}/switches`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use hangar_api::{FunctionMode, ModeSwitch, ModeSwitchList};
+use hangar_cost::money::show_fixed;
+
+use crate::AppState;
+use crate::api::NamespaceQuery;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiQuery};
+
+/// Looks in a row that must agree before a change.
+pub const STREAK: u32 = 3;
+/// Most invocations read per look.
+const MAX_RECORDS: u32 = 10_000;
+
+struct Track {
+    revision: u64,
+    /// Instances kept warm now.
+    warm: u32,
+    candidate: Option<u32>,
+    count: u32,
+    /// The rate (thousandths of a request per second) when it was warmed.
+    warm_rate_milli: u128,
+}
+
+/// See the module docs; [`Adapter::look`] is called every `--adapt-every`.
+pub struct Adapter {
+    state: AppState,
+    window: Duration,
+    tracks: HashMap<(String, String), Track>,
+}
+
+impl Adapter {
+    pub fn new(state: AppState, window: Duration) -> Adapter {
+        Adapter { state, window, tracks: HashMap::new() }
+    }
+
+    pub async fn look(&mut self) {
+        let functions = match self.state.store.list_functions(None).await {
+            Ok(f) => f,
+            Err(e) => return tracing::error!("adaptive mode: listing functions: {e}"),
+        };
+        let sheets = match hangar_cost::Sheets::load(Some(&self.state.prices_dir)) {
+            Ok(s) => s,
+            Err(e) => return tracing::error!("adaptive mode: {e}"),
+        };
+        let auto: Vec<_> = functions.into_iter().filter(|f| f.config.mode == FunctionMode::Auto).collect();
+        self.tracks.retain(|(ns, name), _| auto.iter().any(|f| &f.namespace == ns && &f.name == name));
+        let now = hangar_api::now_ms();
+        let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX).max(1000);
+        for f in auto {
+            let track = self.tracks.entry((f.namespace.clone(), f.name.clone())).or_insert(Track {
+                revision: f.revision,
+                warm: f.config.provisioned_instances,
+                candidate: None,
+                count: 0,
+                warm_rate_milli: 0,
+            });
+            // A new revision starts from its own configuration.
+            if track.revision != f.revision {
+                *track = Track { revision: f.revision, warm: f.config.provisioned_instances, candidate: None, count: 0, warm_rate_milli: 0 };
+            }
+            let filter = hangar_store::InvocationFilter {
+                namespace: Some(f.namespace.clone()),
+                function: Some(f.name.clone()),
+                since_ms: Some(now - window_ms),
+                limit: MAX_RECORDS,
+                ..Default::default()
+            };
+            let records: Vec<_> = match self.state.store.list_invocations(filter).await {
+                Ok(r) => r.into_iter().filter(|r| r.outcome != hangar_api::Outcome::Throttled).collect(),
+                Err(e) => {
+                    tracing::error!(function = %f.name, "adaptive mode: reading invocations: {e}");
+                    continue;
+                }
+            };
+            // With more records than read, the window is what they span.
+            let span_ms = if records.len() as u32 >= MAX_RECORDS { records.iter().map(|r| now - r.started_ms).max().unwrap_or(window_ms).max(1000) } else { window_ms };
+            let requests = records.len() as u64;
+            let rate_milli = (u128::from(requests) * 1_000_000).div_ceil(span_ms as u128);
+            let window = humantime::format_duration(Duration::from_millis(span_ms as u64)).to_string();
+            let (desired, reason) = if track.warm == 0 {
+                if requests == 0 {
+                    (0, String::new())
+                } else {
+                    let stats = hangar_cost::advice::Stats {
+                        hourly_requests: vec![requests],
+                        period_s: (span_ms as u64 / 1000).max(1),
+                        requests,
+                        billed_ms: records.iter().map(|r| r.billed_ms).sum(),
+                        recent: records.iter().map(crate::usage::latency).collect(),
+                        memory_mb: f.config.memory_mb,
+                    };
+                    let policy = hangar_cost::advice::Policy { objective_ms: f.config.latency_objective_ms, ..Default::default() };
+                    match hangar_cost::advice::advise(&stats, &policy, &sheets) {
+                        Ok(d) if d.recommendation != "function" => {
+                            let n = d.costs.estimates.iter().find(|e| e.model == "provisioned").and_then(|e| e.instances).unwrap_or(1).max(1);
+                            let n = u32::try_from(n).unwrap_or(u32::MAX).min(f.config.max_instances);
+                            (n, d.reasons.last().cloned().unwrap_or_default())
+                        }
+                        _ => (0, String::new()),
+                    }
+                }
+            } else if requests == 0 {
+                (0, format!("no request in the last {window}: back to scale to zero"))
+            } else if rate_milli * 2 < track.warm_rate_milli {
+                (0, format!("traffic fell to {} req/s, under half of the {} req/s it was warmed at: back to scale to zero", show_fixed(rate_milli, 3), show_fixed(track.warm_rate_milli, 3)))
+            } else {
+                (track.warm, String::new())
+            };
+            if desired == track.warm {
+                track.candidate = None;
+                track.count = 0;
+                continue;
+            }
+            if track.candidate == Some(desired) {
+                track.count += 1;
+            } else {
+                track.candidate = Some(desired);
+                track.count = 1;
+            }
+            if track.count < STREAK {
+                continue;
+            }
+            let applied = match self.state.scheduler.route(&f.namespace, &f.name) {
+                Some(slot) if slot.deployment().revision == f.revision => slot.set_provisioned(desired).await,
+                _ => false,
+            };
+            if !applied {
+                continue;
+            }
+            let switch = ModeSwitch { at: hangar_api::rfc3339(now), revision: f.revision, from_warm: track.warm, to_warm: desired, reason: format!("{reason} (the same answer {STREAK} looks in a row)") };
+            tracing::info!(function = %f.name, from = track.warm, to = desired, "adaptive mode: {}", switch.reason);
+            if let Err(e) = self.state.store.add_mode_switch(&f.namespace, &f.name, now, &switch).await {
+                tracing::error!(function = %f.name, "adaptive mode: recording a switch: {e}");
+            }
+            if desired > 0 {
+                track.warm_rate_milli = rate_milli;
+            }
+            track.warm = desired;
+            track.candidate = None;
+            track.count = 0;
+        }
+    }
+}
+
+/// The changes adaptive mode made to a function, oldest first.
+#[utoipa::path(get, path = "/v1/functions/{name}/switches", params(("name" = String, Path), NamespaceQuery), tag = "cost",
+    responses((status = 200, body = ModeSwitchList), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn switches(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<ModeSwitchList>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    if state.store.get_function(&ns, &name).await?.is_none() {
+        return Err(ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")));
+    }
+    Ok(Json(ModeSwitchList { items: state.store.list_mode_switches(&ns, &name).await? }))
+}

@@ -1,0 +1,94 @@
+//! Adaptive mode through the real binary, on a fast clock: a function deployed with
+//! `--mode auto` whose cold starts break its latency objective is warmed (a provisioned
+//! instance) after the advisor said so three looks in a row; it stays warm while its traffic
+//! holds (no flapping, though warm instances hide the cold starts); it goes back to scale to
+//! zero once idle; every change is recorded with its reason.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use serde_json::Value;
+
+async fn switches(s: &Server, name: &str) -> Vec<Value> {
+    let v: Value = s.get(&format!("/v1/functions/{name}/switches")).send().await.unwrap().json().await.unwrap();
+    v["items"].as_array().cloned().unwrap_or_else(|| panic!("{v}"))
+}
+
+async fn provisioned(s: &Server, name: &str) -> u64 {
+    let v: Value = s.get(&format!("/v1/functions/{name}")).send().await.unwrap().json().await.unwrap();
+    v["instances"]["provisioned"].as_u64().unwrap_or(0)
+}
+
+async fn call(s: &Server) {
+    let r = s.http().post(format!("{}/fn/default/auto/", s.url)).bearer_auth(&s.admin_key).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn auto_mode_warms_a_function_for_its_latency_and_lets_it_go_when_idle() {
+    let s = Server::start_with(&["--adapt-every", "1s", "--adapt-window", "5s"]);
+    // Each call finds its instance reaped (keep-alive 1 s, no pausing): every start is cold,
+    // and a cold call takes longer than the 1 ms objective.
+    let source = "import time\ndef handler(event, context):\n    time.sleep(0.02)\n    return 'ok'\n";
+    let _code = common::python_fn(&s, "auto", source, "handler", &["--mode", "auto", "--latency-objective", "1ms", "--keep-alive", "1s", "--pause-after", "0s"]);
+    assert!(s.ok(&["fn", "get", "auto"]).contains("mode: auto (latency objective 1 ms"));
+
+    // Cold traffic: warmed once the advisor agreed three looks in a row.
+    let warmed = common::eventually("a switch to warm", Duration::from_secs(40), || async {
+        call(&s).await;
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let sw = switches(&s, "auto").await;
+        if sw.is_empty() { Err("no switch yet".to_string()) } else { Ok(sw) }
+    })
+    .await;
+    assert_eq!(warmed.len(), 1, "{warmed:?}");
+    assert_eq!((warmed[0]["from_warm"].as_u64(), warmed[0]["to_warm"].as_u64()), (Some(0), Some(1)), "{warmed:?}");
+    let reason = warmed[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("latency") && reason.contains("objective of 1 ms") && reason.contains("3 looks in a row"), "{reason}");
+    common::eventually("a provisioned instance", Duration::from_secs(10), || async {
+        let n = provisioned(&s, "auto").await;
+        if n == 1 { Ok(()) } else { Err(n.to_string()) }
+    })
+    .await;
+
+    // The same traffic goes on: warm, its calls see no cold start, and it stays warm.
+    for _ in 0..5 {
+        call(&s).await;
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+    }
+    assert_eq!(switches(&s, "auto").await.len(), 1, "no flapping while the traffic holds");
+    let recent = s.invocations("auto").await;
+    assert_eq!(recent[0]["start"], "provisioned", "{:?}", recent[0]);
+
+    // Idle: back to scale to zero, with the reason.
+    let cooled = common::eventually("a switch back to zero", Duration::from_secs(30), || async {
+        let sw = switches(&s, "auto").await;
+        if sw.len() == 2 { Ok(sw) } else { Err(format!("{sw:?}")) }
+    })
+    .await;
+    assert_eq!((cooled[1]["from_warm"].as_u64(), cooled[1]["to_warm"].as_u64()), (Some(1), Some(0)), "{cooled:?}");
+    assert!(cooled[1]["reason"].as_str().unwrap().contains("no request in the last 5s"), "{cooled:?}");
+    common::eventually("no provisioned instance", Duration::from_secs(10), || async {
+        let n = provisioned(&s, "auto").await;
+        if n == 0 { Ok(()) } else { Err(n.to_string()) }
+    })
+    .await;
+    let table = s.ok(&["fn", "switches", "auto"]);
+    assert!(table.contains("1 → 0") && table.contains("0 → 1"), "{table}");
+
+    // Bad input: auto mode is for process functions; objectives have a range (the CLI checks
+    // before sending, as the server does).
+    let refused = |args: &[&str]| {
+        let out = s.cli(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let hello = common::guest("hello");
+    let err = refused(&["fn", "deploy", "wasm-auto", "--code", hello.to_str().unwrap(), "--mode", "auto"]);
+    assert!(err.contains("mode") && err.contains("process functions"), "{err}");
+    let err = refused(&["fn", "deploy", "auto", "--runtime", "python3", "--handler", "app.handler", "--code", _code.path().to_str().unwrap(), "--latency-objective", "2m"]);
+    assert!(err.contains("latency_objective_ms"), "{err}");
+    assert_eq!(s.get("/v1/functions/nope/switches").send().await.unwrap().status(), 404);
+}
