@@ -162,15 +162,13 @@ pub struct UsageQuery {
     pub per: Option<String>,
 }
 
+/// An RFC 3339 time, or a duration back from now (`24h`), as ms since the epoch.
 fn time(field: &str, text: &str) -> Result<i64, ApiError> {
     if let Ok(d) = humantime::parse_duration(text) {
         return Ok(hangar_api::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     }
-    humantime::parse_rfc3339_weak(text)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as i64)
-        .ok_or_else(|| ApiError::bad_request("invalid_request", format!("{field}: `{text}` is neither an RFC 3339 time nor a duration like 24h")))
+    hangar_api::parse_rfc3339(text)
+        .ok_or_else(|| ApiError::bad_request("invalid_query", format!("{field}: `{text}` is neither an RFC 3339 time (e.g. 2026-01-31T12:00:00Z) nor a duration like 24h")))
 }
 
 /// Turns a stored row into the API's units, exactly.
@@ -203,12 +201,12 @@ pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQ
     let per_day = match q.per.as_deref() {
         None | Some("hour") => false,
         Some("day") => true,
-        Some(other) => return Err(ApiError::bad_request("invalid_request", format!("per: `{other}` is not `hour` or `day`"))),
+        Some(other) => return Err(ApiError::bad_request("invalid_query", format!("per: `{other}` is not `hour` or `day`"))),
     };
     if let Some(k) = q.kind.as_deref()
         && !["function", "service", "sandbox"].contains(&k)
     {
-        return Err(ApiError::bad_request("invalid_request", format!("kind: `{k}` is not function, service or sandbox")));
+        return Err(ApiError::bad_request("invalid_query", format!("kind: `{k}` is not function, service or sandbox")));
     }
     let since = q.since.as_deref().map(|t| time("since", t)).transpose()?.unwrap_or(hangar_api::now_ms() - 24 * HOUR_MS);
     let until = q.until.as_deref().map(|t| time("until", t)).transpose()?;
