@@ -3,7 +3,8 @@
 //! their records are written (the store adds them to the hourly rows in the same
 //! transaction); their provisioned and paused instances are sampled (for a function, a row's
 //! running time is its provisioned instances' time).
-//! Services and sandboxes are sampled every [`SAMPLE`]: a service's instances × the time since
+//! Services and sandboxes are sampled every `--meter-every` (the server's loop calls
+//! [`Meter::sample`]): a service's instances × the time since
 //! the last sample, and a sandbox's own running, paused and standby counters (exact: only the
 //! difference since the last sample is added). Rows older than the retention are pruned.
 
@@ -22,8 +23,6 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiQuery};
 
-/// How often services and sandboxes are sampled.
-pub const SAMPLE: Duration = Duration::from_secs(10);
 const HOUR_MS: i64 = 3_600_000;
 
 /// A sandbox's counters at a sample: running, paused, standby ms and standby byte-ms.
@@ -45,8 +44,8 @@ fn counters(sb: &hangar_api::sandboxes::Sandbox, now: i64) -> Counters {
     (r, p, s, b)
 }
 
-/// The meter of services and sandboxes: the server calls [`Meter::sample`] every [`SAMPLE`],
-/// and once more at shutdown.
+/// The meter of services and sandboxes: the server calls [`Meter::sample`] every
+/// `--meter-every`, and once more at shutdown.
 pub struct Meter {
     state: AppState,
     retention: Duration,
