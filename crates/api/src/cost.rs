@@ -109,7 +109,7 @@ pub struct UsageDelta {
     pub requests: u64,
     pub errors: u64,
     pub cold_starts: u64,
-    /// Billed milliseconds (functions).
+    /// Billed milliseconds (functions); for a service, the time spent serving its requests.
     pub billed_ms: u64,
     /// Memory-time: MiB × ms (functions: billed; services and sandboxes: while running).
     pub mb_ms: u64,
@@ -146,6 +146,7 @@ pub struct UsageRow {
     pub requests: u64,
     pub errors: u64,
     pub cold_starts: u64,
+    /// Billed ms (functions); for a service, the time spent serving its requests.
     pub billed_ms: u64,
     /// GB-seconds (GiB × s of memory), exact decimal.
     pub gb_seconds: String,
@@ -201,12 +202,12 @@ pub struct Advice {
     pub observed: Observed,
     /// What each model would cost a month at the observed traffic.
     pub costs: CalcAnswer,
-    /// `function`, `provisioned` or `service`.
+    /// `function`, `provisioned`, `service` or `sandbox`.
     pub recommendation: String,
     /// What the decision rests on, in order.
     pub reasons: Vec<String>,
-    /// Dollars a month saved against running it as a plain function (negative: it costs more,
-    /// for latency).
+    /// Dollars a month saved against the model it runs on now (`kind`; negative: it costs
+    /// more, for latency or because only that model runs it).
     pub monthly_saving: String,
 }
 

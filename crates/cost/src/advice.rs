@@ -1,8 +1,10 @@
 //! The advisor: from what a workload did (hourly requests, durations, cold starts), which
-//! execution model it should run on and why — traffic pattern (steady or spiky), duration
-//! against the function limit, latency (cold starts against an objective), and what each model
-//! costs a month at that traffic. A model must save at least [`MARGIN_PCT`] to be recommended
-//! over the plain function, so small differences do not make it flap.
+//! execution model it should run on — function, provisioned, service or sandbox — and why:
+//! traffic pattern (steady or spiky), duration against the function limit (long jobs go to a
+//! service, or to a sandbox per job when a service would sit idle), latency (cold starts
+//! against an objective), and what each model costs a month at that traffic. A model must save
+//! at least [`MARGIN_PCT`] against the one the workload runs on now to be recommended, so small
+//! differences do not make it flap.
 
 use hangar_api::cost::{CalcAnswer, CalcRequest, Observed};
 
@@ -25,6 +27,11 @@ pub struct Stats {
     /// Billed durations of recent requests, ms, with whether each was a cold start.
     pub recent: Vec<(u64, bool)>,
     pub memory_mb: u32,
+    /// vCPUs (a decimal), when the workload has a size of its own (a service); default 1.
+    pub cpus: Option<String>,
+    /// The model it runs on now: `function` (the default) or `service`. Savings are against
+    /// it, and another model must beat it by [`MARGIN_PCT`].
+    pub current: Option<String>,
 }
 
 /// What to compare with and what latency to keep.
@@ -45,7 +52,7 @@ pub struct Decision {
     pub costs: CalcAnswer,
     pub recommendation: String,
     pub reasons: Vec<String>,
-    /// Pico-dollars a month saved against the plain function (negative: costs more).
+    /// Pico-dollars a month saved against the model it runs on now (negative: costs more).
     pub saving_pico: i128,
 }
 
@@ -115,7 +122,7 @@ pub fn advise(stats: &Stats, policy: &Policy, sheets: &Sheets) -> Result<Decisio
         rps: show_fixed(mean_milli, 3),
         duration: format!("{mean_ms}ms"),
         memory_mb: stats.memory_mb,
-        cpus: None,
+        cpus: stats.cpus.clone(),
         peak_rps: Some(show_fixed(peak_milli, 3)),
         concurrency: policy.concurrency,
         target_utilization: None,
@@ -124,7 +131,9 @@ pub fn advise(stats: &Stats, policy: &Policy, sheets: &Sheets) -> Result<Decisio
     };
     let costs = crate::calc(&req, sheets)?;
     let cost_of = |model: &str| costs.estimates.iter().find(|e| e.model == model).and_then(|e| Money::parse(&e.monthly).ok()).map(Money::pico);
-    let (f, p, s) = (cost_of("function"), cost_of("provisioned"), cost_of("service"));
+    let (f, p, s, b) = (cost_of("function"), cost_of("provisioned"), cost_of("service"), cost_of("sandbox"));
+    let current = if stats.current.as_deref() == Some("service") { "service" } else { "function" };
+    let cost_now = if current == "service" { s } else { f };
     let mut reasons = vec![
         format!(
             "traffic: {} requests in {}, mean {} req/s, busiest period {} req/s, {idle_pct}% of periods idle, variation {cv_pct}%: {pattern}",
@@ -139,16 +148,26 @@ pub fn advise(stats: &Stats, policy: &Policy, sheets: &Sheets) -> Result<Decisio
     let limit_ms = fsheet.function.as_ref().and_then(|x| x.max_duration_s).map(|s| s * 1000);
     let costs_line = costs.estimates.iter().map(|e| format!("{} {} ({})", e.model, dollars(Money::parse(&e.monthly).map(Money::pico).unwrap_or(0)), e.sheet)).collect::<Vec<_>>().join(", ");
     reasons.push(format!("cost a month at this traffic: {costs_line}"));
-    let f_cost = f.unwrap_or(u128::MAX);
-    let worth = |other: u128| f_cost == u128::MAX || other * 100 <= f_cost * (100 - MARGIN_PCT);
+    // `other` is worth a change from `base` when it saves at least the margin.
+    let beats = |other: u128, base: Option<u128>| base.is_none_or(|base| other * 100 <= base * (100 - MARGIN_PCT));
     let (recommendation, why) = if let Some(limit) = limit_ms.filter(|l| observed.p99_duration_ms > *l) {
-        ("service", format!("requests run up to {} s at p99, over the function limit of {} s: only an always-on service runs them", observed.p99_duration_ms / 1000, limit / 1000))
+        let over = format!("requests run up to {} s at p99, over the function limit of {} s", observed.p99_duration_ms / 1000, limit / 1000);
+        match (s, b) {
+            (Some(s), Some(b)) if beats(b, Some(s)) => (
+                "sandbox",
+                format!(
+                    "{over}; an always-on service would sit idle between them ({pattern} traffic), so a sandbox per job, resumed from standby for it and billed only while it runs, costs {} a month less than the service",
+                    dollars(s - b)
+                ),
+            ),
+            _ => ("service", format!("{over}: only an always-on service (or a sandbox, which would not cost less here) runs them")),
+        }
     } else if let Some(obj) = policy.objective_ms.filter(|o| cold_pct > 0 && observed.cold_p99_ms > *o) {
         let warm_choice = match (p, s) {
             (Some(p), Some(s)) if s < p => ("service", s),
             (Some(p), _) => ("provisioned", p),
             (None, Some(s)) => ("service", s),
-            (None, None) => ("function", f_cost),
+            (None, None) => ("function", f.unwrap_or(u128::MAX)),
         };
         (
             warm_choice.0,
@@ -157,8 +176,18 @@ pub fn advise(stats: &Stats, policy: &Policy, sheets: &Sheets) -> Result<Decisio
                 observed.cold_p99_ms, observed.warm_p99_ms, warm_choice.0
             ),
         )
-    } else if let Some(s) = s.filter(|s| worth(*s)) {
-        ("service", format!("an always-on service costs {} a month less than the function at this traffic ({pattern} traffic keeps its instances busy)", dollars(f_cost - s)))
+    } else if current == "function"
+        && let Some(s) = s.filter(|s| beats(*s, f))
+    {
+        let saved = f.map_or(String::new(), |f| format!(" {} a month less than", dollars(f - s)));
+        ("service", format!("an always-on service costs{saved} the function at this traffic ({pattern} traffic keeps its instances busy)"))
+    } else if current == "service"
+        && let Some(f) = f.filter(|f| beats(*f, s))
+    {
+        let saved = s.map_or(String::new(), |s| format!(" {} a month less than", dollars(s - f)));
+        ("function", format!("{pattern} traffic with {idle_pct}% idle hours: a scale-to-zero function costs{saved} the always-on service (its first requests after idle would start cold)"))
+    } else if current == "service" {
+        ("service", format!("{pattern} traffic keeps the service busy enough: a function would not cost {MARGIN_PCT}% less"))
     } else {
         let why = match pattern {
             "steady" => "the function costs least even for this steady traffic".to_string(),
@@ -170,10 +199,11 @@ pub fn advise(stats: &Stats, policy: &Policy, sheets: &Sheets) -> Result<Decisio
     let chosen = match recommendation {
         "service" => s,
         "provisioned" => p,
+        "sandbox" => b,
         _ => f,
     };
-    let saving_pico = match (f, chosen) {
-        (Some(f), Some(c)) => f as i128 - c as i128,
+    let saving_pico = match (cost_now, chosen) {
+        (Some(now), Some(c)) => now as i128 - c as i128,
         _ => 0,
     };
     Ok(Decision { observed, costs, recommendation: recommendation.into(), reasons, saving_pico })
@@ -186,7 +216,7 @@ mod tests {
     fn stats(hourly: Vec<u64>, duration_ms: u64, cold_every: usize) -> Stats {
         let requests = hourly.iter().sum();
         let recent = (0..1000).map(|i| if cold_every > 0 && i % cold_every == 0 { (duration_ms * 10, true) } else { (duration_ms, false) }).collect();
-        Stats { requests, billed_ms: requests * duration_ms, hourly_requests: hourly, period_s: 0, recent, memory_mb: 512 }
+        Stats { requests, billed_ms: requests * duration_ms, hourly_requests: hourly, period_s: 0, recent, memory_mb: 512, cpus: None, current: None }
     }
 
     #[test]
@@ -212,11 +242,43 @@ mod tests {
     }
 
     #[test]
-    fn long_running_requests_need_a_service() {
-        // 20-minute jobs, over Lambda's 15.
-        let d = advise(&stats(vec![3; 24], 20 * 60 * 1000, 0), &Policy::default(), &Sheets::builtin()).unwrap();
-        assert_eq!(d.recommendation, "service", "{:?}", d.reasons);
-        assert!(d.reasons.last().unwrap().contains("over the function limit of 900 s"));
+    fn long_running_requests_need_a_service_or_a_sandbox() {
+        // 20-minute jobs, over Lambda's 15, 3 an hour all day, and a service that runs 10 at
+        // once: one instance always busy, which a sandbox per job would not beat.
+        let busy = advise(&stats(vec![3; 24], 20 * 60 * 1000, 0), &Policy { concurrency: Some(10), ..Default::default() }, &Sheets::builtin()).unwrap();
+        assert_eq!(busy.recommendation, "service", "{:?}", busy.reasons);
+        assert!(busy.reasons.last().unwrap().contains("over the function limit of 900 s"));
+        // Two such jobs a day: a service would sit idle; a sandbox per job costs a fraction.
+        let mut hourly = vec![0; 24 * 7];
+        for day in 0..7 {
+            hourly[day * 24 + 9] = 1;
+            hourly[day * 24 + 17] = 1;
+        }
+        let sparse = advise(&stats(hourly, 20 * 60 * 1000, 0), &Policy::default(), &Sheets::builtin()).unwrap();
+        assert_eq!(sparse.recommendation, "sandbox", "{:?}", sparse.reasons);
+        assert!(sparse.reasons.last().unwrap().contains("a sandbox per job"), "{:?}", sparse.reasons);
+        assert!(sparse.saving_pico < 0, "a sandbox costs more than the function would (which cannot run these jobs)");
+    }
+
+    #[test]
+    fn services_are_weighed_against_their_own_cost() {
+        let service = |hourly: Vec<u64>| Stats { current: Some("service".into()), cpus: Some("0.5".into()), ..stats(hourly, 80, 0) };
+        // A steady 50 req/s service with 80 concurrent requests per instance stays one.
+        let steady = advise(&service(vec![180_000; 72]), &Policy { concurrency: Some(80), ..Default::default() }, &Sheets::builtin()).unwrap();
+        assert_eq!(steady.recommendation, "service", "{:?}", steady.reasons);
+        assert_eq!(steady.saving_pico, 0);
+        // A few hundred requests a day: the function costs less, and the saving is against
+        // the service.
+        let mut hourly = vec![0; 72];
+        for h in (0..72).step_by(8) {
+            hourly[h] = 300;
+        }
+        let sparse = advise(&service(hourly), &Policy::default(), &Sheets::builtin()).unwrap();
+        assert_eq!(sparse.recommendation, "function", "{:?}", sparse.reasons);
+        assert!(sparse.saving_pico > 0, "{:?}", sparse.reasons);
+        let service_cost = Money::parse(&sparse.costs.estimates.iter().find(|e| e.model == "service").unwrap().monthly).unwrap().pico();
+        let function_cost = Money::parse(&sparse.costs.estimates.iter().find(|e| e.model == "function").unwrap().monthly).unwrap().pico();
+        assert_eq!(sparse.saving_pico, service_cost as i128 - function_cost as i128);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The monthly cost (730 hours) of a traffic shape under each execution model, from a price
 //! sheet, in exact integer arithmetic: a scale-to-zero function (requests and resource-time,
 //! rounded to the sheet's granularity, after its free tier), provisioned instances (kept for
-//! the peak, plus requests and duration at their own rate), and an always-on service sized for
-//! the peak at a target utilization. And the break-even rate between function and service.
+//! the peak, plus requests and duration at their own rate), an always-on service sized for
+//! the peak at a target utilization, and a sandbox per job (billed only while jobs run). And
+//! the break-even rate between function and service.
 
 use hangar_api::cost::{CalcAnswer, CalcRequest, CostLine, Estimate};
 
@@ -181,6 +182,30 @@ pub fn service(sheet: &Sheet, t: &Traffic) -> Option<(Estimate, u128)> {
     Some((estimate("service", sheet, lines, &[cpu, mem], Some(n), Vec::new()), cpu + mem))
 }
 
+/// Requests shorter than this would wait longer for a sandbox to resume from standby than
+/// they run: the sandbox model fits jobs, not requests.
+const SANDBOX_MIN_US: u128 = 1_000_000;
+
+/// A sandbox per job: resumed from standby for the job, billed by the second while it runs at
+/// the service sheet's instance prices, back on standby after (its disk is not priced here),
+/// or `None` when the sheet does not price instances.
+pub fn sandbox(sheet: &Sheet, t: &Traffic) -> Option<(Estimate, u128)> {
+    let s = sheet.service.as_ref()?;
+    let busy_ms = (t.requests() * t.duration_us).div_ceil(1000);
+    let in_flight = (t.rps_milli * t.duration_us).div_ceil(1_000_000_000).max(1);
+    let cpu = div_round(busy_ms.saturating_mul(t.cpus_milli).saturating_mul(s.per_vcpu_hour.pico()), 1000 * 3_600_000);
+    let mem = div_round(busy_ms.saturating_mul(t.memory_mb).saturating_mul(s.per_gb_hour.pico()), 1024 * 3_600_000);
+    let lines = vec![
+        line(&format!("jobs × {} vCPU, while they run", show_fixed(t.cpus_milli, 3)), show_fixed(busy_ms * t.cpus_milli / 3_600, 6), "vCPU-hour", s.per_vcpu_hour, cpu),
+        line(&format!("jobs × {} MiB, while they run", t.memory_mb), show_fixed(busy_ms * t.memory_mb * 9_765_625 / 3_600, 13), "GB-hour", s.per_gb_hour, mem),
+    ];
+    let mut notes = Vec::new();
+    if t.duration_us < SANDBOX_MIN_US {
+        notes.push("requests shorter than 1 s would wait longer for a sandbox to resume from standby than they run: this model fits jobs, not requests".to_string());
+    }
+    Some((estimate("sandbox", sheet, lines, &[cpu, mem], Some(in_flight), notes), cpu + mem))
+}
+
 /// The lowest mean rate (requests per second × 1000) at which the function costs more than
 /// the service, the peak kept in proportion to the mean; `None` up to the calculator's limit.
 pub fn break_even(function_sheet: &Sheet, service_sheet: &Sheet, t: &Traffic) -> Option<u128> {
@@ -242,6 +267,7 @@ pub fn calc(req: &CalcRequest, sheets: &Sheets) -> Result<CalcAnswer, CostError>
     all.extend(function(fsheet, &t));
     all.extend(provisioned(fsheet, &t));
     all.extend(service(ssheet, &t));
+    all.extend(sandbox(ssheet, &t));
     if all.is_empty() {
         return Err(CostError::Invalid(format!("sheet: `{}` prices neither functions nor services", fsheet.name)));
     }
@@ -265,6 +291,7 @@ mod tests {
         let e = match model {
             "function" => function(s, &t),
             "provisioned" => provisioned(s, &t),
+            "sandbox" => sandbox(s, &t),
             _ => service(s, &t),
         };
         e.unwrap().0.monthly
@@ -273,6 +300,14 @@ mod tests {
     /// Each expected figure was worked out by hand from the sheet's published prices.
     #[test]
     fn bills_match_hand_computations() {
+        // A sandbox per 20-minute job, 3.6 jobs an hour (0.001 rps), 1 vCPU and 2 GiB, at
+        // Fargate's prices: 2,628 jobs × 1,200 s = 876 h; 876 vCPU-h × $0.04048 = $35.46048 and
+        // 1,752 GB-h × $0.004445 = $7.78764. The always-on service needs 2 instances (1.2 jobs
+        // in flight at 70 %): 2 × 730 h × ($0.04048 + 2 × $0.004445) = $72.0802.
+        let mut jobs = req("0.001", "20m", 2048);
+        jobs.cpus = Some("1".into());
+        assert_eq!(cost("sandbox", "aws-fargate", &jobs), "43.24812");
+        assert_eq!(cost("service", "aws-fargate", &jobs), "72.0802");
         // x86, 1 rps for 730 h = 2,628,000 requests of 1 s at 512 MB = 1,314,000 GB-s;
         // less 400,000 free = 914,000 × $0.0000166667 = $15.2333638; requests
         // (2,628,000 − 1,000,000) × $0.20/M = $0.3256.

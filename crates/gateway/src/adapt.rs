@@ -102,10 +102,14 @@ impl Adapter {
                         billed_ms: records.iter().map(|r| r.billed_ms).sum(),
                         recent: records.iter().map(crate::usage::latency).collect(),
                         memory_mb: f.config.memory_mb,
+                        cpus: None,
+                        current: None,
                     };
                     let policy = hangar_cost::advice::Policy { objective_ms: f.config.latency_objective_ms, ..Default::default() };
                     match hangar_cost::advice::advise(&stats, &policy, &sheets) {
-                        Ok(d) if d.recommendation != "function" => {
+                        // Warm instances answer `provisioned` and `service` alike; a sandbox per
+                        // job is not something a function can switch to by itself.
+                        Ok(d) if matches!(d.recommendation.as_str(), "provisioned" | "service") => {
                             let n = d.costs.estimates.iter().find(|e| e.model == "provisioned").and_then(|e| e.instances).unwrap_or(1).max(1);
                             let n = u32::try_from(n).unwrap_or(u32::MAX).min(f.config.max_instances);
                             (n, d.reasons.last().cloned().unwrap_or_default())

@@ -256,7 +256,9 @@ pub async fn internal(State(state): State<AppState>, axum::extract::ConnectInfo(
 
 /// Sends `req` to the service's ready instance with the fewest requests in flight, at `path`
 /// (plus the request's query), and streams the answer back.
-async fn forward(svc: &hangar_service::Service, mut req: Request, path: &str) -> Result<Response, ApiError> {
+async fn forward(svc: &Arc<hangar_service::Service>, mut req: Request, path: &str) -> Result<Response, ApiError> {
+    // Counted when the answer's body ends (or the request fails first: dropped early).
+    let mut served = Served { svc: svc.clone(), start: std::time::Instant::now(), failed: true };
     let name = svc.name.clone();
     let endpoint = match svc.pick() {
         Some(e) => e,
@@ -312,6 +314,7 @@ async fn forward(svc: &hangar_service::Service, mut req: Request, path: &str) ->
     let resp = resp.map_err(|e| {
         ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("service `{name}` (instance at {}) did not answer: {e}", endpoint.addr()))
     })?;
+    served.failed = resp.status().is_server_error();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_side) = client_upgrade
     {
@@ -332,7 +335,7 @@ async fn forward(svc: &hangar_service::Service, mut req: Request, path: &str) ->
     }
     // The request counts as outstanding until its response body ends.
     let body = body.map_frame(move |f| {
-        let _ = &endpoint;
+        let _ = (&endpoint, &served);
         f
     });
     Ok(Response::from_parts(head, Body::new(body)))
@@ -365,5 +368,18 @@ impl hangar_events::ServiceSink for EventSink {
         let body = http_body_util::Limited::new(resp.into_body(), 256 * 1024);
         let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
         Ok((status, bytes))
+    }
+}
+
+/// One request to a service, counted in its traffic when dropped.
+struct Served {
+    svc: Arc<hangar_service::Service>,
+    start: std::time::Instant,
+    failed: bool,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.svc.traffic.record(self.start, self.failed);
     }
 }

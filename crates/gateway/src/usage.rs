@@ -1,11 +1,11 @@
 //! Metering beyond invocations, `GET /v1/usage`, and `GET /v1/advice` (the advisor fed with
-//! what the meter and the invocation records saw). Functions' requests are metered exactly as
+//! what the meter, the invocation records and the gateway's service counters saw). Functions' requests are metered exactly as
 //! their records are written (the store adds them to the hourly rows in the same
 //! transaction); their provisioned and paused instances are sampled (for a function, a row's
 //! running time is its provisioned instances' time).
 //! Services and sandboxes are sampled every `--meter-every` (the server's loop calls
-//! [`Meter::sample`]): a service's instances × the time since
-//! the last sample, and a sandbox's own running, paused and standby counters (exact: only the
+//! [`Meter::sample`]): a service's instances × the time since the last sample, plus the
+//! requests the gateway counted for it (and the time spent serving them), and a sandbox's own running, paused and standby counters (exact: only the
 //! difference since the last sample is added). Rows older than the retention are pruned.
 
 use std::collections::HashMap;
@@ -81,6 +81,11 @@ impl Meter {
                 }
                 let ms = n * elapsed;
                 deltas.push(UsageDelta { namespace, kind: "service".into(), name, hour_ms, running_ms: ms, mb_ms: ms * memory_mb, vcpu_milli_ms: ms * cpus_milli, ..Default::default() });
+            }
+            // Their requests, as the gateway counted them: a row's billed ms is the time spent
+            // serving them.
+            for (namespace, name, t) in services.take_traffic() {
+                deltas.push(UsageDelta { namespace, kind: "service".into(), name, hour_ms, requests: t.requests, errors: t.errors, billed_ms: t.busy_ms, ..Default::default() });
             }
         }
         // Functions' instances kept initialized (provisioned) and paused, × the time since the
@@ -228,21 +233,33 @@ pub fn latency(r: &hangar_api::InvocationRecord) -> (u64, bool) {
 #[serde(deny_unknown_fields)]
 pub struct AdviceQuery {
     pub namespace: Option<String>,
-    /// One function; default every function with requests in the window.
+    /// One workload; default every function and service with requests in the window.
     pub name: Option<String>,
+    /// `function` or `service`; default both.
+    pub kind: Option<String>,
     /// RFC 3339 time or a duration back from now; default 7d.
     pub since: Option<String>,
     /// Price sheet of the function and provisioned models (default aws-lambda-x86).
     pub sheet: Option<String>,
-    /// Price sheet of the always-on service (default aws-fargate).
+    /// Price sheet of the always-on service and sandbox models (default aws-fargate).
     pub service_sheet: Option<String>,
-    /// Requests one service instance would serve at once (default 1).
+    /// Requests one service instance would serve at once (default 1; a service's own
+    /// `concurrency` for services).
     pub concurrency: Option<u32>,
     /// p99 latency objective, ms: cold starts beyond it call for warm instances.
     pub objective_ms: Option<u64>,
 }
 
-/// Which model each function should run on, and why.
+/// A workload the advisor looks at, with its size.
+struct Workload {
+    kind: &'static str,
+    name: String,
+    memory_mb: u32,
+    cpus: Option<String>,
+    concurrency: Option<u32>,
+}
+
+/// Which model each function and service should run on, and why.
 #[utoipa::path(get, path = "/v1/advice", params(AdviceQuery), tag = "cost",
     responses((status = 200, body = hangar_api::cost::AdviceList), (status = 400, body = hangar_api::ErrorBody), (status = 404, body = hangar_api::ErrorBody)))]
 pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<AdviceQuery>) -> Result<Json<hangar_api::cost::AdviceList>, ApiError> {
@@ -250,48 +267,92 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
     let now = hangar_api::now_ms();
     let since = q.since.as_deref().map(|t| time("since", t)).transpose()?.unwrap_or(now - 7 * 24 * HOUR_MS);
     let since_hour = since.div_euclid(HOUR_MS) * HOUR_MS;
-    let functions = match &q.name {
-        Some(name) => vec![state.store.get_function(&ns, name).await?.ok_or_else(|| ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")))?],
-        None => state.store.list_functions(Some(&ns)).await?,
+    let (functions, services) = match q.kind.as_deref() {
+        None => (true, true),
+        Some("function") => (true, false),
+        Some("service") => (false, true),
+        Some(other) => return Err(ApiError::bad_request("invalid_query", format!("kind: `{other}` is not function or service (the advisor weighs those two; sandboxes are metered in `hangar usage`)"))),
     };
+    let function = |f: hangar_store::FunctionRow| Workload { kind: "function", name: f.name, memory_mb: f.config.memory_mb, cpus: None, concurrency: q.concurrency };
+    let service = |r: hangar_store::ServiceRow| Workload {
+        kind: "service",
+        name: r.name,
+        memory_mb: r.config.memory_mb,
+        cpus: Some(format!("{:.3}", r.config.cpus)),
+        concurrency: Some(q.concurrency.unwrap_or(r.config.concurrency)),
+    };
+    let mut workloads = Vec::new();
+    match &q.name {
+        Some(name) => {
+            if functions && let Some(f) = state.store.get_function(&ns, name).await? {
+                workloads.push(function(f));
+            }
+            if services && let Some(r) = state.store.get_service(&ns, name).await? {
+                workloads.push(service(r));
+            }
+            if workloads.is_empty() {
+                return Err(ApiError::not_found(format_args!("function or service `{name}` in namespace `{ns}`")));
+            }
+        }
+        None => {
+            if functions {
+                workloads.extend(state.store.list_functions(Some(&ns)).await?.into_iter().map(function));
+            }
+            if services {
+                workloads.extend(state.store.list_services(Some(&ns)).await?.into_iter().map(service));
+            }
+        }
+    }
     let sheets = hangar_cost::Sheets::load(Some(&state.prices_dir))?;
-    let policy = hangar_cost::advice::Policy { sheet: q.sheet.clone(), service_sheet: q.service_sheet.clone(), concurrency: q.concurrency, objective_ms: q.objective_ms };
     let mut items = Vec::new();
-    for f in functions {
+    for w in workloads {
         let rows = state
             .store
-            .list_usage(UsageFilter { namespace: Some(ns.clone()), kind: Some("function".into()), name: Some(f.name.clone()), since_ms: Some(since_hour), until_ms: None, per_day: false })
+            .list_usage(UsageFilter { namespace: Some(ns.clone()), kind: Some(w.kind.into()), name: Some(w.name.clone()), since_ms: Some(since_hour), until_ms: None, per_day: false })
             .await?;
-        let Some(first) = rows.first().map(|r| r.hour_ms) else {
+        let Some(first) = rows.iter().find(|r| r.requests > 0).map(|r| r.hour_ms) else {
             if q.name.is_some() {
-                return Err(ApiError::bad_request("no_usage", format!("function `{}` has no requests since {}: nothing to advise on yet", f.name, hangar_api::rfc3339(since))));
+                return Err(ApiError::bad_request("no_usage", format!("{} `{}` has no requests since {}: nothing to advise on yet", w.kind, w.name, hangar_api::rfc3339(since))));
             }
             continue;
         };
         let current = now.div_euclid(HOUR_MS) * HOUR_MS;
         let mut hourly = vec![0u64; usize::try_from((current - first) / HOUR_MS + 1).unwrap_or(1)];
         let (mut requests, mut billed) = (0, 0);
-        for r in &rows {
+        for r in rows.iter().filter(|r| r.hour_ms >= first) {
             if let Some(slot) = usize::try_from((r.hour_ms - first) / HOUR_MS).ok().and_then(|i| hourly.get_mut(i)) {
                 *slot += r.requests;
             }
             requests += r.requests;
             billed += r.billed_ms;
         }
-        let recent = state
-            .store
-            .list_invocations(hangar_store::InvocationFilter { namespace: Some(ns.clone()), function: Some(f.name.clone()), since_ms: Some(since), limit: 1000, ..Default::default() })
-            .await?
-            .iter()
-            .filter(|r| r.outcome != hangar_api::Outcome::Throttled)
-            .map(latency)
-            .collect();
-        let stats = hangar_cost::advice::Stats { hourly_requests: hourly, period_s: 3600, requests, billed_ms: billed, recent, memory_mb: f.config.memory_mb };
+        let recent = match w.kind {
+            "service" => state.services.as_ref().and_then(|s| s.get(&ns, &w.name)).map(|s| s.traffic.recent_ms().into_iter().map(|ms| (ms, false)).collect()).unwrap_or_default(),
+            _ => state
+                .store
+                .list_invocations(hangar_store::InvocationFilter { namespace: Some(ns.clone()), function: Some(w.name.clone()), since_ms: Some(since), limit: 1000, ..Default::default() })
+                .await?
+                .iter()
+                .filter(|r| r.outcome != hangar_api::Outcome::Throttled)
+                .map(latency)
+                .collect(),
+        };
+        let stats = hangar_cost::advice::Stats {
+            hourly_requests: hourly,
+            period_s: 3600,
+            requests,
+            billed_ms: billed,
+            recent,
+            memory_mb: w.memory_mb,
+            cpus: w.cpus,
+            current: Some(w.kind.into()),
+        };
+        let policy = hangar_cost::advice::Policy { sheet: q.sheet.clone(), service_sheet: q.service_sheet.clone(), concurrency: w.concurrency, objective_ms: q.objective_ms };
         let d = hangar_cost::advice::advise(&stats, &policy, &sheets)?;
         items.push(hangar_api::cost::Advice {
             namespace: ns.clone(),
-            name: f.name.clone(),
-            kind: "function".into(),
+            name: w.name,
+            kind: w.kind.into(),
             observed: d.observed,
             costs: d.costs,
             recommendation: d.recommendation,

@@ -115,26 +115,9 @@ pub enum Command {
         #[arg(long, default_value = "hour")]
         per: String,
     },
-    /// Which model each function should run on (function, provisioned or service), and why
-    Advise {
-        /// Only this function
-        name: Option<String>,
-        /// Look at traffic from this time (RFC 3339) or this long ago [default: 7d]
-        #[arg(long)]
-        since: Option<String>,
-        /// Price sheet of the function and provisioned models [default: aws-lambda-x86]
-        #[arg(long)]
-        sheet: Option<String>,
-        /// Price sheet of the always-on service [default: aws-fargate]
-        #[arg(long)]
-        service_sheet: Option<String>,
-        /// Requests one service instance would serve at once [default: 1]
-        #[arg(long)]
-        concurrency: Option<u32>,
-        /// p99 latency objective (e.g. 200ms): cold starts beyond it call for warm instances
-        #[arg(long)]
-        objective: Option<String>,
-    },
+    /// Which model each function and service should run on (function, provisioned, service or
+    /// sandbox), and why
+    Advise(AdviseArgs),
     /// Price sheets the cost calculator uses (built in, and yours in <data-dir>/prices/*.toml)
     #[command(subcommand)]
     Prices(PricesCommand),
@@ -1195,4 +1178,28 @@ pub enum CostCommand {
         #[arg(long)]
         service_sheet: Option<String>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AdviseArgs {
+    /// Only this function or service
+    pub name: Option<String>,
+    /// Only `function`s or `service`s [default: both]
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Look at traffic from this time (RFC 3339) or this long ago [default: 7d]
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Price sheet of the function and provisioned models [default: aws-lambda-x86]
+    #[arg(long)]
+    pub sheet: Option<String>,
+    /// Price sheet of the always-on service and sandbox models [default: aws-fargate]
+    #[arg(long)]
+    pub service_sheet: Option<String>,
+    /// Requests one service instance would serve at once [default: 1; a service's own concurrency]
+    #[arg(long)]
+    pub concurrency: Option<u32>,
+    /// p99 latency objective (e.g. 200ms): cold starts beyond it call for warm instances
+    #[arg(long)]
+    pub objective: Option<String>,
 }

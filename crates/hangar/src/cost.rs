@@ -108,23 +108,27 @@ pub async fn run_usage(cli: &Cli, name: Option<&str>, kind: Option<&str>, since:
     Ok(())
 }
 
-/// `hangar advise`: the advisor's recommendation for each function, with its reasons.
-pub async fn run_advise(
-    cli: &Cli,
-    name: Option<&str>,
-    since: Option<&str>,
-    sheet: Option<&str>,
-    service_sheet: Option<&str>,
-    concurrency: Option<u32>,
-    objective: Option<&str>,
-) -> Result<()> {
+/// `hangar advise`: the advisor's recommendation for each function and service, with its
+/// reasons.
+pub async fn run_advise(cli: &Cli, args: &crate::cli::AdviseArgs) -> Result<()> {
     let client = client(cli);
     let mut q = ns_query(cli.namespace.as_deref());
-    let objective_ms = objective
+    let objective_ms = args
+        .objective
+        .as_deref()
         .map(|o| humantime::parse_duration(o).map(|d| d.as_millis().to_string()).with_context(|| format!("--objective `{o}` is not a duration like 200ms")))
         .transpose()?;
-    let concurrency = concurrency.map(|c| c.to_string());
-    for (k, v) in [("name", name), ("since", since), ("sheet", sheet), ("service_sheet", service_sheet), ("concurrency", concurrency.as_deref()), ("objective_ms", objective_ms.as_deref())] {
+    let concurrency = args.concurrency.map(|c| c.to_string());
+    let pairs = [
+        ("name", args.name.as_deref()),
+        ("kind", args.kind.as_deref()),
+        ("since", args.since.as_deref()),
+        ("sheet", args.sheet.as_deref()),
+        ("service_sheet", args.service_sheet.as_deref()),
+        ("concurrency", concurrency.as_deref()),
+        ("objective_ms", objective_ms.as_deref()),
+    ];
+    for (k, v) in pairs {
         if let Some(v) = v {
             q.push((k, v.to_string()));
         }
@@ -134,15 +138,15 @@ pub async fn run_advise(
         return print_json(&list);
     }
     if list.items.is_empty() {
-        println!("no function had requests in the window: nothing to advise on yet");
+        println!("no function or service had requests in the window: nothing to advise on yet");
     }
     for a in &list.items {
         let saving = match a.monthly_saving.strip_prefix('-') {
-            Some(more) => format!("costs {} a month more than a plain function, for latency", dollars(more)),
-            None if a.recommendation == "function" => "already the cheapest".to_string(),
-            None => format!("saves {} a month", dollars(&a.monthly_saving)),
+            Some(more) => format!("costs {} a month more than it does as a {} now", dollars(more), a.kind),
+            None if a.recommendation == a.kind => format!("stays a {}", a.kind),
+            None => format!("saves {} a month against it as a {} now", dollars(&a.monthly_saving), a.kind),
         };
-        println!("{}: run as {} ({saving})", a.name, a.recommendation);
+        println!("{} ({}): run as {} ({saving})", a.name, a.kind, a.recommendation);
         for r in &a.reasons {
             println!("  - {r}");
         }

@@ -82,9 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Image(cmd) => images::run(&cli, cmd).await?,
         Command::Prices(cmd) => cost::run_prices(&cli, cmd).await?,
-        Command::Advise { name, since, sheet, service_sheet, concurrency, objective } => {
-            cost::run_advise(&cli, name.as_deref(), since.as_deref(), sheet.as_deref(), service_sheet.as_deref(), *concurrency, objective.as_deref()).await?
-        }
+        Command::Advise(args) => cost::run_advise(&cli, args).await?,
         Command::Usage { name, kind, since, until, per } => cost::run_usage(&cli, name.as_deref(), kind.as_deref(), since.as_deref(), until.as_deref(), per).await?,
         Command::Cost(cmd) => cost::run_cost(&cli, cmd).await?,
         Command::Service(cmd) => services::run(&cli, cmd).await?,

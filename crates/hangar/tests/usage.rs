@@ -1,7 +1,8 @@
 //! Metering through the real binary: a function's requests, billed milliseconds and GB-seconds
 //! match its invocation records exactly; the advisor explains its choice from them; a
 //! sandbox's running, paused and standby time match its own counters, across a restart, with
-//! nothing counted twice.
+//! nothing counted twice; a service's requests are counted at the gateway and the advisor
+//! weighs it against its own cost.
 
 mod common;
 
@@ -53,7 +54,7 @@ async fn functions_and_sandboxes_are_metered_exactly() {
 
     // The advisor: light, sparse traffic stays a function, with its reasons.
     let advice = s.ok(&["advise", "hello"]);
-    assert!(advice.contains("hello: run as function") && advice.contains("traffic: 7 requests"), "{advice}");
+    assert!(advice.contains("hello (function): run as function (stays a function)") && advice.contains("traffic: 7 requests"), "{advice}");
     let v: Value = s.get("/v1/advice?name=hello&objective_ms=1").send().await.unwrap().json().await.unwrap();
     let a = &v["items"][0];
     assert_eq!(a["observed"]["requests"], 7);
@@ -96,6 +97,38 @@ async fn functions_and_sandboxes_are_metered_exactly() {
     assert!(total(&rows, "standby_seconds") > 0, "standby time is metered: {rows:?}");
     let gb_s: u128 = rows.iter().map(|r| hangar_cost::money::parse_fixed(r["gb_seconds"].as_str().unwrap(), 13).unwrap()).sum();
     assert_eq!(gb_s, total(&rows, "running_seconds") * 128 * 9_765_625, "memory-time is the running time (ms) × 128 MiB");
+
+    // A service: its instance time is sampled, and its requests are counted at the gateway
+    // (the time spent serving them as billed ms); the advisor weighs it against its own cost.
+    let page = [("www/index.html", b"hi\n".as_slice(), 0o644)];
+    let web = common::oci::busybox_httpd(img.path(), "web", &page);
+    s.ok(&["image", "import", &web, "--name", "web:1"]);
+    s.ok(&["svc", "deploy", "web", "--image", "web:1", "--memory", "64", "--cpus", "0.25"]);
+    for _ in 0..12 {
+        let r = s.http().get(format!("{}/svc/default/web/", s.url)).bearer_auth(&s.admin_key).send().await.unwrap();
+        assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, "hi\n".to_string()));
+    }
+    let r = s.http().get(format!("{}/svc/default/web/missing", s.url)).bearer_auth(&s.admin_key).send().await.unwrap();
+    assert_eq!(r.status(), 404, "a 404 from the service is a request, not a failure");
+    let rows = common::eventually("13 service requests metered", Duration::from_secs(20), || async {
+        let rows = usage(&s, "kind=service&name=web").await;
+        let requests: u64 = rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+        if requests == 13 { Ok(rows) } else { Err(format!("{rows:?}")) }
+    })
+    .await;
+    assert_eq!(rows.iter().map(|r| r["errors"].as_u64().unwrap()).sum::<u64>(), 0, "{rows:?}");
+    assert!(total(&rows, "running_seconds") > 0, "{rows:?}");
+    let v: Value = s.get("/v1/advice?kind=service").send().await.unwrap().json().await.unwrap();
+    let a = &v["items"][0];
+    assert_eq!((a["kind"].as_str(), a["name"].as_str(), a["observed"]["requests"].as_u64()), (Some("service"), Some("web"), Some(13)), "{v}");
+    assert_eq!(a["recommendation"], "function", "13 requests an hour cost less as a function than an always-on instance: {a}");
+    assert!(!a["monthly_saving"].as_str().unwrap().starts_with('-'), "the saving is against the service: {a}");
+    assert!(a["costs"]["estimates"].as_array().unwrap().iter().any(|e| e["model"] == "sandbox"), "{a}");
+    let advice = s.ok(&["advise", "web"]);
+    assert!(advice.contains("web (service): run as function (saves $"), "{advice}");
+    let err = s.fails(&["advise", "--kind", "vm"], 6);
+    assert!(err.contains("kind"), "{err}");
+    s.ok(&["svc", "rm", "web"]);
 
     // Bad input.
     for q in ["per=week", "kind=vm", "since=yesterday-ish"] {

@@ -12,6 +12,7 @@ mod bundle;
 mod logs;
 mod network;
 mod slot;
+pub mod traffic;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -203,6 +204,8 @@ pub struct Service {
     /// Woken when an instance becomes ready.
     ready_notify: tokio::sync::Notify,
     scaling: Mutex<Option<hangar_api::services::ScalingStatus>>,
+    /// Its requests as the gateway saw them, for the usage meter and the advisor.
+    pub traffic: traffic::Traffic,
 }
 
 /// A request's place in the queue of [`Service::wait_ready`].
@@ -276,6 +279,8 @@ pub struct Services {
     /// Declared host names → service; `any_hosts` lets every other request skip the lookup.
     hosts: RwLock<HashMap<String, Arc<Service>>>,
     any_hosts: std::sync::atomic::AtomicBool,
+    /// Traffic of removed services the meter has not taken yet.
+    departed: Mutex<Vec<(String, String, traffic::Taken)>>,
 }
 
 impl std::fmt::Debug for Services {
@@ -308,7 +313,7 @@ impl Services {
             names: RwLock::new(HashMap::new()),
             live: Mutex::new(std::collections::HashSet::new()),
         });
-        let s = Services { host, images, table: RwLock::new(HashMap::new()), hosts: RwLock::new(HashMap::new()), any_hosts: Default::default() };
+        let s = Services { host, images, table: RwLock::new(HashMap::new()), hosts: RwLock::new(HashMap::new()), any_hosts: Default::default(), departed: Mutex::default() };
         s.remove_all().await;
         std::fs::create_dir_all(s.host.run.join("runc"))?;
         std::fs::create_dir_all(s.host.data.join("instances"))?;
@@ -424,6 +429,20 @@ impl Services {
             .collect()
     }
 
+    /// Every service's traffic since the last call (removed services' included), for the
+    /// usage meter: `(namespace, name, counters)`, services without any left out.
+    pub fn take_traffic(&self) -> Vec<(String, String, traffic::Taken)> {
+        let mut out = std::mem::take(&mut *self.departed.lock().unwrap_or_else(|p| p.into_inner()));
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        for svc in table.values() {
+            let t = svc.traffic.take();
+            if t != traffic::Taken::default() {
+                out.push((svc.namespace.clone(), svc.name.clone(), t));
+            }
+        }
+        out
+    }
+
     /// The running service `namespace/name`, if any.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).get(&(namespace.to_string(), name.to_string())).cloned()
@@ -465,6 +484,7 @@ impl Services {
                         demand: tokio::sync::Notify::new(),
                         ready_notify: tokio::sync::Notify::new(),
                         scaling: Mutex::new(None),
+                        traffic: traffic::Traffic::default(),
                     });
                     tokio::spawn(autoscale::run(Arc::downgrade(&svc), self.host.clone()));
                     svc
@@ -572,6 +592,11 @@ impl Services {
                 s.stop(grace)
             }))
             .await;
+            // Counted after the drain, so the last requests are in.
+            let last = svc.traffic.take();
+            if last != traffic::Taken::default() {
+                self.departed.lock().unwrap_or_else(|p| p.into_inner()).push((svc.namespace.clone(), svc.name.clone(), last));
+            }
         }
     }
 
