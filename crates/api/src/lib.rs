@@ -199,6 +199,9 @@ impl FunctionMode {
 /// A change of warm instances made by adaptive mode, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ModeSwitch {
+    /// `function` (provisioned instances) or `service` (its minimum instances).
+    #[serde(default = "function_kind")]
+    pub kind: String,
     pub at: String,
     pub revision: u64,
     /// Instances kept warm before and after.
@@ -210,6 +213,10 @@ pub struct ModeSwitch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ModeSwitchList {
     pub items: Vec<ModeSwitch>,
+}
+
+fn function_kind() -> String {
+    "function".into()
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -105,6 +105,11 @@ pub struct ServiceConfig {
     /// Time between SIGTERM and SIGKILL when an instance stops, ms.
     #[serde(default = "default_grace_ms")]
     pub stop_grace_ms: u64,
+    /// `fixed` (default): `min_instances` as configured. `auto`: the advisor keeps
+    /// `min_instances` (at least 1) warm while the service costs less than a scale-to-zero
+    /// function would at its traffic, and lets it scale to zero while it does not.
+    #[serde(default, skip_serializing_if = "crate::FunctionMode::is_fixed")]
+    pub mode: crate::FunctionMode,
 }
 
 fn one() -> u32 {

@@ -6,8 +6,14 @@
 //! half of what it was warmed at (a band, since warm instances hide the cold starts that
 //! warmed them). A change is made only after the same answer held for [`STREAK`] looks in a
 //! row, and each is recorded with its reason (`GET /v1/functions/{name}/switches`).
+//!
+//! Services deployed with `mode = "auto"` are moved between their configured minimum (at least
+//! one instance, always warm) and zero (scale to zero when idle): every look weighs the
+//! requests the gateway counted over the window as a service against a scale-to-zero
+//! function, with the margin against the model it is on now, so the two directions need
+//! different costs and it does not flap (`GET /v1/services/{name}/switches`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use axum::Json;
@@ -35,19 +41,132 @@ struct Track {
     warm_rate_milli: u128,
 }
 
+/// What adaptive mode remembers of a service between looks.
+struct ServiceTrack {
+    revision: u64,
+    /// Its minimum instances now.
+    min: u32,
+    /// `(when, requests, ms serving them)` since the service started, one per look, as far
+    /// back as the window (and one before it).
+    samples: VecDeque<(i64, u64, u64)>,
+    candidate: Option<u32>,
+    count: u32,
+}
+
 /// See the module docs; [`Adapter::look`] is called every `--adapt-every`.
 pub struct Adapter {
     state: AppState,
     window: Duration,
     tracks: HashMap<(String, String), Track>,
+    service_tracks: HashMap<(String, String), ServiceTrack>,
 }
 
 impl Adapter {
     pub fn new(state: AppState, window: Duration) -> Adapter {
-        Adapter { state, window, tracks: HashMap::new() }
+        Adapter { state, window, tracks: HashMap::new(), service_tracks: HashMap::new() }
     }
 
     pub async fn look(&mut self) {
+        self.look_at_functions().await;
+        self.look_at_services().await;
+    }
+
+    async fn look_at_services(&mut self) {
+        let Some(services) = self.state.services.clone() else { return };
+        let rows = match self.state.store.list_services(None).await {
+            Ok(r) => r,
+            Err(e) => return tracing::error!("adaptive mode: listing services: {e}"),
+        };
+        let sheets = match hangar_cost::Sheets::load(Some(&self.state.prices_dir)) {
+            Ok(s) => s,
+            Err(e) => return tracing::error!("adaptive mode: {e}"),
+        };
+        let auto: Vec<_> = rows.into_iter().filter(|r| r.config.mode == FunctionMode::Auto).collect();
+        self.service_tracks.retain(|(ns, name), _| auto.iter().any(|r| &r.namespace == ns && &r.name == name));
+        let now = hangar_api::now_ms();
+        let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX).max(1000);
+        for row in auto {
+            let Some(svc) = services.get(&row.namespace, &row.name) else { continue };
+            let floor = row.config.min_instances.max(1);
+            let track = self.service_tracks.entry((row.namespace.clone(), row.name.clone())).or_insert(ServiceTrack {
+                revision: row.revision,
+                min: svc.min_instances(),
+                samples: VecDeque::new(),
+                candidate: None,
+                count: 0,
+            });
+            if track.revision != row.revision {
+                *track = ServiceTrack { revision: row.revision, min: svc.min_instances(), samples: VecDeque::new(), candidate: None, count: 0 };
+            }
+            let (requests_total, busy_total) = svc.traffic.totals();
+            track.samples.push_back((now, requests_total, busy_total));
+            while track.samples.len() >= 2 && track.samples.get(1).is_some_and(|(t, _, _)| now - t >= window_ms) {
+                track.samples.pop_front();
+            }
+            // Nothing is decided before a whole window was seen.
+            let Some(&(since, requests_then, busy_then)) = track.samples.front().filter(|(t, _, _)| now - t >= window_ms) else { continue };
+            let span_ms = (now - since).max(1000);
+            let requests = requests_total.saturating_sub(requests_then);
+            let window = humantime::format_duration(Duration::from_millis(span_ms as u64)).to_string();
+            let (desired, reason) = if requests == 0 {
+                (0, format!("no request in the last {window}: scale to zero"))
+            } else {
+                let stats = hangar_cost::advice::Stats {
+                    hourly_requests: vec![requests],
+                    period_s: (span_ms as u64 / 1000).max(1),
+                    requests,
+                    billed_ms: busy_total.saturating_sub(busy_then),
+                    recent: svc.traffic.recent_ms().into_iter().map(|ms| (ms, false)).collect(),
+                    memory_mb: row.config.memory_mb,
+                    cpus: Some(format!("{:.3}", row.config.cpus)),
+                    // Scaled to zero it is a function in all but name: warming it must save
+                    // the margin, and so must cooling it.
+                    current: Some(if track.min == 0 { "function" } else { "service" }.into()),
+                };
+                let policy = hangar_cost::advice::Policy { concurrency: Some(row.config.concurrency), ..Default::default() };
+                match hangar_cost::advice::advise(&stats, &policy, &sheets) {
+                    Ok(d) if d.recommendation == "function" => (0, d.reasons.last().cloned().unwrap_or_default()),
+                    Ok(d) => (floor, d.reasons.last().cloned().unwrap_or_default()),
+                    Err(e) => {
+                        tracing::warn!(service = %row.name, "adaptive mode: {e}");
+                        continue;
+                    }
+                }
+            };
+            if desired == track.min {
+                track.candidate = None;
+                track.count = 0;
+                continue;
+            }
+            if track.candidate == Some(desired) {
+                track.count += 1;
+            } else {
+                track.candidate = Some(desired);
+                track.count = 1;
+            }
+            if track.count < STREAK {
+                continue;
+            }
+            svc.set_min_instances(desired);
+            let switch = ModeSwitch {
+                kind: "service".into(),
+                at: hangar_api::rfc3339(now),
+                revision: row.revision,
+                from_warm: track.min,
+                to_warm: desired,
+                reason: format!("{reason} (the same answer {STREAK} looks in a row)"),
+            };
+            tracing::info!(service = %row.name, from = track.min, to = desired, "adaptive mode: {}", switch.reason);
+            if let Err(e) = self.state.store.add_mode_switch(&row.namespace, &row.name, now, &switch).await {
+                tracing::error!(service = %row.name, "adaptive mode: recording a switch: {e}");
+            }
+            track.min = desired;
+            track.candidate = None;
+            track.count = 0;
+        }
+    }
+
+    async fn look_at_functions(&mut self) {
         let functions = match self.state.store.list_functions(None).await {
             Ok(f) => f,
             Err(e) => return tracing::error!("adaptive mode: listing functions: {e}"),
@@ -145,7 +264,7 @@ impl Adapter {
             if !applied {
                 continue;
             }
-            let switch = ModeSwitch { at: hangar_api::rfc3339(now), revision: f.revision, from_warm: track.warm, to_warm: desired, reason: format!("{reason} (the same answer {STREAK} looks in a row)") };
+            let switch = ModeSwitch { kind: "function".into(), at: hangar_api::rfc3339(now), revision: f.revision, from_warm: track.warm, to_warm: desired, reason: format!("{reason} (the same answer {STREAK} looks in a row)") };
             tracing::info!(function = %f.name, from = track.warm, to = desired, "adaptive mode: {}", switch.reason);
             if let Err(e) = self.state.store.add_mode_switch(&f.namespace, &f.name, now, &switch).await {
                 tracing::error!(function = %f.name, "adaptive mode: recording a switch: {e}");
@@ -168,5 +287,18 @@ pub async fn switches(State(state): State<AppState>, p: Principal, Path(name): P
     if state.store.get_function(&ns, &name).await?.is_none() {
         return Err(ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")));
     }
-    Ok(Json(ModeSwitchList { items: state.store.list_mode_switches(&ns, &name).await? }))
+    let items = state.store.list_mode_switches(&ns, &name).await?.into_iter().filter(|s| s.kind == "function").collect();
+    Ok(Json(ModeSwitchList { items }))
+}
+
+/// The changes adaptive mode made to a service's minimum instances, oldest first.
+#[utoipa::path(get, path = "/v1/services/{name}/switches", params(("name" = String, Path), NamespaceQuery), tag = "cost",
+    responses((status = 200, body = ModeSwitchList), (status = 404, body = hangar_api::ErrorBody)))]
+pub async fn service_switches(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<ModeSwitchList>, ApiError> {
+    let ns = p.scope(q.namespace.as_deref())?;
+    if state.store.get_service(&ns, &name).await?.is_none() {
+        return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
+    }
+    let items = state.store.list_mode_switches(&ns, &name).await?.into_iter().filter(|s| s.kind == "service").collect();
+    Ok(Json(ModeSwitchList { items }))
 }

@@ -133,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/usage", get(usage::list))
         .route("/advice", get(usage::advice))
         .route("/functions/{name}/switches", get(adapt::switches))
+        .route("/services/{name}/switches", get(adapt::service_switches))
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
         .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::remove))
         .route("/sandboxes/{id}/exec", post(sandboxes::exec))

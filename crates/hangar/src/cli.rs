@@ -211,6 +211,8 @@ pub enum SvcCommand {
     Ls,
     /// Show a service and its instances
     Get { name: String },
+    /// Changes adaptive mode (`--mode auto`) made to a service's minimum instances, with reasons
+    Switches { name: String },
     /// Stop a service and delete it (its volumes stay)
     Rm { name: String },
     /// Print a service's output, each line prefixed with its instance
@@ -276,6 +278,10 @@ pub struct SvcDeployArgs {
     /// Forbid connections beyond Hangar's bridge
     #[arg(long)]
     pub no_egress: bool,
+    /// `auto`: the advisor keeps --min (at least 1) warm while the service costs less than a
+    /// scale-to-zero function would, and lets it scale to zero while it does not
+    #[arg(long, value_parser = ["fixed", "auto"])]
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -64,6 +64,9 @@ struct ServiceSpec {
     /// Host names routed to the service, whole path.
     #[serde(default)]
     hosts: Vec<String>,
+    /// "auto": the advisor keeps `min` (at least 1) warm or lets it scale to zero.
+    #[serde(default)]
+    mode: hangar_api::FunctionMode,
 }
 
 /// A service ready to deploy.
@@ -317,6 +320,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
         c.public = spec.public;
         c.egress = spec.egress.unwrap_or(true);
         c.hosts = spec.hosts;
+        c.mode = spec.mode;
         c.validate().map_err(|e| {
             let field = match e.field.as_str() {
                 "memory_mb" => "memory",

@@ -37,6 +37,9 @@ fn config(a: &SvcDeployArgs) -> Result<ServiceConfig> {
     c.public = a.public;
     c.hosts = a.hosts.clone();
     c.egress = !a.no_egress;
+    if a.mode.as_deref() == Some("auto") {
+        c.mode = hangar_api::FunctionMode::Auto;
+    }
     c.validate().map_err(|e| anyhow::anyhow!("invalid {e}"))?;
     hangar_api::validate::name("name", &a.name).map_err(|e| anyhow::anyhow!("invalid {e}"))?;
     Ok(c)
@@ -101,6 +104,20 @@ pub async fn run(cli: &Cli, cmd: &SvcCommand) -> Result<()> {
                     for i in s.instances.iter().filter(|i| i.last_exit.is_some()) {
                         println!("{}: {}", i.id, i.last_exit.as_deref().unwrap_or(""));
                     }
+                }
+            }
+        }
+        SvcCommand::Switches { name } => {
+            let list: hangar_api::ModeSwitchList = client.json(client.request(Method::GET, &format!("/v1/services/{name}/switches")).query(&ns)).await?;
+            match cli.output {
+                Output::Json => print_json(&list)?,
+                Output::Table if list.items.is_empty() => println!("no switches yet (only services deployed with --mode auto are switched)"),
+                Output::Table => {
+                    let mut t = table(&["AT", "REVISION", "MIN INSTANCES", "REASON"]);
+                    for s in &list.items {
+                        t.add_row(vec![s.at.clone(), s.revision.to_string(), format!("{} → {}", s.from_warm, s.to_warm), s.reason.clone()]);
+                    }
+                    println!("{t}");
                 }
             }
         }

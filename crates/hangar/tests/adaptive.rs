@@ -2,7 +2,8 @@
 //! `--mode auto` whose cold starts break its latency objective is warmed (a provisioned
 //! instance) after the advisor said so three looks in a row; it stays warm while its traffic
 //! holds (no flapping, though warm instances hide the cold starts); it goes back to scale to
-//! zero once idle; every change is recorded with its reason.
+//! zero once idle; every change is recorded with its reason. A service deployed with
+//! `--mode auto` scales to zero when idle and is kept warm again under steady, busy traffic.
 
 mod common;
 
@@ -91,4 +92,71 @@ async fn auto_mode_warms_a_function_for_its_latency_and_lets_it_go_when_idle() {
     let err = refused(&["fn", "deploy", "auto", "--runtime", "python3", "--handler", "app.handler", "--code", _code.path().to_str().unwrap(), "--latency-objective", "2m"]);
     assert!(err.contains("latency_objective_ms"), "{err}");
     assert_eq!(s.get("/v1/functions/nope/switches").send().await.unwrap().status(), 404);
+}
+
+async fn service_switches(s: &Server) -> Vec<Value> {
+    let v: Value = s.get("/v1/services/web/switches").send().await.unwrap().json().await.unwrap();
+    v["items"].as_array().cloned().unwrap_or_else(|| panic!("{v}"))
+}
+
+#[tokio::test]
+async fn auto_mode_lets_an_idle_service_scale_to_zero_and_warms_it_under_steady_traffic() {
+    let s = Server::start_with(&["--adapt-every", "1s", "--adapt-window", "3s"]);
+    let img = tempfile::tempdir().unwrap();
+    let layout = common::oci::busybox_httpd(img.path(), "web", &[("www/index.html", b"hi\n".as_slice(), 0o644)]);
+    s.ok(&["image", "import", &layout, "--name", "web:1"]);
+    s.ok(&["svc", "deploy", "web", "--image", "web:1", "--mode", "auto", "--memory", "64", "--cpus", "0.25", "--max", "2", "--scale-window", "2s"]);
+    let instances = || async {
+        let v: Value = s.get("/v1/services/web").send().await.unwrap().json().await.unwrap();
+        v["instances"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(instances().await, 1, "warm as deployed (min 1)");
+
+    // Idle for a whole window, three looks in a row: its minimum goes to zero, and the
+    // autoscaler stops its instance after a quiet scale window.
+    let cooled = common::eventually("a switch to zero", Duration::from_secs(40), || async {
+        let sw = service_switches(&s).await;
+        if sw.is_empty() { Err("no switch yet".to_string()) } else { Ok(sw) }
+    })
+    .await;
+    assert_eq!((cooled[0]["kind"].as_str(), cooled[0]["from_warm"].as_u64(), cooled[0]["to_warm"].as_u64()), (Some("service"), Some(1), Some(0)), "{cooled:?}");
+    assert!(cooled[0]["reason"].as_str().unwrap().contains("no request in the last 3s"), "{cooled:?}");
+    common::eventually("no instance", Duration::from_secs(20), || async {
+        let n = instances().await;
+        if n == 0 { Ok(()) } else { Err(n.to_string()) }
+    })
+    .await;
+
+    // Steady, busy traffic: as an always-on service it costs less than as a function, so it
+    // is warmed again (the first request started an instance from zero).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..6)
+        .map(|_| {
+            let (http, url, key, stop) = (s.http(), format!("{}/svc/default/web/", s.url), s.admin_key.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = http.get(&url).bearer_auth(&key).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    let warmed = common::eventually("a switch back to warm", Duration::from_secs(40), || async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sw = service_switches(&s).await;
+        if sw.len() == 2 { Ok(sw) } else { Err(format!("{sw:?}")) }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert_eq!((warmed[1]["from_warm"].as_u64(), warmed[1]["to_warm"].as_u64()), (Some(0), Some(1)), "{warmed:?}");
+    assert!(warmed[1]["reason"].as_str().unwrap().contains("always-on service costs"), "{warmed:?}");
+    let table = s.ok(&["svc", "switches", "web"]);
+    assert!(table.contains("1 → 0") && table.contains("0 → 1"), "{table}");
+    // A function of the same name would not see the service's switches, and unknown services
+    // are 404.
+    assert_eq!(s.get("/v1/functions/web/switches").send().await.unwrap().status(), 404);
+    assert_eq!(s.get("/v1/services/nope/switches").send().await.unwrap().status(), 404);
 }

@@ -106,7 +106,14 @@ fn tick(svc: &Arc<Service>, host: &Arc<Host>, scaler: &mut Scaler) {
     let waiting = svc.waiting.load(Ordering::Acquire);
     let mut slots = svc.slots.lock().unwrap_or_else(|p| p.into_inner());
     let current = slots.len() as u32;
-    let status = decide(scaler, Instant::now(), f64::from(observed + waiting), ready, current, waiting, &rev.config);
+    let min = svc.min_override.load(Ordering::Acquire);
+    let status = if min == crate::NO_MIN || min == rev.config.min_instances {
+        decide(scaler, Instant::now(), f64::from(observed + waiting), ready, current, waiting, &rev.config)
+    } else {
+        // Adaptive mode's minimum in place of the configured one.
+        let cfg = hangar_api::services::ServiceConfig { min_instances: min, max_instances: rev.config.max_instances.max(min), ..rev.config.clone() };
+        decide(scaler, Instant::now(), f64::from(observed + waiting), ready, current, waiting, &cfg)
+    };
     *svc.scaling.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
     if status.desired > current {
         tracing::info!(service = %svc.name, from = current, to = status.desired, panic = status.panic, "scaling up");

@@ -206,7 +206,13 @@ pub struct Service {
     scaling: Mutex<Option<hangar_api::services::ScalingStatus>>,
     /// Its requests as the gateway saw them, for the usage meter and the advisor.
     pub traffic: traffic::Traffic,
+    /// The minimum instances adaptive mode set in place of the configured one (`NO_MIN`:
+    /// none); a rollout clears it.
+    min_override: AtomicU32,
 }
+
+/// No minimum set by adaptive mode.
+const NO_MIN: u32 = u32::MAX;
 
 /// A request's place in the queue of [`Service::wait_ready`].
 struct Waiting<'a>(&'a AtomicU32);
@@ -247,6 +253,21 @@ impl Service {
                 return self.pick();
             }
         }
+    }
+
+    /// The minimum instances the autoscaler keeps now: adaptive mode's, else the configured.
+    pub fn min_instances(&self) -> u32 {
+        match self.min_override.load(Ordering::Acquire) {
+            NO_MIN => self.config.read().unwrap_or_else(|p| p.into_inner()).min_instances,
+            n => n,
+        }
+    }
+
+    /// Sets the minimum instances in place of the configured one (adaptive mode), until the
+    /// next rollout; the autoscaler follows at its next tick.
+    pub fn set_min_instances(&self, n: u32) {
+        self.min_override.store(n.min(NO_MIN - 1), Ordering::Release);
+        self.demand.notify_one();
     }
 
     /// The autoscaler's last decision.
@@ -485,6 +506,7 @@ impl Services {
                         ready_notify: tokio::sync::Notify::new(),
                         scaling: Mutex::new(None),
                         traffic: traffic::Traffic::default(),
+                        min_override: AtomicU32::new(NO_MIN),
                     });
                     tokio::spawn(autoscale::run(Arc::downgrade(&svc), self.host.clone()));
                     svc
@@ -496,6 +518,7 @@ impl Services {
             return Err(ServiceError::Removed);
         }
         svc.rolling.store(true, Ordering::Release);
+        svc.min_override.store(NO_MIN, Ordering::Release);
         let result = self.roll(&svc, namespace, name, revision, config, image).await;
         svc.rolling.store(false, Ordering::Release);
         result

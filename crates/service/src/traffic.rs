@@ -15,6 +15,10 @@ pub struct Traffic {
     errors: AtomicU64,
     /// Time serving requests, µs, since the meter last took it.
     busy_us: AtomicU64,
+    /// Requests and µs serving them since the service started (never taken; adaptive mode
+    /// reads their growth over its window).
+    total_requests: AtomicU64,
+    total_busy_us: AtomicU64,
     /// Recent durations, ms + 1 (0: an empty place), written round-robin.
     ring: Box<[AtomicU32]>,
     next: AtomicUsize,
@@ -26,6 +30,8 @@ impl Default for Traffic {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             busy_us: AtomicU64::new(0),
+            total_requests: AtomicU64::new(0),
+            total_busy_us: AtomicU64::new(0),
             ring: (0..RING).map(|_| AtomicU32::new(0)).collect(),
             next: AtomicUsize::new(0),
         }
@@ -49,6 +55,8 @@ impl Traffic {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
         self.busy_us.fetch_add(us, Ordering::Relaxed);
+        self.total_requests.fetch_add(1, Ordering::Relaxed);
+        self.total_busy_us.fetch_add(us, Ordering::Relaxed);
         let i = self.next.fetch_add(1, Ordering::Relaxed) % RING;
         let ms = u32::try_from(us.div_ceil(1000)).unwrap_or(u32::MAX - 1);
         self.ring[i].store(ms + 1, Ordering::Relaxed);
@@ -63,6 +71,11 @@ impl Traffic {
         let busy_ms = us / 1000;
         self.busy_us.fetch_sub(busy_ms * 1000, Ordering::Relaxed);
         Taken { requests, errors, busy_ms }
+    }
+
+    /// Requests and ms spent serving them since the service started.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.total_requests.load(Ordering::Relaxed), self.total_busy_us.load(Ordering::Relaxed) / 1000)
     }
 
     /// Durations of the last requests (up to [`RING`]), ms, in no order.
@@ -88,6 +101,7 @@ mod tests {
         // The part under a ms waits for the next take.
         let rest = t.take();
         assert_eq!((rest.requests, rest.errors, rest.busy_ms), (0, 0, 0));
+        assert_eq!(t.totals().0, 2, "totals are never taken");
         assert_eq!(t.recent_ms().len(), 2);
         assert!(t.recent_ms().iter().all(|ms| *ms >= 3));
     }
