@@ -158,6 +158,11 @@ pub struct UsageRow {
     pub standby_seconds: String,
     /// Standby storage in GB-hours (GiB × h), exact decimal.
     pub standby_gb_hours: String,
+    /// What it cost, dollars (exact decimal), priced with `priced_with`: a function's requests
+    /// and memory-time (no free tier), an instance's vCPU- and memory-time; provisioned and
+    /// paused time and standby storage are not priced. Empty when the sheet cannot price it.
+    pub cost: String,
+    pub priced_with: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

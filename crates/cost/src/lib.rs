@@ -3,10 +3,11 @@
 //! scale-to-zero function, with provisioned instances, or as an always-on service, with the
 //! break-even rate between them; and the advisor, which picks a model for a workload from
 //! what it did. [`money`] holds the arithmetic, [`sheet`] the prices, [`calc`] the models,
-//! [`advice`] the decision.
+//! [`bill`] what metered usage cost, [`advice`] the decision.
 #![forbid(unsafe_code)]
 
 pub mod advice;
+pub mod bill;
 pub mod calc;
 pub mod money;
 pub mod sheet;

@@ -164,6 +164,10 @@ pub struct UsageQuery {
     pub until: Option<String>,
     /// `hour` (default) or `day`.
     pub per: Option<String>,
+    /// Price sheet of functions' rows (default aws-lambda-x86).
+    pub sheet: Option<String>,
+    /// Price sheet of services' and sandboxes' rows (default aws-fargate).
+    pub service_sheet: Option<String>,
 }
 
 /// An RFC 3339 time, or a duration back from now (`24h`), as ms since the epoch.
@@ -175,9 +179,12 @@ fn time(field: &str, text: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::bad_request("invalid_query", format!("{field}: `{text}` is neither an RFC 3339 time (e.g. 2026-01-31T12:00:00Z) nor a duration like 24h")))
 }
 
-/// Turns a stored row into the API's units, exactly.
-pub fn row(d: &UsageDelta) -> UsageRow {
+/// Turns a stored row into the API's units, exactly, with its cost by the sheets.
+pub fn row(d: &UsageDelta, function_sheet: &hangar_cost::Sheet, service_sheet: &hangar_cost::Sheet) -> UsageRow {
+    let (cost, priced_with) = hangar_cost::bill::bill(d, function_sheet, service_sheet).map(|(pico, sheet)| (hangar_cost::Money(pico).to_string(), sheet)).unwrap_or_default();
     UsageRow {
+        cost,
+        priced_with,
         namespace: d.namespace.clone(),
         kind: d.kind.clone(),
         name: d.name.clone(),
@@ -220,7 +227,10 @@ pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQ
         .store
         .list_usage(UsageFilter { namespace: Some(ns), kind: q.kind.clone(), name: q.name.clone(), since_ms: Some(since), until_ms: until, per_day })
         .await?;
-    Ok(Json(UsageList { items: rows.iter().map(row).collect() }))
+    let sheets = hangar_cost::Sheets::load(Some(&state.prices_dir))?;
+    let function_sheet = sheets.get(q.sheet.as_deref().unwrap_or("aws-lambda-x86"))?;
+    let service_sheet = sheets.get(q.service_sheet.as_deref().unwrap_or("aws-fargate"))?;
+    Ok(Json(UsageList { items: rows.iter().map(|r| row(r, function_sheet, service_sheet)).collect() }))
 }
 
 /// A record's latency (ms, from arrival to the response's end) and whether it started an

@@ -99,22 +99,7 @@ pub enum Command {
     #[command(subcommand)]
     Image(ImageCommand),
     /// What workloads used, per hour or day: requests, GB-seconds, vCPU-seconds, instance time
-    Usage {
-        /// Only this workload (function, service, or sandbox id)
-        name: Option<String>,
-        /// Only this kind: function, service or sandbox
-        #[arg(long)]
-        kind: Option<String>,
-        /// From this time (RFC 3339) or this long ago (e.g. 7d) [default: 24h]
-        #[arg(long)]
-        since: Option<String>,
-        /// Until this time (RFC 3339)
-        #[arg(long)]
-        until: Option<String>,
-        /// Rows per `hour` or `day`
-        #[arg(long, default_value = "hour")]
-        per: String,
-    },
+    Usage(UsageArgs),
     /// Which model each function and service should run on (function, provisioned, service or
     /// sandbox), and why
     Advise(AdviseArgs),
@@ -1208,4 +1193,28 @@ pub struct AdviseArgs {
     /// p99 latency objective (e.g. 200ms): cold starts beyond it call for warm instances
     #[arg(long)]
     pub objective: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UsageArgs {
+    /// Only this workload (function, service, or sandbox id)
+    pub name: Option<String>,
+    /// Only this kind: function, service or sandbox
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// From this time (RFC 3339) or this long ago (e.g. 7d) [default: 24h]
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until this time (RFC 3339)
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Rows per `hour` or `day`
+    #[arg(long, default_value = "hour")]
+    pub per: String,
+    /// Price sheet of functions' rows [default: aws-lambda-x86]
+    #[arg(long)]
+    pub sheet: Option<String>,
+    /// Price sheet of services' and sandboxes' rows [default: aws-fargate]
+    #[arg(long)]
+    pub service_sheet: Option<String>,
 }

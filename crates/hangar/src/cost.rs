@@ -75,10 +75,19 @@ pub async fn run_cost(cli: &Cli, cmd: &CostCommand) -> Result<()> {
 }
 
 /// `hangar usage`: what workloads used, per hour or day.
-pub async fn run_usage(cli: &Cli, name: Option<&str>, kind: Option<&str>, since: Option<&str>, until: Option<&str>, per: &str) -> Result<()> {
+pub async fn run_usage(cli: &Cli, a: &crate::cli::UsageArgs) -> Result<()> {
     let client = client(cli);
     let mut q = ns_query(cli.namespace.as_deref());
-    for (k, v) in [("name", name), ("kind", kind), ("since", since), ("until", until), ("per", Some(per))] {
+    let pairs = [
+        ("name", a.name.as_deref()),
+        ("kind", a.kind.as_deref()),
+        ("since", a.since.as_deref()),
+        ("until", a.until.as_deref()),
+        ("per", Some(a.per.as_str())),
+        ("sheet", a.sheet.as_deref()),
+        ("service_sheet", a.service_sheet.as_deref()),
+    ];
+    for (k, v) in pairs {
         if let Some(v) = v {
             q.push((k, v.to_string()));
         }
@@ -87,7 +96,7 @@ pub async fn run_usage(cli: &Cli, name: Option<&str>, kind: Option<&str>, since:
     if cli.output == Output::Json {
         return print_json(&list);
     }
-    let mut t = table(&["PERIOD", "KIND", "NAME", "REQUESTS", "ERRORS", "COLD", "GB-S", "VCPU-S", "RUNNING S", "PAUSED S", "STANDBY S", "STANDBY GB-H"]);
+    let mut t = table(&["PERIOD", "KIND", "NAME", "REQUESTS", "ERRORS", "COLD", "GB-S", "VCPU-S", "RUNNING S", "PAUSED S", "STANDBY S", "STANDBY GB-H", "COST"]);
     for r in &list.items {
         t.add_row(vec![
             r.period.clone(),
@@ -102,6 +111,7 @@ pub async fn run_usage(cli: &Cli, name: Option<&str>, kind: Option<&str>, since:
             r.paused_seconds.clone(),
             r.standby_seconds.clone(),
             r.standby_gb_hours.clone(),
+            if r.cost.is_empty() { "-".into() } else { format!("${} ({})", r.cost, r.priced_with) },
         ]);
     }
     println!("{t}");

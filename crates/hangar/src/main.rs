@@ -83,7 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(cmd) => images::run(&cli, cmd).await?,
         Command::Prices(cmd) => cost::run_prices(&cli, cmd).await?,
         Command::Advise(args) => cost::run_advise(&cli, args).await?,
-        Command::Usage { name, kind, since, until, per } => cost::run_usage(&cli, name.as_deref(), kind.as_deref(), since.as_deref(), until.as_deref(), per).await?,
+        Command::Usage(args) => cost::run_usage(&cli, args).await?,
         Command::Cost(cmd) => cost::run_cost(&cli, cmd).await?,
         Command::Service(cmd) => services::run(&cli, cmd).await?,
         Command::Sandbox(cmd) => return sandboxes::run(&cli, cmd).await,

@@ -9,7 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::Server;
-use hangar_cost::money::show_fixed;
+use hangar_cost::Money;
+use hangar_cost::money::{div_round, show_fixed};
 use serde_json::Value;
 
 async fn usage(s: &Server, query: &str) -> Vec<Value> {
@@ -43,10 +44,20 @@ async fn functions_and_sandboxes_are_metered_exactly() {
     let requests: u64 = rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
     let row_billed: u64 = rows.iter().map(|r| r["billed_ms"].as_u64().unwrap()).sum();
     assert_eq!((requests, row_billed), (7, billed), "{rows:?}");
-    // GB-s = MiB-ms / 1,024,000, exactly.
+    // GB-s = MiB-ms / 1,024,000, exactly; and what it cost on Lambda x86, by hand from the
+    // records: requests × $0.20/M + GB-s × $0.0000166667 (one half-up rounding each).
     if rows.len() == 1 {
         assert_eq!(rows[0]["gb_seconds"], show_fixed(mb_ms * 9_765_625, 13));
+        let price = |p: &str| Money::parse(p).unwrap().pico();
+        let by_hand = div_round(7 * price("0.20"), 1_000_000) + div_round(mb_ms * price("0.0000166667"), 1_024_000);
+        assert_eq!((rows[0]["cost"].as_str().unwrap(), rows[0]["priced_with"].as_str().unwrap()), (Money(by_hand).to_string().as_str(), "aws-lambda-x86"), "{rows:?}");
+        // On Cloud Run: also 1 vCPU for the billed time, at its prices.
+        let v: Value = s.get("/v1/usage?since=2h&kind=function&name=hello&sheet=gcp-cloud-run").send().await.unwrap().json().await.unwrap();
+        let by_hand = div_round(7 * price("0.40"), 1_000_000) + div_round(mb_ms * price("0.0000025"), 1_024_000) + div_round(u128::from(billed) * price("0.000024"), 1000);
+        assert_eq!(v["items"][0]["cost"].as_str().unwrap(), Money(by_hand).to_string(), "{v}");
     }
+    let (status, code, _) = common::error_code(s.get("/v1/usage?sheet=nope").send().await.unwrap()).await;
+    assert_eq!(status, 400, "{code}");
     let cli = s.ok(&["usage", "hello"]);
     assert!(cli.contains("hello") && cli.contains("function"), "{cli}");
     let days = usage(&s, "kind=function&per=day").await;
@@ -118,6 +129,14 @@ async fn functions_and_sandboxes_are_metered_exactly() {
     .await;
     assert_eq!(rows.iter().map(|r| r["errors"].as_u64().unwrap()).sum::<u64>(), 0, "{rows:?}");
     assert!(total(&rows, "running_seconds") > 0, "{rows:?}");
+    // Its instance time, priced on Fargate: vCPU-time × $0.04048/h + memory-time × $0.004445/h.
+    for r in &rows {
+        let vcpu_milli_ms = hangar_cost::money::parse_fixed(r["vcpu_seconds"].as_str().unwrap(), 6).unwrap();
+        let mb_ms = hangar_cost::money::parse_fixed(r["gb_seconds"].as_str().unwrap(), 13).unwrap() / 9_765_625;
+        let price = |p: &str| Money::parse(p).unwrap().pico();
+        let by_hand = div_round(vcpu_milli_ms * price("0.04048"), 3_600_000_000) + div_round(mb_ms * price("0.004445"), 1024 * 3_600_000);
+        assert_eq!((r["cost"].as_str().unwrap(), r["priced_with"].as_str().unwrap()), (Money(by_hand).to_string().as_str(), "aws-fargate"), "{r}");
+    }
     let v: Value = s.get("/v1/advice?kind=service").send().await.unwrap().json().await.unwrap();
     let a = &v["items"][0];
     assert_eq!((a["kind"].as_str(), a["name"].as_str(), a["observed"]["requests"].as_u64()), (Some("service"), Some("web"), Some(13)), "{v}");
