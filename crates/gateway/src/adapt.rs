@@ -31,12 +31,35 @@ pub const STREAK: u32 = 3;
 /// Most invocations read per look.
 const MAX_RECORDS: u32 = 10_000;
 
+/// The hysteresis of one workload: the change asked for, and how many looks in a row did.
+#[derive(Default)]
+struct Streak {
+    candidate: Option<u32>,
+    count: u32,
+}
+
+impl Streak {
+    /// Whether to change from `now` to `desired`: only when the same change was asked for
+    /// [`STREAK`] looks in a row (asking for no change starts over).
+    fn agrees(&mut self, now: u32, desired: u32) -> bool {
+        if desired == now {
+            *self = Streak::default();
+            return false;
+        }
+        if self.candidate == Some(desired) {
+            self.count += 1;
+        } else {
+            *self = Streak { candidate: Some(desired), count: 1 };
+        }
+        self.count >= STREAK
+    }
+}
+
 struct Track {
     revision: u64,
     /// Instances kept warm now.
     warm: u32,
-    candidate: Option<u32>,
-    count: u32,
+    streak: Streak,
     /// The rate (thousandths of a request per second) when it was warmed.
     warm_rate_milli: u128,
 }
@@ -49,8 +72,7 @@ struct ServiceTrack {
     /// `(when, requests, ms serving them)` since the service started, one per look, as far
     /// back as the window (and one before it).
     samples: VecDeque<(i64, u64, u64)>,
-    candidate: Option<u32>,
-    count: u32,
+    streak: Streak,
 }
 
 /// See the module docs; [`Adapter::look`] is called every `--adapt-every`.
@@ -67,24 +89,24 @@ impl Adapter {
     }
 
     pub async fn look(&mut self) {
-        self.look_at_functions().await;
-        self.look_at_services().await;
+        let sheets = match hangar_cost::Sheets::load(Some(&self.state.prices_dir)) {
+            Ok(s) => s,
+            Err(e) => return tracing::error!("adaptive mode: {e}"),
+        };
+        let now = hangar_api::now_ms();
+        let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX).max(1000);
+        self.look_at_functions(&sheets, now, window_ms).await;
+        self.look_at_services(&sheets, now, window_ms).await;
     }
 
-    async fn look_at_services(&mut self) {
+    async fn look_at_services(&mut self, sheets: &hangar_cost::Sheets, now: i64, window_ms: i64) {
         let Some(services) = self.state.services.clone() else { return };
         let rows = match self.state.store.list_services(None).await {
             Ok(r) => r,
             Err(e) => return tracing::error!("adaptive mode: listing services: {e}"),
         };
-        let sheets = match hangar_cost::Sheets::load(Some(&self.state.prices_dir)) {
-            Ok(s) => s,
-            Err(e) => return tracing::error!("adaptive mode: {e}"),
-        };
         let auto: Vec<_> = rows.into_iter().filter(|r| r.config.mode == FunctionMode::Auto).collect();
         self.service_tracks.retain(|(ns, name), _| auto.iter().any(|r| &r.namespace == ns && &r.name == name));
-        let now = hangar_api::now_ms();
-        let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX).max(1000);
         for row in auto {
             let Some(svc) = services.get(&row.namespace, &row.name) else { continue };
             let floor = row.config.min_instances.max(1);
@@ -92,11 +114,10 @@ impl Adapter {
                 revision: row.revision,
                 min: svc.min_instances(),
                 samples: VecDeque::new(),
-                candidate: None,
-                count: 0,
+                streak: Streak::default(),
             });
             if track.revision != row.revision {
-                *track = ServiceTrack { revision: row.revision, min: svc.min_instances(), samples: VecDeque::new(), candidate: None, count: 0 };
+                *track = ServiceTrack { revision: row.revision, min: svc.min_instances(), samples: VecDeque::new(), streak: Streak::default() };
             }
             let (requests_total, busy_total) = svc.traffic.totals();
             track.samples.push_back((now, requests_total, busy_total));
@@ -124,7 +145,7 @@ impl Adapter {
                     current: Some(if track.min == 0 { "function" } else { "service" }.into()),
                 };
                 let policy = hangar_cost::advice::Policy { concurrency: Some(row.config.concurrency), ..Default::default() };
-                match hangar_cost::advice::advise(&stats, &policy, &sheets) {
+                match hangar_cost::advice::advise(&stats, &policy, sheets) {
                     Ok(d) if d.recommendation == "function" => (0, d.reasons.last().cloned().unwrap_or_default()),
                     Ok(d) => (floor, d.reasons.last().cloned().unwrap_or_default()),
                     Err(e) => {
@@ -133,18 +154,7 @@ impl Adapter {
                     }
                 }
             };
-            if desired == track.min {
-                track.candidate = None;
-                track.count = 0;
-                continue;
-            }
-            if track.candidate == Some(desired) {
-                track.count += 1;
-            } else {
-                track.candidate = Some(desired);
-                track.count = 1;
-            }
-            if track.count < STREAK {
+            if !track.streak.agrees(track.min, desired) {
                 continue;
             }
             svc.set_min_instances(desired);
@@ -161,35 +171,27 @@ impl Adapter {
                 tracing::error!(service = %row.name, "adaptive mode: recording a switch: {e}");
             }
             track.min = desired;
-            track.candidate = None;
-            track.count = 0;
+            track.streak = Streak::default();
         }
     }
 
-    async fn look_at_functions(&mut self) {
+    async fn look_at_functions(&mut self, sheets: &hangar_cost::Sheets, now: i64, window_ms: i64) {
         let functions = match self.state.store.list_functions(None).await {
             Ok(f) => f,
             Err(e) => return tracing::error!("adaptive mode: listing functions: {e}"),
         };
-        let sheets = match hangar_cost::Sheets::load(Some(&self.state.prices_dir)) {
-            Ok(s) => s,
-            Err(e) => return tracing::error!("adaptive mode: {e}"),
-        };
         let auto: Vec<_> = functions.into_iter().filter(|f| f.config.mode == FunctionMode::Auto).collect();
         self.tracks.retain(|(ns, name), _| auto.iter().any(|f| &f.namespace == ns && &f.name == name));
-        let now = hangar_api::now_ms();
-        let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX).max(1000);
         for f in auto {
             let track = self.tracks.entry((f.namespace.clone(), f.name.clone())).or_insert(Track {
                 revision: f.revision,
                 warm: f.config.provisioned_instances,
-                candidate: None,
-                count: 0,
+                streak: Streak::default(),
                 warm_rate_milli: 0,
             });
             // A new revision starts from its own configuration.
             if track.revision != f.revision {
-                *track = Track { revision: f.revision, warm: f.config.provisioned_instances, candidate: None, count: 0, warm_rate_milli: 0 };
+                *track = Track { revision: f.revision, warm: f.config.provisioned_instances, streak: Streak::default(), warm_rate_milli: 0 };
             }
             let filter = hangar_store::InvocationFilter {
                 namespace: Some(f.namespace.clone()),
@@ -225,7 +227,7 @@ impl Adapter {
                         current: None,
                     };
                     let policy = hangar_cost::advice::Policy { objective_ms: f.config.latency_objective_ms, ..Default::default() };
-                    match hangar_cost::advice::advise(&stats, &policy, &sheets) {
+                    match hangar_cost::advice::advise(&stats, &policy, sheets) {
                         // Warm instances answer `provisioned` and `service` alike; a sandbox per
                         // job is not something a function can switch to by itself.
                         Ok(d) if matches!(d.recommendation.as_str(), "provisioned" | "service") => {
@@ -243,18 +245,7 @@ impl Adapter {
             } else {
                 (track.warm, String::new())
             };
-            if desired == track.warm {
-                track.candidate = None;
-                track.count = 0;
-                continue;
-            }
-            if track.candidate == Some(desired) {
-                track.count += 1;
-            } else {
-                track.candidate = Some(desired);
-                track.count = 1;
-            }
-            if track.count < STREAK {
+            if !track.streak.agrees(track.warm, desired) {
                 continue;
             }
             let applied = match self.state.scheduler.route(&f.namespace, &f.name) {
@@ -273,8 +264,7 @@ impl Adapter {
                 track.warm_rate_milli = rate_milli;
             }
             track.warm = desired;
-            track.candidate = None;
-            track.count = 0;
+            track.streak = Streak::default();
         }
     }
 }
@@ -301,4 +291,18 @@ pub async fn service_switches(State(state): State<AppState>, p: Principal, Path(
     }
     let items = state.store.list_mode_switches(&ns, &name).await?.into_iter().filter(|s| s.kind == "service").collect();
     Ok(Json(ModeSwitchList { items }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_needs_the_same_answer_streak_looks_in_a_row() {
+        let mut s = Streak::default();
+        assert!(!s.agrees(0, 1) && !s.agrees(0, 1));
+        // Another answer, or none, starts over.
+        assert!(!s.agrees(0, 2) && !s.agrees(0, 0) && !s.agrees(0, 1) && !s.agrees(0, 1));
+        assert!(s.agrees(0, 1), "the third look in a row");
+    }
 }

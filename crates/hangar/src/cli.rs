@@ -1181,12 +1181,8 @@ pub struct AdviseArgs {
     /// Look at traffic from this time (RFC 3339) or this long ago [default: 7d]
     #[arg(long)]
     pub since: Option<String>,
-    /// Price sheet of the function and provisioned models [default: aws-lambda-x86]
-    #[arg(long)]
-    pub sheet: Option<String>,
-    /// Price sheet of the always-on service and sandbox models [default: aws-fargate]
-    #[arg(long)]
-    pub service_sheet: Option<String>,
+    #[command(flatten)]
+    pub sheets: SheetArgs,
     /// Requests one service instance would serve at once [default: 1; a service's own concurrency]
     #[arg(long)]
     pub concurrency: Option<u32>,
@@ -1211,10 +1207,17 @@ pub struct UsageArgs {
     /// Rows per `hour` or `day`
     #[arg(long, default_value = "hour")]
     pub per: String,
-    /// Price sheet of functions' rows [default: aws-lambda-x86]
+    #[command(flatten)]
+    pub sheets: SheetArgs,
+}
+
+/// The price sheets `hangar usage` and `hangar advise` price with.
+#[derive(Debug, clap::Args)]
+pub struct SheetArgs {
+    /// Price sheet of functions (and provisioned instances) [default: aws-lambda-x86]
     #[arg(long)]
     pub sheet: Option<String>,
-    /// Price sheet of services' and sandboxes' rows [default: aws-fargate]
+    /// Price sheet of always-on services and sandboxes [default: aws-fargate]
     #[arg(long)]
     pub service_sheet: Option<String>,
 }

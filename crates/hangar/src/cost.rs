@@ -84,8 +84,8 @@ pub async fn run_usage(cli: &Cli, a: &crate::cli::UsageArgs) -> Result<()> {
         ("since", a.since.as_deref()),
         ("until", a.until.as_deref()),
         ("per", Some(a.per.as_str())),
-        ("sheet", a.sheet.as_deref()),
-        ("service_sheet", a.service_sheet.as_deref()),
+        ("sheet", a.sheets.sheet.as_deref()),
+        ("service_sheet", a.sheets.service_sheet.as_deref()),
     ];
     for (k, v) in pairs {
         if let Some(v) = v {
@@ -133,8 +133,8 @@ pub async fn run_advise(cli: &Cli, args: &crate::cli::AdviseArgs) -> Result<()> 
         ("name", args.name.as_deref()),
         ("kind", args.kind.as_deref()),
         ("since", args.since.as_deref()),
-        ("sheet", args.sheet.as_deref()),
-        ("service_sheet", args.service_sheet.as_deref()),
+        ("sheet", args.sheets.sheet.as_deref()),
+        ("service_sheet", args.sheets.service_sheet.as_deref()),
         ("concurrency", concurrency.as_deref()),
         ("objective_ms", objective_ms.as_deref()),
     ];
