@@ -59,6 +59,10 @@ struct Inner {
     /// Woken when an instance goes back to idle.
     freed: tokio::sync::Notify,
     seq: AtomicU64,
+    /// Its code failed to initialize in a prewarmed zygote: later zygotes are its own, so a
+    /// broken revision does not use up the runtime's pool (and the count does not depend on
+    /// how fast the pool refills).
+    init_failed: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,6 +89,7 @@ impl Function {
             busy: AtomicU32::new(0),
             freed: tokio::sync::Notify::new(),
             seq: AtomicU64::new(0),
+            init_failed: Default::default(),
         });
         let reaper = tokio::spawn(reap(Arc::downgrade(&inner)));
         Function { inner, reaper }
@@ -218,7 +223,11 @@ impl Inner {
                 Ok(()) => p,
                 // The function's own init error is its answer; a platform failure falls back
                 // to a zygote of its own.
-                Err(e @ (PodError::Init { .. } | PodError::Stopping)) => return Err(e),
+                Err(e @ PodError::Init { .. }) => {
+                    self.init_failed.store(true, Ordering::Release);
+                    return Err(e);
+                }
+                Err(e @ PodError::Stopping) => return Err(e),
                 Err(PodError::Failed { message, .. }) => {
                     tracing::warn!(function = %self.spec.name, "specializing a prewarmed zygote failed ({message}); starting one");
                     p.stop().await;
@@ -233,8 +242,12 @@ impl Inner {
 
     /// Whether a prewarmed zygote can serve this function: not when its environment sets what
     /// an interpreter reads only as it starts (`PYTHON*`, the dynamic loader's `LD_*`), since a
-    /// prewarmed Python started without them.
+    /// prewarmed Python started without them, and not after its code failed to initialize in
+    /// one.
     fn prewarmable(&self) -> bool {
+        if self.init_failed.load(Ordering::Acquire) {
+            return false;
+        }
         self.kind != RuntimeKind::Python3
             || !self.spec.limits.env.iter().any(|(k, _)| (k.starts_with("PYTHON") && k != "PYTHONDONTWRITEBYTECODE") || k.starts_with("LD_"))
     }
