@@ -128,7 +128,7 @@ impl Adapter {
             let Some(&(since, requests_then, busy_then)) = track.samples.front().filter(|(t, _, _)| now - t >= window_ms) else { continue };
             let span_ms = (now - since).max(1000);
             let requests = requests_total.saturating_sub(requests_then);
-            let window = humantime::format_duration(Duration::from_millis(span_ms as u64)).to_string();
+            let window = humantime::format_duration(Duration::from_secs(span_ms as u64 / 1000)).to_string();
             let (desired, reason) = if requests == 0 {
                 (0, format!("no request in the last {window}: scale to zero"))
             } else {

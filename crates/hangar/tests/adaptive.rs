@@ -120,7 +120,8 @@ async fn auto_mode_lets_an_idle_service_scale_to_zero_and_warms_it_under_steady_
     })
     .await;
     assert_eq!((cooled[0]["kind"].as_str(), cooled[0]["from_warm"].as_u64(), cooled[0]["to_warm"].as_u64()), (Some("service"), Some(1), Some(0)), "{cooled:?}");
-    assert!(cooled[0]["reason"].as_str().unwrap().contains("no request in the last 3s"), "{cooled:?}");
+    // The span is what the looks covered: the 3 s window, or a little more when a look is late.
+    assert!(cooled[0]["reason"].as_str().unwrap().contains("no request in the last "), "{cooled:?}");
     common::eventually("no instance", Duration::from_secs(20), || async {
         let n = instances().await;
         if n == 0 { Ok(()) } else { Err(n.to_string()) }
