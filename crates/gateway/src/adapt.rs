@@ -158,18 +158,7 @@ impl Adapter {
                 continue;
             }
             svc.set_min_instances(desired);
-            let switch = ModeSwitch {
-                kind: "service".into(),
-                at: hangar_api::rfc3339(now),
-                revision: row.revision,
-                from_warm: track.min,
-                to_warm: desired,
-                reason: format!("{reason} (the same answer {STREAK} looks in a row)"),
-            };
-            tracing::info!(service = %row.name, from = track.min, to = desired, "adaptive mode: {}", switch.reason);
-            if let Err(e) = self.state.store.add_mode_switch(&row.namespace, &row.name, now, &switch).await {
-                tracing::error!(service = %row.name, "adaptive mode: recording a switch: {e}");
-            }
+            record(&self.state, &row.namespace, &row.name, "service", row.revision, (track.min, desired), &reason, now).await;
             track.min = desired;
             track.streak = Streak::default();
         }
@@ -255,11 +244,7 @@ impl Adapter {
             if !applied {
                 continue;
             }
-            let switch = ModeSwitch { kind: "function".into(), at: hangar_api::rfc3339(now), revision: f.revision, from_warm: track.warm, to_warm: desired, reason: format!("{reason} (the same answer {STREAK} looks in a row)") };
-            tracing::info!(function = %f.name, from = track.warm, to = desired, "adaptive mode: {}", switch.reason);
-            if let Err(e) = self.state.store.add_mode_switch(&f.namespace, &f.name, now, &switch).await {
-                tracing::error!(function = %f.name, "adaptive mode: recording a switch: {e}");
-            }
+            record(&self.state, &f.namespace, &f.name, "function", f.revision, (track.warm, desired), &reason, now).await;
             if desired > 0 {
                 track.warm_rate_milli = rate_milli;
             }
@@ -269,16 +254,24 @@ impl Adapter {
     }
 }
 
+/// Stores a change adaptive mode made, `(from, to)` warm instances, with its reason.
+#[allow(clippy::too_many_arguments)]
+async fn record(state: &AppState, namespace: &str, name: &str, kind: &str, revision: u64, (from, to): (u32, u32), reason: &str, now: i64) {
+    let reason = format!("{reason} (the same answer {STREAK} looks in a row)");
+    tracing::info!(kind, name, from, to, "adaptive mode: {reason}");
+    let switch = ModeSwitch { kind: kind.into(), at: hangar_api::rfc3339(now), revision, from_warm: from, to_warm: to, reason };
+    if let Err(e) = state.store.add_mode_switch(namespace, name, now, &switch).await {
+        tracing::error!(kind, name, "adaptive mode: recording a switch: {e}");
+    }
+}
+
 /// The changes adaptive mode made to a function, oldest first.
 #[utoipa::path(get, path = "/v1/functions/{name}/switches", params(("name" = String, Path), NamespaceQuery), tag = "cost",
     responses((status = 200, body = ModeSwitchList), (status = 404, body = hangar_api::ErrorBody)))]
 pub async fn switches(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<ModeSwitchList>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
-    if state.store.get_function(&ns, &name).await?.is_none() {
-        return Err(ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")));
-    }
-    let items = state.store.list_mode_switches(&ns, &name).await?.into_iter().filter(|s| s.kind == "function").collect();
-    Ok(Json(ModeSwitchList { items }))
+    let exists = state.store.get_function(&ns, &name).await?.is_some();
+    switches_of(&state, &ns, &name, "function", exists).await
 }
 
 /// The changes adaptive mode made to a service's minimum instances, oldest first.
@@ -286,10 +279,16 @@ pub async fn switches(State(state): State<AppState>, p: Principal, Path(name): P
     responses((status = 200, body = ModeSwitchList), (status = 404, body = hangar_api::ErrorBody)))]
 pub async fn service_switches(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<ModeSwitchList>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
-    if state.store.get_service(&ns, &name).await?.is_none() {
-        return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
+    let exists = state.store.get_service(&ns, &name).await?.is_some();
+    switches_of(&state, &ns, &name, "service", exists).await
+}
+
+/// The switches of the `kind` workload `name` (a function and a service may share a name).
+async fn switches_of(state: &AppState, ns: &str, name: &str, kind: &str, exists: bool) -> Result<Json<ModeSwitchList>, ApiError> {
+    if !exists {
+        return Err(ApiError::not_found(format_args!("{kind} `{name}` in namespace `{ns}`")));
     }
-    let items = state.store.list_mode_switches(&ns, &name).await?.into_iter().filter(|s| s.kind == "service").collect();
+    let items = state.store.list_mode_switches(ns, name).await?.into_iter().filter(|s| s.kind == kind).collect();
     Ok(Json(ModeSwitchList { items }))
 }
 
