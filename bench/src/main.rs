@@ -101,7 +101,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { return f64::NAN; }
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
@@ -234,10 +236,11 @@ async fn first_response(client: &reqwest::Client, url: &str, key: Option<&str>) 
             rb = rb.bearer_auth(k);
         }
         if let Ok(r) = rb.send().await
-            && r.status().is_success() {
-                r.bytes().await?;
-                return Ok(started.elapsed());
-            }
+            && r.status().is_success()
+        {
+            r.bytes().await?;
+            return Ok(started.elapsed());
+        }
         if started.elapsed() > Duration::from_secs(60) {
             bail!("{url} never answered");
         }
@@ -316,26 +319,23 @@ async fn main() -> Result<()> {
         let code = bytes::Bytes::from(std::fs::read(&a.component)?);
         use hangar_runtime::Runtime;
         let info = rt.prepare(code).await?;
-        let limits = hangar_runtime::Limits {
-            memory_bytes: 128 << 20,
-            timeout: Duration::from_secs(30),
-            env: vec![],
-            allow_outbound: vec![],
-            max_log_bytes: 65536,
-        };
-        let f = rt.load_function(&hangar_runtime::RevisionSpec {
-            namespace: "default".into(),
-            name: "bench".into(),
-            revision: 1,
-            code_digest: info.digest,
-            handler: None,
-            max_instances: 1,
-            provisioned: 0,
-            min_instances: 0,
-            pause_after: None,
-            keep_alive: None,
-            limits,
-        }).await?;
+        let limits =
+            hangar_runtime::Limits { memory_bytes: 128 << 20, timeout: Duration::from_secs(30), env: vec![], allow_outbound: vec![], max_log_bytes: 65536 };
+        let f = rt
+            .load_function(&hangar_runtime::RevisionSpec {
+                namespace: "default".into(),
+                name: "bench".into(),
+                revision: 1,
+                code_digest: info.digest,
+                handler: None,
+                max_instances: 1,
+                provisioned: 0,
+                min_instances: 0,
+                pause_after: None,
+                keep_alive: None,
+                limits,
+            })
+            .await?;
         for _ in 0..200 {
             f.instantiate_once().await?;
         }
@@ -440,7 +440,10 @@ async fn main() -> Result<()> {
     writeln!(report, "This machine is shared and noisy: compare the ratios measured side by side in the same run, not")?;
     writeln!(report, "absolute numbers across runs.\n")?;
     writeln!(report, "- Machine: {}", machine())?;
-    writeln!(report, "- Peer: `{version}` (`wasmtime serve -Scli`: default settings plus the WASI CLI interfaces, as the component reads an env var) on the same component")?;
+    writeln!(
+        report,
+        "- Peer: `{version}` (`wasmtime serve -Scli`: default settings plus the WASI CLI interfaces, as the component reads an env var) on the same component"
+    )?;
     writeln!(report, "  (`examples/hello`, {} bytes)", code.len())?;
     writeln!(report, "- Load: `wrk -t2 -c{} -d{}s --latency` on loopback, {} alternating runs per side, medians\n", a.connections, a.duration, a.runs)?;
     writeln!(report, "## Warm path: WebAssembly function through its URL vs `wasmtime serve`\n")?;
@@ -473,7 +476,12 @@ async fn main() -> Result<()> {
     writeln!(report, "| state | Hangar | wasmtime serve |")?;
     writeln!(report, "|---|---:|---:|")?;
     writeln!(report, "| idle, nothing deployed | {:.1} MiB | |", idle_rss as f64 / 1024.0)?;
-    writeln!(report, "| one function, after the load runs | {:.1} MiB | {:.1} MiB (idle, one component) |", loaded_rss as f64 / 1024.0, peer_rss as f64 / 1024.0)?;
+    writeln!(
+        report,
+        "| one function, after the load runs | {:.1} MiB | {:.1} MiB (idle, one component) |",
+        loaded_rss as f64 / 1024.0,
+        peer_rss as f64 / 1024.0
+    )?;
     writeln!(report, "| {} functions deployed (not yet called) | {:.1} MiB | |", a.functions, many_rss as f64 / 1024.0)?;
     writeln!(report, "| {} functions, each called once (all resident) | {:.1} MiB | |", a.functions, many_loaded_rss as f64 / 1024.0)?;
     eprintln!("measuring process functions");

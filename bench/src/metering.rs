@@ -32,7 +32,8 @@ pub async fn run(bin: &Path, component: &Path, connections: u32, seconds: u32, r
         }
     }
     let usage = on.cli(&["-o", "json", "usage", "hello"])?;
-    let metered: u64 = serde_json::from_str::<serde_json::Value>(&usage)?["items"].as_array().map_or(0, |rows| rows.iter().filter_map(|r| r["requests"].as_u64()).sum());
+    let metered: u64 =
+        serde_json::from_str::<serde_json::Value>(&usage)?["items"].as_array().map_or(0, |rows| rows.iter().filter_map(|r| r["requests"].as_u64()).sum());
     let (ra, rb) = (median(a.clone()), median(b.clone()));
     let mut out = String::new();
     writeln!(out, "## Metering\n")?;
@@ -43,7 +44,13 @@ pub async fn run(bin: &Path, component: &Path, connections: u32, seconds: u32, r
     writeln!(out, "| measure | metering on | metering off | ratio |")?;
     writeln!(out, "|---|---:|---:|---:|")?;
     writeln!(out, "| requests/s | {ra:.0} | {rb:.0} | {:.3}× |", ra / rb)?;
-    writeln!(out, "\nLoss with metering: {:.1} % (goal ≤ 2 %). Runs on: {:?}; off: {:?}.", (1.0 - ra / rb) * 100.0, a.iter().map(|x| x.round()).collect::<Vec<_>>(), b.iter().map(|x| x.round()).collect::<Vec<_>>())?;
+    writeln!(
+        out,
+        "\nLoss with metering: {:.1} % (goal ≤ 2 %). Runs on: {:?}; off: {:?}.",
+        (1.0 - ra / rb) * 100.0,
+        a.iter().map(|x| x.round()).collect::<Vec<_>>(),
+        b.iter().map(|x| x.round()).collect::<Vec<_>>()
+    )?;
     writeln!(out, "The metered server counted {metered} requests of `hello` in its usage rows.\n")?;
     Ok(out)
 }

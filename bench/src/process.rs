@@ -86,7 +86,8 @@ async fn plain_start(argv: &[String], env: &[(&str, String)], cwd: &Path) -> Res
     tokio::time::sleep(IDLE).await;
     let started = Instant::now();
     let mut child = spawn_plain(argv, env, cwd, &api)?;
-    let answer = tokio::time::timeout(Duration::from_secs(30), api.invoke(invocation(0))).await.with_context(|| format!("{argv:?} did not answer within 30 s"))??;
+    let answer =
+        tokio::time::timeout(Duration::from_secs(30), api.invoke(invocation(0))).await.with_context(|| format!("{argv:?} did not answer within 30 s"))??;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let _ = child.kill().await;
     match answer {
@@ -129,8 +130,7 @@ async fn hangar_cold(client: &reqwest::Client, h: &Hangar, name: &str) -> Result
         tokio::time::sleep(IDLE).await;
         v.push(hangar_invoke(client, h, name).await?);
     }
-    let recs: serde_json::Value =
-        client.get(format!("{}/v1/invocations?function={name}&limit={COLD}", h.url)).bearer_auth(&h.key).send().await?.json().await?;
+    let recs: serde_json::Value = client.get(format!("{}/v1/invocations?function={name}&limit={COLD}", h.url)).bearer_auth(&h.key).send().await?.json().await?;
     let items = recs["items"].as_array().cloned().unwrap_or_default();
     let cold = items.iter().filter(|r| r["start"] == "cold").count();
     if cold != COLD {

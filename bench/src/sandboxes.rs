@@ -165,7 +165,14 @@ pub async fn run(bin: &Path) -> Result<String> {
     let busybox = std::fs::read("/bin/busybox").context("busybox-static is missing (apt-get install busybox-static)")?;
     crate::services::layout(
         &layout,
-        &[("bin/", b"", 0o755), ("bin/busybox", &busybox, 0o755), ("bin/sh", b"->busybox", 0o777), ("etc/", b"", 0o755), ("etc/passwd", b"root:x:0:0::/:/bin/sh\n", 0o644), ("tmp/", b"", 0o1777)],
+        &[
+            ("bin/", b"", 0o755),
+            ("bin/busybox", &busybox, 0o755),
+            ("bin/sh", b"->busybox", 0o777),
+            ("etc/", b"", 0o755),
+            ("etc/passwd", b"root:x:0:0::/:/bin/sh\n", 0o644),
+            ("tmp/", b"", 0o1777),
+        ],
         json!({"Entrypoint": ["/bin/sh"]}),
     )?;
     let h = Hangar::start(bin)?;
@@ -223,7 +230,8 @@ pub async fn run(bin: &Path) -> Result<String> {
     let (mut restore, mut restore_direct, mut bytes) = (Vec::new(), Vec::new(), Vec::new());
     let mut intact = true;
     let mut failures: Vec<String> = Vec::new();
-    let mut direct_ok = direct.run(&standby).and_then(|()| direct.ok(&["exec", &standby, "/bin/sh", "-c", &LOOP.replace("busybox sleep", "/bin/busybox sleep")]));
+    let mut direct_ok =
+        direct.run(&standby).and_then(|()| direct.ok(&["exec", &standby, "/bin/sh", "-c", &LOOP.replace("busybox sleep", "/bin/busybox sleep")]));
     let image_dir = work.path().join("checkpoint");
     for _ in 0..CREATES {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -251,7 +259,15 @@ pub async fn run(bin: &Path) -> Result<String> {
             .and_then(|()| direct.ok(&["delete", "--force", &standby]))
             .and_then(|()| {
                 let t2 = Instant::now();
-                direct.ok(&["restore", "--detach", "--image-path", image_dir.to_str().unwrap_or_default(), "--bundle", direct.bundle.to_str().unwrap_or_default(), &standby])?;
+                direct.ok(&[
+                    "restore",
+                    "--detach",
+                    "--image-path",
+                    image_dir.to_str().unwrap_or_default(),
+                    "--bundle",
+                    direct.bundle.to_str().unwrap_or_default(),
+                    &standby,
+                ])?;
                 direct.ok(&["exec", &standby, "/bin/busybox", "cat", "/tmp/count"])?;
                 restore_direct.push(ms(t2));
                 Ok(())
@@ -296,6 +312,11 @@ pub async fn run(bin: &Path) -> Result<String> {
     let _ = writeln!(out, "| measure | value |");
     let _ = writeln!(out, "|---|---:|");
     let _ = writeln!(out, "| standby image (a shell loop running) | {:.0} KiB |", median(bytes.iter().map(|b| *b as f64 / 1024.0).collect()));
-    let _ = writeln!(out, "| memory of an idle running sandbox (PSS of its runsc processes) | {:.1} MiB (runsc directly: {:.1} MiB) |\n", mem as f64 / 1024.0, mem_direct as f64 / 1024.0);
+    let _ = writeln!(
+        out,
+        "| memory of an idle running sandbox (PSS of its runsc processes) | {:.1} MiB (runsc directly: {:.1} MiB) |\n",
+        mem as f64 / 1024.0,
+        mem_direct as f64 / 1024.0
+    );
     Ok(out)
 }

@@ -194,10 +194,31 @@ pub async fn run(bin: &Path, wasmtime: &Path, component: &Path) -> Result<String
     let layout = work.path().join("image");
     crate::services::image(&layout, &server)?;
     h.cli(&["image", "import", layout.to_str().unwrap_or_default(), "--name", "bench/backend:1"])?;
-    h.cli(&["svc", "deploy", "step", "--image", "bench/backend:1", "--public", "--memory", "32", "--min", "1", "--max", "40", "--concurrency", "1", "--scale-window", "6s"])?;
+    h.cli(&[
+        "svc",
+        "deploy",
+        "step",
+        "--image",
+        "bench/backend:1",
+        "--public",
+        "--memory",
+        "32",
+        "--min",
+        "1",
+        "--max",
+        "40",
+        "--concurrency",
+        "1",
+        "--scale-window",
+        "6s",
+    ])?;
     let url = format!("{}/svc/default/step/sleep/50", h.url);
     let wrk = |c: u32, secs: u32| {
-        Command::new("wrk").args(["-t1", &format!("-c{c}"), &format!("-d{secs}s"), &url]).stdout(Stdio::null()).spawn().context("running wrk (apt-get install wrk)")
+        Command::new("wrk")
+            .args(["-t1", &format!("-c{c}"), &format!("-d{secs}s"), &url])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("running wrk (apt-get install wrk)")
     };
     let mut base = wrk(2, 28)?;
     tokio::time::sleep(Duration::from_secs(8)).await;

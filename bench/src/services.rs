@@ -86,7 +86,12 @@ pub fn layout(dir: &Path, files: &[(&str, &[u8], u32)], config: serde_json::Valu
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": layer.len()}],
     }))?;
     let md = put(&manifest)?;
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len()}]}))?)?;
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(
+            &json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len()}]}),
+        )?,
+    )?;
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
     Ok(())
 }
@@ -317,8 +322,10 @@ pub async fn run(bin: &Path, connections: u32, seconds: u32, runs: usize) -> Res
     let _ = writeln!(out, "| path | requests/s | p50 | p99 | vs direct |");
     let _ = writeln!(out, "|---|---:|---:|---:|---|");
     let _ = writeln!(out, "| direct to the instance | {d_rps:.0} | {d_p50:.3} ms | {d_p99:.3} ms | 1.00× |");
-    let _ = writeln!(out, "| Hangar `/svc/...` | {h_rps:.0} | {h_p50:.3} ms | {h_p99:.3} ms | {:.2}× throughput, p50 {:+.3} ms |", h_rps / d_rps, h_p50 - d_p50);
-    let _ = writeln!(out, "| nginx reverse proxy | {n_rps:.0} | {n_p50:.3} ms | {n_p99:.3} ms | {:.2}× throughput, p50 {:+.3} ms |", n_rps / d_rps, n_p50 - d_p50);
+    let _ =
+        writeln!(out, "| Hangar `/svc/...` | {h_rps:.0} | {h_p50:.3} ms | {h_p99:.3} ms | {:.2}× throughput, p50 {:+.3} ms |", h_rps / d_rps, h_p50 - d_p50);
+    let _ =
+        writeln!(out, "| nginx reverse proxy | {n_rps:.0} | {n_p50:.3} ms | {n_p99:.3} ms | {:.2}× throughput, p50 {:+.3} ms |", n_rps / d_rps, n_p50 - d_p50);
     if h_rps / d_rps < 0.8 || h_p50 - d_p50 > 0.3 {
         let _ = writeln!(
             out,

@@ -215,10 +215,7 @@ pub struct AsyncAccepted {
 /// Checks an idempotency key: printable ASCII, at most 256 bytes.
 pub fn idempotency_key(key: &str) -> Result<(), Invalid> {
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Invalid::new(
-            IDEMPOTENCY_KEY_HEADER,
-            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} printable ASCII characters without spaces"),
-        ));
+        return Err(Invalid::new(IDEMPOTENCY_KEY_HEADER, format!("must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} printable ASCII characters without spaces")));
     }
     Ok(())
 }
@@ -291,8 +288,20 @@ impl TriggerConfig {
 
 /// The rule for topic names: `[a-z0-9][a-z0-9._-]{0,127}`.
 pub fn topic(t: &str) -> Result<(), Invalid> {
-    let ok = !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) && t.as_bytes()[0].is_ascii_alphanumeric();
-    if ok { Ok(()) } else { Err(Invalid::new("topic", format!("`{t}` is not a valid topic: use 1 to 128 lowercase letters, digits, dots, dashes and underscores, starting with a letter or digit (e.g. `orders.created`)"))) }
+    let ok = !t.is_empty()
+        && t.len() <= 128
+        && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && t.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            "topic",
+            format!(
+                "`{t}` is not a valid topic: use 1 to 128 lowercase letters, digits, dots, dashes and underscores, starting with a letter or digit (e.g. `orders.created`)"
+            ),
+        ))
+    }
 }
 
 /// A trigger as the API shows it.
@@ -351,12 +360,20 @@ mod tests {
 
     #[test]
     fn triggers_need_one_source_and_one_target() {
-        let cron = TriggerConfig { cron: Some("* * * * *".into()), timezone: None, topic: None, function: Some("f".into()), service: None, path: None, data: None };
+        let cron =
+            TriggerConfig { cron: Some("* * * * *".into()), timezone: None, topic: None, function: Some("f".into()), service: None, path: None, data: None };
         assert!(cron.validate().is_ok());
         assert!(TriggerConfig { topic: Some("t".into()), ..cron.clone() }.validate().is_err());
         assert!(TriggerConfig { service: Some("s".into()), ..cron.clone() }.validate().is_err());
         assert!(TriggerConfig { path: Some("/x".into()), ..cron.clone() }.validate().is_err());
-        let topic = TriggerConfig { cron: None, topic: Some("orders.created".into()), function: None, service: Some("web".into()), path: Some("/events".into()), ..cron.clone() };
+        let topic = TriggerConfig {
+            cron: None,
+            topic: Some("orders.created".into()),
+            function: None,
+            service: Some("web".into()),
+            path: Some("/events".into()),
+            ..cron.clone()
+        };
         assert!(topic.validate().is_ok());
         assert!(TriggerConfig { path: Some("events".into()), ..topic.clone() }.validate().is_err());
         assert!(TriggerConfig { topic: Some("Orders!".into()), ..topic.clone() }.validate().is_err());

@@ -427,9 +427,10 @@ pub struct NamespaceLimits {
 impl NamespaceLimits {
     pub fn validate(&self) -> Result<(), validate::Invalid> {
         match self.max_concurrency {
-            Some(n) if n == 0 || n > MAX_NAMESPACE_CONCURRENCY => {
-                Err(validate::Invalid::new("max_concurrency", format!("{n} is out of range: choose 1 to {MAX_NAMESPACE_CONCURRENCY}, or null for the server's default")))
-            }
+            Some(n) if n == 0 || n > MAX_NAMESPACE_CONCURRENCY => Err(validate::Invalid::new(
+                "max_concurrency",
+                format!("{n} is out of range: choose 1 to {MAX_NAMESPACE_CONCURRENCY}, or null for the server's default"),
+            )),
             _ => Ok(()),
         }
     }
@@ -505,25 +506,18 @@ pub struct ErrorDetail {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// RFC 3339 text of a time given in milliseconds since the Unix epoch.
 pub fn rfc3339(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| ms.to_string())
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| ms.to_string())
 }
 
 /// Parses RFC 3339 text into milliseconds since the Unix epoch.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok().map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 /// One invocation as the platform records it internally (times as integers), before it is

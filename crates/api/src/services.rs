@@ -221,7 +221,9 @@ pub fn volume(spec: &str) -> Result<(String, String), Invalid> {
         return Err(bad(format!("`{spec}`: the path must be absolute, without `.` or `..` (a volume is a Hangar-managed directory, never a host path)")));
     }
     let clean = path.trim_end_matches('/');
-    if clean.is_empty() || ["/proc", "/sys", "/dev", "/etc/hosts", "/etc/resolv.conf", "/etc/hostname"].iter().any(|p| clean == *p || clean.starts_with(&format!("{p}/"))) {
+    if clean.is_empty()
+        || ["/proc", "/sys", "/dev", "/etc/hosts", "/etc/resolv.conf", "/etc/hostname"].iter().any(|p| clean == *p || clean.starts_with(&format!("{p}/")))
+    {
         return Err(bad(format!("`{spec}`: `{path}` cannot hold a volume")));
     }
     Ok((name.to_string(), clean.to_string()))

@@ -44,17 +44,11 @@ pub const MAX_OUTBOUND_HOSTS: usize = 64;
 pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
     let (lo, hi) = MEMORY_MB_RANGE;
     if !(lo..=hi).contains(&cfg.memory_mb) {
-        return Err(Invalid::new(
-            "memory_mb",
-            format!("{} MiB is out of range: choose {lo} to {hi} MiB", cfg.memory_mb),
-        ));
+        return Err(Invalid::new("memory_mb", format!("{} MiB is out of range: choose {lo} to {hi} MiB", cfg.memory_mb)));
     }
     let (lo, hi) = TIMEOUT_MS_RANGE;
     if !(lo..=hi).contains(&cfg.timeout_ms) {
-        return Err(Invalid::new(
-            "timeout_ms",
-            format!("{} ms is out of range: choose {lo} ms to {hi} ms (15 minutes)", cfg.timeout_ms),
-        ));
+        return Err(Invalid::new("timeout_ms", format!("{} ms is out of range: choose {lo} ms to {hi} ms (15 minutes)", cfg.timeout_ms)));
     }
     let (lo, hi) = MAX_INSTANCES_RANGE;
     if !(lo..=hi).contains(&cfg.max_instances) {
@@ -67,11 +61,17 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
     if policies && !process {
         return Err(Invalid::new(
             "provisioned_instances",
-            format!("provisioned and min instances, pause_after_ms and keep_alive_ms apply to process runtimes; {} functions keep no instances between calls", cfg.runtime),
+            format!(
+                "provisioned and min instances, pause_after_ms and keep_alive_ms apply to process runtimes; {} functions keep no instances between calls",
+                cfg.runtime
+            ),
         ));
     }
     if cfg.mode == crate::FunctionMode::Auto && !process {
-        return Err(Invalid::new("mode", format!("auto mode keeps process functions warm; {} functions start in microseconds and keep no instances", cfg.runtime)));
+        return Err(Invalid::new(
+            "mode",
+            format!("auto mode keeps process functions warm; {} functions start in microseconds and keep no instances", cfg.runtime),
+        ));
     }
     if let Some(ms) = cfg.latency_objective_ms.filter(|ms| !(1..=60_000).contains(ms)) {
         return Err(Invalid::new("latency_objective_ms", format!("{ms} is out of range: choose 1 to 60000")));
@@ -98,16 +98,10 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
         env_bytes += k.len() + v.len();
     }
     if env_bytes > MAX_ENV_BYTES {
-        return Err(Invalid::new(
-            "env",
-            format!("environment is {env_bytes} bytes; at most {MAX_ENV_BYTES} bytes are allowed"),
-        ));
+        return Err(Invalid::new("env", format!("environment is {env_bytes} bytes; at most {MAX_ENV_BYTES} bytes are allowed")));
     }
     if cfg.allow_outbound.len() > MAX_OUTBOUND_HOSTS {
-        return Err(Invalid::new(
-            "allow_outbound",
-            format!("{} hosts given; at most {MAX_OUTBOUND_HOSTS}", cfg.allow_outbound.len()),
-        ));
+        return Err(Invalid::new("allow_outbound", format!("{} hosts given; at most {MAX_OUTBOUND_HOSTS}", cfg.allow_outbound.len())));
     }
     for h in &cfg.allow_outbound {
         outbound_host(h)?;
@@ -151,11 +145,20 @@ pub fn handler(cfg: &FunctionConfig) -> Result<(), Invalid> {
         (kind, Some(h)) => {
             let ok_chars = !h.is_empty() && h.len() <= 128 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./$".contains(&b));
             if !ok_chars || h.starts_with('/') || h.split('/').any(|p| p == "..") {
-                return Err(Invalid::new("handler", format!("`{h}` is not a valid handler: use letters, digits, `_`, `-`, `.` and `/` inside the code, at most 128 characters")));
+                return Err(Invalid::new(
+                    "handler",
+                    format!("`{h}` is not a valid handler: use letters, digits, `_`, `-`, `.` and `/` inside the code, at most 128 characters"),
+                ));
             }
             if kind.needs_handler() && !matches!(h.rsplit_once('.'), Some((m, f)) if !m.is_empty() && !f.is_empty()) {
                 let example = if kind == RuntimeKind::Python3 { "app.handler" } else { "index.handler" };
-                return Err(Invalid::new("handler", format!("`{h}` names no function: write {} like `{example}`", if kind == RuntimeKind::Python3 { "module.function" } else { "file.function" })));
+                return Err(Invalid::new(
+                    "handler",
+                    format!(
+                        "`{h}` names no function: write {} like `{example}`",
+                        if kind == RuntimeKind::Python3 { "module.function" } else { "file.function" }
+                    ),
+                ));
             }
             Ok(())
         }
@@ -165,42 +168,27 @@ pub fn handler(cfg: &FunctionConfig) -> Result<(), Invalid> {
 /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn env_var_name(k: &str) -> Result<(), Invalid> {
     let mut bytes = k.bytes();
-    let ok = matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Invalid::new(
-            "env",
-            format!("`{k}` is not a valid variable name: use letters, digits and `_`, not starting with a digit"),
-        ))
-    }
+    let ok = matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_') && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok { Ok(()) } else { Err(Invalid::new("env", format!("`{k}` is not a valid variable name: use letters, digits and `_`, not starting with a digit"))) }
 }
 
 /// An outbound allow-list entry: `host`, `host:port`, `*.domain` or `*.domain:port`.
 pub fn outbound_host(entry: &str) -> Result<(), Invalid> {
-    let bad = |why: &str| {
-        Err(Invalid::new(
-            "allow_outbound",
-            format!("`{entry}` {why}; write `host`, `host:port` or `*.domain` (e.g. `api.example.com:443`)"),
-        ))
-    };
+    let bad = |why: &str| Err(Invalid::new("allow_outbound", format!("`{entry}` {why}; write `host`, `host:port` or `*.domain` (e.g. `api.example.com:443`)")));
     let (host, port) = match entry.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
         None => (entry, None),
     };
     if let Some(p) = port
-        && p.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
-            return bad("has an invalid port");
-        }
+        && p.parse::<u16>().map(|p| p == 0).unwrap_or(true)
+    {
+        return bad("has an invalid port");
+    }
     let host = host.strip_prefix("*.").unwrap_or(host);
     if host.is_empty() || host.len() > 253 {
         return bad("has no host");
     }
-    if !host
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    {
+    if !host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.') {
         return bad("is not a lowercase host name or IPv4 address");
     }
     Ok(())
@@ -271,7 +259,6 @@ mod tests {
         c.runtime = RuntimeKind::Provided;
         c.handler = None;
         assert!(function_config(&c).is_ok());
-
     }
 
     #[test]

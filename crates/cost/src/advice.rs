@@ -146,7 +146,12 @@ pub fn advise(stats: &Stats, policy: &Policy, sheets: &Sheets) -> Result<Decisio
     ];
     let fsheet = sheets.get(req.sheet.as_deref().unwrap_or("aws-lambda-x86"))?;
     let limit_ms = fsheet.function.as_ref().and_then(|x| x.max_duration_s).map(|s| s * 1000);
-    let costs_line = costs.estimates.iter().map(|e| format!("{} {} ({})", e.model, dollars(Money::parse(&e.monthly).map(Money::pico).unwrap_or(0)), e.sheet)).collect::<Vec<_>>().join(", ");
+    let costs_line = costs
+        .estimates
+        .iter()
+        .map(|e| format!("{} {} ({})", e.model, dollars(Money::parse(&e.monthly).map(Money::pico).unwrap_or(0)), e.sheet))
+        .collect::<Vec<_>>()
+        .join(", ");
     reasons.push(format!("cost a month at this traffic: {costs_line}"));
     // `other` is worth a change from `base` when it saves at least the margin.
     let beats = |other: u128, base: Option<u128>| base.is_none_or(|base| other * 100 <= base * (100 - MARGIN_PCT));
@@ -185,7 +190,12 @@ pub fn advise(stats: &Stats, policy: &Policy, sheets: &Sheets) -> Result<Decisio
         && let Some(f) = f.filter(|f| beats(*f, s))
     {
         let saved = s.map_or(String::new(), |s| format!(" {} a month less than", dollars(s - f)));
-        ("function", format!("{pattern} traffic with {idle_pct}% idle hours: a scale-to-zero function costs{saved} the always-on service (its first requests after idle would start cold)"))
+        (
+            "function",
+            format!(
+                "{pattern} traffic with {idle_pct}% idle hours: a scale-to-zero function costs{saved} the always-on service (its first requests after idle would start cold)"
+            ),
+        )
     } else if current == "service" {
         ("service", format!("{pattern} traffic keeps the service busy enough: a function would not cost {MARGIN_PCT}% less"))
     } else {

@@ -52,7 +52,8 @@ impl Traffic {
         if peak_milli < rps_milli {
             return Err(invalid("peak_rps", format!("{} is below the mean rate {}", show_fixed(peak_milli, 3), show_fixed(rps_milli, 3))));
         }
-        let duration = humantime::parse_duration(r.duration.trim()).map_err(|e| invalid("duration", format!("`{}` is not a duration like 120ms or 2s ({e})", r.duration)))?;
+        let duration = humantime::parse_duration(r.duration.trim())
+            .map_err(|e| invalid("duration", format!("`{}` is not a duration like 120ms or 2s ({e})", r.duration)))?;
         let duration_us = duration.as_micros();
         if duration_us == 0 || duration_us > 24 * 3600 * 1_000_000 {
             return Err(invalid("duration", format!("`{}` is out of range 1µs..=24h", r.duration)));
@@ -176,8 +177,20 @@ pub fn service(sheet: &Sheet, t: &Traffic) -> Option<(Estimate, u128)> {
     let cpu = div_round(n * t.cpus_milli * HOURS_PER_MONTH * s.per_vcpu_hour.pico(), 1000);
     let mem = div_round(n * t.memory_mb * HOURS_PER_MONTH * s.per_gb_hour.pico(), 1024);
     let lines = vec![
-        line(&format!("{n} instance(s) × {} vCPU, all month", show_fixed(t.cpus_milli, 3)), show_fixed(n * t.cpus_milli * HOURS_PER_MONTH, 3), "vCPU-hour", s.per_vcpu_hour, cpu),
-        line(&format!("{n} instance(s) × {} MiB, all month", t.memory_mb), show_fixed(n * t.memory_mb * HOURS_PER_MONTH * 9_765_625, 10), "GB-hour", s.per_gb_hour, mem),
+        line(
+            &format!("{n} instance(s) × {} vCPU, all month", show_fixed(t.cpus_milli, 3)),
+            show_fixed(n * t.cpus_milli * HOURS_PER_MONTH, 3),
+            "vCPU-hour",
+            s.per_vcpu_hour,
+            cpu,
+        ),
+        line(
+            &format!("{n} instance(s) × {} MiB, all month", t.memory_mb),
+            show_fixed(n * t.memory_mb * HOURS_PER_MONTH * 9_765_625, 10),
+            "GB-hour",
+            s.per_gb_hour,
+            mem,
+        ),
     ];
     Some((estimate("service", sheet, lines, &[cpu, mem], Some(n), Vec::new()), cpu + mem))
 }
@@ -196,12 +209,20 @@ pub fn sandbox(sheet: &Sheet, t: &Traffic) -> Option<(Estimate, u128)> {
     let cpu = div_round(busy_ms.saturating_mul(t.cpus_milli).saturating_mul(s.per_vcpu_hour.pico()), 1000 * 3_600_000);
     let mem = div_round(busy_ms.saturating_mul(t.memory_mb).saturating_mul(s.per_gb_hour.pico()), 1024 * 3_600_000);
     let lines = vec![
-        line(&format!("jobs × {} vCPU, while they run", show_fixed(t.cpus_milli, 3)), show_fixed(busy_ms * t.cpus_milli / 3_600, 6), "vCPU-hour", s.per_vcpu_hour, cpu),
+        line(
+            &format!("jobs × {} vCPU, while they run", show_fixed(t.cpus_milli, 3)),
+            show_fixed(busy_ms * t.cpus_milli / 3_600, 6),
+            "vCPU-hour",
+            s.per_vcpu_hour,
+            cpu,
+        ),
         line(&format!("jobs × {} MiB, while they run", t.memory_mb), show_fixed(busy_ms * t.memory_mb * 9_765_625 / 3_600, 13), "GB-hour", s.per_gb_hour, mem),
     ];
     let mut notes = Vec::new();
     if t.duration_us < SANDBOX_MIN_US {
-        notes.push("requests shorter than 1 s would wait longer for a sandbox to resume from standby than they run: this model fits jobs, not requests".to_string());
+        notes.push(
+            "requests shorter than 1 s would wait longer for a sandbox to resume from standby than they run: this model fits jobs, not requests".to_string(),
+        );
     }
     Some((estimate("sandbox", sheet, lines, &[cpu, mem], Some(in_flight), notes), cpu + mem))
 }
@@ -281,7 +302,17 @@ mod tests {
     use super::*;
 
     fn req(rps: &str, duration: &str, memory_mb: u32) -> CalcRequest {
-        CalcRequest { rps: rps.into(), duration: duration.into(), memory_mb, cpus: None, peak_rps: None, concurrency: None, target_utilization: None, sheet: None, service_sheet: None }
+        CalcRequest {
+            rps: rps.into(),
+            duration: duration.into(),
+            memory_mb,
+            cpus: None,
+            peak_rps: None,
+            concurrency: None,
+            target_utilization: None,
+            sheet: None,
+            service_sheet: None,
+        }
     }
 
     fn cost(model: &str, sheet: &str, r: &CalcRequest) -> String {

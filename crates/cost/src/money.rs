@@ -31,10 +31,7 @@ pub fn parse_fixed(text: &str, places: u32) -> Result<u128, String> {
     let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| format!("`{text}` is too large"))? };
     let frac_value: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| format!("`{text}` is not a number"))? };
     let scale = 10u128.pow(places);
-    whole
-        .checked_mul(scale)
-        .and_then(|w| w.checked_add(frac_value * 10u128.pow(places - frac.len() as u32)))
-        .ok_or_else(|| format!("`{text}` is too large"))
+    whole.checked_mul(scale).and_then(|w| w.checked_add(frac_value * 10u128.pow(places - frac.len() as u32))).ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// An integer scaled by 10^`places` as a decimal string without trailing zeros.

@@ -178,7 +178,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Sheet, CostError> {
         .transpose()?;
     let service = match (raw.service, raw.machine) {
         (Some(_), Some(_)) => return Err(CostError::Sheet(format!("{origin}: give `[service]` prices or a `[machine]`, not both"))),
-        (Some(s), None) => Some(ServicePrices { per_vcpu_hour: price(origin, "service.per_vcpu_hour", &s.per_vcpu_hour)?, per_gb_hour: price(origin, "service.per_gb_hour", &s.per_gb_hour)? }),
+        (Some(s), None) => Some(ServicePrices {
+            per_vcpu_hour: price(origin, "service.per_vcpu_hour", &s.per_vcpu_hour)?,
+            per_gb_hour: price(origin, "service.per_gb_hour", &s.per_gb_hour)?,
+        }),
         (None, Some(m)) => Some(machine(origin, &m)?),
         (None, None) => None,
     };
@@ -282,9 +285,16 @@ mod tests {
 
     #[test]
     fn bad_sheets_name_the_file_and_line() {
-        let err = parse("name = \"mine\"\ntitle = \"t\"\nsource = \"s\"\nas_of = \"2026-01-01\"\n[service]\nper_vcpu_hour = \"-1\"\nper_gb_hour = \"1\"\n", "mine.toml").unwrap_err().to_string();
+        let err = parse(
+            "name = \"mine\"\ntitle = \"t\"\nsource = \"s\"\nas_of = \"2026-01-01\"\n[service]\nper_vcpu_hour = \"-1\"\nper_gb_hour = \"1\"\n",
+            "mine.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("mine.toml") && err.contains("per_vcpu_hour"), "{err}");
-        let err = parse("name = \"mine\"\ntitle = \"t\"\nsource = \"s\"\nas_of = \"x\"\n[service]\nper_vcpu_hour = \"1\"\nper_gb_hr = \"1\"\n", "mine.toml").unwrap_err().to_string();
+        let err = parse("name = \"mine\"\ntitle = \"t\"\nsource = \"s\"\nas_of = \"x\"\n[service]\nper_vcpu_hour = \"1\"\nper_gb_hr = \"1\"\n", "mine.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("mine.toml, line 7") && err.contains("per_gb_hr"), "{err}");
         let err = parse("name = \"mine\"\ntitle = \"t\"\nsource = \"s\"\nas_of = \"x\"\n", "m.toml").unwrap_err().to_string();
         assert!(err.contains("prices nothing"), "{err}");

@@ -35,7 +35,9 @@ pub enum EventsError {
     #[error("the server is shutting down; nothing was queued, send the event again once it is back")]
     Stopping,
     /// The queue holds as many unfinished events (or payload bytes) as it may.
-    #[error("the asynchronous queue is full: {events} unfinished events with {bytes} bytes of payload wait (this server holds at most {max_events} events and {max_bytes} bytes); nothing was queued, send it again later")]
+    #[error(
+        "the asynchronous queue is full: {events} unfinished events with {bytes} bytes of payload wait (this server holds at most {max_events} events and {max_bytes} bytes); nothing was queued, send it again later"
+    )]
     Full { events: usize, bytes: usize, max_events: usize, max_bytes: usize },
 }
 
@@ -86,7 +88,14 @@ pub enum SinkError {
 /// Hands events to services: POST `path` on a ready instance (the gateway's proxy).
 #[async_trait::async_trait]
 pub trait ServiceSink: Send + Sync + 'static {
-    async fn deliver(&self, namespace: &str, service: &str, path: &str, content_type: Option<&str>, body: Bytes) -> Result<(http::StatusCode, Bytes), SinkError>;
+    async fn deliver(
+        &self,
+        namespace: &str,
+        service: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(http::StatusCode, Bytes), SinkError>;
 }
 
 /// How much of a failed attempt's answer goes into the destination record.
@@ -180,7 +189,14 @@ impl AsyncQueue {
     /// Persists an event for `namespace/function` and queues it. Returns its id and whether an
     /// earlier event with the same idempotency key holds it (then nothing new is queued).
     /// The caller has checked that the function exists and the payload's size.
-    pub async fn accept(&self, namespace: &str, target: &Target, payload: Bytes, content_type: Option<String>, idempotency_key: Option<String>) -> Result<(String, bool), EventsError> {
+    pub async fn accept(
+        &self,
+        namespace: &str,
+        target: &Target,
+        payload: Bytes,
+        content_type: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<(String, bool), EventsError> {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(EventsError::Stopping);
         }
@@ -225,7 +241,14 @@ impl AsyncQueue {
 impl Inner {
     /// [`AsyncQueue::accept`], also while stopping and when full: for hand-overs of events
     /// leaving the queue to their `on_failure` function.
-    async fn accept(&self, namespace: &str, target: &Target, payload: Bytes, content_type: Option<String>, idempotency_key: Option<String>) -> Result<(String, bool), EventsError> {
+    async fn accept(
+        &self,
+        namespace: &str,
+        target: &Target,
+        payload: Bytes,
+        content_type: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<(String, bool), EventsError> {
         let now = now_ms();
         let rec = AsyncRecord {
             id: uuid::Uuid::now_v7().to_string(),
@@ -471,7 +494,8 @@ fn classify(status: http::StatusCode, body: &[u8]) -> (Outcome, Option<String>) 
 
 /// What an `on_failure` function receives: the record Lambda sends to a destination.
 fn destination_record(rec: &AsyncRecord, condition: &str, answer: Option<(u16, Bytes)>) -> Bytes {
-    let as_json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(b).into_owned()));
+    let as_json =
+        |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(b).into_owned()));
     let mut record = serde_json::json!({
         "version": "1.0",
         "timestamp": rfc3339(now_ms()),

@@ -37,10 +37,7 @@ impl Schedule {
         if !(5..=6).contains(&fields) {
             return Err(format!("`{expr}` has {fields} fields; give 5 (minute hour day-of-month month day-of-week) or 6 (seconds first)"));
         }
-        let parser = croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Optional)
-            .year(croner::parser::Year::Disallowed)
-            .build();
+        let parser = croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Optional).year(croner::parser::Year::Disallowed).build();
         let cron = parser.parse(expr).map_err(|e| format!("`{expr}` is not a cron expression: {e}"))?;
         let tz = match timezone {
             None => chrono_tz::UTC,

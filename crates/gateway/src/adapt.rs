@@ -197,7 +197,8 @@ impl Adapter {
                 }
             };
             // With more records than read, the window is what they span.
-            let span_ms = if records.len() as u32 >= MAX_RECORDS { records.iter().map(|r| now - r.started_ms).max().unwrap_or(window_ms).max(1000) } else { window_ms };
+            let span_ms =
+                if records.len() as u32 >= MAX_RECORDS { records.iter().map(|r| now - r.started_ms).max().unwrap_or(window_ms).max(1000) } else { window_ms };
             let requests = records.len() as u64;
             let rate_milli = (u128::from(requests) * 1_000_000).div_ceil(span_ms as u128);
             let window = humantime::format_duration(Duration::from_millis(span_ms as u64)).to_string();
@@ -230,7 +231,14 @@ impl Adapter {
             } else if requests == 0 {
                 (0, format!("no request in the last {window}: back to scale to zero"))
             } else if rate_milli * 2 < track.warm_rate_milli {
-                (0, format!("traffic fell to {} req/s, under half of the {} req/s it was warmed at: back to scale to zero", show_fixed(rate_milli, 3), show_fixed(track.warm_rate_milli, 3)))
+                (
+                    0,
+                    format!(
+                        "traffic fell to {} req/s, under half of the {} req/s it was warmed at: back to scale to zero",
+                        show_fixed(rate_milli, 3),
+                        show_fixed(track.warm_rate_milli, 3)
+                    ),
+                )
             } else {
                 (track.warm, String::new())
             };
@@ -268,7 +276,12 @@ async fn record(state: &AppState, namespace: &str, name: &str, kind: &str, revis
 /// The changes adaptive mode made to a function, oldest first.
 #[utoipa::path(get, path = "/v1/functions/{name}/switches", params(("name" = String, Path), NamespaceQuery), tag = "cost",
     responses((status = 200, body = ModeSwitchList), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn switches(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<ModeSwitchList>, ApiError> {
+pub async fn switches(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<Json<ModeSwitchList>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let exists = state.store.get_function(&ns, &name).await?.is_some();
     switches_of(&state, &ns, &name, "function", exists).await
@@ -277,7 +290,12 @@ pub async fn switches(State(state): State<AppState>, p: Principal, Path(name): P
 /// The changes adaptive mode made to a service's minimum instances, oldest first.
 #[utoipa::path(get, path = "/v1/services/{name}/switches", params(("name" = String, Path), NamespaceQuery), tag = "cost",
     responses((status = 200, body = ModeSwitchList), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn service_switches(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<ModeSwitchList>, ApiError> {
+pub async fn service_switches(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<Json<ModeSwitchList>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let exists = state.store.get_service(&ns, &name).await?.is_some();
     switches_of(&state, &ns, &name, "service", exists).await

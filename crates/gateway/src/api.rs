@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hangar_api::{
-    ApiKey, CreateKey, CreateNamespace, CreatedKey, DeployResponse, DeployStatus, Function, FunctionConfig,
-    FunctionList, Invocation, InvocationPage, KeyList, Namespace, NamespaceList, Outcome, now_ms, rfc3339, validate,
+    ApiKey, CreateKey, CreateNamespace, CreatedKey, DeployResponse, DeployStatus, Function, FunctionConfig, FunctionList, Invocation, InvocationPage, KeyList,
+    Namespace, NamespaceList, Outcome, now_ms, rfc3339, validate,
 };
 use hangar_scheduler::Deployment;
 use hangar_store::{FunctionRow, InvocationFilter, KeyRow};
@@ -101,7 +101,12 @@ pub async fn create_namespace(State(state): State<AppState>, p: Principal, ApiJs
 /// Sets a namespace's limits: `max_concurrency` (`null`: the server's `--namespace-concurrency`).
 #[utoipa::path(patch, path = "/v1/namespaces/{name}", request_body = hangar_api::NamespaceLimits, tag = "namespaces",
     responses((status = 200, body = Namespace), (status = 400, body = hangar_api::ErrorBody), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn set_namespace_limits(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiJson(body): ApiJson<hangar_api::NamespaceLimits>) -> Result<Json<Namespace>, ApiError> {
+pub async fn set_namespace_limits(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<hangar_api::NamespaceLimits>,
+) -> Result<Json<Namespace>, ApiError> {
     p.require_admin()?;
     body.validate()?;
     if !state.store.set_namespace_limit(&name, body.max_concurrency).await? {
@@ -189,7 +194,12 @@ pub async fn list_functions(State(state): State<AppState>, p: Principal, ApiQuer
 
 #[utoipa::path(get, path = "/v1/functions/{name}", params(NamespaceQuery), tag = "functions",
     responses((status = 200, body = Function), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn get_function(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Function>, ApiError> {
+pub async fn get_function(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<Json<Function>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let row = state.store.get_function(&ns, &name).await?.ok_or_else(|| ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")))?;
     let mut view = function_view(&row);
@@ -199,7 +209,12 @@ pub async fn get_function(State(state): State<AppState>, p: Principal, Path(name
 
 #[utoipa::path(delete, path = "/v1/functions/{name}", params(NamespaceQuery), tag = "functions",
     responses((status = 204), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn delete_function(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<StatusCode, ApiError> {
+pub async fn delete_function(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<StatusCode, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let _guard = state.deploy_lock.lock().await;
     if !state.store.delete_function(&ns, &name).await? {
@@ -233,7 +248,10 @@ async fn read_deploy(state: &AppState, req: axum::extract::Request) -> Result<(F
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "code_too_large",
-            format!("the code is larger than the limit of {} bytes; shrink it (e.g. build with --release and strip) or raise --max-code-bytes", state.limits.max_code_bytes),
+            format!(
+                "the code is larger than the limit of {} bytes; shrink it (e.g. build with --release and strip) or raise --max-code-bytes",
+                state.limits.max_code_bytes
+            ),
         )
     };
     loop {
@@ -283,7 +301,6 @@ async fn read_deploy(state: &AppState, req: axum::extract::Request) -> Result<(F
     Ok((parse_json::<FunctionConfig>(&config)?, code))
 }
 
-
 /// Creates or updates a function. Idempotent: the same code and configuration again is
 /// `unchanged` and adds no revision.
 #[utoipa::path(put, path = "/v1/functions/{name}", params(DeployQuery), tag = "functions",
@@ -315,7 +332,9 @@ pub async fn put_function(
     // Compile before taking the lock: deploys of different functions compile in parallel.
     let code_info = match (code, &runtime) {
         (None, _) => None,
-        (Some(_), None) => return Err(ApiError::bad_request("invalid_code", "a sequence has no code of its own: deploy its steps as functions and name them in `steps`")),
+        (Some(_), None) => {
+            return Err(ApiError::bad_request("invalid_code", "a sequence has no code of its own: deploy its steps as functions and name them in `steps`"));
+        }
         (Some(code), Some(_)) if code.is_empty() => return Err(ApiError::bad_request("invalid_code", "the `code` part is empty")),
         (Some(code), Some(runtime)) => Some(runtime.prepare(code).await?),
     };
@@ -331,12 +350,13 @@ pub async fn put_function(
     }
     if let (None, Some(e)) = (&code_info, &existing)
         && e.config.runtime != config.runtime
-        && !is_sequence {
-            return Err(ApiError::bad_request(
-                "invalid_code",
-                format!("function `{name}` runs on {}; changing its runtime to {} needs new code (upload `code` too)", e.config.runtime, config.runtime),
-            ));
-        }
+        && !is_sequence
+    {
+        return Err(ApiError::bad_request(
+            "invalid_code",
+            format!("function `{name}` runs on {}; changing its runtime to {} needs new code (upload `code` too)", e.config.runtime, config.runtime),
+        ));
+    }
     let (digest, size) = match (&code_info, &existing) {
         _ if is_sequence => (String::new(), 0),
         (Some(c), _) => (c.digest.clone(), c.size),
@@ -346,9 +366,11 @@ pub async fn put_function(
         }
     };
     if let Some(e) = &existing
-        && e.code_digest == digest && e.config == config {
-            return Ok((StatusCode::OK, Json(DeployResponse { status: DeployStatus::Unchanged, function: function_view(e) })).into_response());
-        }
+        && e.code_digest == digest
+        && e.config == config
+    {
+        return Ok((StatusCode::OK, Json(DeployResponse { status: DeployStatus::Unchanged, function: function_view(e) })).into_response());
+    }
     let now = now_ms();
     let row = FunctionRow {
         namespace: ns,
@@ -401,9 +423,8 @@ pub struct InvocationQuery {
 fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
     v.as_deref()
         .map(|s| {
-            hangar_api::parse_rfc3339(s).ok_or_else(|| {
-                ApiError::bad_request("invalid_query", format!("{field}: `{s}` is not an RFC 3339 time (e.g. 2026-01-31T12:00:00Z)"))
-            })
+            hangar_api::parse_rfc3339(s)
+                .ok_or_else(|| ApiError::bad_request("invalid_query", format!("{field}: `{s}` is not an RFC 3339 time (e.g. 2026-01-31T12:00:00Z)")))
         })
         .transpose()
 }
@@ -442,7 +463,12 @@ pub async fn list_invocations(State(state): State<AppState>, p: Principal, ApiQu
 
 #[utoipa::path(get, path = "/v1/invocations/{id}", params(NamespaceQuery), tag = "invocations",
     responses((status = 200, body = Invocation), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn get_invocation(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Invocation>, ApiError> {
+pub async fn get_invocation(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<Json<Invocation>, ApiError> {
     let ns = match (&q.namespace, p.is_admin()) {
         (None, true) => None,
         (asked, _) => Some(p.scope(asked.as_deref())?),

@@ -44,11 +44,7 @@ impl Principal {
     }
 
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.is_admin() {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden("this call needs an admin key; namespace keys manage only their own functions"))
-        }
+        if self.is_admin() { Ok(()) } else { Err(ApiError::forbidden("this call needs an admin key; namespace keys manage only their own functions")) }
     }
 }
 
@@ -123,11 +119,9 @@ impl Credentials {
                 "unauthorized",
                 "missing API key: send `Authorization: Bearer <key>` (the admin key is in <data-dir>/admin.key)",
             )),
-            Credentials::Invalid => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "invalid API key: it is unknown or was deleted; check HANGAR_KEY or --key",
-            )),
+            Credentials::Invalid => {
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API key: it is unknown or was deleted; check HANGAR_KEY or --key"))
+            }
         }
     }
 }

@@ -31,7 +31,14 @@ fn sheets(state: &AppState) -> Result<Sheets, ApiError> {
 pub async fn list(State(state): State<AppState>, _p: Principal) -> Result<Json<PriceSheetList>, ApiError> {
     let items = sheets(&state)?
         .all()
-        .map(|s| PriceSheetInfo { name: s.name.clone(), title: s.title.clone(), source: s.source.clone(), as_of: s.as_of.clone(), origin: s.origin.clone(), models: s.models() })
+        .map(|s| PriceSheetInfo {
+            name: s.name.clone(),
+            title: s.title.clone(),
+            source: s.source.clone(),
+            as_of: s.as_of.clone(),
+            origin: s.origin.clone(),
+            models: s.models(),
+        })
         .collect();
     Ok(Json(PriceSheetList { items }))
 }

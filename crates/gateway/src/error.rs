@@ -86,17 +86,16 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body: {e}"))
-        })?;
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body: {e}")))?;
         parse_json(&bytes).map(ApiJson)
     }
 }
 
 /// Parses JSON into `T` with an error that names the line, column and problem.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the JSON body is not valid: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("invalid_json", format!("the JSON body is not valid: {e}")))
 }
 
 /// Query-string extractor with errors in the API's shape.

@@ -115,10 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/functions", get(api::list_functions))
         .route(
             "/functions/{name}",
-            get(api::get_function)
-                .delete(api::delete_function)
-                .put(api::put_function)
-                .layer(DefaultBodyLimit::max(state.limits.max_code_bytes + (1 << 20))),
+            get(api::get_function).delete(api::delete_function).put(api::put_function).layer(DefaultBodyLimit::max(state.limits.max_code_bytes + (1 << 20))),
         )
         .route("/functions/{name}/invoke", post(invoke::invoke_api).layer(DefaultBodyLimit::disable()))
         .route("/images", get(images::list_images))
@@ -166,11 +163,7 @@ pub fn internal_router(state: AppState) -> Router {
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
-    }
+    if state.ready.load(Ordering::Acquire) { (StatusCode::OK, "ok\n").into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response() }
 }
 
 async fn metrics(State(state): State<AppState>, p: auth::Principal) -> Result<Response, ApiError> {

@@ -51,7 +51,12 @@ fn sandboxes(state: &AppState) -> Result<&Sandboxes, ApiError> {
 /// Makes a sandbox from an image and starts it.
 #[utoipa::path(post, path = "/v1/sandboxes", request_body = SandboxConfig, params(NamespaceQuery), tag = "sandboxes",
     responses((status = 201, body = Sandbox), (status = 400, body = hangar_api::ErrorBody)))]
-pub async fn create(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>, ApiJson(config): ApiJson<SandboxConfig>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+    ApiJson(config): ApiJson<SandboxConfig>,
+) -> Result<Response, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let sb = sandboxes(&state)?.create(&ns, config).await?;
     Ok((StatusCode::CREATED, Json(sb)).into_response())
@@ -67,7 +72,12 @@ pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQ
 /// One sandbox: state, timings, sizes, usage.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}", params(("id" = String, Path), NamespaceQuery), tag = "sandboxes",
     responses((status = 200, body = Sandbox), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn get(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Sandbox>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<Json<Sandbox>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     Ok(Json(sandboxes(&state)?.get(Some(&ns), &id)?))
 }
@@ -75,7 +85,12 @@ pub async fn get(State(state): State<AppState>, p: Principal, Path(id): Path<Str
 /// Stops a sandbox and removes it with its files and standby image.
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}", params(("id" = String, Path), NamespaceQuery), tag = "sandboxes",
     responses((status = 204), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn remove(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<StatusCode, ApiError> {
+pub async fn remove(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<StatusCode, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     sandboxes(&state)?.remove(Some(&ns), &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -84,7 +99,12 @@ pub async fn remove(State(state): State<AppState>, p: Principal, Path(id): Path<
 /// `pause`, `resume` or `standby`.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/{action}", params(("id" = String, Path), ("action" = String, Path, description = "pause, resume or standby"), NamespaceQuery),
     tag = "sandboxes", responses((status = 200, body = Sandbox), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn lifecycle(State(state): State<AppState>, p: Principal, Path((id, action)): Path<(String, String)>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Sandbox>, ApiError> {
+pub async fn lifecycle(
+    State(state): State<AppState>,
+    p: Principal,
+    Path((id, action)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<Json<Sandbox>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let s = sandboxes(&state)?;
     let sb = match action.as_str() {
@@ -100,7 +120,13 @@ pub async fn lifecycle(State(state): State<AppState>, p: Principal, Path((id, ac
 /// `{"stderr":...}` frames as output comes, then `{"exit_code":N}` (127: no such command).
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/exec", request_body = ExecRequest, params(("id" = String, Path), NamespaceQuery), tag = "sandboxes",
     responses((status = 200, description = "NDJSON frames", body = [hangar_api::sandboxes::ExecFrame]), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn exec(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>, ApiJson(req): ApiJson<ExecRequest>) -> Result<Response, ApiError> {
+pub async fn exec(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+    ApiJson(req): ApiJson<ExecRequest>,
+) -> Result<Response, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let frames = sandboxes(&state)?.exec(Some(&ns), &id, req).await?;
     let lines = receiver_stream(frames).map(|f| {
@@ -141,7 +167,13 @@ pub async fn read(State(state): State<AppState>, p: Principal, Path(id): Path<St
 /// Writes a file from the request body (making its directories).
 #[utoipa::path(put, path = "/v1/sandboxes/{id}/files", params(("id" = String, Path), FileQuery), tag = "sandboxes",
     responses((status = 201, description = "written"), (status = 413, body = hangar_api::ErrorBody)))]
-pub async fn write(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<FileQuery>, req: Request) -> Result<Response, ApiError> {
+pub async fn write(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FileQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let length = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let body = req.into_body().into_data_stream();
@@ -155,7 +187,13 @@ pub async fn write(State(state): State<AppState>, p: Principal, Path(id): Path<S
 /// or `error`). Closing the socket kills the command.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/tty", params(("id" = String, Path), NamespaceQuery), tag = "sandboxes",
     responses((status = 101, description = "a WebSocket; see TtyRequest, TtyControl, ExecFrame"), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn tty(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+pub async fn tty(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let sbs = sandboxes(&state)?.clone();
     // Unknown sandboxes are told before the upgrade, as a plain 404.

@@ -80,12 +80,30 @@ impl Meter {
                     continue;
                 }
                 let ms = n * elapsed;
-                deltas.push(UsageDelta { namespace, kind: "service".into(), name, hour_ms, running_ms: ms, mb_ms: ms * memory_mb, vcpu_milli_ms: ms * cpus_milli, ..Default::default() });
+                deltas.push(UsageDelta {
+                    namespace,
+                    kind: "service".into(),
+                    name,
+                    hour_ms,
+                    running_ms: ms,
+                    mb_ms: ms * memory_mb,
+                    vcpu_milli_ms: ms * cpus_milli,
+                    ..Default::default()
+                });
             }
             // Their requests, as the gateway counted them: a row's billed ms is the time spent
             // serving them.
             for (namespace, name, t) in services.take_traffic() {
-                deltas.push(UsageDelta { namespace, kind: "service".into(), name, hour_ms, requests: t.requests, errors: t.errors, billed_ms: t.busy_ms, ..Default::default() });
+                deltas.push(UsageDelta {
+                    namespace,
+                    kind: "service".into(),
+                    name,
+                    hour_ms,
+                    requests: t.requests,
+                    errors: t.errors,
+                    billed_ms: t.busy_ms,
+                    ..Default::default()
+                });
             }
         }
         // Functions' instances kept initialized (provisioned) and paused, × the time since the
@@ -134,7 +152,9 @@ impl Meter {
                     ..Default::default()
                 });
             }
-            marks = Some(now_seen.iter().map(|(id, c)| UsageMark { id: id.clone(), running_ms: c.0, paused_ms: c.1, standby_ms: c.2, standby_byte_ms: c.3 }).collect());
+            marks = Some(
+                now_seen.iter().map(|(id, c)| UsageMark { id: id.clone(), running_ms: c.0, paused_ms: c.1, standby_ms: c.2, standby_byte_ms: c.3 }).collect(),
+            );
             self.seen = now_seen;
         }
         if let Err(e) = state.store.add_usage(deltas, marks).await {
@@ -175,13 +195,15 @@ fn time(field: &str, text: &str) -> Result<i64, ApiError> {
     if let Ok(d) = humantime::parse_duration(text) {
         return Ok(hangar_api::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     }
-    hangar_api::parse_rfc3339(text)
-        .ok_or_else(|| ApiError::bad_request("invalid_query", format!("{field}: `{text}` is neither an RFC 3339 time (e.g. 2026-01-31T12:00:00Z) nor a duration like 24h")))
+    hangar_api::parse_rfc3339(text).ok_or_else(|| {
+        ApiError::bad_request("invalid_query", format!("{field}: `{text}` is neither an RFC 3339 time (e.g. 2026-01-31T12:00:00Z) nor a duration like 24h"))
+    })
 }
 
 /// Turns a stored row into the API's units, exactly, with its cost by the sheets.
 pub fn row(d: &UsageDelta, function_sheet: &hangar_cost::Sheet, service_sheet: &hangar_cost::Sheet) -> UsageRow {
-    let (cost, priced_with) = hangar_cost::bill::bill(d, function_sheet, service_sheet).map(|(pico, sheet)| (hangar_cost::Money(pico).to_string(), sheet)).unwrap_or_default();
+    let (cost, priced_with) =
+        hangar_cost::bill::bill(d, function_sheet, service_sheet).map(|(pico, sheet)| (hangar_cost::Money(pico).to_string(), sheet)).unwrap_or_default();
     UsageRow {
         cost,
         priced_with,
@@ -281,9 +303,15 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
         None => (true, true),
         Some("function") => (true, false),
         Some("service") => (false, true),
-        Some(other) => return Err(ApiError::bad_request("invalid_query", format!("kind: `{other}` is not function or service (the advisor weighs those two; sandboxes are metered in `hangar usage`)"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("kind: `{other}` is not function or service (the advisor weighs those two; sandboxes are metered in `hangar usage`)"),
+            ));
+        }
     };
-    let function = |f: hangar_store::FunctionRow| Workload { kind: "function", name: f.name, memory_mb: f.config.memory_mb, cpus: None, concurrency: q.concurrency };
+    let function =
+        |f: hangar_store::FunctionRow| Workload { kind: "function", name: f.name, memory_mb: f.config.memory_mb, cpus: None, concurrency: q.concurrency };
     let service = |r: hangar_store::ServiceRow| Workload {
         kind: "service",
         name: r.name,
@@ -318,11 +346,21 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
     for w in workloads {
         let rows = state
             .store
-            .list_usage(UsageFilter { namespace: Some(ns.clone()), kind: Some(w.kind.into()), name: Some(w.name.clone()), since_ms: Some(since_hour), until_ms: None, per_day: false })
+            .list_usage(UsageFilter {
+                namespace: Some(ns.clone()),
+                kind: Some(w.kind.into()),
+                name: Some(w.name.clone()),
+                since_ms: Some(since_hour),
+                until_ms: None,
+                per_day: false,
+            })
             .await?;
         let Some(first) = rows.iter().find(|r| r.requests > 0).map(|r| r.hour_ms) else {
             if q.name.is_some() {
-                return Err(ApiError::bad_request("no_usage", format!("{} `{}` has no requests since {}: nothing to advise on yet", w.kind, w.name, hangar_api::rfc3339(since))));
+                return Err(ApiError::bad_request(
+                    "no_usage",
+                    format!("{} `{}` has no requests since {}: nothing to advise on yet", w.kind, w.name, hangar_api::rfc3339(since)),
+                ));
             }
             continue;
         };
@@ -337,10 +375,21 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
             billed += r.billed_ms;
         }
         let recent = match w.kind {
-            "service" => state.services.as_ref().and_then(|s| s.get(&ns, &w.name)).map(|s| s.traffic.recent_ms().into_iter().map(|ms| (ms, false)).collect()).unwrap_or_default(),
+            "service" => state
+                .services
+                .as_ref()
+                .and_then(|s| s.get(&ns, &w.name))
+                .map(|s| s.traffic.recent_ms().into_iter().map(|ms| (ms, false)).collect())
+                .unwrap_or_default(),
             _ => state
                 .store
-                .list_invocations(hangar_store::InvocationFilter { namespace: Some(ns.clone()), function: Some(w.name.clone()), since_ms: Some(since), limit: 1000, ..Default::default() })
+                .list_invocations(hangar_store::InvocationFilter {
+                    namespace: Some(ns.clone()),
+                    function: Some(w.name.clone()),
+                    since_ms: Some(since),
+                    limit: 1000,
+                    ..Default::default()
+                })
                 .await?
                 .iter()
                 .filter(|r| r.outcome != hangar_api::Outcome::Throttled)
@@ -357,7 +406,12 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
             cpus: w.cpus,
             current: Some(w.kind.into()),
         };
-        let policy = hangar_cost::advice::Policy { sheet: q.sheet.clone(), service_sheet: q.service_sheet.clone(), concurrency: w.concurrency, objective_ms: q.objective_ms };
+        let policy = hangar_cost::advice::Policy {
+            sheet: q.sheet.clone(),
+            service_sheet: q.service_sheet.clone(),
+            concurrency: w.concurrency,
+            objective_ms: q.objective_ms,
+        };
         let d = hangar_cost::advice::advise(&stats, &policy, &sheets)?;
         items.push(hangar_api::cost::Advice {
             namespace: ns.clone(),

@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use hangar_api::{
-    CreateKey, CreateNamespace, CreatedKey, DeployResponse, Function, FunctionConfig, FunctionList, InvocationPage,
-    KeyList, Namespace, NamespaceList, RuntimeKind,
+    CreateKey, CreateNamespace, CreatedKey, DeployResponse, Function, FunctionConfig, FunctionList, InvocationPage, KeyList, Namespace, NamespaceList,
+    RuntimeKind,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -298,7 +298,7 @@ pub enum ImageCommand {
 #[derive(Debug, Subcommand)]
 pub enum FnCommand {
     /// Create or update a function from code
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// List functions
     Ls,
     /// Show one function
@@ -507,7 +507,9 @@ pub enum NsCommand {
         max_concurrency: Option<u32>,
     },
     Ls,
-    Rm { name: String },
+    Rm {
+        name: String,
+    },
     /// Set a namespace's limits
     Set {
         name: String,
@@ -527,7 +529,9 @@ pub enum KeyCommand {
         name: Option<String>,
     },
     Ls,
-    Rm { id: String },
+    Rm {
+        id: String,
+    },
 }
 
 /// Where the local server keeps its data.
@@ -742,13 +746,18 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
                         println!("instances: {} busy, {} idle, {} paused, {} provisioned, {} spare", i.busy, i.idle, i.paused, i.provisioned, i.spare);
                     }
                     if c.mode == hangar_api::FunctionMode::Auto {
-                        println!("mode: auto (latency objective {}; `hangar fn switches {}` lists its changes)", c.latency_objective_ms.map_or("none".to_string(), |v| format!("{v} ms")), f.name);
+                        println!(
+                            "mode: auto (latency objective {}; `hangar fn switches {}` lists its changes)",
+                            c.latency_objective_ms.map_or("none".to_string(), |v| format!("{v} ms")),
+                            f.name
+                        );
                     }
                 }
             }
         }
         FnCommand::Switches { name } => {
-            let list: hangar_api::ModeSwitchList = client.json(client.request(Method::GET, &format!("/v1/functions/{name}/switches")).query(&ns_query(ns))).await?;
+            let list: hangar_api::ModeSwitchList =
+                client.json(client.request(Method::GET, &format!("/v1/functions/{name}/switches")).query(&ns_query(ns))).await?;
             match cli.output {
                 Output::Json => print_json(&list)?,
                 Output::Table => {
@@ -914,14 +923,7 @@ pub async fn run_invocations(cli: &Cli, name: Option<&str>, status: Option<&str>
 }
 
 fn print_logs(i: &hangar_api::Invocation) {
-    println!(
-        "── {} {} {} {:.3} ms ({})",
-        i.started_at,
-        i.id,
-        i.outcome,
-        i.duration_us as f64 / 1000.0,
-        i.start.as_str()
-    );
+    println!("── {} {} {} {:.3} ms ({})", i.started_at, i.id, i.outcome, i.duration_us as f64 / 1000.0, i.start.as_str());
     if let Some(l) = &i.logs {
         print!("{l}");
         if !l.is_empty() && !l.ends_with('\n') {
@@ -1004,10 +1006,14 @@ pub async fn run_ns(cli: &Cli, cmd: &NsCommand) -> Result<()> {
                 "default" => None,
                 n => Some(n.parse::<u32>().with_context(|| format!("--max-concurrency `{n}` is not a number or `default`"))?),
             };
-            let n: Namespace = client.json(client.request(Method::PATCH, &format!("/v1/namespaces/{name}")).json(&hangar_api::NamespaceLimits { max_concurrency: limit })).await?;
+            let n: Namespace = client
+                .json(client.request(Method::PATCH, &format!("/v1/namespaces/{name}")).json(&hangar_api::NamespaceLimits { max_concurrency: limit }))
+                .await?;
             match cli.output {
                 Output::Json => print_json(&n)?,
-                Output::Table => println!("namespace {}: max concurrency {}", n.name, n.max_concurrency.map_or("server default".to_string(), |m| m.to_string())),
+                Output::Table => {
+                    println!("namespace {}: max concurrency {}", n.name, n.max_concurrency.map_or("server default".to_string(), |m| m.to_string()))
+                }
             }
         }
     }

@@ -14,10 +14,9 @@ pub enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Unreachable { url, reason } => write!(
-                f,
-                "cannot reach Hangar at {url} ({reason}); start it with `hangar up`, or point --url / HANGAR_URL at it"
-            ),
+            Failure::Unreachable { url, reason } => {
+                write!(f, "cannot reach Hangar at {url} ({reason}); start it with `hangar up`, or point --url / HANGAR_URL at it")
+            }
             Failure::Api { status, code, message } => write!(f, "{message} ({code}, HTTP {})", status.as_u16()),
         }
     }
@@ -84,7 +83,8 @@ impl Client {
     pub async fn json<T: DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T> {
         let resp = self.send(rb).await?;
         let bytes = resp.bytes().await?;
-        serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("the server's answer is not what this CLI expects ({e}); are the CLI and server the same version?"))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("the server's answer is not what this CLI expects ({e}); are the CLI and server the same version?"))
     }
 }
 

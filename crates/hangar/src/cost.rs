@@ -61,7 +61,13 @@ pub async fn run_cost(cli: &Cli, cmd: &CostCommand) -> Result<()> {
             }
             let mut t = table(&["MODEL", "SHEET", "PER MONTH", "INSTANCES", "NOTES"]);
             for e in &answer.estimates {
-                t.add_row(vec![e.model.clone(), e.sheet.clone(), dollars(&e.monthly), e.instances.map(|n| n.to_string()).unwrap_or_default(), e.notes.join("; ")]);
+                t.add_row(vec![
+                    e.model.clone(),
+                    e.sheet.clone(),
+                    dollars(&e.monthly),
+                    e.instances.map(|n| n.to_string()).unwrap_or_default(),
+                    e.notes.join("; "),
+                ]);
             }
             println!("{t}");
             match &answer.break_even_rps {
@@ -96,7 +102,8 @@ pub async fn run_usage(cli: &Cli, a: &crate::cli::UsageArgs) -> Result<()> {
     if cli.output == Output::Json {
         return print_json(&list);
     }
-    let mut t = table(&["PERIOD", "KIND", "NAME", "REQUESTS", "ERRORS", "COLD", "GB-S", "VCPU-S", "RUNNING S", "PAUSED S", "STANDBY S", "STANDBY GB-H", "COST"]);
+    let mut t =
+        table(&["PERIOD", "KIND", "NAME", "REQUESTS", "ERRORS", "COLD", "GB-S", "VCPU-S", "RUNNING S", "PAUSED S", "STANDBY S", "STANDBY GB-H", "COST"]);
     for r in &list.items {
         t.add_row(vec![
             r.period.clone(),

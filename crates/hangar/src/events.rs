@@ -66,7 +66,8 @@ pub async fn run(cli: &Cli, cmd: &AsyncCommand) -> Result<()> {
             println!("{t}");
         }
         AsyncCommand::Get { id } => {
-            let i: AsyncInvocation = client.json(client.request(Method::GET, &format!("/v1/async-invocations/{id}")).query(&ns_query(cli.namespace.as_deref()))).await?;
+            let i: AsyncInvocation =
+                client.json(client.request(Method::GET, &format!("/v1/async-invocations/{id}")).query(&ns_query(cli.namespace.as_deref()))).await?;
             if cli.output == Output::Json {
                 return print_json(&i);
             }

@@ -14,7 +14,8 @@ use crate::cli::{Cli, ImageCommand, Output, client, ns_query, print_json, table}
 use crate::client::Client;
 
 fn bytes_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix:>14} [{bar:30}] {bytes}/{total_bytes} {msg}").map_or_else(|_| ProgressStyle::default_bar(), |s| s.progress_chars("=> "))
+    ProgressStyle::with_template("{prefix:>14} [{bar:30}] {bytes}/{total_bytes} {msg}")
+        .map_or_else(|_| ProgressStyle::default_bar(), |s| s.progress_chars("=> "))
 }
 
 fn short(digest: &str) -> String {
@@ -95,7 +96,8 @@ async fn pull(cli: &Cli, client: &Client, reference: &str, username: Option<Stri
         buf.extend_from_slice(&chunk.context("the pull's progress stream broke")?);
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=end).collect();
-            let event: PullEvent = serde_json::from_slice(&line).context("the server's progress is not what this CLI expects; are the CLI and server the same version?")?;
+            let event: PullEvent =
+                serde_json::from_slice(&line).context("the server's progress is not what this CLI expects; are the CLI and server the same version?")?;
             match event {
                 PullEvent::Resolved { digest, layers, cached } => {
                     if cli.output == Output::Table {

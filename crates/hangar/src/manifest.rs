@@ -150,9 +150,10 @@ fn line_of(text: &str, kind: &str, name: &str, field: Option<&str>) -> usize {
             continue;
         }
         if let (true, Some(f)) = (in_section, field)
-            && t.split('=').next().map(str::trim) == Some(f) {
-                return i + 1;
-            }
+            && t.split('=').next().map(str::trim) == Some(f)
+        {
+            return i + 1;
+        }
     }
     section_line
 }
@@ -194,7 +195,11 @@ pub fn plan(path: &Path) -> Result<Plan> {
     let mut planned = Vec::new();
     for (name, spec) in manifest.functions {
         let err = |field: Option<&str>, msg: String| {
-            anyhow::anyhow!("{file}:{}: functions.{name}{}: {msg}", line_of(&text, "functions", &name, field), field.map(|f| format!(".{f}")).unwrap_or_default())
+            anyhow::anyhow!(
+                "{file}:{}: functions.{name}{}: {msg}",
+                line_of(&text, "functions", &name, field),
+                field.map(|f| format!(".{f}")).unwrap_or_default()
+            )
         };
         validate::name("name", &name).map_err(|e| err(None, e.message))?;
         let mut config = FunctionConfig::new(spec.runtime);
@@ -224,7 +229,8 @@ pub fn plan(path: &Path) -> Result<Plan> {
             ("latency_objective", &spec.latency_objective, &mut config.latency_objective_ms),
         ] {
             if let Some(v) = value {
-                *slot = Some(humantime::parse_duration(v).map_err(|e| err(Some(field), format!("`{v}` is not a duration like \"1s\" ({e})")))?.as_millis() as u64);
+                *slot =
+                    Some(humantime::parse_duration(v).map_err(|e| err(Some(field), format!("`{v}` is not a duration like \"1s\" ({e})")))?.as_millis() as u64);
             }
         }
         let code_path = match (&spec.code, config.runtime) {
@@ -285,7 +291,8 @@ pub fn plan(path: &Path) -> Result<Plan> {
     }
     let (mut marks, mut order) = (vec![0u8; planned.len()], Vec::new());
     for i in 0..planned.len() {
-        visit(i, &planned, &mut marks, &mut order, &mut Vec::new()).map_err(|cycle| anyhow::anyhow!("{file}: functions.{}: sequence steps go round in a cycle ({cycle})", planned[i].name))?;
+        visit(i, &planned, &mut marks, &mut order, &mut Vec::new())
+            .map_err(|cycle| anyhow::anyhow!("{file}: functions.{}: sequence steps go round in a cycle ({cycle})", planned[i].name))?;
     }
     let mut slots: Vec<Option<Planned>> = planned.into_iter().map(Some).collect();
     let planned: Vec<Planned> = order.into_iter().filter_map(|i| slots[i].take()).collect();
@@ -302,7 +309,8 @@ pub fn plan(path: &Path) -> Result<Plan> {
             c.concurrency = n;
         }
         if let Some(w) = &spec.scale_window {
-            c.scale_window_ms = humantime::parse_duration(w).map_err(|e| err(Some("scale_window"), format!("`{w}` is not a duration like \"60s\" ({e})")))?.as_millis() as u64;
+            c.scale_window_ms =
+                humantime::parse_duration(w).map_err(|e| err(Some("scale_window"), format!("`{w}` is not a duration like \"60s\" ({e})")))?.as_millis() as u64;
         }
         c.max_instances = spec.max.unwrap_or(c.min_instances.max(1));
         c.env = spec.env;
@@ -363,9 +371,8 @@ pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, outpu
             codes.push(None);
             continue;
         };
-        let code = crate::code::read(path).with_context(|| {
-            format!("reading the code of function `{}` at {}; build it first (or give `build`)", p.name, path.display())
-        })?;
+        let code = crate::code::read(path)
+            .with_context(|| format!("reading the code of function `{}` at {}; build it first (or give `build`)", p.name, path.display()))?;
         codes.push(Some(code));
     }
     // on_failure targets and sequence steps outside the manifest must exist already (the dry
@@ -426,7 +433,13 @@ pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, outpu
                 println!("{:<10} {}/{} (revision {})  {}", r.status, r.service.namespace, r.service.name, r.service.revision, r.service.url_path);
             }
             for t in &applied {
-                println!("{:<10} {}/{} (trigger){}", "applied", t.namespace, t.name, t.next_fire_at.as_deref().map(|n| format!("  next at {n}")).unwrap_or_default());
+                println!(
+                    "{:<10} {}/{} (trigger){}",
+                    "applied",
+                    t.namespace,
+                    t.name,
+                    t.next_fire_at.as_deref().map(|n| format!("  next at {n}")).unwrap_or_default()
+                );
             }
         }
     }
@@ -513,7 +526,9 @@ mod tests {
         let order: Vec<&str> = p.functions.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(order.last(), Some(&"pipe"));
         assert!(p.functions.last().unwrap().code_path.is_none());
-        let e = plan_all("[functions.s]\nruntime = \"sequence\"\nsteps = [\"t\"]\n[functions.t]\nruntime = \"sequence\"\nsteps = [\"s\"]\n").unwrap_err().to_string();
+        let e = plan_all("[functions.s]\nruntime = \"sequence\"\nsteps = [\"t\"]\n[functions.t]\nruntime = \"sequence\"\nsteps = [\"s\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cycle"), "{e}");
         let e = plan_all("[functions.s]\nruntime = \"sequence\"\nsteps = [\"t\"]\ncode = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("functions.s.code"), "{e}");

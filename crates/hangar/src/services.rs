@@ -98,7 +98,14 @@ pub async fn run(cli: &Cli, cmd: &SvcCommand) -> Result<()> {
                     println!("{}", rows(std::slice::from_ref(&s)));
                     let mut t = table(&["INSTANCE", "REVISION", "STATE", "ADDRESS", "RESTARTS", "STARTED"]);
                     for i in &s.instances {
-                        t.add_row(vec![i.id.clone(), i.revision.to_string(), serde_json::to_value(i.state)?.as_str().unwrap_or("").to_string(), i.address.clone(), i.restarts.to_string(), i.started_at.clone()]);
+                        t.add_row(vec![
+                            i.id.clone(),
+                            i.revision.to_string(),
+                            serde_json::to_value(i.state)?.as_str().unwrap_or("").to_string(),
+                            i.address.clone(),
+                            i.restarts.to_string(),
+                            i.started_at.clone(),
+                        ]);
                     }
                     println!("{t}");
                     for i in s.instances.iter().filter(|i| i.last_exit.is_some()) {

@@ -55,9 +55,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     // One server per data dir: a second one would clean up (kill) the first one's containers.
     let _lock = lock_data_dir(&opts.data_dir)?;
     let db = opts.data_dir.join("hangar.db");
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&db).with_context(|| format!("opening the database {}", db.display()))?.with_metering(opts.metering),
-    );
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&db).with_context(|| format!("opening the database {}", db.display()))?.with_metering(opts.metering));
     if store.get_namespace(hangar_api::DEFAULT_NAMESPACE).await?.is_none() {
         store.create_namespace(hangar_api::DEFAULT_NAMESPACE, now_ms()).await?;
     }
@@ -92,7 +91,14 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         .collect();
     let (meter, writer) = Meter::start(store.clone(), metrics);
     let mut runtimes: Vec<Arc<dyn hangar_runtime::Runtime>> = vec![Arc::new(wasm)];
-    let process = hangar_runtime_process::HostConfig { data_dir: opts.data_dir.clone(), keep_alive: opts.keep_alive, pause_after: opts.pause_after, region: opts.region.clone(), prewarm: opts.prewarm, prewarm_metrics };
+    let process = hangar_runtime_process::HostConfig {
+        data_dir: opts.data_dir.clone(),
+        keep_alive: opts.keep_alive,
+        pause_after: opts.pause_after,
+        region: opts.region.clone(),
+        prewarm: opts.prewarm,
+        prewarm_metrics,
+    };
     match hangar_runtime_process::Host::start(process).await {
         Ok(host) => runtimes.extend(host.runtimes()),
         Err(e) => {
@@ -109,7 +115,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             (None, Some(format!("{e:#}")))
         }
     };
-    let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency, opts.async_queue).await.context("reading the queue of asynchronous invocations")?;
+    let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency, opts.async_queue)
+        .await
+        .context("reading the queue of asynchronous invocations")?;
     let triggers = hangar_events::Triggers::open(store.clone(), async_queue.clone()).await.context("reading the triggers")?;
     if let Some(s) = &services {
         async_queue.set_service_sink(Arc::new(hangar_gateway::services::EventSink { services: s.clone(), store: store.clone() }));
@@ -279,7 +287,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
 fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     use std::io::{Read as _, Seek as _, Write as _};
     let path = dir.join("hangar.lock");
-    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).with_context(|| format!("opening {}", path.display()))?;
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             lock.set_len(0)?;
@@ -337,20 +346,14 @@ async fn shutdown_signal() {
 fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating the data dir {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting the data dir {} to its owner", dir.display()))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("restricting the data dir {} to its owner", dir.display()))
 }
 
 fn write_private_file(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
     writeln!(f, "{contents}")?;
     Ok(())
 }

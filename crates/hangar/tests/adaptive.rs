@@ -33,7 +33,8 @@ async fn auto_mode_warms_a_function_for_its_latency_and_lets_it_go_when_idle() {
     // Each call finds its instance reaped (keep-alive 1 s, no pausing): every start is cold,
     // and a cold call takes longer than the 1 ms objective.
     let source = "import time\ndef handler(event, context):\n    time.sleep(0.02)\n    return 'ok'\n";
-    let _code = common::python_fn(&s, "auto", source, "handler", &["--mode", "auto", "--latency-objective", "1ms", "--keep-alive", "1s", "--pause-after", "0s"]);
+    let _code =
+        common::python_fn(&s, "auto", source, "handler", &["--mode", "auto", "--latency-objective", "1ms", "--keep-alive", "1s", "--pause-after", "0s"]);
     assert!(s.ok(&["fn", "get", "auto"]).contains("mode: auto (latency objective 1 ms"));
 
     // Cold traffic: warmed once the advisor agreed three looks in a row.
@@ -89,7 +90,19 @@ async fn auto_mode_warms_a_function_for_its_latency_and_lets_it_go_when_idle() {
     let hello = common::guest("hello");
     let err = refused(&["fn", "deploy", "wasm-auto", "--code", hello.to_str().unwrap(), "--mode", "auto"]);
     assert!(err.contains("mode") && err.contains("process functions"), "{err}");
-    let err = refused(&["fn", "deploy", "auto", "--runtime", "python3", "--handler", "app.handler", "--code", _code.path().to_str().unwrap(), "--latency-objective", "2m"]);
+    let err = refused(&[
+        "fn",
+        "deploy",
+        "auto",
+        "--runtime",
+        "python3",
+        "--handler",
+        "app.handler",
+        "--code",
+        _code.path().to_str().unwrap(),
+        "--latency-objective",
+        "2m",
+    ]);
     assert!(err.contains("latency_objective_ms"), "{err}");
     assert_eq!(s.get("/v1/functions/nope/switches").send().await.unwrap().status(), 404);
 }

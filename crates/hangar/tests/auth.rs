@@ -88,7 +88,9 @@ async fn openapi_document_describes_the_api() {
     let s = Server::start();
     let doc: serde_json::Value = reqwest::get(format!("{}/v1/openapi.json", s.url)).await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/v1/functions", "/v1/functions/{name}", "/v1/functions/{name}/invoke", "/v1/invocations", "/v1/invocations/{id}", "/v1/namespaces", "/v1/keys"] {
+    for path in
+        ["/v1/functions", "/v1/functions/{name}", "/v1/functions/{name}/invoke", "/v1/invocations", "/v1/invocations/{id}", "/v1/namespaces", "/v1/keys"]
+    {
         assert!(doc["paths"][path].is_object(), "missing {path}");
     }
     for schema in ["Function", "FunctionConfig", "Invocation", "ErrorBody"] {

@@ -23,12 +23,48 @@ async fn bad_deploys_are_rejected_and_change_nothing() {
         ("invalid name", put("Bad_Name").multipart(form(cfg.clone(), wasm.clone())), 400, "invalid_name", "not a valid name"),
         ("name too long", put(&"a".repeat(64)).multipart(form(cfg.clone(), wasm.clone())), 400, "invalid_name", "not a valid name"),
         ("unknown runtime", put("keep").multipart(form(serde_json::json!({"runtime": "cobol"}), wasm.clone())), 400, "invalid_json", "unknown variant `cobol`"),
-        ("unknown field", put("keep").multipart(form(serde_json::json!({"runtime": "wasm", "memroy": 5}), wasm.clone())), 400, "invalid_json", "unknown field `memroy`"),
-        ("malformed config", put("keep").multipart(Form::new().text("config", "{not json").part("code", Part::bytes(wasm.clone()))), 400, "invalid_json", "not valid"),
-        ("memory out of range", put("keep").multipart(form(serde_json::json!({"runtime": "wasm", "memory_mb": 1}), wasm.clone())), 400, "invalid_field", "memory_mb"),
-        ("timeout out of range", put("keep").multipart(form(serde_json::json!({"runtime": "wasm", "timeout_ms": 0}), wasm.clone())), 400, "invalid_field", "timeout_ms"),
-        ("bad env name", put("keep").multipart(form(serde_json::json!({"runtime": "wasm", "env": {"1X": "y"}}), wasm.clone())), 400, "invalid_field", "variable name"),
-        ("bad outbound host", put("keep").multipart(form(serde_json::json!({"runtime": "wasm", "allow_outbound": ["http://x/y"]}), wasm.clone())), 400, "invalid_field", "allow_outbound"),
+        (
+            "unknown field",
+            put("keep").multipart(form(serde_json::json!({"runtime": "wasm", "memroy": 5}), wasm.clone())),
+            400,
+            "invalid_json",
+            "unknown field `memroy`",
+        ),
+        (
+            "malformed config",
+            put("keep").multipart(Form::new().text("config", "{not json").part("code", Part::bytes(wasm.clone()))),
+            400,
+            "invalid_json",
+            "not valid",
+        ),
+        (
+            "memory out of range",
+            put("keep").multipart(form(serde_json::json!({"runtime": "wasm", "memory_mb": 1}), wasm.clone())),
+            400,
+            "invalid_field",
+            "memory_mb",
+        ),
+        (
+            "timeout out of range",
+            put("keep").multipart(form(serde_json::json!({"runtime": "wasm", "timeout_ms": 0}), wasm.clone())),
+            400,
+            "invalid_field",
+            "timeout_ms",
+        ),
+        (
+            "bad env name",
+            put("keep").multipart(form(serde_json::json!({"runtime": "wasm", "env": {"1X": "y"}}), wasm.clone())),
+            400,
+            "invalid_field",
+            "variable name",
+        ),
+        (
+            "bad outbound host",
+            put("keep").multipart(form(serde_json::json!({"runtime": "wasm", "allow_outbound": ["http://x/y"]}), wasm.clone())),
+            400,
+            "invalid_field",
+            "allow_outbound",
+        ),
         ("not wasm", put("keep").multipart(form(cfg.clone(), b"#!/bin/sh\necho hi\n".to_vec())), 400, "invalid_code", "not WebAssembly"),
         ("core module", put("keep").multipart(form(cfg.clone(), b"\0asm\x01\0\0\0".to_vec())), 400, "invalid_code", "core WebAssembly module"),
         ("no incoming-handler", put("keep").multipart(form(cfg.clone(), b"\0asm\x0d\0\x01\0".to_vec())), 400, "invalid_code", "wasi:http/incoming-handler"),
@@ -43,10 +79,34 @@ async fn bad_deploys_are_rejected_and_change_nothing() {
         ("bad limit", c.get(format!("{}/v1/invocations?limit=0", s.url)).bearer_auth(&s.admin_key), 400, "invalid_query", "limit"),
         ("bad time", c.get(format!("{}/v1/invocations?since=yesterday", s.url)).bearer_auth(&s.admin_key), 400, "invalid_query", "RFC 3339"),
         ("malformed json", c.post(format!("{}/v1/namespaces", s.url)).bearer_auth(&s.admin_key).body("{"), 400, "invalid_json", "not valid"),
-        ("unknown json field", c.post(format!("{}/v1/namespaces", s.url)).bearer_auth(&s.admin_key).json(&serde_json::json!({"name": "x", "extra": 1})), 400, "invalid_json", "unknown field `extra`"),
-        ("bad namespace name", c.post(format!("{}/v1/namespaces", s.url)).bearer_auth(&s.admin_key).json(&serde_json::json!({"name": "No"})), 400, "invalid_name", "not a valid name"),
-        ("duplicate namespace", c.post(format!("{}/v1/namespaces", s.url)).bearer_auth(&s.admin_key).json(&serde_json::json!({"name": "default"})), 409, "conflict", "already exists"),
-        ("key for a missing namespace", c.post(format!("{}/v1/keys", s.url)).bearer_auth(&s.admin_key).json(&serde_json::json!({"namespace": "nope"})), 404, "not_found", "nope"),
+        (
+            "unknown json field",
+            c.post(format!("{}/v1/namespaces", s.url)).bearer_auth(&s.admin_key).json(&serde_json::json!({"name": "x", "extra": 1})),
+            400,
+            "invalid_json",
+            "unknown field `extra`",
+        ),
+        (
+            "bad namespace name",
+            c.post(format!("{}/v1/namespaces", s.url)).bearer_auth(&s.admin_key).json(&serde_json::json!({"name": "No"})),
+            400,
+            "invalid_name",
+            "not a valid name",
+        ),
+        (
+            "duplicate namespace",
+            c.post(format!("{}/v1/namespaces", s.url)).bearer_auth(&s.admin_key).json(&serde_json::json!({"name": "default"})),
+            409,
+            "conflict",
+            "already exists",
+        ),
+        (
+            "key for a missing namespace",
+            c.post(format!("{}/v1/keys", s.url)).bearer_auth(&s.admin_key).json(&serde_json::json!({"namespace": "nope"})),
+            404,
+            "not_found",
+            "nope",
+        ),
         ("deploy into a missing namespace", put("keep").query(&[("namespace", "nope")]).multipart(form(cfg.clone(), wasm.clone())), 404, "not_found", "nope"),
         ("unknown route", c.get(format!("{}/v2/things", s.url)), 404, "not_found", "/v2/things"),
         ("bad function url", c.get(format!("{}/fn/default", s.url)).bearer_auth(&s.admin_key), 400, "invalid_path", "/fn/"),
@@ -133,10 +193,7 @@ async fn manifest_errors_apply_nothing() {
     let err = s.fails(&["deploy", "-f", &p], 1);
     assert!(err.contains("hangar.toml:3"), "{err}");
     // One good and one bad function: the bad one is rejected by the server and nothing is applied.
-    let p = write(&format!(
-        "[functions.a]\nruntime = \"wasm\"\ncode = \"{}\"\n\n[functions.b]\nruntime = \"wasm\"\ncode = \"bad.wasm\"\n",
-        hello.display()
-    ));
+    let p = write(&format!("[functions.a]\nruntime = \"wasm\"\ncode = \"{}\"\n\n[functions.b]\nruntime = \"wasm\"\ncode = \"bad.wasm\"\n", hello.display()));
     let err = s.fails(&["deploy", "-f", &p], 6);
     assert!(err.contains("function `b` was rejected; nothing was deployed") && err.contains("core WebAssembly module"), "{err}");
     let fns: serde_json::Value = serde_json::from_str(&s.ok(&["fn", "ls", "-o", "json"])).unwrap();

@@ -15,7 +15,9 @@ fn calc(s: &Server, args: &[&str]) -> Value {
 }
 
 fn monthly<'a>(answer: &'a Value, model: &str) -> &'a str {
-    answer["estimates"].as_array().unwrap().iter().find(|e| e["model"] == model).unwrap_or_else(|| panic!("no {model} in {answer}"))["monthly"].as_str().unwrap()
+    answer["estimates"].as_array().unwrap().iter().find(|e| e["model"] == model).unwrap_or_else(|| panic!("no {model} in {answer}"))["monthly"]
+        .as_str()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -68,7 +70,11 @@ async fn the_calculator_prices_traffic_under_each_model_from_the_sheets() {
     let r = s.http().post(format!("{}/v1/cost/calc", s.url)).json(&json!({"rps": "1", "duration": "1s", "memory_mb": 512})).send().await.unwrap();
     assert_eq!(r.status(), 401, "every call needs a key");
     // A malformed sheet is named with its line, and nothing is priced from a broken set.
-    std::fs::write(prices.join("broken.toml"), "name = \"broken\"\ntitle = \"t\"\nsource = \"s\"\nas_of = \"x\"\n[service]\nper_vcpu_hour = \"1\"\nper_gb_hr = \"2\"\n").unwrap();
+    std::fs::write(
+        prices.join("broken.toml"),
+        "name = \"broken\"\ntitle = \"t\"\nsource = \"s\"\nas_of = \"x\"\n[service]\nper_vcpu_hour = \"1\"\nper_gb_hr = \"2\"\n",
+    )
+    .unwrap();
     let err = s.fails(&["prices", "ls"], 6);
     assert!(err.contains("broken.toml, line 7") && err.contains("per_gb_hr"), "{err}");
 }

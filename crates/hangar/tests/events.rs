@@ -177,7 +177,8 @@ async fn accepted_events_survive_kill_9_and_keyed_ones_run_once() {
     let _slow = deploy(&s, "slow", &["--max-instances", "2", "--retry-delay", "100ms"]);
     let mut ids = Vec::new();
     for i in 0..8 {
-        let r: Value = post_async(&s, "slow").header("idempotency-key", format!("job-{i}")).json(&json!({"sleep": 1, "i": i})).send().await.unwrap().json().await.unwrap();
+        let r: Value =
+            post_async(&s, "slow").header("idempotency-key", format!("job-{i}")).json(&json!({"sleep": 1, "i": i})).send().await.unwrap().json().await.unwrap();
         ids.push(r["id"].as_str().unwrap().to_string());
     }
     // Two run (max_instances), the rest wait; then the server dies without warning.
@@ -191,7 +192,8 @@ async fn accepted_events_survive_kill_9_and_keyed_ones_run_once() {
     }
     // The same keys again hold the same, finished events: nothing runs twice.
     for (i, id) in ids.iter().enumerate() {
-        let r: Value = post_async(&s, "slow").header("idempotency-key", format!("job-{i}")).json(&json!({"sleep": 1, "i": i})).send().await.unwrap().json().await.unwrap();
+        let r: Value =
+            post_async(&s, "slow").header("idempotency-key", format!("job-{i}")).json(&json!({"sleep": 1, "i": i})).send().await.unwrap().json().await.unwrap();
         assert_eq!((r["id"].as_str().unwrap(), r["duplicate"].as_bool(), r["state"].as_str()), (id.as_str(), Some(true), Some("succeeded")));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -226,7 +228,8 @@ async fn cron_fires_on_schedule_and_times_missed_while_down_fire_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     // Each is a CloudEvent with the trigger's data, one per scheduled second.
-    let rec: Value = s.get(&format!("/v1/invocations/{}", done[0]["attempts"][0]["invocation_id"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
+    let rec: Value =
+        s.get(&format!("/v1/invocations/{}", done[0]["attempts"][0]["invocation_id"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
     let logs = rec["logs"].as_str().unwrap();
     assert!(logs.contains(r#""specversion": "1.0""#) && logs.contains(r#""type": "dev.hangar.cron""#) && logs.contains(r#""data": {"n": 1}"#), "{logs}");
     let mut keys: Vec<&str> = done.iter().map(|e| e["idempotency_key"].as_str().unwrap()).collect();
@@ -304,7 +307,10 @@ async fn topics_deliver_cloudevents_to_functions_and_services() {
     // The service got it POSTed at its path.
     let kept = s.get("/svc/default/inbox/cgi-bin/events").send().await.unwrap().text().await.unwrap();
     let ev: Value = serde_json::from_str(kept.lines().next().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {kept}"));
-    assert_eq!((ev["specversion"].as_str(), ev["type"].as_str(), ev["source"].as_str()), (Some("1.0"), Some("com.example.order"), Some("/hangar/default/topics/orders.created")));
+    assert_eq!(
+        (ev["specversion"].as_str(), ev["type"].as_str(), ev["source"].as_str()),
+        (Some("1.0"), Some("com.example.order"), Some("/hangar/default/topics/orders.created"))
+    );
     assert_eq!(ev["data"]["order"], 7);
 
     // The same ce-id again is delivered once; unknown topics and bad ids are refused.
@@ -314,7 +320,15 @@ async fn topics_deliver_cloudevents_to_functions_and_services() {
     let (status, _, msg) = error_code(r).await;
     assert_eq!(status, 404);
     assert!(msg.contains("hangar triggers add"), "{msg}");
-    let r = s.http().post(format!("{}/v1/topics/orders.created/events", s.url)).bearer_auth(&s.admin_key).header("ce-id", "has space").body("{}").send().await.unwrap();
+    let r = s
+        .http()
+        .post(format!("{}/v1/topics/orders.created/events", s.url))
+        .bearer_auth(&s.admin_key)
+        .header("ce-id", "has space")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // Text data stays text.
     s.ok(&["events", "publish", "orders.created", "plain words"]);
@@ -390,7 +404,14 @@ async fn sequences_chain_functions_as_one_invocation_with_children() {
     s.ok(&["fn", "deploy", "outer", "--sequence", "pipe,inc"]);
     let err = s.fails(&["fn", "deploy", "pipe", "--sequence", "inc,outer"], 6);
     assert!(err.contains("pipe → outer → pipe"), "{err}");
-    let r = s.http().put(format!("{}/v1/functions/inc", s.url)).bearer_auth(&s.admin_key).json(&json!({"runtime": "python3", "handler": "steps.inc", "steps": ["double"]})).send().await.unwrap();
+    let r = s
+        .http()
+        .put(format!("{}/v1/functions/inc", s.url))
+        .bearer_auth(&s.admin_key)
+        .json(&json!({"runtime": "python3", "handler": "steps.inc", "steps": ["double"]}))
+        .send()
+        .await
+        .unwrap();
     let (status, _, msg) = error_code(r).await;
     assert_eq!(status, 400);
     assert!(msg.contains("only sequences have steps"), "{msg}");

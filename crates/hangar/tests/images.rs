@@ -24,7 +24,14 @@ fn unpacked_layers(s: &Server) -> Vec<String> {
 }
 
 fn base_layer() -> Vec<u8> {
-    layer(&[("etc/", b"", 0o755), ("etc/os-release", b"NAME=test\n", 0o644), ("bin/", b"", 0o755), ("bin/sh", b"#!fake\n", 0o755), ("var/cache/", b"", 0o755), ("var/cache/junk", b"x", 0o644)])
+    layer(&[
+        ("etc/", b"", 0o755),
+        ("etc/os-release", b"NAME=test\n", 0o644),
+        ("bin/", b"", 0o755),
+        ("bin/sh", b"#!fake\n", 0o755),
+        ("var/cache/", b"", 0o755),
+        ("var/cache/junk", b"x", 0o644),
+    ])
 }
 
 fn json_of(out: &str) -> Value {
@@ -132,19 +139,16 @@ async fn bad_archives_are_refused_and_leave_nothing_behind() {
     assert!(["digest_mismatch", "invalid_image"].contains(&body["error"]["code"].as_str().unwrap()), "{body}");
 
     // A layer escaping the root: through a symlink, and with `..`.
-    for evil in [
-        layer(&[("etc", b"->/etc", 0o777), ("etc/hangar-escape", b"pwned", 0o644)]),
-        {
-            let mut h = tar::Header::new_old();
-            h.as_old_mut().name[..20].copy_from_slice(b"../../hangar-escape\0");
-            h.set_size(0);
-            h.set_mode(0o644);
-            h.set_cksum();
-            let mut t = h.as_bytes().to_vec();
-            t.extend([0u8; 1024]);
-            t
-        },
-    ] {
+    for evil in [layer(&[("etc", b"->/etc", 0o777), ("etc/hangar-escape", b"pwned", 0o644)]), {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..20].copy_from_slice(b"../../hangar-escape\0");
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut t = h.as_bytes().to_vec();
+        t.extend([0u8; 1024]);
+        t
+    }] {
         let layout = work.path().join(format!("evil-{}", evil.len()));
         oci_layout(&layout, &[evil], json!({}), Some("evil:1"));
         let (st, body) = import(tar_of(&layout)).await;

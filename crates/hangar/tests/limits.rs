@@ -47,10 +47,7 @@ async fn timeout_memory_env_and_sandbox() {
 
     let recs = s.invocations("probe").await;
     let outcome_of = |frag: &str| -> Vec<String> {
-        recs.iter()
-            .filter(|r| r["error"].as_str().unwrap_or("").contains(frag))
-            .map(|r| r["outcome"].as_str().unwrap().to_string())
-            .collect()
+        recs.iter().filter(|r| r["error"].as_str().unwrap_or("").contains(frag)).map(|r| r["outcome"].as_str().unwrap().to_string()).collect()
     };
     assert_eq!(outcome_of("timeout").len(), 2);
     assert!(outcome_of("timeout").iter().all(|o| o == "timeout"));

@@ -291,7 +291,11 @@ async fn zips_that_escape_are_rejected_at_deploy() {
     let s = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let opts = zip::write::SimpleFileOptions::default();
-    for (i, (name, link)) in [("../evil.py", None), ("/abs.py", None), ("ok/../../evil.py", None), ("app.py", Some("/etc/shadow")), ("d/app.py", Some("../../x"))].into_iter().enumerate() {
+    for (i, (name, link)) in
+        [("../evil.py", None), ("/abs.py", None), ("ok/../../evil.py", None), ("app.py", Some("/etc/shadow")), ("d/app.py", Some("../../x"))]
+            .into_iter()
+            .enumerate()
+    {
         let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
         match link {
             Some(target) => w.add_symlink(name, target, opts).unwrap(),

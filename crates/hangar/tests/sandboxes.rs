@@ -111,7 +111,8 @@ async fn sandboxes_run_commands_keep_processes_and_files_and_survive_standby_and
     assert_eq!(status, 404);
 
     // A process started by one call keeps running between calls.
-    let (_, err, code) = exec(&s, &id, &["sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; busybox sleep 0.2; done) >/dev/null 2>&1 &"], None).await;
+    let (_, err, code) =
+        exec(&s, &id, &["sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; busybox sleep 0.2; done) >/dev/null 2>&1 &"], None).await;
     assert_eq!(code, 0, "{err}");
     tokio::time::sleep(Duration::from_millis(600)).await;
     let c1 = counter(&s, &id).await;
@@ -151,7 +152,10 @@ async fn sandboxes_run_commands_keep_processes_and_files_and_survive_standby_and
 
     // Removed: gone, and calls on it are 404.
     s.ok(&["sandbox", "rm", &id]);
-    let (status, _, _) = common::error_code(s.http().post(format!("{}/v1/sandboxes/{id}/exec", s.url)).bearer_auth(&s.admin_key).json(&json!({"cmd": ["true"]})).send().await.unwrap()).await;
+    let (status, _, _) = common::error_code(
+        s.http().post(format!("{}/v1/sandboxes/{id}/exec", s.url)).bearer_auth(&s.admin_key).json(&json!({"cmd": ["true"]})).send().await.unwrap(),
+    )
+    .await;
     assert_eq!(status, 404);
     let err = s.fails(&["sandbox", "exec", &id, "--", "true"], 4);
     assert!(err.contains("not found"), "{err}");
@@ -240,7 +244,10 @@ async fn sandboxes_are_isolated_and_follow_their_idle_policy_and_ttl() {
     assert_eq!(s.ok(&["sandbox", "standby", &broken]).trim(), format!("{broken} is standby"));
     let image = s.dir.path().join("sandboxes").join(&broken).join("checkpoint/checkpoint.img");
     std::fs::write(&image, b"not a checkpoint").unwrap();
-    let (status, code, msg) = common::error_code(s.http().post(format!("{}/v1/sandboxes/{broken}/exec", s.url)).bearer_auth(&s.admin_key).json(&json!({"cmd": ["true"]})).send().await.unwrap()).await;
+    let (status, code, msg) = common::error_code(
+        s.http().post(format!("{}/v1/sandboxes/{broken}/exec", s.url)).bearer_auth(&s.admin_key).json(&json!({"cmd": ["true"]})).send().await.unwrap(),
+    )
+    .await;
     assert_eq!((status, code.as_str()), (409, "sandbox_failed"), "{msg}");
     let v = sandbox(&s, &broken).await;
     assert_eq!(v["state"], "failed");
@@ -287,7 +294,10 @@ async fn limits_contain_bombs_and_privileges_do_not_rise() {
     let v = sandbox(&s, &hog).await;
     assert_eq!(v["state"], "failed", "{v}");
     assert!(v["error"].as_str().unwrap().contains("files are kept"), "{v}");
-    let (status, code, msg) = common::error_code(s.http().post(format!("{}/v1/sandboxes/{hog}/exec", s.url)).bearer_auth(&s.admin_key).json(&json!({"cmd": ["true"]})).send().await.unwrap()).await;
+    let (status, code, msg) = common::error_code(
+        s.http().post(format!("{}/v1/sandboxes/{hog}/exec", s.url)).bearer_auth(&s.admin_key).json(&json!({"cmd": ["true"]})).send().await.unwrap(),
+    )
+    .await;
     assert_eq!((status, code.as_str()), (409, "sandbox_failed"), "{msg}");
     assert!(msg.contains("hangar sandbox resume"), "{msg}");
     assert_eq!(s.ok(&["sandbox", "resume", &hog]).trim(), format!("{hog} is running"));
@@ -456,7 +466,12 @@ async fn an_allow_list_opens_exactly_the_named_hosts_and_ports() {
         assert!(!fetch(&s, &open, addr, host_port).await.contains("host-secret"), "the host at {addr} is unreachable");
     }
     let (ifaces, _, _) = exec(&s, &other, &["busybox", "ip", "-4", "addr"], None).await;
-    let their_addr = ifaces.lines().filter_map(|l| l.trim().strip_prefix("inet ")).filter_map(|a| a.split('/').next()).find(|a| a.starts_with("10.215.")).map(str::to_string);
+    let their_addr = ifaces
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("inet "))
+        .filter_map(|a| a.split('/').next())
+        .find(|a| a.starts_with("10.215."))
+        .map(str::to_string);
     let their_addr = their_addr.unwrap_or_else(|| panic!("no 10.215 address: {ifaces}"));
     exec(&s, &other, &["sh", "-c", "echo theirs > /www/index.html && busybox httpd -p 8080 -h /www"], None).await;
     assert_eq!(fetch(&s, &other, "127.0.0.1", 8080).await, "theirs");
@@ -495,7 +510,13 @@ async fn an_allow_list_opens_exactly_the_named_hosts_and_ports() {
         s.ok(&["sandbox", "rm", id]);
     }
     s.stop();
-    let left: Vec<String> = std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("hsb-")).collect();
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("hsb-"))
+        .collect();
     assert!(left.iter().all(|n| !n.contains(&sid_of(&s))), "namespaces left: {left:?}");
 }
 

@@ -59,14 +59,18 @@ async fn reserved_concurrency_and_namespace_limits_throttle_with_retry_after() {
     assert!(throttled.iter().all(|r| r["billed_ms"] == 0 && r["status"] == 429));
     assert!(throttled[0]["error"].as_str().unwrap().contains("namespace `default`"), "{}", throttled[0]);
     assert_eq!(records.iter().filter(|r| r["outcome"] == "ok").count(), 4, "the warm-up and three in the burst");
-    let err = s.fails(&["fn", "deploy", "x", "--runtime", "python3", "--handler", "app.handler", "--code", _many.path().to_str().unwrap(), "--reserved-concurrency", "5000"], 1);
+    let err = s.fails(
+        &["fn", "deploy", "x", "--runtime", "python3", "--handler", "app.handler", "--code", _many.path().to_str().unwrap(), "--reserved-concurrency", "5000"],
+        1,
+    );
     assert!(err.contains("reserved_concurrency"), "{err}");
 
     // A namespace with its own limit (1), then back to the server's (3).
     s.ok(&["ns", "create", "team", "--max-concurrency", "1"]);
     let _team = common::python_fn(&s, "work", SLOW, "handler", &["-n", "team"]);
     let team_burst = |n: usize| {
-        let calls = (0..n).map(|_| s.http().post(format!("{}/v1/functions/work/invoke?namespace=team", s.url)).bearer_auth(&s.admin_key).json(&json!({"sleep": 1.0})).send());
+        let calls = (0..n)
+            .map(|_| s.http().post(format!("{}/v1/functions/work/invoke?namespace=team", s.url)).bearer_auth(&s.admin_key).json(&json!({"sleep": 1.0})).send());
         async move { futures::future::join_all(calls).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect::<Vec<u16>>() }
     };
     let mut got = team_burst(3).await;
@@ -82,7 +86,8 @@ async fn reserved_concurrency_and_namespace_limits_throttle_with_retry_after() {
     s.ok(&["ns", "set", "team", "--max-concurrency", "1"]);
     s.restart();
     let team_burst = |n: usize| {
-        let calls = (0..n).map(|_| s.http().post(format!("{}/v1/functions/work/invoke?namespace=team", s.url)).bearer_auth(&s.admin_key).json(&json!({"sleep": 1.0})).send());
+        let calls = (0..n)
+            .map(|_| s.http().post(format!("{}/v1/functions/work/invoke?namespace=team", s.url)).bearer_auth(&s.admin_key).json(&json!({"sleep": 1.0})).send());
         async move { futures::future::join_all(calls).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect::<Vec<u16>>() }
     };
     let mut got = team_burst(3).await;
@@ -325,7 +330,19 @@ async fn prewarmed_zygotes_become_new_functions_and_spares_serve_first_calls() {
     std::fs::create_dir(code.path().join("lib")).unwrap();
     std::fs::write(code.path().join("lib/extra.py"), "VALUE = 42\n").unwrap();
     std::fs::write(code.path().join("app.py"), "import extra\n\ndef handler(event, context):\n    return {'extra': extra.VALUE}\n").unwrap();
-    s.ok(&["fn", "deploy", "pathy", "--runtime", "python3", "--handler", "app.handler", "--code", code.path().to_str().unwrap(), "--env", "PYTHONPATH=/var/task/lib"]);
+    s.ok(&[
+        "fn",
+        "deploy",
+        "pathy",
+        "--runtime",
+        "python3",
+        "--handler",
+        "app.handler",
+        "--code",
+        code.path().to_str().unwrap(),
+        "--env",
+        "PYTHONPATH=/var/task/lib",
+    ]);
     assert_eq!(invoke_json(&s, "pathy", json!({})).await.1, json!({"extra": 42}));
     assert_eq!(s.metric(&taken("python3")).await, 2.0);
 

@@ -79,7 +79,8 @@ fn owned(s: &Server) -> (usize, usize, usize, bool) {
     let sid = sid(s);
     let cgroups = std::fs::read_dir(cgroup_dir(s)).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).count();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&format!("hangar-svc-{sid}"))).count();
-    let netns = std::fs::read_dir("/run/netns").into_iter().flatten().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&format!("hgr-{sid}-"))).count();
+    let netns =
+        std::fs::read_dir("/run/netns").into_iter().flatten().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&format!("hgr-{sid}-"))).count();
     let bridge = Path::new("/sys/class/net").join(format!("hgr{sid}")).exists();
     (cgroups, mounts, netns, bridge)
 }
@@ -197,22 +198,63 @@ async fn bad_services_are_refused_or_reported_as_crash_loops() {
     // Unknown image, volume escaping to a host path, bad runtime: refused before anything runs.
     let err = s.fails(&["svc", "deploy", "x", "--image", "nope:1"], 6);
     assert!(err.contains("hangar image pull"), "{err}");
-    let r = s.http().put(format!("{}/v1/services/x", s.url)).bearer_auth(&s.admin_key).json(&json!({"image": "web:1", "volumes": ["/etc:/x"]})).send().await.unwrap();
+    let r = s
+        .http()
+        .put(format!("{}/v1/services/x", s.url))
+        .bearer_auth(&s.admin_key)
+        .json(&json!({"image": "web:1", "volumes": ["/etc:/x"]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = s.http().put(format!("{}/v1/services/x", s.url)).bearer_auth(&s.admin_key).json(&json!({"image": "web:1", "volumes": ["data:/../etc"]})).send().await.unwrap();
+    let r = s
+        .http()
+        .put(format!("{}/v1/services/x", s.url))
+        .bearer_auth(&s.admin_key)
+        .json(&json!({"image": "web:1", "volumes": ["data:/../etc"]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = s.http().put(format!("{}/v1/services/x", s.url)).bearer_auth(&s.admin_key).json(&json!({"image": "web:1", "runtime": "docker"})).send().await.unwrap();
+    let r =
+        s.http().put(format!("{}/v1/services/x", s.url)).bearer_auth(&s.admin_key).json(&json!({"image": "web:1", "runtime": "docker"})).send().await.unwrap();
     assert_eq!(r.status(), 400);
 
     // A process that exits at once: a crash loop, reported with its last output; nothing kept.
-    let err = s.fails(&["svc", "deploy", "crash", "--image", "web:1", "--command", "/bin/sh", "--arg", "-c", "--arg", "echo cannot start: missing config >&2; exit 3"], 6);
+    let err = s.fails(
+        &["svc", "deploy", "crash", "--image", "web:1", "--command", "/bin/sh", "--arg", "-c", "--arg", "echo cannot start: missing config >&2; exit 3"],
+        6,
+    );
     assert!(err.contains("crash loop") && err.contains("cannot start: missing config") && err.contains("code 3"), "{err}");
     s.fails(&["svc", "get", "crash"], 4);
     let (cgroups, mounts, netns, _) = owned(&s);
     assert_eq!((cgroups, mounts, netns), (0, 0, 0), "nothing half-created is left");
 
     // A process that outgrows its memory limit: told as such.
-    let err = s.fails(&["svc", "deploy", "hog", "--image", "web:1", "--memory", "16", "--command", "/bin/busybox", "--arg", "dd", "--arg", "if=/dev/zero", "--arg", "of=/dev/null", "--arg", "bs=64M", "--arg", "count=1"], 6);
+    let err = s.fails(
+        &[
+            "svc",
+            "deploy",
+            "hog",
+            "--image",
+            "web:1",
+            "--memory",
+            "16",
+            "--command",
+            "/bin/busybox",
+            "--arg",
+            "dd",
+            "--arg",
+            "if=/dev/zero",
+            "--arg",
+            "of=/dev/null",
+            "--arg",
+            "bs=64M",
+            "--arg",
+            "count=1",
+        ],
+        6,
+    );
     assert!(err.contains("ran out of memory (limit 16 MiB)"), "{err}");
 
     // A working service keeps serving when its update crash-loops.
@@ -255,7 +297,13 @@ async fn instances_reach_neither_the_host_nor_beyond_unless_granted() {
     let fetch = layer(&[("www/", b"", 0o755), ("www/cgi-bin/", b"", 0o755), ("www/cgi-bin/fetch", FETCH_CGI, 0o755)]);
     let with_fetch = work.path().join("fetch");
     let busybox = std::fs::read("/bin/busybox").unwrap();
-    let root = layer(&[("bin/", b"", 0o755), ("bin/busybox", &busybox, 0o755), ("bin/sh", b"->busybox", 0o777), ("etc/", b"", 0o755), ("etc/passwd", b"root:x:0:0::/:/bin/sh\n", 0o644)]);
+    let root = layer(&[
+        ("bin/", b"", 0o755),
+        ("bin/busybox", &busybox, 0o755),
+        ("bin/sh", b"->busybox", 0o777),
+        ("etc/", b"", 0o755),
+        ("etc/passwd", b"root:x:0:0::/:/bin/sh\n", 0o644),
+    ]);
     oci_layout(&with_fetch, &[root, fetch], json!({"Entrypoint": ["/bin/busybox"], "Cmd": ["httpd", "-f", "-p", "8080", "-h", "/www"]}), None);
     s.ok(&["image", "import", with_fetch.to_str().unwrap(), "--name", "fetch:1"]);
     s.ok(&["svc", "deploy", "open", "--image", "fetch:1"]);
@@ -311,10 +359,17 @@ async fn instances_reach_neither_the_host_nor_beyond_unless_granted() {
 async fn an_instance_failing_its_liveness_checks_is_replaced() {
     let s = Server::start();
     let work = tempfile::tempdir().unwrap();
-    let health = b"#!/bin/busybox sh\nif [ -e /tmp/sick ]; then echo Status: 500 Sick; echo; echo sick; else echo Content-Type: text/plain; echo; echo healthy; fi\n";
+    let health =
+        b"#!/bin/busybox sh\nif [ -e /tmp/sick ]; then echo Status: 500 Sick; echo; echo sick; else echo Content-Type: text/plain; echo; echo healthy; fi\n";
     let sicken = b"#!/bin/busybox sh\ntouch /tmp/sick\necho Content-Type: text/plain\necho\necho now sick\n";
     let busybox = std::fs::read("/bin/busybox").unwrap();
-    let root = layer(&[("bin/", b"", 0o755), ("bin/busybox", &busybox, 0o755), ("bin/sh", b"->busybox", 0o777), ("bin/touch", b"->busybox", 0o777), ("tmp/", b"", 0o1777)]);
+    let root = layer(&[
+        ("bin/", b"", 0o755),
+        ("bin/busybox", &busybox, 0o755),
+        ("bin/sh", b"->busybox", 0o777),
+        ("bin/touch", b"->busybox", 0o777),
+        ("tmp/", b"", 0o1777),
+    ]);
     let site = layer(&[("www/", b"", 0o755), ("www/cgi-bin/", b"", 0o755), ("www/cgi-bin/health", health, 0o755), ("www/cgi-bin/sicken", sicken, 0o755)]);
     let layout = work.path().join("health");
     oci_layout(&layout, &[root, site], json!({"Entrypoint": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]}), None);

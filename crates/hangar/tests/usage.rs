@@ -50,10 +50,16 @@ async fn functions_and_sandboxes_are_metered_exactly() {
         assert_eq!(rows[0]["gb_seconds"], show_fixed(mb_ms * 9_765_625, 13));
         let price = |p: &str| Money::parse(p).unwrap().pico();
         let by_hand = div_round(7 * price("0.20"), 1_000_000) + div_round(mb_ms * price("0.0000166667"), 1_024_000);
-        assert_eq!((rows[0]["cost"].as_str().unwrap(), rows[0]["priced_with"].as_str().unwrap()), (Money(by_hand).to_string().as_str(), "aws-lambda-x86"), "{rows:?}");
+        assert_eq!(
+            (rows[0]["cost"].as_str().unwrap(), rows[0]["priced_with"].as_str().unwrap()),
+            (Money(by_hand).to_string().as_str(), "aws-lambda-x86"),
+            "{rows:?}"
+        );
         // On Cloud Run: also 1 vCPU for the billed time, at its prices.
         let v: Value = s.get("/v1/usage?since=2h&kind=function&name=hello&sheet=gcp-cloud-run").send().await.unwrap().json().await.unwrap();
-        let by_hand = div_round(7 * price("0.40"), 1_000_000) + div_round(mb_ms * price("0.0000025"), 1_024_000) + div_round(u128::from(billed) * price("0.000024"), 1000);
+        let by_hand = div_round(7 * price("0.40"), 1_000_000)
+            + div_round(mb_ms * price("0.0000025"), 1_024_000)
+            + div_round(u128::from(billed) * price("0.000024"), 1000);
         assert_eq!(v["items"][0]["cost"].as_str().unwrap(), Money(by_hand).to_string(), "{v}");
     }
     let (status, code, _) = common::error_code(s.get("/v1/usage?sheet=nope").send().await.unwrap()).await;

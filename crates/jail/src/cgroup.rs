@@ -45,8 +45,7 @@ pub struct Cgroup {
 }
 
 fn write(dir: &Path, file: &str, value: &str) -> Result<(), JailError> {
-    std::fs::write(dir.join(file), value)
-        .map_err(|e| JailError::Cgroup(format!("writing `{value}` to {}: {e}", dir.join(file).display())))
+    std::fs::write(dir.join(file), value).map_err(|e| JailError::Cgroup(format!("writing `{value}` to {}: {e}", dir.join(file).display())))
 }
 
 fn read(dir: &Path, file: &str) -> String {

@@ -11,8 +11,8 @@
 
 pub mod cgroup;
 pub mod netcmd;
-pub mod overlay;
 mod netns;
+pub mod overlay;
 
 pub use netns::NetNs;
 
@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxIdMappingBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capabilities, Capability, LinuxBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 /// Why a jail could not be made or run.
@@ -102,10 +102,39 @@ pub enum Network {
 
 /// Syscalls no jailed process needs; denied with `EPERM` on top of the dropped capabilities.
 const DENIED_SYSCALLS: &[&str] = &[
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "delete_module", "finit_module", "init_module",
-    "ioperm", "iopl", "kexec_file_load", "kexec_load", "keyctl", "mount", "move_mount", "open_by_handle_at",
-    "open_tree", "perf_event_open", "pivot_root", "ptrace", "quotactl", "reboot", "request_key", "setns",
-    "settimeofday", "swapoff", "swapon", "umount2", "unshare", "userfaultfd", "fsopen", "fsmount", "fspick",
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "delete_module",
+    "finit_module",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "mount",
+    "move_mount",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "ptrace",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "umount2",
+    "unshare",
+    "userfaultfd",
+    "fsopen",
+    "fsmount",
+    "fspick",
 ];
 
 /// What a zygote may call beyond the list above, to set up each instance.
@@ -129,11 +158,8 @@ pub fn oci_config(spec: &JailSpec, rootfs: &Path) -> Result<Spec, JailError> {
     let uid = if zygote { 0 } else { NOBODY };
     let user = UserBuilder::default().uid(uid).gid(uid).additional_gids(Vec::<u32>::new()).build()?;
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let no_caps: Capabilities = if zygote {
-        [Capability::SysAdmin, Capability::NetAdmin, Capability::Setuid, Capability::Setgid].into_iter().collect()
-    } else {
-        Capabilities::new()
-    };
+    let no_caps: Capabilities =
+        if zygote { [Capability::SysAdmin, Capability::NetAdmin, Capability::Setuid, Capability::Setgid].into_iter().collect() } else { Capabilities::new() };
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(user)
@@ -176,23 +202,17 @@ pub fn oci_config(spec: &JailSpec, rootfs: &Path) -> Result<Spec, JailError> {
         mounts.push(bind_ro(host, inside)?);
     }
 
-    let mut types = vec![
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Network,
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Mount,
-    ];
+    let mut types = vec![LinuxNamespaceType::Pid, LinuxNamespaceType::Network, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount];
     if zygote {
         types.push(LinuxNamespaceType::User);
     }
     let namespaces = types
-    .into_iter()
-    .map(|t| match (&spec.network, t) {
-        (Network::Join(path), LinuxNamespaceType::Network) => LinuxNamespaceBuilder::default().typ(t).path(path).build(),
-        _ => LinuxNamespaceBuilder::default().typ(t).build(),
-    })
-    .collect::<Result<Vec<_>, _>>()?;
+        .into_iter()
+        .map(|t| match (&spec.network, t) {
+            (Network::Join(path), LinuxNamespaceType::Network) => LinuxNamespaceBuilder::default().typ(t).path(path).build(),
+            _ => LinuxNamespaceBuilder::default().typ(t).build(),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let resources = LinuxResourcesBuilder::default()
         .memory(LinuxMemoryBuilder::default().limit(spec.memory_bytes).build()?)
         .pids(LinuxPidsBuilder::default().limit(spec.pids_max).build()?)
@@ -203,13 +223,7 @@ pub fn oci_config(spec: &JailSpec, rootfs: &Path) -> Result<Spec, JailError> {
     let denied = DENIED_SYSCALLS.iter().filter(|s| !zygote || !ZYGOTE_NEEDS.contains(s)).map(|s| s.to_string());
     let seccomp = LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)
-        .syscalls(vec![
-            LinuxSyscallBuilder::default()
-                .names(denied.collect::<Vec<_>>())
-                .action(LinuxSeccompAction::ScmpActErrno)
-                .errno_ret(1u32)
-                .build()?,
-        ])
+        .syscalls(vec![LinuxSyscallBuilder::default().names(denied.collect::<Vec<_>>()).action(LinuxSeccompAction::ScmpActErrno).errno_ret(1u32).build()?])
         .build()?;
     let mut linux = LinuxBuilder::default();
     linux = linux
@@ -333,20 +347,14 @@ impl Jail {
     /// Starts the container in the foreground of a `runc run` child: its exit status is the
     /// jailed process's (137 when it was killed, e.g. by the memory limit).
     pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Result<tokio::process::Child, JailError> {
-        self.run_command(false, Stdio::null(), stdout, stderr)
-            .spawn()
-            .map_err(|e| JailError::Runc(format!("cannot start runc: {e}")))
+        self.run_command(false, Stdio::null(), stdout, stderr).spawn().map_err(|e| JailError::Runc(format!("cannot start runc: {e}")))
     }
 
     /// Starts the container detached: `runc` returns once the process runs, and the process
     /// keeps `stdin`, `stdout` and `stderr` as given (sockets and pipes pass through as they
     /// are, which a foreground `runc run` would replace with pipes of its own).
     pub async fn start_detached(&self, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> Result<(), JailError> {
-        let out = self
-            .run_command(true, stdin, stdout, stderr)
-            .status()
-            .await
-            .map_err(|e| JailError::Runc(format!("cannot start runc: {e}")))?;
+        let out = self.run_command(true, stdin, stdout, stderr).status().await.map_err(|e| JailError::Runc(format!("cannot start runc: {e}")))?;
         if !out.success() {
             return Err(JailError::Runc(format!("`runc run` failed ({out})")));
         }

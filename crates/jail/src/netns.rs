@@ -17,11 +17,7 @@ pub struct NetNs {
 }
 
 async fn ip(args: &[&str]) -> Result<(), JailError> {
-    let out = tokio::process::Command::new("ip")
-        .args(args)
-        .output()
-        .await
-        .map_err(|e| JailError::Runc(format!("cannot run `ip` (iproute2): {e}")))?;
+    let out = tokio::process::Command::new("ip").args(args).output().await.map_err(|e| JailError::Runc(format!("cannot run `ip` (iproute2): {e}")))?;
     if !out.status.success() {
         return Err(JailError::Runc(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
     }

@@ -73,10 +73,7 @@ async fn start(interp: &str, shim: &str, shim_name: &str, files: &[(&str, &str)]
 }
 
 async fn ask(i: &Instance, id: &str, event: Value) -> Answer {
-    tokio::time::timeout(Duration::from_secs(20), i.api.invoke(invocation(id, event)))
-        .await
-        .expect("the shim answered in time")
-        .expect("the shim is running")
+    tokio::time::timeout(Duration::from_secs(20), i.api.invoke(invocation(id, event))).await.expect("the shim answered in time").expect("the shim is running")
 }
 
 fn json_of(a: Answer) -> Value {

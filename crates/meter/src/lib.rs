@@ -11,8 +11,8 @@ use std::sync::Arc;
 use hangar_api::{InvocationRecord, Outcome, StartKind};
 use hangar_store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::family::Family;
 pub use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -162,23 +162,11 @@ impl Meter {
     pub fn function_metrics(&self, namespace: &str, function: &str) -> FunctionMetrics {
         let m = &self.metrics;
         let outcome = |o: Outcome| {
-            m.invocations
-                .get_or_create(&OutcomeLabels {
-                    namespace: namespace.into(),
-                    function: function.into(),
-                    outcome: o.as_str().into(),
-                })
-                .clone()
+            m.invocations.get_or_create(&OutcomeLabels { namespace: namespace.into(), function: function.into(), outcome: o.as_str().into() }).clone()
         };
         let labels = FunctionLabels { namespace: namespace.into(), function: function.into() };
         FunctionMetrics {
-            by_outcome: [
-                outcome(Outcome::Ok),
-                outcome(Outcome::Error),
-                outcome(Outcome::Timeout),
-                outcome(Outcome::OutOfMemory),
-                outcome(Outcome::Throttled),
-            ],
+            by_outcome: [outcome(Outcome::Ok), outcome(Outcome::Error), outcome(Outcome::Timeout), outcome(Outcome::OutOfMemory), outcome(Outcome::Throttled)],
             duration: m.duration.get_or_create(&labels).clone(),
             cold_starts: m.cold_starts.get_or_create(&labels).clone(),
             instances: m.instances.get_or_create(&labels).clone(),

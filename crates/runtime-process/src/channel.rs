@@ -7,8 +7,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
-    SendFlags, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -42,8 +41,7 @@ impl Channel {
     /// A connected pair: Hangar's end (non-blocking, with credentials passing) and the end to
     /// hand to the other process (blocking, as a plain program expects).
     pub fn pair() -> std::io::Result<(Channel, OwnedFd)> {
-        let (ours, theirs) =
-            rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
+        let (ours, theirs) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
         rustix::io::ioctl_fionbio(&ours, true)?;
         rustix::net::sockopt::set_socket_passcred(&ours, true)?;
         Ok((Channel { fd: register(ours)? }, theirs))

@@ -159,7 +159,8 @@ async fn reap(inner: Weak<Inner>) {
             tracing::debug!(function = %inner.spec.name, reaped = expired.len(), "idle instances reaped");
         }
         drop(expired);
-        let short = inner.provisioned.load(Ordering::Acquire) < inner.provisioned_target.load(Ordering::Acquire) || inner.live.load(Ordering::Acquire) < inner.spec.min_instances;
+        let short = inner.provisioned.load(Ordering::Acquire) < inner.provisioned_target.load(Ordering::Acquire)
+            || inner.live.load(Ordering::Acquire) < inner.spec.min_instances;
         if short && !inner.provisioning.load(Ordering::Acquire) {
             let inner = inner.clone();
             tokio::spawn(async move { inner.provision().await });
@@ -182,12 +183,8 @@ fn function_error(err: &serde_json::Value, init: bool, logs: &str) -> Reply {
     *response.status_mut() = StatusCode::BAD_GATEWAY;
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response.headers_mut().insert("x-hangar-function-error", http::HeaderValue::from_static("Unhandled"));
-    let mut error = format!(
-        "{}{}: {}",
-        if init { "init error: " } else { "" },
-        err["errorType"].as_str().unwrap_or("Error"),
-        err["errorMessage"].as_str().unwrap_or("")
-    );
+    let mut error =
+        format!("{}{}: {}", if init { "init error: " } else { "" }, err["errorType"].as_str().unwrap_or("Error"), err["errorMessage"].as_str().unwrap_or(""));
     if !logs.is_empty() {
         error.push('\n');
         error.push_str(logs);
@@ -392,12 +389,22 @@ impl Inner {
             Ok(p) => p,
             Err(PodError::Init { error, logs }) => return Err(function_error(&error, true, &logs)),
             Err(PodError::Stopping) => {
-                return Err(platform_error(StatusCode::SERVICE_UNAVAILABLE, "stopping", Outcome::Error, "the server is shutting down; retry once it is back".into()));
+                return Err(platform_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stopping",
+                    Outcome::Error,
+                    "the server is shutting down; retry once it is back".into(),
+                ));
             }
             Err(PodError::Failed { message, logs }) => {
                 tracing::error!(function = %self.spec.name, "starting the zygote failed: {message}\n{logs}");
                 let detail = if logs.is_empty() { message } else { format!("{message}\n{logs}") };
-                return Err(platform_error(StatusCode::BAD_GATEWAY, "init_failed", Outcome::Error, format!("the function's runtime could not start: {detail}")));
+                return Err(platform_error(
+                    StatusCode::BAD_GATEWAY,
+                    "init_failed",
+                    Outcome::Error,
+                    format!("the function's runtime could not start: {detail}"),
+                ));
             }
         };
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -514,7 +521,12 @@ impl Inner {
                 if body.iter().all(u8::is_ascii_whitespace) {
                     Bytes::from_static(b"{}")
                 } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-                    let o = platform_error(StatusCode::BAD_REQUEST, "invalid_payload", Outcome::Error, "the payload of a process function is its event and must be JSON".into());
+                    let o = platform_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_payload",
+                        Outcome::Error,
+                        "the payload of a process function is its event and must be JSON".into(),
+                    );
                     return (o, String::new(), false, StartKind::Warm);
                 } else {
                     body
@@ -578,7 +590,12 @@ impl Inner {
             Ran::Answer(Answer::InitError(err)) => function_error(&err, true, ""),
             Ran::Timeout => {
                 logs.append(format!("[hangar] Task timed out after {} ms\n", timeout.as_millis()).as_bytes());
-                platform_error(StatusCode::GATEWAY_TIMEOUT, "timeout", Outcome::Timeout, format!("the function did not answer within its timeout of {} ms", timeout.as_millis()))
+                platform_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    Outcome::Timeout,
+                    format!("the function did not answer within its timeout of {} ms", timeout.as_millis()),
+                )
             }
             Ran::InitTimeout => {
                 let message = format!(

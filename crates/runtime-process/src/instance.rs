@@ -18,7 +18,10 @@ pub enum Ran {
     /// The deadline passed; the instance must be killed.
     Timeout,
     /// The process ended without answering: how, and whether it ran out of memory.
-    Exited { how: String, out_of_memory: bool },
+    Exited {
+        how: String,
+        out_of_memory: bool,
+    },
     /// The runtime never asked for an invocation within the init limit.
     InitTimeout,
 }
@@ -200,7 +203,6 @@ impl Instance {
         }
         ran
     }
-
 
     fn exited(&self, msg: Option<crate::channel::Message>) -> Ran {
         let out_of_memory = self.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);

@@ -262,8 +262,7 @@ impl Host {
 
     /// The runtimes this machine can run: python3 and provided, and nodejs when Node is there.
     pub fn runtimes(self: &Arc<Self>) -> Vec<Arc<dyn Runtime>> {
-        self.kinds()
-            .into_iter().map(|kind| Arc::new(ProcessRuntime { kind, host: self.clone() }) as Arc<dyn Runtime>).collect()
+        self.kinds().into_iter().map(|kind| Arc::new(ProcessRuntime { kind, host: self.clone() }) as Arc<dyn Runtime>).collect()
     }
 
     /// Removes every container, cgroup and bundle of this server.
@@ -397,9 +396,7 @@ impl Runtime for ProcessRuntime {
         let size = code.len() as u64;
         if !dest.is_dir() {
             let d = dest.clone();
-            tokio::task::spawn_blocking(move || code::unpack(&code, &d, kind))
-                .await
-                .map_err(|e| RuntimeError::Internal(format!("unpacking: {e}")))??;
+            tokio::task::spawn_blocking(move || code::unpack(&code, &d, kind)).await.map_err(|e| RuntimeError::Internal(format!("unpacking: {e}")))??;
         }
         if kind == RuntimeKind::Provided && !dest.join("bootstrap").is_file() {
             return Err(RuntimeError::InvalidCode(
@@ -411,7 +408,10 @@ impl Runtime for ProcessRuntime {
 
     async fn load(&self, spec: &RevisionSpec) -> Result<Arc<dyn Loaded>, RuntimeError> {
         if !self.host.code_path(&spec.code_digest).is_dir() {
-            return Err(RuntimeError::InvalidCode(format!("the unpacked code {} is missing from the data directory; deploy the function again", spec.code_digest)));
+            return Err(RuntimeError::InvalidCode(format!(
+                "the unpacked code {} is missing from the data directory; deploy the function again",
+                spec.code_digest
+            )));
         }
         let f = function::Function::new(self.host.clone(), self.kind, spec.clone());
         f.warm_up_in_background();

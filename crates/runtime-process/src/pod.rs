@@ -5,8 +5,8 @@
 //! other side of the protocol.
 
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -219,13 +219,8 @@ impl Pod {
         let first = tokio::time::timeout(INIT_TIMEOUT, self.control.recv()).await;
         match first {
             Ok(Ok(Some(m))) if m.body["type"] == "ready" => Ok(()),
-            Ok(Ok(Some(m))) if m.body["type"] == "init_error" => {
-                Err(PodError::Init { error: m.body["error"].clone(), logs: self.end_with_logs().await })
-            }
-            Ok(Ok(_)) | Ok(Err(_)) => Err(PodError::Failed {
-                message: "the runtime's zygote exited while starting".into(),
-                logs: self.end_with_logs().await,
-            }),
+            Ok(Ok(Some(m))) if m.body["type"] == "init_error" => Err(PodError::Init { error: m.body["error"].clone(), logs: self.end_with_logs().await }),
+            Ok(Ok(_)) | Ok(Err(_)) => Err(PodError::Failed { message: "the runtime's zygote exited while starting".into(), logs: self.end_with_logs().await }),
             Err(_) => Err(PodError::Init {
                 error: hangar_lambda::error_body(
                     "Runtime.InitTimeout",

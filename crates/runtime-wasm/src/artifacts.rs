@@ -77,15 +77,12 @@ impl Artifacts {
     }
 
     pub fn has_compiled(&self, digest: &str) -> bool {
-        self.compiled_path(digest).map(|p| p.exists()).unwrap_or(false)
-            && self.code_path(digest).map(|p| p.exists()).unwrap_or(false)
+        self.compiled_path(digest).map(|p| p.exists()).unwrap_or(false) && self.code_path(digest).map(|p| p.exists()).unwrap_or(false)
     }
 
     /// Writes the uploaded code and the compiled artifact, each atomically.
     pub fn store(&self, digest: &str, code: &[u8], component: &Component) -> Result<(), RuntimeError> {
-        let native = component
-            .serialize()
-            .map_err(|e| RuntimeError::Internal(format!("serializing compiled code: {e:#}")))?;
+        let native = component.serialize().map_err(|e| RuntimeError::Internal(format!("serializing compiled code: {e:#}")))?;
         write_atomic(&self.code_path(digest)?, code)?;
         write_atomic(&self.compiled_path(digest)?, &native)?;
         Ok(())
@@ -104,11 +101,8 @@ impl Artifacts {
                 Err(e) => tracing::warn!(path = %compiled.display(), "cached artifact unusable, recompiling: {e:#}"),
             }
         }
-        let code = std::fs::read(self.code_path(digest)?).map_err(|e| {
-            RuntimeError::Internal(format!("code {digest} is missing from the data dir: {e}"))
-        })?;
-        let component = Component::new(engine, &code)
-            .map_err(|e| RuntimeError::InvalidCode(format!("the component does not compile: {e:#}")))?;
+        let code = std::fs::read(self.code_path(digest)?).map_err(|e| RuntimeError::Internal(format!("code {digest} is missing from the data dir: {e}")))?;
+        let component = Component::new(engine, &code).map_err(|e| RuntimeError::InvalidCode(format!("the component does not compile: {e:#}")))?;
         self.store(digest, &code, &component)?;
         Ok((component, true))
     }

@@ -1,9 +1,9 @@
 //! One invocation of a `wasi:http/proxy` component: the per-store state, its limits, and the
 //! task that runs the guest and reports how it ended.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -180,9 +180,7 @@ impl Loaded for WasmFunction {
         if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST) {
             request.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
         }
-        let request = request.map(|b| {
-            b.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(format!("request body: {e}"))))
-        });
+        let request = request.map(|b| b.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(format!("request body: {e}")))));
         let (resp_tx, resp_rx) = oneshot::channel();
         let handles = store
             .data_mut()
@@ -314,15 +312,9 @@ fn finished(outcome: Outcome, status: u16, bytes: u64, error: Option<String>, lo
 const NO_RESPONSE: &str = "the function returned without setting a response";
 
 /// Turns the guest's result into an outcome, a message for people, and details for the logs.
-fn classify(
-    result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
-    oom: bool,
-    timeout: Duration,
-) -> (GuestEnd, Option<String>) {
-    let timed_out = || GuestEnd {
-        outcome: Outcome::Timeout,
-        error: Some(format!("the function did not finish within its timeout of {} ms", timeout.as_millis())),
-    };
+fn classify(result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>, oom: bool, timeout: Duration) -> (GuestEnd, Option<String>) {
+    let timed_out =
+        || GuestEnd { outcome: Outcome::Timeout, error: Some(format!("the function did not finish within its timeout of {} ms", timeout.as_millis())) };
     let e = match result {
         Ok(Ok(())) => return (GuestEnd { outcome: Outcome::Ok, error: None }, None),
         Err(_) => return (timed_out(), None),

@@ -93,10 +93,7 @@ impl WasmRuntime {
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
             .table_keep_resident(KEEP_RESIDENT_BYTES);
         let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            .wasm_component_model(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        config.epoch_interruption(true).wasm_component_model(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Internal(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -144,8 +141,8 @@ impl Runtime for WasmRuntime {
         let (engine, linker, artifacts) = (self.engine.clone(), self.linker.clone(), self.artifacts.clone());
         let counters = self.counters.clone();
         tokio::task::spawn_blocking(move || {
-            let component = wasmtime::component::Component::new(&engine, &code)
-                .map_err(|e| RuntimeError::InvalidCode(format!("the component does not compile: {e:#}")))?;
+            let component =
+                wasmtime::component::Component::new(&engine, &code).map_err(|e| RuntimeError::InvalidCode(format!("the component does not compile: {e:#}")))?;
             guest::check_proxy(&linker, &component)?;
             counters.compilations.inc();
             artifacts.store(&digest, &code, &component)

@@ -9,7 +9,7 @@
 mod body;
 mod logs;
 
-pub use body::{BoxError, Body, boxed, empty, full};
+pub use body::{Body, BoxError, boxed, empty, full};
 pub use logs::LogBuffer;
 
 use std::sync::Arc;
@@ -147,9 +147,6 @@ pub fn error_response(status: http::StatusCode, code: &str, message: &str) -> ht
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     let mut resp = http::Response::new(full(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     resp
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use hangar_api::sandboxes::SandboxConfig;
 use hangar_image::RunConfig;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Process, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Process, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::SandboxError;
@@ -49,7 +49,8 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
 
 /// The environment every command gets: a default `PATH`, the image's, the sandbox's.
 pub fn environment(image: &RunConfig, config: &SandboxConfig) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = vec![("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()), ("HOME".into(), "/root".into())];
+    let mut env: Vec<(String, String)> =
+        vec![("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()), ("HOME".into(), "/root".into())];
     let mut set = |k: &str, v: &str| {
         env.retain(|(ek, _)| ek != k);
         env.push((k.to_string(), v.to_string()));
@@ -74,7 +75,14 @@ pub fn user(rootfs: &Path, image: &RunConfig) -> Result<(u32, u32), SandboxError
 /// A process of the sandbox (its first one, or an interactive command): as `uid:gid`, with
 /// Docker's default capabilities (root in the sandbox is root of gVisor's kernel, not of the
 /// host's), no new privileges, and the sandbox's process and file limits.
-pub fn process(config: &SandboxConfig, (uid, gid): (u32, u32), args: Vec<String>, env: Vec<String>, cwd: String, terminal: bool) -> Result<Process, SandboxError> {
+pub fn process(
+    config: &SandboxConfig,
+    (uid, gid): (u32, u32),
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: String,
+    terminal: bool,
+) -> Result<Process, SandboxError> {
     let caps: std::collections::HashSet<Capability> = hangar_jail::overlay::CONTAINER_CAPS.iter().copied().collect();
     let err = |e: oci_spec::OciSpecError| SandboxError::Runtime(format!("sandbox config: {e}"));
     ProcessBuilder::default()
@@ -107,7 +115,15 @@ pub struct Joined<'a> {
 
 /// The sandbox's `config.json`: its first process only keeps it alive (commands come by exec).
 /// Without `net` it gets a network namespace of its own with nothing but loopback.
-pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox: &Path, cgroup_path: &str, hostname: &str, net: Option<Joined<'_>>) -> Result<Spec, SandboxError> {
+pub fn config(
+    config: &SandboxConfig,
+    image: &RunConfig,
+    rootfs: &Path,
+    busybox: &Path,
+    cgroup_path: &str,
+    hostname: &str,
+    net: Option<Joined<'_>>,
+) -> Result<Spec, SandboxError> {
     let env: Vec<String> = environment(image, config).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     let err = |e: oci_spec::OciSpecError| SandboxError::Runtime(format!("sandbox config: {e}"));
     let init = vec![BUSYBOX.to_string(), "sh".into(), "-c".into(), INIT.into()];
@@ -118,16 +134,12 @@ pub fn config(config: &SandboxConfig, image: &RunConfig, rootfs: &Path, busybox:
         mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
-        MountBuilder::default()
-            .destination(BUSYBOX)
-            .typ("bind")
-            .source(busybox)
-            .options(vec!["rbind".into(), "ro".into()])
-            .build()
-            .map_err(err)?,
+        MountBuilder::default().destination(BUSYBOX).typ("bind").source(busybox).options(vec!["rbind".into(), "ro".into()]).build().map_err(err)?,
     ];
     if let Some(j) = &net {
-        mounts.push(MountBuilder::default().destination("/etc/hosts").typ("bind").source(j.hosts).options(vec!["rbind".into(), "ro".into()]).build().map_err(err)?);
+        mounts.push(
+            MountBuilder::default().destination("/etc/hosts").typ("bind").source(j.hosts).options(vec!["rbind".into(), "ro".into()]).build().map_err(err)?,
+        );
     }
     let memory = i64::from(config.memory_mb) << 20;
     let period = 100_000u64;

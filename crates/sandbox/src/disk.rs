@@ -11,12 +11,9 @@ use nix::mount::{MntFlags, umount2};
 use crate::SandboxError;
 
 async fn run(program: &str, args: &[&str], what: &str) -> Result<(), SandboxError> {
-    let out = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| SandboxError::Unavailable(format!("{what}: {program} could not run ({e}); sandboxes need e2fsprogs and util-linux (apt-get install e2fsprogs mount)")))?;
+    let out = tokio::process::Command::new(program).args(args).stdin(std::process::Stdio::null()).output().await.map_err(|e| {
+        SandboxError::Unavailable(format!("{what}: {program} could not run ({e}); sandboxes need e2fsprogs and util-linux (apt-get install e2fsprogs mount)"))
+    })?;
     if !out.status.success() {
         return Err(SandboxError::Runtime(format!("{what}: {program} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }

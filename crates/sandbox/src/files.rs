@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::bundle::BUSYBOX;
-use crate::{Sandboxes, SandboxError};
+use crate::{SandboxError, Sandboxes};
 
 /// Largest answer of a listing or `stat`.
 const MAX_LISTING: usize = 4 << 20;
@@ -86,7 +86,12 @@ impl Sandboxes {
         let active = self.activate(namespace, id).await?;
         let mut cmd = self.inner.runsc();
         cmd.arg("exec").arg(id).arg(BUSYBOX).args(["cat", "--", path]);
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn().map_err(|e| SandboxError::Runtime(format!("runsc could not run: {e}")))?;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| SandboxError::Runtime(format!("runsc could not run: {e}")))?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
             let _active = active;
@@ -131,14 +136,24 @@ impl Sandboxes {
         let inner = self.inner.clone();
         let sid = id.to_string();
         let room = tokio::task::spawn_blocking(move || inner.room(&sid, disk_mb)).await.unwrap_or(0);
-        let over = |n: u64| SandboxError::Quota(format!("{path}: {n} bytes do not fit on the sandbox's disk of {disk_mb} MiB ({room} bytes free); remove files or make the sandbox with a larger --disk"));
+        let over = |n: u64| {
+            SandboxError::Quota(format!(
+                "{path}: {n} bytes do not fit on the sandbox's disk of {disk_mb} MiB ({room} bytes free); remove files or make the sandbox with a larger --disk"
+            ))
+        };
         if let Some(n) = length.filter(|n| *n > room) {
             return Err(over(n));
         }
         let script = r#"mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#;
         let mut cmd = self.inner.runsc();
         cmd.arg("exec").arg(id).arg(BUSYBOX).args(["sh", "-c", script, "put", path]);
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true).spawn().map_err(|e| SandboxError::Runtime(format!("runsc could not run: {e}")))?;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| SandboxError::Runtime(format!("runsc could not run: {e}")))?;
         let mut stdin = child.stdin.take().ok_or_else(|| SandboxError::Runtime("no stdin pipe".into()))?;
         let mut written = 0u64;
         let mut body = body;

@@ -165,7 +165,8 @@ impl Sandboxes {
             match rec.state {
                 SandboxState::Running | SandboxState::Paused => {
                     change(&mut rec, SandboxState::Failed, now);
-                    rec.error = Some("the server stopped without putting it on standby (killed?): its processes and memory are gone; its files are kept".into());
+                    rec.error =
+                        Some("the server stopped without putting it on standby (killed?): its processes and memory are gone; its files are kept".into());
                 }
                 SandboxState::Standby if !inner.checkpoint_dir(&rec.id).join("checkpoint.img").is_file() => {
                     change(&mut rec, SandboxState::Failed, now);
@@ -198,11 +199,12 @@ impl Sandboxes {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(SandboxError::Unavailable("the server is shutting down; create the sandbox once it is back".into()));
         }
-        let image = self
-            .inner
-            .images
-            .get(namespace, &config.image)
-            .ok_or_else(|| SandboxError::Invalid(format!("image `{}` is not in namespace `{namespace}`'s image store; import or pull it first (`hangar image pull`)", config.image)))?;
+        let image = self.inner.images.get(namespace, &config.image).ok_or_else(|| {
+            SandboxError::Invalid(format!(
+                "image `{}` is not in namespace `{namespace}`'s image store; import or pull it first (`hangar image pull`)",
+                config.image
+            ))
+        })?;
         let lowers = self.inner.images.lower_dirs(&image).map_err(|e| SandboxError::Runtime(e.to_string()))?;
         let uuid = uuid::Uuid::now_v7().simple().to_string();
         let id = format!("sb-{}", &uuid[uuid.len() - 12..]);
@@ -268,7 +270,8 @@ impl Sandboxes {
 
     /// The sandboxes of a namespace (`None`: all), oldest first.
     pub fn list(&self, namespace: Option<&str>) -> Vec<Sandbox> {
-        let mut all: Vec<Sandbox> = lock(&self.inner.boxes).values().map(|e| self.inner.view(e)).filter(|s| namespace.is_none_or(|ns| s.namespace == ns)).collect();
+        let mut all: Vec<Sandbox> =
+            lock(&self.inner.boxes).values().map(|e| self.inner.view(e)).filter(|s| namespace.is_none_or(|ns| s.namespace == ns)).collect();
         all.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
         all
     }
@@ -576,7 +579,8 @@ impl Inner {
                 None => self.runsc_detached(&run, &["run", "--detach", "--bundle", &bundle, &id], "starting the sandbox", networked).await,
                 Some(image) => {
                     let image = image.display().to_string();
-                    self.runsc_detached(&run, &["restore", "--detach", "--image-path", &image, "--bundle", &bundle, &id], "restoring the sandbox", networked).await
+                    self.runsc_detached(&run, &["restore", "--detach", "--image-path", &image, "--bundle", &bundle, &id], "restoring the sandbox", networked)
+                        .await
                 }
             }
         }
@@ -665,7 +669,8 @@ impl Inner {
             let state = self.runsc().args(["state", &id]).output().await.ok().and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
             if state.is_none_or(|s| s["status"] != "running") {
                 let _ = self.runsc().args(["delete", "--force", &id]).output().await;
-                self.transition(entry, SandboxState::Failed, |r| r.error = Some(format!("it stopped while being checkpointed ({e}); its files are kept"))).await;
+                self.transition(entry, SandboxState::Failed, |r| r.error = Some(format!("it stopped while being checkpointed ({e}); its files are kept")))
+                    .await;
             }
             let _ = tokio::fs::remove_dir_all(&image).await;
             return Err(e);
@@ -725,7 +730,9 @@ impl Inner {
             (r.id.clone(), r.image_id.clone())
         };
         if entry.lowers.is_empty() {
-            return Err(SandboxError::Invalid(format!("sandbox `{id}` cannot start again: its image {image_id} is gone; remove it with `hangar sandbox rm {id}`")));
+            return Err(SandboxError::Invalid(format!(
+                "sandbox `{id}` cannot start again: its image {image_id} is gone; remove it with `hangar sandbox rm {id}`"
+            )));
         }
         let t = Instant::now();
         let _ = self.runsc().args(["delete", "--force", &id]).output().await;

@@ -162,7 +162,9 @@ impl Network {
         let x = self.ensure().await?;
         let slot = {
             let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = (0..SLOTS).find(|s| !used.contains(s)).ok_or_else(|| SandboxError::Unavailable(format!("this server already runs {SLOTS} sandboxes with network access")))?;
+            let slot = (0..SLOTS)
+                .find(|s| !used.contains(s))
+                .ok_or_else(|| SandboxError::Unavailable(format!("this server already runs {SLOTS} sandboxes with network access")))?;
             used.insert(slot);
             slot
         };
@@ -179,7 +181,8 @@ impl Network {
         let attachment = Attachment { netns: netns.clone(), addr, slot, allowed: elements, hosts };
         let result = async {
             let _ = ip(&["-force"], &format!("netns del {netns}\nlink del {veth}\n")).await;
-            ip(&[], &format!("netns add {netns}\nlink add {veth} type veth peer name eth0 netns {netns}\naddr add {gw}/30 dev {veth}\nlink set {veth} up\n")).await?;
+            ip(&[], &format!("netns add {netns}\nlink add {veth} type veth peer name eth0 netns {netns}\naddr add {gw}/30 dev {veth}\nlink set {veth} up\n"))
+                .await?;
             ip(&["-n", &netns], &format!("addr add {addr}/30 dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {gw}\n")).await?;
             if let Some(script) = self.elements("add", &attachment) {
                 nft(&script).await?;

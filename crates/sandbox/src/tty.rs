@@ -103,7 +103,8 @@ impl Sandboxes {
         rustix::pty::unlockpt(&master).map_err(host("opening a terminal"))?;
         let name = rustix::pty::ptsname(&master, Vec::new()).map_err(host("opening a terminal"))?;
         rustix::termios::tcsetwinsize(&master, winsize(req.cols, req.rows)).map_err(host("sizing the terminal"))?;
-        let slave = std::fs::OpenOptions::new().read(true).write(true).custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32).open(name.to_string_lossy().as_ref())?;
+        let slave =
+            std::fs::OpenOptions::new().read(true).write(true).custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32).open(name.to_string_lossy().as_ref())?;
 
         let mut cmd = tokio::process::Command::new("setsid");
         cmd.arg("-c").arg(&self.inner.runsc).arg("--root").arg(self.inner.run.join("runsc")).arg("--platform=ptrace");

@@ -144,7 +144,6 @@ struct InFlightGuard {
     instances: hangar_meter::Gauge,
 }
 
-
 impl InFlightGuard {
     fn enter(in_flight: &Arc<InFlight>, metrics: &FunctionMetrics) -> Self {
         in_flight.count.fetch_add(1, Ordering::AcqRel);
@@ -219,9 +218,7 @@ impl Scheduler {
     pub fn install(&self, deployment: Deployment) -> Result<(), RuntimeError> {
         let runtime = match deployment.config.runtime {
             RuntimeKind::Sequence => None,
-            kind => Some(
-                self.runtimes.get(&kind).ok_or_else(|| RuntimeError::Internal(format!("no runtime `{kind}` in this build")))?.clone(),
-            ),
+            kind => Some(self.runtimes.get(&kind).ok_or_else(|| RuntimeError::Internal(format!("no runtime `{kind}` in this build")))?.clone()),
         };
         let c = &deployment.config;
         let spec = RevisionSpec {
@@ -305,7 +302,10 @@ impl Scheduler {
             ));
         }
         if let Some(limit) = d.config.reserved_concurrency.filter(|l| before >= *l) {
-            return Err(format!("function `{}` is running its reserved concurrency of {limit} invocations at once; retry shortly or raise reserved_concurrency", d.name));
+            return Err(format!(
+                "function `{}` is running its reserved concurrency of {limit} invocations at once; retry shortly or raise reserved_concurrency",
+                d.name
+            ));
         }
         Ok(admission)
     }
@@ -352,7 +352,14 @@ impl Scheduler {
     /// A sequence: each step's response body is the next step's request body (`POST /`);
     /// the first failing step's answer ends it. Its record has no cost of its own (its steps
     /// are billed) and its steps' records name it as their parent.
-    async fn run_sequence(&self, slot: &Arc<Slot>, request: http::Request<Body>, trigger: Trigger, parent: Option<String>, depth: u32) -> (String, http::Response<Body>) {
+    async fn run_sequence(
+        &self,
+        slot: &Arc<Slot>,
+        request: http::Request<Body>,
+        trigger: Trigger,
+        parent: Option<String>,
+        depth: u32,
+    ) -> (String, http::Response<Body>) {
         let id = uuid::Uuid::now_v7().to_string();
         let started = Instant::now();
         let guard = InFlightGuard::enter(&self.in_flight, &slot.metrics);
@@ -377,7 +384,8 @@ impl Scheduler {
             }
             let fail = |status: http::StatusCode, code: &str, msg: String| (Some(error_response(status, code, &msg)), Some(msg));
             let Some(step_slot) = self.route(&d.namespace, step) else {
-                (response, error) = fail(http::StatusCode::BAD_GATEWAY, "step_missing", format!("step {} of sequence `{}`: function `{step}` does not exist", n + 1, d.name));
+                (response, error) =
+                    fail(http::StatusCode::BAD_GATEWAY, "step_missing", format!("step {} of sequence `{}`: function `{step}` does not exist", n + 1, d.name));
                 break;
             };
             if depth >= MAX_SEQUENCE_DEPTH {
@@ -394,7 +402,8 @@ impl Scheduler {
             let bytes = match read_bounded(body).await {
                 Ok(b) => b,
                 Err(e) => {
-                    (response, error) = fail(http::StatusCode::BAD_GATEWAY, "step_failed", format!("step {} (`{step}`): its response could not be read: {e}", n + 1));
+                    (response, error) =
+                        fail(http::StatusCode::BAD_GATEWAY, "step_failed", format!("step {} (`{step}`): its response could not be read: {e}", n + 1));
                     break;
                 }
             };
@@ -477,17 +486,15 @@ impl Scheduler {
                 tracing::error!(namespace = %d.namespace, function = %d.name, "loading revision failed: {e}");
                 let msg = format!("the function's code could not be loaded: {e}");
                 let resp = error_response(http::StatusCode::SERVICE_UNAVAILABLE, "load_failed", &msg);
-                finish(
-                    hangar_runtime::Finished {
-                        outcome: hangar_api::Outcome::Error,
-                        status: 503,
-                        response_bytes: 0,
-                        error: Some(msg),
-                        logs: String::new(),
-                        logs_truncated: false,
-                        start: None,
-                    },
-                );
+                finish(hangar_runtime::Finished {
+                    outcome: hangar_api::Outcome::Error,
+                    status: 503,
+                    response_bytes: 0,
+                    error: Some(msg),
+                    logs: String::new(),
+                    logs_truncated: false,
+                    start: None,
+                });
                 resp
             }
         };

@@ -38,7 +38,15 @@ pub(crate) struct Scaler {
 
 /// What one tick decided, from its inputs (kept apart from the clock and the slots so it can
 /// be tested).
-pub(crate) fn decide(s: &mut Scaler, now: Instant, observed: f64, ready: u32, current: u32, waiting: u32, cfg: &hangar_api::services::ServiceConfig) -> ScalingStatus {
+pub(crate) fn decide(
+    s: &mut Scaler,
+    now: Instant,
+    observed: f64,
+    ready: u32,
+    current: u32,
+    waiting: u32,
+    cfg: &hangar_api::services::ServiceConfig,
+) -> ScalingStatus {
     let window = Duration::from_millis(cfg.scale_window_ms);
     let panic_window = window / 10;
     let since = *s.since.get_or_insert(now);

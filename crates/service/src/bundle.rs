@@ -7,13 +7,11 @@ use std::path::{Path, PathBuf};
 use hangar_api::services::ServiceConfig;
 use hangar_image::RunConfig;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::ServiceError;
-
 
 /// Everything an instance's config needs.
 #[derive(Debug)]
@@ -35,12 +33,7 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
 }
 
 fn bind(source: &Path, dest: &str, options: &[&str]) -> Result<Mount, ServiceError> {
-    Ok(MountBuilder::default()
-        .destination(dest)
-        .typ("bind")
-        .source(source)
-        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .build()?)
+    Ok(MountBuilder::default().destination(dest).typ("bind").source(source).options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>()).build()?)
 }
 
 /// `uid[:gid]` or `name[:group]` resolved in the image's `/etc/passwd` and `/etc/group`.
@@ -93,13 +86,7 @@ pub fn config(spec: &InstanceSpec<'_>, rootfs: &Path) -> Result<Spec, ServiceErr
         .env(env)
         .cwd(cwd)
         .user(UserBuilder::default().uid(uid).gid(gid).additional_gids(additional).build()?)
-        .capabilities(
-            oci_spec::runtime::LinuxCapabilitiesBuilder::default()
-                .bounding(caps.clone())
-                .effective(caps.clone())
-                .permitted(caps)
-                .build()?,
-        )
+        .capabilities(oci_spec::runtime::LinuxCapabilitiesBuilder::default().bounding(caps.clone()).effective(caps.clone()).permitted(caps).build()?)
         .no_new_privileges(true)
         .build()?;
     let mut mounts = vec![
@@ -137,9 +124,20 @@ pub fn config(spec: &InstanceSpec<'_>, rootfs: &Path) -> Result<Spec, ServiceErr
         .resources(resources)
         .cgroups_path(PathBuf::from(&spec.cgroup_path))
         .masked_paths(
-            ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "/proc/acpi",
+                "/proc/asound",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/sys/firmware",
+                "/proc/scsi",
+            ]
+            .map(String::from)
+            .to_vec(),
         )
         .readonly_paths(["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"].map(String::from).to_vec())
         .build()?;

@@ -334,7 +334,14 @@ impl Services {
             names: RwLock::new(HashMap::new()),
             live: Mutex::new(std::collections::HashSet::new()),
         });
-        let s = Services { host, images, table: RwLock::new(HashMap::new()), hosts: RwLock::new(HashMap::new()), any_hosts: Default::default(), departed: Mutex::default() };
+        let s = Services {
+            host,
+            images,
+            table: RwLock::new(HashMap::new()),
+            hosts: RwLock::new(HashMap::new()),
+            any_hosts: Default::default(),
+            departed: Mutex::default(),
+        };
         s.remove_all().await;
         std::fs::create_dir_all(s.host.run.join("runc"))?;
         std::fs::create_dir_all(s.host.data.join("instances"))?;
@@ -377,7 +384,13 @@ impl Services {
         for rt in h.runtimes() {
             containers.extend(h.containers(rt).await.into_iter().filter(|id| number(id).is_some()).map(|id| (rt, id)));
         }
-        let dirs: Vec<String> = std::fs::read_dir(&h.run).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| number(n).is_some()).collect();
+        let dirs: Vec<String> = std::fs::read_dir(&h.run)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| number(n).is_some())
+            .collect();
         let live = h.live.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let wanted = |id: &str| number(id).is_none_or(|n| live.contains(&n));
         for (rt, id) in containers.iter().filter(|(_, id)| !wanted(id)) {
@@ -392,9 +405,7 @@ impl Services {
             hangar_jail::cgroup::remove_tree(&format!("{}/{id}", h.cgroup_parent)).await;
         }
         let netns_prefix = format!("hgr-{}-", h.sid);
-        h.network
-            .remove_unwanted(|name| name.strip_prefix(&netns_prefix).and_then(|n| n.parse::<u64>().ok()).is_none_or(|n| live.contains(&n)))
-            .await;
+        h.network.remove_unwanted(|name| name.strip_prefix(&netns_prefix).and_then(|n| n.parse::<u64>().ok()).is_none_or(|n| live.contains(&n))).await;
     }
 
     /// The bridge's address once it exists: the gateway serves calls between services there
@@ -431,7 +442,8 @@ impl Services {
     }
 
     fn set_names(&self, namespace: &str) {
-        let names: Vec<String> = self.table.read().unwrap_or_else(|p| p.into_inner()).keys().filter(|(ns, _)| ns == namespace).map(|(_, n)| n.clone()).collect();
+        let names: Vec<String> =
+            self.table.read().unwrap_or_else(|p| p.into_inner()).keys().filter(|(ns, _)| ns == namespace).map(|(_, n)| n.clone()).collect();
         self.host.names.write().unwrap_or_else(|p| p.into_inner()).insert(namespace.to_string(), names);
         self.host.refresh_hosts(namespace);
     }
@@ -563,11 +575,7 @@ impl Services {
         }
         let old: Result<Vec<slot::Slot>, Vec<slot::Slot>> = {
             let mut slots = svc.slots.lock().unwrap_or_else(|p| p.into_inner());
-            if svc.removed.load(Ordering::Acquire) {
-                Err(fresh)
-            } else {
-                Ok(std::mem::replace(&mut *slots, fresh))
-            }
+            if svc.removed.load(Ordering::Acquire) { Err(fresh) } else { Ok(std::mem::replace(&mut *slots, fresh)) }
         };
         let old = match old {
             Ok(old) => old,

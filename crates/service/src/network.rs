@@ -137,7 +137,8 @@ impl Network {
 
     fn allocate(&self) -> Result<u8, ServiceError> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let host = (2..=254u8).find(|h| !used.contains(h)).ok_or_else(|| ServiceError::Network("the service bridge has no free address (253 instances)".into()))?;
+        let host =
+            (2..=254u8).find(|h| !used.contains(h)).ok_or_else(|| ServiceError::Network("the service bridge has no free address (253 instances)".into()))?;
         used.insert(host);
         Ok(host)
     }
@@ -162,7 +163,11 @@ impl Network {
         let ipaddr = Ipv4Addr::new(s[0], s[1], s[2], host);
         let result = async {
             ip(&[], &format!("netns add {netns}\nlink add {veth} type veth peer name eth0 netns {netns}\nlink set {veth} master {} up\n", self.bridge)).await?;
-            ip(&["-n", &netns], &format!("addr add {ipaddr}/24 dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {}.{}.{}.1\n", s[0], s[1], s[2])).await?;
+            ip(
+                &["-n", &netns],
+                &format!("addr add {ipaddr}/24 dev eth0\nlink set eth0 up\nlink set lo up\nroute add default via {}.{}.{}.1\n", s[0], s[1], s[2]),
+            )
+            .await?;
             if !egress {
                 nft(&format!("add element inet {} no_egress {{ {ipaddr} }}\n", self.table())).await?;
             }

@@ -230,7 +230,14 @@ fn write_etc(dir: &std::path::Path, hostname: &str, hosts: &str) -> std::io::Res
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))
 }
 
-async fn start(host: &Arc<Host>, svc: &Arc<Service>, shared: &Arc<Shared>, config: &ServiceConfig, image: &Image, lower: &[PathBuf]) -> Result<(Running, SocketAddr), ServiceError> {
+async fn start(
+    host: &Arc<Host>,
+    svc: &Arc<Service>,
+    shared: &Arc<Shared>,
+    config: &ServiceConfig,
+    image: &Image,
+    lower: &[PathBuf],
+) -> Result<(Running, SocketAddr), ServiceError> {
     if config.runtime == ContainerRuntime::Gvisor && host.runsc.is_none() {
         return Err(ServiceError::Runtime("runtime `gvisor` needs runsc, which this machine lacks (apt-get install runsc)".into()));
     }
@@ -311,7 +318,10 @@ async fn start(host: &Arc<Host>, svc: &Arc<Service>, shared: &Arc<Shared>, confi
             return Err(ServiceError::Runtime(format!("cannot start {:?}: {e}", config.runtime)));
         }
     };
-    for out in [child.stdout.take().map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), child.stderr.take().map(|o| Box::new(o) as _)].into_iter().flatten() {
+    for out in [child.stdout.take().map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), child.stderr.take().map(|o| Box::new(o) as _)]
+        .into_iter()
+        .flatten()
+    {
         let (logs, shared) = (svc.logs.clone(), shared.clone());
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(out).lines();
@@ -357,11 +367,7 @@ impl Running {
             hangar_jail::cgroup::Version::V1 => (PathBuf::from("/sys/fs/cgroup/memory").join(&rel).join("memory.oom_control"), "oom_kill "),
             hangar_jail::cgroup::Version::V2 => (PathBuf::from("/sys/fs/cgroup").join(&rel).join("memory.events"), "oom_kill "),
         };
-        std::fs::read_to_string(file)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
-            .any(|n| n > 0)
+        std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok()).any(|n| n > 0)
     }
 
     /// Why it ended, once its process has.

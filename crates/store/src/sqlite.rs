@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{
-    AsyncFilter, AsyncRecord, ServiceRow, TriggerRow, FunctionRow, InvocationFilter, InvocationRecord, KeyRow, NamespaceRow, Result, Store, StoreError, UsageFilter,
+    AsyncFilter, AsyncRecord, FunctionRow, InvocationFilter, InvocationRecord, KeyRow, NamespaceRow, Result, ServiceRow, Store, StoreError, TriggerRow,
+    UsageFilter,
 };
 
 const SCHEMA: &str = r#"
@@ -157,8 +158,20 @@ fn upsert_usage(tx: &rusqlite::Transaction<'_>, d: &hangar_api::cost::UsageDelta
            standby_ms = standby_ms + excluded.standby_ms, standby_byte_ms = standby_byte_ms + excluded.standby_byte_ms",
     )?;
     st.execute(params![
-        d.namespace, d.kind, d.name, d.hour_ms, d.requests as i64, d.errors as i64, d.cold_starts as i64, d.billed_ms as i64,
-        d.mb_ms as i64, d.vcpu_milli_ms as i64, d.running_ms as i64, d.paused_ms as i64, d.standby_ms as i64, d.standby_byte_ms as i64
+        d.namespace,
+        d.kind,
+        d.name,
+        d.hour_ms,
+        d.requests as i64,
+        d.errors as i64,
+        d.cold_starts as i64,
+        d.billed_ms as i64,
+        d.mb_ms as i64,
+        d.vcpu_milli_ms as i64,
+        d.running_ms as i64,
+        d.paused_ms as i64,
+        d.standby_ms as i64,
+        d.standby_byte_ms as i64
     ])?;
     Ok(())
 }
@@ -252,23 +265,18 @@ fn function_from_row(r: &Row<'_>) -> rusqlite::Result<(FunctionRow, String)> {
 }
 
 fn decode_function((mut row, config): (FunctionRow, String)) -> Result<FunctionRow> {
-    row.config = serde_json::from_str(&config).map_err(|e| {
-        StoreError::Corrupt(format!("config of function {}/{}: {e}", row.namespace, row.name))
-    })?;
+    row.config = serde_json::from_str(&config).map_err(|e| StoreError::Corrupt(format!("config of function {}/{}: {e}", row.namespace, row.name)))?;
     Ok(row)
 }
 
-const FUNCTION_COLUMNS: &str =
-    "namespace, name, revision, config, code_digest, code_size, created_ms, updated_ms";
+const FUNCTION_COLUMNS: &str = "namespace, name, revision, config, code_digest, code_size, created_ms, updated_ms";
 const INVOCATION_COLUMNS: &str = "id, namespace, function, revision, trigger, started_ms, \
     duration_us, billed_ms, memory_mb, start_kind, outcome, status, response_bytes, error, \
     logs_truncated, parent_id";
 
 fn invocation_from_row(r: &Row<'_>, with_logs: bool) -> rusqlite::Result<InvocationRecord> {
     let text = |i: usize| -> rusqlite::Result<String> { r.get(i) };
-    let parse_err = |i: usize, e: String| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
-    };
+    let parse_err = |i: usize, e: String| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into());
     Ok(InvocationRecord {
         id: r.get(0)?,
         namespace: r.get(1)?,
@@ -295,10 +303,7 @@ impl Store for SqliteStore {
     async fn create_namespace(&self, name: &str, now_ms: i64) -> Result<NamespaceRow> {
         let name = name.to_string();
         self.with(move |c| {
-            let n = c.execute(
-                "INSERT INTO namespaces(name, created_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                params![name, now_ms],
-            )?;
+            let n = c.execute("INSERT INTO namespaces(name, created_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![name, now_ms])?;
             if n == 0 {
                 return Err(StoreError::Conflict(format!("namespace `{name}` already exists")));
             }
@@ -319,11 +324,9 @@ impl Store for SqliteStore {
     async fn get_namespace(&self, name: &str) -> Result<Option<NamespaceRow>> {
         let name = name.to_string();
         self.with(move |c| {
-            Ok(c.query_row(
-                "SELECT name, created_ms, max_concurrency FROM namespaces WHERE name = ?1",
-                [name],
-                |r| Ok(NamespaceRow { name: r.get(0)?, created_ms: r.get(1)?, max_concurrency: r.get(2)? }),
-            )
+            Ok(c.query_row("SELECT name, created_ms, max_concurrency FROM namespaces WHERE name = ?1", [name], |r| {
+                Ok(NamespaceRow { name: r.get(0)?, created_ms: r.get(1)?, max_concurrency: r.get(2)? })
+            })
             .optional()?)
         })
         .await
@@ -338,19 +341,13 @@ impl Store for SqliteStore {
         let name = name.to_string();
         self.with(move |c| {
             let tx = c.transaction()?;
-            let functions: i64 =
-                tx.query_row("SELECT count(*) FROM functions WHERE namespace = ?1", [&name], |r| r.get(0))?;
+            let functions: i64 = tx.query_row("SELECT count(*) FROM functions WHERE namespace = ?1", [&name], |r| r.get(0))?;
             if functions > 0 {
-                return Err(StoreError::Conflict(format!(
-                    "namespace `{name}` still has {functions} function(s); delete them first"
-                )));
+                return Err(StoreError::Conflict(format!("namespace `{name}` still has {functions} function(s); delete them first")));
             }
-            let services: i64 =
-                tx.query_row("SELECT count(*) FROM services WHERE namespace = ?1", [&name], |r| r.get(0))?;
+            let services: i64 = tx.query_row("SELECT count(*) FROM services WHERE namespace = ?1", [&name], |r| r.get(0))?;
             if services > 0 {
-                return Err(StoreError::Conflict(format!(
-                    "namespace `{name}` still has {services} service(s); delete them first"
-                )));
+                return Err(StoreError::Conflict(format!("namespace `{name}` still has {services} service(s); delete them first")));
             }
             let triggers: i64 = tx.query_row("SELECT count(*) FROM triggers WHERE namespace = ?1", [&name], |r| r.get(0))?;
             if triggers > 0 {
@@ -382,18 +379,8 @@ impl Store for SqliteStore {
 
     async fn list_keys(&self) -> Result<Vec<KeyRow>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT id, hash, namespace, name, created_ms FROM api_keys ORDER BY created_ms, id",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(KeyRow {
-                    id: r.get(0)?,
-                    hash: r.get(1)?,
-                    namespace: r.get(2)?,
-                    name: r.get(3)?,
-                    created_ms: r.get(4)?,
-                })
-            })?;
+            let mut st = c.prepare_cached("SELECT id, hash, namespace, name, created_ms FROM api_keys ORDER BY created_ms, id")?;
+            let rows = st.query_map([], |r| Ok(KeyRow { id: r.get(0)?, hash: r.get(1)?, namespace: r.get(2)?, name: r.get(3)?, created_ms: r.get(4)? }))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -406,8 +393,7 @@ impl Store for SqliteStore {
 
     async fn put_function(&self, row: &FunctionRow) -> Result<()> {
         let row = row.clone();
-        let config = serde_json::to_string(&row.config)
-            .map_err(|e| StoreError::Corrupt(format!("config does not serialize: {e}")))?;
+        let config = serde_json::to_string(&row.config).map_err(|e| StoreError::Corrupt(format!("config does not serialize: {e}")))?;
         self.with(move |c| {
             let tx = c.transaction()?;
             tx.execute(
@@ -416,10 +402,7 @@ impl Store for SqliteStore {
                  ON CONFLICT(namespace, name) DO UPDATE SET revision = excluded.revision,
                    config = excluded.config, code_digest = excluded.code_digest,
                    code_size = excluded.code_size, updated_ms = excluded.updated_ms",
-                params![
-                    row.namespace, row.name, row.revision as i64, config, row.code_digest,
-                    row.code_size as i64, row.created_ms, row.updated_ms
-                ],
+                params![row.namespace, row.name, row.revision as i64, config, row.code_digest, row.code_size as i64, row.created_ms, row.updated_ms],
             )?;
             tx.execute(
                 "INSERT OR REPLACE INTO revisions(namespace, name, revision, config, code_digest, created_ms)
@@ -436,12 +419,8 @@ impl Store for SqliteStore {
         let (ns, name) = (namespace.to_string(), name.to_string());
         let raw = self
             .with(move |c| {
-                Ok(c.query_row(
-                    &format!("SELECT {FUNCTION_COLUMNS} FROM functions WHERE namespace = ?1 AND name = ?2"),
-                    params![ns, name],
-                    function_from_row,
-                )
-                .optional()?)
+                Ok(c.query_row(&format!("SELECT {FUNCTION_COLUMNS} FROM functions WHERE namespace = ?1 AND name = ?2"), params![ns, name], function_from_row)
+                    .optional()?)
             })
             .await?;
         raw.map(decode_function).transpose()
@@ -451,9 +430,8 @@ impl Store for SqliteStore {
         let ns = namespace.map(str::to_string);
         let raw = self
             .with(move |c| {
-                let mut st = c.prepare_cached(&format!(
-                    "SELECT {FUNCTION_COLUMNS} FROM functions WHERE (?1 IS NULL OR namespace = ?1) ORDER BY namespace, name"
-                ))?;
+                let mut st =
+                    c.prepare_cached(&format!("SELECT {FUNCTION_COLUMNS} FROM functions WHERE (?1 IS NULL OR namespace = ?1) ORDER BY namespace, name"))?;
                 let rows = st.query_map([ns], function_from_row)?;
                 Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
             })
@@ -475,8 +453,7 @@ impl Store for SqliteStore {
 
     async fn put_service(&self, row: &ServiceRow) -> Result<()> {
         let row = row.clone();
-        let config = serde_json::to_string(&row.config)
-            .map_err(|e| StoreError::Corrupt(format!("service config does not serialize: {e}")))?;
+        let config = serde_json::to_string(&row.config).map_err(|e| StoreError::Corrupt(format!("service config does not serialize: {e}")))?;
         self.with(move |c| {
             c.execute(
                 "INSERT INTO services(namespace, name, revision, config, image_id, created_ms, updated_ms)
@@ -494,12 +471,8 @@ impl Store for SqliteStore {
         let (ns, name) = (namespace.to_string(), name.to_string());
         let raw = self
             .with(move |c| {
-                Ok(c.query_row(
-                    &format!("SELECT {SERVICE_COLUMNS} FROM services WHERE namespace = ?1 AND name = ?2"),
-                    params![ns, name],
-                    service_from_row,
-                )
-                .optional()?)
+                Ok(c.query_row(&format!("SELECT {SERVICE_COLUMNS} FROM services WHERE namespace = ?1 AND name = ?2"), params![ns, name], service_from_row)
+                    .optional()?)
             })
             .await?;
         raw.map(decode_service).transpose()
@@ -509,9 +482,8 @@ impl Store for SqliteStore {
         let ns = namespace.map(str::to_string);
         let raw = self
             .with(move |c| {
-                let mut st = c.prepare_cached(&format!(
-                    "SELECT {SERVICE_COLUMNS} FROM services WHERE (?1 IS NULL OR namespace = ?1) ORDER BY namespace, name"
-                ))?;
+                let mut st =
+                    c.prepare_cached(&format!("SELECT {SERVICE_COLUMNS} FROM services WHERE (?1 IS NULL OR namespace = ?1) ORDER BY namespace, name"))?;
                 let rows = st.query_map([ns], service_from_row)?;
                 Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
             })
@@ -541,10 +513,23 @@ impl Store for SqliteStore {
                 )?;
                 for r in &batch {
                     let inserted = st.execute(params![
-                        r.id, r.namespace, r.function, r.revision as i64, r.trigger.as_str(), r.started_ms,
-                        r.duration_us as i64, r.billed_ms as i64, r.memory_mb, r.start.as_str(),
-                        r.outcome.as_str(), r.status, r.response_bytes as i64, r.error, r.logs,
-                        r.logs_truncated as i64, r.parent_id
+                        r.id,
+                        r.namespace,
+                        r.function,
+                        r.revision as i64,
+                        r.trigger.as_str(),
+                        r.started_ms,
+                        r.duration_us as i64,
+                        r.billed_ms as i64,
+                        r.memory_mb,
+                        r.start.as_str(),
+                        r.outcome.as_str(),
+                        r.status,
+                        r.response_bytes as i64,
+                        r.error,
+                        r.logs,
+                        r.logs_truncated as i64,
+                        r.parent_id
                     ])?;
                     // Metered once: a record written again (a retried batch) is not counted again;
                     // a throttled request never ran and is not billed (as on Lambda).
@@ -582,13 +567,10 @@ impl Store for SqliteStore {
                  ORDER BY id {order} LIMIT ?7"
             );
             let mut st = c.prepare_cached(&sql)?;
-            let rows = st.query_map(
-                params![
-                    f.namespace, f.function, f.outcome.map(|o| o.as_str()), f.since_ms, f.until_ms,
-                    f.cursor, f.limit, f.parent
-                ],
-                |r| invocation_from_row(r, f.with_logs),
-            )?;
+            let rows = st
+                .query_map(params![f.namespace, f.function, f.outcome.map(|o| o.as_str()), f.since_ms, f.until_ms, f.cursor, f.limit, f.parent], |r| {
+                    invocation_from_row(r, f.with_logs)
+                })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -598,9 +580,7 @@ impl Store for SqliteStore {
         let (ns, id) = (namespace.map(str::to_string), id.to_string());
         self.with(move |c| {
             Ok(c.query_row(
-                &format!(
-                    "SELECT {INVOCATION_COLUMNS}, logs FROM invocations WHERE id = ?1 AND (?2 IS NULL OR namespace = ?2)"
-                ),
+                &format!("SELECT {INVOCATION_COLUMNS}, logs FROM invocations WHERE id = ?1 AND (?2 IS NULL OR namespace = ?2)"),
                 params![id, ns],
                 |r| invocation_from_row(r, true),
             )
@@ -623,18 +603,31 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                      ON CONFLICT DO NOTHING",
                 )?;
-                let mut by_key = tx.prepare_cached(
-                    "SELECT id FROM async_invocations WHERE namespace = ?1 AND kind = ?2 AND target = ?3 AND idempotency_key = ?4",
-                )?;
+                let mut by_key =
+                    tx.prepare_cached("SELECT id FROM async_invocations WHERE namespace = ?1 AND kind = ?2 AND target = ?3 AND idempotency_key = ?4")?;
                 for a in &new {
                     let n = insert.execute(params![
-                        a.id, a.namespace, a.target, a.content_type, a.idempotency_key, a.state.as_str(),
-                        attempts_json(a), a.accepted_ms, a.next_ms, a.finished_ms, a.error, a.destination_id, a.kind.as_str(), a.path, a.payload
+                        a.id,
+                        a.namespace,
+                        a.target,
+                        a.content_type,
+                        a.idempotency_key,
+                        a.state.as_str(),
+                        attempts_json(a),
+                        a.accepted_ms,
+                        a.next_ms,
+                        a.finished_ms,
+                        a.error,
+                        a.destination_id,
+                        a.kind.as_str(),
+                        a.path,
+                        a.payload
                     ])?;
                     if n == 1 {
                         held.push((a.id.clone(), false));
                     } else {
-                        let id: Option<String> = by_key.query_row(params![a.namespace, a.kind.as_str(), a.target, a.idempotency_key], |r| r.get(0)).optional()?;
+                        let id: Option<String> =
+                            by_key.query_row(params![a.namespace, a.kind.as_str(), a.target, a.idempotency_key], |r| r.get(0)).optional()?;
                         let id = id.ok_or_else(|| StoreError::Conflict(format!("asynchronous invocation `{}` exists already", a.id)))?;
                         held.push((id, true));
                     }
@@ -655,9 +648,8 @@ impl Store for SqliteStore {
 
     async fn unfinished_async(&self) -> Result<Vec<AsyncRecord>> {
         self.with(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE state IN ('queued', 'running') ORDER BY id"
-            ))?;
+            let mut st =
+                c.prepare_cached(&format!("SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE state IN ('queued', 'running') ORDER BY id"))?;
             let rows = st.query_map([], |r| async_from_row(r, true))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -698,7 +690,9 @@ impl Store for SqliteStore {
                 let mut st = c.prepare_cached(
                     "SELECT namespace, name, config, created_ms, last_fired_ms FROM triggers WHERE (?1 IS NULL OR namespace = ?1) ORDER BY namespace, name",
                 )?;
-                let rows = st.query_map(params![ns], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, Option<i64>>(4)?)))?;
+                let rows = st.query_map(params![ns], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, Option<i64>>(4)?))
+                })?;
                 Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
             })
             .await?;
@@ -728,7 +722,10 @@ impl Store for SqliteStore {
         let body = serde_json::to_string(sandbox).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (id, ns) = (sandbox.id.clone(), sandbox.namespace.clone());
         self.with(move |c| {
-            c.execute("INSERT INTO sandboxes(id, namespace, body) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET body = excluded.body", params![id, ns, body])?;
+            c.execute(
+                "INSERT INTO sandboxes(id, namespace, body) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+                params![id, ns, body],
+            )?;
             Ok(())
         })
         .await
@@ -761,7 +758,8 @@ impl Store for SqliteStore {
             }
             if let Some(marks) = marks {
                 tx.execute("DELETE FROM usage_marks", [])?;
-                let mut st = tx.prepare_cached("INSERT INTO usage_marks(id, running_ms, paused_ms, standby_ms, standby_byte_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+                let mut st =
+                    tx.prepare_cached("INSERT INTO usage_marks(id, running_ms, paused_ms, standby_ms, standby_byte_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?;
                 for m in &marks {
                     st.execute(params![m.id, m.running_ms as i64, m.paused_ms as i64, m.standby_ms as i64, m.standby_byte_ms.to_string()])?;
                 }
@@ -956,10 +954,7 @@ mod tests {
 
         let batch = vec![record("01", "hello", Outcome::Ok), record("02", "hello", Outcome::Error), record("03", "other", Outcome::Ok)];
         s.insert_invocations(batch).await.unwrap();
-        let all = s
-            .list_invocations(InvocationFilter { namespace: Some("default".into()), limit: 10, ..Default::default() })
-            .await
-            .unwrap();
+        let all = s.list_invocations(InvocationFilter { namespace: Some("default".into()), limit: 10, ..Default::default() }).await.unwrap();
         assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["03", "02", "01"]);
         assert!(all[0].logs.is_empty(), "logs are only read when asked for");
         let page = s
@@ -974,10 +969,7 @@ mod tests {
             .unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].id, "01");
-        let errors = s
-            .list_invocations(InvocationFilter { outcome: Some(Outcome::Error), limit: 10, ..Default::default() })
-            .await
-            .unwrap();
+        let errors = s.list_invocations(InvocationFilter { outcome: Some(Outcome::Error), limit: 10, ..Default::default() }).await.unwrap();
         assert_eq!(errors.len(), 1);
         let one = s.get_invocation(Some("default"), "02").await.unwrap().unwrap();
         assert_eq!(one.logs, "log of 02");

@@ -74,10 +74,11 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(u) = std::fs::read_to_string(&url_file)
-                && !u.is_empty() {
-                    self.url = u.trim().to_string();
-                    break;
-                }
+                && !u.is_empty()
+            {
+                self.url = u.trim().to_string();
+                break;
+            }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("hangar up exited early: {status}");
             }
@@ -103,14 +104,26 @@ impl Server {
     /// Runs the CLI and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(out.status.success(), "hangar {args:?} failed ({}):\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "hangar {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs the CLI and asserts failure with `code`; returns stderr.
     pub fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.cli(args);
-        assert_eq!(out.status.code(), Some(code), "hangar {args:?}: expected exit {code}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "hangar {args:?}: expected exit {code}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
@@ -157,21 +170,12 @@ impl Server {
     /// Value of a metric sample line (`name{labels}`), 0 when absent.
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self.get("/metrics").send().await.unwrap().text().await.unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().split(' ').next()).and_then(|v| v.parse().ok()))
-            .unwrap_or(0.0)
+        text.lines().find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().split(' ').next()).and_then(|v| v.parse().ok())).unwrap_or(0.0)
     }
 
     /// Invocation records of a function, newest first, with logs.
     pub async fn invocations(&self, function: &str) -> Vec<serde_json::Value> {
-        let v: serde_json::Value = self
-            .get(&format!("/v1/invocations?function={function}&logs=true&limit=1000"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: serde_json::Value = self.get(&format!("/v1/invocations?function={function}&logs=true&limit=1000")).send().await.unwrap().json().await.unwrap();
         v["items"].as_array().cloned().unwrap_or_default()
     }
 }
@@ -271,8 +275,12 @@ pub fn outside(tag: u8) -> Outside {
         let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
         assert!(st.success(), "{cmd}");
     };
-    sh(&format!("ip netns add {ns} && ip link add {host_if} type veth peer name eth0 netns {ns} && ip addr add 10.214.{tag}.1/24 dev {host_if} && ip link set {host_if} up"));
-    sh(&format!("ip -n {ns} addr add {addr}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && ip -n {ns} route add default via 10.214.{tag}.1"));
+    sh(&format!(
+        "ip netns add {ns} && ip link add {host_if} type veth peer name eth0 netns {ns} && ip addr add 10.214.{tag}.1/24 dev {host_if} && ip link set {host_if} up"
+    ));
+    sh(&format!(
+        "ip -n {ns} addr add {addr}/24 dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && ip -n {ns} route add default via 10.214.{tag}.1"
+    ));
     let www = tempfile::tempdir().unwrap().keep();
     std::fs::write(www.join("index.html"), "outside").unwrap();
     let server = Command::new("ip").args(["netns", "exec", &ns, "/bin/busybox", "httpd", "-f", "-p", "80", "-h"]).arg(&www).spawn().unwrap();
