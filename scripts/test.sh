@@ -37,4 +37,8 @@ done
 # The example components the black-box tests deploy.
 cargo build --locked --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml
 
+# Style and lints are part of the tests.
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
 cargo test --locked --workspace "$@"

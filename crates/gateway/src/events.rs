@@ -6,11 +6,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use hangar_api::events::{AsyncAccepted, AsyncInvocation, AsyncState, IDEMPOTENCY_KEY_HEADER, INVOCATION_TYPE_HEADER, MAX_ASYNC_PAYLOAD_BYTES, Published, TriggerConfig, TriggerInfo};
+use hangar_api::events::{
+    AsyncAccepted, AsyncInvocation, AsyncState, IDEMPOTENCY_KEY_HEADER, INVOCATION_TYPE_HEADER, MAX_ASYNC_PAYLOAD_BYTES, Published, TriggerConfig, TriggerInfo,
+};
 use hangar_api::{INVOCATION_ID_HEADER, RuntimeKind, validate};
 use hangar_store::AsyncFilter;
-use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -45,15 +45,15 @@ pub async fn accept(state: &AppState, slot: &hangar_scheduler::Slot, headers: &h
         None => None,
     };
     let max = MAX_ASYNC_PAYLOAD_BYTES.min(state.limits.max_payload_bytes);
-    let payload = read_bounded(body, max).await?;
-    if d.config.runtime != RuntimeKind::Wasm && !payload.iter().all(u8::is_ascii_whitespace) && serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
+    let payload = crate::invoke::read_bounded(body, max, "an asynchronous invocation's payload").await?;
+    if d.config.runtime != RuntimeKind::Wasm
+        && !payload.iter().all(u8::is_ascii_whitespace)
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err()
+    {
         return Err(ApiError::bad_request("invalid_payload", "the payload of a process function is its event and must be JSON"));
     }
     let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let (id, duplicate) = state
-        .async_queue
-        .accept(&d.namespace, &hangar_events::Target::function(&d.name), payload, content_type, key)
-        .await?;
+    let (id, duplicate) = state.async_queue.accept(&d.namespace, &hangar_events::Target::function(&d.name), payload, content_type, key).await?;
     let mut resp = (StatusCode::ACCEPTED, Json(AsyncAccepted { id: id.clone(), state: AsyncState::Queued, duplicate })).into_response();
     if duplicate && let Ok(Some(rec)) = state.store.get_async(Some(&d.namespace), &id).await {
         resp = (StatusCode::ACCEPTED, Json(AsyncAccepted { id: id.clone(), state: rec.state, duplicate })).into_response();
@@ -62,23 +62,6 @@ pub async fn accept(state: &AppState, slot: &hangar_scheduler::Slot, headers: &h
         resp.headers_mut().insert(INVOCATION_ID_HEADER, v);
     }
     Ok(resp)
-}
-
-/// Reads a whole body of at most `max` bytes; more is a `413`.
-async fn read_bounded(body: axum::body::Body, max: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("an asynchronous invocation's payload may be at most {max} bytes; send less or pass a reference (e.g. a URL) instead"),
-        )
-    };
-    let limited = http_body_util::Limited::new(body, max);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::bad_request("invalid_body", format!("reading the request body failed: {e}"))),
-    }
 }
 
 /// Refuses an `on_failure` function that does not exist or leads back to `name`.
@@ -174,7 +157,12 @@ pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQ
 /// One asynchronous invocation with its attempts.
 #[utoipa::path(get, path = "/v1/async-invocations/{id}", params(NamespaceQuery), tag = "invocations",
     responses((status = 200, body = AsyncInvocation), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn get(State(state): State<AppState>, p: Principal, Path(id): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<AsyncInvocation>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<Json<AsyncInvocation>, ApiError> {
     let ns = match (&q.namespace, p.is_admin()) {
         (None, true) => None,
         (asked, _) => Some(p.scope(asked.as_deref())?),
@@ -211,7 +199,13 @@ fn trigger_view(state: &AppState, row: &hangar_store::TriggerRow) -> TriggerInfo
 /// a service of the namespace.
 #[utoipa::path(put, path = "/v1/triggers/{name}", params(NamespaceQuery), request_body = TriggerConfig, tag = "events",
     responses((status = 201, body = TriggerInfo), (status = 200, body = TriggerInfo), (status = 400, body = hangar_api::ErrorBody)))]
-pub async fn put_trigger(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>, crate::error::ApiJson(config): crate::error::ApiJson<TriggerConfig>) -> Result<Response, ApiError> {
+pub async fn put_trigger(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+    crate::error::ApiJson(config): crate::error::ApiJson<TriggerConfig>,
+) -> Result<Response, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     validate::name("name", &name)?;
     config.validate()?;
@@ -256,7 +250,12 @@ pub async fn list_triggers(State(state): State<AppState>, p: Principal, ApiQuery
 
 #[utoipa::path(delete, path = "/v1/triggers/{name}", params(NamespaceQuery), tag = "events",
     responses((status = 204), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn delete_trigger(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<StatusCode, ApiError> {
+pub async fn delete_trigger(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<StatusCode, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let _guard = state.deploy_lock.lock().await;
     if !state.store.delete_trigger(&ns, &name).await? {
@@ -272,12 +271,18 @@ pub async fn delete_trigger(State(state): State<AppState>, p: Principal, Path(na
 #[utoipa::path(post, path = "/v1/topics/{topic}/events", params(NamespaceQuery), tag = "events",
     request_body(content = String, description = "the event's data"),
     responses((status = 202, body = Published), (status = 404, body = hangar_api::ErrorBody), (status = 413, body = hangar_api::ErrorBody)))]
-pub async fn publish(State(state): State<AppState>, p: Principal, Path(topic): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>, req: axum::extract::Request) -> Result<Response, ApiError> {
+pub async fn publish(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(topic): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let (head, body) = req.into_parts();
     let max = MAX_ASYNC_PAYLOAD_BYTES.min(state.limits.max_payload_bytes);
     // Read first: an answer sent while the client still uploads is lost.
-    let data = read_bounded(body, max).await?;
+    let data = crate::invoke::read_bounded(body, max, "an event's data").await?;
     hangar_api::events::topic(&topic)?;
     if !state.triggers.has_topic(&ns, &topic) {
         return Err(ApiError::new(
@@ -296,9 +301,6 @@ pub async fn publish(State(state): State<AppState>, p: Principal, Path(topic): P
             return Err(ApiError::bad_request("invalid_header", format!("{h}: must be 1 to 1024 characters")));
         }
     }
-    let (id, deliveries) = state
-        .triggers
-        .publish(&ns, &topic, data, meta)
-        .await?;
+    let (id, deliveries) = state.triggers.publish(&ns, &topic, data, meta).await?;
     Ok((StatusCode::ACCEPTED, Json(Published { id, deliveries })).into_response())
 }

@@ -9,8 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
-use hangar_image::{Image, ImageError, Progress, PullOptions, RegistryFailure};
 use hangar_api::images::{Image as ImageView, PullEvent, PullRequest};
+use hangar_image::{Image, ImageError, Progress, PullOptions, RegistryFailure};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt as _;
 
@@ -74,7 +74,12 @@ pub async fn list_images(State(state): State<AppState>, p: Principal, ApiQuery(q
 /// One image, by name, id or id prefix.
 #[utoipa::path(get, path = "/v1/images/{reference}", params(("reference" = String, Path), NamespaceQuery), tag = "images",
     responses((status = 200, body = ImageView), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn get_image(State(state): State<AppState>, p: Principal, Path(reference): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<ImageView>, ApiError> {
+pub async fn get_image(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(reference): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<Json<ImageView>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let image = state.images.get(&ns, &reference).ok_or(ImageError::NotFound(reference))?;
     Ok(Json(view(&image, &ns)))
@@ -84,7 +89,12 @@ pub async fn get_image(State(state): State<AppState>, p: Principal, Path(referen
 /// uses are deleted.
 #[utoipa::path(delete, path = "/v1/images/{reference}", params(("reference" = String, Path), NamespaceQuery), tag = "images",
     responses((status = 204), (status = 404, body = hangar_api::ErrorBody), (status = 409, body = hangar_api::ErrorBody)))]
-pub async fn delete_image(State(state): State<AppState>, p: Principal, Path(reference): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<StatusCode, ApiError> {
+pub async fn delete_image(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(reference): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<StatusCode, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let images = state.images.clone();
     let in_use = state.image_users.clone();
@@ -131,9 +141,8 @@ pub async fn import_image(State(state): State<AppState>, p: Principal, ApiQuery(
     if total == 0 {
         return Err(ApiError::bad_request("invalid_image", "the request body is empty: send the image archive (`hangar image import FILE`)"));
     }
-    let images = state.images.clone();
     let ns2 = ns.clone();
-    let imported = join(tokio::task::spawn_blocking(move || images.import(&ns2, file.path(), q.name.as_deref())).await)??;
+    let imported = state.images.unpacking(move |images| images.import(&ns2, file.path(), q.name.as_deref())).await?;
     Ok((StatusCode::CREATED, Json(imported.iter().map(|i| view(i, &ns)).collect::<Vec<_>>())).into_response())
 }
 
@@ -143,13 +152,20 @@ pub async fn import_image(State(state): State<AppState>, p: Principal, ApiQuery(
 #[utoipa::path(post, path = "/v1/images/pull", params(NamespaceQuery), tag = "images", request_body = PullRequest,
     responses((status = 200, body = PullEvent, content_type = "application/x-ndjson"), (status = 400, body = hangar_api::ErrorBody),
         (status = 401, body = hangar_api::ErrorBody), (status = 404, body = hangar_api::ErrorBody), (status = 502, body = hangar_api::ErrorBody)))]
-pub async fn pull_image(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>, ApiJson(req): ApiJson<PullRequest>) -> Result<Response, ApiError> {
+pub async fn pull_image(
+    State(state): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+    ApiJson(req): ApiJson<PullRequest>,
+) -> Result<Response, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     hangar_image::normalize(&req.reference)?;
     let options = PullOptions {
         credentials: match (req.username, req.password) {
             (Some(username), password) => Some(hangar_image::Credentials { username, password: password.unwrap_or_default() }),
-            (None, Some(_)) => return Err(ApiError::bad_request("invalid_field", "password: given without a username")),
+            (None, Some(_)) => {
+                return Err(ApiError::bad_request("invalid_field", "password: given without a username"));
+            }
             (None, None) => None,
         },
     };
@@ -175,11 +191,12 @@ pub async fn pull_image(State(state): State<AppState>, p: Principal, ApiQuery(q)
     let first = match rx.recv().await {
         Some(Ok(e)) => e,
         Some(Err(e)) => return Err(e),
-        None => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the pull ended without a result")),
+        None => {
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the pull ended without a result"));
+        }
     };
-    let lines = futures::stream::once(async move { Ok(first) })
-        .chain(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }))
-        .map(|e| {
+    let lines =
+        futures::stream::once(async move { Ok(first) }).chain(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })).map(|e| {
             let e = e.unwrap_or_else(|e| PullEvent::Error { code: e.code.to_string(), message: e.message });
             let mut line = serde_json::to_vec(&e).unwrap_or_default();
             line.push(b'\n');

@@ -1,17 +1,13 @@
 //! The invocation path: function URLs (`/fn/{namespace}/{name}/{rest...}`) and
 //! `POST /v1/functions/{name}/invoke`. Everything here is in memory: route table, key table.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
 use hangar_api::{INVOCATION_ID_HEADER, Trigger};
-use http_body::Frame;
 
 use crate::AppState;
 use crate::auth::Credentials;
@@ -23,7 +19,9 @@ pub async fn function_url(State(state): State<AppState>, req: Request) -> Result
     let mut parts = path.strip_prefix("/fn/").unwrap_or("").splitn(3, '/');
     let (ns, name) = match (parts.next(), parts.next()) {
         (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => (ns.to_string(), name.to_string()),
-        _ => return Err(ApiError::bad_request("invalid_path", "function URLs look like /fn/{namespace}/{name}/{path}")),
+        _ => {
+            return Err(ApiError::bad_request("invalid_path", "function URLs look like /fn/{namespace}/{name}/{path}"));
+        }
     };
     let rest = parts.next().unwrap_or("");
     let slot = state.scheduler.route(&ns, &name);
@@ -110,12 +108,10 @@ async fn invoke(
         }
         return Err(too_large());
     }
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let body = hangar_runtime::boxed(LimitedBody { inner: body, left: max, exceeded: exceeded.clone() });
-    let (id, response) = state.scheduler.invoke(slot, http::Request::from_parts(head, body), trigger).await;
-    if exceeded.load(Ordering::Relaxed) {
-        return Err(too_large());
-    }
+    // The whole body is read before anything runs: one that breaks off or is malformed
+    // (a bad chunk) is a 400 and the function never sees half of it.
+    let body = read_bounded(body, max, "the request body").await?;
+    let (id, response) = state.scheduler.invoke(slot, http::Request::from_parts(head, hangar_runtime::full(body)), trigger).await;
     let (mut parts, body) = response.into_parts();
     if let Ok(v) = http::HeaderValue::from_str(&id) {
         parts.headers.insert(INVOCATION_ID_HEADER, v);
@@ -144,40 +140,17 @@ async fn linger(body: axum::body::Body) {
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
-/// A streamed request body that ends with an error once more than `left` bytes arrive, and
-/// says so through `exceeded` (for bodies without a Content-Length).
-struct LimitedBody {
-    inner: axum::body::Body,
-    left: usize,
-    exceeded: Arc<AtomicBool>,
-}
-
-impl http_body::Body for LimitedBody {
-    type Data = Bytes;
-    type Error = hangar_runtime::BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let n = frame.data_ref().map_or(0, Bytes::len);
-                if n > self.left {
-                    self.exceeded.store(true, Ordering::Relaxed);
-                    return Poll::Ready(Some(Err("request body exceeds the payload limit".into())));
-                }
-                self.left -= n;
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+/// Reads a whole body of at most `max` bytes: more is a `413` naming `what`, a body that cannot
+/// be read (cut off, malformed chunked encoding) a `400`.
+pub(crate) async fn read_bounded(body: axum::body::Body, max: usize, what: &str) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("{what} is larger than the payload limit of {max} bytes; send less or pass a reference (e.g. a URL) instead"),
+        )),
+        Err(e) => Err(ApiError::bad_request("invalid_body", format!("{what} could not be read ({e}); nothing was run: send a complete, well-formed body"))),
     }
 }

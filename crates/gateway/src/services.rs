@@ -70,13 +70,22 @@ fn view(state: &AppState, row: &ServiceRow) -> Service {
 #[utoipa::path(put, path = "/v1/services/{name}", params(("name" = String, Path), NamespaceQuery), tag = "services", request_body = ServiceConfig,
     responses((status = 200, body = ServiceDeployed), (status = 201, body = ServiceDeployed), (status = 400, body = hangar_api::ErrorBody),
         (status = 404, body = hangar_api::ErrorBody), (status = 422, body = hangar_api::ErrorBody)))]
-pub async fn put_service(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>, ApiJson(config): ApiJson<ServiceConfig>) -> Result<Response, ApiError> {
+pub async fn put_service(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+    ApiJson(config): ApiJson<ServiceConfig>,
+) -> Result<Response, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     hangar_api::validate::name("name", &name)?;
     config.validate()?;
     let svcs = services(&state)?.clone();
     let image = state.images.get(&ns, &config.image).ok_or_else(|| {
-        ApiError::bad_request("unknown_image", format!("image `{}` is not in namespace `{ns}`: `hangar image pull` or `hangar image import` it first", config.image))
+        ApiError::bad_request(
+            "unknown_image",
+            format!("image `{}` is not in namespace `{ns}`: `hangar image pull` or `hangar image import` it first", config.image),
+        )
     })?;
     if state.store.get_namespace(&ns).await?.is_none() {
         return Err(ApiError::not_found(format_args!("namespace `{ns}`")));
@@ -88,7 +97,11 @@ pub async fn put_service(State(state): State<AppState>, p: Principal, Path(name)
             if (other.namespace != ns || other.name != name)
                 && let Some(h) = other.config.hosts.iter().find(|h| config.hosts.contains(h))
             {
-                return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("host `{h}` is already routed to another service; choose another host name")));
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("host `{h}` is already routed to another service; choose another host name"),
+                ));
             }
         }
     }
@@ -126,7 +139,12 @@ pub async fn list_services(State(state): State<AppState>, p: Principal, ApiQuery
 /// One service with its instances.
 #[utoipa::path(get, path = "/v1/services/{name}", params(("name" = String, Path), NamespaceQuery), tag = "services",
     responses((status = 200, body = Service), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn get_service(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Service>, ApiError> {
+pub async fn get_service(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<Json<Service>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let row = state.store.get_service(&ns, &name).await?.ok_or_else(|| ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")))?;
     Ok(Json(view(&state, &row)))
@@ -135,7 +153,12 @@ pub async fn get_service(State(state): State<AppState>, p: Principal, Path(name)
 /// Stops a service's instances (gracefully) and forgets it; its volumes stay.
 #[utoipa::path(delete, path = "/v1/services/{name}", params(("name" = String, Path), NamespaceQuery), tag = "services",
     responses((status = 204), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn delete_service(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<StatusCode, ApiError> {
+pub async fn delete_service(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<StatusCode, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let _guard = state.deploy_lock.lock().await;
     if !state.store.delete_service(&ns, &name).await? {
@@ -159,7 +182,12 @@ pub struct LogsQuery {
 /// The service's recent output, one line per output line prefixed with its instance.
 #[utoipa::path(get, path = "/v1/services/{name}/logs", params(("name" = String, Path), LogsQuery), tag = "services",
     responses((status = 200, content_type = "text/plain"), (status = 404, body = hangar_api::ErrorBody)))]
-pub async fn service_logs(State(state): State<AppState>, p: Principal, Path(name): Path<String>, ApiQuery(q): ApiQuery<LogsQuery>) -> Result<Response, ApiError> {
+pub async fn service_logs(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> Result<Response, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     if state.store.get_service(&ns, &name).await?.is_none() {
         return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
@@ -204,12 +232,16 @@ pub async fn proxy(State(state): State<AppState>, req: Request) -> Result<Respon
     let mut parts = path.strip_prefix("/svc/").unwrap_or("").splitn(3, '/');
     let (ns, name) = match (parts.next(), parts.next()) {
         (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => (ns.to_string(), name.to_string()),
-        _ => return Err(ApiError::bad_request("invalid_path", "service URLs look like /svc/{namespace}/{name}/{path}")),
+        _ => {
+            return Err(ApiError::bad_request("invalid_path", "service URLs look like /svc/{namespace}/{name}/{path}"));
+        }
     };
     let rest = format!("/{}", parts.next().unwrap_or(""));
     let svc = state.services.as_ref().and_then(|s| s.get(&ns, &name));
     authorize(&state, &req, svc.as_deref(), &ns, &name)?;
-    let Some(svc) = svc else { return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`"))) };
+    let Some(svc) = svc else {
+        return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
+    };
     forward(&svc, req, &rest).await
 }
 
@@ -229,7 +261,9 @@ fn authorize(state: &AppState, req: &Request, svc: Option<&hangar_service::Servi
 /// Requests whose `Host` a service declared go to that service, whole path; others pass on.
 pub async fn host_routes(State(state): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
     let svc = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).and_then(|h| state.services.as_ref()?.by_host(h));
-    let Some(svc) = svc else { return next.run(req).await };
+    let Some(svc) = svc else {
+        return next.run(req).await;
+    };
     let (ns, name) = (svc.namespace.clone(), svc.name.clone());
     if let Err(e) = authorize(&state, &req, Some(&svc), &ns, &name) {
         return e.into_response();
@@ -240,7 +274,11 @@ pub async fn host_routes(State(state): State<AppState>, req: Request, next: axum
 
 /// Calls between services: an instance asks `http://NAME/...` (its hosts file points NAME at
 /// the bridge) and reaches service NAME of its own namespace, no key needed.
-pub async fn internal(State(state): State<AppState>, axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>, req: Request) -> Result<Response, ApiError> {
+pub async fn internal(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let svcs = services(&state)?;
     let Some(ns) = svcs.namespace_of(peer.ip()) else {
         return Err(ApiError::forbidden("only service instances call services by name here"));
@@ -267,7 +305,11 @@ async fn forward(svc: &Arc<hangar_service::Service>, mut req: Request, path: &st
             // an instance may take to become ready.
             let wait = std::time::Duration::from_millis(svc.config.read().unwrap_or_else(|p| p.into_inner()).readiness.timeout_ms);
             svc.wait_ready(wait).await.ok_or_else(|| {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_ready_instance", format!("service `{name}` got no ready instance within {} ms; `hangar svc get {name}` shows why", wait.as_millis()))
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_ready_instance",
+                    format!("service `{name}` got no ready instance within {} ms; `hangar svc get {name}` shows why", wait.as_millis()),
+                )
             })?
         }
     };
@@ -333,6 +375,9 @@ async fn forward(svc: &Arc<hangar_service::Service>, mut req: Request, path: &st
     for h in HOP_BY_HOP {
         head.headers.remove(*h);
     }
+    // The client's connection is ours, not the backend's: answer in HTTP/1.1 (keep-alive kept)
+    // whatever the instance spoke.
+    head.version = http::Version::HTTP_11;
     // The request counts as outstanding until its response body ends.
     let body = body.map_frame(move |f| {
         let _ = (&endpoint, &served);
@@ -349,7 +394,14 @@ pub struct EventSink {
 
 #[async_trait::async_trait]
 impl hangar_events::ServiceSink for EventSink {
-    async fn deliver(&self, namespace: &str, service: &str, path: &str, content_type: Option<&str>, body: bytes::Bytes) -> Result<(StatusCode, bytes::Bytes), hangar_events::SinkError> {
+    async fn deliver(
+        &self,
+        namespace: &str,
+        service: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: bytes::Bytes,
+    ) -> Result<(StatusCode, bytes::Bytes), hangar_events::SinkError> {
         let Some(svc) = self.services.get(namespace, service) else {
             // Deployed but not running (yet): after a restart services come back in the background.
             return match self.store.get_service(namespace, service).await {

@@ -1,9 +1,12 @@
 //! Importing images from files: an OCI image layout (a directory, or a tar of one, as `skopeo
 //! copy ... oci-archive:` or `docker save` since Docker 25 write) and the older `docker save`
-//! archive (`manifest.json` with `RepoTags`). Archives may be gzip-compressed.
+//! archive (`manifest.json` with `RepoTags`). Archives may be gzip-compressed. Everything in
+//! an archive is read beneath a directory handle, following no symbolic link, and only
+//! regular files are opened.
 
-use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use hangar_confine::Tree;
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use serde::Deserialize;
@@ -27,33 +30,30 @@ fn bad(message: impl Into<String>) -> ImageError {
     ImageError::BadImage(message.into())
 }
 
+fn confined(e: hangar_confine::ConfineError) -> ImageError {
+    if e.is_not_found() { bad(format!("the archive lacks {e}")) } else { bad(format!("in the archive: {e}")) }
+}
+
 /// A path inside the archive given by the archive itself, refused if it leaves it.
-fn inside(root: &Path, rel: &str) -> Result<PathBuf, ImageError> {
-    let p = Path::new(rel);
-    if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
-        return Err(bad(format!("the archive names `{rel}`, which is outside it")));
+fn inside(rel: &str) -> Result<PathBuf, ImageError> {
+    if rel.is_empty() {
+        return Err(bad("the archive names an empty path"));
     }
-    Ok(root.join(p))
+    hangar_confine::clean(Path::new(rel)).map_err(confined)
 }
 
-fn read_small(path: &Path) -> Result<Vec<u8>, ImageError> {
-    let f = std::fs::File::open(path).map_err(|e| bad(format!("the archive lacks `{}`: {e}", path.display())))?;
-    let mut out = Vec::new();
-    f.take(MAX_JSON + 1).read_to_end(&mut out)?;
-    if out.len() as u64 > MAX_JSON {
-        return Err(bad(format!("`{}` is larger than {MAX_JSON} bytes", path.display())));
-    }
-    Ok(out)
+fn read_small(tree: &Tree, rel: &Path) -> Result<Vec<u8>, ImageError> {
+    tree.read_no_links(rel, MAX_JSON).map_err(confined)
 }
 
-fn blob_path(root: &Path, digest: &str) -> Result<PathBuf, ImageError> {
-    Ok(root.join("blobs/sha256").join(digest_hex(digest)?))
+fn blob_path(digest: &str) -> Result<PathBuf, ImageError> {
+    Ok(Path::new("blobs/sha256").join(digest_hex(digest)?))
 }
 
 /// A small blob of an OCI layout, checked against its digest.
-fn read_blob(root: &Path, d: &Descriptor) -> Result<Vec<u8>, ImageError> {
+fn read_blob(tree: &Tree, d: &Descriptor) -> Result<Vec<u8>, ImageError> {
     let digest = d.digest().to_string();
-    let bytes = read_small(&blob_path(root, &digest)?)?;
+    let bytes = read_small(tree, &blob_path(&digest)?)?;
     let got = sha256_digest(&bytes);
     if got != digest {
         return Err(ImageError::DigestMismatch { what: format!("blob {}", &digest[..19.min(digest.len())]), expected: digest, actual: got });
@@ -96,31 +96,31 @@ impl ImageStore {
         if let Some(n) = name {
             normalize(n)?;
         }
-        let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read `{}`: {e}", path.display())))?;
+        let meta = std::fs::metadata(path)?;
         let scratch;
-        let root = if meta.is_dir() {
-            path.to_path_buf()
+        let tree = if meta.is_dir() {
+            Tree::open(path)?
         } else {
+            // The archive is unpacked as it is (files, directories and links, nothing else, each
+            // confined to the scratch directory); its contents are then read following no link.
             scratch = self.scratch("import-")?;
             let file = std::fs::File::open(path)?;
-            let stream = decompressed(std::io::BufReader::new(file)).map_err(|e| bad(format!("reading `{}`: {e}", path.display())))?;
-            crate::unpack::unpack(stream, scratch.path(), "archive").map_err(|e| bad(format!("`{}` is not a readable image archive: {e}", path.display())))?;
-            scratch.path().to_path_buf()
+            let stream = decompressed(std::io::BufReader::new(file)).map_err(|e| bad(format!("reading the archive: {e}")))?;
+            crate::unpack::unpack(stream, scratch.path(), "archive", crate::unpack::Specials::Archive, self.unpack_limits())
+                .map_err(|e| bad(format!("the upload is not a readable image archive: {e}")))?;
+            Tree::open(scratch.path())?
         };
-        if root.join("index.json").is_file() {
-            self.import_layout(namespace, &root, name)
-        } else if root.join("manifest.json").is_file() {
-            self.import_docker(namespace, &root, name)
+        if tree.has_file(Path::new("index.json")) {
+            self.import_layout(namespace, &tree, name)
+        } else if tree.has_file(Path::new("manifest.json")) {
+            self.import_docker(namespace, &tree, name)
         } else {
-            Err(bad(format!(
-                "`{}` is neither an OCI image layout (index.json) nor a `docker save` archive (manifest.json)",
-                path.display()
-            )))
+            Err(bad("the archive is neither an OCI image layout (a regular file index.json) nor a `docker save` archive (manifest.json)"))
         }
     }
 
-    fn import_layout(&self, namespace: &str, root: &Path, name: Option<&str>) -> Result<Vec<Image>, ImageError> {
-        let index: ImageIndex = serde_json::from_slice(&read_small(&root.join("index.json"))?).map_err(|e| bad(format!("index.json: {e}")))?;
+    fn import_layout(&self, namespace: &str, root: &Tree, name: Option<&str>) -> Result<Vec<Image>, ImageError> {
+        let index: ImageIndex = serde_json::from_slice(&read_small(root, Path::new("index.json"))?).map_err(|e| bad(format!("index.json: {e}")))?;
         let mut picked = Vec::new();
         for d in index.manifests() {
             if is_index(d.media_type()) {
@@ -155,7 +155,7 @@ impl ImageStore {
                 let size = if self.has_layer(&diff_id) {
                     l.size()
                 } else {
-                    let file = std::fs::File::open(blob_path(root, &digest)?).map_err(|e| bad(format!("the archive lacks layer {digest}: {e}")))?;
+                    let file = root.open_no_links(&blob_path(&digest)?).map_err(confined)?;
                     self.add_layer(std::io::BufReader::new(file), Some(&digest), &diff_id)?.1
                 };
                 layers.push(Layer { diff_id, digest, size });
@@ -166,8 +166,9 @@ impl ImageStore {
         Ok(out)
     }
 
-    fn import_docker(&self, namespace: &str, root: &Path, name: Option<&str>) -> Result<Vec<Image>, ImageError> {
-        let entries: Vec<DockerEntry> = serde_json::from_slice(&read_small(&root.join("manifest.json"))?).map_err(|e| bad(format!("manifest.json: {e}")))?;
+    fn import_docker(&self, namespace: &str, root: &Tree, name: Option<&str>) -> Result<Vec<Image>, ImageError> {
+        let entries: Vec<DockerEntry> =
+            serde_json::from_slice(&read_small(root, Path::new("manifest.json"))?).map_err(|e| bad(format!("manifest.json: {e}")))?;
         if entries.is_empty() {
             return Err(bad("manifest.json lists no images"));
         }
@@ -176,19 +177,14 @@ impl ImageStore {
         }
         let mut out = Vec::new();
         for e in entries {
-            let config_bytes = read_small(&inside(root, &e.config)?)?;
+            let config_bytes = read_small(root, &inside(&e.config)?)?;
             let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|err| bad(format!("image config {}: {err}", e.config)))?;
             let diff_ids = check_config(&config, e.layers.len())?;
             let mut layers = Vec::new();
             for (file, diff_id) in e.layers.iter().zip(diff_ids) {
-                let path = inside(root, file)?;
-                let f = std::fs::File::open(&path).map_err(|err| bad(format!("the archive lacks layer `{file}`: {err}")))?;
+                let f = root.open_no_links(&inside(file)?).map_err(confined)?;
                 let size = f.metadata()?.len();
-                let digest = if self.has_layer(&diff_id) {
-                    diff_id.clone()
-                } else {
-                    self.add_layer(std::io::BufReader::new(f), None, &diff_id)?.0
-                };
+                let digest = if self.has_layer(&diff_id) { diff_id.clone() } else { self.add_layer(std::io::BufReader::new(f), None, &diff_id)?.0 };
                 layers.push(Layer { diff_id, digest, size });
             }
             let names = match name {

@@ -127,7 +127,17 @@ struct Index {
 pub struct ImageStore {
     root: PathBuf,
     index: Mutex<Index>,
+    /// Unpacks (imports and pulled layers) run on the blocking pool, at most this many at once,
+    /// so that however many arrive the API's own blocking work always finds a thread.
+    unpack_slots: tokio::sync::Semaphore,
+    /// Wall time one import or one layer may take to unpack.
+    unpack_time: std::time::Duration,
 }
+
+/// Unpacks at once (a core each on a small machine).
+const UNPACK_SLOTS: usize = 2;
+/// Wall time one import or layer may take to unpack.
+const UNPACK_TIME: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl std::fmt::Debug for ImageStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -231,7 +241,22 @@ impl ImageStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Index::default(),
             Err(e) => return Err(e.into()),
         };
-        Ok(ImageStore { root: root.to_path_buf(), index: Mutex::new(index) })
+        Ok(ImageStore { root: root.to_path_buf(), index: Mutex::new(index), unpack_slots: tokio::sync::Semaphore::new(UNPACK_SLOTS), unpack_time: UNPACK_TIME })
+    }
+
+    /// Runs `work` (an import or a layer's unpack) on the blocking pool once one of the store's
+    /// unpack slots is free.
+    pub async fn unpacking<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        work: impl FnOnce(&ImageStore) -> Result<T, ImageError> + Send + 'static,
+    ) -> Result<T, ImageError> {
+        let _slot = self.unpack_slots.acquire().await.map_err(|_| ImageError::Io(io::Error::other("the image store is closing")))?;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store)).await.map_err(|e| ImageError::Io(io::Error::other(format!("an unpack task failed: {e}"))))?
+    }
+
+    fn unpack_limits(&self) -> unpack::Limits {
+        unpack::Limits::within(self.unpack_time)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -273,7 +298,7 @@ impl ImageStore {
         let work = tempfile::Builder::new().prefix(".unpacking-").tempdir_in(self.root.join("layers"))?;
         let mut outer = Hashing::new(blob);
         let mut inner = Hashing::new(decompressed(&mut outer).map_err(|e| ImageError::BadLayer { layer: name.clone(), message: format!("reading: {e}") })?);
-        unpack::unpack(&mut inner, work.path(), &name)?;
+        unpack::unpack(&mut inner, work.path(), &name, unpack::Specials::Layer, self.unpack_limits())?;
         let (got_diff, _) = inner.finish().map_err(|e| ImageError::BadLayer { layer: name.clone(), message: format!("reading: {e}") })?;
         let (got_digest, size) = outer.finish()?;
         if let Some(want) = digest
@@ -282,7 +307,11 @@ impl ImageStore {
             return Err(ImageError::DigestMismatch { what: format!("layer {name}"), expected: want.to_string(), actual: got_digest });
         }
         if got_diff != diff_id {
-            return Err(ImageError::DigestMismatch { what: format!("the uncompressed layer {name} (diff id)"), expected: diff_id.to_string(), actual: got_diff });
+            return Err(ImageError::DigestMismatch {
+                what: format!("the uncompressed layer {name} (diff id)"),
+                expected: diff_id.to_string(),
+                actual: got_diff,
+            });
         }
         let path = work.keep();
         if let Err(e) = std::fs::rename(&path, &dest) {
@@ -341,7 +370,9 @@ impl ImageStore {
     /// uses any more are deleted. An image a service of this namespace uses keeps its names.
     pub fn remove(&self, namespace: &str, reference: &str, in_use: impl Fn(&str) -> bool) -> Result<Image, ImageError> {
         let mut index = self.lock();
-        let Some(i) = find(&index, namespace, reference) else { return Err(ImageError::NotFound(reference.to_string())) };
+        let Some(i) = find(&index, namespace, reference) else {
+            return Err(ImageError::NotFound(reference.to_string()));
+        };
         let image = index.images[i].clone();
         let name = normalize(reference).ok().filter(|n| image.tags.iter().any(|t| t.namespace == namespace && t.name == *n));
         let removing: Vec<Tag> = match name {
@@ -365,7 +396,8 @@ impl ImageStore {
     /// Deletes unpacked layers that no image uses; returns how many.
     pub fn collect_garbage(&self) -> Result<usize, ImageError> {
         let index = self.lock();
-        let wanted: HashSet<String> = index.images.iter().flat_map(|i| i.layers.iter()).filter_map(|l| digest_hex(&l.diff_id).ok().map(str::to_string)).collect();
+        let wanted: HashSet<String> =
+            index.images.iter().flat_map(|i| i.layers.iter()).filter_map(|l| digest_hex(&l.diff_id).ok().map(str::to_string)).collect();
         let mut removed = 0;
         for e in std::fs::read_dir(self.root.join("layers"))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

@@ -12,7 +12,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use oci_spec::image::ImageConfiguration;
 
-use crate::{Image, ImageError, RegistryFailure, ImageStore, Layer, Tag, check_config, sha256_digest};
+use crate::{Image, ImageError, ImageStore, Layer, RegistryFailure, Tag, check_config, sha256_digest};
 
 /// Registry credentials.
 #[derive(Clone, Default)]
@@ -74,8 +74,12 @@ fn registry_error(reference: &Reference, e: oci_client::errors::OciDistributionE
         _ => RegistryFailure::Other,
     };
     let message = match kind {
-        RegistryFailure::Unauthorized => format!("the registry {registry} refused access to {reference} ({text}); pass --username and --password if it needs them, and check them"),
-        RegistryFailure::NotFound => format!("{reference} was not found on {registry}: no such repository or tag ({text})"),
+        RegistryFailure::Unauthorized => {
+            format!("the registry {registry} refused access to {reference} ({text}); pass --username and --password if it needs them, and check them")
+        }
+        RegistryFailure::NotFound => {
+            format!("{reference} was not found on {registry}: no such repository or tag ({text})")
+        }
         RegistryFailure::Unreachable => format!("could not reach the registry {registry} ({text}); check the address and that it is running"),
         RegistryFailure::Other => format!("pulling {reference} from {registry}: {text}"),
     };
@@ -85,7 +89,13 @@ fn registry_error(reference: &Reference, e: oci_client::errors::OciDistributionE
 impl ImageStore {
     /// Pulls `reference` and adds it to the store, named in `namespace`; `progress` hears how
     /// it goes.
-    pub async fn pull(self: &Arc<Self>, namespace: &str, reference: &str, options: &PullOptions, progress: impl Fn(Progress) + Send + Sync) -> Result<Image, ImageError> {
+    pub async fn pull(
+        self: &Arc<Self>,
+        namespace: &str,
+        reference: &str,
+        options: &PullOptions,
+        progress: impl Fn(Progress) + Send + Sync,
+    ) -> Result<Image, ImageError> {
         let r: Reference = reference.parse().map_err(|_| ImageError::BadReference(reference.to_string()))?;
         let registry = r.resolve_registry().to_string();
         let protocol = if is_loopback(&registry) { ClientProtocol::Http } else { ClientProtocol::Https };
@@ -121,7 +131,8 @@ impl ImageStore {
                 let mut received = 0u64;
                 let mut last = std::time::Instant::now();
                 while let Some(chunk) = blob.stream.next().await {
-                    let chunk = chunk.map_err(|e| ImageError::Registry { kind: RegistryFailure::Other, message: format!("downloading layer {} of {r}: {e}", l.digest) })?;
+                    let chunk = chunk
+                        .map_err(|e| ImageError::Registry { kind: RegistryFailure::Other, message: format!("downloading layer {} of {r}: {e}", l.digest) })?;
                     file.write_all(&chunk)?;
                     received += chunk.len() as u64;
                     if last.elapsed() > std::time::Duration::from_millis(100) {
@@ -130,15 +141,13 @@ impl ImageStore {
                     }
                 }
                 progress(Progress::Layer { digest: l.digest.clone(), received, total });
-                let store = self.clone();
                 let (digest, diff) = (l.digest.clone(), diff_id.clone());
-                tokio::task::spawn_blocking(move || {
+                self.unpacking(move |store| {
                     use std::io::Seek as _;
                     file.rewind()?;
                     store.add_layer(std::io::BufReader::new(file), Some(&digest), &diff)
                 })
-                .await
-                .map_err(|e| ImageError::Io(std::io::Error::other(e)))??;
+                .await?;
                 progress(Progress::Unpacked { digest: l.digest.clone() });
             }
             layers.push(Layer { diff_id, digest: l.digest.clone(), size });
@@ -153,7 +162,15 @@ impl ImageStore {
 mod tests {
     #[test]
     fn loopback_registries_are_told_apart() {
-        for (r, want) in [("localhost:5000", true), ("127.0.0.1:5000", true), ("[::1]:5000", true), ("localhost", true), ("docker.io", false), ("ghcr.io", false), ("10.0.0.1:5000", false)] {
+        for (r, want) in [
+            ("localhost:5000", true),
+            ("127.0.0.1:5000", true),
+            ("[::1]:5000", true),
+            ("localhost", true),
+            ("docker.io", false),
+            ("ghcr.io", false),
+            ("10.0.0.1:5000", false),
+        ] {
             assert_eq!(super::is_loopback(r), want, "{r}");
         }
     }

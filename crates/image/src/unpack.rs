@@ -2,15 +2,17 @@
 //! lower layer: OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) become overlay whiteouts (a 0:0
 //! character device, the `trusted.overlay.opaque` attribute).
 //!
-//! Nothing in a layer may leave its directory: entry names with `..` or a leading `/` are
-//! refused, no entry is written through a symlink (each parent must be a real directory made by
-//! this layer), and hard links must name a regular file of the same layer. Symlinks themselves
-//! are kept as written: they are resolved inside the container's root when it runs.
+//! Nothing in a layer may leave its directory: every entry is written through `hangar-confine`
+//! (names with `..` or a leading `/` are refused, no entry is written through a symlink, hard
+//! links must name a regular file of the same layer, FIFOs are made but never opened, device
+//! nodes are skipped). Symlinks themselves are kept as written: they are resolved inside the
+//! container's root when it runs. Entries, bytes, depth and wall time are bounded ([`Limits`]).
 
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hangar_confine::{ConfineError, Tree};
 
 use crate::ImageError;
 
@@ -24,186 +26,177 @@ pub struct Unpacked {
     pub bytes: u64,
 }
 
-/// The entry name as a relative path of normal components, or why it is refused.
-fn clean(name: &Path) -> Result<PathBuf, String> {
-    let mut out = PathBuf::new();
-    for c in name.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => return Err(format!("entry `{}` climbs out of the layer with `..`", name.display())),
-            Component::RootDir | Component::Prefix(_) => return Err(format!("entry `{}` is an absolute path", name.display())),
+/// Bounds on one tar stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most entries.
+    pub entries: u64,
+    /// Most bytes of file contents.
+    pub bytes: u64,
+    /// When the whole unpack must be done.
+    pub deadline: Instant,
+}
+
+impl Limits {
+    /// The limits of one layer or archive: a million entries, 64 GiB, and `time`.
+    pub fn within(time: Duration) -> Limits {
+        Limits { entries: 1_000_000, bytes: 64 << 30, deadline: Instant::now() + time }
+    }
+}
+
+/// How entries that are not files, directories or links are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Specials {
+    /// An image layer: FIFOs are made (inert, never opened here), device nodes are skipped
+    /// (containers get their own /dev), whiteouts become overlay whiteouts.
+    Layer,
+    /// An import archive: only files, directories and links are kept; everything else, and
+    /// whiteout names, are skipped.
+    Archive,
+}
+
+/// A reader that stops at the deadline or past the byte limit.
+struct Bounded<R> {
+    inner: R,
+    limits: Limits,
+    read: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() > self.limits.deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "it took longer than allowed"));
         }
-    }
-    Ok(out)
-}
-
-/// Makes `rel`'s parent directories under `root`, refusing any that exists as something other
-/// than a real directory (a symlink would carry later writes out of the layer).
-fn parents(root: &Path, rel: &Path) -> Result<PathBuf, String> {
-    let mut dir = root.to_path_buf();
-    if let Some(parent) = rel.parent() {
-        for c in parent.components() {
-            dir.push(c);
-            match fs::symlink_metadata(&dir) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(format!("entry `{}` would be written through `{}`, which is not a directory", rel.display(), dir.strip_prefix(root).unwrap_or(&dir).display())),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&dir).map_err(|e| format!("creating `{}`: {e}", dir.display()))?;
-                    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-                }
-                Err(e) => return Err(format!("reading `{}`: {e}", dir.display())),
-            }
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limits.bytes.saturating_add(1 << 20) {
+            return Err(io::Error::other(format!("it is larger than {} bytes", self.limits.bytes)));
         }
-    }
-    Ok(root.join(rel))
-}
-
-/// Removes whatever `path` is (a file, a symlink, a tree), if anything.
-fn clear(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+        Ok(n)
     }
 }
 
-fn whiteout(path: &Path) -> io::Result<()> {
-    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-    clear(path)?;
-    mknod(path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0)).map_err(io::Error::from)
-}
-
-fn opaque(dir: &Path) -> io::Result<()> {
-    rustix::fs::setxattr(dir, "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).map_err(io::Error::from)
-}
-
-/// Unpacks the tar stream `layer` into `root` (an empty directory). `layer_name` names the layer
-/// in errors.
-pub fn unpack<R: Read>(layer: R, root: &Path, layer_name: &str) -> Result<Unpacked, ImageError> {
+/// Unpacks the tar stream `layer` into `root` (an empty directory Hangar made). `layer_name`
+/// names the layer in errors.
+pub fn unpack<R: Read>(layer: R, root: &Path, layer_name: &str, specials: Specials, limits: Limits) -> Result<Unpacked, ImageError> {
     let bad = |message: String| ImageError::BadLayer { layer: layer_name.to_string(), message };
-    let mut archive = tar::Archive::new(layer);
+    let confined = |e: ConfineError| bad(e.to_string());
+    let tree = Tree::open(root)?;
+    let mut archive = tar::Archive::new(Bounded { inner: layer, limits, read: 0 });
     let mut done = Unpacked::default();
     let entries = archive.entries().map_err(|e| bad(format!("reading the tar stream: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| bad(format!("reading the tar stream: {e}")))?;
+        done.entries += 1;
+        if done.entries > limits.entries {
+            return Err(bad(format!("it has more than {} entries", limits.entries)));
+        }
+        if Instant::now() > limits.deadline {
+            return Err(bad("unpacking it took longer than allowed".into()));
+        }
         let raw = entry.path().map_err(|e| bad(format!("an entry has an unreadable name: {e}")))?.into_owned();
-        let rel = clean(&raw).map_err(&bad)?;
+        let rel = hangar_confine::clean(&raw).map_err(confined)?;
         if rel.as_os_str().is_empty() {
             continue; // the root itself ("./")
         }
         let file_name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let path = parents(root, &rel).map_err(&bad)?;
         let header = entry.header().clone();
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
         let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
-        let io = |what: &str, e: io::Error| bad(format!("{what} `{}`: {e}", rel.display()));
-        done.entries += 1;
-
-        if file_name == OPAQUE {
-            let dir = path.parent().unwrap_or(root);
-            opaque(dir).map_err(|e| io("marking opaque", e))?;
+        let kind = header.entry_type();
+        if matches!(kind, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink) {
             continue;
         }
+        let io = |what: &str, e: io::Error| bad(format!("{what} `{}`: {e}", rel.display()));
+
         if let Some(hidden) = file_name.strip_prefix(WHITEOUT) {
+            if specials == Specials::Archive {
+                continue;
+            }
+            if file_name == OPAQUE {
+                match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    Some(dir) => {
+                        let dir = tree.entry(dir, true).map_err(confined)?;
+                        if dir.kind().map_err(confined)? != Some(rustix::fs::FileType::Directory) {
+                            dir.create_dir(0o755).map_err(confined)?;
+                        }
+                        dir.set_dir_xattr("trusted.overlay.opaque", b"y").map_err(confined)?
+                    }
+                    None => tree.set_root_xattr("trusted.overlay.opaque", b"y").map_err(confined)?,
+                }
+                continue;
+            }
             if hidden.is_empty() {
                 return Err(bad(format!("entry `{}` is a whiteout of nothing", rel.display())));
             }
-            whiteout(&path.with_file_name(hidden)).map_err(|e| io("writing the whiteout", e))?;
+            let target = tree.entry(&rel.with_file_name(hidden), true).map_err(confined)?;
+            target.clear().map_err(confined)?;
+            target.whiteout().map_err(confined)?;
             continue;
         }
 
-        let kind = header.entry_type();
+        let at = tree.entry(&rel, true).map_err(confined)?;
         match kind {
-            tar::EntryType::Directory => {
-                match fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        clear(&path).map_err(|e| io("replacing", e))?;
-                        fs::create_dir(&path).map_err(|e| io("creating", e))?;
-                    }
-                    Err(_) => fs::create_dir(&path).map_err(|e| io("creating", e))?,
-                }
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(|e| io("setting the mode of", e))?;
-            }
+            tar::EntryType::Directory => at.create_dir(mode).map_err(confined)?,
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                clear(&path).map_err(|e| io("replacing", e))?;
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(|e| io("creating", e))?;
+                at.clear().map_err(confined)?;
+                let mut file = at.create_file(0o600).map_err(confined)?;
                 done.bytes += io::copy(&mut entry, &mut file).map_err(|e| io("writing", e))?;
-                file.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| io("setting the mode of", e))?;
+                if done.bytes > limits.bytes {
+                    return Err(bad(format!("it unpacks to more than {} bytes", limits.bytes)));
+                }
             }
             tar::EntryType::Symlink => {
                 let target = entry.link_name().map_err(|e| bad(format!("entry `{}`: unreadable link target: {e}", rel.display())))?;
-                let Some(target) = target else { return Err(bad(format!("symlink `{}` has no target", rel.display()))) };
-                clear(&path).map_err(|e| io("replacing", e))?;
-                std::os::unix::fs::symlink(&*target, &path).map_err(|e| io("creating the symlink", e))?;
+                let Some(target) = target else {
+                    return Err(bad(format!("symlink `{}` has no target", rel.display())));
+                };
+                at.clear().map_err(confined)?;
+                at.symlink(&target).map_err(confined)?;
             }
             tar::EntryType::Link => {
                 let target = entry.link_name().map_err(|e| bad(format!("entry `{}`: unreadable link target: {e}", rel.display())))?;
-                let Some(target) = target else { return Err(bad(format!("hard link `{}` has no target", rel.display()))) };
-                let target_rel = clean(&target).map_err(|m| bad(format!("hard link `{}`: {m}", rel.display())))?;
-                let source = root.join(&target_rel);
+                let Some(target) = target else {
+                    return Err(bad(format!("hard link `{}` has no target", rel.display())));
+                };
                 // The target must be a regular file this layer already wrote, reached without
                 // passing through a symlink.
-                let inside = parents_are_dirs(root, &target_rel) && fs::symlink_metadata(&source).is_ok_and(|m| m.is_file());
-                if !inside {
-                    return Err(bad(format!("hard link `{}` points at `{}`, which is not a file of this layer", rel.display(), target.display())));
-                }
-                if source != path {
-                    clear(&path).map_err(|e| io("replacing", e))?;
-                    fs::hard_link(&source, &path).map_err(|e| io("linking", e))?;
+                let source = tree.entry(&target, false).map_err(|e| bad(format!("hard link `{}`: {e}", rel.display())))?;
+                if source.path() != at.path() {
+                    at.clear().map_err(confined)?;
+                    at.hard_link_to(&source).map_err(confined)?;
                 }
                 continue;
             }
-            tar::EntryType::Fifo => {
-                clear(&path).map_err(|e| io("replacing", e))?;
-                nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(mode)).map_err(|e| io("creating the fifo", e.into()))?;
+            tar::EntryType::Fifo if specials == Specials::Layer => {
+                at.clear().map_err(confined)?;
+                at.fifo(mode).map_err(confined)?;
             }
-            tar::EntryType::Char | tar::EntryType::Block => {
-                // Containers get their own /dev; device nodes in layers are not needed and not kept.
-                continue;
+            // Containers get their own /dev; device nodes in layers are not needed and not
+            // kept, and an import archive holds only files.
+            tar::EntryType::Fifo | tar::EntryType::Char | tar::EntryType::Block => continue,
+            other => {
+                return Err(bad(format!("entry `{}` has an unsupported type {other:?}", rel.display())));
             }
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => continue,
-            other => return Err(bad(format!("entry `{}` has an unsupported type {other:?}", rel.display()))),
         }
-        // Owners as in the image (the container's root is the host's root here).
-        let _ = std::os::unix::fs::lchown(&path, Some(uid as u32), Some(gid as u32));
-        if kind != tar::EntryType::Symlink && mode & 0o7000 != 0 {
-            // chown clears set-id bits; put them back.
-            let _ = fs::set_permissions(&path, fs::Permissions::from_mode(mode));
-        }
+        // Owners as in the image (the container's root is the host's root here); chown clears
+        // set-id bits, so the mode comes after it.
+        let _ = at.set_owner(uid as u32, gid as u32);
+        at.set_mode(mode).map_err(confined)?;
         if kind != tar::EntryType::Symlink
             && let Ok(mtime) = header.mtime()
         {
-            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
-            if let Ok(f) = File::options().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(&path) {
-                let _ = f.set_modified(t);
-            }
+            let _ = at.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(mtime));
         }
     }
     Ok(done)
 }
 
-fn parents_are_dirs(root: &Path, rel: &Path) -> bool {
-    let mut dir = root.to_path_buf();
-    rel.parent().is_none_or(|p| {
-        p.components().all(|c| {
-            dir.push(c);
-            fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir())
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::path::Path;
 
     fn layer(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -251,7 +244,7 @@ mod tests {
             file(b, "var/.wh.gone", b"");
             file(b, "opt/.wh..wh..opq", b"");
         });
-        let got = unpack(&data[..], dir.path(), "l1").unwrap();
+        let got = unpack(&data[..], dir.path(), "l1", Specials::Layer, Limits::within(Duration::from_secs(10))).unwrap();
         assert_eq!(got.bytes, 2);
         assert_eq!(fs::read_to_string(dir.path().join("etc/again.txt")).unwrap(), "hi");
         assert_eq!(fs::read_link(dir.path().join("etc/abs")).unwrap(), Path::new("/etc/shadow"));
@@ -268,25 +261,34 @@ mod tests {
         for (what, data) in [
             ("dotdot", raw_file("../evil")),
             ("absolute", raw_file("/evil")),
-            ("through a symlink", layer(|b| {
-                link(b, tar::EntryType::Symlink, "etc", "/etc");
-                file(b, "etc/evil", b"x");
-            })),
-            ("through a relative symlink", layer(|b| {
-                link(b, tar::EntryType::Symlink, "up", "../../../../..");
-                file(b, "up/evil", b"x");
-            })),
+            (
+                "through a symlink",
+                layer(|b| {
+                    link(b, tar::EntryType::Symlink, "etc", "/etc");
+                    file(b, "etc/evil", b"x");
+                }),
+            ),
+            (
+                "through a relative symlink",
+                layer(|b| {
+                    link(b, tar::EntryType::Symlink, "up", "../../../../..");
+                    file(b, "up/evil", b"x");
+                }),
+            ),
             ("hard link out", layer(|b| link(b, tar::EntryType::Link, "shadow", "../../../etc/shadow"))),
             ("hard link absolute", layer(|b| link(b, tar::EntryType::Link, "shadow", "/etc/shadow"))),
-            ("hard link through a symlink", layer(|b| {
-                link(b, tar::EntryType::Symlink, "e", "/etc");
-                link(b, tar::EntryType::Link, "shadow", "e/shadow");
-            })),
+            (
+                "hard link through a symlink",
+                layer(|b| {
+                    link(b, tar::EntryType::Symlink, "e", "/etc");
+                    link(b, tar::EntryType::Link, "shadow", "e/shadow");
+                }),
+            ),
         ] {
             let outer = tempfile::tempdir().unwrap();
             let root = outer.path().join("root");
             fs::create_dir(&root).unwrap();
-            let err = unpack(&data[..], &root, "l1").expect_err(what);
+            let err = unpack(&data[..], &root, "l1", Specials::Layer, Limits::within(Duration::from_secs(10))).expect_err(what);
             assert!(matches!(err, ImageError::BadLayer { .. }), "{what}: {err}");
             assert!(!outer.path().join("evil").exists() && !Path::new("/evil").exists(), "{what} wrote outside");
         }

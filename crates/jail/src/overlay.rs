@@ -50,33 +50,89 @@ pub fn unmount_root(target: &Path) {
     let _ = umount2(target, MntFlags::MNT_DETACH);
 }
 
-/// `uid[:gid]` or `name[:group]` resolved in the image's `/etc/passwd` and `/etc/group`.
+/// Largest `/etc/passwd` or `/etc/group` read from an image.
+const MAX_ACCOUNTS_FILE: u64 = 1 << 20;
+
+/// An image's account file, read inside its root (a symlink resolves as it would in the
+/// container, never to the host); a missing one is empty, anything but a regular file is refused.
+fn accounts_file(root: &hangar_confine::Tree, rel: &str) -> Result<String, JailError> {
+    match root.read_in_root(rel, MAX_ACCOUNTS_FILE) {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(e) if e.is_not_found() => Ok(String::new()),
+        Err(e) => Err(JailError::Invalid(format!("the image's /{rel} cannot be read: {e}; fix the image or give a numeric user (uid:gid)"))),
+    }
+}
+
+/// `uid[:gid]` or `name[:group]` resolved in the image's `/etc/passwd` and `/etc/group`, read
+/// confined to `rootfs`. A user or group named but not found, or whose id does not parse, is
+/// an error (never uid 0 by accident).
 pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), JailError> {
     if user.is_empty() {
         return Ok((0, 0, Vec::new()));
     }
+    let root = hangar_confine::Tree::open(rootfs)?;
     let (u, g) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
-    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    // Two numbers need no account file (and so cannot fail on one).
+    if let (Ok(uid), Some(Ok(gid))) = (u.parse::<u32>(), g.map(str::parse::<u32>)) {
+        return Ok((uid, gid, Vec::new()));
+    }
+    let passwd = accounts_file(&root, "etc/passwd")?;
+    let field = |line: &str, i: usize| line.split(':').nth(i).map(str::to_string);
     let (uid, primary) = match u.parse::<u32>() {
-        Ok(uid) => (uid, passwd.lines().find(|l| l.split(':').nth(2) == Some(u)).and_then(|l| l.split(':').nth(3)?.parse().ok())),
+        Ok(uid) => (uid, passwd.lines().find(|l| field(l, 2).as_deref() == Some(u)).and_then(|l| field(l, 3)?.parse().ok())),
         Err(_) => {
-            let line = passwd.lines().find(|l| l.split(':').next() == Some(u)).ok_or_else(|| JailError::Invalid(format!("user `{u}` is not in the image's /etc/passwd")))?;
-            let f: Vec<&str> = line.split(':').collect();
-            (f.get(2).and_then(|x| x.parse().ok()).unwrap_or(0), f.get(3).and_then(|x| x.parse().ok()))
+            let line = passwd
+                .lines()
+                .find(|l| field(l, 0).as_deref() == Some(u))
+                .ok_or_else(|| JailError::Invalid(format!("user `{u}` is not in the image's /etc/passwd")))?;
+            let uid = field(line, 2).and_then(|x| x.parse().ok()).ok_or_else(|| {
+                JailError::Invalid(format!("user `{u}` has no valid uid in the image's /etc/passwd; fix the image or give a numeric user (uid:gid)"))
+            })?;
+            let gid = field(line, 3).and_then(|x| x.parse().ok()).ok_or_else(|| {
+                JailError::Invalid(format!("user `{u}` has no valid gid in the image's /etc/passwd; fix the image or give a numeric user (uid:gid)"))
+            })?;
+            (uid, Some(gid))
         }
     };
     let gid = match g {
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => group
+            Err(_) => accounts_file(&root, "etc/group")?
                 .lines()
-                .find(|l| l.split(':').next() == Some(g))
-                .and_then(|l| l.split(':').nth(2)?.parse().ok())
-                .ok_or_else(|| JailError::Invalid(format!("group `{g}` is not in the image's /etc/group")))?,
+                .find(|l| field(l, 0).as_deref() == Some(g))
+                .and_then(|l| field(l, 2)?.parse().ok())
+                .ok_or_else(|| JailError::Invalid(format!("group `{g}` is not in the image's /etc/group (or has no valid gid)")))?,
         },
+        // A numeric uid that the image does not list runs with gid 0, as Docker does.
         None => primary.unwrap_or(0),
     };
     Ok((uid, gid, Vec::new()))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_resolve_inside_the_image_and_bad_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nbad:x:oops:0::/:/bin/sh\nweb:x:33:34::/:/bin/sh\n").unwrap();
+        assert_eq!(resolve_user(root, "web").unwrap(), (33, 34, vec![]));
+        assert!(resolve_user(root, "bad").unwrap_err().to_string().contains("no valid uid"));
+        assert!(resolve_user(root, "ghost").is_err());
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        // Links to the host's files or devices resolve inside the image instead.
+        std::os::unix::fs::symlink("/etc/shadow", root.join("etc/passwd")).unwrap();
+        assert!(resolve_user(root, "root").unwrap_err().to_string().contains("not in the image"));
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.join("etc/passwd")).unwrap();
+        assert!(resolve_user(root, "root").is_err());
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        nix::unistd::mkfifo(&root.join("etc/passwd"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let e = resolve_user(root, "root").unwrap_err().to_string();
+        assert!(e.contains("FIFO"), "{e}");
+        assert_eq!(resolve_user(root, "1000:50").unwrap(), (1000, 50, vec![]));
+    }
+}

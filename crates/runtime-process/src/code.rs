@@ -3,15 +3,18 @@
 //!
 //! Entries that would land outside the directory (`..`, absolute paths, symlinks pointing
 //! out), device files, and archives that unpack to more than [`MAX_UNPACKED_BYTES`] are
-//! refused before anything is written; a directory appears under its final name only once
-//! complete.
+//! refused before anything is written; every write then goes through `hangar-confine`, so no
+//! entry is ever written through a symlink (an earlier entry's or anyone's); a directory
+//! appears under its final name only once complete.
 
 use std::io::{Cursor, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use hangar_api::RuntimeKind;
+use hangar_confine::Tree;
 use hangar_runtime::RuntimeError;
+use rustix::fs::FileType;
 
 /// Largest unpacked code, like Lambda's 250 MB.
 pub const MAX_UNPACKED_BYTES: u64 = 250 * 1024 * 1024;
@@ -52,9 +55,7 @@ fn entry_path(name: &str) -> Result<PathBuf, RuntimeError> {
 /// Checks `zip` and unpacks it into `dest` (which must not exist yet).
 pub fn unpack(zip: &[u8], dest: &Path, kind: RuntimeKind) -> Result<(), RuntimeError> {
     let not_zip = |e: zip::result::ZipError| {
-        invalid(format!(
-            "the code of a {kind} function is a zip archive, as for AWS Lambda ({e}); `hangar fn deploy --code DIR` zips a directory for you"
-        ))
+        invalid(format!("the code of a {kind} function is a zip archive, as for AWS Lambda ({e}); `hangar fn deploy --code DIR` zips a directory for you"))
     };
     let mut archive = zip::ZipArchive::new(Cursor::new(zip)).map_err(not_zip)?;
     if archive.len() > MAX_ENTRIES {
@@ -78,9 +79,8 @@ pub fn unpack(zip: &[u8], dest: &Path, kind: RuntimeKind) -> Result<(), RuntimeE
             drop(f);
             archive.by_index(i).map_err(not_zip)?.take(4096).read_to_string(&mut target).map_err(|e| invalid(format!("zip entry `{name}`: {e}")))?;
             let base = Path::new("/code");
-            let lands = inside(base, rel.parent().unwrap_or(Path::new(""))).and_then(|dir| {
-                if Path::new(&target).is_absolute() { None } else { inside(&dir, Path::new(&target)) }
-            });
+            let lands = inside(base, rel.parent().unwrap_or(Path::new("")))
+                .and_then(|dir| if Path::new(&target).is_absolute() { None } else { inside(&dir, Path::new(&target)) });
             if !lands.is_some_and(|p| p.starts_with(base)) {
                 return Err(invalid(format!("zip entry `{name}` is a symlink to `{target}`, outside the code directory; symlinks must stay inside")));
             }
@@ -91,7 +91,9 @@ pub fn unpack(zip: &[u8], dest: &Path, kind: RuntimeKind) -> Result<(), RuntimeE
         }
     }
     if kind == RuntimeKind::Provided && !has_bootstrap {
-        return Err(invalid("a provided function's archive needs an executable named `bootstrap` at its root (e.g. a binary built with the `lambda_runtime` crate)"));
+        return Err(invalid(
+            "a provided function's archive needs an executable named `bootstrap` at its root (e.g. a binary built with the `lambda_runtime` crate)",
+        ));
     }
 
     let parent = dest.parent().ok_or_else(|| RuntimeError::Internal("code directory has no parent".into()))?;
@@ -148,6 +150,8 @@ fn rand_suffix() -> u64 {
 fn write_all(archive: &mut zip::ZipArchive<Cursor<&[u8]>>, root: &Path, kind: RuntimeKind) -> Result<(), RuntimeError> {
     std::fs::create_dir_all(root)?;
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
+    let tree = Tree::open(root)?;
+    let mut written = 0u64;
     for i in 0..archive.len() {
         let mut f = archive.by_index(i).map_err(|e| invalid(format!("reading the archive: {e}")))?;
         let name = f.name().map_err(|e| invalid(format!("reading the archive: {e}")))?.into_owned();
@@ -155,38 +159,30 @@ fn write_all(archive: &mut zip::ZipArchive<Cursor<&[u8]>>, root: &Path, kind: Ru
         if rel.as_os_str().is_empty() {
             continue;
         }
-        let path = root.join(&rel);
-        if let Some(dir) = path.parent() {
-            make_dirs(root, dir)?;
-        }
+        let confined = |e: hangar_confine::ConfineError| invalid(format!("zip entry `{name}`: {e}"));
+        let clash = || invalid(format!("zip entry `{name}` clashes with an earlier entry of the same name (a file, link or directory)"));
+        let at = tree.entry(&rel, true).map_err(confined)?;
+        let there = at.kind().map_err(confined)?;
         if f.is_dir() {
-            make_dirs(root, &path)?;
+            match there {
+                None => at.create_dir(0o755).map_err(confined)?,
+                Some(FileType::Directory) => {}
+                Some(_) => return Err(clash()),
+            }
+        } else if there.is_some() {
+            return Err(clash());
         } else if f.is_symlink() {
             let mut target = String::new();
-            f.read_to_string(&mut target).map_err(|e| invalid(format!("zip entry `{name}`: {e}")))?;
-            std::os::unix::fs::symlink(&target, &path).map_err(|e| invalid(format!("zip entry `{name}`: {e}")))?;
+            (&mut f).take(4096).read_to_string(&mut target).map_err(|e| invalid(format!("zip entry `{name}`: {e}")))?;
+            at.symlink(Path::new(&target)).map_err(confined)?;
         } else {
             let executable = f.unix_mode().is_some_and(|m| m & 0o111 != 0) || (kind == RuntimeKind::Provided && rel == Path::new("bootstrap"));
-            let mut out = std::fs::File::create(&path).map_err(|e| invalid(format!("zip entry `{name}`: {e} (duplicate or clashing entry?)")))?;
-            std::io::copy(&mut f, &mut out).map_err(|e| invalid(format!("zip entry `{name}`: {e}")))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(if executable { 0o755 } else { 0o644 }))?;
-        }
-    }
-    Ok(())
-}
-
-/// Creates `dir` and its parents below `root`, refusing to go through a symlink.
-fn make_dirs(root: &Path, dir: &Path) -> Result<(), RuntimeError> {
-    let rel = dir.strip_prefix(root).map_err(|_| invalid("an entry points outside the code directory"))?;
-    let mut at = root.to_path_buf();
-    for c in rel.components() {
-        at.push(c);
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(invalid(format!("`{}` is both a file or symlink and a directory in the archive", rel.display()))),
-            Err(_) => {
-                std::fs::create_dir(&at)?;
-                std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))?;
+            let out = at.create_file(if executable { 0o755 } else { 0o644 }).map_err(confined)?;
+            // The sizes the archive declares were checked; the bytes it really holds are counted.
+            let left = MAX_UNPACKED_BYTES - written;
+            written += std::io::copy(&mut (&mut f).take(left + 1), &mut { out }).map_err(|e| invalid(format!("zip entry `{name}`: {e}")))?;
+            if written > MAX_UNPACKED_BYTES {
+                return Err(invalid(format!("the archive unpacks to more than {MAX_UNPACKED_BYTES} bytes (Lambda's limit is 250 MB)")));
             }
         }
     }
@@ -258,6 +254,22 @@ mod tests {
             assert!(!dest.exists());
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no temporary directory is left");
+        // A chain of links that each look inside, then a file written "through" the last one.
+        let outside = dir.path().join("x");
+        let mut chain: Vec<(String, String)> = vec![("s1".into(), ".".into()), ("t1".into(), "s1/..".into())];
+        for i in 2..=12 {
+            chain.push((format!("t{i}"), format!("t{}/..", i - 1)));
+        }
+        let target = format!("t12{}", dir.path().display());
+        chain.push(("f".into(), target.clone()));
+        let through = format!("{target}/x");
+        for last in ["f/x", "t12/tmp/x", &through] {
+            let mut entries: Vec<(&str, &str, Option<&str>)> = chain.iter().map(|(n, t)| (n.as_str(), "", Some(t.as_str()))).collect();
+            entries.push((last, "pwned", None));
+            assert!(unpack(&zip_of(&entries), &dest, RuntimeKind::Python3).is_err(), "{last}");
+            assert!(!outside.exists() && !Path::new("/tmp/x").exists(), "nothing is written outside ({last})");
+            assert!(!dest.exists());
+        }
         let e = unpack(&zip_of(&[("main", "x", None)]), &dest, RuntimeKind::Provided).unwrap_err().to_string();
         assert!(e.contains("bootstrap"), "{e}");
     }
