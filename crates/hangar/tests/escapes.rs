@@ -79,6 +79,9 @@ with zipfile.ZipFile(sys.argv[1], "w") as z:
     std::fs::read(out).unwrap()
 }
 
+/// Zip entries to write: (name, body or link target, file type bits).
+type ZipEntries = Vec<(String, String, u32)>;
+
 const LINK: u32 = 0o120000;
 const FILE: u32 = 0o100000;
 const FIFO: u32 = 0o010000;
@@ -106,12 +109,12 @@ async fn hostile_function_zips_touch_nothing_outside() {
     let before = snapshot(target_dir.path());
     // s1 → ., t1 → s1/.., t2 → t1/.., ... each looks inside on its own; f then points through
     // the last at a host path, and a regular entry of the same name follows.
-    let mut chain: Vec<(String, String, u32)> = vec![("s1".into(), ".".into(), LINK), ("t1".into(), "s1/..".into(), LINK)];
+    let mut chain: ZipEntries = vec![("s1".into(), ".".into(), LINK), ("t1".into(), "s1/..".into(), LINK)];
     for i in 2..=12 {
         chain.push((format!("t{i}"), format!("t{}/..", i - 1), LINK));
     }
     let via = format!("t12{}", victim.display());
-    let cases: Vec<(&str, Vec<(String, String, u32)>)> = vec![
+    let cases: Vec<(&str, ZipEntries)> = vec![
         ("a duplicate name over a symlink chain", [chain.clone(), vec![("f".into(), via.clone(), LINK), ("f".into(), "pwned".into(), FILE)]].concat()),
         (
             "a file under a linked directory",
