@@ -33,6 +33,8 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
 pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
 /// Header that carries the invocation id on every function response.
 pub const INVOCATION_ID_HEADER: &str = "x-hangar-invocation-id";
+/// Header on a response that is a function's own unhandled error (Lambda's `X-Amz-Function-Error`).
+pub const FUNCTION_ERROR_HEADER: &str = "x-hangar-function-error";
 
 /// Declares a wire enum whose variants are spelled as lowercase words in JSON, the CLI and the
 /// store, with `as_str`, `ALL`, `Display` and `FromStr` (whose error lists the valid words).

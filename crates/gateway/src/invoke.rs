@@ -7,7 +7,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use bytes::Bytes;
-use hangar_api::{INVOCATION_ID_HEADER, Trigger};
+use hangar_api::{FUNCTION_ERROR_HEADER, INVOCATION_ID_HEADER, Trigger};
 
 use crate::AppState;
 use crate::auth::Credentials;
@@ -26,6 +26,8 @@ pub async fn function_url(State(state): State<AppState>, req: Request) -> Result
     let rest = parts.next().unwrap_or("");
     let slot = state.scheduler.route(&ns, &name);
     let public = slot.as_ref().is_some_and(|s| s.deployment().config.public);
+    // Whoever may not see the namespace gets a function's own errors without their details.
+    let anonymous = public && !matches!(Credentials::from_headers(req.headers(), &state.keys), Credentials::Valid(p) if p.can_access(&ns));
     if !public {
         // Anonymous callers learn nothing about which private functions exist.
         let principal = Credentials::from_headers(req.headers(), &state.keys).require()?;
@@ -46,7 +48,22 @@ pub async fn function_url(State(state): State<AppState>, req: Request) -> Result
         // The platform key is for Hangar, not for the function.
         head.headers.remove(http::header::AUTHORIZATION);
     }
-    invoke(&state, &slot, head, body, Trigger::Http).await
+    let response = invoke(&state, &slot, head, body, Trigger::Http).await?;
+    if anonymous && response.headers().contains_key(FUNCTION_ERROR_HEADER) {
+        return Ok(generic_error(response));
+    }
+    Ok(response)
+}
+
+/// What an anonymous caller of a public function URL sees of an unhandled error, as on Lambda's
+/// function URLs: the status and a generic body; the error type, message and stack trace stay
+/// in the invocation record and logs.
+fn generic_error(response: Response) -> Response {
+    let (mut parts, _) = response.into_parts();
+    parts.status = StatusCode::BAD_GATEWAY;
+    parts.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(r#"{"message":"Internal Server Error"}"#))
 }
 
 /// Query of an invoke.

@@ -1,6 +1,7 @@
 //! HTTP at the edge, spoken raw over TCP to the real binary: a malformed chunked body is a 400
 //! and runs nothing; a service whose process answers in HTTP/1.0 still answers the client in
-//! HTTP/1.1 on a connection that stays open.
+//! HTTP/1.1 on a connection that stays open; a public function URL answers an unhandled error
+//! to an anonymous caller without its details.
 
 mod common;
 
@@ -71,4 +72,25 @@ async fn an_http_1_0_backend_is_answered_in_http_1_1_with_keep_alive() {
         assert!(!head.to_ascii_lowercase().contains("connection: close"), "round {round}: {head}");
         assert_eq!(body, "one");
     }
+}
+
+#[tokio::test]
+async fn a_public_function_url_keeps_its_errors_details_from_anonymous_callers() {
+    let s = Server::start();
+    let _code = common::python_fn(&s, "boom", "def handler(event, context):\n    raise ValueError('secret detail in /srv/app')\n", "handler", &["--public"]);
+    let r = reqwest::get(format!("{}/fn/default/boom/", s.url)).await.unwrap();
+    assert_eq!(r.status(), 502);
+    let id = r.headers()["x-hangar-invocation-id"].to_str().unwrap().to_string();
+    let body = r.text().await.unwrap();
+    assert_eq!(body, r#"{"message":"Internal Server Error"}"#);
+    // A caller with a key for the namespace gets Lambda's error shape.
+    let r = s.get("/fn/default/boom/").send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errorType"], "ValueError", "{v}");
+    assert!(v["stackTrace"].as_array().is_some_and(|t| !t.is_empty()), "{v}");
+    // The details stay in the record.
+    let recs = s.invocations("boom").await;
+    let rec = recs.iter().find(|r| r["id"] == id).expect("the anonymous call was recorded");
+    assert!(rec["error"].as_str().unwrap_or_default().contains("secret detail"), "{rec}");
 }

@@ -401,6 +401,7 @@ def handler(event, context):
         "setuid_root": attempt(lambda: os.setuid(0)),
         "unshare_user": libc.unshare(0x10000000),
         "mount": libc.mount(b"tmpfs", b"/mnt", b"tmpfs", 0, None),
+        "caps": {l.split(":")[0]: l.split(":")[1].strip() for l in open("/proc/self/status") if l.startswith("Cap")},
     }
 "#;
 
@@ -426,6 +427,10 @@ async fn instances_cannot_reach_the_host_or_each_other() {
     assert_eq!(r["setuid_root"], "PermissionError", "{r}");
     assert_eq!(r["unshare_user"], -1, "no new user namespaces: {r}");
     assert_eq!(r["mount"], -1, "{r}");
+    // Every capability set is empty: nothing to regain through an exec or a setuid binary.
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(r["caps"][set], "0000000000000000", "{set}: {r}");
+    }
     drop(host);
 }
 

@@ -158,8 +158,14 @@ pub fn oci_config(spec: &JailSpec, rootfs: &Path) -> Result<Spec, JailError> {
     let uid = if zygote { 0 } else { NOBODY };
     let user = UserBuilder::default().uid(uid).gid(uid).additional_gids(Vec::<u32>::new()).build()?;
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let no_caps: Capabilities =
-        if zygote { [Capability::SysAdmin, Capability::NetAdmin, Capability::Setuid, Capability::Setgid].into_iter().collect() } else { Capabilities::new() };
+    // A zygote holds, over its own user namespace, what it needs to give each instance its
+    // namespaces and then take everything away (SETPCAP empties the instance's bounding set);
+    // nothing is inheritable or ambient, so no exec can get a capability back.
+    let no_caps: Capabilities = if zygote {
+        [Capability::SysAdmin, Capability::NetAdmin, Capability::Setuid, Capability::Setgid, Capability::Setpcap].into_iter().collect()
+    } else {
+        Capabilities::new()
+    };
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(user)
@@ -171,9 +177,9 @@ pub fn oci_config(spec: &JailSpec, rootfs: &Path) -> Result<Spec, JailError> {
             oci_spec::runtime::LinuxCapabilitiesBuilder::default()
                 .bounding(no_caps.clone())
                 .effective(no_caps.clone())
-                .inheritable(no_caps.clone())
-                .permitted(no_caps.clone())
-                .ambient(no_caps)
+                .inheritable(Capabilities::new())
+                .permitted(no_caps)
+                .ambient(Capabilities::new())
                 .build()?,
         )
         .rlimits(vec![

@@ -127,6 +127,19 @@ def loopback_up():
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP | IFF_RUNNING))
 
 
+PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
+
+
+def drop_capabilities():
+    """Empties the bounding and ambient sets (the inheritable set is empty from the jail), so
+    that once the uid change below clears the rest nothing can ever bring a capability back."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"dropping capability {cap} from the bounding set")
+    check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clearing the ambient capabilities")
+
+
 def instance(sock, log_fd, msg, run, program):
     """Runs in the new namespaces as their pid 1; never returns. Everything privileged happens
     before Hangar is told the instance exists; after "go" only the runtime starts."""
@@ -142,6 +155,7 @@ def instance(sock, log_fd, msg, run, program):
     os.close(null)
     os.close(log_fd)
     netns = os.open("/proc/self/ns/net", os.O_RDONLY)  # after fds 0-2 are settled
+    drop_capabilities()
     os.setgroups([])
     os.setresgid(NOBODY, NOBODY, NOBODY)
     os.setresuid(NOBODY, NOBODY, NOBODY)  # every capability is gone with uid 0

@@ -182,7 +182,7 @@ fn function_error(err: &serde_json::Value, init: bool, logs: &str) -> Reply {
     let mut response = http::Response::new(full(Bytes::from(err.to_string())));
     *response.status_mut() = StatusCode::BAD_GATEWAY;
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    response.headers_mut().insert("x-hangar-function-error", http::HeaderValue::from_static("Unhandled"));
+    response.headers_mut().insert(hangar_api::FUNCTION_ERROR_HEADER, http::HeaderValue::from_static("Unhandled"));
     let mut error =
         format!("{}{}: {}", if init { "init error: " } else { "" }, err["errorType"].as_str().unwrap_or("Error"), err["errorMessage"].as_str().unwrap_or(""));
     if !logs.is_empty() {
