@@ -8,8 +8,14 @@
 //! failure is retried after the function's backoff until its retries are used up or the event
 //! is too old, and then the event is given up: kept as `failed` (the dead-letter list) and,
 //! when the function names an `on_failure` function, sent there as a new event carrying a
-//! Lambda-style destination record. After a restart every event not recorded as finished is
-//! run again (at-least-once); finishing is recorded before the event leaves the queue.
+//! Lambda-style destination record.
+//!
+//! What survives a crash: an accepted event is run at least once. Each attempt is in the store
+//! as started (`running`, with an `interrupted` attempt) before it runs and is replaced by its
+//! outcome when it ends; after a restart every event not recorded as finished is run again, the
+//! interrupted attempt kept and counted. Every attempt of an event is the same Lambda request
+//! (`context.aws_request_id` is the event's id), so a handler can deduplicate. An idempotency
+//! key deduplicates acceptance, not execution.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -136,6 +142,8 @@ struct State {
 enum Write {
     New(AsyncRecord, oneshot::Sender<Result<(String, bool), String>>),
     Changed(AsyncRecord),
+    /// A change the sender waits for: in the store once the reply comes.
+    Durable(AsyncRecord, oneshot::Sender<()>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -168,7 +176,8 @@ impl AsyncQueue {
             tracing::info!("{} asynchronous invocation(s) to finish from before the restart", unfinished.len());
         }
         for mut rec in unfinished {
-            // An attempt that was running when the server stopped is run again.
+            // An attempt that was running when the server stopped is run again; it stays in
+            // the record as interrupted (it may have run), see `attempt`.
             rec.state = AsyncState::Queued;
             inner.enqueue(rec);
         }
@@ -215,7 +224,7 @@ impl AsyncQueue {
         lock(&self.inner.state).events.len()
     }
 
-    /// The state of an unfinished event as the queue has it (`running` is never stored).
+    /// The state of an unfinished event as the queue has it.
     pub fn live_state(&self, id: &str) -> Option<AsyncState> {
         lock(&self.inner.state).events.get(id).map(|r| r.state)
     }
@@ -308,6 +317,15 @@ impl Inner {
         (ready, next)
     }
 
+    /// Writes `rec` (a running event) to the store and waits until it is there; memory is
+    /// left as it is.
+    async fn save_durably(&self, rec: AsyncRecord) {
+        let (tx, rx) = oneshot::channel();
+        if self.writes.send(Write::Durable(rec, tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Records a change durably (in order with every other write) and in memory.
     fn save(&self, rec: AsyncRecord) {
         let finished = matches!(rec.state, AsyncState::Succeeded | AsyncState::Failed);
@@ -377,9 +395,18 @@ async fn dispatch(inner: Arc<Inner>) {
     }
 }
 
+/// What an attempt that a crash or kill cut short says in the record.
+pub const INTERRUPTED: &str = "interrupted: the server stopped during this attempt, which may have run; it is tried again with the same request id";
+
 /// Runs one attempt of `rec` and decides what follows.
 async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphorePermit) {
     let started_ms = now_ms();
+    // The attempt is in the store before it runs, as interrupted until its outcome replaces
+    // that: a crash during the attempt leaves a record that says so, and the attempt counts.
+    let mut started = rec.clone();
+    started.state = AsyncState::Running;
+    started.attempts.push(Attempt { invocation_id: None, started_ms, outcome: Outcome::Error, status: 0, error: Some(INTERRUPTED.into()) });
+    inner.save_durably(started).await;
     let (cfg, tried) = match rec.kind {
         TargetKind::Function => {
             let Some(slot) = inner.scheduler.route(&rec.namespace, &rec.target) else {
@@ -392,6 +419,8 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
             }
             let mut request = http::Request::new(hangar_runtime::full(Bytes::from(rec.payload.clone())));
             *request.method_mut() = http::Method::POST;
+            // Every attempt of the event is the same Lambda request.
+            request.extensions_mut().insert(hangar_runtime::RequestId(rec.id.clone()));
             if let Some(v) = rec.content_type.as_deref().and_then(|c| http::HeaderValue::from_str(c).ok()) {
                 request.headers_mut().insert(http::header::CONTENT_TYPE, v);
             }
@@ -426,7 +455,8 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
         // Throttles do not use up retries (as Lambda): try again soon.
         rec.state = AsyncState::Queued;
         rec.next_ms = now_ms() + i64::try_from(cfg.retry_delay_ms.min(1000)).unwrap_or(1000);
-        return inner.enqueue(rec);
+        // Saved, so the store no longer holds this attempt as started.
+        return inner.save(rec);
     }
     rec.attempts.push(Attempt { invocation_id, started_ms, outcome, status: status.as_u16(), error: error.clone() });
     if outcome == Outcome::Ok {
@@ -536,6 +566,11 @@ async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Write
                     // Only the latest state of an event matters.
                     changed.retain(|c| c.id != rec.id);
                     changed.push(rec);
+                }
+                Write::Durable(rec, tx) => {
+                    changed.retain(|c| c.id != rec.id);
+                    changed.push(rec);
+                    flushes.push(tx);
                 }
                 Write::Flush(tx) => flushes.push(tx),
             }

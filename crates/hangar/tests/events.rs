@@ -86,6 +86,11 @@ async fn async_invocations_retry_then_go_to_the_dead_letter_list_and_on_failure(
     assert!(attempts.iter().all(|a| a["outcome"] == "error" && a["status"] == 502), "{v}");
     let gap = attempts[1]["started_ms"].as_i64().unwrap() - attempts[0]["started_ms"].as_i64().unwrap();
     assert!(gap >= 200, "the retry waited the backoff: {gap} ms");
+    // Both attempts are one Lambda request: the handler saw the event's id as its request id.
+    for a in attempts {
+        let record: Value = s.get(&format!("/v1/invocations/{}", a["invocation_id"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
+        assert!(record["logs"].as_str().unwrap().contains(&format!("START RequestId: {failing}")), "{record}");
+    }
     assert!(v["error"].as_str().unwrap().contains("ValueError: asked to fail"), "{v}");
     let dead: Value = s.get("/v1/async-invocations?target=flaky&state=failed").send().await.unwrap().json().await.unwrap();
     assert_eq!(dead["items"].as_array().unwrap().len(), 1);

@@ -280,42 +280,69 @@ fn version2_enable(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Kills everything in `parent` and below and removes those cgroups (recovery after a crash).
-pub async fn remove_tree(parent: &str) {
+/// How long [`remove_tree`] waits for killed processes to leave their cgroups.
+const REMOVE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Every cgroup directory in `dir` and below, deepest first.
+fn tree_of(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                tree_of(&e.path(), out);
+            }
+        }
+    }
+    if dir.is_dir() {
+        out.push(dir.to_path_buf());
+    }
+}
+
+/// Kills everything in `parent` and below and removes those cgroups (recovery after a crash,
+/// and at shutdown). All at once, not one cgroup after another: every frozen cgroup is thawed
+/// first (a frozen process cannot die), every process is sent SIGKILL (v2: `cgroup.kill`), then
+/// the now empty cgroups are removed deepest first, within [`REMOVE_WITHIN`] for the whole tree.
+/// Returns how many cgroups could not be removed (0 once everything is gone).
+pub async fn remove_tree(parent: &str) -> usize {
     let rel = parent.trim_start_matches('/');
     let roots: Vec<PathBuf> = match Version::detect() {
         Version::V2 => vec![Path::new(ROOT).join(rel)],
-        Version::V1 => ["memory", "pids", "cpu", "cpuacct", "cpuset", "blkio", "devices", "freezer", "systemd"]
+        Version::V1 => ["freezer", "memory", "pids", "cpu", "cpuacct", "cpuset", "blkio", "devices", "systemd"]
             .into_iter()
             .map(|c| Path::new(ROOT).join(c).join(rel))
             .collect(),
     };
-    for root in roots {
-        remove_dir_tree(&root).await;
+    let mut dirs = Vec::new();
+    for root in &roots {
+        tree_of(root, &mut dirs);
     }
-}
-
-async fn remove_dir_tree(dir: &Path) {
-    if !dir.is_dir() {
-        return;
+    if dirs.is_empty() {
+        return 0;
     }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                Box::pin(remove_dir_tree(&e.path())).await;
+    for dir in &dirs {
+        // Thaw (v1 freezer / v2), then kill; writes that do not apply to a controller fail
+        // harmlessly.
+        let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+        let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+        let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    }
+    let deadline = tokio::time::Instant::now() + REMOVE_WITHIN;
+    loop {
+        dirs.retain(|dir| {
+            for pid in read(dir, "cgroup.procs").lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
+            // Deepest first: a parent goes once its children went earlier in this pass.
+            std::fs::remove_dir(dir).is_err() && dir.is_dir()
+        });
+        if dirs.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for _ in 0..50 {
-        for pid in read(dir, "cgroup.procs").lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        if std::fs::remove_dir(dir).is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for dir in &dirs {
+        tracing::warn!("cgroup {} could not be removed", dir.display());
     }
-    tracing::warn!("cgroup {} could not be removed", dir.display());
+    dirs.len()
 }
 
 #[cfg(test)]

@@ -282,10 +282,16 @@ fn runc_command(root: Option<&Path>) -> tokio::process::Command {
 /// Kills and deletes every container runc knows under `root` (recovery after a crash).
 pub async fn remove_all(root: &Path) {
     let Ok(out) = runc_command(Some(root)).args(["list", "-q"]).output().await else { return };
+    // All at once: each container's kill and delete wait on runc, not on each other.
+    let mut all = tokio::task::JoinSet::new();
     for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
-        let _ = runc_command(Some(root)).args(["kill", "--all", id, "KILL"]).output().await;
-        let _ = runc_command(Some(root)).args(["delete", "--force", id]).output().await;
+        let (root, id) = (root.to_path_buf(), id.to_string());
+        all.spawn(async move {
+            let _ = runc_command(Some(&root)).args(["kill", "--all", &id, "KILL"]).output().await;
+            let _ = runc_command(Some(&root)).args(["delete", "--force", &id]).output().await;
+        });
     }
+    while all.join_next().await.is_some() {}
 }
 
 impl Jail {

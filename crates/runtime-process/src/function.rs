@@ -509,6 +509,7 @@ impl Inner {
     async fn run(self: Arc<Self>, info: InvokeInfo, request: http::Request<Body>) -> (Reply, String, bool, StartKind) {
         let mut logs = LogBuffer::new(self.spec.limits.max_log_bytes);
         let (head, body) = request.into_parts();
+        let request_id = head.extensions.get::<hangar_runtime::RequestId>().map_or_else(|| info.id.clone(), |r| r.0.clone());
         let body = match body.collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
@@ -542,7 +543,7 @@ impl Inner {
                     headers: &head.headers,
                     body: &body,
                     source_ip: ip.trim(),
-                    request_id: &info.id,
+                    request_id: &request_id,
                     api_id: &self.spec.name,
                     domain: host,
                     time_ms: now_ms(),
@@ -559,11 +560,11 @@ impl Inner {
         let timeout = self.spec.limits.timeout;
         let deadline_ms = now_ms() + timeout.as_millis() as i64;
         let inv = Invocation {
-            request_id: info.id.clone(),
+            trace_id: format!("Root=1-{:08x}-{}", deadline_ms / 1000, request_id.replace('-', "").get(..24).unwrap_or("0")),
+            request_id: request_id.clone(),
             payload,
             deadline_ms,
             function_arn: format!("arn:aws:lambda:{}:000000000000:function:{}_{}", self.host.region, self.spec.namespace, self.spec.name),
-            trace_id: format!("Root=1-{:08x}-{}", deadline_ms / 1000, info.id.replace('-', "").get(..24).unwrap_or("0")),
             client_context: head.headers.get("x-amz-client-context").and_then(|v| v.to_str().ok()).map(String::from),
             cognito_identity: None,
         };
@@ -616,7 +617,7 @@ impl Inner {
             // The next spare is made once this start is answered, not competing with it.
             self.refill();
         }
-        let (text, truncated) = self.frame_logs(&info.id, &mut logs, elapsed, &instance, start);
+        let (text, truncated) = self.frame_logs(&request_id, &mut logs, elapsed, &instance, start);
         self.busy.fetch_sub(1, Ordering::AcqRel);
         if healthy {
             instance.last_used = Instant::now();

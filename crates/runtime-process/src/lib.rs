@@ -94,6 +94,9 @@ pub struct Host {
     /// How many prewarmed zygotes each runtime keeps ready.
     prewarm: usize,
     pools: std::sync::Mutex<std::collections::HashMap<RuntimeKind, Pool>>,
+    /// Whether the run directory is ready for containers: what an earlier run left behind is
+    /// removed in the background at start, and no zygote starts before that is done.
+    prepared: tokio::sync::watch::Receiver<Option<Result<(), String>>>,
 }
 
 async fn output(cmd: &str, args: &[&str]) -> Result<String, String> {
@@ -116,14 +119,18 @@ impl Host {
         if !rustix::process::geteuid().is_root() {
             return Err("process functions need Hangar to run as root (to make namespaces and cgroups)".into());
         }
-        output("runc", &["--version"]).await.map_err(|e| format!("{e}; install runc (`apt-get install runc`)"))?;
-        let py = output("python3", &["-c", "import sys, json; print(json.dumps([sys.executable, sys.base_prefix, '%d.%d' % sys.version_info[:2]]))"])
-            .await
-            .map_err(|e| format!("{e}; process functions need the machine's python3"))?;
+        // The three probes at once (python3 alone takes a quarter of a second here).
+        let (runc, py, node) = tokio::join!(
+            output("runc", &["--version"]),
+            output("python3", &["-c", "import sys, json; print(json.dumps([sys.executable, sys.base_prefix, '%d.%d' % sys.version_info[:2]]))"]),
+            output("node", &["-p", "process.execPath + ' ' + process.versions.node"]),
+        );
+        runc.map_err(|e| format!("{e}; install runc (`apt-get install runc`)"))?;
+        let py = py.map_err(|e| format!("{e}; process functions need the machine's python3"))?;
         let [exe, prefix, version]: [String; 3] = serde_json::from_str(&py).map_err(|e| format!("python3 said {py}: {e}"))?;
         let (exe, prefix) = (PathBuf::from(exe), PathBuf::from(prefix));
         let python = Interpreter { bind: bind_for(&exe, &prefix), exe, version };
-        let node = match output("node", &["-p", "process.execPath + ' ' + process.versions.node"]).await {
+        let node = match node {
             Ok(line) => {
                 let (exe, version) = line.rsplit_once(' ').unwrap_or((&line, ""));
                 let exe = PathBuf::from(exe);
@@ -138,6 +145,7 @@ impl Host {
         let canonical = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone());
         let sid = hex::encode(&Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5]);
         let run_dir = PathBuf::from(format!("/run/hangar-{sid}"));
+        let (done, prepared) = tokio::sync::watch::channel(None);
         let host = Host {
             code_dir: config.data_dir.join("process"),
             runc_root: run_dir.join("runc"),
@@ -155,21 +163,8 @@ impl Host {
             next: AtomicU64::new(1),
             prewarm: config.prewarm,
             pools: Default::default(),
+            prepared,
         };
-        host.clean().await;
-        let io = |e: std::io::Error| format!("preparing {}: {e}", host.run_dir.display());
-        // Zygotes run as unprivileged host uids: they may pass through these directories, and
-        // list the shims (Python's importer lists directories).
-        for (dir, mode) in [(&host.run_dir, 0o711), (&host.shims_dir, 0o755), (&host.run_dir.join("bundles"), 0o711)] {
-            std::fs::create_dir_all(dir).map_err(io)?;
-            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(io)?;
-        }
-        std::fs::create_dir_all(&host.code_dir).map_err(io)?;
-        for (name, text) in [("zygote.py", hangar_lambda::ZYGOTE), ("bootstrap.py", hangar_lambda::PYTHON_SHIM), ("bootstrap.js", hangar_lambda::NODE_SHIM)] {
-            let path = host.shims_dir.join(name);
-            std::fs::write(&path, text).map_err(io)?;
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
-        }
         tracing::info!(python = %host.python.version, node = ?host.node.as_ref().map(|n| &n.version), "process runtimes ready");
         let host = Arc::new(host);
         {
@@ -178,10 +173,49 @@ impl Host {
                 pools.entry(kind).or_default().metrics = metrics;
             }
         }
+        let preparing = host.clone();
+        tokio::spawn(async move {
+            let t = std::time::Instant::now();
+            let result = preparing.prepare().await;
+            if let Err(e) = &result {
+                tracing::error!("process functions cannot start: {e}");
+            }
+            tracing::info!(took_ms = t.elapsed().as_millis() as u64, "process runtime: leftovers of earlier runs removed");
+            let _ = done.send(Some(result));
+        });
         for kind in host.kinds() {
             host.fill(kind);
         }
         Ok(host)
+    }
+
+    /// Removes what an earlier run left (containers, cgroups, bundles, slots), then makes the
+    /// run directory and writes the shims.
+    async fn prepare(&self) -> Result<(), String> {
+        self.clean().await;
+        let io = |e: std::io::Error| format!("preparing {}: {e}", self.run_dir.display());
+        // Zygotes run as unprivileged host uids: they may pass through these directories, and
+        // list the shims (Python's importer lists directories).
+        for (dir, mode) in [(&self.run_dir, 0o711), (&self.shims_dir, 0o755), (&self.run_dir.join("bundles"), 0o711)] {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode)).map_err(io)?;
+        }
+        std::fs::create_dir_all(&self.code_dir).map_err(io)?;
+        for (name, text) in [("zygote.py", hangar_lambda::ZYGOTE), ("bootstrap.py", hangar_lambda::PYTHON_SHIM), ("bootstrap.js", hangar_lambda::NODE_SHIM)] {
+            let path = self.shims_dir.join(name);
+            std::fs::write(&path, text).map_err(io)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the run directory is ready for containers (see [`Host::prepare`]).
+    pub(crate) async fn prepared(&self) -> Result<(), String> {
+        let mut rx = self.prepared.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or(Ok(())),
+            Err(_) => Err("the process runtime stopped before it was ready".into()),
+        }
     }
 
     /// The process runtimes this machine can run: python3 and provided, and nodejs when Node
@@ -267,6 +301,9 @@ impl Host {
 
     /// Removes every container, cgroup and bundle of this server.
     async fn clean(&self) {
+        // The cgroups first: a zygote killed by runc cannot finish dying while the instances
+        // of its namespaces are frozen, so they are thawed and killed before runc deletes it.
+        hangar_jail::cgroup::remove_tree(&self.cgroup_parent).await;
         if self.runc_root.exists() {
             hangar_jail::remove_all(&self.runc_root).await;
         }
@@ -278,6 +315,7 @@ impl Host {
     /// Stops everything (at shutdown).
     pub async fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
+        let _ = self.prepared().await;
         let pools: Vec<Pool> = lock(&self.pools).drain().map(|(_, p)| p).collect();
         for p in pools.iter().flat_map(|p| &p.ready) {
             p.stop().await;

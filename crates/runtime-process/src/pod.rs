@@ -116,6 +116,7 @@ impl Pod {
     /// directory `slot`) holds nothing yet. It waits in a pool until [`Pod::specialize`].
     pub async fn prewarm(host: &Arc<Host>, id: String, mode: &str, env: Vec<(String, String)>, slot: PathBuf) -> Result<Arc<Pod>, PodError> {
         let failed = |message: String| PodError::Failed { message, logs: String::new() };
+        host.prepared().await.map_err(failed)?;
         std::fs::create_dir_all(&slot).map_err(|e| failed(format!("making {}: {e}", slot.display())))?;
         std::fs::set_permissions(&slot, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(|e| failed(format!("{}: {e}", slot.display())))?;
         let mut env = env;
@@ -173,6 +174,7 @@ impl Pod {
     /// Starts the zygote's container, its control socket on fd 0 and its output collected.
     async fn launch(host: &Arc<Host>, launch: Launch, slot: Option<PathBuf>) -> Result<Arc<Pod>, PodError> {
         let failed = |message: String| PodError::Failed { message, logs: String::new() };
+        host.prepared().await.map_err(failed)?;
         let jail_spec = JailSpec {
             id: launch.id.clone(),
             user: JailUser::Zygote { host_base: host.uid_base },

@@ -73,6 +73,12 @@ pub struct RevisionSpec {
     pub limits: Limits,
 }
 
+/// A request extension that names the Lambda request id a handler sees, when it is not the
+/// invocation's own id: every attempt of one asynchronous invocation carries that invocation's
+/// id, so a handler can tell a retry from a new event (as Lambda's idempotency utilities do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
 /// What the scheduler knows about one invocation before the runtime runs it.
 #[derive(Debug, Clone)]
 pub struct InvokeInfo {

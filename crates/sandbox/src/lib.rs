@@ -514,14 +514,19 @@ impl Inner {
 
     /// Kills and deletes every container under the state root and unmounts the roots.
     async fn clean(&self) {
+        // The cgroups first (thawed and killed all at once, so nothing paused holds up runsc),
+        // then every sandbox's runsc state at once.
+        hangar_jail::cgroup::remove_tree(&self.cgroup_parent).await;
         let root = self.run.join("runsc");
         if root.is_dir()
             && let Ok(out) = self.runsc().args(["list", "-q"]).output().await
         {
-            for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+            futures::future::join_all(ids.iter().map(|id| async move {
                 let _ = self.runsc().args(["kill", "--all", id, "KILL"]).output().await;
                 let _ = self.runsc().args(["delete", "--force", id]).output().await;
-            }
+            }))
+            .await;
         }
         if let Ok(dirs) = std::fs::read_dir(&self.run) {
             for d in dirs.flatten() {

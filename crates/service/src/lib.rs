@@ -352,11 +352,12 @@ impl Services {
     /// Removes every container, mount, namespace, cgroup and instance root this server owns.
     async fn remove_all(&self) {
         let h = &self.host;
+        // Every container at once: each delete waits on its runtime, not on the others.
+        let mut all = Vec::new();
         for rt in h.runtimes() {
-            for id in h.containers(rt).await {
-                h.delete_container(rt, &id).await;
-            }
+            all.extend(h.containers(rt).await.into_iter().map(|id| (rt, id)));
         }
+        futures::future::join_all(all.iter().map(|(rt, id)| h.delete_container(*rt, id))).await;
         // Mounted roots, deepest first.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let run = h.run.display().to_string();
