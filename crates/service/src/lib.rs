@@ -66,9 +66,41 @@ pub struct Host {
     /// Numbers of the instances that exist or are being made or removed: everything on the
     /// machine named after another number is the reconcile loop's to remove.
     live: Mutex<std::collections::HashSet<u64>>,
+    /// Set once what an earlier run left is removed (in the background at start); no instance
+    /// starts before.
+    prepared: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Host {
+    /// Removes every container, mount, namespace, cgroup and instance root this server owns.
+    async fn remove_all(&self) {
+        let h = self;
+        // Every container at once: each delete waits on its runtime, not on the others.
+        let mut all = Vec::new();
+        for rt in h.runtimes() {
+            all.extend(h.containers(rt).await.into_iter().map(|id| (rt, id)));
+        }
+        futures::future::join_all(all.iter().map(|(rt, id)| h.delete_container(*rt, id))).await;
+        // Mounted roots, deepest first.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let run = h.run.display().to_string();
+        let mut targets: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|t| t.starts_with(&run)).collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for t in targets {
+            bundle::unmount_root(Path::new(t));
+        }
+        let _ = std::fs::remove_dir_all(&h.run);
+        let _ = std::fs::remove_dir_all(h.data.join("instances"));
+        h.network.remove_all().await;
+        hangar_jail::cgroup::remove_tree(&h.cgroup_parent).await;
+    }
+
+    /// Waits until what an earlier run left is removed and the run directory exists.
+    pub(crate) async fn prepared(&self) {
+        let mut rx = self.prepared.clone();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
     /// The `/etc/hosts` text of an instance of `namespace` (`name` at `ip`): every service of
     /// the namespace resolves to the bridge, where the gateway routes by name.
     fn hosts_text(&self, namespace: &str, hostname: &str, ip: std::net::Ipv4Addr) -> String {
@@ -321,6 +353,7 @@ impl Services {
     /// namespaces, the bridge, cgroups and instance roots (volumes stay).
     pub async fn start(data: &Path, sid: &str, images: Arc<ImageStore>) -> Result<Services, ServiceError> {
         let runsc = ["/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc"].iter().map(PathBuf::from).find(|p| p.exists());
+        let (done, prepared) = tokio::sync::watch::channel(false);
         let host = Arc::new(Host {
             sid: sid.to_string(),
             data: data.join("services"),
@@ -333,6 +366,7 @@ impl Services {
             hosts_files: Mutex::new(HashMap::new()),
             names: RwLock::new(HashMap::new()),
             live: Mutex::new(std::collections::HashSet::new()),
+            prepared,
         });
         let s = Services {
             host,
@@ -342,34 +376,22 @@ impl Services {
             any_hosts: Default::default(),
             departed: Mutex::default(),
         };
-        s.remove_all().await;
-        std::fs::create_dir_all(s.host.run.join("runc"))?;
-        std::fs::create_dir_all(s.host.data.join("instances"))?;
         std::fs::create_dir_all(s.host.data.join("volumes"))?;
+        // What an earlier run left goes in the background: the API answers meanwhile, and
+        // instances start once it is done.
+        let host = s.host.clone();
+        tokio::spawn(async move {
+            let t = std::time::Instant::now();
+            host.remove_all().await;
+            for dir in [host.run.join("runc"), host.data.join("instances")] {
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    tracing::error!("services: making {}: {e}", dir.display());
+                }
+            }
+            tracing::info!(took_ms = t.elapsed().as_millis() as u64, "services: leftovers of earlier runs removed");
+            let _ = done.send(true);
+        });
         Ok(s)
-    }
-
-    /// Removes every container, mount, namespace, cgroup and instance root this server owns.
-    async fn remove_all(&self) {
-        let h = &self.host;
-        // Every container at once: each delete waits on its runtime, not on the others.
-        let mut all = Vec::new();
-        for rt in h.runtimes() {
-            all.extend(h.containers(rt).await.into_iter().map(|id| (rt, id)));
-        }
-        futures::future::join_all(all.iter().map(|(rt, id)| h.delete_container(*rt, id))).await;
-        // Mounted roots, deepest first.
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let run = h.run.display().to_string();
-        let mut targets: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|t| t.starts_with(&run)).collect();
-        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-        for t in targets {
-            bundle::unmount_root(Path::new(t));
-        }
-        let _ = std::fs::remove_dir_all(&h.run);
-        let _ = std::fs::remove_dir_all(h.data.join("instances"));
-        h.network.remove_all().await;
-        hangar_jail::cgroup::remove_tree(&h.cgroup_parent).await;
     }
 
     /// Removes what this server owns on the machine but no instance wants: containers, roots,
@@ -377,6 +399,7 @@ impl Services {
     /// half-way). Run periodically.
     pub async fn reconcile(&self) {
         let h = &self.host;
+        h.prepared().await;
         let prefix = format!("hs-{}-", h.sid);
         let number = |id: &str| id.strip_prefix(&prefix).and_then(|n| n.parse::<u64>().ok());
         // What exists, listed before the live set is read: anything made after the listing is
@@ -636,6 +659,7 @@ impl Services {
     pub async fn shutdown(&self) {
         let all: Vec<(String, String)> = self.table.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         futures::future::join_all(all.iter().map(|(ns, name)| self.remove(ns, name))).await;
-        self.remove_all().await;
+        self.host.prepared().await;
+        self.host.remove_all().await;
     }
 }

@@ -241,6 +241,7 @@ async fn start(
     if config.runtime == ContainerRuntime::Gvisor && host.runsc.is_none() {
         return Err(ServiceError::Runtime("runtime `gvisor` needs runsc, which this machine lacks (apt-get install runsc)".into()));
     }
+    host.prepared().await;
     let n = host.seq.fetch_add(1, Ordering::Relaxed);
     let cid = format!("hs-{}-{n}", host.sid);
     // Live before anything exists, so the reconcile loop leaves it alone.
