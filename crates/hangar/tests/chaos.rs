@@ -126,12 +126,11 @@ async fn kill_9_under_mixed_load_loses_nothing_and_leaves_nothing() {
                             req = req.header("idempotency-key", k);
                         }
                         let r = req.send().await;
-                        if let Ok(r) = r {
-                            if r.status() == 202
-                                && let Ok(v) = r.json::<Value>().await
-                            {
-                                return Some((v["id"].as_str().unwrap_or_default().to_string(), k));
-                            }
+                        if let Ok(r) = r
+                            && r.status() == 202
+                            && let Ok(v) = r.json::<Value>().await
+                        {
+                            return Some((v["id"].as_str().unwrap_or_default().to_string(), k));
                         }
                         return None;
                     }
