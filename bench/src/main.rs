@@ -12,6 +12,7 @@ use clap::Parser;
 
 mod metering;
 mod process;
+mod recovery;
 mod sandboxes;
 mod scaling;
 mod services;
@@ -57,6 +58,9 @@ struct Args {
     /// Measure only sandboxes, replacing their section of the report
     #[arg(long)]
     sandboxes_only: bool,
+    /// Measure only crash recovery and graceful stop, replacing their section of the report
+    #[arg(long)]
+    recovery_only: bool,
 }
 
 /// Where the process-function sections start in the report.
@@ -69,6 +73,8 @@ const SCALING_HEADING: &str = "## Scaling and events";
 const METERING_HEADING: &str = "## Metering";
 /// Where the sandboxes section starts in the report.
 const SANDBOXES_HEADING: &str = "## Sandboxes";
+/// Where the crash-recovery section starts in the report.
+const RECOVERY_HEADING: &str = "## Crash recovery";
 
 /// Replaces the sections whose headings start with `heading` (or, if there are none, puts
 /// `section` before `## Reproduce`).
@@ -280,8 +286,11 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
-    if a.process_only || a.services_only || a.scaling_only || a.sandboxes_only || a.metering_only {
-        let (heading, section) = if a.metering_only {
+    if a.process_only || a.services_only || a.scaling_only || a.sandboxes_only || a.metering_only || a.recovery_only {
+        let (heading, section) = if a.recovery_only {
+            eprintln!("measuring crash recovery and graceful stop");
+            (RECOVERY_HEADING, recovery::run(&a.hangar).await?)
+        } else if a.metering_only {
             eprintln!("measuring the metering overhead");
             (METERING_HEADING, metering::run(&a.hangar, &a.component, a.connections, a.duration, a.runs.max(5)).await?)
         } else if a.sandboxes_only {
@@ -493,8 +502,10 @@ async fn main() -> Result<()> {
     report.push_str(&scaling::run(&a.hangar, &a.wasmtime, &a.component).await?);
     eprintln!("measuring sandboxes");
     report.push_str(&sandboxes::run(&a.hangar).await?);
+    eprintln!("measuring crash recovery and graceful stop");
+    report.push_str(&recovery::run(&a.hangar).await?);
     writeln!(report, "## Reproduce\n\n```sh\n./scripts/bench.sh                  # installs wrk and wasmtime-cli 48.0.8 if missing, builds, runs, rewrites this file\n./scripts/bench.sh --process-only   # only the process-function sections\n./scripts/bench.sh --services-only  # only the service sections
-./scripts/bench.sh --scaling-only   # only the scaling and events section\n./scripts/bench.sh --sandboxes-only # only the sandboxes section\n./scripts/bench.sh --metering-only  # only the metering overhead\n```")?;
+./scripts/bench.sh --scaling-only   # only the scaling and events section\n./scripts/bench.sh --sandboxes-only # only the sandboxes section\n./scripts/bench.sh --metering-only  # only the metering overhead\n./scripts/bench.sh --recovery-only  # only crash recovery and graceful stop\n```")?;
     std::fs::write(&a.out, &report)?;
     print!("{report}");
     Ok(())
