@@ -28,11 +28,37 @@ pub fn name(field: &str, value: &str) -> Result<(), Invalid> {
         Err(Invalid::new(
             field,
             format!(
-                "`{value}` is not a valid name: use 1 to 63 lowercase letters, digits and \
-                 dashes, starting with a letter or digit (e.g. `hello-world`)"
+                "`{}` is not a valid name: use 1 to 63 lowercase letters, digits and \
+                 dashes, starting with a letter or digit (e.g. `hello-world`)",
+                shown(value)
             ),
         ))
     }
+}
+
+/// At most the first 64 characters of `value`, control characters escaped: how an invalid
+/// value is quoted back in an error.
+pub fn shown(value: &str) -> String {
+    let mut out: String = value.chars().take(64).flat_map(char::escape_debug).collect();
+    if value.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+/// Longest free-text label (a key's name).
+pub const MAX_LABEL_CHARS: usize = 128;
+
+/// The rule for labels people give things (a key's name): at most [`MAX_LABEL_CHARS`]
+/// characters, no control characters.
+pub fn label(field: &str, value: &str) -> Result<(), Invalid> {
+    if value.chars().count() > MAX_LABEL_CHARS {
+        return Err(Invalid::new(field, format!("is {} characters long; at most {MAX_LABEL_CHARS} are allowed", value.chars().count())));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Invalid::new(field, format!("`{}` holds a control character; use printable text", shown(value))));
+    }
+    Ok(())
 }
 
 /// Largest total size of a function's environment (names and values), like Lambda's 4 KiB.

@@ -23,6 +23,7 @@ use crate::error::{ApiError, ApiJson, ApiQuery, parse_json};
 
 /// `?namespace=`: which namespace to act in (admin keys; namespace keys default to their own).
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceQuery {
     pub namespace: Option<String>,
@@ -30,6 +31,7 @@ pub struct NamespaceQuery {
 
 /// Query of a deploy.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeployQuery {
     pub namespace: Option<String>,
@@ -144,6 +146,9 @@ pub async fn delete_namespace(State(state): State<AppState>, p: Principal, Path(
     responses((status = 201, body = CreatedKey), (status = 404, body = hangar_api::ErrorBody)))]
 pub async fn create_key(State(state): State<AppState>, p: Principal, ApiJson(body): ApiJson<CreateKey>) -> Result<Response, ApiError> {
     p.require_admin()?;
+    if let Some(n) = &body.name {
+        validate::label("name", n)?;
+    }
     if let Some(ns) = &body.namespace {
         validate::name("namespace", ns)?;
         if state.store.get_namespace(ns).await?.is_none() {
@@ -396,6 +401,7 @@ pub async fn put_function(
 
 /// Filters of `GET /v1/invocations`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InvocationQuery {
     pub namespace: Option<String>,
@@ -418,6 +424,17 @@ pub struct InvocationQuery {
     pub logs: bool,
     /// Only the steps of this sequence invocation.
     pub parent: Option<String>,
+}
+
+/// A page cursor: the id of the last item of the previous page (a UUID), as `next_cursor` gave it.
+pub(crate) fn cursor(v: &Option<String>) -> Result<Option<String>, ApiError> {
+    match v {
+        Some(c) if uuid::Uuid::parse_str(c).is_err() => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("cursor: `{}` is not a cursor; pass the `next_cursor` of the previous page", hangar_api::validate::shown(c)),
+        )),
+        other => Ok(other.clone()),
+    }
 }
 
 fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
@@ -450,7 +467,7 @@ pub async fn list_invocations(State(state): State<AppState>, p: Principal, ApiQu
         outcome,
         since_ms: parse_time("since", &q.since)?,
         until_ms: parse_time("until", &q.until)?,
-        cursor: q.cursor.clone(),
+        cursor: cursor(&q.cursor)?,
         limit,
         ascending,
         with_logs: q.logs,

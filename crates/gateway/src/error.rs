@@ -86,6 +86,17 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if let Some(ct) = req.headers().get(axum::http::header::CONTENT_TYPE) {
+            let text = ct.to_str().unwrap_or("");
+            let mime = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            if mime != "application/json" && !mime.ends_with("+json") {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!("the body must be JSON, but its Content-Type is `{}`; send `Content-Type: application/json`", hangar_api::validate::shown(text)),
+                ));
+            }
+        }
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body: {e}")))?;
@@ -108,4 +119,41 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::bad_request("invalid_query", e.body_text().to_string()))
     }
+}
+
+/// Most bytes of a plain-text error answer carried into the JSON message.
+const MAX_REJECTION_TEXT: usize = 4096;
+
+/// A tower layer (as middleware) over the API's routes: every error answer there is the JSON
+/// error shape. axum's own answers (an empty 405 with `Allow`, a path segment that is not UTF-8,
+/// a missing WebSocket upgrade, a form that is not one) come as plain text or nothing; they keep
+/// their status and headers and get a code and a message. Answers already in JSON pass as they
+/// are. Not for `/fn/` and `/svc/`, whose answers are the workloads' own.
+pub async fn json_errors(req: Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp.headers().get(axum::http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let allowed = parts.headers.get(axum::http::header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let path = hangar_api::validate::shown(&path);
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", format!("`{method} {path}` is not allowed; this route takes {allowed}")),
+        StatusCode::NOT_FOUND => ("not_found", if text.is_empty() { format!("route `{method} {path}` not found") } else { text }),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", format!("the request body is too large for `{method} {path}`")),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", if text.is_empty() { "unsupported Content-Type".into() } else { text }),
+        s if s.is_client_error() => ("invalid_request", if text.is_empty() { s.canonical_reason().unwrap_or("bad request").to_string() } else { text }),
+        s => ("internal", if text.is_empty() { s.canonical_reason().unwrap_or("server error").to_string() } else { text }),
+    };
+    let shaped = hangar_runtime::error_response(status, code, &message);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    for (k, v) in shaped.headers() {
+        parts.headers.insert(k, v.clone());
+    }
+    Response::from_parts(parts, axum::body::Body::new(shaped.into_body()))
 }

@@ -114,6 +114,7 @@ pub async fn check_steps(state: &AppState, ns: &str, name: &str, steps: &[String
 
 /// Filters of `GET /v1/async-invocations`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AsyncQuery {
     pub namespace: Option<String>,
@@ -148,7 +149,7 @@ pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQ
         validate::name("target", t)?;
     }
     state.async_queue.flush().await;
-    let rows = state.store.list_async(AsyncFilter { namespace: Some(ns), target: q.target, state: st, cursor: q.cursor, limit }).await?;
+    let rows = state.store.list_async(AsyncFilter { namespace: Some(ns), target: q.target, state: st, cursor: crate::api::cursor(&q.cursor)?, limit }).await?;
     let next_cursor = (rows.len() == limit as usize).then(|| rows.last().map(|r| r.id.clone())).flatten();
     let items = rows.iter().map(|r| live(&state, r)).collect();
     Ok(Json(AsyncPage { items, next_cursor }))

@@ -104,6 +104,7 @@ pub async fn delete_image(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
     pub namespace: Option<String>,

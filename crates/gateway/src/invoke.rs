@@ -68,6 +68,7 @@ fn generic_error(response: Response) -> Response {
 
 /// Query of an invoke.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InvokeQuery {
     pub namespace: Option<String>,

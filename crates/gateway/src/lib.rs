@@ -146,13 +146,18 @@ pub fn router(state: AppState) -> Router {
         .route("/topics/{topic}/events", post(events::publish).layer(DefaultBodyLimit::disable()))
         .route("/openapi.json", get(openapi_json))
         .layer(json_limit);
-    Router::new()
+    // The platform's own routes answer every error in the JSON shape; workloads' answers under
+    // /fn/ and /svc/ are theirs.
+    let platform = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/fn/{*rest}", any(invoke::function_url).layer(DefaultBodyLimit::disable()))
-        .route("/svc/{*rest}", any(services::proxy).layer(DefaultBodyLimit::disable()))
         .nest("/v1", v1)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(error::json_errors));
+    Router::new()
+        .route("/fn/{*rest}", any(invoke::function_url).layer(DefaultBodyLimit::disable()))
+        .route("/svc/{*rest}", any(services::proxy).layer(DefaultBodyLimit::disable()))
+        .merge(platform)
         .layer(axum::middleware::from_fn_with_state(state.clone(), services::host_routes))
         .with_state(state)
 }

@@ -138,6 +138,7 @@ pub async fn exec(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FileQuery {
     pub namespace: Option<String>,

@@ -171,6 +171,7 @@ pub async fn delete_service(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     pub namespace: Option<String>,

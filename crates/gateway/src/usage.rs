@@ -171,6 +171,7 @@ impl Meter {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     pub namespace: Option<String>,
@@ -262,6 +263,7 @@ pub fn latency(r: &hangar_api::InvocationRecord) -> (u64, bool) {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AdviceQuery {
     pub namespace: Option<String>,

@@ -257,24 +257,33 @@ pub async fn run(opts: UpOptions) -> Result<()> {
 
     // No new requests or attempts; let running invocations end, then make every record durable.
     async_queue.shutdown(Duration::from_secs(30)).await;
-    let left = scheduler.drain(Duration::from_secs(30)).await;
-    if left > 0 {
-        tracing::warn!(left, "invocations still running at shutdown");
-    }
-    scheduler.shutdown().await;
     adapting.abort();
     // The last seconds of services and sandboxes are metered before they stop.
     metering.abort();
     if opts.metering {
         usage_meter.lock().await.sample().await;
     }
-    if let Some(s) = &services {
-        s.shutdown().await;
-    }
+    // Functions, services and sandboxes stop at the same time: a graceful stop takes the
+    // longest of them (a service's grace period), not their sum.
+    let functions = async {
+        let left = scheduler.drain(Duration::from_secs(30)).await;
+        if left > 0 {
+            tracing::warn!(left, "invocations still running at shutdown");
+        }
+        scheduler.shutdown().await;
+    };
+    let services_stop = async {
+        if let Some(s) = &services {
+            s.shutdown().await;
+        }
+    };
     // Running sandboxes go to standby: their state survives the restart.
-    if let Some(s) = &sandboxes {
-        s.shutdown().await;
-    }
+    let sandboxes_stop = async {
+        if let Some(s) = &sandboxes {
+            s.shutdown().await;
+        }
+    };
+    tokio::join!(functions, services_stop, sandboxes_stop);
     meter.flush().await;
     drop(meter);
     drop(scheduler);

@@ -94,3 +94,79 @@ async fn a_public_function_url_keeps_its_errors_details_from_anonymous_callers()
     let rec = recs.iter().find(|r| r["id"] == id).expect("the anonymous call was recorded");
     assert!(rec["error"].as_str().unwrap_or_default().contains("secret detail"), "{rec}");
 }
+
+/// Every answer of `resp` that is an error is the JSON error shape; returns (status, code).
+async fn json_error(resp: reqwest::Response, what: &str) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body = resp.text().await.unwrap_or_default();
+    assert!(ctype.starts_with("application/json"), "{what}: {status} answered as `{ctype}`: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body}"));
+    let code = v["error"]["code"].as_str().unwrap_or_else(|| panic!("{what}: no error code: {body}")).to_string();
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: no message: {body}");
+    (status, code)
+}
+
+#[tokio::test]
+async fn every_api_error_is_json_and_bad_fields_are_refused() {
+    let s = Server::start();
+    let http = s.http();
+    let key = s.admin_key.clone();
+    // Every route of the OpenAPI document, every method, with broken bodies: each error is the
+    // JSON shape (axum's own rejections and empty 405s included).
+    let doc: Value = s.get("/v1/openapi.json").send().await.unwrap().json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut tried = 0;
+    for (template, ops) in paths {
+        // The document's parameters are right: path ones are exactly the template's.
+        for (method, op) in ops.as_object().unwrap() {
+            let in_template: Vec<String> =
+                template.split('/').filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}').map(|n| n.trim_start_matches('*').to_string())).collect();
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let mut in_path: Vec<String> = params.iter().filter(|p| p["in"] == "path").map(|p| p["name"].as_str().unwrap().to_string()).collect();
+            in_path.sort();
+            let mut want = in_template.clone();
+            want.sort();
+            assert_eq!(in_path, want, "{method} {template}: path parameters");
+            assert!(params.iter().all(|p| p["in"] == "path" || p["in"] == "query" || p["in"] == "header"), "{method} {template}: {params:?}");
+        }
+        let path = template.split('/').map(|seg| if seg.starts_with('{') { "zz" } else { seg }).collect::<Vec<_>>().join("/");
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            for (ctype, body) in [("application/json", "{\"bad"), ("text/plain", "hello")] {
+                let r = http.request(m.clone(), format!("{}{path}", s.url)).bearer_auth(&key).header("content-type", ctype).body(body).send().await.unwrap();
+                if r.status().is_client_error() || r.status().is_server_error() {
+                    assert!(!r.status().is_server_error(), "{method} {path}: {}", r.status());
+                    json_error(r, &format!("{method} {path} ({ctype})")).await;
+                    tried += 1;
+                }
+            }
+        }
+    }
+    assert!(tried > 100, "{tried} error answers checked");
+
+    // The shapes of particular refusals.
+    let r = http.patch(format!("{}/v1/functions", s.url)).bearer_auth(&key).send().await.unwrap();
+    assert!(r.headers().get("allow").is_some(), "Allow is kept");
+    assert_eq!(json_error(r, "405").await, (405, "method_not_allowed".into()));
+    let r = http.get(format!("{}/v1/functions/%ff%fe", s.url)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(json_error(r, "bad UTF-8").await.0, 400);
+    let r = http.get(format!("{}/no/such/route", s.url)).send().await.unwrap();
+    assert_eq!(json_error(r, "404").await, (404, "not_found".into()));
+    let r = http.post(format!("{}/v1/namespaces", s.url)).bearer_auth(&key).header("content-type", "text/plain").body(r#"{"name":"x"}"#).send().await.unwrap();
+    assert_eq!(json_error(r, "415").await, (415, "unsupported_media_type".into()));
+    for name in ["a\u{0}b".to_string(), "x".repeat(100_000)] {
+        let r = http.post(format!("{}/v1/keys", s.url)).bearer_auth(&key).json(&serde_json::json!({"name": name})).send().await.unwrap();
+        let (status, code) = json_error(r, "key name").await;
+        assert_eq!((status, code.as_str()), (400, "invalid_name"));
+    }
+    let keys: Value = s.get("/v1/keys").send().await.unwrap().json().await.unwrap();
+    assert_eq!(keys["items"].as_array().unwrap().len(), 1, "no key was stored: {keys}");
+    for route in ["/v1/invocations?cursor=garbage", "/v1/async-invocations?cursor=garbage"] {
+        let r = s.get(route).send().await.unwrap();
+        assert_eq!(json_error(r, route).await, (400, "invalid_query".into()));
+    }
+    let r =
+        http.post(format!("{}/v1/images/pull", s.url)).bearer_auth(&key).json(&serde_json::json!({"reference": "127.0.0.1:99999/x:1"})).send().await.unwrap();
+    assert_eq!(json_error(r, "bad registry port").await, (400, "invalid_reference".into()));
+}

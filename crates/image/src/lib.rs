@@ -170,6 +170,13 @@ pub fn host_architecture() -> &'static str {
 /// The full form of an image reference (`busybox` → `docker.io/library/busybox:latest`).
 pub fn normalize(reference: &str) -> Result<String, ImageError> {
     let r: oci_client::Reference = reference.parse().map_err(|_| ImageError::BadReference(reference.to_string()))?;
+    // The registry part must be an address a client can dial: a port, if any, is 1..=65535.
+    if let Some((_, port)) = r.registry().rsplit_once(':')
+        && !r.registry().ends_with(']')
+        && port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(ImageError::BadReference(reference.to_string()));
+    }
     Ok(r.whole())
 }
 

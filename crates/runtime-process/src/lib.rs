@@ -314,12 +314,13 @@ impl Host {
 
     /// Stops everything (at shutdown).
     pub async fn shutdown(&self) {
-        self.stopping.store(true, Ordering::Release);
+        // Every runtime of the host asks; the first does it.
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let _ = self.prepared().await;
         let pools: Vec<Pool> = lock(&self.pools).drain().map(|(_, p)| p).collect();
-        for p in pools.iter().flat_map(|p| &p.ready) {
-            p.stop().await;
-        }
+        futures::future::join_all(pools.iter().flat_map(|p| &p.ready).map(|p| p.stop())).await;
         self.clean().await;
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
