@@ -144,18 +144,27 @@ const LINGER_BYTES: u64 = 64 << 20;
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn linger(body: axum::body::Body) {
-    use http_body_util::BodyExt;
-    let mut body = body;
+    drain(&mut body.into_data_stream()).await;
+}
+
+/// Reads and drops what is left of a request body (up to [`LINGER_BYTES`] and [`LINGER_TIME`]),
+/// so that a client still sending it reads the error answered before it was all read, instead
+/// of a broken pipe.
+pub(crate) async fn drain<S, E>(body: &mut S)
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    use futures::StreamExt;
     let mut read = 0u64;
-    let drain = async {
-        while let Some(Ok(frame)) = body.frame().await {
-            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+    let all = async {
+        while let Some(Ok(chunk)) = body.next().await {
+            read += chunk.len() as u64;
             if read > LINGER_BYTES {
                 break;
             }
         }
     };
-    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    let _ = tokio::time::timeout(LINGER_TIME, all).await;
 }
 
 /// Reads a whole body of at most `max` bytes: more is a `413` naming `what`, a body that cannot

@@ -177,8 +177,16 @@ pub async fn write(
 ) -> Result<Response, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let length = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let body = req.into_body().into_data_stream();
-    let written = sandboxes(&state)?.write(Some(&ns), &id, &q.path, length, body).await?;
+    let mut body = req.into_body().into_data_stream();
+    let written = match sandboxes(&state)?.write(Some(&ns), &id, &q.path, length, &mut body).await {
+        Ok(n) => n,
+        Err(e) => {
+            // Refused before the body was all read (e.g. it does not fit): the client reads the
+            // answer, not a broken pipe.
+            crate::invoke::drain(&mut body).await;
+            return Err(e.into());
+        }
+    };
     Ok((StatusCode::CREATED, Json(serde_json::json!({"path": q.path, "bytes": written}))).into_response())
 }
 
