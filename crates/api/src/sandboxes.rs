@@ -271,9 +271,13 @@ pub struct ExecRequest {
     /// Given to the command's standard input (UTF-8, at most 1 MiB); without it, stdin is empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
-    /// Seconds after which the command is killed (exit code 137); default none.
+    /// Seconds after which the command and its process group are killed (exit code 137), whatever
+    /// it left running; default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
+    /// Who runs it: `uid[:gid]` or `name[:group]` of the image; default the image's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl ExecRequest {
@@ -295,6 +299,11 @@ impl ExecRequest {
             && !(1..=24 * 3600).contains(&t)
         {
             return Err(Invalid::new("timeout_s", format!("{t} is out of range 1..=86400")));
+        }
+        if let Some(u) = &self.user
+            && (u.is_empty() || u.len() > 64 || !u.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-:".contains(&b)))
+        {
+            return Err(Invalid::new("user", "give `uid[:gid]` or `name[:group]` of the image (letters, digits, `_.-`)"));
         }
         Ok(())
     }
@@ -422,7 +431,7 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "idle.standby_after_s");
         let bad: Result<SandboxConfig, _> = serde_json::from_str(r#"{"image":"x","cpu":2}"#);
         assert!(bad.is_err(), "unknown fields are refused");
-        let e = ExecRequest { cmd: vec![], env: BTreeMap::new(), cwd: None, stdin: None, timeout_s: None };
+        let e = ExecRequest { cmd: vec![], env: BTreeMap::new(), cwd: None, stdin: None, timeout_s: None, user: None };
         assert_eq!(e.validate().unwrap_err().field, "cmd");
         assert!(path("path", "/tmp/../etc/shadow").is_err());
         assert!(path("path", "tmp/x").is_err());

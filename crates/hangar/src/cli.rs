@@ -1125,9 +1125,12 @@ pub enum SandboxCommand {
         /// Working directory inside the sandbox
         #[arg(long)]
         cwd: Option<String>,
-        /// Kill the command after this long (e.g. 30s)
+        /// Kill the command (and whatever it left running) after this long (e.g. 30s)
         #[arg(long)]
         timeout: Option<String>,
+        /// Run as this user of the image, `uid[:gid]` or `name[:group]` (default the image's user)
+        #[arg(long, short = 'u')]
+        user: Option<String>,
         /// The command and its arguments
         #[arg(last = true, required_unless_present = "tty")]
         cmd: Vec<String>,

@@ -104,15 +104,15 @@ pub async fn run(cli: &Cli, cmd: &SandboxCommand) -> Result<i32> {
                 Output::Table => println!("{} is {}", sb.id, sb.state),
             }
         }
-        SandboxCommand::Exec { id, tty: true, env, cwd, timeout, cmd } => {
-            if timeout.is_some() {
-                bail!("--timeout applies to commands without a terminal; leave it out with -t");
+        SandboxCommand::Exec { id, tty: true, env, cwd, timeout, user, cmd } => {
+            if timeout.is_some() || user.is_some() {
+                bail!("--timeout and --user apply to commands without a terminal; leave them out with -t");
             }
             let query = if q.is_empty() { String::new() } else { format!("?namespace={}", q[0].1) };
             let req = TtyRequest { cmd: cmd.clone(), env: env_flags(env)?, cwd: cwd.clone(), cols: 80, rows: 24 };
             return crate::terminal::run(&client, &format!("{}{query}", path(id, "/tty")), req).await;
         }
-        SandboxCommand::Exec { id, tty: false, env, cwd, timeout, cmd } => {
+        SandboxCommand::Exec { id, tty: false, env, cwd, timeout, user, cmd } => {
             let stdin = if std::io::stdin().is_terminal() {
                 None
             } else {
@@ -120,7 +120,8 @@ pub async fn run(cli: &Cli, cmd: &SandboxCommand) -> Result<i32> {
                 std::io::stdin().take(hangar_api::sandboxes::MAX_EXEC_STDIN_BYTES as u64 + 1).read_to_end(&mut buf).context("reading stdin")?;
                 Some(String::from_utf8(buf).context("stdin for a sandbox command must be UTF-8 text")?)
             };
-            let req = ExecRequest { cmd: cmd.clone(), env: env_flags(env)?, cwd: cwd.clone(), stdin, timeout_s: seconds("--timeout", timeout)? };
+            let req =
+                ExecRequest { cmd: cmd.clone(), env: env_flags(env)?, cwd: cwd.clone(), stdin, timeout_s: seconds("--timeout", timeout)?, user: user.clone() };
             let resp = client.send(client.request(Method::POST, &path(id, "/exec")).query(&q).json(&req)).await?;
             let mut body = resp.bytes_stream();
             let mut pending: Vec<u8> = Vec::new();

@@ -526,3 +526,67 @@ fn sid_of(s: &Server) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5])
 }
+
+#[tokio::test]
+async fn commands_run_as_the_images_user_and_end_at_exit_or_timeout_whatever_they_leave() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static");
+    let layer = common::oci::layer(&[
+        ("bin/", b"", 0o755),
+        ("bin/busybox", &busybox, 0o755),
+        ("bin/sh", b"->busybox", 0o777),
+        ("etc/", b"", 0o755),
+        ("etc/passwd", b"root:x:0:0::/:/bin/sh\nweb:x:1000:1001::/tmp:/bin/sh\n", 0o644),
+        ("etc/group", b"root:x:0:\nweb:x:1001:\n", 0o644),
+        ("tmp/", b"", 0o1777),
+    ]);
+    let layout = dir.path().join("user-img");
+    common::oci::oci_layout(&layout, &[layer], json!({"User": "web", "Entrypoint": ["/bin/sh"]}), None);
+    s.ok(&["image", "import", layout.to_str().unwrap(), "--name", "sandbox/web:1"]);
+    let id = s.ok(&["sandbox", "create", "--image", "sandbox/web:1", "--memory", "256"]).trim().to_string();
+
+    // The image's user, unless the call names another.
+    assert_eq!(exec(&s, &id, &["busybox", "id", "-u"], None).await.0.trim(), "1000");
+    assert_eq!(exec(&s, &id, &["busybox", "id", "-g"], None).await.0.trim(), "1001");
+    let r = s
+        .http()
+        .post(format!("{}/v1/sandboxes/{id}/exec", s.url))
+        .bearer_auth(&s.admin_key)
+        .json(&json!({"cmd": ["busybox", "id", "-u"], "user": "0"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("\"stdout\":\"0\\n\""));
+    assert_eq!(s.ok(&["sandbox", "exec", &id, "--user", "root", "--", "busybox", "id", "-u"]).trim(), "0");
+    let r = s
+        .http()
+        .post(format!("{}/v1/sandboxes/{id}/exec", s.url))
+        .bearer_auth(&s.admin_key)
+        .json(&json!({"cmd": ["true"], "user": "nobody-here"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(common::error_code(r).await.0, 400);
+
+    // A command that leaves a child holding its output ends when it exits.
+    let t = std::time::Instant::now();
+    let (out, _, code) = exec(&s, &id, &["busybox", "sh", "-c", "busybox sleep 300 & echo started"], None).await;
+    assert_eq!((out.trim(), code), ("started", 0));
+    assert!(t.elapsed() < Duration::from_secs(20), "the exec ended at the command's exit: {:?}", t.elapsed());
+    // At its timeout the command and its process group are killed, and the exec ends.
+    let t = std::time::Instant::now();
+    let r = s
+        .http()
+        .post(format!("{}/v1/sandboxes/{id}/exec", s.url))
+        .bearer_auth(&s.admin_key)
+        .json(&json!({"cmd": ["busybox", "sh", "-c", "busybox sleep 301 & busybox sleep 302"], "timeout_s": 2}))
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(text.contains("\"exit_code\":137"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(20), "the exec ended at its timeout: {:?}", t.elapsed());
+    let (ps, _, _) = exec(&s, &id, &["busybox", "ps", "-o", "args"], None).await;
+    assert!(!ps.contains("sleep 301") && !ps.contains("sleep 302"), "the timed-out group is gone: {ps}");
+}

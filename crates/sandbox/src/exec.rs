@@ -19,6 +19,9 @@ const FRAMES: usize = 16;
 const CHUNK: usize = 16 * 1024;
 /// How runsc says a command could not be started.
 const NOT_STARTED: &str = "executing processes for container";
+/// How long a command's pipes are read after it ended (or was killed at its timeout) before
+/// the exec ends, whatever still holds them.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What to run, resolved by the sandbox: the runsc command line up to the container id.
 pub struct Command {
@@ -71,8 +74,18 @@ async fn run(mut cmd: Command, tx: &mpsc::Sender<ExecFrame>) -> ExecFrame {
     let mut held: Option<String> = None;
     let deadline = cmd.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut timed_out = false;
+    // Once the command has ended (or was killed), what it left running may still hold the
+    // pipes: their output is read for a moment more, then the exec ends anyway.
+    let mut exited = None;
+    let mut last_call: Option<tokio::time::Instant> = None;
     while out_open || err_open {
         let frame = tokio::select! {
+            status = child.wait(), if exited.is_none() => {
+                exited = Some(status);
+                last_call.get_or_insert(tokio::time::Instant::now() + LINGER);
+                None
+            }
+            _ = sleep_until(last_call), if last_call.is_some() => break,
             n = out.read(&mut ob), if out_open => match n {
                 Ok(0) | Err(_) => { out_open = false; None }
                 Ok(n) => Some(ExecFrame::Stdout(String::from_utf8_lossy(&ob[..n]).into_owned())),
@@ -92,6 +105,7 @@ async fn run(mut cmd: Command, tx: &mpsc::Sender<ExecFrame>) -> ExecFrame {
             _ = sleep_until(deadline), if !timed_out => {
                 timed_out = true;
                 kill(&cmd).await;
+                last_call.get_or_insert(tokio::time::Instant::now() + LINGER);
                 None
             }
             _ = tx.closed() => {
@@ -107,7 +121,17 @@ async fn run(mut cmd: Command, tx: &mpsc::Sender<ExecFrame>) -> ExecFrame {
             return ExecFrame::Error("the caller went away".into());
         }
     }
-    let status = match child.wait().await {
+    let status = match exited {
+        Some(s) => s,
+        None => match tokio::time::timeout(LINGER, child.wait()).await {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        },
+    };
+    let status = match status {
         Ok(s) => s,
         Err(e) => return ExecFrame::Error(format!("waiting for the command: {e}")),
     };

@@ -302,7 +302,14 @@ impl Sandboxes {
     pub async fn exec(&self, namespace: Option<&str>, id: &str, req: ExecRequest) -> Result<mpsc::Receiver<ExecFrame>, SandboxError> {
         req.validate().map_err(|e| SandboxError::Invalid(e.to_string()))?;
         let active = self.activate(namespace, id).await?;
-        let mut cmd = self.inner.command(&active.entry, &req);
+        let rootfs = self.inner.run_dir(id).join("rootfs");
+        let user = match &req.user {
+            Some(u) => {
+                hangar_jail::overlay::resolve_user(&rootfs, u).map(|(uid, gid, _)| (uid, gid)).map_err(|e| SandboxError::Invalid(format!("user: {e}")))?
+            }
+            None => bundle::user(&rootfs, &active.entry.image)?,
+        };
+        let mut cmd = self.inner.command(&active.entry, &req, user);
         let (inner, entry) = (self.inner.clone(), active.entry.clone());
         cmd.stopped = Box::new(move || {
             Box::pin(async move {
@@ -776,8 +783,8 @@ impl Inner {
         let _ = tokio::fs::remove_dir_all(self.data_dir(id)).await;
     }
 
-    /// The runsc exec command line for a request.
-    fn command(&self, entry: &Entry, req: &ExecRequest) -> exec::Command {
+    /// The runsc exec command line for a request, run as `user` (uid, gid).
+    fn command(&self, entry: &Entry, req: &ExecRequest, user: (u32, u32)) -> exec::Command {
         let (id, config) = {
             let r = lock(&entry.record);
             (r.id.clone(), r.config.clone())
@@ -795,6 +802,8 @@ impl Inner {
         if let Some(cwd) = &req.cwd {
             runsc.arg("--cwd").arg(cwd);
         }
+        // The image's user (as the sandbox's first process), unless the call names another.
+        runsc.arg("--user").arg(format!("{}:{}", user.0, user.1));
         let pid_file = self.run_dir(&id).join(format!("exec-{}.pid", uuid::Uuid::now_v7().simple()));
         // Flags end at the container id: the command's own arguments are left alone.
         let argv: Vec<String> = std::iter::once(id.clone()).chain(req.cmd.iter().cloned()).collect();
@@ -806,8 +815,11 @@ impl Inner {
             timeout: req.timeout_s.map(Duration::from_secs),
             pid_file,
             kill: Box::new(move |pid| {
+                // The command's whole process group, inside the sandbox (what it left running in
+                // the background too), then the command itself should it have left its group.
+                let script = format!("{b} kill -9 -{pid} 2>/dev/null; {b} kill -9 {pid} 2>/dev/null; true", b = bundle::BUSYBOX);
                 let mut c = tokio::process::Command::new(&runsc_path);
-                c.arg("--root").arg(&root).arg("--platform=ptrace").args(["kill", "--pid", pid, &sid, "KILL"]);
+                c.arg("--root").arg(&root).arg("--platform=ptrace").args(["exec", &sid, bundle::BUSYBOX, "sh", "-c", &script]);
                 c
             }),
             stopped: Box::new(|| Box::pin(async { None })),
