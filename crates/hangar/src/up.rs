@@ -89,7 +89,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             (kind, hangar_runtime_process::PoolMetrics { ready, taken })
         })
         .collect();
-    let (meter, writer) = Meter::start(store.clone(), metrics);
+    let (meter, _writer) = Meter::start(store.clone(), metrics);
     let mut runtimes: Vec<Arc<dyn hangar_runtime::Runtime>> = vec![Arc::new(wasm)];
     let process = hangar_runtime_process::HostConfig {
         data_dir: opts.data_dir.clone(),
@@ -284,10 +284,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         }
     };
     tokio::join!(functions, services_stop, sandboxes_stop);
+    // Every record is durable once the flush returns; the writer task ends with the process
+    // (waiting for it to end by itself took 5 s, as parts still hold the meter).
     meter.flush().await;
-    drop(meter);
-    drop(scheduler);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     println!("Hangar stopped");
     Ok(())
 }

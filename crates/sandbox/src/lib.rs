@@ -512,8 +512,7 @@ impl Inner {
             .await
             .map_err(|e| SandboxError::Runtime(format!("{what}: runsc could not run: {e}")))?;
         if !status.success() {
-            let why = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let why = why.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+            let why = runsc_cause(&std::fs::read_to_string(&log_path).unwrap_or_default());
             return Err(SandboxError::Runtime(format!("{what}: runsc failed ({status}): {why}")));
         }
         Ok(())
@@ -827,6 +826,31 @@ impl Inner {
     }
 }
 
+/// What a failing runsc said, from its log: the lines that name the failure (a Go panic's
+/// message and the errors before it), not the stack trace that ends the log.
+fn runsc_cause(log: &str) -> String {
+    let meaningful = |l: &&str| {
+        let t = l.trim();
+        !t.is_empty() && !l.starts_with('\t') && !t.starts_with("goroutine ") && !t.starts_with("created by ") && !t.ends_with(')') && !t.contains(".go:")
+    };
+    let lines: Vec<&str> = log.lines().filter(meaningful).collect();
+    let cause: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("panic") || l.contains("error") || l.contains("failed") || l.contains("fatal")
+        })
+        .collect();
+    let picked = if cause.is_empty() { lines.last().copied().into_iter().collect() } else { cause };
+    let mut out = picked.iter().rev().take(3).rev().map(|l| l.trim()).collect::<Vec<_>>().join(" | ");
+    if out.len() > 1000 {
+        out.truncate(out.floor_char_boundary(1000));
+        out.push('…');
+    }
+    out
+}
+
 /// Once a second: destroys sandboxes past their TTL, pauses and then stands by idle ones as
 /// their idle policy says.
 async fn idle_loop(inner: std::sync::Weak<Inner>) {
@@ -867,5 +891,17 @@ async fn idle_loop(inner: std::sync::Weak<Inner>) {
                 tracing::warn!(sandbox = %rec.id, "idle policy: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runsc_logs_are_told_by_their_cause_not_their_stack() {
+        let log = "I1204 12:00:00 restoring\nW1204 12:00:01 host.inode.afterLoad: failed to set host FD 12 non-blocking: bad file descriptor\npanic: host.inode.afterLoad: failed to set host FD 12 non-blocking\n\ngoroutine 1 [running]:\ngvisor.dev/gvisor/pkg/sentry/fsimpl/host.(*inode).afterLoad(0xc000)\n\t/build/pkg/sentry/fsimpl/host/save_restore.go:42 +0x1d5\ncreated by main.main\n\t/build/main.go:10\n";
+        let why = super::runsc_cause(log);
+        assert!(why.contains("failed to set host FD 12 non-blocking"), "{why}");
+        assert!(!why.contains("goroutine") && !why.contains(".go:"), "{why}");
+        assert_eq!(super::runsc_cause("just one line\n"), "just one line");
     }
 }
