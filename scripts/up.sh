@@ -7,12 +7,15 @@ cd "$(dirname "$0")/.."
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
-# Process functions and services run containers with runc; the example service's image is
-# built from the machine's static busybox.
+# Process functions and services run containers with runc, sandboxes gVisor's runsc; the example
+# service's image is built from the machine's static busybox (also the sandboxes' file tool).
 if [ "$(id -u)" = 0 ]; then
   missing=()
   command -v runc >/dev/null || missing+=(runc)
   command -v nft >/dev/null || missing+=(nftables)
+  # Sandboxes run under gVisor, each on an ext4 disk image of its own.
+  command -v runsc >/dev/null || missing+=(runsc)
+  command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
   [ -x /bin/busybox ] && [[ "$(ldd /bin/busybox 2>&1 || true)" == *"not a dynamic"* ]] || missing+=(busybox-static)
   if ((${#missing[@]})); then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"
