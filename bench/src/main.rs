@@ -73,6 +73,8 @@ const SCALING_HEADING: &str = "## Scaling and events";
 const METERING_HEADING: &str = "## Metering";
 /// Where the sandboxes section starts in the report.
 const SANDBOXES_HEADING: &str = "## Sandboxes";
+/// Where the fuzzing section (written by hand from `scripts/fuzz.sh`) starts in the report.
+const FUZZING_HEADING: &str = "## Fuzzing";
 /// Where the crash-recovery section starts in the report.
 const RECOVERY_HEADING: &str = "## Crash recovery";
 
@@ -505,8 +507,20 @@ async fn main() -> Result<()> {
     eprintln!("measuring crash recovery and graceful stop");
     report.push_str(&recovery::run(&a.hangar).await?);
     writeln!(report, "## Reproduce\n\n```sh\n./scripts/bench.sh                  # installs wrk and wasmtime-cli 48.0.8 if missing, builds, runs, rewrites this file\n./scripts/bench.sh --process-only   # only the process-function sections\n./scripts/bench.sh --services-only  # only the service sections
-./scripts/bench.sh --scaling-only   # only the scaling and events section\n./scripts/bench.sh --sandboxes-only # only the sandboxes section\n./scripts/bench.sh --metering-only  # only the metering overhead\n./scripts/bench.sh --recovery-only  # only crash recovery and graceful stop\n```")?;
+./scripts/bench.sh --scaling-only   # only the scaling and events section\n./scripts/bench.sh --sandboxes-only # only the sandboxes section\n./scripts/bench.sh --metering-only  # only the metering overhead\n./scripts/bench.sh --recovery-only  # only crash recovery and graceful stop\n./scripts/fuzz.sh 45                # the fuzzing table (by hand from its output)\n```")?;
+    // Sections other tools write (fuzzing, from scripts/fuzz.sh) are kept.
+    let old = std::fs::read_to_string(&a.out).unwrap_or_default();
+    if let Some(kept) = section(&old, FUZZING_HEADING) {
+        report = splice(&report, FUZZING_HEADING, &kept);
+    }
     std::fs::write(&a.out, &report)?;
     print!("{report}");
     Ok(())
+}
+
+/// The section of `text` whose heading starts with `heading`, up to the next `## ` heading.
+fn section(text: &str, heading: &str) -> Option<String> {
+    let from = text.find(&format!("\n{heading}")).map(|i| i + 1)?;
+    let to = text[from + 3..].find("\n## ").map_or(text.len(), |i| from + 3 + i + 1);
+    Some(text[from..to].to_string())
 }
