@@ -73,8 +73,9 @@ fn key_view(row: &KeyRow) -> ApiKey {
     ApiKey { id: row.id.clone(), namespace: row.namespace.clone(), name: row.name.clone(), created_at: rfc3339(row.created_ms) }
 }
 
-/// Checks that a namespace exists and the caller may use it.
-async fn existing_namespace(state: &AppState, p: &Principal, asked: Option<&str>) -> Result<String, ApiError> {
+/// Checks that a namespace exists and the caller may use it: an unknown one is a 404 (never an
+/// empty list, nor a resource made in a namespace that does not exist).
+pub(crate) async fn existing_namespace(state: &AppState, p: &Principal, asked: Option<&str>) -> Result<String, ApiError> {
     let ns = p.scope(asked)?;
     if state.store.get_namespace(&ns).await?.is_none() {
         return Err(ApiError::not_found(format_args!("namespace `{ns}`")));
@@ -192,7 +193,7 @@ pub async fn delete_key(State(state): State<AppState>, p: Principal, Path(id): P
 
 #[utoipa::path(get, path = "/v1/functions", params(NamespaceQuery), tag = "functions", responses((status = 200, body = FunctionList)))]
 pub async fn list_functions(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<FunctionList>, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     let rows = state.store.list_functions(Some(&ns)).await?;
     Ok(Json(FunctionList { items: rows.iter().map(function_view).collect() }))
 }
@@ -448,7 +449,7 @@ fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> 
 
 #[utoipa::path(get, path = "/v1/invocations", params(InvocationQuery), tag = "invocations", responses((status = 200, body = InvocationPage)))]
 pub async fn list_invocations(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<InvocationQuery>) -> Result<Json<InvocationPage>, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     let outcome = q.status.as_deref().map(str::parse::<Outcome>).transpose().map_err(|e| ApiError::bad_request("invalid_query", format!("status: {e}")))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {

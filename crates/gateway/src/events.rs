@@ -139,7 +139,7 @@ pub struct AsyncPage {
 /// Lists asynchronous invocations; `state=failed` is the dead-letter list.
 #[utoipa::path(get, path = "/v1/async-invocations", params(AsyncQuery), tag = "invocations", responses((status = 200, body = AsyncPage)))]
 pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<AsyncQuery>) -> Result<Json<AsyncPage>, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     let st = q.state.as_deref().map(str::parse::<AsyncState>).transpose().map_err(|e| ApiError::bad_request("invalid_query", format!("state: {e}")))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
@@ -207,7 +207,7 @@ pub async fn put_trigger(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
     crate::error::ApiJson(config): crate::error::ApiJson<TriggerConfig>,
 ) -> Result<Response, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     validate::name("name", &name)?;
     config.validate()?;
     if let Some(c) = &config.cron {
@@ -244,7 +244,7 @@ pub async fn put_trigger(
 /// The namespace's triggers.
 #[utoipa::path(get, path = "/v1/triggers", params(NamespaceQuery), tag = "events", responses((status = 200, body = [TriggerInfo])))]
 pub async fn list_triggers(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Vec<TriggerInfo>>, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     let rows = state.store.list_triggers(Some(&ns)).await?;
     Ok(Json(rows.iter().map(|r| trigger_view(&state, r)).collect()))
 }
@@ -279,7 +279,7 @@ pub async fn publish(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
     req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     let (head, body) = req.into_parts();
     let max = MAX_ASYNC_PAYLOAD_BYTES.min(state.limits.max_payload_bytes);
     // Read first: an answer sent while the client still uploads is lost.

@@ -67,7 +67,7 @@ fn join<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, ApiError> {
 /// The images of a namespace.
 #[utoipa::path(get, path = "/v1/images", params(NamespaceQuery), tag = "images", responses((status = 200, body = [ImageView])))]
 pub async fn list_images(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Vec<ImageView>>, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     Ok(Json(state.images.list(&ns).iter().map(|i| view(i, &ns)).collect()))
 }
 
@@ -117,7 +117,7 @@ pub struct ImportQuery {
 #[utoipa::path(post, path = "/v1/images/import", params(ImportQuery), tag = "images", request_body(content = Vec<u8>, content_type = "application/x-tar"),
     responses((status = 201, body = [ImageView]), (status = 400, body = hangar_api::ErrorBody)))]
 pub async fn import_image(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<ImportQuery>, body: Body) -> Result<Response, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     if let Some(n) = &q.name {
         hangar_image::normalize(n)?;
     }
@@ -159,7 +159,7 @@ pub async fn pull_image(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
     ApiJson(req): ApiJson<PullRequest>,
 ) -> Result<Response, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     hangar_image::normalize(&req.reference)?;
     let options = PullOptions {
         credentials: match (req.username, req.password) {

@@ -57,7 +57,7 @@ pub async fn create(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
     ApiJson(config): ApiJson<SandboxConfig>,
 ) -> Result<Response, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     let sb = sandboxes(&state)?.create(&ns, config).await?;
     Ok((StatusCode::CREATED, Json(sb)).into_response())
 }
@@ -65,7 +65,7 @@ pub async fn create(
 /// The sandboxes of a namespace, oldest first.
 #[utoipa::path(get, path = "/v1/sandboxes", params(NamespaceQuery), tag = "sandboxes", responses((status = 200, body = SandboxList)))]
 pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<SandboxList>, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     Ok(Json(SandboxList { items: sandboxes(&state)?.list(Some(&ns)) }))
 }
 

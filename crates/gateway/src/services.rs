@@ -77,7 +77,7 @@ pub async fn put_service(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
     ApiJson(config): ApiJson<ServiceConfig>,
 ) -> Result<Response, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     hangar_api::validate::name("name", &name)?;
     config.validate()?;
     let svcs = services(&state)?.clone();
@@ -132,7 +132,7 @@ pub async fn put_service(
 /// The services of a namespace.
 #[utoipa::path(get, path = "/v1/services", params(NamespaceQuery), tag = "services", responses((status = 200, body = [Service])))]
 pub async fn list_services(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Vec<Service>>, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     Ok(Json(state.store.list_services(Some(&ns)).await?.iter().map(|r| view(&state, r)).collect()))
 }
 

@@ -231,7 +231,7 @@ pub fn row(d: &UsageDelta, function_sheet: &hangar_cost::Sheet, service_sheet: &
 /// Usage per workload and hour (or day), oldest first.
 #[utoipa::path(get, path = "/v1/usage", params(UsageQuery), tag = "cost", responses((status = 200, body = UsageList), (status = 400, body = hangar_api::ErrorBody)))]
 pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<UsageQuery>) -> Result<Json<UsageList>, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     let per_day = match q.per.as_deref() {
         None | Some("hour") => false,
         Some("day") => true,
@@ -297,7 +297,7 @@ struct Workload {
 #[utoipa::path(get, path = "/v1/advice", params(AdviceQuery), tag = "cost",
     responses((status = 200, body = hangar_api::cost::AdviceList), (status = 400, body = hangar_api::ErrorBody), (status = 404, body = hangar_api::ErrorBody)))]
 pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<AdviceQuery>) -> Result<Json<hangar_api::cost::AdviceList>, ApiError> {
-    let ns = p.scope(q.namespace.as_deref())?;
+    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     let now = hangar_api::now_ms();
     let since = q.since.as_deref().map(|t| time("since", t)).transpose()?.unwrap_or(now - 7 * 24 * HOUR_MS);
     let since_hour = since.div_euclid(HOUR_MS) * HOUR_MS;
