@@ -590,3 +590,32 @@ async fn commands_run_as_the_images_user_and_end_at_exit_or_timeout_whatever_the
     let (ps, _, _) = exec(&s, &id, &["busybox", "ps", "-o", "args"], None).await;
     assert!(!ps.contains("sleep 301") && !ps.contains("sleep 302"), "the timed-out group is gone: {ps}");
 }
+
+#[tokio::test]
+async fn standby_is_refused_with_the_reason_while_a_background_job_holds_a_commands_output() {
+    let s = Server::start();
+    let _img = import(&s);
+    let id = create(&s, &[]);
+    let (out, _, code) = exec(&s, &id, &["busybox", "sh", "-c", "busybox sleep 300 & echo started"], None).await;
+    assert_eq!((out.trim(), code), ("started", 0));
+    let r = s.http().post(format!("{}/v1/sandboxes/{id}/standby", s.url)).bearer_auth(&s.admin_key).send().await.unwrap();
+    let (status, _, message) = common::error_code(r).await;
+    assert_eq!(status, 400, "{message}");
+    assert!(message.contains("still holds that command's output") && message.contains("redirect"), "{message}");
+    assert_eq!(sandbox(&s, &id).await["state"], "running", "nothing changed");
+    // Once the job is gone, standby works, and so does the way back.
+    let (ps, _, _) = exec(&s, &id, &["busybox", "ps", "-o", "pid,args"], None).await;
+    let pid = ps.lines().find(|l| l.contains("sleep 300")).and_then(|l| l.split_whitespace().next()).unwrap_or_else(|| panic!("{ps}")).to_string();
+    assert_eq!(exec(&s, &id, &["busybox", "kill", "-9", &pid], None).await.2, 0);
+    common::eventually("the held output to be let go", Duration::from_secs(20), || async {
+        let r = s.http().post(format!("{}/v1/sandboxes/{id}/standby", s.url)).bearer_auth(&s.admin_key).send().await.map_err(|e| e.to_string())?;
+        if r.status() == 200 { Ok(()) } else { Err(r.text().await.unwrap_or_default()) }
+    })
+    .await;
+    assert_eq!(sandbox(&s, &id).await["state"], "standby");
+    // A job started with its output redirected does not hold it.
+    assert_eq!(exec(&s, &id, &["busybox", "sh", "-c", "busybox sleep 300 > /dev/null 2>&1 & echo again"], None).await.0.trim(), "again");
+    let r = s.http().post(format!("{}/v1/sandboxes/{id}/standby", s.url)).bearer_auth(&s.admin_key).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(exec(&s, &id, &["busybox", "echo", "back"], None).await.0.trim(), "back");
+}

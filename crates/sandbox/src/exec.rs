@@ -35,6 +35,10 @@ pub struct Command {
     pub kill: Box<dyn Fn(&str) -> tokio::process::Command + Send + Sync>,
     /// Asked when runsc itself failed: why the sandbox stopped, if it did.
     pub stopped: Box<dyn FnOnce() -> BoxFuture<'static, Option<String>> + Send + Sync>,
+    /// Counts the outputs of ended commands that something they started still holds: those
+    /// are read (and dropped) until it lets go, and while any is, the sandbox cannot be
+    /// checkpointed (gVisor cannot save a process's hold on a host pipe).
+    pub held: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Starts the command; the frames end with `ExitCode` or `Error`. `done` runs when it ended.
@@ -120,6 +124,22 @@ async fn run(mut cmd: Command, tx: &mpsc::Sender<ExecFrame>) -> ExecFrame {
             kill(&cmd).await;
             return ExecFrame::Error("the caller went away".into());
         }
+    }
+    if out_open || err_open {
+        // Whatever the command left running still holds its output: keep reading it (so that
+        // it never blocks on a full pipe) until it lets go.
+        let held = cmd.held.clone();
+        held.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        tokio::spawn(async move {
+            let (mut ob, mut eb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+            while out_open || err_open {
+                tokio::select! {
+                    n = out.read(&mut ob), if out_open => out_open = matches!(n, Ok(n) if n > 0),
+                    n = err.read(&mut eb), if err_open => err_open = matches!(n, Ok(n) if n > 0),
+                }
+            }
+            held.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        });
     }
     let status = match exited {
         Some(s) => s,

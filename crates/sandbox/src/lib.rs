@@ -74,6 +74,8 @@ struct Entry {
     lowers: Vec<PathBuf>,
     /// Its place on the host's network while it runs (sandboxes with network access).
     net: Mutex<Option<network::Attachment>>,
+    /// Outputs of ended commands still held by what they left running (see `exec::Command`).
+    held: Arc<AtomicU32>,
 }
 
 impl Entry {
@@ -186,6 +188,7 @@ impl Sandboxes {
                 image: image.map(|i| i.config).unwrap_or_default(),
                 lowers,
                 net: Mutex::default(),
+                held: Arc::default(),
             });
             lock(&inner.boxes).insert(rec.id.clone(), entry);
         }
@@ -231,6 +234,7 @@ impl Sandboxes {
             image: image.config.clone(),
             lowers,
             net: Mutex::default(),
+            held: Arc::default(),
         });
         let _guard = entry.lifecycle.lock().await;
         let t = Instant::now();
@@ -668,6 +672,13 @@ impl Inner {
                 "sandbox `{id}` has network access and cannot go on standby: the gVisor release here does not restore a sandbox's network; pause it instead (no CPU, memory kept)"
             )));
         }
+        if entry.held.load(Ordering::Acquire) > 0 {
+            return Err(SandboxError::Invalid(format!(
+                "sandbox `{id}` cannot go on standby: a process started by an earlier command still holds that command's output \
+                 (a background job whose stdout or stderr was not redirected), and gVisor cannot checkpoint a hold on it; \
+                 end that process, start such jobs with their output redirected (`job > /tmp/job.log 2>&1 &`), or pause the sandbox instead"
+            )));
+        }
         if entry.state() == SandboxState::Paused {
             self.runsc_ok(&["resume", &id], "resuming the sandbox to checkpoint it").await?;
         }
@@ -822,6 +833,7 @@ impl Inner {
                 c
             }),
             stopped: Box::new(|| Box::pin(async { None })),
+            held: entry.held.clone(),
         }
     }
 }
@@ -882,9 +894,13 @@ async fn idle_loop(inner: std::sync::Weak<Inner>) {
             if inner.notice_stop(&entry, false).await.is_some() || entry.active.load(Ordering::Acquire) > 0 {
                 continue;
             }
+            // A sandbox whose earlier command's output is still held cannot be checkpointed: it
+            // is paused instead when standby is due.
+            let held = entry.held.load(Ordering::Acquire) > 0;
+            let (standby_due, pause_due) = (due(rec.config.idle.standby_after_s), due(rec.config.idle.pause_after_s));
             let result = match entry.state() {
-                SandboxState::Running | SandboxState::Paused if due(rec.config.idle.standby_after_s) => inner.standby(&entry).await,
-                SandboxState::Running if due(rec.config.idle.pause_after_s) => inner.pause(&entry).await,
+                SandboxState::Running | SandboxState::Paused if standby_due && !held => inner.standby(&entry).await,
+                SandboxState::Running if pause_due || standby_due => inner.pause(&entry).await,
                 _ => Ok(()),
             };
             if let Err(e) = result {
