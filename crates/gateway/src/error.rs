@@ -32,12 +32,40 @@ impl ApiError {
     }
 }
 
+/// Where the host's own files live: paths under these are internals, kept out of answers.
+const HOST_PREFIXES: &[&str] = &["/run/", "/sys/", "/proc/", "/tmp/", "/var/", "/root/", "/home/", "/srv/", "/opt/", "/usr/", "/etc/", "/dev/", "/mnt/"];
+
+/// `message` with every host path in it replaced by `<host path>`: a server error's message is
+/// logged whole and answered without the machine's layout.
+fn without_host_paths(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find('/') {
+        let (before, at) = rest.split_at(i);
+        out.push_str(before);
+        let starts_word = before.chars().last().is_none_or(|c| !c.is_alphanumeric() && c != '.' && c != '-' && c != '_');
+        let end = at.find(|c: char| c.is_whitespace() || "`'\"()[]{},;".contains(c)).unwrap_or(at.len());
+        let token = &at[..end];
+        if starts_word && HOST_PREFIXES.iter().any(|p| token.starts_with(p)) {
+            out.push_str("<host path>");
+        } else {
+            out.push_str(token);
+        }
+        rest = &at[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        let message = if self.status.is_server_error() {
             tracing::error!(code = self.code, "{}", self.message);
-        }
-        let mut resp = hangar_runtime::error_response(self.status, self.code, &self.message).map(axum::body::Body::new);
+            without_host_paths(&self.message)
+        } else {
+            self.message
+        };
+        let mut resp = hangar_runtime::error_response(self.status, self.code, &message).map(axum::body::Body::new);
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         }
@@ -76,6 +104,17 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::InvalidCode(m) => ApiError::bad_request("invalid_code", m),
             other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "runtime_error", other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_paths_are_kept_out_of_server_errors() {
+        let m = super::without_host_paths("preparing /run/hangar-ab12/bundles: permission denied (`/var/lib/x/y.db`), route /v1/functions kept");
+        assert_eq!(m, "preparing <host path> permission denied (`<host path>`), route /v1/functions kept");
+        assert_eq!(super::without_host_paths("no path here"), "no path here");
+        assert_eq!(super::without_host_paths("a/tmp/b and /tmp"), "a/tmp/b and /tmp");
     }
 }
 
