@@ -107,17 +107,6 @@ impl From<RuntimeError> for ApiError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn host_paths_are_kept_out_of_server_errors() {
-        let m = super::without_host_paths("preparing /run/hangar-ab12/bundles: permission denied (`/var/lib/x/y.db`), route /v1/functions kept");
-        assert_eq!(m, "preparing <host path> permission denied (`<host path>`), route /v1/functions kept");
-        assert_eq!(super::without_host_paths("no path here"), "no path here");
-        assert_eq!(super::without_host_paths("a/tmp/b and /tmp"), "a/tmp/b and /tmp");
-    }
-}
-
 /// JSON body extractor: malformed JSON, unknown fields and wrong types are a 400 in the API's
 /// error shape naming the problem.
 pub struct ApiJson<T>(pub T);
@@ -195,4 +184,15 @@ pub async fn json_errors(req: Request, next: axum::middleware::Next) -> Response
         parts.headers.insert(k, v.clone());
     }
     Response::from_parts(parts, axum::body::Body::new(shaped.into_body()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_paths_are_kept_out_of_server_errors() {
+        let m = super::without_host_paths("preparing /run/hangar-ab12/bundles: permission denied (`/var/lib/x/y.db`), route /v1/functions kept");
+        assert_eq!(m, "preparing <host path> permission denied (`<host path>`), route /v1/functions kept");
+        assert_eq!(super::without_host_paths("no path here"), "no path here");
+        assert_eq!(super::without_host_paths("a/tmp/b and /tmp"), "a/tmp/b and /tmp");
+    }
 }
