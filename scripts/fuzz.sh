@@ -4,7 +4,7 @@
 # to fuzz/target/corpus/TARGET (FUZZ_KEEP=1 minimizes it into fuzz/corpus instead). A crash
 # fails the run and leaves its input in fuzz/artifacts/TARGET.
 #   ./scripts/fuzz.sh            # 60 s per target
-#   ./scripts/fuzz.sh 10         # 10 s per target (the smoke run of scripts/test.sh)
+#   ./scripts/fuzz.sh 5          # 5 s per target (the smoke run of scripts/test.sh)
 #   ./scripts/fuzz.sh 300 tar_layer
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -44,4 +44,4 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace "$@"
 
 # A short run of every fuzz target (each parser of outside input) from the kept corpora.
-./scripts/fuzz.sh 10
+./scripts/fuzz.sh 5
