@@ -29,6 +29,8 @@ pub const TIMEOUT_MS_RANGE: (u64, u64) = (1, 900_000);
 pub const DEFAULT_MAX_CODE_BYTES: usize = 50 * 1024 * 1024;
 /// Default largest invocation payload (request body), in bytes (6 MiB, like Lambda).
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
+/// Default largest image archive `hangar image import` accepts, in bytes (8 GiB).
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 8 << 30;
 /// Default bound on the logs kept for one invocation, in bytes.
 pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
 /// Header that carries the invocation id on every function response.

@@ -69,6 +69,31 @@ pub struct EventMeta {
     pub content_type: Option<String>,
 }
 
+impl EventMeta {
+    /// Reads a publish request's headers as CloudEvents' binary mode has them (`ce-id`,
+    /// `ce-type`, `ce-source`, `content-type`), each checked: an id is an idempotency key (1 to
+    /// 256 printable characters), a type or source 1 to 1024 characters. Outside input: fuzzed by
+    /// `fuzz/fuzz_targets/cloudevent.rs`.
+    pub fn from_headers(headers: &http::HeaderMap) -> Result<EventMeta, hangar_api::validate::Invalid> {
+        let header = |name: &str| -> Result<Option<String>, hangar_api::validate::Invalid> {
+            match headers.get(name) {
+                None => Ok(None),
+                Some(v) => v.to_str().map(|s| Some(s.to_string())).map_err(|_| hangar_api::validate::Invalid::new(name, "must be printable ASCII text")),
+            }
+        };
+        let meta = EventMeta { id: header("ce-id")?, kind: header("ce-type")?, source: header("ce-source")?, content_type: header("content-type")? };
+        if let Some(id) = &meta.id {
+            hangar_api::events::idempotency_key(id).map_err(|e| hangar_api::validate::Invalid::new("ce-id", e.message))?;
+        }
+        for (h, v) in [("ce-type", &meta.kind), ("ce-source", &meta.source)] {
+            if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 1024) {
+                return Err(hangar_api::validate::Invalid::new(h, "must be 1 to 1024 characters"));
+            }
+        }
+        Ok(meta)
+    }
+}
+
 struct Entry {
     row: TriggerRow,
     schedule: Option<Schedule>,

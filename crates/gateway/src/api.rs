@@ -4,7 +4,7 @@
 //! rejected request leaves existing state untouched.
 
 use axum::Json;
-use axum::extract::{FromRequest, Multipart, Path, State};
+use axum::extract::{FromRequest, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -246,64 +246,7 @@ async fn read_deploy(state: &AppState, req: axum::extract::Request) -> Result<(F
             "send multipart/form-data with a `config` part (JSON) and a `code` part, or application/json with the config alone",
         ));
     }
-    let mut form = Multipart::from_request(req, state).await.map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?;
-    // Parts are judged only once the whole form is read: an answer sent while the client is
-    // still uploading the code part is lost when the connection closes.
-    let (mut config, mut code, mut unknown) = (None, None, None);
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "code_too_large",
-            format!(
-                "the code is larger than the limit of {} bytes; shrink it (e.g. build with --release and strip) or raise --max-code-bytes",
-                state.limits.max_code_bytes
-            ),
-        )
-    };
-    loop {
-        let field = match form.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
-            Err(e) => return Err(ApiError::bad_request("invalid_multipart", e.body_text())),
-        };
-        match field.name().unwrap_or("") {
-            "config" => {
-                config = Some(field.bytes().await.map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?);
-            }
-            "code" => {
-                let mut field = field;
-                let mut buf = Vec::new();
-                let mut over = false;
-                loop {
-                    match field.chunk().await {
-                        // Past the limit, keep reading (and dropping) what the route's body limit
-                        // still allows, so the client finishes sending and can read the 413.
-                        Ok(Some(_)) if over => {}
-                        Ok(Some(chunk)) if buf.len() + chunk.len() > state.limits.max_code_bytes => {
-                            over = true;
-                            buf = Vec::new();
-                        }
-                        Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
-                        Ok(None) if over => return Err(too_large()),
-                        Ok(None) => break,
-                        Err(e) if over || e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
-                        Err(e) => return Err(ApiError::bad_request("invalid_multipart", e.body_text())),
-                    }
-                }
-                code = Some(Bytes::from(buf));
-            }
-            other => {
-                unknown.get_or_insert_with(|| other.to_string());
-                let mut field = field;
-                while let Ok(Some(_)) = field.chunk().await {}
-            }
-        }
-    }
-    if let Some(other) = unknown {
-        return Err(ApiError::bad_request("invalid_multipart", format!("unknown form part `{other}`; expected `config` and `code`")));
-    }
-    let config = config.ok_or_else(|| ApiError::bad_request("invalid_multipart", "the `config` part is missing"))?;
+    let (config, code) = crate::form::read_function_form(req, state.limits.max_code_bytes).await?;
     Ok((parse_json::<FunctionConfig>(&config)?, code))
 }
 

@@ -292,16 +292,8 @@ pub async fn publish(
             format!("topic `{topic}` has no subscriber in namespace `{ns}`; add one with `hangar triggers add NAME --topic {topic} --function F`"),
         ));
     }
-    let header = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let meta = hangar_events::EventMeta { id: header("ce-id"), kind: header("ce-type"), source: header("ce-source"), content_type: header("content-type") };
-    if let Some(id) = &meta.id {
-        hangar_api::events::idempotency_key(id).map_err(|e| ApiError::bad_request("invalid_header", format!("ce-id: {}", e.message)))?;
-    }
-    for (h, v) in [("ce-type", &meta.kind), ("ce-source", &meta.source)] {
-        if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 1024) {
-            return Err(ApiError::bad_request("invalid_header", format!("{h}: must be 1 to 1024 characters")));
-        }
-    }
+    let meta =
+        hangar_events::EventMeta::from_headers(&head.headers).map_err(|e| ApiError::bad_request("invalid_header", format!("{}: {}", e.field, e.message)))?;
     let (id, deliveries) = state.triggers.publish(&ns, &topic, data, meta).await?;
     Ok((StatusCode::ACCEPTED, Json(Published { id, deliveries })).into_response())
 }

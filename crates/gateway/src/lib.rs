@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cost;
 pub mod error;
 pub mod events;
+pub mod form;
 pub mod images;
 pub mod invoke;
 pub mod openapi;
@@ -47,13 +48,10 @@ impl Default for Limits {
         Limits {
             max_code_bytes: hangar_api::DEFAULT_MAX_CODE_BYTES,
             max_payload_bytes: hangar_api::DEFAULT_MAX_PAYLOAD_BYTES,
-            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            max_image_bytes: hangar_api::DEFAULT_MAX_IMAGE_BYTES,
         }
     }
 }
-
-/// Default of [`Limits::max_image_bytes`]: 8 GiB.
-pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 8 << 30;
 
 /// Whether an image (namespace, id) is needed by something that runs.
 pub type ImageUsers = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;

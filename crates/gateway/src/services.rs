@@ -229,21 +229,65 @@ const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-authenticate", 
 
 /// `/svc/{namespace}/{name}/{rest...}`: the service sees `/{rest...}`.
 pub async fn proxy(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let path = req.uri().path().to_string();
-    let mut parts = path.strip_prefix("/svc/").unwrap_or("").splitn(3, '/');
-    let (ns, name) = match (parts.next(), parts.next()) {
-        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => (ns.to_string(), name.to_string()),
-        _ => {
-            return Err(ApiError::bad_request("invalid_path", "service URLs look like /svc/{namespace}/{name}/{path}"));
-        }
+    let Some((ns, name, rest)) = split_route(req.uri().path()).map(|(ns, name, rest)| (ns.to_string(), name.to_string(), rest)) else {
+        return Err(ApiError::bad_request("invalid_path", "service URLs look like /svc/{namespace}/{name}/{path}"));
     };
-    let rest = format!("/{}", parts.next().unwrap_or(""));
     let svc = state.services.as_ref().and_then(|s| s.get(&ns, &name));
     authorize(&state, &req, svc.as_deref(), &ns, &name)?;
     let Some(svc) = svc else {
         return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
     };
     forward(&svc, req, &rest).await
+}
+
+/// Splits a `/svc/{namespace}/{name}/{rest...}` path into the namespace, the name and the path
+/// the service sees (`/{rest...}`); `None` unless both names are there.
+pub fn split_route(path: &str) -> Option<(&str, &str, String)> {
+    let mut parts = path.strip_prefix("/svc/")?.splitn(3, '/');
+    match (parts.next(), parts.next()) {
+        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => Some((ns, name, format!("/{}", parts.next().unwrap_or("")))),
+        _ => None,
+    }
+}
+
+/// The service a `Host` header names, for calls between services: the port dropped, lowercased.
+pub fn host_service(host: &str) -> String {
+    host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h).to_ascii_lowercase()
+}
+
+/// The URI an instance at `addr` is sent: `path` (which must start with `/`) and the request's
+/// query. Whatever the path holds, the request goes to `addr` and nowhere else.
+pub fn upstream_uri(addr: std::net::SocketAddr, path: &str, query: Option<&str>) -> Result<http::Uri, ApiError> {
+    let bad = || ApiError::bad_request("invalid_path", "the request path is not a valid URI");
+    if !path.starts_with('/') {
+        return Err(bad());
+    }
+    let path_and_query = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let path_and_query = http::uri::PathAndQuery::try_from(path_and_query).map_err(|_| bad())?;
+    http::Uri::builder().scheme("http").authority(addr.to_string()).path_and_query(path_and_query).build().map_err(|_| bad())
+}
+
+/// The headers an instance gets: hop-by-hop ones dropped, the platform key kept from a private
+/// service, `X-Forwarded-Host`/`-Proto` set, `Connection: upgrade` kept for an upgrade.
+pub fn upstream_headers(headers: &mut http::HeaderMap, public: bool, upgrade: bool) {
+    if !public {
+        // The platform key is for Hangar, not for the service.
+        headers.remove(http::header::AUTHORIZATION);
+    }
+    let host = headers.get(http::header::HOST).cloned();
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+    if upgrade {
+        headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    }
+    if let Some(h) = host {
+        headers.insert("x-forwarded-host", h);
+    }
+    headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
 }
 
 /// Lets the request through if the service is public or the caller's key covers its
@@ -285,7 +329,7 @@ pub async fn internal(
         return Err(ApiError::forbidden("only service instances call services by name here"));
     };
     let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let name = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h).to_ascii_lowercase();
+    let name = host_service(host);
     let Some(svc) = svcs.get(&ns, &name) else {
         return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
     };
@@ -314,30 +358,13 @@ async fn forward(svc: &Arc<hangar_service::Service>, mut req: Request, path: &st
             })?
         }
     };
-    let target = match req.uri().query() {
-        Some(q) => format!("http://{}{path}?{q}", endpoint.addr()),
-        None => format!("http://{}{path}", endpoint.addr()),
-    };
+    let uri = upstream_uri(endpoint.addr(), path, req.uri().query())?;
     let public = svc.config.read().unwrap_or_else(|p| p.into_inner()).public;
-    if !public {
-        // The platform key is for Hangar, not for the service.
-        req.headers_mut().remove(http::header::AUTHORIZATION);
-    }
     let upgrade = req.headers().contains_key(http::header::UPGRADE);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut head, body) = req.into_parts();
-    head.uri = target.parse().map_err(|_| ApiError::bad_request("invalid_path", "the request path is not a valid URI"))?;
-    let host = head.headers.get(http::header::HOST).cloned();
-    for h in HOP_BY_HOP {
-        head.headers.remove(*h);
-    }
-    if upgrade {
-        head.headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-    }
-    if let Some(h) = host {
-        head.headers.insert("x-forwarded-host", h);
-    }
-    head.headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
+    head.uri = uri;
+    upstream_headers(&mut head.headers, public, upgrade);
     // A request that is safe to repeat and has no body may be sent again, once, when the
     // connection failed before an answer (e.g. an instance closed a pooled connection).
     let replay = (!upgrade && http_body::Body::is_end_stream(&body) && matches!(head.method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS))
@@ -346,10 +373,9 @@ async fn forward(svc: &Arc<hangar_service::Service>, mut req: Request, path: &st
     let mut resp = client().request(Request::from_parts(head, body)).await;
     if let (Err(_), Some((method, uri, headers, version))) = (&resp, replay) {
         endpoint = svc.pick().unwrap_or(endpoint);
-        let target = format!("http://{}{}", endpoint.addr(), uri.path_and_query().map_or("/", |p| p.as_str()));
         let mut again = Request::new(Body::empty());
         *again.method_mut() = method;
-        *again.uri_mut() = target.parse().unwrap_or(uri);
+        *again.uri_mut() = upstream_uri(endpoint.addr(), uri.path(), uri.query()).unwrap_or(uri);
         *again.headers_mut() = headers;
         *again.version_mut() = version;
         resp = client().request(again).await;
@@ -419,7 +445,12 @@ impl hangar_events::ServiceSink for EventSink {
         let resp = forward(&svc, req, path).await.map_err(|e| hangar_events::SinkError::Failed(e.message))?;
         let status = resp.status();
         let body = http_body_util::Limited::new(resp.into_body(), 256 * 1024);
-        let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let bytes = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            // Delivered; only the record keeps less of the answer.
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => bytes::Bytes::from_static(b"(an answer over 256 KiB is not kept)"),
+            Err(e) => return Err(hangar_events::SinkError::Failed(format!("the answer of service `{service}` broke off: {e}"))),
+        };
         Ok((status, bytes))
     }
 }

@@ -209,9 +209,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     tracing::info!(%url, "ready");
 
     if let Some(manifest) = opts.apply.clone() {
-        let client = crate::client::Client::new(url.clone(), std::fs::read_to_string(&admin_key_path).ok().map(|s| s.trim().to_string()));
+        let key = std::fs::read_to_string(&admin_key_path).ok().map(|s| s.trim().to_string());
+        let url = url.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::manifest::deploy(&client, &manifest, None, crate::cli::Output::Table).await {
+            if let Err(e) = hangar_cli::apply(url, key, &manifest).await {
                 eprintln!("applying {} failed: {e:#}", manifest.display());
             }
         });

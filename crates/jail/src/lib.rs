@@ -43,9 +43,17 @@ pub enum JailError {
     /// A cgroup could not be made or changed.
     #[error("jail: cgroup: {0}")]
     Cgroup(String),
-    /// `ip` or `nft` is missing or failed.
+    /// `ip` or `nft` failed.
     #[error("{0}")]
     Network(String),
+    /// A system tool could not be run (or fed its input).
+    #[error("cannot run `{program}`: {source}; install it with `apt-get install {package}`")]
+    Tool {
+        program: String,
+        package: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// User and group the jailed process runs as (`nobody`).

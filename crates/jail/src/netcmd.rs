@@ -14,11 +14,11 @@ async fn feed(program: &str, args: &[&str], script: &str, package: &str) -> Resu
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| JailError::Network(format!("cannot run `{program}` (apt-get install {package}): {e}")))?;
+        .map_err(|source| JailError::Tool { program: program.to_string(), package: package.to_string(), source })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).await.map_err(|e| JailError::Network(e.to_string()))?;
+        stdin.write_all(script.as_bytes()).await.map_err(|source| JailError::Tool { program: program.to_string(), package: package.to_string(), source })?;
     }
-    let out = child.wait_with_output().await.map_err(|e| JailError::Network(e.to_string()))?;
+    let out = child.wait_with_output().await.map_err(|source| JailError::Tool { program: program.to_string(), package: package.to_string(), source })?;
     if !out.status.success() {
         return Err(JailError::Network(format!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
     }

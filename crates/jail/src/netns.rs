@@ -16,12 +16,9 @@ pub struct NetNs {
     path: PathBuf,
 }
 
+/// One iproute2 command (its words are checked names, never spaces).
 async fn ip(args: &[&str]) -> Result<(), JailError> {
-    let out = tokio::process::Command::new("ip").args(args).output().await.map_err(|e| JailError::Runc(format!("cannot run `ip` (iproute2): {e}")))?;
-    if !out.status.success() {
-        return Err(JailError::Runc(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    Ok(())
+    crate::netcmd::ip(&[], &args.join(" ")).await
 }
 
 impl NetNs {
@@ -49,13 +46,13 @@ impl NetNs {
         let path = self.path.clone();
         std::thread::spawn(move || -> Result<std::net::TcpListener, JailError> {
             let file = std::fs::File::open(&path)?;
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| JailError::Runc(format!("entering {}: {e}", path.display())))?;
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| JailError::Network(format!("entering the network namespace {}: {e}", path.display())))?;
             let listener = std::net::TcpListener::bind(addr)?;
             listener.set_nonblocking(true)?;
             Ok(listener)
         })
         .join()
-        .map_err(|_| JailError::Runc("the namespace thread panicked".into()))?
+        .map_err(|_| JailError::Network("the thread binding inside a network namespace panicked".into()))?
     }
 
     /// Removes the namespace.

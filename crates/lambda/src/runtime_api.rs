@@ -4,6 +4,8 @@
 //!
 //! One server per instance, bound to a loopback port given to the instance as
 //! `AWS_LAMBDA_RUNTIME_API`; one invocation at a time, as in Lambda.
+//!
+//! What arrives here comes from user code: fuzzed by `fuzz/fuzz_targets/runtime_api.rs`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -82,7 +84,8 @@ pub struct RuntimeApi {
     inner: Arc<Mutex<Inner>>,
     /// When the bootstrap first polled (or reported an init error).
     polled: Arc<tokio::sync::watch::Sender<Option<std::time::Instant>>>,
-    server: tokio::task::JoinHandle<()>,
+    /// The server task, when served on a socket.
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RuntimeApi {
@@ -99,6 +102,21 @@ impl RuntimeApi {
     pub fn start_on(listener: std::net::TcpListener) -> std::io::Result<RuntimeApi> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
+        let (mut api, app) = Self::with_router(addr);
+        api.server = Some(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!("runtime API server ended: {e}");
+            }
+        }));
+        Ok(api)
+    }
+
+    /// The Runtime API without a socket: its router, to be called directly (fuzzing, tests).
+    pub fn in_memory() -> (RuntimeApi, Router) {
+        Self::with_router(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    fn with_router(addr: SocketAddr) -> (RuntimeApi, Router) {
         let (tx, rx) = mpsc::channel(1);
         let inner = Arc::new(Mutex::new(Inner::default()));
         let polled = Arc::new(tokio::sync::watch::Sender::new(None));
@@ -110,12 +128,7 @@ impl RuntimeApi {
             .route("/2018-06-01/runtime/init/error", post(init_error))
             .layer(DefaultBodyLimit::max(MAX_RESPONSE_BYTES))
             .with_state(state);
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!("runtime API server ended: {e}");
-            }
-        });
-        Ok(RuntimeApi { addr, tx, inner, polled, server })
+        (RuntimeApi { addr, tx, inner, polled, server: None }, app)
     }
 
     /// When the bootstrap first asked for an invocation, if it has.
@@ -162,7 +175,9 @@ impl RuntimeApi {
 
 impl Drop for RuntimeApi {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Some(server) = &self.server {
+            server.abort();
+        }
     }
 }
 

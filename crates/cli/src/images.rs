@@ -10,8 +10,9 @@ use hangar_api::images::{Image, PullEvent, PullRequest};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use reqwest::Method;
 
-use crate::cli::{Cli, ImageCommand, Output, client, ns_query, print_json, table};
+use crate::args::{Cli, ImageCommand, Output};
 use crate::client::Client;
+use crate::util::{client, ns_query, print_json, table};
 
 fn bytes_style() -> ProgressStyle {
     ProgressStyle::with_template("{prefix:>14} [{bar:30}] {bytes}/{total_bytes} {msg}")

@@ -5,7 +5,8 @@ use futures::StreamExt as _;
 use hangar_api::services::{ContainerRuntime, Service, ServiceConfig, ServiceDeployed};
 use reqwest::Method;
 
-use crate::cli::{Cli, Output, SvcCommand, SvcDeployArgs, client, ns_query, print_json, table};
+use crate::args::{Cli, Output, SvcCommand, SvcDeployArgs};
+use crate::util::{client, ns_query, print_json, table};
 
 fn config(a: &SvcDeployArgs) -> Result<ServiceConfig> {
     let mut c = ServiceConfig::new(a.image.clone());
@@ -18,7 +19,7 @@ fn config(a: &SvcDeployArgs) -> Result<ServiceConfig> {
     if let Some(w) = &a.scale_window {
         c.scale_window_ms = humantime::parse_duration(w).with_context(|| format!("--scale-window `{w}` is not a duration like 60s"))?.as_millis() as u64;
     }
-    c.env.extend(crate::cli::env_flags(&a.env)?);
+    c.env.extend(crate::util::env_flags(&a.env)?);
     c.volumes = a.volumes.clone();
     c.runtime = match a.runtime.as_str() {
         "runc" => ContainerRuntime::Runc,

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use hangar_api::{DeployResponse, DeployStatus, FunctionConfig, RuntimeKind, validate};
 use serde::Deserialize;
 
-use crate::cli::Output;
+use crate::args::Output;
 use crate::client::Client;
 
 #[derive(Debug, Deserialize)]
@@ -170,9 +170,15 @@ pub struct Plan {
 /// Parses and validates a manifest; every error names the file, line and field.
 pub fn plan(path: &Path) -> Result<Plan> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading manifest {}", path.display()))?;
+    plan_text(&text, path)
+}
+
+/// Parses and validates the text of a manifest kept at `path` (which names it in errors and is
+/// where the code paths are relative to); reads no file.
+pub fn plan_text(text: &str, path: &Path) -> Result<Plan> {
     let file = path.display();
-    let manifest: Manifest = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let manifest: Manifest = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
         match line {
             Some(l) => anyhow::anyhow!("{file}:{l}: {}", e.message()),
             None => anyhow::anyhow!("{file}: {}", e.message()),
@@ -186,7 +192,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
     }
     let mut triggers = Vec::new();
     for (name, config) in manifest.triggers {
-        let at = |field: Option<&str>| line_of(&text, "triggers", &name, field);
+        let at = |field: Option<&str>| line_of(text, "triggers", &name, field);
         validate::name("name", &name).map_err(|e| anyhow::anyhow!("{file}:{}: triggers.{name}: {}", at(None), e.message))?;
         config.validate().map_err(|e| anyhow::anyhow!("{file}:{}: triggers.{name}.{}: {}", at(Some(&e.field)), e.field, e.message))?;
         triggers.push((name, config));
@@ -197,7 +203,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
         let err = |field: Option<&str>, msg: String| {
             anyhow::anyhow!(
                 "{file}:{}: functions.{name}{}: {msg}",
-                line_of(&text, "functions", &name, field),
+                line_of(text, "functions", &name, field),
                 field.map(|f| format!(".{f}")).unwrap_or_default()
             )
         };
@@ -299,7 +305,7 @@ pub fn plan(path: &Path) -> Result<Plan> {
     let mut services = Vec::new();
     for (name, spec) in manifest.services {
         let err = |field: Option<&str>, msg: String| {
-            anyhow::anyhow!("{file}:{}: services.{name}{}: {msg}", line_of(&text, "services", &name, field), field.map(|f| format!(".{f}")).unwrap_or_default())
+            anyhow::anyhow!("{file}:{}: services.{name}{}: {msg}", line_of(text, "services", &name, field), field.map(|f| format!(".{f}")).unwrap_or_default())
         };
         validate::name("name", &name).map_err(|e| err(None, e.message))?;
         let mut c = hangar_api::services::ServiceConfig::new(spec.image);
@@ -380,20 +386,20 @@ pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, outpu
     for p in &planned {
         let c = &p.config;
         for t in c.async_.on_failure.iter().chain(&c.steps).filter(|t| !planned.iter().any(|q| &q.name == *t)) {
-            let q = crate::cli::ns_query(ns.as_deref());
+            let q = crate::util::ns_query(ns.as_deref());
             if let Err(e) = client.send(client.request(reqwest::Method::GET, &format!("/v1/functions/{t}")).query(&q)).await {
                 bail!("function `{}` needs function `{t}`, which is not in the manifest and could not be found deployed ({e:#}); nothing was deployed", p.name);
             }
         }
     }
     for (p, code) in planned.iter().zip(&codes) {
-        crate::cli::put_function(client, &p.name, ns.as_deref(), &p.config, code.clone(), true)
+        crate::functions::put_function(client, &p.name, ns.as_deref(), &p.config, code.clone(), true)
             .await
             .with_context(|| format!("function `{}` was rejected; nothing was deployed", p.name))?;
     }
     let mut results = Vec::new();
     for (p, code) in planned.iter().zip(codes) {
-        let r: DeployResponse = crate::cli::put_function(client, &p.name, ns.as_deref(), &p.config, code, false)
+        let r: DeployResponse = crate::functions::put_function(client, &p.name, ns.as_deref(), &p.config, code, false)
             .await
             .with_context(|| format!("deploying function `{}`", p.name))?;
         results.push(r);
@@ -414,7 +420,7 @@ pub async fn deploy(client: &Client, path: &Path, namespace: Option<&str>, outpu
     }
     let mut applied = Vec::new();
     for (name, config) in &triggers {
-        let rb = client.request(reqwest::Method::PUT, &format!("/v1/triggers/{name}")).query(&crate::cli::ns_query(ns.as_deref())).json(config);
+        let rb = client.request(reqwest::Method::PUT, &format!("/v1/triggers/{name}")).query(&crate::util::ns_query(ns.as_deref())).json(config);
         let t: hangar_api::events::TriggerInfo = client.json(rb).await.with_context(|| format!("applying trigger `{name}`"))?;
         applied.push(t);
     }
@@ -456,7 +462,7 @@ pub fn parse_timeout(s: &str) -> Result<u64> {
 mod tests {
     use super::*;
 
-    fn plan_text(text: &str) -> Result<(Option<String>, Vec<Planned>)> {
+    fn plan_fns(text: &str) -> Result<(Option<String>, Vec<Planned>)> {
         plan_all(text).map(|p| (p.namespace, p.functions))
     }
 
@@ -469,7 +475,7 @@ mod tests {
 
     #[test]
     fn good_manifest() {
-        let (ns, fns) = plan_text(
+        let (ns, fns) = plan_fns(
             "namespace = \"team\"\n[functions.hello]\nruntime = \"wasm\"\ncode = \"a.wasm\"\nmemory = 64\ntimeout = \"2s\"\npublic = true\nenv = { A = \"1\" }\n",
         )
         .unwrap();
@@ -481,15 +487,15 @@ mod tests {
 
     #[test]
     fn errors_name_line_and_field() {
-        let e = plan_text("[functions.hello]\nruntime = \"wasm\"\ncode = \"a.wasm\"\nmemory = 1\n").unwrap_err().to_string();
+        let e = plan_fns("[functions.hello]\nruntime = \"wasm\"\ncode = \"a.wasm\"\nmemory = 1\n").unwrap_err().to_string();
         assert!(e.contains(":4: functions.hello.memory:"), "{e}");
-        let e = plan_text("[functions.hello]\nruntime = \"cobol\"\ncode = \"a.wasm\"\n").unwrap_err().to_string();
+        let e = plan_fns("[functions.hello]\nruntime = \"cobol\"\ncode = \"a.wasm\"\n").unwrap_err().to_string();
         assert!(e.contains(":2:") && e.contains("cobol"), "{e}");
-        let e = plan_text("[functions.hello]\nruntime = \"wasm\"\ncode = \"a.wasm\"\nmemroy = 3\n").unwrap_err().to_string();
+        let e = plan_fns("[functions.hello]\nruntime = \"wasm\"\ncode = \"a.wasm\"\nmemroy = 3\n").unwrap_err().to_string();
         assert!(e.contains(":4:") && e.contains("memroy"), "{e}");
-        let e = plan_text("[functions.Bad_Name]\nruntime = \"wasm\"\ncode = \"a.wasm\"\n").unwrap_err().to_string();
+        let e = plan_fns("[functions.Bad_Name]\nruntime = \"wasm\"\ncode = \"a.wasm\"\n").unwrap_err().to_string();
         assert!(e.contains(":1: functions.Bad_Name:"), "{e}");
-        let e = plan_text("[functions.t]\nruntime = \"wasm\"\ncode = \"a.wasm\"\ntimeout = \"soon\"\n").unwrap_err().to_string();
+        let e = plan_fns("[functions.t]\nruntime = \"wasm\"\ncode = \"a.wasm\"\ntimeout = \"soon\"\n").unwrap_err().to_string();
         assert!(e.contains(":4: functions.t.timeout:"), "{e}");
     }
 

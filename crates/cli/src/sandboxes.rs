@@ -8,7 +8,8 @@ use futures::StreamExt;
 use hangar_api::sandboxes::{ExecFrame, ExecRequest, FileEntry, Sandbox, SandboxConfig, SandboxList, TtyRequest};
 use reqwest::Method;
 
-use crate::cli::{Cli, Output, SandboxCommand, client, env_flags, ns_query, print_json, table};
+use crate::args::{Cli, Output, SandboxCommand};
+use crate::util::{client, env_flags, ns_query, print_json, table};
 
 fn seconds(flag: &str, value: &Option<String>) -> Result<Option<u64>> {
     value

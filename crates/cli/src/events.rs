@@ -5,7 +5,8 @@ use anyhow::{Context, Result};
 use hangar_api::events::{AsyncAccepted, AsyncInvocation, IDEMPOTENCY_KEY_HEADER, Published, TriggerConfig, TriggerInfo};
 use reqwest::Method;
 
-use crate::cli::{AsyncCommand, Cli, EventsCommand, InvokeArgs, Output, TriggerArgs, TriggerCommand, client, ns_query, print_json, table};
+use crate::args::{AsyncCommand, Cli, EventsCommand, InvokeArgs, Output, TriggerArgs, TriggerCommand};
+use crate::util::{client, ns_query, print_json, table};
 
 /// `POST /v1/functions/{name}/invoke?async=true`; prints the id once the event is persisted.
 pub async fn invoke_async(cli: &Cli, a: &InvokeArgs) -> Result<i32> {
@@ -38,7 +39,7 @@ pub async fn run(cli: &Cli, cmd: &AsyncCommand) -> Result<()> {
     let client = client(cli);
     match cmd {
         AsyncCommand::Ls { name, state, limit } => {
-            crate::cli::check_limit(*limit)?;
+            crate::util::check_limit(*limit)?;
             let mut q = ns_query(cli.namespace.as_deref());
             q.push(("limit", limit.to_string()));
             if let Some(n) = name {

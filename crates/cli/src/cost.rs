@@ -5,7 +5,8 @@ use anyhow::{Context, Result};
 use hangar_api::cost::{AdviceList, CalcAnswer, CalcRequest, PriceSheetList, UsageList};
 use reqwest::Method;
 
-use crate::cli::{Cli, CostCommand, Output, PricesCommand, client, ns_query, print_json, table};
+use crate::args::{Cli, CostCommand, Output, PricesCommand};
+use crate::util::{client, ns_query, print_json, table};
 
 pub async fn run_prices(cli: &Cli, cmd: &PricesCommand) -> Result<()> {
     let client = client(cli);
@@ -81,7 +82,7 @@ pub async fn run_cost(cli: &Cli, cmd: &CostCommand) -> Result<()> {
 }
 
 /// `hangar usage`: what workloads used, per hour or day.
-pub async fn run_usage(cli: &Cli, a: &crate::cli::UsageArgs) -> Result<()> {
+pub async fn run_usage(cli: &Cli, a: &crate::args::UsageArgs) -> Result<()> {
     let client = client(cli);
     let mut q = ns_query(cli.namespace.as_deref());
     let pairs = [
@@ -127,7 +128,7 @@ pub async fn run_usage(cli: &Cli, a: &crate::cli::UsageArgs) -> Result<()> {
 
 /// `hangar advise`: the advisor's recommendation for each function and service, with its
 /// reasons.
-pub async fn run_advise(cli: &Cli, args: &crate::cli::AdviseArgs) -> Result<()> {
+pub async fn run_advise(cli: &Cli, args: &crate::args::AdviseArgs) -> Result<()> {
     let client = client(cli);
     let mut q = ns_query(cli.namespace.as_deref());
     let objective_ms = args
