@@ -508,10 +508,7 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub use hangar_core::now_ms;
 
 /// RFC 3339 text of a time given in milliseconds since the Unix epoch.
 pub fn rfc3339(ms: i64) -> String {

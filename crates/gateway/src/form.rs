@@ -1,6 +1,12 @@
 //! The deploy form: `multipart/form-data` with a `config` part (JSON) and a `code` part, read
 //! whole and judged only once read (an answer sent while the client still uploads is lost).
 //! Outside input: fuzzed by `fuzz/fuzz_targets/deploy_form.rs`.
+//!
+//! Design decisions:
+//!
+//! *Upload format.* `PUT /v1/functions/{name}` takes `multipart/form-data` (`config` JSON +
+//! `code`) so code is sent as bytes (not base64); a JSON body alone changes only the
+//! configuration.
 
 use axum::extract::{FromRequest, Multipart};
 use axum::http::StatusCode;

@@ -54,6 +54,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     create_private_dir(&opts.data_dir)?;
     // One server per data dir: a second one would clean up (kill) the first one's containers.
     let _lock = lock_data_dir(&opts.data_dir)?;
+    // The one name everything this server makes on the machine carries.
+    let server_id = hangar_core::ServerId::of_data_dir(&opts.data_dir).context("resolving the data dir")?;
     let db = opts.data_dir.join("hangar.db");
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&db).with_context(|| format!("opening the database {}", db.display()))?.with_metering(opts.metering));
@@ -93,6 +95,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let mut runtimes: Vec<Arc<dyn hangar_runtime::Runtime>> = vec![Arc::new(wasm)];
     let process = hangar_runtime_process::HostConfig {
         data_dir: opts.data_dir.clone(),
+        server_id: server_id.clone(),
         keep_alive: opts.keep_alive,
         pause_after: opts.pause_after,
         region: opts.region.clone(),
@@ -107,7 +110,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         }
     }
     let scheduler = Arc::new(Scheduler::new(runtimes, meter.clone(), opts.max_log_bytes, opts.namespace_concurrency));
-    let (services, services_unavailable) = match start_services(&opts.data_dir, images.clone()).await {
+    let (services, services_unavailable) = match start_services(&opts.data_dir, &server_id, images.clone()).await {
         Ok(s) => (Some(Arc::new(s)), None),
         Err(e) => {
             tracing::warn!("services are not available: {e:#}");
@@ -122,7 +125,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     if let Some(s) = &services {
         async_queue.set_service_sink(Arc::new(hangar_gateway::services::EventSink { services: s.clone(), store: store.clone() }));
     }
-    let (sandboxes, sandboxes_unavailable) = match hangar_sandbox::Sandboxes::start(&opts.data_dir, store.clone(), images.clone()).await {
+    let (sandboxes, sandboxes_unavailable) = match hangar_sandbox::Sandboxes::start(&opts.data_dir, &server_id, store.clone(), images.clone()).await {
         Ok(s) => (Some(s), None),
         Err(e) => {
             tracing::warn!("sandboxes are not available: {e}");
@@ -318,8 +321,11 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fil
 }
 
 /// The services runtime, if this machine can run containers (root, runc, iproute2).
-async fn start_services(data_dir: &std::path::Path, images: Arc<hangar_image::ImageStore>) -> anyhow::Result<hangar_service::Services> {
-    use sha2::Digest as _;
+async fn start_services(
+    data_dir: &std::path::Path,
+    sid: &hangar_core::ServerId,
+    images: Arc<hangar_image::ImageStore>,
+) -> anyhow::Result<hangar_service::Services> {
     if !nix::unistd::Uid::effective().is_root() {
         anyhow::bail!("they need root (containers, mounts and network namespaces); run `hangar up` as root");
     }
@@ -330,9 +336,7 @@ async fn start_services(data_dir: &std::path::Path, images: Arc<hangar_image::Im
             anyhow::bail!("`{tool}` is not installed (apt-get install {package})");
         }
     }
-    let canonical = std::fs::canonicalize(data_dir).context("resolving the data dir")?;
-    let sid = hex::encode(&sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5]);
-    Ok(hangar_service::Services::start(data_dir, &sid, images).await?)
+    Ok(hangar_service::Services::start(data_dir, sid.as_str(), images).await?)
 }
 
 async fn shutdown_signal() {

@@ -434,7 +434,7 @@ impl Image {
             config: run_config(config),
             os: config.os().to_string(),
             architecture: config.architecture().to_string(),
-            added_ms: now_ms(),
+            added_ms: hangar_core::now_ms(),
         }
     }
 
@@ -503,8 +503,4 @@ fn check_config(config: &oci_spec::image::ImageConfiguration, layers: usize) -> 
         digest_hex(d)?;
     }
     Ok(diff_ids)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

@@ -16,9 +16,9 @@ pub struct NetNs {
     path: PathBuf,
 }
 
-/// One iproute2 command (its words are checked names, never spaces).
-async fn ip(args: &[&str]) -> Result<(), JailError> {
-    crate::netcmd::ip(&[], &args.join(" ")).await
+/// One iproute2 command (its words are checked names, never spaces), after `options`.
+async fn ip(options: &[&str], command: &[&str]) -> Result<(), JailError> {
+    crate::netcmd::ip(options, &command.join(" ")).await
 }
 
 impl NetNs {
@@ -27,9 +27,9 @@ impl NetNs {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
             return Err(JailError::Invalid(format!("network namespace name `{name}` may only hold letters, digits, `_`, `.`, `-`")));
         }
-        ip(&["netns", "add", name]).await?;
+        ip(&[], &["netns", "add", name]).await?;
         let ns = NetNs { name: name.to_string(), path: Path::new("/var/run/netns").join(name) };
-        if let Err(e) = ip(&["-n", name, "link", "set", "lo", "up"]).await {
+        if let Err(e) = ip(&["-n", name], &["link", "set", "lo", "up"]).await {
             ns.delete().await;
             return Err(e);
         }
@@ -57,7 +57,7 @@ impl NetNs {
 
     /// Removes the namespace.
     pub async fn delete(self) {
-        if let Err(e) = ip(&["netns", "delete", &self.name]).await {
+        if let Err(e) = ip(&[], &["netns", "delete", &self.name]).await {
             tracing::warn!("removing network namespace {}: {e}", self.name);
         }
     }

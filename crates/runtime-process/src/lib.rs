@@ -9,6 +9,32 @@
 //! user code serves a request. [`function`] pools instances and runs invocations; [`code`]
 //! unpacks uploaded zips safely; [`egress`] is the allow-listed way out for functions granted
 //! outbound access.
+//!
+//! Design decisions:
+//!
+//! *Zygote plus spare sandbox for process functions.* Forking from a zygote that already imported
+//! the handler skips the interpreter's start and imports (python3: ~100 ms here); making
+//! namespaces (~6 ms) and especially moving a process into a cgroup on v1 (~10 ms) are done ahead
+//! of demand for one spare per revision, so a cold start only lets the spare go (BENCHMARKS.md).
+//! For nodejs and provided the spare's runtime is started too (Lambda's proactive initialization):
+//! a bootstrap's or Node's start is then off the request path, and its init errors still surface
+//! on the invocation that would have used it. A new function or revision takes a prewarmed zygote
+//! of its runtime rather than starting one (python3's interpreter start is ~250 ms on these
+//! machines), so its first call does not wait for it; the code arrives by hard links into the slot
+//! bound at `/var/task`, which needs no mount in the running container. A revision whose code
+//! failed to initialize in a prewarmed zygote starts its own zygotes from then on, so a broken
+//! deploy does not drain the pool. Instances of one function share the zygote's user namespace and
+//! uid range; each has its own pid, mount, net, ipc and uts namespaces, so it sees neither the
+//! host nor its siblings. The price of the spare: one idle sandbox (~4 MiB unique memory) per
+//! resident revision.
+//!
+//! *Egress through a proxy, not a route.* A process instance's network namespace holds only
+//! loopback with Hangar's listeners: the Runtime API and, for functions with `allow_outbound`, an
+//! HTTP/CONNECT proxy (`egress`) that checks each destination against the same allow-list as wasm
+//! functions and connects from the host. No veth, bridge or NAT exists to escape through; the
+//! price is that clients must honour `HTTP(S)_PROXY`. Node's built-in `http`, `https` and `fetch`
+//! do not (before Node 24), so the Node shim routes them through the proxy with CONNECT tunnels,
+//! and gives Node the machine's CA store as Python has.
 #![forbid(unsafe_code)]
 
 pub mod channel;
@@ -35,6 +61,8 @@ use sha2::{Digest, Sha256};
 pub struct HostConfig {
     /// The server's data directory; code is unpacked under `<data_dir>/process`.
     pub data_dir: PathBuf,
+    /// The server's id: its run directory and cgroups are named after it.
+    pub server_id: hangar_core::ServerId,
     /// How long an idle instance stays warm.
     pub keep_alive: Duration,
     /// How long an idle instance runs before it is paused (zero: never).
@@ -142,8 +170,7 @@ impl Host {
                 None
             }
         };
-        let canonical = std::fs::canonicalize(&config.data_dir).unwrap_or(config.data_dir.clone());
-        let sid = hex::encode(&Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5]);
+        let sid = config.server_id.as_str();
         let run_dir = PathBuf::from(format!("/run/hangar-{sid}"));
         let (done, prepared) = tokio::sync::watch::channel(None);
         let host = Host {

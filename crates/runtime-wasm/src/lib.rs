@@ -6,6 +6,19 @@
 //! are enforced per store: memory through a [`wasmtime::ResourceLimiter`], time through epoch
 //! interruption plus a wall-clock deadline, outbound HTTP through an allow-list hook, and there
 //! is no filesystem and no socket access at all.
+//!
+//! Design decisions:
+//!
+//! *Instance per request for WASM.* A fresh instance from `InstancePre` in the pooling allocator
+//! costs microseconds and gives perfect isolation between requests; "cold" therefore means "the
+//! revision had to be loaded from the artifact cache", and code is loaded lazily so that a
+//! thousand deployed functions cost little memory until called.
+//!
+//! *Pool slots are reset in place.* Freed slots are rewritten (only the dirtied pages, found with
+//! `PAGEMAP_SCAN` on Linux ≥ 6.7; up to 2 MiB per memory and table) instead of `madvise`d away, so
+//! the next instance takes no page faults and no cross-core TLB shootdown; that was the top of the
+//! profile and is most of the throughput difference to `wasmtime serve` (BENCHMARKS.md). State
+//! never survives: `tests/limits.rs` checks that every request sees fresh globals and heap.
 
 mod artifacts;
 mod guest;

@@ -3,7 +3,13 @@
 //! A [`Runtime`] turns uploaded code into a durable, validated artifact at deploy time
 //! ([`Runtime::prepare`]), makes a revision resident on demand ([`Runtime::load`]), and the
 //! resulting [`Loaded`] revision serves invocations. Runtimes know how an instance is isolated;
-//! they never decide how many instances exist (that is the scheduler's job).
+//! the scheduler decides which revision serves and admits each invocation (the process runtime
+//! still reaps idle instances and caps their number itself).
+//!
+//! Design decisions:
+//!
+//! *Records at response end.* The runtime reports an invocation once, with its outcome, bytes,
+//! logs and duration from arrival to the end of the response, which is what is billed.
 #![forbid(unsafe_code)]
 
 mod body;

@@ -30,7 +30,6 @@ use hangar_api::now_ms;
 use hangar_api::sandboxes::{ExecFrame, ExecRequest, Sandbox, SandboxConfig, SandboxState, SandboxTimings, SandboxUsage};
 use hangar_image::{ImageStore, RunConfig};
 use hangar_store::Store;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 /// Why a sandbox call failed.
@@ -137,13 +136,12 @@ impl Sandboxes {
     /// Checks for runsc and a static busybox, clears what an earlier run left in the run
     /// directory, and loads the sandboxes: those on standby wait to be resumed; those that were
     /// running when the server died without putting them on standby are marked failed.
-    pub async fn start(data_dir: &Path, store: Arc<dyn Store>, images: Arc<ImageStore>) -> Result<Sandboxes, SandboxError> {
+    pub async fn start(data_dir: &Path, server_id: &hangar_core::ServerId, store: Arc<dyn Store>, images: Arc<ImageStore>) -> Result<Sandboxes, SandboxError> {
         let runsc = find_program(&["/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc"])
             .ok_or_else(|| SandboxError::Unavailable("sandboxes need gVisor's runsc (apt-get install runsc)".into()))?;
         let busybox = find_program(&["/bin/busybox", "/usr/bin/busybox"])
             .ok_or_else(|| SandboxError::Unavailable("sandboxes need a static busybox for file calls (apt-get install busybox-static)".into()))?;
-        let canonical = std::fs::canonicalize(data_dir).unwrap_or(data_dir.to_path_buf());
-        let sid = hex::encode(&Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5]);
+        let sid = server_id.as_str();
         let inner = Arc::new(Inner {
             store,
             images,
@@ -152,7 +150,7 @@ impl Sandboxes {
             runsc,
             busybox,
             cgroup_parent: format!("hangar-sb-{sid}"),
-            network: network::Network::new(&sid),
+            network: network::Network::new(sid),
             boxes: Mutex::default(),
             stopping: AtomicBool::new(false),
         });

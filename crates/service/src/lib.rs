@@ -6,6 +6,14 @@
 //! [`Services`] is the table the gateway routes through. Each instance is a *slot*: a task
 //! that starts a container, waits for its readiness probe, publishes its address, and restarts
 //! it when it ends, until the slot is stopped (drain, SIGTERM, grace, SIGKILL, clean up).
+//!
+//! Design decisions:
+//!
+//! *gVisor services use the instance's namespace as their host network.* runsc (the 2022 Debian
+//! release here) is started inside the instance's network namespace with `nsenter` and
+//! `--network=host`: its own network stack (`--network=sandbox`) refused to build from a joined
+//! namespace, finding the root one. System calls stay in gVisor's kernel; only socket operations
+//! reach the host kernel, inside a namespace that holds nothing but the instance's veth.
 
 mod autoscale;
 mod bundle;

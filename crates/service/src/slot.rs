@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hangar_api::now_ms;
 use hangar_api::services::{ContainerRuntime, InstanceState, Probe, ServiceConfig, ServiceInstance};
 use hangar_image::Image;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
@@ -66,10 +67,6 @@ pub(crate) struct Slot {
     ready: watch::Receiver<Readiness>,
     stop: watch::Sender<Option<u64>>,
     task: tokio::task::JoinHandle<()>,
-}
-
-fn now_ms() -> i64 {
-    hangar_api::now_ms()
 }
 
 impl Slot {
