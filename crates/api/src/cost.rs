@@ -124,6 +124,46 @@ pub struct UsageDelta {
     pub standby_byte_ms: u64,
 }
 
+impl UsageDelta {
+    /// What one invocation adds to its function's hour, or `None` when it is not billed: the
+    /// one place the billing rules live. A throttled request never ran and is not billed (as on
+    /// Lambda); every other one is a request, an error unless it ended `ok`, a cold start when a
+    /// new instance served it ([`crate::StartKind::is_cold_start`]), its billed milliseconds and
+    /// their memory-time.
+    pub fn of_invocation(r: &crate::InvocationRecord) -> Option<UsageDelta> {
+        if r.outcome == crate::Outcome::Throttled {
+            return None;
+        }
+        const HOUR_MS: i64 = 3_600_000;
+        Some(UsageDelta {
+            namespace: r.namespace.clone(),
+            kind: "function".into(),
+            name: r.function.clone(),
+            hour_ms: r.started_ms.div_euclid(HOUR_MS) * HOUR_MS,
+            requests: 1,
+            errors: u64::from(r.outcome != crate::Outcome::Ok),
+            cold_starts: u64::from(r.start.is_cold_start()),
+            billed_ms: r.billed_ms,
+            mb_ms: r.billed_ms * u64::from(r.memory_mb),
+            ..UsageDelta::default()
+        })
+    }
+
+    /// Adds `other`'s counters to this one's (the same workload and hour).
+    pub fn add(&mut self, other: &UsageDelta) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.cold_starts += other.cold_starts;
+        self.billed_ms += other.billed_ms;
+        self.mb_ms += other.mb_ms;
+        self.vcpu_milli_ms += other.vcpu_milli_ms;
+        self.running_ms += other.running_ms;
+        self.paused_ms += other.paused_ms;
+        self.standby_ms += other.standby_ms;
+        self.standby_byte_ms += other.standby_byte_ms;
+    }
+}
+
 /// How much of a sandbox's own usage counters the meter has counted already (so a restart
 /// neither loses nor repeats any of it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

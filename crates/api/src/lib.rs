@@ -333,6 +333,14 @@ wire_enum! {
     }
 }
 
+impl StartKind {
+    /// Whether a new instance served the invocation, made for it (`cold`) or ahead of demand
+    /// (`prewarmed`): what usage, the advisor and adaptive mode count as a cold start.
+    pub fn is_cold_start(self) -> bool {
+        matches!(self, StartKind::Cold | StartKind::Prewarmed)
+    }
+}
+
 wire_enum! {
     /// How an invocation ended.
     Outcome, "status" {

@@ -336,7 +336,9 @@ pub async fn put_function(
         return Ok((StatusCode::OK, Json(DeployResponse { status: deploy_status, function: function_view(&row) })).into_response());
     }
     // Durable before acknowledged, then routable.
-    state.store.put_function(&row).await?;
+    // Compare-and-set: the write names the revision it replaces, so two deploys (or two
+    // servers) never both write one revision; the loser is a 409.
+    state.store.put_function(&row, existing.as_ref().map_or(0, |e| e.revision)).await?;
     state.scheduler.install(deployment(&row))?;
     Ok((status, Json(DeployResponse { status: deploy_status, function: function_view(&row) })).into_response())
 }

@@ -93,6 +93,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Stale { what, found, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", format!("{what} changed while this request ran (it is at revision {found} now); send it again"))
+            }
             other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", other.to_string()),
         }
     }

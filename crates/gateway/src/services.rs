@@ -124,7 +124,7 @@ pub async fn put_service(
         updated_ms: now,
     };
     svcs.rollout(&ns, &name, row.revision, config, image).await?;
-    state.store.put_service(&row).await?;
+    state.store.put_service(&row, existing.as_ref().map_or(0, |r| r.revision)).await?;
     let (status, word) = if existing.is_some() { (StatusCode::OK, "updated") } else { (StatusCode::CREATED, "created") };
     Ok((status, Json(ServiceDeployed { status: word.into(), service: view(&state, &row) })).into_response())
 }

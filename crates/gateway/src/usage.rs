@@ -259,7 +259,7 @@ pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQ
 /// A record's latency (ms, from arrival to the response's end) and whether it started an
 /// instance (cold, or a prewarmed one that ran its init).
 pub fn latency(r: &hangar_api::InvocationRecord) -> (u64, bool) {
-    (r.duration_us.div_ceil(1000), matches!(r.start, hangar_api::StartKind::Cold | hangar_api::StartKind::Prewarmed))
+    (r.duration_us.div_ceil(1000), r.start.is_cold_start())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -12,7 +12,8 @@ use hangar_gateway::{AppState, KeyCache, Limits, Shared};
 use hangar_meter::{Meter, Metrics};
 use hangar_runtime_wasm::{PoolSize, WasmCounters, WasmRuntime};
 use hangar_scheduler::Scheduler;
-use hangar_store::{KeyRow, SqliteStore, Store};
+use hangar_store::{KeyRow, Store};
+use hangar_store_sqlite::SqliteStore;
 
 /// Settings of `hangar up`.
 pub struct UpOptions {

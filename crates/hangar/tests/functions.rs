@@ -195,3 +195,47 @@ async fn a_caller_that_goes_away_is_still_recorded_and_does_not_block_shutdown()
     assert!(status.success());
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "nothing left in flight to wait for");
 }
+
+/// Concurrent deploys of one function each get a revision of their own, written once: none is
+/// lost, none is written twice, and the route serves the newest.
+#[tokio::test]
+async fn concurrent_deploys_of_one_function_each_get_one_revision() {
+    let s = Server::start();
+    s.deploy("racy", "hello", &[]);
+    let mut deploys = tokio::task::JoinSet::new();
+    for memory in 0..8u32 {
+        let (url, key) = (s.url.clone(), s.admin_key.clone());
+        deploys.spawn(async move {
+            let config = serde_json::json!({"runtime": "wasm", "memory_mb": 64 + memory});
+            let r = reqwest::Client::new()
+                .put(format!("{url}/v1/functions/racy"))
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(config.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap();
+            (status, body)
+        });
+    }
+    let mut revisions = Vec::new();
+    while let Some(done) = deploys.join_next().await {
+        let (status, body) = done.unwrap();
+        // A deploy that loses the store's compare-and-set is a clean 409, never a lost write.
+        match status {
+            200 => revisions.push(body["function"]["revision"].as_u64().unwrap()),
+            409 => assert_eq!(body["code"], "conflict", "{body}"),
+            other => panic!("a concurrent deploy got {other}: {body}"),
+        }
+    }
+    revisions.sort_unstable();
+    let mut unique = revisions.clone();
+    unique.dedup();
+    assert_eq!(revisions, unique, "no revision is written twice");
+    let newest = *revisions.last().expect("some deploy won");
+    let f: serde_json::Value = s.get("/v1/functions/racy").send().await.unwrap().json().await.unwrap();
+    assert_eq!(f["revision"].as_u64(), Some(newest), "the store holds the newest revision: {f}");
+    assert_eq!(reqwest::Client::new().post(format!("{}/fn/default/racy/", s.url)).bearer_auth(&s.admin_key).body("x").send().await.unwrap().status(), 200);
+}

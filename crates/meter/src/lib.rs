@@ -261,7 +261,8 @@ async fn write_batch(store: &dyn Store, batch: &mut Vec<InvocationRecord>, metri
 mod tests {
     use super::*;
     use hangar_api::Trigger;
-    use hangar_store::{InvocationFilter, SqliteStore};
+    use hangar_store::{InvocationFilter, Ledger as _};
+    use hangar_store_sqlite::SqliteStore;
 
     fn rec(i: u32) -> InvocationRecord {
         InvocationRecord {

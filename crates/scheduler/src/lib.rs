@@ -244,7 +244,16 @@ impl Scheduler {
         let (ns, name) = (deployment.namespace.clone(), deployment.name.clone());
         let eager = runtime.as_ref().is_some_and(|r| r.eager());
         let slot = Arc::new(Slot { deployment, runtime, spec, loaded: OnceCell::new(), metrics, active: Arc::default() });
-        self.write_table().entry(ns).or_default().insert(name, slot.clone());
+        {
+            let mut table = self.write_table();
+            let slots = table.entry(ns).or_default();
+            // Routes only move forward: a revision older than the routed one (a deploy that
+            // lost the race to the store, applied late) changes nothing.
+            if slots.get(&name).is_some_and(|s| s.deployment.revision > slot.deployment.revision) {
+                return Ok(());
+            }
+            slots.insert(name, slot.clone());
+        }
         if eager && let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 if let Err(e) = slot.load().await {

@@ -1,13 +1,16 @@
-//! Durable state: the [`Store`] trait and its embedded SQLite implementation.
+//! Durable state, backend-neutral: the traits by aggregate ([`DesiredState`], [`Ledger`],
+//! [`Queue`], together [`Store`]), the rows they hold, one error type, and the [`conformance`]
+//! suite every backend passes (`hangar-store-sqlite` is the embedded one).
 //!
-//! The store holds desired state (namespaces, keys, functions and their revisions) and history
-//! (invocation records). It is never on the hot path of an invocation: records reach it in
-//! batches from the meter, and the gateway serves routes from memory.
+//! The store holds desired state (namespaces, keys, functions, services, triggers, sandboxes),
+//! the ledger (invocation records, usage, adaptive-mode switches) and the durable queue of
+//! asynchronous invocations. It is never on the hot path of an invocation: records reach it in
+//! batches from the meter, and the gateway serves routes from memory. Writes of a function's or
+//! a service's revision are compare-and-set: they name the revision they replace, so two
+//! writers (two deploys, later two servers) never both win one revision.
 #![forbid(unsafe_code)]
 
-mod sqlite;
-
-pub use sqlite::SqliteStore;
+pub mod conformance;
 
 use async_trait::async_trait;
 use hangar_api::{FunctionConfig, Outcome};
@@ -15,12 +18,21 @@ use hangar_api::{FunctionConfig, Outcome};
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database could not be read or written: {0}. Check the data dir's disk and permissions.
-    #[error("store: database error: {0}; check that the data dir is writable and its disk not full")]
-    Db(#[from] rusqlite::Error),
+    /// The backend could not be read or written (its own error is the source).
+    #[error("store: the database failed: {0}; check that the data dir is writable and its disk not full")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The thing exists already.
     #[error("store: {0}")]
     Conflict(String),
+    /// A compare-and-set write lost: the current revision is not the one the writer read.
+    #[error("store: {what} is at revision {found} now, not {expected}: it changed meanwhile")]
+    Stale {
+        what: String,
+        /// The revision the writer expected (0: that it did not exist).
+        expected: u64,
+        /// The revision it found (0: none).
+        found: u64,
+    },
     /// A row could not be decoded: the database was written by something else or is damaged.
     #[error("store: corrupt row: {0}")]
     Corrupt(String),
@@ -101,14 +113,14 @@ pub struct InvocationFilter {
     pub parent: Option<String>,
 }
 
-/// Durable state behind the control plane.
+/// Desired state: what should exist. Each write is one transaction.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait DesiredState: Send + Sync + 'static {
     /// Creates a namespace; `Conflict` if it exists.
     async fn create_namespace(&self, name: &str, now_ms: i64) -> Result<NamespaceRow>;
     async fn list_namespaces(&self) -> Result<Vec<NamespaceRow>>;
     async fn get_namespace(&self, name: &str) -> Result<Option<NamespaceRow>>;
-    /// Deletes an empty namespace and its keys; `Conflict` if functions remain. `false` if absent.
+    /// Deletes an empty namespace and its keys; `Conflict` if workloads remain. `false` if absent.
     async fn delete_namespace(&self, name: &str) -> Result<bool>;
     /// Sets (or, with `None`, clears) a namespace's own concurrency limit; false if it does not exist.
     async fn set_namespace_limit(&self, name: &str, max_concurrency: Option<u32>) -> Result<bool>;
@@ -117,36 +129,22 @@ pub trait Store: Send + Sync + 'static {
     async fn list_keys(&self) -> Result<Vec<KeyRow>>;
     async fn delete_key(&self, id: &str) -> Result<bool>;
 
-    /// Writes a function's new current revision and keeps it in the revision history.
-    async fn put_function(&self, row: &FunctionRow) -> Result<()>;
+    /// Writes a function's new current revision (`row.revision`) and keeps it in the revision
+    /// history, if the current revision is still `expected` (0: the function must not exist);
+    /// else `Stale` and nothing changes.
+    async fn put_function(&self, row: &FunctionRow, expected: u64) -> Result<()>;
     async fn get_function(&self, namespace: &str, name: &str) -> Result<Option<FunctionRow>>;
     /// Functions of one namespace, or of all with `None`, ordered by namespace and name.
     async fn list_functions(&self, namespace: Option<&str>) -> Result<Vec<FunctionRow>>;
     async fn delete_function(&self, namespace: &str, name: &str) -> Result<bool>;
 
-    /// Appends a batch of records in one transaction.
-    /// Creates or replaces a service's current revision.
-    async fn put_service(&self, row: &ServiceRow) -> Result<()>;
+    /// Writes a service's new current revision if its current one is still `expected` (0: the
+    /// service must not exist); else `Stale` and nothing changes.
+    async fn put_service(&self, row: &ServiceRow, expected: u64) -> Result<()>;
     async fn get_service(&self, namespace: &str, name: &str) -> Result<Option<ServiceRow>>;
     /// `None` lists every namespace.
     async fn list_services(&self, namespace: Option<&str>) -> Result<Vec<ServiceRow>>;
     async fn delete_service(&self, namespace: &str, name: &str) -> Result<bool>;
-
-    async fn insert_invocations(&self, batch: Vec<InvocationRecord>) -> Result<()>;
-    async fn list_invocations(&self, filter: InvocationFilter) -> Result<Vec<InvocationRecord>>;
-    /// One record; `namespace` restricts the look-up (`None`: any namespace).
-    async fn get_invocation(&self, namespace: Option<&str>, id: &str) -> Result<Option<InvocationRecord>>;
-
-    /// In one transaction: queues `new` asynchronous invocations and writes the state of
-    /// `changed` ones. Returns, per new one, the id that holds it and whether that is an
-    /// earlier invocation with the same idempotency key (then nothing was queued).
-    async fn save_async(&self, new: Vec<AsyncRecord>, changed: Vec<AsyncRecord>) -> Result<Vec<(String, bool)>>;
-    /// Every asynchronous invocation not yet finished (queued or running), oldest first.
-    async fn unfinished_async(&self) -> Result<Vec<AsyncRecord>>;
-    /// One asynchronous invocation; `namespace` restricts the look-up.
-    async fn get_async(&self, namespace: Option<&str>, id: &str) -> Result<Option<AsyncRecord>>;
-    /// Asynchronous invocations, newest first, without payloads.
-    async fn list_async(&self, filter: AsyncFilter) -> Result<Vec<AsyncRecord>>;
 
     /// Creates or replaces a trigger (keeping when it last fired if it existed).
     async fn put_trigger(&self, row: &TriggerRow) -> Result<()>;
@@ -161,9 +159,21 @@ pub trait Store: Send + Sync + 'static {
     /// Every sandbox of every namespace.
     async fn list_sandboxes(&self) -> Result<Vec<hangar_api::sandboxes::Sandbox>>;
     async fn delete_sandbox(&self, id: &str) -> Result<bool>;
+}
+
+/// The ledger: what happened (invocation records, metered usage, adaptive-mode switches).
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// Appends a batch of records in one transaction (a record whose id is there already is
+    /// skipped), adding the usage of the inserted ones to their hourly rows in the same
+    /// transaction (what counts is [`hangar_api::cost::UsageDelta::of_invocation`]'s rule).
+    async fn insert_invocations(&self, batch: Vec<InvocationRecord>) -> Result<()>;
+    async fn list_invocations(&self, filter: InvocationFilter) -> Result<Vec<InvocationRecord>>;
+    /// One record; `namespace` restricts the look-up (`None`: any namespace).
+    async fn get_invocation(&self, namespace: Option<&str>, id: &str) -> Result<Option<InvocationRecord>>;
 
     /// Adds usage to the hourly rows (made as needed). Function usage is added by
-    /// [`Store::insert_invocations`] itself, in the same transaction as the records.
+    /// [`Ledger::insert_invocations`] itself, in the same transaction as the records.
     /// `marks` replace the meter's marks of those sandboxes, and the marks of every sandbox
     /// not in `marks` are dropped (the sandbox is gone), in the same transaction.
     async fn add_usage(&self, deltas: Vec<hangar_api::cost::UsageDelta>, marks: Option<Vec<hangar_api::cost::UsageMark>>) -> Result<()>;
@@ -174,11 +184,31 @@ pub trait Store: Send + Sync + 'static {
     /// Removes hourly rows before `before_ms`; how many went.
     async fn prune_usage(&self, before_ms: i64) -> Result<u64>;
 
-    /// Records a change adaptive mode made to a function (at `at_ms`).
+    /// Records a change adaptive mode made to a workload (at `at_ms`).
     async fn add_mode_switch(&self, namespace: &str, name: &str, at_ms: i64, switch: &hangar_api::ModeSwitch) -> Result<()>;
-    /// A function's adaptive-mode changes, oldest first.
+    /// A workload's adaptive-mode changes, oldest first.
     async fn list_mode_switches(&self, namespace: &str, name: &str) -> Result<Vec<hangar_api::ModeSwitch>>;
 }
+
+/// The durable queue of asynchronous invocations.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// In one transaction: queues `new` asynchronous invocations and writes the state of
+    /// `changed` ones. Returns, per new one, the id that holds it and whether that is an
+    /// earlier invocation with the same idempotency key (then nothing was queued).
+    async fn save_async(&self, new: Vec<AsyncRecord>, changed: Vec<AsyncRecord>) -> Result<Vec<(String, bool)>>;
+    /// Every asynchronous invocation not yet finished (queued or running), oldest first.
+    async fn unfinished_async(&self) -> Result<Vec<AsyncRecord>>;
+    /// One asynchronous invocation; `namespace` restricts the look-up.
+    async fn get_async(&self, namespace: Option<&str>, id: &str) -> Result<Option<AsyncRecord>>;
+    /// Asynchronous invocations, newest first, without payloads.
+    async fn list_async(&self, filter: AsyncFilter) -> Result<Vec<AsyncRecord>>;
+}
+
+/// A whole backend: desired state, ledger and queue behind one handle.
+pub trait Store: DesiredState + Ledger + Queue {}
+
+impl<T: DesiredState + Ledger + Queue> Store for T {}
 
 /// Which usage rows to read.
 #[derive(Debug, Clone, Default)]

@@ -1,15 +1,46 @@
-//! The embedded store: one SQLite file in WAL mode, driven from tokio's blocking pool.
+//! The embedded store: the store traits on one SQLite file in WAL mode (`synchronous=FULL`),
+//! driven from tokio's blocking pool. Its tests run the backend-neutral conformance suite.
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use hangar_store::{
+    AsyncFilter, AsyncRecord, DesiredState, FunctionRow, InvocationFilter, InvocationRecord, KeyRow, Ledger, NamespaceRow, Queue, Result, ServiceRow,
+    StoreError, TriggerRow, UsageFilter,
+};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::{
-    AsyncFilter, AsyncRecord, FunctionRow, InvocationFilter, InvocationRecord, KeyRow, NamespaceRow, Result, ServiceRow, Store, StoreError, TriggerRow,
-    UsageFilter,
-};
+/// What a closure run on the connection can fail with: SQLite's own error, or the store's.
+#[derive(Debug)]
+enum SqlError {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for SqlError {
+    fn from(e: rusqlite::Error) -> Self {
+        SqlError::Sql(e)
+    }
+}
+
+impl From<StoreError> for SqlError {
+    fn from(e: StoreError) -> Self {
+        SqlError::Store(e)
+    }
+}
+
+impl From<SqlError> for StoreError {
+    fn from(e: SqlError) -> Self {
+        match e {
+            SqlError::Sql(e) => StoreError::Backend(Box::new(e)),
+            SqlError::Store(e) => e,
+        }
+    }
+}
+
+type SqlResult<T> = std::result::Result<T, SqlError>;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS namespaces (
@@ -142,8 +173,6 @@ CREATE TABLE IF NOT EXISTS usage_marks (
 );
 "#;
 
-const HOUR_MS: i64 = 3_600_000;
-
 /// Adds one delta to its hourly row (made if missing).
 fn upsert_usage(tx: &rusqlite::Transaction<'_>, d: &hangar_api::cost::UsageDelta) -> rusqlite::Result<()> {
     let mut st = tx.prepare_cached(
@@ -204,8 +233,8 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        Self::init(conn)
+        let conn = Connection::open(path).map_err(SqlError::from)?;
+        Ok(Self::init(conn)?)
     }
 
     /// Without metering, invocation records are written but not added to the usage rows.
@@ -216,10 +245,10 @@ impl SqliteStore {
 
     /// A private in-memory database, for tests.
     pub fn in_memory() -> Result<Self> {
-        Self::init(Connection::open_in_memory()?)
+        Ok(Self::init(Connection::open_in_memory().map_err(SqlError::from)?)?)
     }
 
-    fn init(conn: Connection) -> Result<Self> {
+    fn init(conn: Connection) -> SqlResult<Self> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a deploy acknowledged to the user survives a power cut, not only a crash.
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -233,14 +262,14 @@ impl SqliteStore {
     async fn with<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Connection) -> SqlResult<T> + Send + 'static,
     {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
             // back), so a poisoned lock is still safe to use.
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
+            f(&mut guard).map_err(StoreError::from)
         })
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))?
@@ -299,13 +328,13 @@ fn invocation_from_row(r: &Row<'_>, with_logs: bool) -> rusqlite::Result<Invocat
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl DesiredState for SqliteStore {
     async fn create_namespace(&self, name: &str, now_ms: i64) -> Result<NamespaceRow> {
         let name = name.to_string();
         self.with(move |c| {
             let n = c.execute("INSERT INTO namespaces(name, created_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![name, now_ms])?;
             if n == 0 {
-                return Err(StoreError::Conflict(format!("namespace `{name}` already exists")));
+                return Err(StoreError::Conflict(format!("namespace `{name}` already exists")).into());
             }
             Ok(NamespaceRow { name, created_ms: now_ms, max_concurrency: None })
         })
@@ -343,19 +372,23 @@ impl Store for SqliteStore {
             let tx = c.transaction()?;
             let functions: i64 = tx.query_row("SELECT count(*) FROM functions WHERE namespace = ?1", [&name], |r| r.get(0))?;
             if functions > 0 {
-                return Err(StoreError::Conflict(format!("namespace `{name}` still has {functions} function(s); delete them first")));
+                return Err(StoreError::Conflict(format!("namespace `{name}` still has {functions} function(s); delete them first")).into());
             }
             let services: i64 = tx.query_row("SELECT count(*) FROM services WHERE namespace = ?1", [&name], |r| r.get(0))?;
             if services > 0 {
-                return Err(StoreError::Conflict(format!("namespace `{name}` still has {services} service(s); delete them first")));
+                return Err(StoreError::Conflict(format!("namespace `{name}` still has {services} service(s); delete them first")).into());
             }
             let triggers: i64 = tx.query_row("SELECT count(*) FROM triggers WHERE namespace = ?1", [&name], |r| r.get(0))?;
             if triggers > 0 {
-                return Err(StoreError::Conflict(format!("namespace `{name}` still has {triggers} trigger(s); remove them first (`hangar triggers rm`)")));
+                return Err(
+                    StoreError::Conflict(format!("namespace `{name}` still has {triggers} trigger(s); remove them first (`hangar triggers rm`)")).into()
+                );
             }
             let sandboxes: i64 = tx.query_row("SELECT count(*) FROM sandboxes WHERE namespace = ?1", [&name], |r| r.get(0))?;
             if sandboxes > 0 {
-                return Err(StoreError::Conflict(format!("namespace `{name}` still has {sandboxes} sandbox(es); remove them first (`hangar sandbox rm`)")));
+                return Err(
+                    StoreError::Conflict(format!("namespace `{name}` still has {sandboxes} sandbox(es); remove them first (`hangar sandbox rm`)")).into()
+                );
             }
             tx.execute("DELETE FROM api_keys WHERE namespace = ?1", [&name])?;
             let n = tx.execute("DELETE FROM namespaces WHERE name = ?1", [&name])?;
@@ -391,11 +424,17 @@ impl Store for SqliteStore {
         self.with(move |c| Ok(c.execute("DELETE FROM api_keys WHERE id = ?1", [id])? > 0)).await
     }
 
-    async fn put_function(&self, row: &FunctionRow) -> Result<()> {
+    async fn put_function(&self, row: &FunctionRow, expected: u64) -> Result<()> {
         let row = row.clone();
         let config = serde_json::to_string(&row.config).map_err(|e| StoreError::Corrupt(format!("config does not serialize: {e}")))?;
         self.with(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let found: Option<i64> =
+                tx.query_row("SELECT revision FROM functions WHERE namespace = ?1 AND name = ?2", params![row.namespace, row.name], |r| r.get(0)).optional()?;
+            let found = found.map_or(0, |r| r as u64);
+            if found != expected {
+                return Err(StoreError::Stale { what: format!("function `{}` in namespace `{}`", row.name, row.namespace), expected, found }.into());
+            }
             tx.execute(
                 "INSERT INTO functions(namespace, name, revision, config, code_digest, code_size, created_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -451,17 +490,25 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put_service(&self, row: &ServiceRow) -> Result<()> {
+    async fn put_service(&self, row: &ServiceRow, expected: u64) -> Result<()> {
         let row = row.clone();
         let config = serde_json::to_string(&row.config).map_err(|e| StoreError::Corrupt(format!("service config does not serialize: {e}")))?;
         self.with(move |c| {
-            c.execute(
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let found: Option<i64> =
+                tx.query_row("SELECT revision FROM services WHERE namespace = ?1 AND name = ?2", params![row.namespace, row.name], |r| r.get(0)).optional()?;
+            let found = found.map_or(0, |r| r as u64);
+            if found != expected {
+                return Err(StoreError::Stale { what: format!("service `{}` in namespace `{}`", row.name, row.namespace), expected, found }.into());
+            }
+            tx.execute(
                 "INSERT INTO services(namespace, name, revision, config, image_id, created_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(namespace, name) DO UPDATE SET revision = excluded.revision,
                    config = excluded.config, image_id = excluded.image_id, updated_ms = excluded.updated_ms",
                 params![row.namespace, row.name, row.revision as i64, config, row.image_id, row.created_ms, row.updated_ms],
             )?;
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -494,179 +541,6 @@ impl Store for SqliteStore {
     async fn delete_service(&self, namespace: &str, name: &str) -> Result<bool> {
         let (ns, name) = (namespace.to_string(), name.to_string());
         self.with(move |c| Ok(c.execute("DELETE FROM services WHERE namespace = ?1 AND name = ?2", params![ns, name])? > 0)).await
-    }
-
-    async fn insert_invocations(&self, batch: Vec<InvocationRecord>) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let metering = self.metering;
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            let mut usage: std::collections::HashMap<(String, String, i64), hangar_api::cost::UsageDelta> = std::collections::HashMap::new();
-            {
-                let mut st = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO invocations(id, namespace, function, revision, trigger, started_ms,
-                       duration_us, billed_ms, memory_mb, start_kind, outcome, status, response_bytes, error,
-                       logs, logs_truncated, parent_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-                )?;
-                for r in &batch {
-                    let inserted = st.execute(params![
-                        r.id,
-                        r.namespace,
-                        r.function,
-                        r.revision as i64,
-                        r.trigger.as_str(),
-                        r.started_ms,
-                        r.duration_us as i64,
-                        r.billed_ms as i64,
-                        r.memory_mb,
-                        r.start.as_str(),
-                        r.outcome.as_str(),
-                        r.status,
-                        r.response_bytes as i64,
-                        r.error,
-                        r.logs,
-                        r.logs_truncated as i64,
-                        r.parent_id
-                    ])?;
-                    // Metered once: a record written again (a retried batch) is not counted again;
-                    // a throttled request never ran and is not billed (as on Lambda).
-                    if !metering || inserted == 0 || r.outcome == hangar_api::Outcome::Throttled {
-                        continue;
-                    }
-                    let hour_ms = r.started_ms.div_euclid(HOUR_MS) * HOUR_MS;
-                    let d = usage.entry((r.namespace.clone(), r.function.clone(), hour_ms)).or_default();
-                    d.requests += 1;
-                    d.errors += u64::from(r.outcome != hangar_api::Outcome::Ok);
-                    d.cold_starts += u64::from(r.start == hangar_api::StartKind::Cold);
-                    d.billed_ms += r.billed_ms;
-                    d.mb_ms += r.billed_ms * u64::from(r.memory_mb);
-                }
-            }
-            for ((namespace, name, hour_ms), d) in usage {
-                upsert_usage(&tx, &hangar_api::cost::UsageDelta { namespace, kind: "function".into(), name, hour_ms, ..d })?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn list_invocations(&self, f: InvocationFilter) -> Result<Vec<InvocationRecord>> {
-        self.with(move |c| {
-            let (cmp, order) = if f.ascending { (">", "ASC") } else { ("<", "DESC") };
-            let logs = if f.with_logs { ", logs" } else { "" };
-            let sql = format!(
-                "SELECT {INVOCATION_COLUMNS}{logs} FROM invocations
-                 WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2)
-                   AND (?3 IS NULL OR outcome = ?3) AND (?4 IS NULL OR started_ms >= ?4)
-                   AND (?5 IS NULL OR started_ms < ?5) AND (?6 IS NULL OR id {cmp} ?6)
-                   AND (?8 IS NULL OR parent_id = ?8)
-                 ORDER BY id {order} LIMIT ?7"
-            );
-            let mut st = c.prepare_cached(&sql)?;
-            let rows = st
-                .query_map(params![f.namespace, f.function, f.outcome.map(|o| o.as_str()), f.since_ms, f.until_ms, f.cursor, f.limit, f.parent], |r| {
-                    invocation_from_row(r, f.with_logs)
-                })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
-    }
-
-    async fn get_invocation(&self, namespace: Option<&str>, id: &str) -> Result<Option<InvocationRecord>> {
-        let (ns, id) = (namespace.map(str::to_string), id.to_string());
-        self.with(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT {INVOCATION_COLUMNS}, logs FROM invocations WHERE id = ?1 AND (?2 IS NULL OR namespace = ?2)"),
-                params![id, ns],
-                |r| invocation_from_row(r, true),
-            )
-            .optional()?)
-        })
-        .await
-    }
-
-    async fn save_async(&self, new: Vec<AsyncRecord>, changed: Vec<AsyncRecord>) -> Result<Vec<(String, bool)>> {
-        if new.is_empty() && changed.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            let mut held = Vec::with_capacity(new.len());
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO async_invocations(id, namespace, target, content_type, idempotency_key, state,
-                       attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, payload)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                     ON CONFLICT DO NOTHING",
-                )?;
-                let mut by_key =
-                    tx.prepare_cached("SELECT id FROM async_invocations WHERE namespace = ?1 AND kind = ?2 AND target = ?3 AND idempotency_key = ?4")?;
-                for a in &new {
-                    let n = insert.execute(params![
-                        a.id,
-                        a.namespace,
-                        a.target,
-                        a.content_type,
-                        a.idempotency_key,
-                        a.state.as_str(),
-                        attempts_json(a),
-                        a.accepted_ms,
-                        a.next_ms,
-                        a.finished_ms,
-                        a.error,
-                        a.destination_id,
-                        a.kind.as_str(),
-                        a.path,
-                        a.payload
-                    ])?;
-                    if n == 1 {
-                        held.push((a.id.clone(), false));
-                    } else {
-                        let id: Option<String> =
-                            by_key.query_row(params![a.namespace, a.kind.as_str(), a.target, a.idempotency_key], |r| r.get(0)).optional()?;
-                        let id = id.ok_or_else(|| StoreError::Conflict(format!("asynchronous invocation `{}` exists already", a.id)))?;
-                        held.push((id, true));
-                    }
-                }
-                let mut update = tx.prepare_cached(
-                    "UPDATE async_invocations SET state = ?2, attempts = ?3, next_ms = ?4, finished_ms = ?5, error = ?6,
-                       destination_id = ?7 WHERE id = ?1",
-                )?;
-                for a in &changed {
-                    update.execute(params![a.id, a.state.as_str(), attempts_json(a), a.next_ms, a.finished_ms, a.error, a.destination_id])?;
-                }
-            }
-            tx.commit()?;
-            Ok(held)
-        })
-        .await
-    }
-
-    async fn unfinished_async(&self) -> Result<Vec<AsyncRecord>> {
-        self.with(|c| {
-            let mut st =
-                c.prepare_cached(&format!("SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE state IN ('queued', 'running') ORDER BY id"))?;
-            let rows = st.query_map([], |r| async_from_row(r, true))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
-    }
-
-    async fn get_async(&self, namespace: Option<&str>, id: &str) -> Result<Option<AsyncRecord>> {
-        let (ns, id) = (namespace.map(str::to_string), id.to_string());
-        self.with(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE id = ?1 AND (?2 IS NULL OR namespace = ?2)"),
-                params![id, ns],
-                |r| async_from_row(r, true),
-            )
-            .optional()?)
-        })
-        .await
     }
 
     async fn put_trigger(&self, row: &TriggerRow) -> Result<()> {
@@ -745,6 +619,102 @@ impl Store for SqliteStore {
     async fn delete_sandbox(&self, id: &str) -> Result<bool> {
         let id = id.to_string();
         self.with(move |c| Ok(c.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)).await
+    }
+}
+
+#[async_trait]
+impl Ledger for SqliteStore {
+    async fn insert_invocations(&self, batch: Vec<InvocationRecord>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let metering = self.metering;
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let mut usage: std::collections::HashMap<(String, String, i64), hangar_api::cost::UsageDelta> = std::collections::HashMap::new();
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO invocations(id, namespace, function, revision, trigger, started_ms,
+                       duration_us, billed_ms, memory_mb, start_kind, outcome, status, response_bytes, error,
+                       logs, logs_truncated, parent_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                )?;
+                for r in &batch {
+                    let inserted = st.execute(params![
+                        r.id,
+                        r.namespace,
+                        r.function,
+                        r.revision as i64,
+                        r.trigger.as_str(),
+                        r.started_ms,
+                        r.duration_us as i64,
+                        r.billed_ms as i64,
+                        r.memory_mb,
+                        r.start.as_str(),
+                        r.outcome.as_str(),
+                        r.status,
+                        r.response_bytes as i64,
+                        r.error,
+                        r.logs,
+                        r.logs_truncated as i64,
+                        r.parent_id
+                    ])?;
+                    // Metered once: a record written again (a retried batch) is not counted again.
+                    if !metering || inserted == 0 {
+                        continue;
+                    }
+                    if let Some(d) = hangar_api::cost::UsageDelta::of_invocation(r) {
+                        match usage.entry((d.namespace.clone(), d.name.clone(), d.hour_ms)) {
+                            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().add(&d),
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                e.insert(d);
+                            }
+                        }
+                    }
+                }
+            }
+            for d in usage.into_values() {
+                upsert_usage(&tx, &d)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_invocations(&self, f: InvocationFilter) -> Result<Vec<InvocationRecord>> {
+        self.with(move |c| {
+            let (cmp, order) = if f.ascending { (">", "ASC") } else { ("<", "DESC") };
+            let logs = if f.with_logs { ", logs" } else { "" };
+            let sql = format!(
+                "SELECT {INVOCATION_COLUMNS}{logs} FROM invocations
+                 WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR function = ?2)
+                   AND (?3 IS NULL OR outcome = ?3) AND (?4 IS NULL OR started_ms >= ?4)
+                   AND (?5 IS NULL OR started_ms < ?5) AND (?6 IS NULL OR id {cmp} ?6)
+                   AND (?8 IS NULL OR parent_id = ?8)
+                 ORDER BY id {order} LIMIT ?7"
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st
+                .query_map(params![f.namespace, f.function, f.outcome.map(|o| o.as_str()), f.since_ms, f.until_ms, f.cursor, f.limit, f.parent], |r| {
+                    invocation_from_row(r, f.with_logs)
+                })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn get_invocation(&self, namespace: Option<&str>, id: &str) -> Result<Option<InvocationRecord>> {
+        let (ns, id) = (namespace.map(str::to_string), id.to_string());
+        self.with(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {INVOCATION_COLUMNS}, logs FROM invocations WHERE id = ?1 AND (?2 IS NULL OR namespace = ?2)"),
+                params![id, ns],
+                |r| invocation_from_row(r, true),
+            )
+            .optional()?)
+        })
+        .await
     }
 
     async fn add_usage(&self, deltas: Vec<hangar_api::cost::UsageDelta>, marks: Option<Vec<hangar_api::cost::UsageMark>>) -> Result<()> {
@@ -837,13 +807,96 @@ impl Store for SqliteStore {
         self.with(move |c| {
             let mut st = c.prepare_cached("SELECT body FROM mode_switches WHERE namespace = ?1 AND name = ?2 ORDER BY at_ms, rowid")?;
             let rows = st.query_map(params![ns, name], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-            rows.iter().map(|b| serde_json::from_str(b).map_err(|e| StoreError::Corrupt(format!("a mode switch: {e}")))).collect()
+            rows.iter().map(|b| serde_json::from_str(b).map_err(|e| StoreError::Corrupt(format!("a mode switch: {e}")).into())).collect()
         })
         .await
     }
 
     async fn prune_usage(&self, before_ms: i64) -> Result<u64> {
         self.with(move |c| Ok(c.execute("DELETE FROM usage WHERE hour_ms < ?1", params![before_ms])? as u64)).await
+    }
+}
+
+#[async_trait]
+impl Queue for SqliteStore {
+    async fn save_async(&self, new: Vec<AsyncRecord>, changed: Vec<AsyncRecord>) -> Result<Vec<(String, bool)>> {
+        if new.is_empty() && changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let mut held = Vec::with_capacity(new.len());
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO async_invocations(id, namespace, target, content_type, idempotency_key, state,
+                       attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     ON CONFLICT DO NOTHING",
+                )?;
+                let mut by_key =
+                    tx.prepare_cached("SELECT id FROM async_invocations WHERE namespace = ?1 AND kind = ?2 AND target = ?3 AND idempotency_key = ?4")?;
+                for a in &new {
+                    let n = insert.execute(params![
+                        a.id,
+                        a.namespace,
+                        a.target,
+                        a.content_type,
+                        a.idempotency_key,
+                        a.state.as_str(),
+                        attempts_json(a),
+                        a.accepted_ms,
+                        a.next_ms,
+                        a.finished_ms,
+                        a.error,
+                        a.destination_id,
+                        a.kind.as_str(),
+                        a.path,
+                        a.payload
+                    ])?;
+                    if n == 1 {
+                        held.push((a.id.clone(), false));
+                    } else {
+                        let id: Option<String> =
+                            by_key.query_row(params![a.namespace, a.kind.as_str(), a.target, a.idempotency_key], |r| r.get(0)).optional()?;
+                        let id = id.ok_or_else(|| StoreError::Conflict(format!("asynchronous invocation `{}` exists already", a.id)))?;
+                        held.push((id, true));
+                    }
+                }
+                let mut update = tx.prepare_cached(
+                    "UPDATE async_invocations SET state = ?2, attempts = ?3, next_ms = ?4, finished_ms = ?5, error = ?6,
+                       destination_id = ?7 WHERE id = ?1",
+                )?;
+                for a in &changed {
+                    update.execute(params![a.id, a.state.as_str(), attempts_json(a), a.next_ms, a.finished_ms, a.error, a.destination_id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn unfinished_async(&self) -> Result<Vec<AsyncRecord>> {
+        self.with(|c| {
+            let mut st =
+                c.prepare_cached(&format!("SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE state IN ('queued', 'running') ORDER BY id"))?;
+            let rows = st.query_map([], |r| async_from_row(r, true))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn get_async(&self, namespace: Option<&str>, id: &str) -> Result<Option<AsyncRecord>> {
+        let (ns, id) = (namespace.map(str::to_string), id.to_string());
+        self.with(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE id = ?1 AND (?2 IS NULL OR namespace = ?2)"),
+                params![id, ns],
+                |r| async_from_row(r, true),
+            )
+            .optional()?)
+        })
+        .await
     }
 
     async fn list_async(&self, f: AsyncFilter) -> Result<Vec<AsyncRecord>> {
@@ -906,117 +959,9 @@ fn decode_service((namespace, name, revision, config, image_id, created_ms, upda
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hangar_api::{FunctionConfig, Outcome, RuntimeKind, StartKind, Trigger};
-
-    fn record(id: &str, function: &str, outcome: Outcome) -> InvocationRecord {
-        InvocationRecord {
-            id: id.into(),
-            namespace: "default".into(),
-            function: function.into(),
-            revision: 1,
-            trigger: Trigger::Http,
-            started_ms: 1000,
-            duration_us: 1500,
-            billed_ms: 2,
-            memory_mb: 128,
-            start: StartKind::Warm,
-            outcome,
-            status: 200,
-            response_bytes: 5,
-            error: None,
-            logs: format!("log of {id}"),
-            logs_truncated: false,
-            parent_id: None,
-        }
-    }
 
     #[tokio::test]
-    async fn namespaces_functions_invocations_round_trip() {
-        let s = SqliteStore::in_memory().unwrap();
-        s.create_namespace("default", 1).await.unwrap();
-        assert!(matches!(s.create_namespace("default", 2).await, Err(StoreError::Conflict(_))));
-        let mut f = FunctionRow {
-            namespace: "default".into(),
-            name: "hello".into(),
-            revision: 1,
-            config: FunctionConfig::new(RuntimeKind::Wasm),
-            code_digest: "sha256:aa".into(),
-            code_size: 10,
-            created_ms: 1,
-            updated_ms: 1,
-        };
-        s.put_function(&f).await.unwrap();
-        f.revision = 2;
-        f.config.memory_mb = 256;
-        s.put_function(&f).await.unwrap();
-        assert_eq!(s.get_function("default", "hello").await.unwrap(), Some(f.clone()));
-        assert!(matches!(s.delete_namespace("default").await, Err(StoreError::Conflict(_))));
-
-        let batch = vec![record("01", "hello", Outcome::Ok), record("02", "hello", Outcome::Error), record("03", "other", Outcome::Ok)];
-        s.insert_invocations(batch).await.unwrap();
-        let all = s.list_invocations(InvocationFilter { namespace: Some("default".into()), limit: 10, ..Default::default() }).await.unwrap();
-        assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["03", "02", "01"]);
-        assert!(all[0].logs.is_empty(), "logs are only read when asked for");
-        let page = s
-            .list_invocations(InvocationFilter {
-                namespace: Some("default".into()),
-                function: Some("hello".into()),
-                cursor: Some("02".into()),
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(page.len(), 1);
-        assert_eq!(page[0].id, "01");
-        let errors = s.list_invocations(InvocationFilter { outcome: Some(Outcome::Error), limit: 10, ..Default::default() }).await.unwrap();
-        assert_eq!(errors.len(), 1);
-        let one = s.get_invocation(Some("default"), "02").await.unwrap().unwrap();
-        assert_eq!(one.logs, "log of 02");
-        assert!(s.get_invocation(Some("other"), "02").await.unwrap().is_none());
-        assert!(s.delete_function("default", "hello").await.unwrap());
-        assert!(!s.delete_function("default", "hello").await.unwrap());
-    }
-
-    fn queued(id: &str, key: Option<&str>) -> AsyncRecord {
-        AsyncRecord {
-            id: id.into(),
-            namespace: "default".into(),
-            kind: hangar_api::events::TargetKind::Function,
-            target: "f".into(),
-            path: None,
-            payload: b"{}".to_vec(),
-            content_type: Some("application/json".into()),
-            idempotency_key: key.map(str::to_string),
-            state: crate::AsyncState::Queued,
-            attempts: Vec::new(),
-            accepted_ms: 1,
-            next_ms: 1,
-            finished_ms: None,
-            error: None,
-            destination_id: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn async_invocations_deduplicate_by_key_and_keep_their_state() {
-        let s = SqliteStore::in_memory().unwrap();
-        // A key seen twice in one batch and again in a later one holds the first id.
-        let held = s.save_async(vec![queued("a1", Some("k")), queued("a2", Some("k")), queued("a3", None)], vec![]).await.unwrap();
-        assert_eq!(held, vec![("a1".into(), false), ("a1".into(), true), ("a3".into(), false)]);
-        let held = s.save_async(vec![queued("a4", Some("k"))], vec![]).await.unwrap();
-        assert_eq!(held, vec![("a1".into(), true)]);
-        let mut done = queued("a1", Some("k"));
-        done.state = crate::AsyncState::Succeeded;
-        done.finished_ms = Some(5);
-        done.attempts.push(hangar_api::events::Attempt { invocation_id: Some("i1".into()), started_ms: 2, outcome: Outcome::Ok, status: 200, error: None });
-        s.save_async(vec![], vec![done.clone()]).await.unwrap();
-        let unfinished: Vec<String> = s.unfinished_async().await.unwrap().into_iter().map(|a| a.id).collect();
-        assert_eq!(unfinished, ["a3"]);
-        assert_eq!(s.get_async(Some("default"), "a1").await.unwrap().unwrap(), done);
-        assert!(s.get_async(Some("other"), "a1").await.unwrap().is_none());
-        let failed = s.list_async(AsyncFilter { state: Some(crate::AsyncState::Succeeded), limit: 10, ..Default::default() }).await.unwrap();
-        assert_eq!(failed.len(), 1);
-        assert!(failed[0].payload.is_empty(), "listings leave payloads out");
+    async fn passes_the_conformance_suite() {
+        hangar_store::conformance::run(|| async { Arc::new(SqliteStore::in_memory().expect("an in-memory store")) as Arc<dyn hangar_store::Store> }).await;
     }
 }
