@@ -13,6 +13,7 @@ pub mod cgroup;
 pub mod netcmd;
 mod netns;
 pub mod overlay;
+pub mod subnets;
 
 pub use netns::NetNs;
 

@@ -18,7 +18,6 @@ use hangar_jail::netcmd::{ip, nft};
 
 use crate::SandboxError;
 
-const CLAIMS: &str = "/run/hangar-subnets";
 /// Sandboxes with a network per claimed /24 (a /30 each).
 pub const SLOTS: u8 = 64;
 
@@ -48,7 +47,6 @@ impl Attachment {
 /// See the module docs.
 pub struct Network {
     sid: String,
-    pid: u32,
     /// The third octet of the claimed 10.215.X.0/24.
     subnet: tokio::sync::OnceCell<u8>,
     used: Mutex<HashSet<u8>>,
@@ -84,7 +82,7 @@ pub async fn resolve(allow: &[String]) -> Result<(Vec<(Ipv4Addr, Option<u16>)>, 
 
 impl Network {
     pub fn new(sid: &str) -> Network {
-        Network { sid: sid.to_string(), pid: std::process::id(), subnet: tokio::sync::OnceCell::new(), used: Mutex::new(HashSet::new()) }
+        Network { sid: sid.to_string(), subnet: tokio::sync::OnceCell::new(), used: Mutex::new(HashSet::new()) }
     }
 
     fn table(&self) -> String {
@@ -96,30 +94,12 @@ impl Network {
         format!("hs{}", &self.sid[..6.min(self.sid.len())])
     }
 
-    /// Claims a free /24: the claim names this server and its pid; a claim whose process is
-    /// gone is stale and may be taken.
+    /// Claims a free /24 of 10.215.0.0/16 (`hangar_jail::subnets`).
     fn claim(&self) -> Result<u8, SandboxError> {
-        std::fs::create_dir_all(CLAIMS).map_err(|e| SandboxError::Runtime(format!("{CLAIMS}: {e}")))?;
-        let me = format!("sandboxes {} {}", self.sid, self.pid);
-        let start = u8::from_str_radix(self.sid.get(..2).unwrap_or("0"), 16).unwrap_or(0);
-        for k in 0..=255u8 {
-            let x = start.wrapping_add(k);
-            let claim = PathBuf::from(CLAIMS).join(format!("10.215.{x}.0"));
-            let taken = match std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
-                Ok(_) => true,
-                Err(_) => {
-                    let owner = std::fs::read_to_string(&claim).unwrap_or_default();
-                    let mut f = owner.split_whitespace();
-                    let (_, sid, pid) = (f.next(), f.next(), f.next());
-                    sid == Some(self.sid.as_str()) || pid.is_some_and(|p| !std::path::Path::new("/proc").join(p).exists())
-                }
-            };
-            if taken {
-                std::fs::write(&claim, &me).map_err(|e| SandboxError::Runtime(e.to_string()))?;
-                return Ok(x);
-            }
-        }
-        Err(SandboxError::Unavailable("no free /24 left in 10.215.0.0/16 for sandbox networks".into()))
+        hangar_jail::subnets::claim([10, 215], "sandboxes", &self.sid).map_err(|e| match e {
+            hangar_jail::JailError::Network(m) if m.starts_with("no free") => SandboxError::Unavailable(m),
+            e => net_err(e),
+        })
     }
 
     /// The claimed /24 and this server's nftables table, made at first use.
@@ -236,10 +216,6 @@ impl Network {
         }
         let t = self.table();
         let _ = nft(&format!("add table inet {t}\ndelete table inet {t}\n")).await;
-        for c in std::fs::read_dir(CLAIMS).into_iter().flatten().flatten() {
-            if std::fs::read_to_string(c.path()).is_ok_and(|o| o.split_whitespace().nth(1) == Some(self.sid.as_str())) {
-                let _ = std::fs::remove_file(c.path());
-            }
-        }
+        hangar_jail::subnets::release("sandboxes", &self.sid);
     }
 }

@@ -15,8 +15,6 @@ use std::sync::Mutex;
 
 use crate::ServiceError;
 
-const CLAIMS: &str = "/run/hangar-subnets";
-
 /// The port on the bridge's address where instances reach the services of their namespace by
 /// name (`http://NAME/`).
 pub const INTERNAL_PORT: u16 = 80;
@@ -77,27 +75,8 @@ impl Network {
     /// Claims a free /24 for this server: the claim file names the server, and a claim whose
     /// bridge no longer exists is stale and may be taken.
     fn claim_subnet(&self) -> Result<[u8; 3], ServiceError> {
-        std::fs::create_dir_all(CLAIMS).map_err(|e| ServiceError::Network(format!("{CLAIMS}: {e}")))?;
-        let start = u8::from_str_radix(self.sid.get(..2).unwrap_or("0"), 16).unwrap_or(0);
-        for k in 0..=255u8 {
-            let x = start.wrapping_add(k);
-            let claim = PathBuf::from(CLAIMS).join(format!("10.213.{x}.0"));
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
-                Ok(_) => {
-                    std::fs::write(&claim, &self.sid).map_err(|e| ServiceError::Network(e.to_string()))?;
-                    return Ok([10, 213, x]);
-                }
-                Err(_) => {
-                    let owner = std::fs::read_to_string(&claim).unwrap_or_default();
-                    let owner = owner.trim();
-                    if owner == self.sid || (!owner.is_empty() && !std::path::Path::new("/sys/class/net").join(format!("hgr{owner}")).exists()) {
-                        std::fs::write(&claim, &self.sid).map_err(|e| ServiceError::Network(e.to_string()))?;
-                        return Ok([10, 213, x]);
-                    }
-                }
-            }
-        }
-        Err(ServiceError::Network("no free /24 left in 10.213.0.0/16 for the service bridge".into()))
+        let x = hangar_jail::subnets::claim([10, 213], "services", &self.sid).map_err(|e| ServiceError::Network(e.to_string()))?;
+        Ok([10, 213, x])
     }
 
     async fn ensure_bridge(&self) -> Result<[u8; 3], ServiceError> {
@@ -230,11 +209,6 @@ impl Network {
         }
         let t = self.table();
         let _ = nft(&format!("add table inet {t}\ndelete table inet {t}\n")).await;
-        let claims = std::fs::read_dir(CLAIMS).into_iter().flatten().flatten();
-        for c in claims {
-            if std::fs::read_to_string(c.path()).is_ok_and(|o| o.trim() == self.sid) {
-                let _ = std::fs::remove_file(c.path());
-            }
-        }
+        hangar_jail::subnets::release("services", &self.sid);
     }
 }
