@@ -22,6 +22,7 @@ use hangar_api::{Outcome, RuntimeKind, StartKind, Trigger, billed_ms, now_ms};
 use hangar_lambda::runtime_api::{Answer, Invocation};
 use hangar_lambda::url_event;
 use hangar_runtime::{Body, Finished, InvokeInfo, LogBuffer, OnFinish, RevisionSpec, error_response, full};
+use hangar_scheduler::reaping::{self, Idle};
 use http::StatusCode;
 use http_body_util::BodyExt;
 
@@ -117,8 +118,8 @@ impl Drop for Function {
     }
 }
 
-/// Four times a second: pauses instances idle for longer than the pause delay, kills those
-/// idle for longer than the keep-alive, and replaces provisioned instances that ended.
+/// Four times a second: applies the scheduler's [`reaping::decide`] to the idle instances
+/// (pause, stop, unprovision, keep in LIFO order) and makes instances it asks for.
 async fn reap(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -126,42 +127,39 @@ async fn reap(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         let keep = inner.spec.keep_alive.unwrap_or(inner.host.keep_alive);
         let pause = inner.spec.pause_after.unwrap_or(inner.host.pause_after);
-        let expired: Vec<Instance> = {
+        let (expired, provision) = {
             let mut idle = lock(&inner.idle);
-            // Reaped: the longest idle first, while more than min_instances live.
-            let mut above_min = inner.live.load(Ordering::Acquire).saturating_sub(inner.spec.min_instances) as usize;
-            idle.sort_by_key(|i| std::cmp::Reverse(i.last_used.elapsed()));
-            let (old, mut fresh): (Vec<Instance>, Vec<Instance>) = std::mem::take(&mut *idle).into_iter().partition(|i| {
-                let reap = above_min > 0 && !i.is_provisioned() && i.last_used.elapsed() >= keep;
-                above_min -= usize::from(reap);
-                reap
+            let seen: Vec<Idle> =
+                idle.iter().map(|i| Idle { idle_for: i.last_used.elapsed(), provisioned: i.is_provisioned(), paused: i.is_paused() }).collect();
+            let d = reaping::decide(&reaping::Snapshot {
+                idle: &seen,
+                live: inner.live.load(Ordering::Acquire),
+                min_instances: inner.spec.min_instances,
+                provisioned: inner.provisioned.load(Ordering::Acquire),
+                provisioned_target: inner.provisioned_target.load(Ordering::Acquire),
+                keep_alive: keep,
+                pause_after: pause,
             });
-            // Most recently used last: `pop` takes it (LIFO).
-            fresh.reverse();
-            // Beyond the target, provisioned instances become ordinary idle ones.
-            let mut excess = inner.provisioned.load(Ordering::Acquire).saturating_sub(inner.provisioned_target.load(Ordering::Acquire));
-            for i in fresh.iter_mut().filter(|i| i.is_provisioned()) {
-                if excess == 0 {
-                    break;
-                }
-                i.unprovision();
-                excess -= 1;
-            }
-            if !pause.is_zero() {
-                for i in fresh.iter_mut().filter(|i| !i.is_provisioned() && !i.is_paused() && i.last_used.elapsed() >= pause) {
-                    i.pause();
+            let mut slots: Vec<Option<Instance>> = std::mem::take(&mut *idle).into_iter().map(Some).collect();
+            for &i in &d.unprovision {
+                if let Some(inst) = slots[i].as_mut() {
+                    inst.unprovision();
                 }
             }
-            *idle = fresh;
-            old
+            for &i in &d.pause {
+                if let Some(inst) = slots[i].as_mut() {
+                    inst.pause();
+                }
+            }
+            *idle = d.keep.iter().filter_map(|&i| slots[i].take()).collect();
+            let expired: Vec<Instance> = d.stop.iter().filter_map(|&i| slots[i].take()).collect();
+            (expired, d.provision)
         };
         if !expired.is_empty() {
             tracing::debug!(function = %inner.spec.name, reaped = expired.len(), "idle instances reaped");
         }
         drop(expired);
-        let short = inner.provisioned.load(Ordering::Acquire) < inner.provisioned_target.load(Ordering::Acquire)
-            || inner.live.load(Ordering::Acquire) < inner.spec.min_instances;
-        if short && !inner.provisioning.load(Ordering::Acquire) {
+        if provision && !inner.provisioning.load(Ordering::Acquire) {
             let inner = inner.clone();
             tokio::spawn(async move { inner.provision().await });
         }

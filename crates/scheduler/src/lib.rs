@@ -5,6 +5,8 @@
 //! the runtime's business) and the hot path here is a read lock on a map plus atomics: no
 //! database, no lock held across an await.
 
+pub mod reaping;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
