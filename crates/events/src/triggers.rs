@@ -162,6 +162,18 @@ impl Triggers {
         self.table().remove(&(namespace.to_string(), name.to_string()));
     }
 
+    /// Brings one trigger of the table up to date with the store (installed as stored, or
+    /// removed when it is gone).
+    async fn refresh(&self, namespace: &str, name: &str) {
+        match self.inner.store.list_triggers(Some(namespace)).await {
+            Ok(rows) => match rows.into_iter().find(|r| r.name == name) {
+                Some(row) => self.install(row),
+                None => self.remove(namespace, name),
+            },
+            Err(e) => tracing::error!(%namespace, trigger = %name, "reading the trigger failed ({e}); it stays as it was"),
+        }
+    }
+
     /// When and what fired last, and when a schedule fires next.
     pub fn times(&self, namespace: &str, name: &str) -> (Option<i64>, Option<i64>) {
         let table = self.table();
@@ -200,6 +212,16 @@ impl Triggers {
             deliveries.push(Delivery { trigger, kind: target.kind, target: target.name, id: qid });
         }
         Ok((id, deliveries))
+    }
+}
+
+/// The trigger table as a subscriber of the change bus.
+#[async_trait::async_trait]
+impl hangar_bus::Subscriber for Triggers {
+    async fn apply(&self, change: &hangar_bus::Change) {
+        if let hangar_bus::Change::Trigger { namespace, name } = change {
+            self.refresh(namespace, name).await;
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use hangar_api::{
     ApiKey, CreateKey, CreateNamespace, CreatedKey, DeployResponse, DeployStatus, Function, FunctionConfig, FunctionList, Invocation, InvocationPage, KeyList,
     Namespace, NamespaceList, Outcome, now_ms, rfc3339, validate,
 };
-use hangar_scheduler::Deployment;
+use hangar_bus::Change;
 use hangar_store::{FunctionRow, InvocationFilter, KeyRow};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -55,16 +55,6 @@ pub fn function_view(row: &FunctionRow) -> Function {
     }
 }
 
-pub fn deployment(row: &FunctionRow) -> Deployment {
-    Deployment {
-        namespace: row.namespace.clone(),
-        name: row.name.clone(),
-        revision: row.revision,
-        config: row.config.clone(),
-        code_digest: row.code_digest.clone(),
-    }
-}
-
 fn namespace_view(row: &hangar_store::NamespaceRow) -> Namespace {
     Namespace { name: row.name.clone(), created_at: rfc3339(row.created_ms), max_concurrency: row.max_concurrency }
 }
@@ -97,7 +87,7 @@ pub async fn create_namespace(State(state): State<AppState>, p: Principal, ApiJs
         state.store.set_namespace_limit(&row.name, limits.max_concurrency).await?;
         row.max_concurrency = limits.max_concurrency;
     }
-    state.scheduler.set_namespace_limit(&row.name, row.max_concurrency);
+    state.bus.publish(Change::Namespace { name: row.name.clone() }).await;
     Ok((StatusCode::CREATED, Json(namespace_view(&row))).into_response())
 }
 
@@ -115,7 +105,7 @@ pub async fn set_namespace_limits(
     if !state.store.set_namespace_limit(&name, body.max_concurrency).await? {
         return Err(ApiError::not_found(format_args!("namespace `{name}`")));
     }
-    state.scheduler.set_namespace_limit(&name, body.max_concurrency);
+    state.bus.publish(Change::Namespace { name: name.clone() }).await;
     let row = state.store.get_namespace(&name).await?.ok_or_else(|| ApiError::not_found(format_args!("namespace `{name}`")))?;
     Ok(Json(namespace_view(&row)))
 }
@@ -137,7 +127,8 @@ pub async fn delete_namespace(State(state): State<AppState>, p: Principal, Path(
     if !state.store.delete_namespace(&name).await? {
         return Err(ApiError::not_found(format_args!("namespace `{name}`")));
     }
-    state.keys.remove_namespace(&name);
+    // Its keys went with it.
+    state.bus.publish(Change::Namespace { name }).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -165,7 +156,7 @@ pub async fn create_key(State(state): State<AppState>, p: Principal, ApiJson(bod
         created_ms: now_ms(),
     };
     state.store.insert_key(&row).await?;
-    state.keys.insert(&row);
+    state.bus.publish(Change::Keys).await;
     Ok((StatusCode::CREATED, Json(CreatedKey { key: key_view(&row), secret })).into_response())
 }
 
@@ -185,7 +176,7 @@ pub async fn delete_key(State(state): State<AppState>, p: Principal, Path(id): P
     if !state.store.delete_key(&id).await? {
         return Err(ApiError::not_found(format_args!("key `{id}`")));
     }
-    state.keys.remove_id(&id);
+    state.bus.publish(Change::Keys).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -222,13 +213,16 @@ pub async fn delete_function(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
 ) -> Result<StatusCode, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
-    let _guard = state.deploy_lock.lock().await;
     if !state.store.delete_function(&ns, &name).await? {
         return Err(ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")));
     }
-    state.scheduler.remove(&ns, &name);
+    state.bus.publish(Change::Function { namespace: ns, name }).await;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// How often a deploy that lost the store's compare-and-set to a concurrent one reads the
+/// function again and retries before it answers 409.
+const DEPLOY_ATTEMPTS: u32 = 4;
 
 /// Reads a deploy request: `multipart/form-data` with a `config` part (JSON
 /// [`FunctionConfig`]) and a `code` part (the component), or a JSON config alone to change
@@ -278,7 +272,7 @@ pub async fn put_function(
             )
         })?),
     };
-    // Compile before taking the lock: deploys of different functions compile in parallel.
+    // Compiled once, whatever the attempts below.
     let code_info = match (code, &runtime) {
         (None, _) => None,
         (Some(_), None) => {
@@ -287,60 +281,71 @@ pub async fn put_function(
         (Some(code), Some(_)) if code.is_empty() => return Err(ApiError::bad_request("invalid_code", "the `code` part is empty")),
         (Some(code), Some(runtime)) => Some(runtime.prepare(code).await?),
     };
-    let _guard = state.deploy_lock.lock().await;
-    let existing = state.store.get_function(&ns, &name).await?;
-    // A dry run (a manifest's check) cannot know the functions deployed before this one.
-    if let Some(target) = config.async_.on_failure.as_deref().filter(|_| !q.dry_run) {
-        crate::events::check_on_failure(&state, &ns, &name, target).await?;
-    }
-    // A dry run (a manifest's check) cannot know the functions deployed before this one.
-    if is_sequence && !q.dry_run {
-        crate::events::check_steps(&state, &ns, &name, &config.steps).await?;
-    }
-    if let (None, Some(e)) = (&code_info, &existing)
-        && e.config.runtime != config.runtime
-        && !is_sequence
-    {
-        return Err(ApiError::bad_request(
-            "invalid_code",
-            format!("function `{name}` runs on {}; changing its runtime to {} needs new code (upload `code` too)", e.config.runtime, config.runtime),
-        ));
-    }
-    let (digest, size) = match (&code_info, &existing) {
-        _ if is_sequence => (String::new(), 0),
-        (Some(c), _) => (c.digest.clone(), c.size),
-        (None, Some(e)) => (e.code_digest.clone(), e.code_size),
-        (None, None) => {
-            return Err(ApiError::bad_request("invalid_code", format!("function `{name}` does not exist yet: the first deploy must upload code")));
+    for _ in 0..DEPLOY_ATTEMPTS {
+        let existing = state.store.get_function(&ns, &name).await?;
+        // A dry run (a manifest's check) cannot know the functions deployed before this one.
+        if let Some(target) = config.async_.on_failure.as_deref().filter(|_| !q.dry_run) {
+            crate::events::check_on_failure(&state, &ns, &name, target).await?;
         }
-    };
-    if let Some(e) = &existing
-        && e.code_digest == digest
-        && e.config == config
-    {
-        return Ok((StatusCode::OK, Json(DeployResponse { status: DeployStatus::Unchanged, function: function_view(e) })).into_response());
+        // A dry run (a manifest's check) cannot know the functions deployed before this one.
+        if is_sequence && !q.dry_run {
+            crate::events::check_steps(&state, &ns, &name, &config.steps).await?;
+        }
+        if let (None, Some(e)) = (&code_info, &existing)
+            && e.config.runtime != config.runtime
+            && !is_sequence
+        {
+            return Err(ApiError::bad_request(
+                "invalid_code",
+                format!("function `{name}` runs on {}; changing its runtime to {} needs new code (upload `code` too)", e.config.runtime, config.runtime),
+            ));
+        }
+        let (digest, size) = match (&code_info, &existing) {
+            _ if is_sequence => (String::new(), 0),
+            (Some(c), _) => (c.digest.clone(), c.size),
+            (None, Some(e)) => (e.code_digest.clone(), e.code_size),
+            (None, None) => {
+                return Err(ApiError::bad_request("invalid_code", format!("function `{name}` does not exist yet: the first deploy must upload code")));
+            }
+        };
+        if let Some(e) = &existing
+            && e.code_digest == digest
+            && e.config == config
+        {
+            return Ok((StatusCode::OK, Json(DeployResponse { status: DeployStatus::Unchanged, function: function_view(e) })).into_response());
+        }
+        let now = now_ms();
+        let row = FunctionRow {
+            namespace: ns.clone(),
+            name: name.clone(),
+            revision: existing.as_ref().map_or(1, |e| e.revision + 1),
+            config: config.clone(),
+            code_digest: digest,
+            code_size: size,
+            created_ms: existing.as_ref().map_or(now, |e| e.created_ms),
+            updated_ms: now,
+        };
+        let (status, deploy_status) = if existing.is_some() { (StatusCode::OK, DeployStatus::Updated) } else { (StatusCode::CREATED, DeployStatus::Created) };
+        if q.dry_run {
+            return Ok((StatusCode::OK, Json(DeployResponse { status: deploy_status, function: function_view(&row) })).into_response());
+        }
+        // Durable before acknowledged, then routable. Compare-and-set: the write names the
+        // revision it replaces, so two deploys (or two servers) never both write one revision;
+        // a deploy that lost reads again and retries.
+        match state.store.put_function(&row, existing.as_ref().map_or(0, |e| e.revision)).await {
+            Ok(()) => {}
+            Err(hangar_store::StoreError::Stale { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        // Routable (on every subscriber of the bus) before the answer.
+        state.bus.publish(Change::Function { namespace: row.namespace.clone(), name: row.name.clone() }).await;
+        return Ok((status, Json(DeployResponse { status: deploy_status, function: function_view(&row) })).into_response());
     }
-    let now = now_ms();
-    let row = FunctionRow {
-        namespace: ns,
-        name,
-        revision: existing.as_ref().map_or(1, |e| e.revision + 1),
-        config,
-        code_digest: digest,
-        code_size: size,
-        created_ms: existing.as_ref().map_or(now, |e| e.created_ms),
-        updated_ms: now,
-    };
-    let (status, deploy_status) = if existing.is_some() { (StatusCode::OK, DeployStatus::Updated) } else { (StatusCode::CREATED, DeployStatus::Created) };
-    if q.dry_run {
-        return Ok((StatusCode::OK, Json(DeployResponse { status: deploy_status, function: function_view(&row) })).into_response());
-    }
-    // Durable before acknowledged, then routable.
-    // Compare-and-set: the write names the revision it replaces, so two deploys (or two
-    // servers) never both write one revision; the loser is a 409.
-    state.store.put_function(&row, existing.as_ref().map_or(0, |e| e.revision)).await?;
-    state.scheduler.install(deployment(&row))?;
-    Ok((status, Json(DeployResponse { status: deploy_status, function: function_view(&row) })).into_response())
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!("function `{name}` in namespace `{ns}` changed {DEPLOY_ATTEMPTS} times while this deploy ran; send it again"),
+    ))
 }
 
 // ---- invocations ----

@@ -88,9 +88,34 @@ impl KeyCache {
         self.by_hash.write().unwrap_or_else(|p| p.into_inner()).retain(|_, p| p.namespace.as_deref() != Some(ns));
     }
 
+    /// Replaces the whole table with `rows`.
+    pub fn replace(&self, rows: &[KeyRow]) {
+        let table = rows.iter().map(|r| (r.hash.clone(), Principal { key_id: r.id.clone(), namespace: r.namespace.clone() })).collect();
+        *self.by_hash.write().unwrap_or_else(|p| p.into_inner()) = table;
+    }
+
     pub fn lookup(&self, secret: &str) -> Option<Principal> {
         let hash = hash_secret(secret);
         self.by_hash.read().unwrap_or_else(|p| p.into_inner()).get(&hash).cloned()
+    }
+}
+
+/// The key table as a subscriber of the change bus: a change of the keys (or of a namespace,
+/// whose keys go with it) reloads the table from the store.
+pub struct KeyInformer {
+    pub store: Arc<dyn hangar_store::Store>,
+    pub keys: KeyCache,
+}
+
+#[async_trait::async_trait]
+impl hangar_bus::Subscriber for KeyInformer {
+    async fn apply(&self, change: &hangar_bus::Change) {
+        if matches!(change, hangar_bus::Change::Keys | hangar_bus::Change::Namespace { .. }) {
+            match self.store.list_keys().await {
+                Ok(rows) => self.keys.replace(&rows),
+                Err(e) => tracing::error!("reading the keys failed ({e}); the key table stays as it was"),
+            }
+        }
     }
 }
 

@@ -226,7 +226,6 @@ pub async fn put_trigger(
     {
         return Err(ApiError::bad_request("unknown_target", format!("service `{s}` does not exist in namespace `{ns}`; deploy it first")));
     }
-    let _guard = state.deploy_lock.lock().await;
     let existing = state.store.list_triggers(Some(&ns)).await?.into_iter().find(|t| t.name == name);
     let row = hangar_store::TriggerRow {
         namespace: ns,
@@ -236,7 +235,7 @@ pub async fn put_trigger(
         last_fired_ms: existing.as_ref().and_then(|e| e.last_fired_ms),
     };
     state.store.put_trigger(&row).await?;
-    state.triggers.install(row.clone());
+    state.bus.publish(hangar_bus::Change::Trigger { namespace: row.namespace.clone(), name: row.name.clone() }).await;
     let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(trigger_view(&state, &row))).into_response())
 }
@@ -258,11 +257,10 @@ pub async fn delete_trigger(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
 ) -> Result<StatusCode, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
-    let _guard = state.deploy_lock.lock().await;
     if !state.store.delete_trigger(&ns, &name).await? {
         return Err(ApiError::not_found(format_args!("trigger `{name}` in namespace `{ns}`")));
     }
-    state.triggers.remove(&ns, &name);
+    state.bus.publish(hangar_bus::Change::Trigger { namespace: ns, name }).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

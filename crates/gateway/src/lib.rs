@@ -91,7 +91,11 @@ pub struct Shared {
     pub sandboxes_unavailable: Option<String>,
     pub keys: KeyCache,
     pub limits: Limits,
-    /// Serializes deploys and deletes, so revisions are numbered without gaps or races.
+    /// Where a change to desired state goes once written: the route, key and trigger tables
+    /// subscribe to it.
+    pub bus: Arc<dyn hangar_bus::Bus>,
+    /// Orders this server's own service deploys, removals and restores (function deploys are
+    /// ordered by the store's compare-and-set and the bus).
     pub deploy_lock: Arc<tokio::sync::Mutex<()>>,
     /// The durable queue of asynchronous invocations.
     pub async_queue: hangar_events::AsyncQueue,
@@ -195,7 +199,7 @@ pub async fn restore(state: &AppState) -> Result<usize, ApiError> {
     }
     let functions = state.store.list_functions(None).await?;
     for row in &functions {
-        state.scheduler.install(api::deployment(row))?;
+        state.scheduler.install(hangar_scheduler::Deployment::of(row))?;
     }
     Ok(functions.len())
 }

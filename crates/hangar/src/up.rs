@@ -138,6 +138,15 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let image_users: hangar_gateway::ImageUsers = Arc::new(move |ns: &str, id: &str| {
         users.as_ref().is_some_and(|s| s.uses_image(ns, id)) || sandbox_users.as_ref().is_some_and(|s| s.uses_image(ns, id))
     });
+    // The change bus: the route, key and trigger tables follow the store through it.
+    let bus = hangar_bus::LocalBus::new();
+    let keys = KeyCache::default();
+    {
+        use hangar_bus::Bus as _;
+        bus.subscribe(Arc::new(hangar_scheduler::informer::RouteInformer { store: store.clone(), scheduler: scheduler.clone() }));
+        bus.subscribe(Arc::new(hangar_gateway::auth::KeyInformer { store: store.clone(), keys: keys.clone() }));
+        bus.subscribe(Arc::new(triggers.clone()));
+    }
     let state = AppState::new(Shared {
         store,
         scheduler: scheduler.clone(),
@@ -148,8 +157,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         services_unavailable,
         sandboxes: sandboxes.clone(),
         sandboxes_unavailable,
-        keys: KeyCache::default(),
+        keys,
         limits: opts.limits,
+        bus,
         deploy_lock: Arc::default(),
         ready: Arc::default(),
         async_queue: async_queue.clone(),

@@ -5,6 +5,7 @@
 //! the runtime's business) and the hot path here is a read lock on a map plus atomics: no
 //! database, no lock held across an await.
 
+pub mod informer;
 pub mod reaping;
 
 use std::collections::HashMap;
@@ -294,6 +295,14 @@ impl Scheduler {
     /// Gives a namespace its own concurrency limit (`None`: the server's).
     pub fn set_namespace_limit(&self, namespace: &str, limit: Option<u32>) {
         self.namespace_load(namespace).limit.store(limit.unwrap_or(0), Ordering::Release);
+    }
+
+    /// The concurrency limit a namespace is held to now (its own, or the server's).
+    pub fn namespace_limit(&self, namespace: &str) -> u32 {
+        match self.namespace_load(namespace).limit.load(Ordering::Acquire) {
+            0 => self.namespace_limit,
+            n => n,
+        }
     }
 
     /// Counts an invocation in, or says why it is throttled.

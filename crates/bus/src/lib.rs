@@ -1,0 +1,127 @@
+//! The change bus: a change to desired state, once written to the store, reaches every part of
+//! the server that keeps a copy of it (the route table, the key table, the trigger table), and
+//! later every server of a cluster.
+//!
+//! Subscribers are informers: a [`Change`] names what changed, not how, and a subscriber brings
+//! its copy up to date by reading the store. Applying is level-triggered, so the order in which
+//! changes arrive does not matter as long as each is applied after its write: the last apply
+//! sees the store's last state. [`LocalBus`] is the in-process bus: [`Bus::publish`] applies the
+//! change to every subscriber, one change at a time, and returns when they all have, so a
+//! deploy is routable when its answer goes out.
+#![forbid(unsafe_code)]
+
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+
+/// What changed in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// A function's current revision changed, or it was removed.
+    Function { namespace: String, name: String },
+    /// A namespace was made or removed, or its limits changed.
+    Namespace { name: String },
+    /// A key was made or removed.
+    Keys,
+    /// A trigger was made, changed or removed.
+    Trigger { namespace: String, name: String },
+}
+
+/// A part that keeps a copy of some desired state.
+#[async_trait]
+pub trait Subscriber: Send + Sync + 'static {
+    /// Brings this copy up to date for `change` (ignoring changes of what it does not keep).
+    async fn apply(&self, change: &Change);
+}
+
+/// See the module docs.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes a change already written to the store; returns once this server's subscribers
+    /// have applied it.
+    async fn publish(&self, change: Change);
+    /// Adds a subscriber for every change published from now on.
+    fn subscribe(&self, subscriber: Arc<dyn Subscriber>);
+}
+
+/// The in-process bus.
+#[derive(Default)]
+pub struct LocalBus {
+    subscribers: RwLock<Vec<Arc<dyn Subscriber>>>,
+    /// One change applied at a time, so two applies of one thing never interleave.
+    applying: tokio::sync::Mutex<()>,
+}
+
+impl LocalBus {
+    pub fn new() -> Arc<LocalBus> {
+        Arc::new(LocalBus::default())
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    async fn publish(&self, change: Change) {
+        let _one_at_a_time = self.applying.lock().await;
+        let subscribers = self.subscribers.read().unwrap_or_else(|p| p.into_inner()).clone();
+        for s in subscribers {
+            s.apply(&change).await;
+        }
+    }
+
+    fn subscribe(&self, subscriber: Arc<dyn Subscriber>) {
+        self.subscribers.write().unwrap_or_else(|p| p.into_inner()).push(subscriber);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A copy of one value kept from a "store".
+    struct Copy {
+        store: Arc<Mutex<u32>>,
+        copy: Mutex<Option<u32>>,
+        applied: Mutex<Vec<Change>>,
+    }
+
+    #[async_trait]
+    impl Subscriber for Copy {
+        async fn apply(&self, change: &Change) {
+            if let Change::Function { .. } = change {
+                let v = *self.store.lock().unwrap();
+                tokio::task::yield_now().await;
+                *self.copy.lock().unwrap() = Some(v);
+            }
+            self.applied.lock().unwrap().push(change.clone());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_subscriber_has_applied_a_change_when_publish_returns() {
+        let bus = LocalBus::new();
+        let store = Arc::new(Mutex::new(0));
+        let subs: Vec<Arc<Copy>> = (0..2).map(|_| Arc::new(Copy { store: store.clone(), copy: Mutex::default(), applied: Mutex::default() })).collect();
+        for s in &subs {
+            bus.subscribe(s.clone());
+        }
+        let f = || Change::Function { namespace: "default".into(), name: "f".into() };
+        *store.lock().unwrap() = 1;
+        bus.publish(f()).await;
+        assert!(subs.iter().all(|s| *s.copy.lock().unwrap() == Some(1)));
+        // Concurrent writers each publish after their write: the copies end at the last value.
+        let mut writers = tokio::task::JoinSet::new();
+        for v in 2..=20 {
+            let (bus, store) = (bus.clone(), store.clone());
+            writers.spawn(async move {
+                *store.lock().unwrap() = v;
+                bus.publish(Change::Function { namespace: "default".into(), name: "f".into() }).await;
+            });
+        }
+        while writers.join_next().await.is_some() {}
+        let last = *store.lock().unwrap();
+        assert!(subs.iter().all(|s| *s.copy.lock().unwrap() == Some(last)), "copies converge on the store's last value");
+        bus.publish(Change::Keys).await;
+        assert!(subs.iter().all(|s| s.applied.lock().unwrap().last() == Some(&Change::Keys)));
+    }
+}

@@ -1,0 +1,102 @@
+//! The route table as a subscriber of the change bus: a function's change is applied by reading
+//! its current row from the store (routed at that revision, or no longer routed when it is
+//! gone), a namespace's by reading its concurrency limit.
+
+use std::sync::Arc;
+
+use hangar_bus::{Change, Subscriber};
+use hangar_store::{FunctionRow, Store};
+
+use crate::{Deployment, Scheduler};
+
+impl Deployment {
+    /// The deployment of a function's stored current revision.
+    pub fn of(row: &FunctionRow) -> Deployment {
+        Deployment {
+            namespace: row.namespace.clone(),
+            name: row.name.clone(),
+            revision: row.revision,
+            config: row.config.clone(),
+            code_digest: row.code_digest.clone(),
+        }
+    }
+}
+
+/// See the module docs.
+pub struct RouteInformer {
+    pub store: Arc<dyn Store>,
+    pub scheduler: Arc<Scheduler>,
+}
+
+#[async_trait::async_trait]
+impl Subscriber for RouteInformer {
+    async fn apply(&self, change: &Change) {
+        match change {
+            Change::Function { namespace, name } => match self.store.get_function(namespace, name).await {
+                Ok(Some(row)) => {
+                    if let Err(e) = self.scheduler.install(Deployment::of(&row)) {
+                        tracing::error!(%namespace, function = %name, "routing revision {} failed: {e}", row.revision);
+                    }
+                }
+                Ok(None) => self.scheduler.remove(namespace, name),
+                Err(e) => tracing::error!(%namespace, function = %name, "reading the function to route it failed ({e}); its route stays as it was"),
+            },
+            Change::Namespace { name } => match self.store.get_namespace(name).await {
+                Ok(row) => self.scheduler.set_namespace_limit(name, row.and_then(|r| r.max_concurrency)),
+                Err(e) => tracing::error!(namespace = %name, "reading the namespace's limit failed ({e}); it stays as it was"),
+            },
+            Change::Keys | Change::Trigger { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_api::{FunctionConfig, RuntimeKind};
+    use hangar_bus::{Bus as _, LocalBus};
+    use hangar_store_sqlite::SqliteStore;
+
+    fn sequence(revision: u64) -> FunctionRow {
+        let mut config = FunctionConfig::new(RuntimeKind::Sequence);
+        config.steps = vec!["a".into()];
+        FunctionRow {
+            namespace: "default".into(),
+            name: "seq".into(),
+            revision,
+            config,
+            code_digest: String::new(),
+            code_size: 0,
+            created_ms: 1,
+            updated_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_published_change_reaches_the_route_table_as_the_store_has_it() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        store.create_namespace("default", 1).await.unwrap();
+        let (meter, _writer) = hangar_meter::Meter::start(store.clone(), hangar_meter::Metrics::new());
+        let scheduler = Arc::new(Scheduler::new(Vec::new(), meter, 1024, 100));
+        let bus = LocalBus::new();
+        bus.subscribe(Arc::new(RouteInformer { store: store.clone(), scheduler: scheduler.clone() }));
+        let change = || Change::Function { namespace: "default".into(), name: "seq".into() };
+        let routed = || scheduler.route("default", "seq").map(|s| s.deployment().revision);
+
+        store.put_function(&sequence(1), 0).await.unwrap();
+        bus.publish(change()).await;
+        assert_eq!(routed(), Some(1));
+        store.put_function(&sequence(2), 1).await.unwrap();
+        bus.publish(change()).await;
+        // A change published twice (or late) is applied as the store has it now.
+        bus.publish(change()).await;
+        assert_eq!(routed(), Some(2));
+        store.delete_function("default", "seq").await.unwrap();
+        bus.publish(change()).await;
+        assert_eq!(routed(), None);
+
+        store.set_namespace_limit("default", Some(3)).await.unwrap();
+        bus.publish(Change::Namespace { name: "default".into() }).await;
+        assert_eq!(scheduler.namespace_limit("default"), 3);
+    }
+}
