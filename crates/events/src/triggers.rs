@@ -226,7 +226,8 @@ impl hangar_bus::Subscriber for Triggers {
 }
 
 /// A structured-mode CloudEvent (spec 1.0) around `data`: JSON data stays JSON, other UTF-8
-/// text becomes a string, anything else `data_base64`.
+/// text becomes a string, anything else (and data declared JSON that does not parse)
+/// `data_base64`.
 pub fn cloudevent(id: &str, source: &str, kind: &str, time_ms: i64, content_type: Option<&str>, data: &[u8]) -> Bytes {
     let mut ev = serde_json::json!({
         "specversion": "1.0",
@@ -235,12 +236,14 @@ pub fn cloudevent(id: &str, source: &str, kind: &str, time_ms: i64, content_type
         "type": kind,
         "time": rfc3339(time_ms),
     });
-    let json_like = content_type.is_none_or(|c| c.starts_with("application/json") || c.contains("+json"));
+    let declared_json = content_type.is_some_and(|c| c.starts_with("application/json") || c.contains("+json"));
+    let json_like = content_type.is_none() || declared_json;
     if data.is_empty() {
     } else if let (true, Ok(v)) = (json_like, serde_json::from_slice::<serde_json::Value>(data)) {
         ev["datacontenttype"] = "application/json".into();
         ev["data"] = v;
-    } else if let Ok(text) = std::str::from_utf8(data) {
+    } else if let (false, Ok(text)) = (declared_json, std::str::from_utf8(data)) {
+        // (Data declared JSON that is not goes as bytes: as a string it would read as JSON.)
         ev["datacontenttype"] = content_type.unwrap_or("text/plain").into();
         ev["data"] = text.into();
     } else {
@@ -337,6 +340,11 @@ mod tests {
         assert_eq!((j["specversion"].as_str(), j["data"]["a"].as_i64()), (Some("1.0"), Some(1)));
         assert_eq!(ev(Some("text/plain"), b"hi")["data"], "hi");
         assert_eq!(ev(None, &[0xff, 0x00, 0x01])["data_base64"], "/wAB");
+        // Declared JSON but not JSON (found by fuzzing): kept as bytes, not passed off as a
+        // JSON string.
+        let bad = ev(Some("application/json"), b"{not json");
+        assert_eq!((bad["data_base64"].as_str(), bad.get("data")), (Some("e25vdCBqc29u"), None));
+        assert_eq!(ev(None, b"plain words")["data"], "plain words");
     }
 
     #[test]

@@ -10,15 +10,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hangar_api::{
     ApiKey, CreateKey, CreateNamespace, CreatedKey, DeployResponse, DeployStatus, Function, FunctionConfig, FunctionList, Invocation, InvocationPage, KeyList,
-    Namespace, NamespaceList, Outcome, now_ms, rfc3339, validate,
+    Namespace, NamespaceList, Outcome, rfc3339, validate,
 };
-use hangar_bus::Change;
 use hangar_store::{FunctionRow, InvocationFilter, KeyRow};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::AppState;
-use crate::auth::{Principal, hash_secret, new_secret};
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiJson, ApiQuery, parse_json};
 
 /// `?namespace=`: which namespace to act in (admin keys; namespace keys default to their own).
@@ -79,15 +78,7 @@ pub(crate) async fn existing_namespace(state: &AppState, p: &Principal, asked: O
     responses((status = 201, body = Namespace), (status = 400, body = hangar_api::ErrorBody), (status = 409, body = hangar_api::ErrorBody)))]
 pub async fn create_namespace(State(state): State<AppState>, p: Principal, ApiJson(body): ApiJson<CreateNamespace>) -> Result<Response, ApiError> {
     p.require_admin()?;
-    validate::name("name", &body.name)?;
-    let limits = hangar_api::NamespaceLimits { max_concurrency: body.max_concurrency };
-    limits.validate()?;
-    let mut row = state.store.create_namespace(&body.name, now_ms()).await?;
-    if limits.max_concurrency.is_some() {
-        state.store.set_namespace_limit(&row.name, limits.max_concurrency).await?;
-        row.max_concurrency = limits.max_concurrency;
-    }
-    state.bus.publish(Change::Namespace { name: row.name.clone() }).await;
+    let row = state.control.create_namespace(&body.name, hangar_api::NamespaceLimits { max_concurrency: body.max_concurrency }).await?;
     Ok((StatusCode::CREATED, Json(namespace_view(&row))).into_response())
 }
 
@@ -101,13 +92,7 @@ pub async fn set_namespace_limits(
     ApiJson(body): ApiJson<hangar_api::NamespaceLimits>,
 ) -> Result<Json<Namespace>, ApiError> {
     p.require_admin()?;
-    body.validate()?;
-    if !state.store.set_namespace_limit(&name, body.max_concurrency).await? {
-        return Err(ApiError::not_found(format_args!("namespace `{name}`")));
-    }
-    state.bus.publish(Change::Namespace { name: name.clone() }).await;
-    let row = state.store.get_namespace(&name).await?.ok_or_else(|| ApiError::not_found(format_args!("namespace `{name}`")))?;
-    Ok(Json(namespace_view(&row)))
+    Ok(Json(namespace_view(&state.control.set_namespace_limits(&name, body).await?)))
 }
 
 #[utoipa::path(get, path = "/v1/namespaces", tag = "namespaces", responses((status = 200, body = NamespaceList)))]
@@ -121,14 +106,7 @@ pub async fn list_namespaces(State(state): State<AppState>, p: Principal) -> Res
     responses((status = 204), (status = 404, body = hangar_api::ErrorBody), (status = 409, body = hangar_api::ErrorBody)))]
 pub async fn delete_namespace(State(state): State<AppState>, p: Principal, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     p.require_admin()?;
-    if name == hangar_api::DEFAULT_NAMESPACE {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "the `default` namespace cannot be deleted"));
-    }
-    if !state.store.delete_namespace(&name).await? {
-        return Err(ApiError::not_found(format_args!("namespace `{name}`")));
-    }
-    // Its keys went with it.
-    state.bus.publish(Change::Namespace { name }).await;
+    state.control.remove_namespace(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -138,25 +116,7 @@ pub async fn delete_namespace(State(state): State<AppState>, p: Principal, Path(
     responses((status = 201, body = CreatedKey), (status = 404, body = hangar_api::ErrorBody)))]
 pub async fn create_key(State(state): State<AppState>, p: Principal, ApiJson(body): ApiJson<CreateKey>) -> Result<Response, ApiError> {
     p.require_admin()?;
-    if let Some(n) = &body.name {
-        validate::label("name", n)?;
-    }
-    if let Some(ns) = &body.namespace {
-        validate::name("namespace", ns)?;
-        if state.store.get_namespace(ns).await?.is_none() {
-            return Err(ApiError::not_found(format_args!("namespace `{ns}` (create it first with `hangar ns create {ns}`)")));
-        }
-    }
-    let secret = new_secret();
-    let row = KeyRow {
-        id: format!("key_{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
-        hash: hash_secret(&secret),
-        namespace: body.namespace,
-        name: body.name,
-        created_ms: now_ms(),
-    };
-    state.store.insert_key(&row).await?;
-    state.bus.publish(Change::Keys).await;
+    let (row, secret) = state.control.create_key(body.namespace, body.name).await?;
     Ok((StatusCode::CREATED, Json(CreatedKey { key: key_view(&row), secret })).into_response())
 }
 
@@ -170,13 +130,7 @@ pub async fn list_keys(State(state): State<AppState>, p: Principal) -> Result<Js
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", responses((status = 204), (status = 404, body = hangar_api::ErrorBody)))]
 pub async fn delete_key(State(state): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     p.require_admin()?;
-    if id == p.key_id {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "a key cannot delete itself; use another admin key"));
-    }
-    if !state.store.delete_key(&id).await? {
-        return Err(ApiError::not_found(format_args!("key `{id}`")));
-    }
-    state.bus.publish(Change::Keys).await;
+    state.control.remove_key(&id, &p.key_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -213,16 +167,9 @@ pub async fn delete_function(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
 ) -> Result<StatusCode, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
-    if !state.store.delete_function(&ns, &name).await? {
-        return Err(ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")));
-    }
-    state.bus.publish(Change::Function { namespace: ns, name }).await;
+    state.control.remove_function(&ns, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
-
-/// How often a deploy that lost the store's compare-and-set to a concurrent one reads the
-/// function again and retries before it answers 409.
-const DEPLOY_ATTEMPTS: u32 = 4;
 
 /// Reads a deploy request: `multipart/form-data` with a `config` part (JSON
 /// [`FunctionConfig`]) and a `code` part (the component), or a JSON config alone to change
@@ -261,91 +208,12 @@ pub async fn put_function(
     let (config, code) = read_deploy(&state, req).await?;
     validate::name("name", &name)?;
     let ns = existing_namespace(&state, &p, q.namespace.as_deref()).await?;
-    validate::function_config(&config)?;
-    let is_sequence = config.runtime == hangar_api::RuntimeKind::Sequence;
-    let runtime = match is_sequence {
-        true => None,
-        false => Some(state.scheduler.runtime(config.runtime).cloned().ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_field",
-                format!("runtime: `{}` is not available on this server (process runtimes need root, runc and python3; nodejs needs node; the server log says what is missing)", config.runtime),
-            )
-        })?),
+    let (status, row) = state.control.deploy_function(&ns, &name, config, code, q.dry_run).await?;
+    let code = match status {
+        DeployStatus::Created if !q.dry_run => StatusCode::CREATED,
+        _ => StatusCode::OK,
     };
-    // Compiled once, whatever the attempts below.
-    let code_info = match (code, &runtime) {
-        (None, _) => None,
-        (Some(_), None) => {
-            return Err(ApiError::bad_request("invalid_code", "a sequence has no code of its own: deploy its steps as functions and name them in `steps`"));
-        }
-        (Some(code), Some(_)) if code.is_empty() => return Err(ApiError::bad_request("invalid_code", "the `code` part is empty")),
-        (Some(code), Some(runtime)) => Some(runtime.prepare(code).await?),
-    };
-    for _ in 0..DEPLOY_ATTEMPTS {
-        let existing = state.store.get_function(&ns, &name).await?;
-        // A dry run (a manifest's check) cannot know the functions deployed before this one.
-        if let Some(target) = config.async_.on_failure.as_deref().filter(|_| !q.dry_run) {
-            crate::events::check_on_failure(&state, &ns, &name, target).await?;
-        }
-        // A dry run (a manifest's check) cannot know the functions deployed before this one.
-        if is_sequence && !q.dry_run {
-            crate::events::check_steps(&state, &ns, &name, &config.steps).await?;
-        }
-        if let (None, Some(e)) = (&code_info, &existing)
-            && e.config.runtime != config.runtime
-            && !is_sequence
-        {
-            return Err(ApiError::bad_request(
-                "invalid_code",
-                format!("function `{name}` runs on {}; changing its runtime to {} needs new code (upload `code` too)", e.config.runtime, config.runtime),
-            ));
-        }
-        let (digest, size) = match (&code_info, &existing) {
-            _ if is_sequence => (String::new(), 0),
-            (Some(c), _) => (c.digest.clone(), c.size),
-            (None, Some(e)) => (e.code_digest.clone(), e.code_size),
-            (None, None) => {
-                return Err(ApiError::bad_request("invalid_code", format!("function `{name}` does not exist yet: the first deploy must upload code")));
-            }
-        };
-        if let Some(e) = &existing
-            && e.code_digest == digest
-            && e.config == config
-        {
-            return Ok((StatusCode::OK, Json(DeployResponse { status: DeployStatus::Unchanged, function: function_view(e) })).into_response());
-        }
-        let now = now_ms();
-        let row = FunctionRow {
-            namespace: ns.clone(),
-            name: name.clone(),
-            revision: existing.as_ref().map_or(1, |e| e.revision + 1),
-            config: config.clone(),
-            code_digest: digest,
-            code_size: size,
-            created_ms: existing.as_ref().map_or(now, |e| e.created_ms),
-            updated_ms: now,
-        };
-        let (status, deploy_status) = if existing.is_some() { (StatusCode::OK, DeployStatus::Updated) } else { (StatusCode::CREATED, DeployStatus::Created) };
-        if q.dry_run {
-            return Ok((StatusCode::OK, Json(DeployResponse { status: deploy_status, function: function_view(&row) })).into_response());
-        }
-        // Durable before acknowledged, then routable. Compare-and-set: the write names the
-        // revision it replaces, so two deploys (or two servers) never both write one revision;
-        // a deploy that lost reads again and retries.
-        match state.store.put_function(&row, existing.as_ref().map_or(0, |e| e.revision)).await {
-            Ok(()) => {}
-            Err(hangar_store::StoreError::Stale { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        // Routable (on every subscriber of the bus) before the answer.
-        state.bus.publish(Change::Function { namespace: row.namespace.clone(), name: row.name.clone() }).await;
-        return Ok((status, Json(DeployResponse { status: deploy_status, function: function_view(&row) })).into_response());
-    }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "conflict",
-        format!("function `{name}` in namespace `{ns}` changed {DEPLOY_ATTEMPTS} times while this deploy ran; send it again"),
-    ))
+    Ok((code, Json(DeployResponse { status, function: function_view(&row) })).into_response())
 }
 
 // ---- invocations ----

@@ -8,8 +8,6 @@ use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use hangar_store::KeyRow;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -48,17 +46,7 @@ impl Principal {
     }
 }
 
-/// Hex SHA-256 of a secret: what the store keeps.
-pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-/// A new random secret: `hk_` and 32 random bytes in hex.
-pub fn new_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("hk_{}", hex::encode(bytes))
-}
+pub use hangar_control::{hash_secret, new_secret};
 
 /// The key table, keyed by secret hash.
 #[derive(Clone, Default)]

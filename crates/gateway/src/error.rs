@@ -101,6 +101,21 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<hangar_control::ControlError> for ApiError {
+    fn from(e: hangar_control::ControlError) -> Self {
+        use hangar_control::ControlError as C;
+        match e {
+            C::Invalid(i) => i.into(),
+            C::Refused { code, message } => ApiError::bad_request(code, message),
+            C::NotFound(what) => ApiError::not_found(what),
+            C::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            C::Forbidden(m) => ApiError::forbidden(m),
+            C::Store(e) => e.into(),
+            C::Runtime(e) => e.into(),
+        }
+    }
+}
+
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         match e {

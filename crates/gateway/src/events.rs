@@ -64,54 +64,6 @@ pub async fn accept(state: &AppState, slot: &hangar_scheduler::Slot, headers: &h
     Ok(resp)
 }
 
-/// Refuses an `on_failure` function that does not exist or leads back to `name`.
-pub async fn check_on_failure(state: &AppState, ns: &str, name: &str, target: &str) -> Result<(), ApiError> {
-    let mut at = target.to_string();
-    let mut chain = vec![name.to_string()];
-    loop {
-        if chain.contains(&at) {
-            chain.push(at);
-            return Err(ApiError::bad_request(
-                "invalid_field",
-                format!("async.on_failure: failures would go round in a cycle ({}); end the chain at a function without on_failure", chain.join(" → ")),
-            ));
-        }
-        let Some(f) = state.store.get_function(ns, &at).await? else {
-            return Err(ApiError::bad_request(
-                "invalid_field",
-                format!("async.on_failure: function `{at}` does not exist in namespace `{ns}`; deploy it first"),
-            ));
-        };
-        chain.push(at);
-        match f.config.async_.on_failure {
-            Some(next) => at = next,
-            None => return Ok(()),
-        }
-    }
-}
-
-/// Refuses steps that do not exist or lead back to the sequence `name` (through nested
-/// sequences).
-pub async fn check_steps(state: &AppState, ns: &str, name: &str, steps: &[String]) -> Result<(), ApiError> {
-    // Depth-first through nested sequences, with the path that led to each step.
-    let mut todo: Vec<(String, Vec<String>)> = steps.iter().rev().map(|s| (s.clone(), vec![name.to_string()])).collect();
-    let mut seen = std::collections::HashSet::new();
-    while let Some((step, path)) = todo.pop() {
-        if step == name {
-            return Err(ApiError::bad_request("invalid_field", format!("steps: the sequence would run itself ({} → {step})", path.join(" → "))));
-        }
-        let Some(f) = state.store.get_function(ns, &step).await? else {
-            return Err(ApiError::bad_request("invalid_field", format!("steps: function `{step}` does not exist in namespace `{ns}`; deploy it first")));
-        };
-        if seen.insert(step.clone()) && f.config.runtime == RuntimeKind::Sequence {
-            let mut next = path.clone();
-            next.push(step.clone());
-            todo.extend(f.config.steps.iter().rev().map(|s| (s.clone(), next.clone())));
-        }
-    }
-    Ok(())
-}
-
 /// Filters of `GET /v1/async-invocations`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -208,35 +160,8 @@ pub async fn put_trigger(
     crate::error::ApiJson(config): crate::error::ApiJson<TriggerConfig>,
 ) -> Result<Response, ApiError> {
     let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
-    validate::name("name", &name)?;
-    config.validate()?;
-    if let Some(c) = &config.cron {
-        hangar_events::Schedule::parse(c, config.timezone.as_deref()).map_err(|e| ApiError::bad_request("invalid_field", format!("cron: {e}")))?;
-    }
-    if state.store.get_namespace(&ns).await?.is_none() {
-        return Err(ApiError::not_found(format_args!("namespace `{ns}`")));
-    }
-    if let Some(f) = &config.function
-        && state.store.get_function(&ns, f).await?.is_none()
-    {
-        return Err(ApiError::bad_request("unknown_target", format!("function `{f}` does not exist in namespace `{ns}`; deploy it first")));
-    }
-    if let Some(s) = &config.service
-        && state.store.get_service(&ns, s).await?.is_none()
-    {
-        return Err(ApiError::bad_request("unknown_target", format!("service `{s}` does not exist in namespace `{ns}`; deploy it first")));
-    }
-    let existing = state.store.list_triggers(Some(&ns)).await?.into_iter().find(|t| t.name == name);
-    let row = hangar_store::TriggerRow {
-        namespace: ns,
-        name,
-        config,
-        created_ms: existing.as_ref().map_or_else(hangar_api::now_ms, |e| e.created_ms),
-        last_fired_ms: existing.as_ref().and_then(|e| e.last_fired_ms),
-    };
-    state.store.put_trigger(&row).await?;
-    state.bus.publish(hangar_bus::Change::Trigger { namespace: row.namespace.clone(), name: row.name.clone() }).await;
-    let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    let (created, row) = state.control.put_trigger(&ns, &name, config).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(trigger_view(&state, &row))).into_response())
 }
 
@@ -257,10 +182,7 @@ pub async fn delete_trigger(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
 ) -> Result<StatusCode, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
-    if !state.store.delete_trigger(&ns, &name).await? {
-        return Err(ApiError::not_found(format_args!("trigger `{name}` in namespace `{ns}`")));
-    }
-    state.bus.publish(hangar_bus::Change::Trigger { namespace: ns, name }).await;
+    state.control.remove_trigger(&ns, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -31,8 +31,9 @@ use hangar_meter::Meter;
 use hangar_scheduler::Scheduler;
 use hangar_store::Store;
 
-pub use auth::{KeyCache, hash_secret, new_secret};
+pub use auth::KeyCache;
 use error::ApiError;
+pub use hangar_control::{hash_secret, new_secret};
 
 /// Size limits of requests.
 #[derive(Debug, Clone)]
@@ -91,9 +92,8 @@ pub struct Shared {
     pub sandboxes_unavailable: Option<String>,
     pub keys: KeyCache,
     pub limits: Limits,
-    /// Where a change to desired state goes once written: the route, key and trigger tables
-    /// subscribe to it.
-    pub bus: Arc<dyn hangar_bus::Bus>,
+    /// The use-cases that change desired state (namespaces, keys, functions, triggers).
+    pub control: Arc<hangar_control::Control>,
     /// Orders this server's own service deploys, removals and restores (function deploys are
     /// ordered by the store's compare-and-set and the bus).
     pub deploy_lock: Arc<tokio::sync::Mutex<()>>,

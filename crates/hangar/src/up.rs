@@ -147,6 +147,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         bus.subscribe(Arc::new(hangar_gateway::auth::KeyInformer { store: store.clone(), keys: keys.clone() }));
         bus.subscribe(Arc::new(triggers.clone()));
     }
+    // The use-cases that change desired state: the store first, then the bus.
+    let control = Arc::new(hangar_control::Control::new(store.clone(), bus, scheduler.clone()));
     let state = AppState::new(Shared {
         store,
         scheduler: scheduler.clone(),
@@ -159,7 +161,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         sandboxes_unavailable,
         keys,
         limits: opts.limits,
-        bus,
+        control,
         deploy_lock: Arc::default(),
         ready: Arc::default(),
         async_queue: async_queue.clone(),

@@ -226,7 +226,7 @@ async fn concurrent_deploys_of_one_function_each_get_one_revision() {
         // A deploy that loses the store's compare-and-set is a clean 409, never a lost write.
         match status {
             200 => revisions.push(body["function"]["revision"].as_u64().unwrap()),
-            409 => assert_eq!(body["code"], "conflict", "{body}"),
+            409 => assert_eq!(body["error"]["code"], "conflict", "{body}"),
             other => panic!("a concurrent deploy got {other}: {body}"),
         }
     }
