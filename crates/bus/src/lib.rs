@@ -7,10 +7,14 @@
 //! changes arrive does not matter as long as each is applied after its write: the last apply
 //! sees the store's last state. [`LocalBus`] is the in-process bus: [`Bus::publish`] applies the
 //! change to every subscriber, one change at a time, and returns when they all have, so a
-//! deploy is routable when its answer goes out.
+//! deploy is routable when its answer goes out. [`lease`]: work that must run once.
 #![forbid(unsafe_code)]
 
+pub mod lease;
+
 use std::sync::{Arc, RwLock};
+
+pub use lease::{Leases, LocalLeases};
 
 use async_trait::async_trait;
 

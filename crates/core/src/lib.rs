@@ -1,10 +1,65 @@
 //! What every part of Hangar shares and none owns. [`ServerId`]: the one name under which a
 //! server owns things on the machine (run directories, cgroups, namespaces, bridges, nftables
-//! tables), derived once from its data dir; [`now_ms`], the wall clock as stored.
+//! tables), derived once from its data dir; [`now_ms`], the wall clock as stored; [`Clock`],
+//! time as code that decides on it sees it (faked in tests with [`ManualClock`]).
 #![forbid(unsafe_code)]
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Where code that decides on time reads it, so tests can move time instead of sleeping.
+pub trait Clock: Send + Sync + 'static {
+    /// A monotonic now.
+    fn now(&self) -> Instant;
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The machine's clocks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+}
+
+/// A clock that moves only when told ([`ManualClock::advance`]).
+#[derive(Debug)]
+pub struct ManualClock {
+    start: Instant,
+    start_ms: i64,
+    elapsed: Mutex<Duration>,
+}
+
+impl ManualClock {
+    pub fn new(start_ms: i64) -> ManualClock {
+        ManualClock { start: Instant::now(), start_ms, elapsed: Mutex::new(Duration::ZERO) }
+    }
+
+    pub fn advance(&self, by: Duration) {
+        *self.elapsed.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
+
+    fn elapsed(&self) -> Duration {
+        *self.elapsed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.start + self.elapsed()
+    }
+    fn now_ms(&self) -> i64 {
+        self.start_ms + self.elapsed().as_millis() as i64
+    }
+}
 
 /// The id of the server that keeps its state in a data dir: the first five bytes of the
 /// SHA-256 of the data dir's canonical path, in hex (ten characters, so names built from it
@@ -54,5 +109,14 @@ mod tests {
         std::fs::create_dir(dir.path().join("other")).unwrap();
         assert_ne!(a, ServerId::of_data_dir(&dir.path().join("other")).unwrap());
         assert!(ServerId::of_data_dir(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told() {
+        let c = ManualClock::new(1_000);
+        let t = c.now();
+        assert_eq!((c.now(), c.now_ms()), (t, 1_000));
+        c.advance(Duration::from_millis(1500));
+        assert_eq!((c.now() - t, c.now_ms()), (Duration::from_millis(1500), 2_500));
     }
 }

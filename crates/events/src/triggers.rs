@@ -134,9 +134,10 @@ impl Triggers {
         self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts firing schedules (first catching up on times missed while stopped).
-    pub fn run(&self) {
-        tokio::spawn(cron_loop(self.clone()));
+    /// Starts firing schedules (first catching up on times missed while stopped), while
+    /// `holder` holds the cron lease of `leases`: however many servers run, one fires.
+    pub fn run(&self, leases: Arc<dyn hangar_bus::Leases>, holder: String) {
+        tokio::spawn(cron_loop(self.clone(), leases, holder));
     }
 
     /// Adds or replaces a trigger (already validated and stored).
@@ -254,12 +255,22 @@ pub fn cloudevent(id: &str, source: &str, kind: &str, time_ms: i64, content_type
     Bytes::from(ev.to_string())
 }
 
-/// Fires due schedules; sleeps until the next one is due or the table changes.
-async fn cron_loop(t: Triggers) {
+/// The lease under which schedules fire, and how long a holder keeps it without renewing.
+const CRON_LEASE: &str = "cron";
+const CRON_LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// Fires due schedules; sleeps until the next one is due or the table changes (at most a third
+/// of the lease's time, so the holder renews it).
+async fn cron_loop(t: Triggers, leases: Arc<dyn hangar_bus::Leases>, holder: String) {
     loop {
         let notified = t.inner.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        if !leases.acquire(CRON_LEASE, &holder, CRON_LEASE_TTL).await {
+            // Another server fires the schedules; look again when its lease may have run out.
+            tokio::time::sleep(CRON_LEASE_TTL / 3).await;
+            continue;
+        }
         let now = now_ms();
         // (namespace, name, scheduled time, target, data) of every schedule due now.
         let mut due = Vec::new();
@@ -302,15 +313,10 @@ async fn cron_loop(t: Triggers) {
             // Their next times are due to be computed from the new last-fired times.
             continue;
         }
-        let wait = next.map(|n| Duration::from_millis(u64::try_from(n - now_ms()).unwrap_or(0)));
-        match wait {
-            Some(w) => {
-                tokio::select! {
-                    _ = &mut notified => {}
-                    _ = tokio::time::sleep(w) => {}
-                }
-            }
-            None => notified.await,
+        let wait = next.map_or(CRON_LEASE_TTL / 3, |n| Duration::from_millis(u64::try_from(n - now_ms()).unwrap_or(0)).min(CRON_LEASE_TTL / 3));
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

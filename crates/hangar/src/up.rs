@@ -171,19 +171,25 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let restored = hangar_gateway::restore(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
     // Functions are routable again: events accepted before a restart run now, and schedules
     // catch up on times missed while stopped.
+    // Work that must run once however many servers run is done under a lease (in-process: this
+    // server holds them all).
+    let leases: Arc<dyn hangar_bus::Leases> = hangar_bus::LocalLeases::new(Arc::new(hangar_core::SystemClock));
     async_queue.run();
-    triggers.run();
+    triggers.run(leases.clone(), server_id.to_string());
     // Services and sandboxes are metered by sampling (functions as their records are written).
     // Adaptive mode: functions deployed with `mode = "auto"` are warmed and cooled by the advisor.
     let adapting = {
         let mut adapter = hangar_gateway::adapt::Adapter::new(state.clone(), opts.adapt_window);
         let every = opts.adapt_every.max(Duration::from_millis(100));
+        let (leases, holder) = (leases.clone(), server_id.to_string());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                adapter.look().await;
+                if leases.acquire("adapt", &holder, every * 3).await {
+                    adapter.look().await;
+                }
             }
         })
     };
