@@ -226,33 +226,56 @@ impl hangar_bus::Subscriber for Triggers {
     }
 }
 
-/// A structured-mode CloudEvent (spec 1.0) around `data`: JSON data stays JSON, other UTF-8
-/// text becomes a string, anything else (and data declared JSON that does not parse)
-/// `data_base64`.
+/// A structured-mode CloudEvent (spec 1.0) around `data`: JSON data stays JSON, byte for byte
+/// (numbers keep every digit), other UTF-8 text becomes a string, anything else (and data
+/// declared JSON that does not parse) `data_base64`.
 pub fn cloudevent(id: &str, source: &str, kind: &str, time_ms: i64, content_type: Option<&str>, data: &[u8]) -> Bytes {
-    let mut ev = serde_json::json!({
-        "specversion": "1.0",
-        "id": id,
-        "source": source,
-        "type": kind,
-        "time": rfc3339(time_ms),
-    });
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        specversion: &'static str,
+        id: &'a str,
+        source: &'a str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        time: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        datacontenttype: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<Data<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data_base64: Option<String>,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Data<'a> {
+        Json(&'a serde_json::value::RawValue),
+        Text(&'a str),
+    }
+    let mut ev = Event { specversion: "1.0", id, source, kind, time: rfc3339(time_ms), datacontenttype: None, data: None, data_base64: None };
     let declared_json = content_type.is_some_and(|c| c.starts_with("application/json") || c.contains("+json"));
     let json_like = content_type.is_none() || declared_json;
+    // JSON that a strict reader takes (`1e999` is JSON text but no f64: many readers refuse
+    // it), kept as its own text.
+    let raw = if json_like && serde_json::from_slice::<serde_json::Value>(data).is_ok() {
+        serde_json::from_slice::<&serde_json::value::RawValue>(data).ok()
+    } else {
+        None
+    };
     if data.is_empty() {
-    } else if let (true, Ok(v)) = (json_like, serde_json::from_slice::<serde_json::Value>(data)) {
-        ev["datacontenttype"] = "application/json".into();
-        ev["data"] = v;
+    } else if let Some(raw) = raw {
+        ev.datacontenttype = Some("application/json");
+        ev.data = Some(Data::Json(raw));
     } else if let (false, Ok(text)) = (declared_json, std::str::from_utf8(data)) {
         // (Data declared JSON that is not goes as bytes: as a string it would read as JSON.)
-        ev["datacontenttype"] = content_type.unwrap_or("text/plain").into();
-        ev["data"] = text.into();
+        ev.datacontenttype = Some(content_type.unwrap_or("text/plain"));
+        ev.data = Some(Data::Text(text));
     } else {
         use base64::Engine as _;
-        ev["datacontenttype"] = content_type.unwrap_or("application/octet-stream").into();
-        ev["data_base64"] = base64::engine::general_purpose::STANDARD.encode(data).into();
+        ev.datacontenttype = Some(content_type.unwrap_or("application/octet-stream"));
+        ev.data_base64 = Some(base64::engine::general_purpose::STANDARD.encode(data));
     }
-    Bytes::from(ev.to_string())
+    // Serializing these fields cannot fail.
+    Bytes::from(serde_json::to_vec(&ev).unwrap_or_default())
 }
 
 /// The lease under which schedules fire, and how long a holder keeps it without renewing.
@@ -351,6 +374,11 @@ mod tests {
         let bad = ev(Some("application/json"), b"{not json");
         assert_eq!((bad["data_base64"].as_str(), bad.get("data")), (Some("e25vdCBqc29u"), None));
         assert_eq!(ev(None, b"plain words")["data"], "plain words");
+        // JSON data is kept byte for byte: a number past u64 keeps every digit (found by fuzzing).
+        let big = cloudevent("1", "/s", "t", 0, None, b" 111112222222222222222");
+        assert!(std::str::from_utf8(&big).unwrap().contains(r#""data":111112222222222222222"#), "{big:?}");
+        // A number no reader takes is not passed on as JSON.
+        assert_eq!(ev(None, b"1e999")["data"], "1e999");
     }
 
     #[test]
