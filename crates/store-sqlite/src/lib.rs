@@ -173,6 +173,18 @@ CREATE TABLE IF NOT EXISTS usage_marks (
 );
 "#;
 
+/// The compare-and-set of a revision write: `Stale` unless the current revision of
+/// `namespace/name` in `table` is `expected` (0: none).
+fn expect_revision(tx: &rusqlite::Transaction<'_>, table: &str, what: &str, namespace: &str, name: &str, expected: u64) -> SqlResult<()> {
+    let found: Option<i64> =
+        tx.query_row(&format!("SELECT revision FROM {table} WHERE namespace = ?1 AND name = ?2"), params![namespace, name], |r| r.get(0)).optional()?;
+    let found = found.map_or(0, |r| r as u64);
+    if found != expected {
+        return Err(StoreError::Stale { what: format!("{what} `{name}` in namespace `{namespace}`"), expected, found }.into());
+    }
+    Ok(())
+}
+
 /// Adds one delta to its hourly row (made if missing).
 fn upsert_usage(tx: &rusqlite::Transaction<'_>, d: &hangar_api::cost::UsageDelta) -> rusqlite::Result<()> {
     let mut st = tx.prepare_cached(
@@ -429,12 +441,7 @@ impl DesiredState for SqliteStore {
         let config = serde_json::to_string(&row.config).map_err(|e| StoreError::Corrupt(format!("config does not serialize: {e}")))?;
         self.with(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let found: Option<i64> =
-                tx.query_row("SELECT revision FROM functions WHERE namespace = ?1 AND name = ?2", params![row.namespace, row.name], |r| r.get(0)).optional()?;
-            let found = found.map_or(0, |r| r as u64);
-            if found != expected {
-                return Err(StoreError::Stale { what: format!("function `{}` in namespace `{}`", row.name, row.namespace), expected, found }.into());
-            }
+            expect_revision(&tx, "functions", "function", &row.namespace, &row.name, expected)?;
             tx.execute(
                 "INSERT INTO functions(namespace, name, revision, config, code_digest, code_size, created_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -495,12 +502,7 @@ impl DesiredState for SqliteStore {
         let config = serde_json::to_string(&row.config).map_err(|e| StoreError::Corrupt(format!("service config does not serialize: {e}")))?;
         self.with(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let found: Option<i64> =
-                tx.query_row("SELECT revision FROM services WHERE namespace = ?1 AND name = ?2", params![row.namespace, row.name], |r| r.get(0)).optional()?;
-            let found = found.map_or(0, |r| r as u64);
-            if found != expected {
-                return Err(StoreError::Stale { what: format!("service `{}` in namespace `{}`", row.name, row.namespace), expected, found }.into());
-            }
+            expect_revision(&tx, "services", "service", &row.namespace, &row.name, expected)?;
             tx.execute(
                 "INSERT INTO services(namespace, name, revision, config, image_id, created_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
