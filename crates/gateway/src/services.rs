@@ -365,23 +365,38 @@ async fn forward(svc: &Arc<hangar_service::Service>, mut req: Request, path: &st
     let (mut head, body) = req.into_parts();
     head.uri = uri;
     upstream_headers(&mut head.headers, public, upgrade);
-    // A request that is safe to repeat and has no body may be sent again, once, when the
-    // connection failed before an answer (e.g. an instance closed a pooled connection).
+    // A request that is safe to repeat and has no body may be sent again, twice at most, when
+    // the connection failed before an answer (e.g. an instance closed a pooled connection).
     let replay = (!upgrade && http_body::Body::is_end_stream(&body) && matches!(head.method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS))
         .then(|| (head.method.clone(), head.uri.clone(), head.headers.clone(), head.version));
     let mut endpoint = endpoint;
     let mut resp = client().request(Request::from_parts(head, body)).await;
-    if let (Err(_), Some((method, uri, headers, version))) = (&resp, replay) {
-        endpoint = svc.pick().unwrap_or(endpoint);
-        let mut again = Request::new(Body::empty());
-        *again.method_mut() = method;
-        *again.uri_mut() = upstream_uri(endpoint.addr(), uri.path(), uri.query()).unwrap_or(uri);
-        *again.headers_mut() = headers;
-        *again.version_mut() = version;
-        resp = client().request(again).await;
+    if let Some((method, uri, headers, version)) = replay {
+        // Twice more at most, after a short pause each (an instance's network stack, gVisor's
+        // above all, may refuse a new connection for a moment under load).
+        for pause_ms in [0, 50] {
+            if resp.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+            endpoint = svc.pick().unwrap_or(endpoint);
+            let mut again = Request::new(Body::empty());
+            *again.method_mut() = method.clone();
+            *again.uri_mut() = upstream_uri(endpoint.addr(), uri.path(), uri.query()).unwrap_or_else(|_| uri.clone());
+            *again.headers_mut() = headers.clone();
+            *again.version_mut() = version;
+            resp = client().request(again).await;
+        }
     }
     let resp = resp.map_err(|e| {
-        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("service `{name}` (instance at {}) did not answer: {e}", endpoint.addr()))
+        // The error's causes say why (refused, reset, closed early).
+        let mut why = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            why.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("service `{name}` (instance at {}) did not answer: {why}", endpoint.addr()))
     })?;
     served.failed = resp.status().is_server_error();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS

@@ -454,7 +454,19 @@ async fn the_reconcile_loop_removes_what_no_instance_owns() {
     // Things named like this server's but owned by no instance: a network namespace, a root.
     let sid = sid(&s);
     let stray_ns = format!("hgr-{sid}-9999");
-    assert!(Command::new("ip").args(["netns", "add", &stray_ns]).status().unwrap().success());
+    // `ip netns add` can lose a race with another process mounting /run/netns at the same
+    // moment (the servers of parallel tests make namespaces too): a few tries, then its error.
+    let mut made = None;
+    for _ in 0..5 {
+        let out = Command::new("ip").args(["netns", "add", &stray_ns]).output().unwrap();
+        if out.status.success() {
+            made = None;
+            break;
+        }
+        made = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(made.is_none(), "ip netns add {stray_ns}: {}", made.unwrap_or_default());
     let stray_dir = PathBuf::from(format!("/run/hangar-svc-{sid}/hs-{sid}-9999"));
     std::fs::create_dir_all(stray_dir.join("rootfs")).unwrap();
     wait_for("the reconcile loop", Duration::from_secs(20), async || !Path::new("/run/netns").join(&stray_ns).exists() && !stray_dir.exists()).await;
