@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hangar_api::{
     ApiKey, CreateKey, CreateNamespace, CreatedKey, DeployResponse, DeployStatus, Function, FunctionConfig, FunctionList, Invocation, InvocationPage, KeyList,
-    Namespace, NamespaceList, Outcome, rfc3339, validate,
+    Namespace, NamespaceList, Outcome, rfc3339,
 };
 use hangar_store::{FunctionRow, InvocationFilter, KeyRow};
 use serde::Deserialize;
@@ -206,8 +206,8 @@ pub async fn put_function(
     // Read the (bounded) upload before rejecting anything: an answer sent while the client is
     // still uploading is lost when the connection closes.
     let (config, code) = read_deploy(&state, req).await?;
-    validate::name("name", &name)?;
-    let ns = existing_namespace(&state, &p, q.namespace.as_deref()).await?;
+    // The action checks the name and that the namespace exists (404), in that order.
+    let ns = p.scope(q.namespace.as_deref())?;
     let (status, row) = state.control.deploy_function(&ns, &name, config, code, q.dry_run).await?;
     let code = match status {
         DeployStatus::Created if !q.dry_run => StatusCode::CREATED,
