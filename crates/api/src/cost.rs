@@ -2,6 +2,8 @@
 //! Money is a decimal string of US dollars (exact, never a float).
 
 use serde::{Deserialize, Serialize};
+
+use crate::WorkloadKind;
 use utoipa::ToSchema;
 
 /// A price sheet as listed: where its prices come from, and which models it prices.
@@ -101,8 +103,7 @@ pub struct CalcAnswer {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageDelta {
     pub namespace: String,
-    /// `function`, `service` or `sandbox`.
-    pub kind: String,
+    pub kind: WorkloadKind,
     pub name: String,
     /// Start of the UTC hour, ms since the epoch.
     pub hour_ms: i64,
@@ -137,7 +138,7 @@ impl UsageDelta {
         const HOUR_MS: i64 = 3_600_000;
         Some(UsageDelta {
             namespace: r.namespace.clone(),
-            kind: "function".into(),
+            kind: WorkloadKind::Function,
             name: r.function.clone(),
             hour_ms: r.started_ms.div_euclid(HOUR_MS) * HOUR_MS,
             requests: 1,
@@ -179,7 +180,7 @@ pub struct UsageMark {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UsageRow {
     pub namespace: String,
-    pub kind: String,
+    pub kind: WorkloadKind,
     pub name: String,
     /// Start of the hour or day (UTC, RFC 3339).
     pub period: String,
@@ -243,7 +244,7 @@ pub struct Observed {
 pub struct Advice {
     pub namespace: String,
     pub name: String,
-    pub kind: String,
+    pub kind: WorkloadKind,
     pub observed: Observed,
     /// What each model would cost a month at the observed traffic.
     pub costs: CalcAnswer,

@@ -83,6 +83,25 @@ pub mod events;
 pub mod sandboxes;
 
 wire_enum! {
+    /// The three kinds of workload.
+    WorkloadKind, "kind" {
+        /// Event handlers that scale to zero, billed per invocation.
+        Function = "function",
+        /// Long-running containers, billed per instance-second.
+        Service = "service",
+        /// gVisor machines for untrusted code, billed per active second and standby storage.
+        Sandbox = "sandbox",
+    }
+}
+
+/// A usage row's kind when none is said: a function's (the rows invocations make).
+impl Default for WorkloadKind {
+    fn default() -> Self {
+        WorkloadKind::Function
+    }
+}
+
+wire_enum! {
     /// How a function's code is executed.
     RuntimeKind, "runtime" {
         /// A WebAssembly component for the `wasi:http/proxy` world (WASI 0.2).
@@ -205,7 +224,7 @@ impl FunctionMode {
 pub struct ModeSwitch {
     /// `function` (provisioned instances) or `service` (its minimum instances).
     #[serde(default = "function_kind")]
-    pub kind: String,
+    pub kind: WorkloadKind,
     pub at: String,
     pub revision: u64,
     /// Instances kept warm before and after.
@@ -219,8 +238,8 @@ pub struct ModeSwitchList {
     pub items: Vec<ModeSwitch>,
 }
 
-fn function_kind() -> String {
-    "function".into()
+fn function_kind() -> WorkloadKind {
+    WorkloadKind::Function
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -554,6 +573,12 @@ pub struct InvocationRecord {
 }
 
 impl InvocationRecord {
+    /// What the advisor weighs of it: its latency (ms, from arrival to the response's end) and
+    /// whether it started an instance ([`StartKind::is_cold_start`]).
+    pub fn latency(&self) -> (u64, bool) {
+        (self.duration_us.div_ceil(1000), self.start.is_cold_start())
+    }
+
     /// The API view of this record; `with_logs` includes the logs.
     pub fn to_api(&self, with_logs: bool) -> Invocation {
         Invocation {

@@ -108,7 +108,7 @@ pub async fn run_usage(cli: &Cli, a: &crate::args::UsageArgs) -> Result<()> {
     for r in &list.items {
         t.add_row(vec![
             r.period.clone(),
-            r.kind.clone(),
+            r.kind.to_string(),
             r.name.clone(),
             r.requests.to_string(),
             r.errors.to_string(),
@@ -161,7 +161,7 @@ pub async fn run_advise(cli: &Cli, args: &crate::args::AdviseArgs) -> Result<()>
     for a in &list.items {
         let saving = match a.monthly_saving.strip_prefix('-') {
             Some(more) => format!("costs {} a month more than it does as a {} now", dollars(more), a.kind),
-            None if a.recommendation == a.kind => format!("stays a {}", a.kind),
+            None if a.recommendation == a.kind.as_str() => format!("stays a {}", a.kind),
             None => format!("saves {} a month against it as a {} now", dollars(&a.monthly_saving), a.kind),
         };
         println!("{} ({}): run as {} ({saving})", a.name, a.kind, a.recommendation);

@@ -13,7 +13,7 @@ use crate::sheet::Sheet;
 /// The cost of `row` in pico-dollars, and the name of the sheet that priced it (`None` when
 /// the sheet for its kind prices no such thing).
 pub fn bill(row: &UsageDelta, function_sheet: &Sheet, service_sheet: &Sheet) -> Option<(u128, String)> {
-    if row.kind == "function" {
+    if row.kind == hangar_api::WorkloadKind::Function {
         let f = function_sheet.function.as_ref()?;
         let requests = div_round(u128::from(row.requests) * f.per_million_requests.pico(), 1_000_000);
         let memory = div_round(u128::from(row.mb_ms) * f.per_gb_second.pico(), 1_024_000);
@@ -33,7 +33,7 @@ mod tests {
     use crate::money::Money;
 
     fn row(kind: &str) -> UsageDelta {
-        UsageDelta { namespace: "default".into(), kind: kind.into(), name: "x".into(), ..Default::default() }
+        UsageDelta { namespace: "default".into(), kind: kind.parse().unwrap(), name: "x".into(), ..Default::default() }
     }
 
     #[test]
@@ -52,7 +52,10 @@ mod tests {
         let s = UsageDelta { running_ms: 3_600_000, vcpu_milli_ms: 500 * 3_600_000, mb_ms: 1024 * 3_600_000, ..row("service") };
         assert_eq!(Money(bill(&s, lambda, fargate).unwrap().0).to_string(), "0.024685");
         // A sandbox is priced like the instance it is; a sheet without instance prices cannot.
-        assert_eq!(bill(&UsageDelta { kind: "sandbox".into(), ..s.clone() }, lambda, fargate).unwrap().0, bill(&s, lambda, fargate).unwrap().0);
+        assert_eq!(
+            bill(&UsageDelta { kind: hangar_api::WorkloadKind::Sandbox, ..s.clone() }, lambda, fargate).unwrap().0,
+            bill(&s, lambda, fargate).unwrap().0
+        );
         assert!(bill(&s, lambda, lambda).is_none());
     }
 }

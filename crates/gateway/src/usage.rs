@@ -1,20 +1,10 @@
-//! Metering beyond invocations, `GET /v1/usage`, and `GET /v1/advice` (the advisor fed with
-//! what the meter, the invocation records and the gateway's service counters saw). Functions' requests are metered exactly as
-//! their records are written (the store adds them to the hourly rows in the same
-//! transaction); their provisioned and paused instances are sampled (for a function, a row's
-//! running time is its provisioned instances' time).
-//! Services and sandboxes are sampled every `--meter-every` (the server's loop calls
-//! [`Meter::sample`]): a service's instances × the time since the last sample, plus the
-//! requests the gateway counted for it (and the time spent serving them), and a sandbox's own running, paused and standby counters (exact: only the
-//! difference since the last sample is added). Rows older than the retention are pruned.
-
-use std::collections::HashMap;
-use std::time::Duration;
+//! `GET /v1/usage` (the hourly rows `hangar_meter` writes, priced) and `GET /v1/advice` (the
+//! advisor fed with those rows, the invocation records and the services' own counters).
 
 use axum::Json;
 use axum::extract::State;
-use hangar_api::cost::{UsageDelta, UsageList, UsageMark, UsageRow};
-use hangar_api::sandboxes::SandboxState;
+use hangar_api::WorkloadKind;
+use hangar_api::cost::{UsageDelta, UsageList, UsageRow};
 use hangar_cost::money::show_fixed;
 use hangar_store::UsageFilter;
 use serde::Deserialize;
@@ -24,151 +14,6 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiQuery};
 
 const HOUR_MS: i64 = 3_600_000;
-
-/// A sandbox's counters at a sample: running, paused, standby ms and standby byte-ms.
-type Counters = (u64, u64, u64, u128);
-
-fn counters(sb: &hangar_api::sandboxes::Sandbox, now: i64) -> Counters {
-    let since = u64::try_from(now - sb.state_since_ms).unwrap_or(0);
-    let u = &sb.usage;
-    let (mut r, mut p, mut s, mut b) = (u.running_ms, u.paused_ms, u.standby_ms, u.standby_byte_ms);
-    match sb.state {
-        SandboxState::Running => r += since,
-        SandboxState::Paused => p += since,
-        SandboxState::Standby => {
-            s += since;
-            b += u128::from(sb.standby_bytes.unwrap_or(0)) * u128::from(since);
-        }
-        SandboxState::Failed => {}
-    }
-    (r, p, s, b)
-}
-
-/// The meter of services and sandboxes: the server calls [`Meter::sample`] every
-/// `--meter-every`, and once more at shutdown.
-pub struct Meter {
-    state: AppState,
-    retention: Duration,
-    last: i64,
-    /// What of each sandbox's counters is counted already (persisted as marks).
-    seen: HashMap<String, Counters>,
-    pruned_hour: i64,
-}
-
-impl Meter {
-    /// Starts from the marks the last run left, so nothing is counted twice or lost.
-    pub async fn new(state: AppState, retention: Duration) -> Meter {
-        let marks = state.store.usage_marks().await.unwrap_or_else(|e| {
-            tracing::error!("reading the meter's marks: {e}");
-            Vec::new()
-        });
-        let seen = marks.into_iter().map(|m| (m.id, (m.running_ms, m.paused_ms, m.standby_ms, m.standby_byte_ms))).collect();
-        Meter { state, retention, last: hangar_api::now_ms(), seen, pruned_hour: 0 }
-    }
-
-    /// Adds what services and sandboxes used since the last sample; prunes old rows hourly.
-    pub async fn sample(&mut self) {
-        let state = self.state.clone();
-        let now = hangar_api::now_ms();
-        let elapsed = u64::try_from(now - self.last).unwrap_or(0);
-        self.last = now;
-        let hour_ms = now.div_euclid(HOUR_MS) * HOUR_MS;
-        let mut deltas = Vec::new();
-        if let Some(services) = &state.services {
-            for (namespace, name, n, cpus_milli, memory_mb) in services.sizes() {
-                if n == 0 {
-                    continue;
-                }
-                let ms = n * elapsed;
-                deltas.push(UsageDelta {
-                    namespace,
-                    kind: "service".into(),
-                    name,
-                    hour_ms,
-                    running_ms: ms,
-                    mb_ms: ms * memory_mb,
-                    vcpu_milli_ms: ms * cpus_milli,
-                    ..Default::default()
-                });
-            }
-            // Their requests, as the gateway counted them: a row's billed ms is the time spent
-            // serving them.
-            for (namespace, name, t) in services.take_traffic() {
-                deltas.push(UsageDelta {
-                    namespace,
-                    kind: "service".into(),
-                    name,
-                    hour_ms,
-                    requests: t.requests,
-                    errors: t.errors,
-                    billed_ms: t.busy_ms,
-                    ..Default::default()
-                });
-            }
-        }
-        // Functions' instances kept initialized (provisioned) and paused, × the time since the
-        // last sample.
-        for slot in state.scheduler.slots() {
-            let Some(c) = slot.instances() else { continue };
-            if c.provisioned == 0 && c.paused == 0 {
-                continue;
-            }
-            let d = slot.deployment();
-            deltas.push(UsageDelta {
-                namespace: d.namespace.clone(),
-                kind: "function".into(),
-                name: d.name.clone(),
-                hour_ms,
-                running_ms: u64::from(c.provisioned) * elapsed,
-                paused_ms: u64::from(c.paused) * elapsed,
-                ..Default::default()
-            });
-        }
-        let mut marks = None;
-        if let Some(sandboxes) = &state.sandboxes {
-            let mut now_seen = HashMap::new();
-            for sb in sandboxes.list(None) {
-                let c = counters(&sb, now);
-                // A sandbox seen for the first time is counted from its creation.
-                let (r0, p0, s0, b0) = self.seen.get(&sb.id).copied().unwrap_or_default();
-                let d = (c.0.saturating_sub(r0), c.1.saturating_sub(p0), c.2.saturating_sub(s0), c.3.saturating_sub(b0));
-                now_seen.insert(sb.id.clone(), c);
-                if d == (0, 0, 0, 0) {
-                    continue;
-                }
-                let memory = u64::from(sb.config.memory_mb);
-                let cpus_milli = (sb.config.cpus * 1000.0).round() as u64;
-                deltas.push(UsageDelta {
-                    namespace: sb.namespace.clone(),
-                    kind: "sandbox".into(),
-                    name: sb.id.clone(),
-                    hour_ms,
-                    running_ms: d.0,
-                    paused_ms: d.1,
-                    standby_ms: d.2,
-                    standby_byte_ms: u64::try_from(d.3).unwrap_or(u64::MAX),
-                    mb_ms: d.0 * memory,
-                    vcpu_milli_ms: d.0 * cpus_milli,
-                    ..Default::default()
-                });
-            }
-            marks = Some(
-                now_seen.iter().map(|(id, c)| UsageMark { id: id.clone(), running_ms: c.0, paused_ms: c.1, standby_ms: c.2, standby_byte_ms: c.3 }).collect(),
-            );
-            self.seen = now_seen;
-        }
-        if let Err(e) = state.store.add_usage(deltas, marks).await {
-            tracing::error!("metering services and sandboxes: {e}");
-        }
-        if hour_ms != self.pruned_hour {
-            self.pruned_hour = hour_ms;
-            let before = now - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
-            if let Err(e) = state.store.prune_usage(before).await {
-                tracing::warn!("pruning old usage: {e}");
-            }
-        }
-    }
-}
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -209,7 +54,7 @@ pub fn row(d: &UsageDelta, function_sheet: &hangar_cost::Sheet, service_sheet: &
         cost,
         priced_with,
         namespace: d.namespace.clone(),
-        kind: d.kind.clone(),
+        kind: d.kind,
         name: d.name.clone(),
         period: hangar_api::rfc3339(d.hour_ms),
         requests: d.requests,
@@ -237,29 +82,20 @@ pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQ
         Some("day") => true,
         Some(other) => return Err(ApiError::bad_request("invalid_query", format!("per: `{other}` is not `hour` or `day`"))),
     };
-    if let Some(k) = q.kind.as_deref()
-        && !["function", "service", "sandbox"].contains(&k)
-    {
-        return Err(ApiError::bad_request("invalid_query", format!("kind: `{k}` is not function, service or sandbox")));
-    }
+    let kind = q
+        .kind
+        .as_deref()
+        .map(|k| k.parse::<WorkloadKind>().map_err(|_| ApiError::bad_request("invalid_query", format!("kind: `{k}` is not function, service or sandbox"))))
+        .transpose()?;
     let since = q.since.as_deref().map(|t| time("since", t)).transpose()?.unwrap_or(hangar_api::now_ms() - 24 * HOUR_MS);
     let until = q.until.as_deref().map(|t| time("until", t)).transpose()?;
     // The hour `since` falls in is included.
     let since = since.div_euclid(HOUR_MS) * HOUR_MS;
-    let rows = state
-        .store
-        .list_usage(UsageFilter { namespace: Some(ns), kind: q.kind.clone(), name: q.name.clone(), since_ms: Some(since), until_ms: until, per_day })
-        .await?;
+    let rows = state.store.list_usage(UsageFilter { namespace: Some(ns), kind, name: q.name.clone(), since_ms: Some(since), until_ms: until, per_day }).await?;
     let sheets = hangar_cost::Sheets::load(Some(&state.prices_dir))?;
     let function_sheet = sheets.get(q.sheet.as_deref().unwrap_or("aws-lambda-x86"))?;
     let service_sheet = sheets.get(q.service_sheet.as_deref().unwrap_or("aws-fargate"))?;
     Ok(Json(UsageList { items: rows.iter().map(|r| row(r, function_sheet, service_sheet)).collect() }))
-}
-
-/// A record's latency (ms, from arrival to the response's end) and whether it started an
-/// instance (cold, or a prewarmed one that ran its init).
-pub fn latency(r: &hangar_api::InvocationRecord) -> (u64, bool) {
-    (r.duration_us.div_ceil(1000), r.start.is_cold_start())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -286,7 +122,7 @@ pub struct AdviceQuery {
 
 /// A workload the advisor looks at, with its size.
 struct Workload {
-    kind: &'static str,
+    kind: WorkloadKind,
     name: String,
     memory_mb: u32,
     cpus: Option<String>,
@@ -312,10 +148,15 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
             ));
         }
     };
-    let function =
-        |f: hangar_store::FunctionRow| Workload { kind: "function", name: f.name, memory_mb: f.config.memory_mb, cpus: None, concurrency: q.concurrency };
+    let function = |f: hangar_store::FunctionRow| Workload {
+        kind: WorkloadKind::Function,
+        name: f.name,
+        memory_mb: f.config.memory_mb,
+        cpus: None,
+        concurrency: q.concurrency,
+    };
     let service = |r: hangar_store::ServiceRow| Workload {
-        kind: "service",
+        kind: WorkloadKind::Service,
         name: r.name,
         memory_mb: r.config.memory_mb,
         cpus: Some(format!("{:.3}", r.config.cpus)),
@@ -350,7 +191,7 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
             .store
             .list_usage(UsageFilter {
                 namespace: Some(ns.clone()),
-                kind: Some(w.kind.into()),
+                kind: Some(w.kind),
                 name: Some(w.name.clone()),
                 since_ms: Some(since_hour),
                 until_ms: None,
@@ -377,7 +218,7 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
             billed += r.billed_ms;
         }
         let recent = match w.kind {
-            "service" => state
+            WorkloadKind::Service => state
                 .services
                 .as_ref()
                 .and_then(|s| s.get(&ns, &w.name))
@@ -395,7 +236,7 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
                 .await?
                 .iter()
                 .filter(|r| r.outcome != hangar_api::Outcome::Throttled)
-                .map(latency)
+                .map(hangar_api::InvocationRecord::latency)
                 .collect(),
         };
         let stats = hangar_cost::advice::Stats {
@@ -406,7 +247,7 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
             recent,
             memory_mb: w.memory_mb,
             cpus: w.cpus,
-            current: Some(w.kind.into()),
+            current: Some(w.kind.to_string()),
         };
         let policy = hangar_cost::advice::Policy {
             sheet: q.sheet.clone(),
@@ -418,7 +259,7 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
         items.push(hangar_api::cost::Advice {
             namespace: ns.clone(),
             name: w.name,
-            kind: w.kind.into(),
+            kind: w.kind,
             observed: d.observed,
             costs: d.costs,
             recommendation: d.recommendation,

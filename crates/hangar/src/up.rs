@@ -173,42 +173,44 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     // catch up on times missed while stopped.
     // Work that must run once however many servers run is done under a lease (in-process: this
     // server holds them all).
-    let leases: Arc<dyn hangar_bus::Leases> = hangar_bus::LocalLeases::new(Arc::new(hangar_core::SystemClock));
+    let clock: Arc<dyn hangar_core::Clock> = Arc::new(hangar_core::SystemClock);
+    let leases: Arc<dyn hangar_bus::Leases> = hangar_bus::LocalLeases::new(clock.clone());
     async_queue.run();
     triggers.run(leases.clone(), server_id.to_string());
-    // Services and sandboxes are metered by sampling (functions as their records are written).
-    // Adaptive mode: functions deployed with `mode = "auto"` are warmed and cooled by the advisor.
-    let adapting = {
-        let mut adapter = hangar_gateway::adapt::Adapter::new(state.clone(), opts.adapt_window);
-        let every = opts.adapt_every.max(Duration::from_millis(100));
-        let (leases, holder) = (leases.clone(), server_id.to_string());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if leases.acquire("adapt", &holder, every * 3).await {
-                    adapter.look().await;
-                }
-            }
-        })
-    };
-    let usage_meter = Arc::new(tokio::sync::Mutex::new(hangar_gateway::usage::Meter::new(state.clone(), opts.usage_retention).await));
-    let metering = {
-        let m = usage_meter.clone();
-        let on = opts.metering;
-        tokio::spawn(async move {
-            if !on {
-                return;
-            }
-            let mut tick = tokio::time::interval(opts.meter_every.max(Duration::from_millis(100)));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                m.lock().await.sample().await;
-            }
-        })
-    };
+    // The control loops, each owned by the part whose state it keeps; the supervisor runs
+    // them on their intervals and stops them in order.
+    let mut supervisor = hangar_supervisor::Supervisor::new(leases.clone(), server_id.to_string());
+    {
+        use hangar_supervisor::Scope;
+        if let Some(s) = &services {
+            // Whatever this server owns but no instance wants is removed.
+            supervisor.start("reconcile", opts.reconcile_every, Scope::EachServer, hangar_service::Reconcile(s.clone()));
+        }
+        if opts.metering {
+            // Services, sandboxes and warm function instances are metered by sampling
+            // (functions' requests as their records are written).
+            let mut fleets: Vec<Arc<dyn hangar_meter::usage::Fleet>> = vec![scheduler.clone()];
+            fleets.extend(services.clone().map(|s| s as Arc<dyn hangar_meter::usage::Fleet>));
+            let sandboxes = sandboxes.clone().map(|s| Arc::new(s) as Arc<dyn hangar_meter::usage::Sandboxes>);
+            let sampler = hangar_meter::usage::Sampler::new(state.store.clone(), clock.clone(), fleets, sandboxes).await;
+            supervisor.start("usage", opts.meter_every, Scope::EachServer, sampler);
+        }
+        supervisor.start(
+            "usage-pruning",
+            Duration::from_secs(600),
+            Scope::Once,
+            hangar_meter::usage::Pruner::new(state.store.clone(), clock.clone(), opts.usage_retention),
+        );
+        // Adaptive mode: functions and services deployed with `mode = "auto"` are warmed and
+        // cooled by the advisor.
+        let functions = Arc::new(hangar_adapt::fleets::RoutedFunctions { store: state.store.clone(), scheduler: scheduler.clone() });
+        let running = services
+            .clone()
+            .map(|s| Arc::new(hangar_adapt::fleets::RunningServices { store: state.store.clone(), services: s }) as Arc<dyn hangar_adapt::Services>);
+        let log = Arc::new(hangar_adapt::fleets::StoredSwitches(state.store.clone()));
+        let adapter = hangar_adapt::Adapter::new(functions, running, log, clock.clone(), Some(state.prices_dir.clone()), opts.adapt_window);
+        supervisor.start("adapt", opts.adapt_every, Scope::Once, adapter);
+    }
     // Services come back in the background; the API answers meanwhile.
     let restoring = state.clone();
     tokio::spawn(async move {
@@ -240,18 +242,6 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         });
     }
 
-    // The reconcile loop: whatever this server owns but no instance wants is removed.
-    let reconcile_every = opts.reconcile_every;
-    if let Some(svcs) = services.clone() {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(reconcile_every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                svcs.reconcile().await;
-            }
-        });
-    }
     // Calls between services: served on the bridge's address once the bridge exists.
     if let Some(svcs) = &services {
         let mut ready = svcs.bridge_ready();
@@ -280,12 +270,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
 
     // No new requests or attempts; let running invocations end, then make every record durable.
     async_queue.shutdown(Duration::from_secs(30)).await;
-    adapting.abort();
-    // The last seconds of services and sandboxes are metered before they stop.
-    metering.abort();
-    if opts.metering {
-        usage_meter.lock().await.sample().await;
-    }
+    // Every loop ends its round; the meter counts the last seconds of services and sandboxes
+    // before they stop.
+    supervisor.shutdown().await;
     // Functions, services and sandboxes stop at the same time: a graceful stop takes the
     // longest of them (a service's grace period), not their sum.
     let functions = async {

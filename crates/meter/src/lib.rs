@@ -1,10 +1,13 @@
 //! Metering: invocation records buffered off the request path and written to the store in
-//! batches, and the Prometheus metrics of the platform.
+//! batches, the Prometheus metrics of the platform, and [`usage`]: what services, sandboxes
+//! and warm instances use over time, sampled into hourly rows.
 //!
 //! **Architecture Invariant:** [`Meter::record`] never blocks and never touches the database;
 //! the writer task batches whatever has accumulated into one transaction. [`Meter::flush`]
 //! and [`Meter::shutdown`] make everything recorded so far durable.
 #![forbid(unsafe_code)]
+
+pub mod usage;
 
 use std::sync::Arc;
 

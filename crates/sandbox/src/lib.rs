@@ -908,6 +908,13 @@ async fn idle_loop(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// Sandboxes are metered by their own counters of time in each state.
+impl hangar_meter::usage::Sandboxes for Sandboxes {
+    fn sandboxes(&self) -> Vec<Sandbox> {
+        self.list(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -544,3 +544,26 @@ impl Scheduler {
         }
     }
 }
+
+/// Functions' warm instances are metered by time: provisioned ones as running, paused ones as
+/// paused (their requests are metered by their records).
+impl hangar_meter::usage::Fleet for Scheduler {
+    fn running(&self) -> Vec<hangar_meter::usage::Running> {
+        self.slots()
+            .iter()
+            .filter_map(|slot| {
+                let c = slot.instances()?;
+                let d = slot.deployment();
+                Some(hangar_meter::usage::Running {
+                    namespace: d.namespace.clone(),
+                    kind: hangar_api::WorkloadKind::Function,
+                    name: d.name.clone(),
+                    running: u64::from(c.provisioned),
+                    paused: u64::from(c.paused),
+                    cpus_milli: 0,
+                    memory_mb: 0,
+                })
+            })
+            .collect()
+    }
+}

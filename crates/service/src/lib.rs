@@ -480,34 +480,6 @@ impl Services {
         self.host.refresh_hosts(namespace);
     }
 
-    /// Every service with the instances it has now (starting, serving or draining) and their
-    /// size: `(namespace, name, instances, thousandths of a vCPU, MiB)`, for metering.
-    pub fn sizes(&self) -> Vec<(String, String, u64, u64, u64)> {
-        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        table
-            .values()
-            .map(|svc| {
-                let n = svc.slots.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
-                let c = svc.config.read().unwrap_or_else(|p| p.into_inner());
-                (svc.namespace.clone(), svc.name.clone(), n, (c.cpus * 1000.0).round() as u64, u64::from(c.memory_mb))
-            })
-            .collect()
-    }
-
-    /// Every service's traffic since the last call (removed services' included), for the
-    /// usage meter: `(namespace, name, counters)`, services without any left out.
-    pub fn take_traffic(&self) -> Vec<(String, String, traffic::Taken)> {
-        let mut out = std::mem::take(&mut *self.departed.lock().unwrap_or_else(|p| p.into_inner()));
-        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
-        for svc in table.values() {
-            let t = svc.traffic.take();
-            if t != traffic::Taken::default() {
-                out.push((svc.namespace.clone(), svc.name.clone(), t));
-            }
-        }
-        out
-    }
-
     /// The running service `namespace/name`, if any.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).get(&(namespace.to_string(), name.to_string())).cloned()
@@ -669,5 +641,54 @@ impl Services {
         futures::future::join_all(all.iter().map(|(ns, name)| self.remove(ns, name))).await;
         self.host.prepared().await;
         self.host.remove_all().await;
+    }
+}
+
+/// Services are metered by their instances' time and size, and by the requests the proxy
+/// counted (removed services' last counts included).
+impl hangar_meter::usage::Fleet for Services {
+    /// Every service with the instances it has now (starting, serving or draining).
+    fn running(&self) -> Vec<hangar_meter::usage::Running> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table
+            .values()
+            .map(|svc| {
+                let n = svc.slots.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+                let c = svc.config.read().unwrap_or_else(|p| p.into_inner());
+                hangar_meter::usage::Running {
+                    namespace: svc.namespace.clone(),
+                    kind: hangar_api::WorkloadKind::Service,
+                    name: svc.name.clone(),
+                    running: n,
+                    paused: 0,
+                    cpus_milli: (c.cpus * 1000.0).round() as u64,
+                    memory_mb: u64::from(c.memory_mb),
+                }
+            })
+            .collect()
+    }
+
+    fn take_served(&self) -> Vec<hangar_meter::usage::Served> {
+        let mut out = std::mem::take(&mut *self.departed.lock().unwrap_or_else(|p| p.into_inner()));
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        for svc in table.values() {
+            let t = svc.traffic.take();
+            if t != traffic::Taken::default() {
+                out.push((svc.namespace.clone(), svc.name.clone(), t));
+            }
+        }
+        out.into_iter()
+            .map(|(namespace, name, t)| hangar_meter::usage::Served { namespace, name, requests: t.requests, errors: t.errors, busy_ms: t.busy_ms })
+            .collect()
+    }
+}
+
+/// The reconcile loop of the services table ([`Services::reconcile`]), for the supervisor.
+pub struct Reconcile(pub Arc<Services>);
+
+#[async_trait::async_trait]
+impl hangar_supervisor::Loop for Reconcile {
+    async fn tick(&mut self) {
+        self.0.reconcile().await;
     }
 }

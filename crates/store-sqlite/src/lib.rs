@@ -200,7 +200,7 @@ fn upsert_usage(tx: &rusqlite::Transaction<'_>, d: &hangar_api::cost::UsageDelta
     )?;
     st.execute(params![
         d.namespace,
-        d.kind,
+        d.kind.as_str(),
         d.name,
         d.hour_ms,
         d.requests as i64,
@@ -771,11 +771,14 @@ impl Ledger for SqliteStore {
                  GROUP BY namespace, kind, name, p
                  ORDER BY p, namespace, kind, name"
             ))?;
-            let rows = st.query_map(params![f.namespace, f.kind, f.name, f.since_ms, f.until_ms], |r| {
+            let rows = st.query_map(params![f.namespace, f.kind.map(|k| k.as_str()), f.name, f.since_ms, f.until_ms], |r| {
                 let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
                 Ok(hangar_api::cost::UsageDelta {
                     namespace: r.get(0)?,
-                    kind: r.get(1)?,
+                    kind: r
+                        .get::<_, String>(1)?
+                        .parse()
+                        .map_err(|e: String| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into()))?,
                     name: r.get(2)?,
                     hour_ms: r.get(3)?,
                     requests: n(4)?,

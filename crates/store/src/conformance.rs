@@ -280,7 +280,7 @@ async fn usage_is_added_once_by_the_billing_rules(s: Arc<dyn Store>) {
     let rows = s.list_usage(UsageFilter { namespace: Some("default".into()), ..Default::default() }).await.unwrap();
     assert_eq!(rows.len(), 1, "one row for the function's hour: {rows:?}");
     let r = &rows[0];
-    assert_eq!((r.kind.as_str(), r.name.as_str(), r.hour_ms), ("function", "f", 0));
+    assert_eq!((r.kind, r.name.as_str(), r.hour_ms), (hangar_api::WorkloadKind::Function, "f", 0));
     // Throttled: not billed; a retried batch: not counted again; prewarmed: a cold start.
     assert_eq!((r.requests, r.errors, r.cold_starts, r.billed_ms, r.mb_ms), (2, 1, 2, 4, 4 * 128));
 }
@@ -290,14 +290,14 @@ async fn usage_rows_marks_and_pruning(s: Arc<dyn Store>) {
     const HOUR: i64 = 3_600_000;
     let delta = |hour: i64, running_ms: u64| UsageDelta {
         namespace: "default".into(),
-        kind: "service".into(),
+        kind: hangar_api::WorkloadKind::Service,
         name: "web".into(),
         hour_ms: hour * HOUR,
         running_ms,
         ..Default::default()
     };
     s.add_usage(vec![delta(0, 10), delta(0, 5), delta(1, 7)], None).await.unwrap();
-    let rows = s.list_usage(UsageFilter { kind: Some("service".into()), ..Default::default() }).await.unwrap();
+    let rows = s.list_usage(UsageFilter { kind: Some(hangar_api::WorkloadKind::Service), ..Default::default() }).await.unwrap();
     assert_eq!(rows.iter().map(|r| (r.hour_ms, r.running_ms)).collect::<Vec<_>>(), [(0, 15), (HOUR, 7)], "added into hourly rows, oldest first");
     let days = s.list_usage(UsageFilter { per_day: true, ..Default::default() }).await.unwrap();
     assert_eq!(days.iter().map(|r| r.running_ms).collect::<Vec<_>>(), [22], "summed per day");
@@ -331,8 +331,14 @@ async fn async_invocations_deduplicate_by_key_and_keep_their_state(s: Arc<dyn St
 }
 
 async fn mode_switches_keep_their_order(s: Arc<dyn Store>) {
-    let switch =
-        |to: u32| hangar_api::ModeSwitch { kind: "function".into(), at: String::new(), revision: 1, from_warm: 0, to_warm: to, reason: format!("to {to}") };
+    let switch = |to: u32| hangar_api::ModeSwitch {
+        kind: hangar_api::WorkloadKind::Function,
+        at: String::new(),
+        revision: 1,
+        from_warm: 0,
+        to_warm: to,
+        reason: format!("to {to}"),
+    };
     s.add_mode_switch("default", "f", 2, &switch(1)).await.unwrap();
     s.add_mode_switch("default", "f", 1, &switch(2)).await.unwrap();
     s.add_mode_switch("default", "g", 3, &switch(3)).await.unwrap();

@@ -214,7 +214,7 @@ impl<T: DesiredState + Ledger + Queue> Store for T {}
 #[derive(Debug, Clone, Default)]
 pub struct UsageFilter {
     pub namespace: Option<String>,
-    pub kind: Option<String>,
+    pub kind: Option<hangar_api::WorkloadKind>,
     pub name: Option<String>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
