@@ -13,24 +13,24 @@ fuzz_target!(|data: &[u8]| {
     let Ok(uri) = target.parse::<http::Uri>() else { return };
     let addr: std::net::SocketAddr = "10.77.0.2:8080".parse().expect("an address");
     let check = |path: &str| {
-        if let Ok(up) = hangar_gateway::services::upstream_uri(addr, path, uri.query()) {
+        if let Ok(up) = hangar_service::proxy::upstream_uri(addr, path, uri.query()) {
             assert_eq!(up.authority().map(|a| a.as_str()), Some("10.77.0.2:8080"), "{target} went to {up}");
             assert_eq!(up.scheme_str(), Some("http"));
             assert!(up.path().starts_with('/'));
         }
     };
-    if let Some((ns, name, rest)) = hangar_gateway::services::split_route(uri.path()) {
+    if let Some((ns, name, rest)) = hangar_service::proxy::split_route(uri.path()) {
         assert!(!ns.is_empty() && !name.is_empty() && !ns.contains('/') && !name.contains('/'));
         assert!(rest.starts_with('/'));
         check(&rest);
     }
     check(uri.path());
-    let _ = hangar_gateway::services::host_service(host);
+    let _ = hangar_service::proxy::host_service(host);
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Bearer hk_secret"));
     if let Ok(h) = http::HeaderValue::from_str(host) {
         headers.insert(http::header::HOST, h);
     }
-    hangar_gateway::services::upstream_headers(&mut headers, false, false);
+    hangar_service::proxy::upstream_headers(&mut headers, false, false);
     assert!(!headers.contains_key(http::header::AUTHORIZATION));
 });

@@ -1,18 +1,22 @@
 //! The change bus: a change to desired state, once written to the store, reaches every part of
-//! the server that keeps a copy of it (the route table, the key table, the trigger table), and
-//! later every server of a cluster.
+//! the server that keeps a copy of it (the route table, the key table, the trigger table, the
+//! services table), and later every server of a cluster.
 //!
 //! Subscribers are informers: a [`Change`] names what changed, not how, and a subscriber brings
 //! its copy up to date by reading the store. Applying is level-triggered, so the order in which
 //! changes arrive does not matter as long as each is applied after its write: the last apply
 //! sees the store's last state. [`LocalBus`] is the in-process bus: [`Bus::publish`] applies the
-//! change to every subscriber, one change at a time, and returns when they all have, so a
-//! deploy is routable when its answer goes out. [`lease`]: work that must run once.
+//! change to every subscriber and returns when they all have, so a deploy is routable when its
+//! answer goes out; changes of one thing are applied one at a time, changes of different things
+//! side by side (a service's slow rollout holds up no function deploy). [`Change::Everything`]
+//! is how a server catches up with the store as a whole (at start; later after losing the
+//! bus). [`lease`]: work that must run once.
 #![forbid(unsafe_code)]
 
 pub mod lease;
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 pub use lease::{Leases, LocalLeases};
 
@@ -29,6 +33,11 @@ pub enum Change {
     Keys,
     /// A trigger was made, changed or removed.
     Trigger { namespace: String, name: String },
+    /// A service's current revision changed, or it was removed.
+    Service { namespace: String, name: String },
+    /// Anything may have changed: every subscriber brings all it keeps up to date (at start,
+    /// the tables are filled this way).
+    Everything,
 }
 
 /// A part that keeps a copy of some desired state.
@@ -52,8 +61,9 @@ pub trait Bus: Send + Sync + 'static {
 #[derive(Default)]
 pub struct LocalBus {
     subscribers: RwLock<Vec<Arc<dyn Subscriber>>>,
-    /// One change applied at a time, so two applies of one thing never interleave.
-    applying: tokio::sync::Mutex<()>,
+    /// A turn per thing changed, so two applies of one thing never interleave (an entry lives
+    /// while somebody holds or waits for it).
+    applying: Mutex<HashMap<Change, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl LocalBus {
@@ -65,10 +75,18 @@ impl LocalBus {
 #[async_trait]
 impl Bus for LocalBus {
     async fn publish(&self, change: Change) {
-        let _one_at_a_time = self.applying.lock().await;
-        let subscribers = self.subscribers.read().unwrap_or_else(|p| p.into_inner()).clone();
-        for s in subscribers {
-            s.apply(&change).await;
+        let turn = self.applying.lock().unwrap_or_else(|p| p.into_inner()).entry(change.clone()).or_default().clone();
+        {
+            let _one_at_a_time = turn.lock().await;
+            let subscribers = self.subscribers.read().unwrap_or_else(|p| p.into_inner()).clone();
+            for s in subscribers {
+                s.apply(&change).await;
+            }
+        }
+        let mut applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else holds or waits for this turn.
+        if Arc::strong_count(&turn) == 2 {
+            applying.remove(&change);
         }
     }
 
@@ -127,5 +145,56 @@ mod tests {
         assert!(subs.iter().all(|s| *s.copy.lock().unwrap() == Some(last)), "copies converge on the store's last value");
         bus.publish(Change::Keys).await;
         assert!(subs.iter().all(|s| s.applied.lock().unwrap().last() == Some(&Change::Keys)));
+    }
+
+    /// Holds every apply of a service's change until released.
+    struct Slow {
+        release: tokio::sync::Notify,
+        applied: Mutex<Vec<Change>>,
+    }
+
+    #[async_trait]
+    impl Subscriber for Slow {
+        async fn apply(&self, change: &Change) {
+            if let Change::Service { .. } = change {
+                self.release.notified().await;
+            }
+            self.applied.lock().unwrap().push(change.clone());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_change_of_one_thing_holds_up_only_that_thing() {
+        let bus = LocalBus::new();
+        let slow = Arc::new(Slow { release: tokio::sync::Notify::new(), applied: Mutex::default() });
+        bus.subscribe(slow.clone());
+        let svc = || Change::Service { namespace: "default".into(), name: "web".into() };
+        let first = tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.publish(svc()).await }
+        });
+        let second = tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.publish(svc()).await }
+        });
+        // Another thing's change goes through while the service's is applied.
+        tokio::time::timeout(std::time::Duration::from_secs(5), bus.publish(Change::Keys)).await.expect("not held up by the service");
+        assert_eq!(*slow.applied.lock().unwrap(), [Change::Keys]);
+        // The service's two changes take turns (both hold its turn, with the map): one release
+        // lets exactly one finish.
+        while bus.applying.lock().unwrap().get(&svc()).is_none_or(|t| Arc::strong_count(t) < 3) {
+            tokio::task::yield_now().await;
+        }
+        slow.release.notify_one();
+        while slow.applied.lock().unwrap().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(slow.applied.lock().unwrap().len(), 2, "the second waits for its turn");
+        slow.release.notify_one();
+        first.await.unwrap();
+        second.await.unwrap();
+        assert_eq!(slow.applied.lock().unwrap().len(), 3);
+        assert!(bus.applying.lock().unwrap().is_empty(), "turns are forgotten once nobody holds them");
     }
 }

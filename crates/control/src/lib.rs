@@ -1,14 +1,18 @@
 //! The control layer: every use-case that changes desired state — namespaces, keys, functions,
-//! triggers — as one action type ([`Action`], answered with [`Done`]) and one error type
-//! ([`ControlError`]), as Firecracker's `VmmAction`. The gateway only translates HTTP into
-//! actions and their answers back; later the Lambda API and other servers of a cluster send
-//! the same actions.
+//! services, triggers, and the start-up restore — as one action type ([`Action`], answered with
+//! [`Done`]) and one error type ([`ControlError`]), as Firecracker's `VmmAction`. The gateway
+//! only translates HTTP into actions and their answers back; later the Lambda API and other
+//! servers of a cluster send the same actions.
 //!
 //! An action validates its input before anything changes, writes the store (a function's
 //! revision by compare-and-set: two deploys, or two servers, never write one revision; a deploy
 //! that lost reads again and retries), then publishes the change on the bus, so the answer goes
-//! out once every table of this server follows the store. Callers have already checked who may
-//! call (the gateway's `Principal`): actions trust the namespace they are given.
+//! out once every table of this server follows the store. A service is rolled out on this
+//! server before its revision is written (a revision whose instances never become ready is not
+//! kept, and the old one serves on); a deploy that then loses the compare-and-set lets the
+//! services table follow the winner and tries again on top of it. Nothing orders deploys but
+//! the store. Callers have already checked who may call (the gateway's `Principal`): actions
+//! trust the namespace they are given.
 #![forbid(unsafe_code)]
 
 mod checks;
@@ -17,12 +21,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hangar_api::events::TriggerConfig;
+use hangar_api::services::ServiceConfig;
 use hangar_api::validate::{self, Invalid};
 use hangar_api::{DeployStatus, FunctionConfig, NamespaceLimits, RuntimeKind, now_ms};
 use hangar_bus::{Bus, Change};
 use hangar_runtime::RuntimeError;
 use hangar_scheduler::Scheduler;
-use hangar_store::{FunctionRow, KeyRow, NamespaceRow, Store, StoreError, TriggerRow};
+use hangar_service::{ServiceError, Services};
+use hangar_store::{FunctionRow, KeyRow, NamespaceRow, ServiceRow, Store, StoreError, TriggerRow};
 
 /// How often a deploy that lost the store's compare-and-set to a concurrent one reads the
 /// function again and retries before it gives up with a conflict.
@@ -52,6 +58,13 @@ pub enum Action {
     PutTrigger { namespace: String, name: String, config: TriggerConfig },
     /// Removes a trigger; it must exist.
     RemoveTrigger { namespace: String, name: String },
+    /// Deploys a service: rolled out here, then stored. The namespace and the image must
+    /// exist, this server must run services, and no other service may hold one of its hosts.
+    DeployService { namespace: String, name: String, config: ServiceConfig },
+    /// Removes a service (its instances stop gracefully; its volumes stay); it must exist.
+    RemoveService { namespace: String, name: String },
+    /// Fills every table of this server from the store: once, at start, before serving.
+    Restore,
 }
 
 /// What an action did.
@@ -70,6 +83,14 @@ pub enum Done {
     Trigger {
         created: bool,
         row: TriggerRow,
+    },
+    Service {
+        status: DeployStatus,
+        row: ServiceRow,
+    },
+    /// How many functions are routed now (services come back in the background).
+    Restored {
+        functions: usize,
     },
     Removed,
 }
@@ -97,6 +118,12 @@ pub enum ControlError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// This server cannot do it (`code` says what is missing, the message why).
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
+    /// The services runtime failed or refused (e.g. the new instances never became ready).
+    #[error(transparent)]
+    Service(#[from] ServiceError),
 }
 
 impl ControlError {
@@ -105,16 +132,29 @@ impl ControlError {
     }
 }
 
+/// The services of this server, or why it has none.
+pub enum ServicesHere {
+    Running { services: Arc<Services>, images: Arc<hangar_image::ImageStore> },
+    Unavailable(String),
+}
+
 /// See the module docs.
 pub struct Control {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     scheduler: Arc<Scheduler>,
+    services: ServicesHere,
 }
 
 impl Control {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, scheduler: Arc<Scheduler>) -> Control {
-        Control { store, bus, scheduler }
+        Control { store, bus, scheduler, services: ServicesHere::Unavailable("this server was built without services".into()) }
+    }
+
+    /// The services this server runs (deploys of services need them).
+    pub fn with_services(mut self, services: ServicesHere) -> Control {
+        self.services = services;
+        self
     }
 
     /// Runs one action.
@@ -133,7 +173,100 @@ impl Control {
                 self.put_trigger(&namespace, &name, config).await.map(|(created, row)| Done::Trigger { created, row })
             }
             Action::RemoveTrigger { namespace, name } => self.remove_trigger(&namespace, &name).await.map(|()| Done::Removed),
+            Action::DeployService { namespace, name, config } => {
+                self.deploy_service(&namespace, &name, config).await.map(|(status, row)| Done::Service { status, row })
+            }
+            Action::RemoveService { namespace, name } => self.remove_service(&namespace, &name).await.map(|()| Done::Removed),
+            Action::Restore => self.restore().await.map(|functions| Done::Restored { functions }),
         }
+    }
+
+    /// See [`Action::Restore`]: every subscriber of the bus reads the whole store (keys,
+    /// namespaces' limits, routes, triggers; services start in the background). Returns how
+    /// many functions are routed.
+    pub async fn restore(&self) -> Result<usize, ControlError> {
+        self.bus.publish(Change::Everything).await;
+        Ok(self.store.list_functions(None).await?.len())
+    }
+
+    /// See [`Action::DeployService`].
+    pub async fn deploy_service(&self, ns: &str, name: &str, config: ServiceConfig) -> Result<(DeployStatus, ServiceRow), ControlError> {
+        if self.store.get_namespace(ns).await?.is_none() {
+            return Err(ControlError::NotFound(format!("namespace `{ns}`")));
+        }
+        validate::name("name", name)?;
+        config.validate()?;
+        let (services, images) = match &self.services {
+            ServicesHere::Running { services, images } => (services, images),
+            ServicesHere::Unavailable(why) => {
+                return Err(ControlError::Unavailable { code: "services_unavailable", message: format!("services are not available on this server: {why}") });
+            }
+        };
+        let image = images.get(ns, &config.image).ok_or_else(|| {
+            ControlError::refused(
+                "unknown_image",
+                format!("image `{}` is not in namespace `{ns}`: `hangar image pull` or `hangar image import` it first", config.image),
+            )
+        })?;
+        for _ in 0..DEPLOY_ATTEMPTS {
+            // A host name routes to one service, whichever namespace declared it first.
+            if !config.hosts.is_empty() {
+                for other in self.store.list_services(None).await? {
+                    if (other.namespace != ns || other.name != name)
+                        && let Some(h) = other.config.hosts.iter().find(|h| config.hosts.contains(h))
+                    {
+                        return Err(ControlError::Conflict(format!("host `{h}` is already routed to another service; choose another host name")));
+                    }
+                }
+            }
+            let existing = self.store.get_service(ns, name).await?;
+            if let Some(row) = &existing
+                && row.config == config
+                && row.image_id == image.id
+                && services.get(ns, name).is_some_and(|s| s.runs(row.revision, &row.config, &row.image_id))
+            {
+                return Ok((DeployStatus::Unchanged, row.clone()));
+            }
+            let now = now_ms();
+            let row = ServiceRow {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                revision: existing.as_ref().map_or(1, |r| r.revision + 1),
+                config: config.clone(),
+                image_id: image.id.clone(),
+                created_ms: existing.as_ref().map_or(now, |r| r.created_ms),
+                updated_ms: now,
+            };
+            // Ready here first: a revision that never becomes ready is not stored.
+            services.rollout(ns, name, row.revision, config.clone(), image.clone()).await?;
+            let change = Change::Service { namespace: ns.to_string(), name: name.to_string() };
+            match self.store.put_service(&row, existing.as_ref().map_or(0, |r| r.revision)).await {
+                Ok(()) => {}
+                Err(StoreError::Stale { .. }) => {
+                    // Another deploy stored this revision first: run what it stored, then
+                    // deploy again on top of it.
+                    self.bus.publish(change).await;
+                    continue;
+                }
+                Err(e) => {
+                    self.bus.publish(change).await;
+                    return Err(e.into());
+                }
+            }
+            self.bus.publish(change).await;
+            let status = if existing.is_some() { DeployStatus::Updated } else { DeployStatus::Created };
+            return Ok((status, row));
+        }
+        Err(ControlError::Conflict(format!("service `{name}` in namespace `{ns}` changed {DEPLOY_ATTEMPTS} times while this deploy ran; send it again")))
+    }
+
+    /// See [`Action::RemoveService`]: answered once its instances have stopped.
+    pub async fn remove_service(&self, ns: &str, name: &str) -> Result<(), ControlError> {
+        if !self.store.delete_service(ns, name).await? {
+            return Err(ControlError::NotFound(format!("service `{name}` in namespace `{ns}`")));
+        }
+        self.bus.publish(Change::Service { namespace: ns.to_string(), name: name.to_string() }).await;
+        Ok(())
     }
 
     pub async fn create_namespace(&self, name: &str, limits: NamespaceLimits) -> Result<NamespaceRow, ControlError> {

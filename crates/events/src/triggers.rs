@@ -220,8 +220,17 @@ impl Triggers {
 #[async_trait::async_trait]
 impl hangar_bus::Subscriber for Triggers {
     async fn apply(&self, change: &hangar_bus::Change) {
-        if let hangar_bus::Change::Trigger { namespace, name } = change {
-            self.refresh(namespace, name).await;
+        match change {
+            hangar_bus::Change::Trigger { namespace, name } => self.refresh(namespace, name).await,
+            hangar_bus::Change::Everything => match self.inner.store.list_triggers(None).await {
+                Ok(rows) => {
+                    let stored: std::collections::HashSet<(String, String)> = rows.iter().map(|r| (r.namespace.clone(), r.name.clone())).collect();
+                    self.table().retain(|k, _| stored.contains(k));
+                    rows.into_iter().for_each(|r| self.install(r));
+                }
+                Err(e) => tracing::error!("reading the triggers failed ({e}); they stay as they were"),
+            },
+            _ => {}
         }
     }
 }

@@ -98,7 +98,7 @@ pub struct KeyInformer {
 #[async_trait::async_trait]
 impl hangar_bus::Subscriber for KeyInformer {
     async fn apply(&self, change: &hangar_bus::Change) {
-        if matches!(change, hangar_bus::Change::Keys | hangar_bus::Change::Namespace { .. }) {
+        if matches!(change, hangar_bus::Change::Keys | hangar_bus::Change::Namespace { .. } | hangar_bus::Change::Everything) {
             match self.store.list_keys().await {
                 Ok(rows) => self.keys.replace(&rows),
                 Err(e) => tracing::error!("reading the keys failed ({e}); the key table stays as it was"),

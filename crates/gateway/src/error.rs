@@ -112,6 +112,8 @@ impl From<hangar_control::ControlError> for ApiError {
             C::Forbidden(m) => ApiError::forbidden(m),
             C::Store(e) => e.into(),
             C::Runtime(e) => e.into(),
+            C::Unavailable { code, message } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message),
+            C::Service(e) => e.into(),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! HTTP ingress: the native API (`/v1`), function URLs (`/fn/...`), health and metrics.
 //!
-//! **API Boundary:** this is the only crate that parses HTTP from users. It validates every
-//! input once, then calls the store (desired state), the runtimes (code preparation) and the
-//! scheduler (routing and invocation). Libraries below it never see an HTTP API request.
+//! **API Boundary:** this is the only crate that parses HTTP from users. A handler translates:
+//! it parses, checks who may call, calls one control action (`hangar-control`) for a change of
+//! desired state or reads what it shows, and maps the answer back. Libraries below it never see
+//! an HTTP API request.
 #![forbid(unsafe_code)]
 
 pub mod adapt;
@@ -92,11 +93,9 @@ pub struct Shared {
     pub sandboxes_unavailable: Option<String>,
     pub keys: KeyCache,
     pub limits: Limits,
-    /// The use-cases that change desired state (namespaces, keys, functions, triggers).
+    /// The use-cases that change desired state (namespaces, keys, functions, services,
+    /// triggers).
     pub control: Arc<hangar_control::Control>,
-    /// Orders this server's own service deploys, removals and restores (function deploys are
-    /// ordered by the store's compare-and-set and the bus).
-    pub deploy_lock: Arc<tokio::sync::Mutex<()>>,
     /// The durable queue of asynchronous invocations.
     pub async_queue: hangar_events::AsyncQueue,
     /// Cron schedules and topic subscriptions.
@@ -185,46 +184,4 @@ async fn openapi_json() -> Response {
 
 async fn not_found(req: axum::extract::Request) -> ApiError {
     ApiError::not_found(format_args!("route `{} {}`", req.method(), req.uri().path()))
-}
-
-/// Loads desired state from the store into memory: keys into the key table and every
-/// function into the scheduler's route table (code is loaded lazily, on first invocation).
-/// Services are started in the background; see [`restore_services`].
-pub async fn restore(state: &AppState) -> Result<usize, ApiError> {
-    for row in state.store.list_keys().await? {
-        state.keys.insert(&row);
-    }
-    for ns in state.store.list_namespaces().await? {
-        state.scheduler.set_namespace_limit(&ns.name, ns.max_concurrency);
-    }
-    let functions = state.store.list_functions(None).await?;
-    for row in &functions {
-        state.scheduler.install(hangar_scheduler::Deployment::of(row))?;
-    }
-    Ok(functions.len())
-}
-
-/// Brings every stored service back to its desired state (after a restart or a crash; the
-/// services runtime has removed whatever the last run left). Returns how many were started.
-pub async fn restore_services(state: &AppState) -> Result<usize, ApiError> {
-    let Some(svcs) = &state.services else { return Ok(0) };
-    let rows = state.store.list_services(None).await?;
-    let mut started = 0;
-    for row in rows {
-        // Deploys and removals through the API wait meanwhile; one that came first wins.
-        let _guard = state.deploy_lock.lock().await;
-        let Some(row) = state.store.get_service(&row.namespace, &row.name).await? else { continue };
-        if svcs.get(&row.namespace, &row.name).is_some() {
-            continue;
-        }
-        let Some(image) = state.images.get(&row.namespace, &row.image_id) else {
-            tracing::error!(service = %row.name, namespace = %row.namespace, "image {} is gone; the service cannot start", row.image_id);
-            continue;
-        };
-        match svcs.rollout(&row.namespace, &row.name, row.revision, row.config.clone(), image).await {
-            Ok(()) => started += 1,
-            Err(e) => tracing::error!(service = %row.name, namespace = %row.namespace, "restoring the service failed: {e}"),
-        }
-    }
-    Ok(started)
 }

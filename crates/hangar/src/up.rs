@@ -124,7 +124,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         .context("reading the queue of asynchronous invocations")?;
     let triggers = hangar_events::Triggers::open(store.clone(), async_queue.clone()).await.context("reading the triggers")?;
     if let Some(s) = &services {
-        async_queue.set_service_sink(Arc::new(hangar_gateway::services::EventSink { services: s.clone(), store: store.clone() }));
+        async_queue.set_service_sink(Arc::new(hangar_service::proxy::EventSink { services: s.clone(), store: store.clone() }));
     }
     let (sandboxes, sandboxes_unavailable) = match hangar_sandbox::Sandboxes::start(&opts.data_dir, &server_id, store.clone(), images.clone()).await {
         Ok(s) => (Some(s), None),
@@ -146,9 +146,16 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         bus.subscribe(Arc::new(hangar_scheduler::informer::RouteInformer { store: store.clone(), scheduler: scheduler.clone() }));
         bus.subscribe(Arc::new(hangar_gateway::auth::KeyInformer { store: store.clone(), keys: keys.clone() }));
         bus.subscribe(Arc::new(triggers.clone()));
+        if let Some(s) = &services {
+            bus.subscribe(Arc::new(hangar_service::informer::ServiceInformer { store: store.clone(), services: s.clone(), images: images.clone() }));
+        }
     }
     // The use-cases that change desired state: the store first, then the bus.
-    let control = Arc::new(hangar_control::Control::new(store.clone(), bus, scheduler.clone()));
+    let services_here = match (&services, services_unavailable.clone()) {
+        (Some(s), _) => hangar_control::ServicesHere::Running { services: s.clone(), images: images.clone() },
+        (None, why) => hangar_control::ServicesHere::Unavailable(why.unwrap_or_default()),
+    };
+    let control = Arc::new(hangar_control::Control::new(store.clone(), bus, scheduler.clone()).with_services(services_here));
     let state = AppState::new(Shared {
         store,
         scheduler: scheduler.clone(),
@@ -161,14 +168,15 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         sandboxes_unavailable,
         keys,
         limits: opts.limits,
-        control,
-        deploy_lock: Arc::default(),
+        control: control.clone(),
         ready: Arc::default(),
         async_queue: async_queue.clone(),
         triggers: triggers.clone(),
         prices_dir: opts.data_dir.join("prices"),
     });
-    let restored = hangar_gateway::restore(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    // Every table follows the store from here on; services come back in the background (the
+    // API answers meanwhile).
+    let restored = control.restore().await.context("restoring the deployed workloads")?;
     // Functions are routable again: events accepted before a restart run now, and schedules
     // catch up on times missed while stopped.
     // Work that must run once however many servers run is done under a lease (in-process: this
@@ -211,16 +219,6 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         let adapter = hangar_adapt::Adapter::new(functions, running, log, clock.clone(), Some(state.prices_dir.clone()), opts.adapt_window);
         supervisor.start("adapt", opts.adapt_every, Scope::Once, adapter);
     }
-    // Services come back in the background; the API answers meanwhile.
-    let restoring = state.clone();
-    tokio::spawn(async move {
-        match hangar_gateway::restore_services(&restoring).await {
-            Ok(n) if n > 0 => tracing::info!("{n} service(s) restored"),
-            Ok(_) => {}
-            Err(e) => tracing::error!("restoring services: {}", e.message),
-        }
-    });
-
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another Hangar running? choose another with --listen", opts.listen))?;

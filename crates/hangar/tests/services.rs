@@ -189,6 +189,43 @@ async fn a_service_runs_restarts_rolls_out_and_survives_a_killed_server() {
     assert_eq!(owned(&s), (0, 0, 0, false), "a stopped server leaves nothing behind");
 }
 
+/// Deploys of one service sent at the same time are ordered by the store alone: each
+/// revision is written by exactly one of them, none is lost, and the service runs what the
+/// store holds last.
+#[tokio::test]
+async fn concurrent_deploys_of_one_service_each_win_one_revision() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    s.ok(&["image", "import", httpd_image(work.path(), "v1").to_str().unwrap(), "--name", "web:v1"]);
+    let deploys = ["a", "b", "c"].map(|greeting| {
+        let (http, url, key) = (s.http(), format!("{}/v1/services/web", s.url), s.admin_key.clone());
+        tokio::spawn(async move {
+            let r = http.put(url).bearer_auth(key).json(&json!({"image": "web:v1", "env": {"GREETING": greeting}})).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        })
+    });
+    let mut revisions = Vec::new();
+    for d in deploys {
+        let (status, body) = d.await.unwrap();
+        assert!(status == 200 || status == 201, "{status} {body}");
+        assert_ne!(body["status"], "unchanged", "{body}");
+        revisions.push(body["service"]["revision"].as_u64().unwrap());
+    }
+    revisions.sort();
+    assert_eq!(revisions, [1, 2, 3], "each revision won once");
+    let v = service(&s, "web");
+    assert_eq!(v["revision"], 3);
+    let stored = v["config"]["env"]["GREETING"].as_str().unwrap().to_string();
+    // The instances run the stored revision's configuration.
+    let (st, env) = get(&s, "/svc/default/web/cgi-bin/env").await;
+    assert_eq!(st, 200, "{env}");
+    assert!(env.contains(&format!("GREETING={stored} ")), "stored {stored}, served {env}");
+    let ready: Vec<_> = v["instances"].as_array().unwrap().iter().filter(|i| i["state"] == "ready").collect();
+    assert!(!ready.is_empty() && ready.iter().all(|i| i["revision"] == 3), "{v}");
+}
+
 #[tokio::test]
 async fn bad_services_are_refused_or_reported_as_crash_loops() {
     let s = Server::start();

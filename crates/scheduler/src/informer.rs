@@ -1,6 +1,7 @@
 //! The route table as a subscriber of the change bus: a function's change is applied by reading
 //! its current row from the store (routed at that revision, or no longer routed when it is
-//! gone), a namespace's by reading its concurrency limit.
+//! gone), a namespace's by reading its concurrency limit; [`Change::Everything`] by reading
+//! them all (how the table is filled at start).
 
 use std::sync::Arc;
 
@@ -45,7 +46,35 @@ impl Subscriber for RouteInformer {
                 Ok(row) => self.scheduler.set_namespace_limit(name, row.and_then(|r| r.max_concurrency)),
                 Err(e) => tracing::error!(namespace = %name, "reading the namespace's limit failed ({e}); it stays as it was"),
             },
-            Change::Keys | Change::Trigger { .. } => {}
+            Change::Everything => self.reload().await,
+            Change::Keys | Change::Trigger { .. } | Change::Service { .. } => {}
+        }
+    }
+}
+
+impl RouteInformer {
+    /// Routes every stored function at its stored revision (code loads lazily, at the first
+    /// call), drops routes of functions gone, and sets every namespace's limit.
+    async fn reload(&self) {
+        match self.store.list_namespaces().await {
+            Ok(rows) => rows.iter().for_each(|ns| self.scheduler.set_namespace_limit(&ns.name, ns.max_concurrency)),
+            Err(e) => tracing::error!("reading the namespaces' limits failed ({e}); they stay as they were"),
+        }
+        let rows = match self.store.list_functions(None).await {
+            Ok(rows) => rows,
+            Err(e) => return tracing::error!("reading the functions to route them failed ({e}); the routes stay as they were"),
+        };
+        let stored: std::collections::HashSet<(&str, &str)> = rows.iter().map(|r| (r.namespace.as_str(), r.name.as_str())).collect();
+        for slot in self.scheduler.slots() {
+            let d = slot.deployment();
+            if !stored.contains(&(d.namespace.as_str(), d.name.as_str())) {
+                self.scheduler.remove(&d.namespace, &d.name);
+            }
+        }
+        for row in &rows {
+            if let Err(e) = self.scheduler.install(Deployment::of(row)) {
+                tracing::error!(namespace = %row.namespace, function = %row.name, "routing revision {} failed: {e}", row.revision);
+            }
         }
     }
 }
@@ -98,5 +127,16 @@ mod tests {
         store.set_namespace_limit("default", Some(3)).await.unwrap();
         bus.publish(Change::Namespace { name: "default".into() }).await;
         assert_eq!(scheduler.namespace_limit("default"), 3);
+
+        // Catching up with the store as a whole: what is stored is routed, what is not is not.
+        store.put_function(&sequence(3), 0).await.unwrap();
+        let mut other = sequence(1);
+        other.name = "gone".into();
+        scheduler.install(Deployment::of(&other)).unwrap();
+        store.set_namespace_limit("default", Some(5)).await.unwrap();
+        bus.publish(Change::Everything).await;
+        assert_eq!(routed(), Some(3));
+        assert!(scheduler.route("default", "gone").is_none());
+        assert_eq!(scheduler.namespace_limit("default"), 5);
     }
 }

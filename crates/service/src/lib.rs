@@ -17,8 +17,10 @@
 
 mod autoscale;
 mod bundle;
+pub mod informer;
 mod logs;
 mod network;
+pub mod proxy;
 mod slot;
 pub mod traffic;
 
@@ -296,6 +298,13 @@ impl Service {
     }
 
     /// The minimum instances the autoscaler keeps now: adaptive mode's, else the configured.
+    /// Whether new instances of this service run `revision` with `config` and the image
+    /// `image_id` (the same revision number written by two deploys may differ in both).
+    pub fn runs(&self, revision: u64, config: &ServiceConfig, image_id: &str) -> bool {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().is_some_and(|r| r.revision == revision && r.config == *config && r.image.id == image_id)
+    }
+
     pub fn min_instances(&self) -> u32 {
         match self.min_override.load(Ordering::Acquire) {
             NO_MIN => self.config.read().unwrap_or_else(|p| p.into_inner()).min_instances,
@@ -478,6 +487,11 @@ impl Services {
             self.table.read().unwrap_or_else(|p| p.into_inner()).keys().filter(|(ns, _)| ns == namespace).map(|(_, n)| n.clone()).collect();
         self.host.names.write().unwrap_or_else(|p| p.into_inner()).insert(namespace.to_string(), names);
         self.host.refresh_hosts(namespace);
+    }
+
+    /// `(namespace, name)` of every service in the table.
+    pub fn names(&self) -> Vec<(String, String)> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
     /// The running service `namespace/name`, if any.
