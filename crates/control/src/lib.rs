@@ -1,5 +1,5 @@
 //! The control layer: every use-case that changes desired state — namespaces, keys, functions,
-//! services, triggers, and the start-up restore — as one action type ([`Action`], answered with
+//! services, triggers, sandboxes' lifecycle, and the start-up restore — as one action type ([`Action`], answered with
 //! [`Done`]) and one error type ([`ControlError`]), as Firecracker's `VmmAction`. The gateway
 //! only translates HTTP into actions and their answers back; later the Lambda API and other
 //! servers of a cluster send the same actions.
@@ -21,11 +21,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hangar_api::events::TriggerConfig;
+use hangar_api::sandboxes::{Sandbox, SandboxConfig};
 use hangar_api::services::ServiceConfig;
 use hangar_api::validate::{self, Invalid};
 use hangar_api::{DeployStatus, FunctionConfig, NamespaceLimits, RuntimeKind, now_ms};
 use hangar_bus::{Bus, Change};
 use hangar_runtime::RuntimeError;
+use hangar_sandbox::{SandboxError, Sandboxes};
 use hangar_scheduler::Scheduler;
 use hangar_service::{ServiceError, Services};
 use hangar_store::{FunctionRow, KeyRow, NamespaceRow, ServiceRow, Store, StoreError, TriggerRow};
@@ -63,8 +65,40 @@ pub enum Action {
     DeployService { namespace: String, name: String, config: ServiceConfig },
     /// Removes a service (its instances stop gracefully; its volumes stay); it must exist.
     RemoveService { namespace: String, name: String },
+    /// Makes a sandbox from an image of the namespace (which must exist) and starts it; this
+    /// server must run sandboxes.
+    CreateSandbox { namespace: String, config: SandboxConfig },
+    /// Moves a sandbox of the namespace to another state (see [`SandboxStep`]); it must exist
+    /// and not have failed.
+    StepSandbox { namespace: String, id: String, step: SandboxStep },
+    /// Stops a sandbox and removes it with its files and standby image; it must exist.
+    RemoveSandbox { namespace: String, id: String },
     /// Fills every table of this server from the store: once, at start, before serving.
     Restore,
+}
+
+/// A move of a sandbox between its states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxStep {
+    /// Frozen in memory: no CPU, resumed in milliseconds. Any time it runs.
+    Pause,
+    /// Running again (from paused, or restored from standby). Any time.
+    Resume,
+    /// Checkpointed to disk and stopped: no memory, no CPU. Refused while a command's
+    /// background job still holds that command's output.
+    Standby,
+}
+
+impl std::str::FromStr for SandboxStep {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pause" => Ok(SandboxStep::Pause),
+            "resume" => Ok(SandboxStep::Resume),
+            "standby" => Ok(SandboxStep::Standby),
+            other => Err(format!("sandbox action `{other}` (use pause, resume, standby or exec)")),
+        }
+    }
 }
 
 /// What an action did.
@@ -92,6 +126,7 @@ pub enum Done {
     Restored {
         functions: usize,
     },
+    Sandbox(Sandbox),
     Removed,
 }
 
@@ -124,6 +159,9 @@ pub enum ControlError {
     /// The services runtime failed or refused (e.g. the new instances never became ready).
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// A sandbox call failed or was refused.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 impl ControlError {
@@ -144,11 +182,54 @@ pub struct Control {
     bus: Arc<dyn Bus>,
     scheduler: Arc<Scheduler>,
     services: ServicesHere,
+    /// The sandboxes of this server, or why it has none.
+    sandboxes: Result<Sandboxes, String>,
 }
 
 impl Control {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, scheduler: Arc<Scheduler>) -> Control {
-        Control { store, bus, scheduler, services: ServicesHere::Unavailable("this server was built without services".into()) }
+        Control {
+            store,
+            bus,
+            scheduler,
+            services: ServicesHere::Unavailable("this server was built without services".into()),
+            sandboxes: Err("this server was built without sandboxes".into()),
+        }
+    }
+
+    /// The sandboxes this server runs, or why it runs none.
+    pub fn with_sandboxes(mut self, sandboxes: Result<Sandboxes, String>) -> Control {
+        self.sandboxes = sandboxes;
+        self
+    }
+
+    fn sandboxes(&self) -> Result<&Sandboxes, ControlError> {
+        self.sandboxes
+            .as_ref()
+            .map_err(|why| ControlError::Unavailable { code: "sandboxes_unavailable", message: format!("sandboxes are not available on this server: {why}") })
+    }
+
+    /// See [`Action::CreateSandbox`].
+    pub async fn create_sandbox(&self, ns: &str, config: SandboxConfig) -> Result<Sandbox, ControlError> {
+        if self.store.get_namespace(ns).await?.is_none() {
+            return Err(ControlError::NotFound(format!("namespace `{ns}`")));
+        }
+        Ok(self.sandboxes()?.create(ns, config).await?)
+    }
+
+    /// See [`Action::StepSandbox`].
+    pub async fn step_sandbox(&self, ns: &str, id: &str, step: SandboxStep) -> Result<Sandbox, ControlError> {
+        let s = self.sandboxes()?;
+        Ok(match step {
+            SandboxStep::Pause => s.pause(Some(ns), id).await?,
+            SandboxStep::Resume => s.resume(Some(ns), id).await?,
+            SandboxStep::Standby => s.standby(Some(ns), id).await?,
+        })
+    }
+
+    /// See [`Action::RemoveSandbox`].
+    pub async fn remove_sandbox(&self, ns: &str, id: &str) -> Result<(), ControlError> {
+        Ok(self.sandboxes()?.remove(Some(ns), id).await?)
     }
 
     /// The services this server runs (deploys of services need them).
@@ -177,6 +258,9 @@ impl Control {
                 self.deploy_service(&namespace, &name, config).await.map(|(status, row)| Done::Service { status, row })
             }
             Action::RemoveService { namespace, name } => self.remove_service(&namespace, &name).await.map(|()| Done::Removed),
+            Action::CreateSandbox { namespace, config } => self.create_sandbox(&namespace, config).await.map(Done::Sandbox),
+            Action::StepSandbox { namespace, id, step } => self.step_sandbox(&namespace, &id, step).await.map(Done::Sandbox),
+            Action::RemoveSandbox { namespace, id } => self.remove_sandbox(&namespace, &id).await.map(|()| Done::Removed),
             Action::Restore => self.restore().await.map(|functions| Done::Restored { functions }),
         }
     }

@@ -114,6 +114,7 @@ impl From<hangar_control::ControlError> for ApiError {
             C::Runtime(e) => e.into(),
             C::Unavailable { code, message } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message),
             C::Service(e) => e.into(),
+            C::Sandbox(e) => e.into(),
         }
     }
 }

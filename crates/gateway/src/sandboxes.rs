@@ -57,8 +57,8 @@ pub async fn create(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
     ApiJson(config): ApiJson<SandboxConfig>,
 ) -> Result<Response, ApiError> {
-    let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
-    let sb = sandboxes(&state)?.create(&ns, config).await?;
+    let ns = p.scope(q.namespace.as_deref())?;
+    let sb = state.control.create_sandbox(&ns, config).await?;
     Ok((StatusCode::CREATED, Json(sb)).into_response())
 }
 
@@ -92,7 +92,7 @@ pub async fn remove(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
 ) -> Result<StatusCode, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
-    sandboxes(&state)?.remove(Some(&ns), &id).await?;
+    state.control.remove_sandbox(&ns, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -106,14 +106,8 @@ pub async fn lifecycle(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
 ) -> Result<Json<Sandbox>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
-    let s = sandboxes(&state)?;
-    let sb = match action.as_str() {
-        "pause" => s.pause(Some(&ns), &id).await?,
-        "resume" => s.resume(Some(&ns), &id).await?,
-        "standby" => s.standby(Some(&ns), &id).await?,
-        other => return Err(ApiError::not_found(format_args!("sandbox action `{other}` (use pause, resume, standby or exec)"))),
-    };
-    Ok(Json(sb))
+    let step: hangar_control::SandboxStep = action.parse().map_err(ApiError::not_found)?;
+    Ok(Json(state.control.step_sandbox(&ns, &id, step).await?))
 }
 
 /// Runs a command. The answer streams `application/x-ndjson`: `{"stdout":...}` and

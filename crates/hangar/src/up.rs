@@ -155,7 +155,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         (Some(s), _) => hangar_control::ServicesHere::Running { services: s.clone(), images: images.clone() },
         (None, why) => hangar_control::ServicesHere::Unavailable(why.unwrap_or_default()),
     };
-    let control = Arc::new(hangar_control::Control::new(store.clone(), bus, scheduler.clone()).with_services(services_here));
+    let sandboxes_here = sandboxes.clone().ok_or_else(|| sandboxes_unavailable.clone().unwrap_or_default());
+    let control = Arc::new(hangar_control::Control::new(store.clone(), bus, scheduler.clone()).with_services(services_here).with_sandboxes(sandboxes_here));
     let state = AppState::new(Shared {
         store,
         scheduler: scheduler.clone(),

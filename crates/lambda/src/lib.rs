@@ -1,10 +1,12 @@
 //! The AWS Lambda contract, as Hangar serves it to process functions: the Runtime API
 //! ([`runtime_api`]) that a bootstrap polls for invocations, and the event shapes
 //! ([`url_event`]) that turn a function-URL request into Lambda's payload v2.0 and a handler's
-//! result back into an HTTP response. Unmodified Lambda runtime clients (`lambda_runtime`,
+//! result back into an HTTP response, and [`mapping`]: one call of a process function as
+//! Lambda code sees it. Unmodified Lambda runtime clients (`lambda_runtime`,
 //! `awslambdaric`, Hangar's own shims) talk to this.
 #![forbid(unsafe_code)]
 
+pub mod mapping;
 pub mod runtime_api;
 pub mod url_event;
 

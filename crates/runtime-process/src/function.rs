@@ -12,15 +12,14 @@
 //! made at load, never paused or reaped, and replaced when they end. An instance that timed
 //! out, crashed or ran out of memory is killed, and the next request gets a fresh one.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hangar_api::{Outcome, RuntimeKind, StartKind, Trigger, billed_ms, now_ms};
+use hangar_lambda::mapping;
 use hangar_lambda::runtime_api::{Answer, Invocation};
-use hangar_lambda::url_event;
 use hangar_runtime::{Body, Finished, InvokeInfo, LogBuffer, OnFinish, RevisionSpec, error_response, full};
 use hangar_scheduler::reaping::{self, Idle};
 use http::StatusCode;
@@ -181,13 +180,7 @@ fn function_error(err: &serde_json::Value, init: bool, logs: &str) -> Reply {
     *response.status_mut() = StatusCode::BAD_GATEWAY;
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response.headers_mut().insert(hangar_api::FUNCTION_ERROR_HEADER, http::HeaderValue::from_static("Unhandled"));
-    let mut error =
-        format!("{}{}: {}", if init { "init error: " } else { "" }, err["errorType"].as_str().unwrap_or("Error"), err["errorMessage"].as_str().unwrap_or(""));
-    if !logs.is_empty() {
-        error.push('\n');
-        error.push_str(logs);
-    }
-    Reply { response, outcome: Outcome::Error, error: Some(error) }
+    Reply { response, outcome: Outcome::Error, error: Some(mapping::error_record(err, init, logs)) }
 }
 
 fn platform_error(status: StatusCode, code: &str, outcome: Outcome, message: String) -> Reply {
@@ -515,38 +508,15 @@ impl Inner {
                 return (o, String::new(), false, StartKind::Warm);
             }
         };
-        let payload = match info.trigger {
-            Trigger::Api | Trigger::Async => {
-                if body.iter().all(u8::is_ascii_whitespace) {
-                    Bytes::from_static(b"{}")
-                } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-                    let o = platform_error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_payload",
-                        Outcome::Error,
-                        "the payload of a process function is its event and must be JSON".into(),
-                    );
-                    return (o, String::new(), false, StartKind::Warm);
-                } else {
-                    body
-                }
-            }
-            Trigger::Http => {
-                let host = head.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-                let ip = head.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()).unwrap_or("127.0.0.1");
-                let event = url_event::to_event(&url_event::UrlRequest {
-                    method: head.method.as_str(),
-                    raw_path: head.uri.path(),
-                    raw_query: head.uri.query().unwrap_or(""),
-                    headers: &head.headers,
-                    body: &body,
-                    source_ip: ip.trim(),
-                    request_id: &request_id,
-                    api_id: &self.spec.name,
-                    domain: host,
-                    time_ms: now_ms(),
-                });
-                Bytes::from(event.to_string())
+        let source = match info.trigger {
+            Trigger::Api | Trigger::Async => mapping::Source::Invoke,
+            Trigger::Http => mapping::Source::Url,
+        };
+        let cx = mapping::UrlContext { request_id: &request_id, function: &self.spec.name, time_ms: now_ms() };
+        let payload = match mapping::event(source, &head, body, cx) {
+            Ok(p) => p,
+            Err(e) => {
+                return (platform_error(StatusCode::BAD_REQUEST, "invalid_payload", Outcome::Error, e.to_string()), String::new(), false, StartKind::Warm);
             }
         };
 
@@ -558,11 +528,11 @@ impl Inner {
         let timeout = self.spec.limits.timeout;
         let deadline_ms = now_ms() + timeout.as_millis() as i64;
         let inv = Invocation {
-            trace_id: format!("Root=1-{:08x}-{}", deadline_ms / 1000, request_id.replace('-', "").get(..24).unwrap_or("0")),
+            trace_id: mapping::trace_id(deadline_ms, &request_id),
             request_id: request_id.clone(),
             payload,
             deadline_ms,
-            function_arn: format!("arn:aws:lambda:{}:000000000000:function:{}_{}", self.host.region, self.spec.namespace, self.spec.name),
+            function_arn: mapping::function_arn(&self.host.region, &self.spec.namespace, &self.spec.name),
             client_context: head.headers.get("x-amz-client-context").and_then(|v| v.to_str().ok()).map(String::from),
             cognito_identity: None,
         };
@@ -574,16 +544,9 @@ impl Inner {
         let elapsed = began.elapsed();
         let healthy = matches!(ran, Ran::Answer(Answer::Response(_) | Answer::Error(_)));
         let o = match ran {
-            Ran::Answer(Answer::Response(bytes)) => match info.trigger {
-                Trigger::Api | Trigger::Async => {
-                    let mut resp = http::Response::new(full(bytes));
-                    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-                    Reply { response: resp, outcome: Outcome::Ok, error: None }
-                }
-                Trigger::Http => match url_event::to_response(&bytes) {
-                    Ok(resp) => Reply { response: resp.map(full), outcome: Outcome::Ok, error: None },
-                    Err(e) => platform_error(StatusCode::BAD_GATEWAY, "invalid_result", Outcome::Error, e.to_string()),
-                },
+            Ran::Answer(Answer::Response(bytes)) => match mapping::result(source, bytes) {
+                Ok(resp) => Reply { response: resp.map(full), outcome: Outcome::Ok, error: None },
+                Err(e) => platform_error(StatusCode::BAD_GATEWAY, "invalid_result", Outcome::Error, e.to_string()),
             },
             Ran::Answer(Answer::Error(err)) => function_error(&err, false, ""),
             Ran::Answer(Answer::InitError(err)) => function_error(&err, true, ""),
@@ -627,27 +590,18 @@ impl Inner {
         (o, text, truncated, start)
     }
 
-    /// The invocation's output between Lambda's START and END lines, then its REPORT line.
+    /// The invocation's output framed in Lambda's log lines.
     fn frame_logs(&self, id: &str, logs: &mut LogBuffer, elapsed: Duration, instance: &Instance, start: StartKind) -> (String, bool) {
         let (body, truncated) = logs.take();
-        let mut out = format!("START RequestId: {id} Version: {}\n", self.spec.revision);
-        out.push_str(&body);
-        if !body.is_empty() && !body.ends_with('\n') {
-            out.push('\n');
-        }
-        let ms = elapsed.as_secs_f64() * 1000.0;
-        let _ = write!(
-            out,
-            "END RequestId: {id}\nREPORT RequestId: {id}\tDuration: {ms:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB\tMax Memory Used: {} MB",
-            billed_ms(elapsed.as_micros() as u64),
-            self.spec.limits.memory_bytes >> 20,
-            instance.peak_memory().div_ceil(1 << 20),
-        );
-        if let (StartKind::Cold | StartKind::Prewarmed, Some(init)) = (start, instance.init) {
-            let _ = write!(out, "\tInit Duration: {:.2} ms", init.as_secs_f64() * 1000.0);
-        }
-        out.push('\n');
-        (out, truncated)
+        let report = mapping::Report {
+            revision: self.spec.revision,
+            elapsed,
+            billed_ms: billed_ms(elapsed.as_micros() as u64),
+            memory_mb: self.spec.limits.memory_bytes >> 20,
+            max_memory_used_mb: instance.peak_memory().div_ceil(1 << 20),
+            init: instance.init.filter(|_| start.is_cold_start()),
+        };
+        (mapping::log_frame(id, &body, &report), truncated)
     }
 }
 
