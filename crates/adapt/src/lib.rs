@@ -244,7 +244,7 @@ impl Adapter {
                 *track = Track { revision: f.revision, warm: f.config.provisioned_instances, streak: Streak::default(), warm_rate_milli: 0 };
             }
             let records: Vec<_> = match self.functions.invocations(&f.namespace, &f.name, now - window_ms, MAX_RECORDS).await {
-                Ok(r) => r.into_iter().filter(|r| r.outcome != hangar_api::Outcome::Throttled).collect(),
+                Ok(r) => r.into_iter().filter(|r| r.ending.outcome != hangar_api::Outcome::Throttled).collect(),
                 Err(e) => {
                     tracing::error!(function = %f.name, "adaptive mode: reading invocations: {e}");
                     continue;

@@ -82,12 +82,7 @@ fn record(started_ms: i64, start: hangar_api::StartKind) -> InvocationRecord {
         billed_ms: 30,
         memory_mb: 128,
         start,
-        outcome: hangar_api::Outcome::Ok,
-        status: 200,
-        response_bytes: 2,
-        error: None,
-        logs: String::new(),
-        logs_truncated: false,
+        ending: hangar_api::Ending { status: 200, response_bytes: 2, ..Default::default() },
         parent_id: None,
     }
 }

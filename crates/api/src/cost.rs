@@ -132,7 +132,7 @@ impl UsageDelta {
     /// new instance served it ([`crate::StartKind::is_cold_start`]), its billed milliseconds and
     /// their memory-time.
     pub fn of_invocation(r: &crate::InvocationRecord) -> Option<UsageDelta> {
-        if r.outcome == crate::Outcome::Throttled {
+        if r.ending.outcome == crate::Outcome::Throttled {
             return None;
         }
         const HOUR_MS: i64 = 3_600_000;
@@ -142,7 +142,7 @@ impl UsageDelta {
             name: r.function.clone(),
             hour_ms: r.started_ms.div_euclid(HOUR_MS) * HOUR_MS,
             requests: 1,
-            errors: u64::from(r.outcome != crate::Outcome::Ok),
+            errors: u64::from(r.ending.outcome != crate::Outcome::Ok),
             cold_starts: u64::from(r.start.is_cold_start()),
             billed_ms: r.billed_ms,
             mb_ms: r.billed_ms * u64::from(r.memory_mb),

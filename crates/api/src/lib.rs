@@ -562,14 +562,39 @@ pub struct InvocationRecord {
     pub billed_ms: u64,
     pub memory_mb: u32,
     pub start: StartKind,
+    /// How it ended, as its runtime reported it.
+    pub ending: Ending,
+    /// The sequence invocation this one is a step of.
+    pub parent_id: Option<String>,
+}
+
+/// An invocation is `ok` until it ends otherwise.
+impl Default for Outcome {
+    fn default() -> Self {
+        Outcome::Ok
+    }
+}
+
+/// How an invocation ended, as the runtime that ran it reports it: the part of an
+/// [`InvocationRecord`] only the runtime knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ending {
     pub outcome: Outcome,
+    /// HTTP status sent to the caller.
     pub status: u16,
+    /// Response body bytes handed to the caller.
     pub response_bytes: u64,
     pub error: Option<String>,
     pub logs: String,
     pub logs_truncated: bool,
-    /// The sequence invocation this one is a step of.
-    pub parent_id: Option<String>,
+}
+
+impl Ending {
+    /// An ending the platform decided (throttled, the code not loadable): its outcome, the
+    /// status the caller got, and why.
+    pub fn platform(outcome: Outcome, status: u16, error: String) -> Ending {
+        Ending { outcome, status, error: Some(error), ..Ending::default() }
+    }
 }
 
 impl InvocationRecord {
@@ -592,12 +617,12 @@ impl InvocationRecord {
             billed_ms: self.billed_ms,
             memory_mb: self.memory_mb,
             start: self.start,
-            outcome: self.outcome,
-            status: self.status,
-            response_bytes: self.response_bytes,
-            error: self.error.clone(),
-            logs: with_logs.then(|| self.logs.clone()),
-            logs_truncated: self.logs_truncated,
+            outcome: self.ending.outcome,
+            status: self.ending.status,
+            response_bytes: self.ending.response_bytes,
+            error: self.ending.error.clone(),
+            logs: with_logs.then(|| self.ending.logs.clone()),
+            logs_truncated: self.ending.logs_truncated,
             parent_id: self.parent_id.clone(),
             children: Vec::new(),
         }

@@ -235,7 +235,7 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
                 })
                 .await?
                 .iter()
-                .filter(|r| r.outcome != hangar_api::Outcome::Throttled)
+                .filter(|r| r.ending.outcome != hangar_api::Outcome::Throttled)
                 .map(hangar_api::InvocationRecord::latency)
                 .collect(),
         };

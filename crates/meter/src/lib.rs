@@ -122,7 +122,7 @@ pub struct FunctionMetrics {
 
 impl FunctionMetrics {
     fn observe(&self, r: &InvocationRecord) {
-        let i = match r.outcome {
+        let i = match r.ending.outcome {
             Outcome::Ok => 0,
             Outcome::Error => 1,
             Outcome::Timeout => 2,
@@ -279,12 +279,7 @@ mod tests {
             billed_ms: 2,
             memory_mb: 128,
             start: if i == 0 { StartKind::Cold } else { StartKind::Warm },
-            outcome: Outcome::Ok,
-            status: 200,
-            response_bytes: 0,
-            error: None,
-            logs: String::new(),
-            logs_truncated: false,
+            ending: hangar_api::Ending { status: 200, ..Default::default() },
             parent_id: None,
         }
     }

@@ -625,15 +625,15 @@ impl hangar_runtime::Loaded for Function {
             let (o, logs, logs_truncated, start) = inner.run(info, request).await;
             let (parts, body) = o.response.into_parts();
             let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            on_finish(Finished {
+            let ending = hangar_api::Ending {
                 outcome: o.outcome,
                 status: parts.status.as_u16(),
                 response_bytes: bytes.len() as u64,
                 error: o.error,
                 logs,
                 logs_truncated,
-                start: Some(start),
-            });
+            };
+            on_finish(Finished { ending, start: Some(start) });
             http::Response::from_parts(parts, full(bytes))
         });
         match task.await {

@@ -306,7 +306,7 @@ impl Drop for Report {
 
 fn finished(outcome: Outcome, status: u16, bytes: u64, error: Option<String>, logs: &LogSink) -> Finished {
     let (logs, logs_truncated) = logs.take();
-    Finished { outcome, status, response_bytes: bytes, error, logs, logs_truncated, start: None }
+    Finished { ending: hangar_api::Ending { outcome, status, response_bytes: bytes, error, logs, logs_truncated }, start: None }
 }
 
 const NO_RESPONSE: &str = "the function returned without setting a response";

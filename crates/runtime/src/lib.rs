@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use hangar_api::{Outcome, RuntimeKind, StartKind, Trigger};
+use hangar_api::{RuntimeKind, StartKind, Trigger};
 
 /// Why a runtime could not prepare or load code.
 #[derive(Debug, thiserror::Error)]
@@ -97,14 +97,7 @@ pub struct InvokeInfo {
 /// How an invocation ended, as the runtime saw it.
 #[derive(Debug, Clone)]
 pub struct Finished {
-    pub outcome: Outcome,
-    /// HTTP status sent to the caller.
-    pub status: u16,
-    /// Response body bytes handed to the caller.
-    pub response_bytes: u64,
-    pub error: Option<String>,
-    pub logs: String,
-    pub logs_truncated: bool,
+    pub ending: hangar_api::Ending,
     /// Whether a new instance was started for this invocation, when the runtime knows better
     /// than the scheduler (process runtimes start instances per invocation burst).
     pub start: Option<StartKind>,

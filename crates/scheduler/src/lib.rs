@@ -99,12 +99,7 @@ fn begin_record(d: &Deployment, id: &str, trigger: Trigger, start: StartKind, pa
         billed_ms: 0,
         memory_mb: d.config.memory_mb,
         start,
-        outcome: hangar_api::Outcome::Ok,
-        status: 0,
-        response_bytes: 0,
-        error: None,
-        logs: String::new(),
-        logs_truncated: false,
+        ending: hangar_api::Ending::default(),
         parent_id: parent,
     }
 }
@@ -444,10 +439,13 @@ impl Scheduler {
         // The steps are billed; the sequence itself costs nothing.
         record.memory_mb = 0;
         record.duration_us = started.elapsed().as_micros() as u64;
-        record.outcome = if error.is_some() { hangar_api::Outcome::Error } else { hangar_api::Outcome::Ok };
-        record.status = response.status().as_u16();
-        record.response_bytes = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
-        record.error = error;
+        record.ending = hangar_api::Ending {
+            outcome: if error.is_some() { hangar_api::Outcome::Error } else { hangar_api::Outcome::Ok },
+            status: response.status().as_u16(),
+            response_bytes: http_body::Body::size_hint(response.body()).exact().unwrap_or(0),
+            error,
+            ..Default::default()
+        };
         self.meter.record(&slot.metrics, record);
         drop(guard);
         (id, response)
@@ -466,10 +464,8 @@ impl Scheduler {
             Ok(a) => a,
             Err(why) => {
                 // Throttled before anything ran: recorded, not billed.
-                record.outcome = hangar_api::Outcome::Throttled;
-                record.status = 429;
+                record.ending = hangar_api::Ending::platform(hangar_api::Outcome::Throttled, 429, why.clone());
                 record.duration_us = started.elapsed().as_micros() as u64;
-                record.error = Some(why.clone());
                 self.meter.record(&slot.metrics, record);
                 drop(guard);
                 return (id, throttled(&why));
@@ -481,13 +477,8 @@ impl Scheduler {
             move |f: hangar_runtime::Finished| {
                 drop(admission);
                 record.duration_us = started.elapsed().as_micros() as u64;
-                record.billed_ms = if f.outcome == hangar_api::Outcome::Throttled { 0 } else { billed_ms(record.duration_us) };
-                record.outcome = f.outcome;
-                record.status = f.status;
-                record.response_bytes = f.response_bytes;
-                record.error = f.error;
-                record.logs = f.logs;
-                record.logs_truncated = f.logs_truncated;
+                record.billed_ms = if f.ending.outcome == hangar_api::Outcome::Throttled { 0 } else { billed_ms(record.duration_us) };
+                record.ending = f.ending;
                 if let Some(start) = f.start {
                     record.start = start;
                 }
@@ -506,15 +497,7 @@ impl Scheduler {
                 tracing::error!(namespace = %d.namespace, function = %d.name, "loading revision failed: {e}");
                 let msg = format!("the function's code could not be loaded: {e}");
                 let resp = error_response(http::StatusCode::SERVICE_UNAVAILABLE, "load_failed", &msg);
-                finish(hangar_runtime::Finished {
-                    outcome: hangar_api::Outcome::Error,
-                    status: 503,
-                    response_bytes: 0,
-                    error: Some(msg),
-                    logs: String::new(),
-                    logs_truncated: false,
-                    start: None,
-                });
+                finish(hangar_runtime::Finished { ending: hangar_api::Ending::platform(hangar_api::Outcome::Error, 503, msg), start: None });
                 resp
             }
         };

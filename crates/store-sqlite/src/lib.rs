@@ -329,13 +329,15 @@ fn invocation_from_row(r: &Row<'_>, with_logs: bool) -> rusqlite::Result<Invocat
         billed_ms: r.get::<_, i64>(7)? as u64,
         memory_mb: r.get::<_, i64>(8)? as u32,
         start: text(9)?.parse().map_err(|e| parse_err(9, e))?,
-        outcome: text(10)?.parse().map_err(|e| parse_err(10, e))?,
-        status: r.get::<_, i64>(11)? as u16,
-        response_bytes: r.get::<_, i64>(12)? as u64,
-        error: r.get(13)?,
-        logs_truncated: r.get::<_, i64>(14)? != 0,
+        ending: hangar_api::Ending {
+            outcome: text(10)?.parse().map_err(|e| parse_err(10, e))?,
+            status: r.get::<_, i64>(11)? as u16,
+            response_bytes: r.get::<_, i64>(12)? as u64,
+            error: r.get(13)?,
+            logs_truncated: r.get::<_, i64>(14)? != 0,
+            logs: if with_logs { r.get(16)? } else { String::new() },
+        },
         parent_id: r.get(15)?,
-        logs: if with_logs { r.get(16)? } else { String::new() },
     })
 }
 
@@ -653,12 +655,12 @@ impl Ledger for SqliteStore {
                         r.billed_ms as i64,
                         r.memory_mb,
                         r.start.as_str(),
-                        r.outcome.as_str(),
-                        r.status,
-                        r.response_bytes as i64,
-                        r.error,
-                        r.logs,
-                        r.logs_truncated as i64,
+                        r.ending.outcome.as_str(),
+                        r.ending.status,
+                        r.ending.response_bytes as i64,
+                        r.ending.error,
+                        r.ending.logs,
+                        r.ending.logs_truncated as i64,
                         r.parent_id
                     ])?;
                     // Metered once: a record written again (a retried batch) is not counted again.

@@ -59,12 +59,7 @@ fn record(id: &str, function: &str, outcome: Outcome) -> InvocationRecord {
         billed_ms: 2,
         memory_mb: 128,
         start: StartKind::Warm,
-        outcome,
-        status: 200,
-        response_bytes: 5,
-        error: None,
-        logs: format!("log of {id}"),
-        logs_truncated: false,
+        ending: hangar_api::Ending { outcome, status: 200, response_bytes: 5, error: None, logs: format!("log of {id}"), logs_truncated: false },
         parent_id: None,
     }
 }
@@ -246,7 +241,7 @@ async fn invocations_list_filter_and_page(s: Arc<dyn Store>) {
     s.insert_invocations(batch).await.unwrap();
     let all = s.list_invocations(InvocationFilter { namespace: Some("default".into()), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["03", "02", "01"], "newest first, once each");
-    assert!(all[0].logs.is_empty(), "logs are only read when asked for");
+    assert!(all[0].ending.logs.is_empty(), "logs are only read when asked for");
     let page = s
         .list_invocations(InvocationFilter {
             namespace: Some("default".into()),
@@ -263,7 +258,7 @@ async fn invocations_list_filter_and_page(s: Arc<dyn Store>) {
     let errors = s.list_invocations(InvocationFilter { outcome: Some(Outcome::Error), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(errors.len(), 1);
     let one = s.get_invocation(Some("default"), "02").await.unwrap().expect("one record");
-    assert_eq!(one.logs, "log of 02");
+    assert_eq!(one.ending.logs, "log of 02");
     assert!(s.get_invocation(Some("other"), "02").await.unwrap().is_none(), "another namespace does not see it");
     assert!(s.get_invocation(None, "02").await.unwrap().is_some());
 }
