@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hangar_api::services::ServiceConfig;
-use hangar_api::{FunctionMode, InvocationRecord, ModeSwitch, WorkloadKind};
+use hangar_api::{FunctionMode, InvocationRecord, ModeSwitch, Model, WorkloadKind};
 use hangar_core::Clock;
 use hangar_cost::money::show_fixed;
 use hangar_store::FunctionRow;
@@ -202,11 +202,11 @@ impl Adapter {
                     cpus: Some(format!("{:.3}", svc.config.cpus)),
                     // Scaled to zero it is a function in all but name: warming it must save
                     // the margin, and so must cooling it.
-                    current: Some(if track.min == 0 { "function" } else { "service" }.into()),
+                    current: Some(if track.min == 0 { Model::Function } else { Model::Service }),
                 };
                 let policy = hangar_cost::advice::Policy { concurrency: Some(svc.config.concurrency), ..Default::default() };
                 match hangar_cost::advice::advise(&stats, &policy, sheets) {
-                    Ok(d) if d.recommendation == "function" => (0, d.reasons.last().cloned().unwrap_or_default()),
+                    Ok(d) if d.recommendation == Model::Function => (0, d.reasons.last().cloned().unwrap_or_default()),
                     Ok(d) => (floor, d.reasons.last().cloned().unwrap_or_default()),
                     Err(e) => {
                         tracing::warn!(service = %svc.name, "adaptive mode: {e}");
@@ -274,8 +274,8 @@ impl Adapter {
                     match hangar_cost::advice::advise(&stats, &policy, sheets) {
                         // Warm instances answer `provisioned` and `service` alike; a sandbox per
                         // job is not something a function can switch to by itself.
-                        Ok(d) if matches!(d.recommendation.as_str(), "provisioned" | "service") => {
-                            let n = d.costs.estimates.iter().find(|e| e.model == "provisioned").and_then(|e| e.instances).unwrap_or(1).max(1);
+                        Ok(d) if matches!(d.recommendation, Model::Provisioned | Model::Service) => {
+                            let n = d.costs.estimates.iter().find(|e| e.model == Model::Provisioned).and_then(|e| e.instances).unwrap_or(1).max(1);
                             let n = u32::try_from(n).unwrap_or(u32::MAX).min(f.config.max_instances);
                             (n, d.reasons.last().cloned().unwrap_or_default())
                         }

@@ -17,8 +17,8 @@ pub struct PriceSheetInfo {
     pub as_of: String,
     /// `builtin`, or the file it was loaded from.
     pub origin: String,
-    /// The models it prices: `function`, `provisioned`, `service`.
-    pub models: Vec<String>,
+    /// The models it prices.
+    pub models: Vec<crate::Model>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -73,8 +73,7 @@ pub struct CostLine {
 /// What a model costs per month (730 hours) for the traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Estimate {
-    /// `function`, `provisioned` or `service`.
-    pub model: String,
+    pub model: crate::Model,
     pub sheet: String,
     /// Dollars per month.
     pub monthly: String,
@@ -95,7 +94,7 @@ pub struct CalcAnswer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_even_rps: Option<String>,
     /// The cheapest model for this traffic.
-    pub cheapest: String,
+    pub cheapest: crate::Model,
 }
 
 /// What one workload used in one hour, as the meter counts it (integers; the API adds the
@@ -249,7 +248,7 @@ pub struct Advice {
     /// What each model would cost a month at the observed traffic.
     pub costs: CalcAnswer,
     /// `function`, `provisioned`, `service` or `sandbox`.
-    pub recommendation: String,
+    pub recommendation: crate::Model,
     /// What the decision rests on, in order.
     pub reasons: Vec<String>,
     /// Dollars a month saved against the model it runs on now (`kind`; negative: it costs

@@ -94,6 +94,32 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// How a workload can be run and billed: the models the cost calculator prices and the
+    /// advisor chooses between.
+    Model, "model" {
+        /// Scale to zero, billed per request and ms × memory.
+        Function = "function",
+        /// A function with instances kept warm, billed for their time too.
+        Provisioned = "provisioned",
+        /// Always-on instances, billed per instance-second.
+        Service = "service",
+        /// A sandbox resumed from standby per job, billed while it runs and for its image.
+        Sandbox = "sandbox",
+    }
+}
+
+/// The model a workload of a kind runs on by default.
+impl From<WorkloadKind> for Model {
+    fn from(kind: WorkloadKind) -> Model {
+        match kind {
+            WorkloadKind::Function => Model::Function,
+            WorkloadKind::Service => Model::Service,
+            WorkloadKind::Sandbox => Model::Sandbox,
+        }
+    }
+}
+
 /// A usage row's kind when none is said: a function's (the rows invocations make).
 impl Default for WorkloadKind {
     fn default() -> Self {

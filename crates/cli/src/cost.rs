@@ -18,7 +18,13 @@ pub async fn run_prices(cli: &Cli, cmd: &PricesCommand) -> Result<()> {
             }
             let mut t = table(&["NAME", "PRICES", "AS OF", "SOURCE", "FROM"]);
             for s in &list.items {
-                t.add_row(vec![s.name.clone(), s.models.join(", "), s.as_of.clone(), s.source.clone(), s.origin.clone()]);
+                t.add_row(vec![
+                    s.name.clone(),
+                    s.models.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
+                    s.as_of.clone(),
+                    s.source.clone(),
+                    s.origin.clone(),
+                ]);
             }
             println!("{t}");
         }
@@ -63,7 +69,7 @@ pub async fn run_cost(cli: &Cli, cmd: &CostCommand) -> Result<()> {
             let mut t = table(&["MODEL", "SHEET", "PER MONTH", "INSTANCES", "NOTES"]);
             for e in &answer.estimates {
                 t.add_row(vec![
-                    e.model.clone(),
+                    e.model.to_string(),
                     e.sheet.clone(),
                     dollars(&e.monthly),
                     e.instances.map(|n| n.to_string()).unwrap_or_default(),
@@ -161,7 +167,7 @@ pub async fn run_advise(cli: &Cli, args: &crate::args::AdviseArgs) -> Result<()>
     for a in &list.items {
         let saving = match a.monthly_saving.strip_prefix('-') {
             Some(more) => format!("costs {} a month more than it does as a {} now", dollars(more), a.kind),
-            None if a.recommendation == a.kind.as_str() => format!("stays a {}", a.kind),
+            None if a.recommendation == hangar_api::Model::from(a.kind) => format!("stays a {}", a.kind),
             None => format!("saves {} a month against it as a {} now", dollars(&a.monthly_saving), a.kind),
         };
         println!("{} ({}): run as {} ({saving})", a.name, a.kind, a.recommendation);

@@ -6,6 +6,7 @@
 //! at least [`MARGIN_PCT`] against the one the workload runs on now to be recommended, so small
 //! differences do not make it flap.
 
+use hangar_api::Model;
 use hangar_api::cost::{CalcAnswer, CalcRequest, Observed};
 
 use crate::CostError;
@@ -31,7 +32,7 @@ pub struct Stats {
     pub cpus: Option<String>,
     /// The model it runs on now: `function` (the default) or `service`. Savings are against
     /// it, and another model must beat it by [`MARGIN_PCT`].
-    pub current: Option<String>,
+    pub current: Option<hangar_api::Model>,
 }
 
 /// What to compare with and what latency to keep.
@@ -50,7 +51,7 @@ pub struct Policy {
 pub struct Decision {
     pub observed: Observed,
     pub costs: CalcAnswer,
-    pub recommendation: String,
+    pub recommendation: hangar_api::Model,
     pub reasons: Vec<String>,
     /// Pico-dollars a month saved against the model it runs on now (negative: costs more).
     pub saving_pico: i128,
@@ -130,10 +131,10 @@ pub fn advise(stats: &Stats, policy: &Policy, sheets: &Sheets) -> Result<Decisio
         service_sheet: policy.service_sheet.clone(),
     };
     let costs = crate::calc(&req, sheets)?;
-    let cost_of = |model: &str| costs.estimates.iter().find(|e| e.model == model).and_then(|e| Money::parse(&e.monthly).ok()).map(Money::pico);
-    let (f, p, s, b) = (cost_of("function"), cost_of("provisioned"), cost_of("service"), cost_of("sandbox"));
-    let current = if stats.current.as_deref() == Some("service") { "service" } else { "function" };
-    let cost_now = if current == "service" { s } else { f };
+    let cost_of = |model: Model| costs.estimates.iter().find(|e| e.model == model).and_then(|e| Money::parse(&e.monthly).ok()).map(Money::pico);
+    let (f, p, s, b) = (cost_of(Model::Function), cost_of(Model::Provisioned), cost_of(Model::Service), cost_of(Model::Sandbox));
+    let current = if stats.current == Some(Model::Service) { Model::Service } else { Model::Function };
+    let cost_now = if current == Model::Service { s } else { f };
     let mut reasons = vec![
         format!(
             "traffic: {} requests in {}, mean {} req/s, busiest period {} req/s, {idle_pct}% of periods idle, variation {cv_pct}%: {pattern}",
@@ -159,20 +160,20 @@ pub fn advise(stats: &Stats, policy: &Policy, sheets: &Sheets) -> Result<Decisio
         let over = format!("requests run up to {} s at p99, over the function limit of {} s", observed.p99_duration_ms / 1000, limit / 1000);
         match (s, b) {
             (Some(s), Some(b)) if beats(b, Some(s)) => (
-                "sandbox",
+                Model::Sandbox,
                 format!(
                     "{over}; an always-on service would sit idle between them ({pattern} traffic), so a sandbox per job, resumed from standby for it and billed only while it runs, costs {} a month less than the service",
                     dollars(s - b)
                 ),
             ),
-            _ => ("service", format!("{over}: only an always-on service (or a sandbox, which would not cost less here) runs them")),
+            _ => (Model::Service, format!("{over}: only an always-on service (or a sandbox, which would not cost less here) runs them")),
         }
     } else if let Some(obj) = policy.objective_ms.filter(|o| cold_pct > 0 && observed.cold_p99_ms > *o) {
         let warm_choice = match (p, s) {
-            (Some(p), Some(s)) if s < p => ("service", s),
-            (Some(p), _) => ("provisioned", p),
-            (None, Some(s)) => ("service", s),
-            (None, None) => ("function", f.unwrap_or(u128::MAX)),
+            (Some(p), Some(s)) if s < p => (Model::Service, s),
+            (Some(p), _) => (Model::Provisioned, p),
+            (None, Some(s)) => (Model::Service, s),
+            (None, None) => (Model::Function, f.unwrap_or(u128::MAX)),
         };
         (
             warm_choice.0,
@@ -181,42 +182,42 @@ pub fn advise(stats: &Stats, policy: &Policy, sheets: &Sheets) -> Result<Decisio
                 observed.cold_p99_ms, observed.warm_p99_ms, warm_choice.0
             ),
         )
-    } else if current == "function"
+    } else if current == Model::Function
         && let Some(s) = s.filter(|s| beats(*s, f))
     {
         let saved = f.map_or(String::new(), |f| format!(" {} a month less than", dollars(f - s)));
-        ("service", format!("an always-on service costs{saved} the function at this traffic ({pattern} traffic keeps its instances busy)"))
-    } else if current == "service"
+        (Model::Service, format!("an always-on service costs{saved} the function at this traffic ({pattern} traffic keeps its instances busy)"))
+    } else if current == Model::Service
         && let Some(f) = f.filter(|f| beats(*f, s))
     {
         let saved = s.map_or(String::new(), |s| format!(" {} a month less than", dollars(s - f)));
         (
-            "function",
+            Model::Function,
             format!(
                 "{pattern} traffic with {idle_pct}% idle hours: a scale-to-zero function costs{saved} the always-on service (its first requests after idle would start cold)"
             ),
         )
-    } else if current == "service" {
-        ("service", format!("{pattern} traffic keeps the service busy enough: a function would not cost {MARGIN_PCT}% less"))
+    } else if current == Model::Service {
+        (Model::Service, format!("{pattern} traffic keeps the service busy enough: a function would not cost {MARGIN_PCT}% less"))
     } else {
         let why = match pattern {
             "steady" => "the function costs least even for this steady traffic".to_string(),
             _ => format!("{pattern} traffic with {idle_pct}% idle hours: scaling to zero costs least"),
         };
-        ("function", why)
+        (Model::Function, why)
     };
     reasons.push(why);
     let chosen = match recommendation {
-        "service" => s,
-        "provisioned" => p,
-        "sandbox" => b,
-        _ => f,
+        Model::Service => s,
+        Model::Provisioned => p,
+        Model::Sandbox => b,
+        Model::Function => f,
     };
     let saving_pico = match (cost_now, chosen) {
         (Some(now), Some(c)) => now as i128 - c as i128,
         _ => 0,
     };
-    Ok(Decision { observed, costs, recommendation: recommendation.into(), reasons, saving_pico })
+    Ok(Decision { observed, costs, recommendation, reasons, saving_pico })
 }
 
 #[cfg(test)]
@@ -235,7 +236,7 @@ mod tests {
         let s = stats(vec![360_000; 168], 120, 0);
         let d = advise(&s, &Policy { concurrency: Some(10), ..Default::default() }, &Sheets::builtin()).unwrap();
         assert_eq!(d.observed.pattern, "steady");
-        assert_eq!(d.recommendation, "service", "{:?}", d.reasons);
+        assert_eq!(d.recommendation, Model::Service, "{:?}", d.reasons);
         assert!(d.saving_pico > 0);
     }
 
@@ -247,7 +248,7 @@ mod tests {
         hourly[100] = 5_000;
         let d = advise(&stats(hourly, 120, 0), &Policy::default(), &Sheets::builtin()).unwrap();
         assert_eq!(d.observed.pattern, "spiky");
-        assert_eq!(d.recommendation, "function", "{:?}", d.reasons);
+        assert_eq!(d.recommendation, Model::Function, "{:?}", d.reasons);
         assert_eq!(d.saving_pico, 0);
     }
 
@@ -256,7 +257,7 @@ mod tests {
         // 20-minute jobs, over Lambda's 15, 3 an hour all day, and a service that runs 10 at
         // once: one instance always busy, which a sandbox per job would not beat.
         let busy = advise(&stats(vec![3; 24], 20 * 60 * 1000, 0), &Policy { concurrency: Some(10), ..Default::default() }, &Sheets::builtin()).unwrap();
-        assert_eq!(busy.recommendation, "service", "{:?}", busy.reasons);
+        assert_eq!(busy.recommendation, Model::Service, "{:?}", busy.reasons);
         assert!(busy.reasons.last().unwrap().contains("over the function limit of 900 s"));
         // Two such jobs a day: a service would sit idle; a sandbox per job costs a fraction.
         let mut hourly = vec![0; 24 * 7];
@@ -265,17 +266,17 @@ mod tests {
             hourly[day * 24 + 17] = 1;
         }
         let sparse = advise(&stats(hourly, 20 * 60 * 1000, 0), &Policy::default(), &Sheets::builtin()).unwrap();
-        assert_eq!(sparse.recommendation, "sandbox", "{:?}", sparse.reasons);
+        assert_eq!(sparse.recommendation, Model::Sandbox, "{:?}", sparse.reasons);
         assert!(sparse.reasons.last().unwrap().contains("a sandbox per job"), "{:?}", sparse.reasons);
         assert!(sparse.saving_pico < 0, "a sandbox costs more than the function would (which cannot run these jobs)");
     }
 
     #[test]
     fn services_are_weighed_against_their_own_cost() {
-        let service = |hourly: Vec<u64>| Stats { current: Some("service".into()), cpus: Some("0.5".into()), ..stats(hourly, 80, 0) };
+        let service = |hourly: Vec<u64>| Stats { current: Some(Model::Service), cpus: Some("0.5".into()), ..stats(hourly, 80, 0) };
         // A steady 50 req/s service with 80 concurrent requests per instance stays one.
         let steady = advise(&service(vec![180_000; 72]), &Policy { concurrency: Some(80), ..Default::default() }, &Sheets::builtin()).unwrap();
-        assert_eq!(steady.recommendation, "service", "{:?}", steady.reasons);
+        assert_eq!(steady.recommendation, Model::Service, "{:?}", steady.reasons);
         assert_eq!(steady.saving_pico, 0);
         // A few hundred requests a day: the function costs less, and the saving is against
         // the service.
@@ -284,10 +285,10 @@ mod tests {
             hourly[h] = 300;
         }
         let sparse = advise(&service(hourly), &Policy::default(), &Sheets::builtin()).unwrap();
-        assert_eq!(sparse.recommendation, "function", "{:?}", sparse.reasons);
+        assert_eq!(sparse.recommendation, Model::Function, "{:?}", sparse.reasons);
         assert!(sparse.saving_pico > 0, "{:?}", sparse.reasons);
-        let service_cost = Money::parse(&sparse.costs.estimates.iter().find(|e| e.model == "service").unwrap().monthly).unwrap().pico();
-        let function_cost = Money::parse(&sparse.costs.estimates.iter().find(|e| e.model == "function").unwrap().monthly).unwrap().pico();
+        let service_cost = Money::parse(&sparse.costs.estimates.iter().find(|e| e.model == Model::Service).unwrap().monthly).unwrap().pico();
+        let function_cost = Money::parse(&sparse.costs.estimates.iter().find(|e| e.model == Model::Function).unwrap().monthly).unwrap().pico();
         assert_eq!(sparse.saving_pico, service_cost as i128 - function_cost as i128);
     }
 
@@ -296,10 +297,10 @@ mod tests {
         // Light traffic, every 5th request cold at 10× the duration.
         let s = stats(vec![600; 48], 50, 5);
         let relaxed = advise(&s, &Policy::default(), &Sheets::builtin()).unwrap();
-        assert_eq!(relaxed.recommendation, "function");
+        assert_eq!(relaxed.recommendation, Model::Function);
         let strict = advise(&s, &Policy { objective_ms: Some(200), ..Default::default() }, &Sheets::builtin()).unwrap();
         assert_eq!(strict.observed.cold_start_pct, 20);
-        assert_eq!(strict.recommendation, "provisioned", "{:?}", strict.reasons);
+        assert_eq!(strict.recommendation, Model::Provisioned, "{:?}", strict.reasons);
         assert!(strict.saving_pico < 0, "warm instances cost more, for latency");
         assert!(signed(strict.saving_pico).starts_with('-'));
     }

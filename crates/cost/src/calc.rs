@@ -5,6 +5,7 @@
 //! the peak at a target utilization, and a sandbox per job (billed only while jobs run). And
 //! the break-even rate between function and service.
 
+use hangar_api::Model;
 use hangar_api::cost::{CalcAnswer, CalcRequest, CostLine, Estimate};
 
 use crate::CostError;
@@ -112,9 +113,9 @@ fn gb_seconds(mb_ms: u128) -> String {
     show_fixed(mb_ms * 9_765_625, 13)
 }
 
-fn estimate(model: &str, sheet: &Sheet, lines: Vec<CostLine>, costs: &[u128], instances: Option<u128>, notes: Vec<String>) -> Estimate {
+fn estimate(model: Model, sheet: &Sheet, lines: Vec<CostLine>, costs: &[u128], instances: Option<u128>, notes: Vec<String>) -> Estimate {
     let total: u128 = costs.iter().sum();
-    Estimate { model: model.into(), sheet: sheet.name.clone(), monthly: Money(total).to_string(), lines, instances: instances.map(|n| n as u64), notes }
+    Estimate { model, sheet: sheet.name.clone(), monthly: Money(total).to_string(), lines, instances: instances.map(|n| n as u64), notes }
 }
 
 /// A scale-to-zero function, or `None` when the sheet does not price functions.
@@ -146,7 +147,7 @@ pub fn function(sheet: &Sheet, t: &Traffic) -> Option<(Estimate, u128)> {
         notes.push(format!("a request runs longer than {} allows a function to ({max} s): this model does not fit", sheet.name));
     }
     let total = costs.iter().sum();
-    Some((estimate("function", sheet, lines, &costs, None, notes), total))
+    Some((estimate(Model::Function, sheet, lines, &costs, None, notes), total))
 }
 
 /// Provisioned instances for the peak (one request each), or `None` without such prices.
@@ -167,7 +168,7 @@ pub fn provisioned(sheet: &Sheet, t: &Traffic) -> Option<(Estimate, u128)> {
         line("requests (no free tier)", requests.to_string(), "request", Money(div_round(p.per_million_requests.pico(), 1_000_000)), req),
     ];
     let total = kept + used + req;
-    Some((estimate("provisioned", sheet, lines, &[kept, used, req], Some(n), Vec::new()), total))
+    Some((estimate(Model::Provisioned, sheet, lines, &[kept, used, req], Some(n), Vec::new()), total))
 }
 
 /// An always-on service sized for the peak, or `None` when the sheet does not price services.
@@ -192,7 +193,7 @@ pub fn service(sheet: &Sheet, t: &Traffic) -> Option<(Estimate, u128)> {
             mem,
         ),
     ];
-    Some((estimate("service", sheet, lines, &[cpu, mem], Some(n), Vec::new()), cpu + mem))
+    Some((estimate(Model::Service, sheet, lines, &[cpu, mem], Some(n), Vec::new()), cpu + mem))
 }
 
 /// Requests shorter than this would wait longer for a sandbox to resume from standby than
@@ -224,7 +225,7 @@ pub fn sandbox(sheet: &Sheet, t: &Traffic) -> Option<(Estimate, u128)> {
             "requests shorter than 1 s would wait longer for a sandbox to resume from standby than they run: this model fits jobs, not requests".to_string(),
         );
     }
-    Some((estimate("sandbox", sheet, lines, &[cpu, mem], Some(in_flight), notes), cpu + mem))
+    Some((estimate(Model::Sandbox, sheet, lines, &[cpu, mem], Some(in_flight), notes), cpu + mem))
 }
 
 /// The lowest mean rate (requests per second × 1000) at which the function costs more than
@@ -292,7 +293,7 @@ pub fn calc(req: &CalcRequest, sheets: &Sheets) -> Result<CalcAnswer, CostError>
     if all.is_empty() {
         return Err(CostError::Invalid(format!("sheet: `{}` prices neither functions nor services", fsheet.name)));
     }
-    let cheapest = all.iter().filter(|(e, _)| e.notes.is_empty()).min_by_key(|(_, c)| *c).or(all.first()).map(|(e, _)| e.model.clone()).unwrap_or_default();
+    let cheapest = all.iter().filter(|(e, _)| e.notes.is_empty()).min_by_key(|(_, c)| *c).or(all.first()).map_or(Model::Function, |(e, _)| e.model);
     let break_even_rps = if fsheet.function.is_some() { break_even(fsheet, ssheet, &t).map(|r| show_fixed(r, 3)) } else { None };
     Ok(CalcAnswer { estimates: all.into_iter().map(|(e, _)| e).collect(), break_even_rps, cheapest })
 }
@@ -380,14 +381,14 @@ mod tests {
         r.service_sheet = Some("aws-fargate".into());
         let answer = calc(&r, &Sheets::builtin()).unwrap();
         assert_eq!(answer.break_even_rps.as_deref(), Some("12.063"), "the first rate (to 0.001) above r*");
-        assert_eq!(answer.cheapest, "function");
+        assert_eq!(answer.cheapest, Model::Function);
         let at = |rps: &str| {
             let mut x = r.clone();
             x.rps = rps.into();
             calc(&x, &Sheets::builtin()).unwrap().cheapest
         };
-        assert_eq!(at("12.062"), "function");
-        assert_eq!(at("13"), "service");
+        assert_eq!(at("12.062"), Model::Function);
+        assert_eq!(at("13"), Model::Service);
         // One request at a time per instance: the service needs an instance per 5.83 rps,
         // $31.17 a month each, ≈ $5.34 per rps, more than the function's ≈ $3.15: the service
         // never gets cheaper, so there is no break-even.
@@ -420,6 +421,6 @@ mod tests {
         long.service_sheet = Some("aws-fargate".into());
         let a = calc(&long, &sheets).unwrap();
         assert!(a.estimates[0].notes[0].contains("does not fit"), "{a:?}");
-        assert_ne!(a.cheapest, "function");
+        assert_ne!(a.cheapest, Model::Function);
     }
 }

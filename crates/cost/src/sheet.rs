@@ -68,11 +68,12 @@ pub struct Sheet {
 
 impl Sheet {
     /// The models it prices.
-    pub fn models(&self) -> Vec<String> {
-        [("function", self.function.is_some()), ("provisioned", self.provisioned.is_some()), ("service", self.service.is_some())]
+    pub fn models(&self) -> Vec<hangar_api::Model> {
+        use hangar_api::Model;
+        [(Model::Function, self.function.is_some()), (Model::Provisioned, self.provisioned.is_some()), (Model::Service, self.service.is_some())]
             .into_iter()
             .filter(|(_, has)| *has)
-            .map(|(m, _)| m.to_string())
+            .map(|(m, _)| m)
             .collect()
     }
 }

@@ -247,7 +247,7 @@ pub async fn advice(State(state): State<AppState>, p: Principal, ApiQuery(q): Ap
             recent,
             memory_mb: w.memory_mb,
             cpus: w.cpus,
-            current: Some(w.kind.to_string()),
+            current: Some(w.kind.into()),
         };
         let policy = hangar_cost::advice::Policy {
             sheet: q.sheet.clone(),
