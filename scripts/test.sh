@@ -8,9 +8,9 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
 
-# The jail tests run real containers with runc (as root, like CI).
+# The container tests run real containers with runc (as root, like CI).
 if ! command -v runc >/dev/null; then
-  echo "installing runc (the jail tests run real containers)"
+  echo "installing runc (the container tests run real containers)"
   apt-get update -qq && apt-get install -y -qq runc
 fi
 

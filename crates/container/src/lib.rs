@@ -1,4 +1,9 @@
-//! Runs one untrusted process in an OCI container driven by `runc`: its own mount, pid, ipc,
+//! Containers on this machine: [`runtime`] (the OCI runtimes, `runc` and `runsc`, behind the
+//! [`ContainerRuntime`] trait), [`cgroup`] (v1 and v2), [`NetNs`] and [`netcmd`] (network
+//! namespaces, `ip`, `nft`), [`overlay`] (roots over image layers), [`subnets`] (bridge
+//! subnets shared by services and sandboxes), and [`Jail`]:
+//!
+//! One untrusted process in an OCI container driven by `runc`: its own mount, pid, ipc,
 //! uts and network namespaces, an unprivileged user, no capabilities, `no_new_privs`, a seccomp
 //! deny-list, rlimits, and cgroup limits on memory, pids and CPU share.
 //!
@@ -13,9 +18,11 @@ pub mod cgroup;
 pub mod netcmd;
 mod netns;
 pub mod overlay;
+pub mod runtime;
 pub mod subnets;
 
 pub use netns::NetNs;
+pub use runtime::{ContainerRuntime, Runc, Runsc};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -281,26 +288,11 @@ pub struct Jail {
 }
 
 fn runc_command(root: Option<&Path>) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new("runc");
-    if let Some(root) = root {
-        cmd.arg("--root").arg(root);
+    match root {
+        Some(root) => Runc::new(root).command(),
+        // runc's own default root (tests that run one jail).
+        None => tokio::process::Command::new("runc"),
     }
-    cmd
-}
-
-/// Kills and deletes every container runc knows under `root` (recovery after a crash).
-pub async fn remove_all(root: &Path) {
-    let Ok(out) = runc_command(Some(root)).args(["list", "-q"]).output().await else { return };
-    // All at once: each container's kill and delete wait on runc, not on each other.
-    let mut all = tokio::task::JoinSet::new();
-    for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
-        let (root, id) = (root.to_path_buf(), id.to_string());
-        all.spawn(async move {
-            let _ = runc_command(Some(&root)).args(["kill", "--all", &id, "KILL"]).output().await;
-            let _ = runc_command(Some(&root)).args(["delete", "--force", &id]).output().await;
-        });
-    }
-    while all.join_next().await.is_some() {}
 }
 
 impl Jail {
@@ -386,9 +378,13 @@ impl Jail {
     pub async fn destroy(self) {
         // With its state root gone (the server cleaned up first), runc has nothing to kill, and
         // calling it would only make the root again.
-        if self.runc_root.as_deref().is_none_or(Path::exists) {
-            let _ = self.runc().args(["kill", "--all", &self.id, "KILL"]).output().await;
-            let _ = self.runc().args(["delete", "--force", &self.id]).output().await;
+        match self.runc_root.as_deref() {
+            Some(root) if root.exists() => Runc::new(root).remove(&self.id).await,
+            Some(_) => {}
+            None => {
+                let _ = self.runc().args(["kill", "--all", &self.id, "KILL"]).output().await;
+                let _ = self.runc().args(["delete", "--force", &self.id]).output().await;
+            }
         }
         let _ = std::fs::remove_dir_all(&self.bundle);
     }

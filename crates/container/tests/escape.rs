@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use hangar_jail::{Jail, JailSpec, NOBODY, Network};
+use hangar_container::{Jail, JailSpec, NOBODY, Network};
 
 fn python_prefix() -> PathBuf {
     let out = Command::new("python3").args(["-c", "import sys; print(sys.prefix)"]).output().expect("python3 is needed for this test");
@@ -40,7 +40,7 @@ async fn run_python(script: &str, args: &[&str], memory_bytes: i64, pids_max: i6
     argv.extend(args.iter().map(|s| s.to_string()));
     let spec = JailSpec {
         id,
-        user: hangar_jail::JailUser::Nobody,
+        user: hangar_container::JailUser::Nobody,
         runc_root: None,
         cgroup_parent: "hangar".into(),
         argv,

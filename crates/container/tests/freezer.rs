@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hangar_jail::cgroup::{Cgroup, Limits};
+use hangar_container::cgroup::{Cgroup, Limits};
 
 /// User plus system CPU ticks of a process.
 fn cpu_ticks(pid: u32) -> u64 {
@@ -16,7 +16,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 async fn frozen_processes_get_no_cpu_and_resume_where_they_were() {
     assert!(nix::unistd::geteuid().is_root(), "this test makes cgroups: run it as root (./scripts/test.sh)");
     let name = format!("freeze-{}", std::process::id());
-    let parent = "hangar-jail-tests";
+    let parent = "hangar-container-tests";
     let cg = Cgroup::create(parent, &name, Limits { memory_bytes: 64 << 20, pids_max: 16, cpu_shares: 1024 }).unwrap();
     assert!(cg.can_freeze(), "the machine has no cgroup freezer");
     let mut child = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
@@ -38,5 +38,5 @@ async fn frozen_processes_get_no_cpu_and_resume_where_they_were() {
     cg.remove().await;
     let status = child.wait().unwrap();
     assert!(!status.success());
-    hangar_jail::cgroup::remove_tree(parent).await;
+    hangar_container::cgroup::remove_tree(parent).await;
 }

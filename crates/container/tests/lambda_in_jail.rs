@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hangar_jail::{Jail, JailSpec, NetNs, Network};
+use hangar_container::{Jail, JailSpec, NetNs, Network};
 use hangar_lambda::runtime_api::{Answer, Invocation, RuntimeApi};
 
 const APP: &str = r#"
@@ -57,7 +57,7 @@ async fn a_python_handler_in_a_jail_serves_invocations_through_the_runtime_api()
     write(&runtime.join("bootstrap.py"), hangar_lambda::PYTHON_SHIM, 0o644);
     let spec = JailSpec {
         id: id.clone(),
-        user: hangar_jail::JailUser::Nobody,
+        user: hangar_container::JailUser::Nobody,
         runc_root: None,
         cgroup_parent: "hangar".into(),
         argv: vec![prefix.join("bin/python3").display().to_string(), "/opt/hangar/bootstrap.py".into()],

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use hangar_jail::cgroup::Cgroup;
+use hangar_container::cgroup::Cgroup;
 use hangar_lambda::runtime_api::{Answer, Invocation, RuntimeApi};
 use hangar_runtime::LogBuffer;
 use tokio::net::unix::pipe;

@@ -52,7 +52,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use hangar_api::RuntimeKind;
-use hangar_jail::cgroup::Limits as CgroupLimits;
+use hangar_container::cgroup::Limits as CgroupLimits;
 use hangar_runtime::{CodeInfo, Loaded, RevisionSpec, Runtime, RuntimeError};
 use sha2::{Digest, Sha256};
 
@@ -330,11 +330,11 @@ impl Host {
     async fn clean(&self) {
         // The cgroups first: a zygote killed by runc cannot finish dying while the instances
         // of its namespaces are frozen, so they are thawed and killed before runc deletes it.
-        hangar_jail::cgroup::remove_tree(&self.cgroup_parent).await;
+        hangar_container::cgroup::remove_tree(&self.cgroup_parent).await;
         if self.runc_root.exists() {
-            hangar_jail::remove_all(&self.runc_root).await;
+            hangar_container::ContainerRuntime::remove_all(&hangar_container::Runc::new(&self.runc_root)).await;
         }
-        hangar_jail::cgroup::remove_tree(&self.cgroup_parent).await;
+        hangar_container::cgroup::remove_tree(&self.cgroup_parent).await;
         let _ = std::fs::remove_dir_all(self.run_dir.join("bundles"));
         let _ = std::fs::remove_dir_all(self.code_dir.join(SLOTS));
     }

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use hangar_jail::cgroup::{Cgroup, Limits as CgroupLimits};
-use hangar_jail::{Jail, JailSpec, JailUser, Network};
+use hangar_container::cgroup::{Cgroup, Limits as CgroupLimits};
+use hangar_container::{Jail, JailSpec, JailUser, Network};
 use hangar_lambda::runtime_api::RuntimeApi;
 use hangar_runtime::LogBuffer;
 use tokio::io::AsyncReadExt;

@@ -68,7 +68,7 @@ pub fn environment(image: &RunConfig, config: &SandboxConfig) -> Vec<(String, St
 
 /// The user every process of the sandbox runs as: the image's, resolved in its root.
 pub fn user(rootfs: &Path, image: &RunConfig) -> Result<(u32, u32), SandboxError> {
-    let (uid, gid, _) = hangar_jail::overlay::resolve_user(rootfs, &image.user).map_err(|e| SandboxError::Invalid(e.to_string()))?;
+    let (uid, gid, _) = hangar_container::overlay::resolve_user(rootfs, &image.user).map_err(|e| SandboxError::Invalid(e.to_string()))?;
     Ok((uid, gid))
 }
 
@@ -83,7 +83,7 @@ pub fn process(
     cwd: String,
     terminal: bool,
 ) -> Result<Process, SandboxError> {
-    let caps: std::collections::HashSet<Capability> = hangar_jail::overlay::CONTAINER_CAPS.iter().copied().collect();
+    let caps: std::collections::HashSet<Capability> = hangar_container::overlay::CONTAINER_CAPS.iter().copied().collect();
     let err = |e: oci_spec::OciSpecError| SandboxError::Runtime(format!("sandbox config: {e}"));
     ProcessBuilder::default()
         .terminal(terminal)

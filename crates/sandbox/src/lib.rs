@@ -21,6 +21,8 @@ pub mod tty;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+use hangar_container::ContainerRuntime as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -108,7 +110,8 @@ struct Inner {
     data: PathBuf,
     /// `/run/hangar-sb-<sid>/`: runsc state and each sandbox's bundle.
     run: PathBuf,
-    runsc: PathBuf,
+    /// gVisor, with this server's state root.
+    runsc: hangar_container::Runsc,
     busybox: PathBuf,
     cgroup_parent: String,
     network: network::Network,
@@ -137,17 +140,17 @@ impl Sandboxes {
     /// directory, and loads the sandboxes: those on standby wait to be resumed; those that were
     /// running when the server died without putting them on standby are marked failed.
     pub async fn start(data_dir: &Path, server_id: &hangar_core::ServerId, store: Arc<dyn Store>, images: Arc<ImageStore>) -> Result<Sandboxes, SandboxError> {
-        let runsc = find_program(&["/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc"])
-            .ok_or_else(|| SandboxError::Unavailable("sandboxes need gVisor's runsc (apt-get install runsc)".into()))?;
+        let runsc = hangar_container::Runsc::find().ok_or_else(|| SandboxError::Unavailable("sandboxes need gVisor's runsc (apt-get install runsc)".into()))?;
         let busybox = find_program(&["/bin/busybox", "/usr/bin/busybox"])
             .ok_or_else(|| SandboxError::Unavailable("sandboxes need a static busybox for file calls (apt-get install busybox-static)".into()))?;
         let sid = server_id.as_str();
+        let run = PathBuf::from(format!("/run/hangar-sb-{sid}"));
         let inner = Arc::new(Inner {
             store,
             images,
             data: data_dir.join("sandboxes"),
-            run: PathBuf::from(format!("/run/hangar-sb-{sid}")),
-            runsc,
+            runsc: hangar_container::Runsc::new(runsc, run.join("runsc")),
+            run,
             busybox,
             cgroup_parent: format!("hangar-sb-{sid}"),
             network: network::Network::new(sid),
@@ -307,7 +310,7 @@ impl Sandboxes {
         let rootfs = self.inner.run_dir(id).join("rootfs");
         let user = match &req.user {
             Some(u) => {
-                hangar_jail::overlay::resolve_user(&rootfs, u).map(|(uid, gid, _)| (uid, gid)).map_err(|e| SandboxError::Invalid(format!("user: {e}")))?
+                hangar_container::overlay::resolve_user(&rootfs, u).map(|(uid, gid, _)| (uid, gid)).map_err(|e| SandboxError::Invalid(format!("user: {e}")))?
             }
             None => bundle::user(&rootfs, &active.entry.image)?,
         };
@@ -469,15 +472,13 @@ impl Inner {
 
     /// Unmounts the sandbox's root and then its disk.
     fn unmount(&self, id: &str) {
-        hangar_jail::overlay::unmount_root(&self.run_dir(id).join("rootfs"));
+        hangar_container::overlay::unmount_root(&self.run_dir(id).join("rootfs"));
         disk::unmount(&self.disk_dir(id));
     }
 
     /// runsc with this server's state root, on the ptrace platform (no KVM here).
     fn runsc(&self) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(&self.runsc);
-        c.arg("--root").arg(self.run.join("runsc")).arg("--platform=ptrace").stdin(std::process::Stdio::null());
-        c
+        self.runsc.command()
     }
 
     async fn runsc_ok(&self, args: &[&str], what: &str) -> Result<(), SandboxError> {
@@ -499,7 +500,7 @@ impl Inner {
             // private mount namespace with an empty /proc/sys/net hides it from runsc alone.
             let mut c = tokio::process::Command::new("unshare");
             c.args(["--mount", "--propagation", "private", "sh", "-c", r#"mount -t tmpfs hangar-none /proc/sys/net && exec "$0" "$@""#]);
-            c.arg(&self.runsc).arg("--root").arg(self.run.join("runsc")).arg("--platform=ptrace").arg("--network=sandbox").stdin(std::process::Stdio::null());
+            c.args(self.runsc.argv()).arg("--network=sandbox").stdin(std::process::Stdio::null());
             c
         } else {
             let mut c = self.runsc();
@@ -524,21 +525,11 @@ impl Inner {
     async fn clean(&self) {
         // The cgroups first (thawed and killed all at once, so nothing paused holds up runsc),
         // then every sandbox's runsc state at once.
-        hangar_jail::cgroup::remove_tree(&self.cgroup_parent).await;
-        let root = self.run.join("runsc");
-        if root.is_dir()
-            && let Ok(out) = self.runsc().args(["list", "-q"]).output().await
-        {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
-            futures::future::join_all(ids.iter().map(|id| async move {
-                let _ = self.runsc().args(["kill", "--all", id, "KILL"]).output().await;
-                let _ = self.runsc().args(["delete", "--force", id]).output().await;
-            }))
-            .await;
-        }
+        hangar_container::cgroup::remove_tree(&self.cgroup_parent).await;
+        self.runsc.remove_all().await;
         if let Ok(dirs) = std::fs::read_dir(&self.run) {
             for d in dirs.flatten() {
-                hangar_jail::overlay::unmount_root(&d.path().join("rootfs"));
+                hangar_container::overlay::unmount_root(&d.path().join("rootfs"));
             }
         }
         if let Ok(dirs) = std::fs::read_dir(&self.data) {
@@ -547,7 +538,7 @@ impl Inner {
             }
         }
         let _ = std::fs::remove_dir_all(&self.run);
-        hangar_jail::cgroup::remove_tree(&self.cgroup_parent).await;
+        hangar_container::cgroup::remove_tree(&self.cgroup_parent).await;
         self.network.remove_all().await;
     }
 
@@ -566,7 +557,7 @@ impl Inner {
         if on_disk {
             disk::mount(&self.disk_image(&id), &self.disk_dir(&id)).await?;
         }
-        if let Err(e) = hangar_jail::overlay::mount_root(&entry.lowers, &upper, &work, &rootfs) {
+        if let Err(e) = hangar_container::overlay::mount_root(&entry.lowers, &upper, &work, &rootfs) {
             self.unmount(&id);
             return Err(SandboxError::Runtime(e.to_string()));
         }
@@ -718,7 +709,7 @@ impl Inner {
             }
             (r.id.clone(), r.config.memory_mb)
         };
-        let cg = hangar_jail::cgroup::Cgroup::open(&self.cgroup_parent, &id);
+        let cg = hangar_container::cgroup::Cgroup::open(&self.cgroup_parent, &id);
         let emptied = cg.exists() && cg.pids().is_empty();
         if !emptied {
             let state = if ask_runsc { self.runsc().args(["state", &id]).output().await.ok() } else { None };
@@ -815,7 +806,7 @@ impl Inner {
         let pid_file = self.run_dir(&id).join(format!("exec-{}.pid", uuid::Uuid::now_v7().simple()));
         // Flags end at the container id: the command's own arguments are left alone.
         let argv: Vec<String> = std::iter::once(id.clone()).chain(req.cmd.iter().cloned()).collect();
-        let (root, runsc_path, sid) = (self.run.join("runsc"), self.runsc.clone(), id.clone());
+        let (runtime, sid) = (self.runsc.clone(), id.clone());
         exec::Command {
             runsc,
             argv,
@@ -826,8 +817,8 @@ impl Inner {
                 // The command's whole process group, inside the sandbox (what it left running in
                 // the background too), then the command itself should it have left its group.
                 let script = format!("{b} kill -9 -{pid} 2>/dev/null; {b} kill -9 {pid} 2>/dev/null; true", b = bundle::BUSYBOX);
-                let mut c = tokio::process::Command::new(&runsc_path);
-                c.arg("--root").arg(&root).arg("--platform=ptrace").args(["exec", &sid, bundle::BUSYBOX, "sh", "-c", &script]);
+                let mut c = runtime.command();
+                c.args(["exec", &sid, bundle::BUSYBOX, "sh", "-c", &script]);
                 c
             }),
             stopped: Box::new(|| Box::pin(async { None })),

@@ -14,14 +14,14 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use hangar_jail::netcmd::{ip, nft};
+use hangar_container::netcmd::{ip, nft};
 
 use crate::SandboxError;
 
 /// Sandboxes with a network per claimed /24 (a /30 each).
 pub const SLOTS: u8 = 64;
 
-fn net_err(e: hangar_jail::JailError) -> SandboxError {
+fn net_err(e: hangar_container::JailError) -> SandboxError {
     SandboxError::Runtime(format!("sandbox network: {e}"))
 }
 
@@ -94,10 +94,10 @@ impl Network {
         format!("hs{}", &self.sid[..6.min(self.sid.len())])
     }
 
-    /// Claims a free /24 of 10.215.0.0/16 (`hangar_jail::subnets`).
+    /// Claims a free /24 of 10.215.0.0/16 (`hangar_container::subnets`).
     fn claim(&self) -> Result<u8, SandboxError> {
-        hangar_jail::subnets::claim([10, 215], "sandboxes", &self.sid).map_err(|e| match e {
-            hangar_jail::JailError::Network(m) if m.starts_with("no free") => SandboxError::Unavailable(m),
+        hangar_container::subnets::claim([10, 215], "sandboxes", &self.sid).map_err(|e| match e {
+            hangar_container::JailError::Network(m) if m.starts_with("no free") => SandboxError::Unavailable(m),
             e => net_err(e),
         })
     }
@@ -216,6 +216,6 @@ impl Network {
         }
         let t = self.table();
         let _ = nft(&format!("add table inet {t}\ndelete table inet {t}\n")).await;
-        hangar_jail::subnets::release("sandboxes", &self.sid);
+        hangar_container::subnets::release("sandboxes", &self.sid);
     }
 }

@@ -107,7 +107,7 @@ impl Sandboxes {
             std::fs::OpenOptions::new().read(true).write(true).custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32).open(name.to_string_lossy().as_ref())?;
 
         let mut cmd = tokio::process::Command::new("setsid");
-        cmd.arg("-c").arg(&self.inner.runsc).arg("--root").arg(self.inner.run.join("runsc")).arg("--platform=ptrace");
+        cmd.arg("-c").args(hangar_container::ContainerRuntime::argv(&self.inner.runsc));
         cmd.arg("exec").arg("--internal-pid-file").arg(&pid_file).arg("--process").arg(&process_file).arg(id);
         cmd.stdin(slave.try_clone()?).stdout(slave.try_clone()?).stderr(slave).kill_on_drop(true);
         let child = cmd.spawn().map_err(|e| SandboxError::Unavailable(format!("setsid could not run ({e}); interactive commands need util-linux")))?;

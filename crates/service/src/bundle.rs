@@ -38,8 +38,8 @@ fn bind(source: &Path, dest: &str, options: &[&str]) -> Result<Mount, ServiceErr
 
 /// `uid[:gid]` or `name[:group]` resolved in the image's `/etc/passwd` and `/etc/group`.
 pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, Vec<u32>), ServiceError> {
-    hangar_jail::overlay::resolve_user(rootfs, user).map_err(|e| match e {
-        hangar_jail::JailError::Invalid(m) => ServiceError::Invalid(m),
+    hangar_container::overlay::resolve_user(rootfs, user).map_err(|e| match e {
+        hangar_container::JailError::Invalid(m) => ServiceError::Invalid(m),
         other => ServiceError::Invalid(other.to_string()),
     })
 }
@@ -79,7 +79,7 @@ pub fn config(spec: &InstanceSpec<'_>, rootfs: &Path) -> Result<Spec, ServiceErr
     set("HOSTNAME", spec.hostname);
     let (uid, gid, additional) = resolve_user(rootfs, &spec.image.user)?;
     let cwd = if spec.image.working_dir.is_empty() { "/".to_string() } else { spec.image.working_dir.clone() };
-    let caps: std::collections::HashSet<Capability> = hangar_jail::overlay::CONTAINER_CAPS.iter().copied().collect();
+    let caps: std::collections::HashSet<Capability> = hangar_container::overlay::CONTAINER_CAPS.iter().copied().collect();
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(args)
@@ -153,13 +153,13 @@ pub fn config(spec: &InstanceSpec<'_>, rootfs: &Path) -> Result<Spec, ServiceErr
 
 /// Mounts the overlay root: `lower` top first, the instance's `upper` and `work`.
 pub fn mount_root(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), ServiceError> {
-    hangar_jail::overlay::mount_root(lower, upper, work, target).map_err(|e| match e {
-        hangar_jail::JailError::Invalid(m) => ServiceError::Invalid(m),
+    hangar_container::overlay::mount_root(lower, upper, work, target).map_err(|e| match e {
+        hangar_container::JailError::Invalid(m) => ServiceError::Invalid(m),
         other => ServiceError::Io(std::io::Error::other(other.to_string())),
     })
 }
 
-pub use hangar_jail::overlay::unmount_root;
+pub use hangar_container::overlay::unmount_root;
 
 #[cfg(test)]
 mod tests {

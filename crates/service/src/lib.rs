@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use hangar_api::services::{ServiceConfig, ServiceInstance};
+use hangar_container::ContainerRuntime;
 use hangar_image::{Image, ImageStore};
 
 pub use logs::LogRing;
@@ -66,7 +67,9 @@ pub struct Host {
     network: Network,
     cgroup_parent: String,
     seq: AtomicU64,
-    runsc: Option<PathBuf>,
+    runc: hangar_container::Runc,
+    /// gVisor, when this machine has it.
+    runsc: Option<hangar_container::Runsc>,
     /// Which namespace each instance address belongs to (for calls between services).
     addresses: RwLock<HashMap<std::net::Ipv4Addr, String>>,
     /// The `/etc/hosts` of every running instance, by namespace.
@@ -86,11 +89,7 @@ impl Host {
     async fn remove_all(&self) {
         let h = self;
         // Every container at once: each delete waits on its runtime, not on the others.
-        let mut all = Vec::new();
-        for rt in h.runtimes() {
-            all.extend(h.containers(rt).await.into_iter().map(|id| (rt, id)));
-        }
-        futures::future::join_all(all.iter().map(|(rt, id)| h.delete_container(*rt, id))).await;
+        futures::future::join_all(h.runtimes().into_iter().map(|rt| rt.remove_all())).await;
         // Mounted roots, deepest first.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let run = h.run.display().to_string();
@@ -102,7 +101,7 @@ impl Host {
         let _ = std::fs::remove_dir_all(&h.run);
         let _ = std::fs::remove_dir_all(h.data.join("instances"));
         h.network.remove_all().await;
-        hangar_jail::cgroup::remove_tree(&h.cgroup_parent).await;
+        hangar_container::cgroup::remove_tree(&h.cgroup_parent).await;
     }
 
     /// Waits until what an earlier run left is removed and the run directory exists.
@@ -139,45 +138,21 @@ impl Host {
 }
 
 impl Host {
-    fn runc_root(&self) -> PathBuf {
-        self.run.join("runc")
-    }
-
-    fn runsc_root(&self) -> PathBuf {
-        self.run.join("runsc")
-    }
-
-    /// Where a container runtime keeps this server's state.
-    fn runtime_root(&self, runtime: hangar_api::services::ContainerRuntime) -> PathBuf {
-        match runtime {
-            hangar_api::services::ContainerRuntime::Runc => self.runc_root(),
-            hangar_api::services::ContainerRuntime::Gvisor => self.runsc_root(),
+    /// The container runtime of `kind`, if this machine has it.
+    fn runtime(&self, kind: hangar_api::services::ContainerRuntime) -> Option<&dyn ContainerRuntime> {
+        match kind {
+            hangar_api::services::ContainerRuntime::Runc => Some(&self.runc),
+            hangar_api::services::ContainerRuntime::Gvisor => self.runsc.as_ref().map(|r| r as &dyn ContainerRuntime),
         }
     }
 
     /// The container runtimes this machine has.
-    fn runtimes(&self) -> Vec<hangar_api::services::ContainerRuntime> {
-        use hangar_api::services::ContainerRuntime;
-        let mut v = vec![ContainerRuntime::Runc];
-        if self.runsc.is_some() {
-            v.push(ContainerRuntime::Gvisor);
+    fn runtimes(&self) -> Vec<&dyn ContainerRuntime> {
+        let mut v: Vec<&dyn ContainerRuntime> = vec![&self.runc];
+        if let Some(r) = &self.runsc {
+            v.push(r);
         }
         v
-    }
-
-    /// The containers a runtime knows under this server's root.
-    async fn containers(&self, runtime: hangar_api::services::ContainerRuntime) -> Vec<String> {
-        // No state root, no containers (and asking would only make the root again).
-        if !self.runtime_root(runtime).exists() {
-            return Vec::new();
-        }
-        let out = slot::runtime_command(self, runtime).args(["list", "-q"]).output().await;
-        out.map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()).unwrap_or_default()
-    }
-
-    /// Kills and deletes a container.
-    async fn delete_container(&self, runtime: hangar_api::services::ContainerRuntime, id: &str) {
-        let _ = slot::runtime_command(self, runtime).args(["delete", "--force", id]).output().await;
     }
 
     /// The directory of a named volume of a namespace.
@@ -369,12 +344,14 @@ impl Services {
     /// machine). Removes whatever an earlier run of this server left: containers, mounts,
     /// namespaces, the bridge, cgroups and instance roots (volumes stay).
     pub async fn start(data: &Path, sid: &str, images: Arc<ImageStore>) -> Result<Services, ServiceError> {
-        let runsc = ["/usr/bin/runsc", "/usr/local/bin/runsc", "/usr/sbin/runsc"].iter().map(PathBuf::from).find(|p| p.exists());
+        let run = PathBuf::from(format!("/run/hangar-svc-{sid}"));
+        let runsc = hangar_container::Runsc::find().map(|program| hangar_container::Runsc::new(program, run.join("runsc")));
         let (done, prepared) = tokio::sync::watch::channel(false);
         let host = Arc::new(Host {
             sid: sid.to_string(),
             data: data.join("services"),
-            run: PathBuf::from(format!("/run/hangar-svc-{sid}")),
+            runc: hangar_container::Runc::new(run.join("runc")),
+            run,
             network: Network::new(sid),
             cgroup_parent: format!("hangar-{sid}-svc"),
             seq: AtomicU64::new(1),
@@ -423,7 +400,7 @@ impl Services {
         // not considered, and anything listed was registered as live before it was made.
         let mut containers = Vec::new();
         for rt in h.runtimes() {
-            containers.extend(h.containers(rt).await.into_iter().filter(|id| number(id).is_some()).map(|id| (rt, id)));
+            containers.extend(rt.list().await.into_iter().filter(|id| number(id).is_some()).map(|id| (rt, id)));
         }
         let dirs: Vec<String> = std::fs::read_dir(&h.run)
             .into_iter()
@@ -436,14 +413,14 @@ impl Services {
         let wanted = |id: &str| number(id).is_none_or(|n| live.contains(&n));
         for (rt, id) in containers.iter().filter(|(_, id)| !wanted(id)) {
             tracing::warn!("reconcile: removing container {id}, which no instance owns");
-            h.delete_container(*rt, id).await;
+            rt.delete(id).await;
         }
         for id in dirs.iter().filter(|id| !wanted(id)) {
             tracing::warn!("reconcile: removing the root of {id}, which no instance owns");
             bundle::unmount_root(&h.run.join(id).join("rootfs"));
             let _ = std::fs::remove_dir_all(h.run.join(id));
             let _ = std::fs::remove_dir_all(h.data.join("instances").join(id));
-            hangar_jail::cgroup::remove_tree(&format!("{}/{id}", h.cgroup_parent)).await;
+            hangar_container::cgroup::remove_tree(&format!("{}/{id}", h.cgroup_parent)).await;
         }
         let netns_prefix = format!("hgr-{}-", h.sid);
         h.network.remove_unwanted(|name| name.strip_prefix(&netns_prefix).and_then(|n| n.parse::<u64>().ok()).is_none_or(|n| live.contains(&n))).await;

@@ -44,11 +44,11 @@ pub struct Network {
 }
 
 async fn nft(script: &str) -> Result<(), ServiceError> {
-    hangar_jail::netcmd::nft(script).await.map_err(|e| ServiceError::Network(e.to_string()))
+    hangar_container::netcmd::nft(script).await.map_err(|e| ServiceError::Network(e.to_string()))
 }
 
 async fn ip(args: &[&str], batch: &str) -> Result<(), ServiceError> {
-    hangar_jail::netcmd::ip(args, batch).await.map_err(|e| ServiceError::Network(e.to_string()))
+    hangar_container::netcmd::ip(args, batch).await.map_err(|e| ServiceError::Network(e.to_string()))
 }
 
 impl Network {
@@ -75,7 +75,7 @@ impl Network {
     /// Claims a free /24 for this server: the claim file names the server, and a claim whose
     /// bridge no longer exists is stale and may be taken.
     fn claim_subnet(&self) -> Result<[u8; 3], ServiceError> {
-        let x = hangar_jail::subnets::claim([10, 213], "services", &self.sid).map_err(|e| ServiceError::Network(e.to_string()))?;
+        let x = hangar_container::subnets::claim([10, 213], "services", &self.sid).map_err(|e| ServiceError::Network(e.to_string()))?;
         Ok([10, 213, x])
     }
 
@@ -209,6 +209,6 @@ impl Network {
         }
         let t = self.table();
         let _ = nft(&format!("add table inet {t}\ndelete table inet {t}\n")).await;
-        hangar_jail::subnets::release("services", &self.sid);
+        hangar_container::subnets::release("services", &self.sid);
     }
 }

@@ -155,13 +155,13 @@ struct Running {
 
 impl Running {
     fn runtime_cmd(&self) -> tokio::process::Command {
-        runtime_command(&self.host, self.runtime)
+        self.host.runtime(self.runtime).expect("an instance runs on a runtime the machine has").command()
     }
 
     /// Whether the runtime's state root still exists (once the server has cleaned up, a
     /// runtime call would only make it again).
     fn has_root(&self) -> bool {
-        self.host.runtime_root(self.runtime).exists()
+        self.host.runtime(self.runtime).is_some_and(|r| r.root().exists())
     }
 
     async fn signal(&self, sig: &str) {
@@ -202,22 +202,6 @@ impl Running {
     }
 }
 
-/// runc or runsc with this server's state root.
-pub(crate) fn runtime_command(host: &Host, runtime: ContainerRuntime) -> tokio::process::Command {
-    match runtime {
-        ContainerRuntime::Runc => {
-            let mut c = tokio::process::Command::new("runc");
-            c.arg("--root").arg(host.runc_root());
-            c
-        }
-        ContainerRuntime::Gvisor => {
-            let mut c = tokio::process::Command::new(host.runsc.clone().unwrap_or_else(|| PathBuf::from("runsc")));
-            c.arg("--root").arg(host.runsc_root()).args(["--platform=ptrace"]);
-            c
-        }
-    }
-}
-
 fn write_etc(dir: &std::path::Path, hostname: &str, hosts: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("hosts"), hosts)?;
@@ -235,9 +219,9 @@ async fn start(
     image: &Image,
     lower: &[PathBuf],
 ) -> Result<(Running, SocketAddr), ServiceError> {
-    if config.runtime == ContainerRuntime::Gvisor && host.runsc.is_none() {
+    let Some(runtime) = host.runtime(config.runtime) else {
         return Err(ServiceError::Runtime("runtime `gvisor` needs runsc, which this machine lacks (apt-get install runsc)".into()));
-    }
+    };
     host.prepared().await;
     let n = host.seq.fetch_add(1, Ordering::Relaxed);
     let cid = format!("hs-{}-{n}", host.sid);
@@ -287,14 +271,13 @@ async fn start(
         return Err(e);
     }
     let mut cmd = match config.runtime {
-        ContainerRuntime::Runc => runtime_command(host, config.runtime),
+        ContainerRuntime::Runc => runtime.command(),
         ContainerRuntime::Gvisor => {
             // In the instance's network namespace, which gVisor then uses as its host network
             // (see bundle.rs); nsenter switches only that namespace (`ip netns exec` also
             // remounts /sys, hiding the cgroup hierarchy runsc needs).
             let mut c = tokio::process::Command::new("nsenter");
-            c.arg(format!("--net={}", att.netns_path().display())).arg("--").arg(host.runsc.clone().unwrap_or_else(|| PathBuf::from("runsc")));
-            c.arg("--root").arg(host.runsc_root()).args(["--platform=ptrace", "--network=host"]);
+            c.arg(format!("--net={}", att.netns_path().display())).arg("--").args(runtime.argv()).arg("--network=host").stdin(Stdio::null());
             c
         }
     };
@@ -361,9 +344,9 @@ impl Running {
     /// Whether the kernel killed something in the container for exceeding its memory limit.
     fn oom_killed(&self) -> bool {
         let rel = format!("{}/{}", self.host.cgroup_parent, self.cid);
-        let (file, key) = match hangar_jail::cgroup::Version::detect() {
-            hangar_jail::cgroup::Version::V1 => (PathBuf::from("/sys/fs/cgroup/memory").join(&rel).join("memory.oom_control"), "oom_kill "),
-            hangar_jail::cgroup::Version::V2 => (PathBuf::from("/sys/fs/cgroup").join(&rel).join("memory.events"), "oom_kill "),
+        let (file, key) = match hangar_container::cgroup::Version::detect() {
+            hangar_container::cgroup::Version::V1 => (PathBuf::from("/sys/fs/cgroup/memory").join(&rel).join("memory.oom_control"), "oom_kill "),
+            hangar_container::cgroup::Version::V2 => (PathBuf::from("/sys/fs/cgroup").join(&rel).join("memory.events"), "oom_kill "),
         };
         std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok()).any(|n| n > 0)
     }
