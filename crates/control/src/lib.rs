@@ -265,6 +265,29 @@ impl Control {
         }
     }
 
+    /// A first start: makes the `default` namespace, and an admin key when there is none, whose
+    /// secret `save` keeps (before the key is stored: a key nobody could know is never made).
+    /// Returns the new secret. Later starts change nothing.
+    pub async fn bootstrap(&self, save: impl FnOnce(&str) -> Result<(), String>) -> Result<Option<String>, ControlError> {
+        if self.store.get_namespace(hangar_api::DEFAULT_NAMESPACE).await?.is_none() {
+            self.store.create_namespace(hangar_api::DEFAULT_NAMESPACE, now_ms()).await?;
+        }
+        if self.store.list_keys().await?.iter().any(|k| k.namespace.is_none()) {
+            return Ok(None);
+        }
+        let secret = new_secret();
+        save(&secret).map_err(|why| ControlError::Unavailable { code: "bootstrap_failed", message: format!("saving the first admin key: {why}") })?;
+        let row = KeyRow {
+            id: "key_admin".into(),
+            hash: hash_secret(&secret),
+            namespace: None,
+            name: Some("admin (created at first start)".into()),
+            created_ms: now_ms(),
+        };
+        self.store.insert_key(&row).await?;
+        Ok(Some(secret))
+    }
+
     /// See [`Action::Restore`]: every subscriber of the bus reads the whole store (keys,
     /// namespaces' limits, routes, triggers; services start in the background). Returns how
     /// many functions are routed.

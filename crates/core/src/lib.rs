@@ -1,8 +1,13 @@
 //! What every part of Hangar shares and none owns. [`ServerId`]: the one name under which a
 //! server owns things on the machine (run directories, cgroups, namespaces, bridges, nftables
 //! tables), derived once from its data dir; [`now_ms`], the wall clock as stored; [`Clock`],
-//! time as code that decides on it sees it (faked in tests with [`ManualClock`]).
+//! time as code that decides on it sees it (faked in tests with [`ManualClock`]); [`DataDir`],
+//! the directory one server holds.
 #![forbid(unsafe_code)]
+
+pub mod data_dir;
+
+pub use data_dir::{DataDir, DataDirError};
 
 use std::fmt;
 use std::path::Path;

@@ -163,9 +163,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The router instances reach on the bridge: services of their namespace, by name.
-pub fn internal_router(state: AppState) -> Router {
-    Router::new().fallback(services::internal).layer(DefaultBodyLimit::disable()).with_state(state)
+/// Serves the calls instances make on the bridge (services of their namespace, by name) at
+/// the bridge's address once `bridge` says it exists.
+pub async fn serve_internal(state: AppState, mut bridge: tokio::sync::watch::Receiver<Option<std::net::Ipv4Addr>>) {
+    let Ok(gw) = bridge.wait_for(Option::is_some).await.map(|g| g.unwrap_or(std::net::Ipv4Addr::LOCALHOST)) else { return };
+    let addr = std::net::SocketAddr::from((gw, hangar_service::INTERNAL_PORT));
+    let router = Router::new().fallback(services::internal).layer(DefaultBodyLimit::disable()).with_state(state);
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            let _ = axum::serve(l, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
+        }
+        Err(e) => tracing::error!("serving calls between services on {addr}: {e}"),
+    }
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

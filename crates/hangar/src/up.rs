@@ -1,18 +1,18 @@
 //! `hangar up`: builds every part of the platform on embedded defaults and serves until signalled.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hangar_api::{RuntimeKind, now_ms};
+use hangar_api::RuntimeKind;
 use hangar_gateway::{AppState, KeyCache, Limits, Shared};
 use hangar_meter::{Meter, Metrics};
 use hangar_runtime_wasm::{PoolSize, WasmCounters, WasmRuntime};
 use hangar_scheduler::Scheduler;
-use hangar_store::{KeyRow, Store};
+use hangar_store::Store;
 use hangar_store_sqlite::SqliteStore;
 
 /// Settings of `hangar up`.
@@ -52,31 +52,13 @@ pub struct UpOptions {
 }
 
 pub async fn run(opts: UpOptions) -> Result<()> {
-    create_private_dir(&opts.data_dir)?;
-    // One server per data dir: a second one would clean up (kill) the first one's containers.
-    let _lock = lock_data_dir(&opts.data_dir)?;
-    // The one name everything this server makes on the machine carries.
-    let server_id = hangar_core::ServerId::of_data_dir(&opts.data_dir).context("resolving the data dir")?;
+    // One server per data dir (a second one would clean up, i.e. kill, the first one's
+    // containers); its id is the name everything this server makes on the machine carries.
+    let data = hangar_core::DataDir::open(&opts.data_dir)?;
+    let server_id = data.server_id().clone();
     let db = opts.data_dir.join("hangar.db");
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&db).with_context(|| format!("opening the database {}", db.display()))?.with_metering(opts.metering));
-    if store.get_namespace(hangar_api::DEFAULT_NAMESPACE).await?.is_none() {
-        store.create_namespace(hangar_api::DEFAULT_NAMESPACE, now_ms()).await?;
-    }
-    let admin_key_path = opts.data_dir.join("admin.key");
-    if !store.list_keys().await?.iter().any(|k| k.namespace.is_none()) {
-        let secret = hangar_gateway::new_secret();
-        let row = KeyRow {
-            id: "key_admin".into(),
-            hash: hangar_gateway::hash_secret(&secret),
-            namespace: None,
-            name: Some("admin (created at first start)".into()),
-            created_ms: now_ms(),
-        };
-        write_private_file(&admin_key_path, &secret)?;
-        store.insert_key(&row).await?;
-        println!("Admin API key (shown once; saved to {}):\n  {secret}", admin_key_path.display());
-    }
 
     let mut metrics = Metrics::new();
     let counters = WasmCounters::default();
@@ -105,19 +87,16 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     };
     match hangar_runtime_process::Host::start(process).await {
         Ok(host) => runtimes.extend(host.runtimes()),
-        Err(e) => {
-            tracing::warn!("process functions (python3, nodejs, provided) are not available: {e}");
-            eprintln!("warning: process functions (python3, nodejs, provided) are not available: {e}");
-        }
+        Err(e) => _ = unavailable("process functions (python3, nodejs, provided)", e),
     }
     let scheduler = Arc::new(Scheduler::new(runtimes, meter.clone(), opts.max_log_bytes, opts.namespace_concurrency));
-    let (services, services_unavailable) = match start_services(&opts.data_dir, &server_id, images.clone()).await {
+    let services = match hangar_service::Services::check_machine() {
+        Ok(()) => hangar_service::Services::start(&opts.data_dir, server_id.as_str(), images.clone()).await,
+        Err(e) => Err(e),
+    };
+    let (services, services_unavailable) = match services {
         Ok(s) => (Some(Arc::new(s)), None),
-        Err(e) => {
-            tracing::warn!("services are not available: {e:#}");
-            eprintln!("warning: services are not available: {e:#}");
-            (None, Some(format!("{e:#}")))
-        }
+        Err(e) => (None, Some(unavailable("services", e))),
     };
     let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency, opts.async_queue)
         .await
@@ -128,11 +107,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     }
     let (sandboxes, sandboxes_unavailable) = match hangar_sandbox::Sandboxes::start(&opts.data_dir, &server_id, store.clone(), images.clone()).await {
         Ok(s) => (Some(s), None),
-        Err(e) => {
-            tracing::warn!("sandboxes are not available: {e}");
-            eprintln!("warning: sandboxes are not available: {e}");
-            (None, Some(e.to_string()))
-        }
+        Err(e) => (None, Some(unavailable("sandboxes", e))),
     };
     let (users, sandbox_users) = (services.clone(), sandboxes.clone());
     let image_users: hangar_gateway::ImageUsers = Arc::new(move |ns: &str, id: &str| {
@@ -175,6 +150,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         triggers: triggers.clone(),
         prices_dir: opts.data_dir.join("prices"),
     });
+    // A first start makes the default namespace and an admin key.
+    if let Some(secret) = control.bootstrap(|secret| data.write_private("admin.key", secret).map(drop).map_err(|e| e.to_string())).await? {
+        println!("Admin API key (shown once; saved to {}):\n  {secret}", data.path().join("admin.key").display());
+    }
     // Every table follows the store from here on; services come back in the background (the
     // API answers meanwhile).
     let restored = control.restore().await.context("restoring the deployed workloads")?;
@@ -232,7 +211,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     tracing::info!(%url, "ready");
 
     if let Some(manifest) = opts.apply.clone() {
-        let key = std::fs::read_to_string(&admin_key_path).ok().map(|s| s.trim().to_string());
+        let key = std::fs::read_to_string(data.path().join("admin.key")).ok().map(|s| s.trim().to_string());
         let url = url.clone();
         tokio::spawn(async move {
             if let Err(e) = hangar_cli::apply(url, key, &manifest).await {
@@ -243,18 +222,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
 
     // Calls between services: served on the bridge's address once the bridge exists.
     if let Some(svcs) = &services {
-        let mut ready = svcs.bridge_ready();
-        let internal = hangar_gateway::internal_router(state.clone());
-        tokio::spawn(async move {
-            let Ok(gw) = ready.wait_for(Option::is_some).await.map(|g| g.unwrap_or(std::net::Ipv4Addr::LOCALHOST)) else { return };
-            let addr = std::net::SocketAddr::from((gw, hangar_service::INTERNAL_PORT));
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => {
-                    let _ = axum::serve(l, internal.into_make_service_with_connect_info::<std::net::SocketAddr>()).await;
-                }
-                Err(e) => tracing::error!("serving calls between services on {addr}: {e}"),
-            }
-        });
+        tokio::spawn(hangar_gateway::serve_internal(state.clone(), svcs.bridge_ready()));
     }
     let app = hangar_gateway::router(state);
     // Small response pieces (head, chunks, end) must not wait for Nagle's algorithm.
@@ -300,48 +268,12 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     Ok(())
 }
 
-/// Holds an exclusive lock on `<data>/hangar.lock` for as long as the server runs.
-fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
-    use std::io::{Read as _, Seek as _, Write as _};
-    let path = dir.join("hangar.lock");
-    let file =
-        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).with_context(|| format!("opening {}", path.display()))?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0)?;
-            lock.rewind()?;
-            write!(lock, "{}", std::process::id())?;
-            Ok(lock)
-        }
-        Err((mut file, _)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            anyhow::bail!(
-                "another Hangar (pid {}) is running with the data dir {}; stop it first, or give this one another --data-dir",
-                pid.trim(),
-                dir.display()
-            )
-        }
-    }
-}
-
-/// The services runtime, if this machine can run containers (root, runc, iproute2).
-async fn start_services(
-    data_dir: &std::path::Path,
-    sid: &hangar_core::ServerId,
-    images: Arc<hangar_image::ImageStore>,
-) -> anyhow::Result<hangar_service::Services> {
-    if !nix::unistd::Uid::effective().is_root() {
-        anyhow::bail!("they need root (containers, mounts and network namespaces); run `hangar up` as root");
-    }
-    for (tool, package) in [("runc", "runc"), ("ip", "iproute2"), ("nft", "nftables")] {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let found = std::env::split_paths(&path).any(|d| d.join(tool).is_file());
-        if !found {
-            anyhow::bail!("`{tool}` is not installed (apt-get install {package})");
-        }
-    }
-    Ok(hangar_service::Services::start(data_dir, sid.as_str(), images).await?)
+/// Says that a part of the platform is not available on this machine, and why; the server
+/// runs without it.
+fn unavailable(what: &str, why: impl std::fmt::Display) -> String {
+    tracing::warn!("{what} are not available: {why}");
+    eprintln!("warning: {what} are not available: {why}");
+    why.to_string()
 }
 
 async fn shutdown_signal() {
@@ -359,19 +291,4 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down: draining in-flight requests");
-}
-
-fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating the data dir {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("restricting the data dir {} to its owner", dir.display()))
-}
-
-fn write_private_file(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
-    writeln!(f, "{contents}")?;
-    Ok(())
 }

@@ -340,6 +340,21 @@ pub fn service_port(config: &ServiceConfig, image: &Image) -> u16 {
 }
 
 impl Services {
+    /// Whether this machine can run services: root (containers, mounts and network
+    /// namespaces), `runc`, `ip` and `nft`; the error says what is missing and how to get it.
+    pub fn check_machine() -> Result<(), ServiceError> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(ServiceError::Runtime("services need root (containers, mounts and network namespaces); run `hangar up` as root".into()));
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        for (tool, package) in [("runc", "runc"), ("ip", "iproute2"), ("nft", "nftables")] {
+            if !std::env::split_paths(&path).any(|d| d.join(tool).is_file()) {
+                return Err(ServiceError::Runtime(format!("`{tool}` is not installed (apt-get install {package})")));
+            }
+        }
+        Ok(())
+    }
+
     /// Services of the server whose data dir is `data` (`sid` names what it owns on the
     /// machine). Removes whatever an earlier run of this server left: containers, mounts,
     /// namespaces, the bridge, cgroups and instance roots (volumes stay).
