@@ -121,3 +121,59 @@ async fn namespaces_keys_and_triggers() {
     assert!(matches!(control.run(put(missing)).await, Err(ControlError::Refused { code: "unknown_target", .. })));
     control.run(Action::RemoveTrigger { namespace: "default".into(), name: "tick".into() }).await.unwrap();
 }
+
+/// The trigger table follows the store through the bus: a trigger put or removed through an
+/// action is in the table or gone when the action returns, and a restore reads them all.
+#[tokio::test]
+async fn the_trigger_table_follows_the_store_through_the_bus() {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let (meter, _writer) = hangar_meter::Meter::start(store.clone(), hangar_meter::Metrics::new());
+    let scheduler = Arc::new(hangar_scheduler::Scheduler::new(Vec::new(), meter, 1024, 100));
+    let queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), 1, hangar_events::QueueLimits::default()).await.unwrap();
+    let triggers = hangar_events::Triggers::open(store.clone(), queue).await.unwrap();
+    let bus = LocalBus::new();
+    bus.subscribe(Arc::new(hangar_scheduler::informer::RouteInformer { store: store.clone(), scheduler: scheduler.clone() }));
+    bus.subscribe(Arc::new(triggers.clone()));
+    let control = Control::new(store.clone(), bus, scheduler.clone());
+    // A first start: the default namespace and an admin key, its secret saved first.
+    let mut saved = None;
+    let secret = control
+        .bootstrap(|s| {
+            saved = Some(s.to_string());
+            Ok(())
+        })
+        .await
+        .unwrap()
+        .expect("a first admin key");
+    assert_eq!(saved.as_deref(), Some(secret.as_str()));
+    assert_eq!(store.list_keys().await.unwrap()[0].hash, crate::hash_secret(&secret));
+    assert!(control.bootstrap(|_| panic!("no second key")).await.unwrap().is_none(), "later starts change nothing");
+
+    let step = FunctionRow {
+        namespace: "default".into(),
+        name: "step".into(),
+        revision: 1,
+        config: FunctionConfig::new(RuntimeKind::Wasm),
+        code_digest: "sha256:00".into(),
+        code_size: 1,
+        created_ms: 1,
+        updated_ms: 1,
+    };
+    store.put_function(&step, 0).await.unwrap();
+    let topic = |name: &str| -> hangar_api::events::TriggerConfig { serde_json::from_value(serde_json::json!({"topic": name, "function": "step"})).unwrap() };
+    control.put_trigger("default", "on-orders", topic("orders")).await.unwrap();
+    assert!(triggers.has_topic("default", "orders"));
+    control.remove_trigger("default", "on-orders").await.unwrap();
+    assert!(!triggers.has_topic("default", "orders"));
+
+    // Written behind the bus's back (another server, a restart): a restore reads it, routes
+    // included.
+    let row = hangar_store::TriggerRow { namespace: "default".into(), name: "t".into(), config: topic("audit"), created_ms: 1, last_fired_ms: None };
+    store.put_trigger(&row).await.unwrap();
+    let seq = FunctionRow { name: "seq".into(), config: sequence(128), code_digest: String::new(), ..step };
+    store.put_function(&seq, 0).await.unwrap();
+    assert!(!triggers.has_topic("default", "audit") && scheduler.route("default", "seq").is_none());
+    assert_eq!(control.restore().await.unwrap(), 2);
+    assert!(triggers.has_topic("default", "audit"));
+    assert_eq!(scheduler.route("default", "seq").map(|s| s.deployment().revision), Some(1));
+}

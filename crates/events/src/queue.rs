@@ -91,7 +91,7 @@ pub enum SinkError {
     Failed(String),
 }
 
-/// Hands events to services: POST `path` on a ready instance (the gateway's proxy).
+/// Hands events to services: POST `path` on a ready instance (`hangar_service::proxy::EventSink`).
 #[async_trait::async_trait]
 pub trait ServiceSink: Send + Sync + 'static {
     async fn deliver(

@@ -172,4 +172,21 @@ mod tests {
         cache.remove_id("k1");
         assert!(cache.lookup(&secret).is_none());
     }
+
+    #[tokio::test]
+    async fn the_key_table_follows_the_store_through_the_bus() {
+        use hangar_bus::Bus as _;
+        let store: Arc<dyn hangar_store::Store> = Arc::new(hangar_store_sqlite::SqliteStore::in_memory().unwrap());
+        let keys = KeyCache::default();
+        let bus = hangar_bus::LocalBus::new();
+        bus.subscribe(Arc::new(KeyInformer { store: store.clone(), keys: keys.clone() }));
+        let secret = new_secret();
+        store.insert_key(&KeyRow { id: "k1".into(), hash: hash_secret(&secret), namespace: None, name: None, created_ms: 0 }).await.unwrap();
+        assert!(keys.lookup(&secret).is_none(), "not before the change is published");
+        bus.publish(hangar_bus::Change::Keys).await;
+        assert_eq!(keys.lookup(&secret).unwrap().key_id, "k1");
+        store.delete_key("k1").await.unwrap();
+        bus.publish(hangar_bus::Change::Everything).await;
+        assert!(keys.lookup(&secret).is_none());
+    }
 }
