@@ -21,6 +21,7 @@ use hangar_api::{Outcome, RuntimeKind, StartKind, Trigger, billed_ms, now_ms};
 use hangar_lambda::mapping;
 use hangar_lambda::runtime_api::{Answer, Invocation};
 use hangar_runtime::{Body, Finished, InvokeInfo, LogBuffer, OnFinish, RevisionSpec, error_response, full};
+use hangar_scheduler::capacity::{self, Capacity};
 use hangar_scheduler::reaping::{self, Idle};
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -47,8 +48,8 @@ struct Inner {
     /// proactive initialization); python3's is a fork of the zygote that already imported.
     spare: Mutex<Option<Instance>>,
     refilling: std::sync::atomic::AtomicBool,
-    /// Instances that exist: idle, busy, starting or spare.
-    live: Arc<AtomicU32>,
+    /// Instances that exist (idle, busy, starting or spare), under the scheduler's cap.
+    capacity: Capacity,
     /// Provisioned instances that exist.
     provisioned: Arc<AtomicU32>,
     /// How many there should be: the revision's, until changed (adaptive mode).
@@ -73,6 +74,7 @@ impl Function {
     pub(crate) fn new(host: Arc<Host>, kind: RuntimeKind, spec: RevisionSpec) -> Function {
         let pod_id = format!("{}-{}", host.next_id(), spec.name);
         let target = spec.provisioned;
+        let capacity = Capacity::new(spec.max_instances);
         let inner = Arc::new(Inner {
             host,
             kind,
@@ -82,7 +84,7 @@ impl Function {
             idle: Mutex::new(Vec::new()),
             spare: Mutex::new(None),
             refilling: std::sync::atomic::AtomicBool::new(false),
-            live: Arc::new(AtomicU32::new(0)),
+            capacity,
             provisioned: Arc::new(AtomicU32::new(0)),
             provisioned_target: AtomicU32::new(target),
             provisioning: Default::default(),
@@ -132,7 +134,7 @@ async fn reap(inner: Weak<Inner>) {
                 idle.iter().map(|i| Idle { idle_for: i.last_used.elapsed(), provisioned: i.is_provisioned(), paused: i.is_paused() }).collect();
             let d = reaping::decide(&reaping::Snapshot {
                 idle: &seen,
-                live: inner.live.load(Ordering::Acquire),
+                live: inner.capacity.live(),
                 min_instances: inner.spec.min_instances,
                 provisioned: inner.provisioned.load(Ordering::Acquire),
                 provisioned_target: inner.provisioned_target.load(Ordering::Acquire),
@@ -301,24 +303,20 @@ impl Inner {
         }
         loop {
             let provisioned = self.provisioned.load(Ordering::Acquire) < self.provisioned_target.load(Ordering::Acquire);
-            if !provisioned && self.live.load(Ordering::Acquire) >= self.spec.min_instances {
+            if !provisioned && self.capacity.live() >= self.spec.min_instances {
                 break;
             }
-            if self.live.fetch_add(1, Ordering::AcqRel) >= self.spec.max_instances {
-                self.live.fetch_sub(1, Ordering::AcqRel);
-                break;
-            }
+            let Some(room) = self.capacity.reserve() else { break };
             let mut i = match self.prepare().await {
                 Ok(i) => i,
                 Err(o) => {
-                    self.live.fetch_sub(1, Ordering::AcqRel);
                     if !self.host.stopping() {
                         tracing::warn!(function = %self.spec.name, "making a provisioned instance failed: {}", o.error.unwrap_or_default());
                     }
                     break;
                 }
             };
-            i.count_in(self.live.clone());
+            i.count_in(room);
             if let Err(e) = i.start().await {
                 tracing::warn!(function = %self.spec.name, "starting a provisioned instance failed: {e}");
                 break;
@@ -352,23 +350,17 @@ impl Inner {
         }
         let inner = self.clone();
         tokio::spawn(async move {
-            if inner.live.fetch_add(1, Ordering::AcqRel) < inner.spec.max_instances {
-                match inner.prepare().await {
-                    Ok(mut i) => {
-                        i.count_in(inner.live.clone());
-                        // An exec'd runtime (node, a bootstrap) starts in milliseconds to tens of
-                        // them, and its init code runs once per instance anyway: run it now.
-                        let ready = inner.kind == RuntimeKind::Python3 || i.start().await.is_ok();
-                        if ready {
-                            *lock(&inner.spare) = Some(i);
-                        }
-                    }
-                    Err(_) => {
-                        inner.live.fetch_sub(1, Ordering::AcqRel);
-                    }
+            // Without room, or when the instance cannot be made, its room is given back.
+            if let Some(room) = inner.capacity.reserve()
+                && let Ok(mut i) = inner.prepare().await
+            {
+                i.count_in(room);
+                // An exec'd runtime (node, a bootstrap) starts in milliseconds to tens of them,
+                // and its init code runs once per instance anyway: run it now.
+                let ready = inner.kind == RuntimeKind::Python3 || i.start().await.is_ok();
+                if ready {
+                    *lock(&inner.spare) = Some(i);
                 }
-            } else {
-                inner.live.fetch_sub(1, Ordering::AcqRel);
             }
             inner.refilling.store(false, Ordering::Release);
         });
@@ -432,7 +424,7 @@ impl Inner {
             if let Some(found) = self.try_acquire().await {
                 return found;
             }
-            let max = self.spec.max_instances;
+            let max = self.capacity.max();
             let waited = tokio::select! {
                 _ = &mut freed => true,
                 // Instances that end (rather than return) free room too.
@@ -450,10 +442,17 @@ impl Inner {
         }
     }
 
-    /// An idle instance, the spare, or a new one; `None` when `max_instances` are busy.
+    /// An idle instance, the spare, or a new one ([`capacity::pick`]); `None` when the cap
+    /// leaves no room.
     async fn try_acquire(self: &Arc<Self>) -> Option<Result<(Instance, StartKind), Reply>> {
         loop {
-            let Some(mut i) = lock(&self.idle).pop() else { break };
+            let idle = lock(&self.idle).pop();
+            let spare = idle.is_none().then(|| lock(&self.spare).take().filter(Instance::zygote_alive)).flatten();
+            match capacity::pick(capacity::Free { idle: idle.is_some(), spare: spare.is_some() }) {
+                capacity::Pick::Idle => {}
+                capacity::Pick::Spare | capacity::Pick::New => return self.start_instance(spare).await,
+            }
+            let Some(mut i) = idle else { unreachable!("picked an idle instance") };
             if !i.zygote_alive() {
                 // It died with its zygote: drop it and look further.
                 continue;
@@ -469,25 +468,22 @@ impl Inner {
             };
             return Some(Ok((i, start)));
         }
-        let spare = lock(&self.spare).take().filter(Instance::zygote_alive);
+    }
+
+    /// Starts the spare, or a new instance if the cap leaves room.
+    async fn start_instance(self: &Arc<Self>, spare: Option<Instance>) -> Option<Result<(Instance, StartKind), Reply>> {
         let mut start = StartKind::Prewarmed;
         let mut instance = match spare {
             Some(i) => i,
             None => {
                 start = StartKind::Cold;
-                if self.live.fetch_add(1, Ordering::AcqRel) >= self.spec.max_instances {
-                    self.live.fetch_sub(1, Ordering::AcqRel);
-                    return None;
-                }
+                let room = self.capacity.reserve()?;
                 match self.prepare().await {
                     Ok(mut i) => {
-                        i.count_in(self.live.clone());
+                        i.count_in(room);
                         i
                     }
-                    Err(o) => {
-                        self.live.fetch_sub(1, Ordering::AcqRel);
-                        return Some(Err(o));
-                    }
+                    Err(o) => return Some(Err(o)),
                 }
             }
         };

@@ -43,8 +43,8 @@ pub struct Instance {
     started: bool,
     egress: Option<tokio::task::JoinHandle<()>>,
     zygote: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
-    /// The function's count of live instances, decremented when this one ends.
-    live: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
+    /// Its place under the function's cap, given back when it ends.
+    room: Option<hangar_scheduler::capacity::Room>,
     /// The function's count of provisioned instances, when this is one.
     provisioned: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
     /// Frozen by the cgroup freezer while idle.
@@ -66,7 +66,7 @@ impl Instance {
             started: false,
             egress: None,
             zygote: None,
-            live: None,
+            room: None,
             provisioned: None,
             paused: false,
         })
@@ -101,9 +101,9 @@ impl Instance {
         Ok(())
     }
 
-    /// Counts this instance in `live` until it ends.
-    pub(crate) fn count_in(&mut self, live: std::sync::Arc<std::sync::atomic::AtomicU32>) {
-        self.live = Some(live);
+    /// Holds `room` under the function's cap until it ends.
+    pub(crate) fn count_in(&mut self, room: hangar_scheduler::capacity::Room) {
+        self.room = Some(room);
     }
 
     /// Makes this one of the function's provisioned instances (counted in `count`).
@@ -232,9 +232,7 @@ impl Drop for Instance {
         if let Some(proxy) = self.egress.take() {
             proxy.abort();
         }
-        if let Some(live) = self.live.take() {
-            live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        }
+        drop(self.room.take());
         if let Some(p) = self.provisioned.take() {
             p.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }

@@ -3,9 +3,9 @@
 //! A [`Runtime`] turns uploaded code into a durable, validated artifact at deploy time
 //! ([`Runtime::prepare`]), makes a revision resident on demand ([`Runtime::load`]), and the
 //! resulting [`Loaded`] revision serves invocations. Runtimes know how an instance is isolated;
-//! the scheduler decides which revision serves, admits each invocation, and decides which idle
-//! process instances pause or stop (`hangar_scheduler::reaping`); the process runtime still caps
-//! its instances at `max_instances` itself.
+//! the scheduler decides which revision serves, admits each invocation, decides which idle
+//! process instances pause or stop (`hangar_scheduler::reaping`) and how many may live
+//! (`hangar_scheduler::capacity`); the process runtime applies those decisions.
 //!
 //! Design decisions:
 //!

@@ -5,6 +5,7 @@
 //! the runtime's business) and the hot path here is a read lock on a map plus atomics: no
 //! database, no lock held across an await.
 
+pub mod capacity;
 pub mod informer;
 pub mod reaping;
 
