@@ -15,8 +15,7 @@
 
 pub mod lease;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 pub use lease::{Leases, LocalLeases};
 
@@ -61,9 +60,11 @@ pub trait Bus: Send + Sync + 'static {
 #[derive(Default)]
 pub struct LocalBus {
     subscribers: RwLock<Vec<Arc<dyn Subscriber>>>,
-    /// A turn per thing changed, so two applies of one thing never interleave (an entry lives
-    /// while somebody holds or waits for it).
-    applying: Mutex<HashMap<Change, Arc<tokio::sync::Mutex<()>>>>,
+    /// A turn per thing changed, so two applies of one thing never interleave.
+    applying: hangar_core::Turns<Change>,
+    /// [`Change::Everything`] is applied alone: a subscriber reading the whole store must not
+    /// interleave with the change of one thing (it could put back what that change removed).
+    whole: tokio::sync::RwLock<()>,
 }
 
 impl LocalBus {
@@ -75,19 +76,19 @@ impl LocalBus {
 #[async_trait]
 impl Bus for LocalBus {
     async fn publish(&self, change: Change) {
-        let turn = self.applying.lock().unwrap_or_else(|p| p.into_inner()).entry(change.clone()).or_default().clone();
-        {
-            let _one_at_a_time = turn.lock().await;
-            let subscribers = self.subscribers.read().unwrap_or_else(|p| p.into_inner()).clone();
-            for s in subscribers {
-                s.apply(&change).await;
-            }
+        let (_alone, _shared);
+        match change {
+            Change::Everything => _alone = self.whole.write().await,
+            _ => _shared = self.whole.read().await,
         }
-        let mut applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
-        // Ours and the map's: nobody else holds or waits for this turn.
-        if Arc::strong_count(&turn) == 2 {
-            applying.remove(&change);
-        }
+        let subscribers = self.subscribers.read().unwrap_or_else(|p| p.into_inner()).clone();
+        self.applying
+            .run(change.clone(), async {
+                for s in subscribers {
+                    s.apply(&change).await;
+                }
+            })
+            .await;
     }
 
     fn subscribe(&self, subscriber: Arc<dyn Subscriber>) {
@@ -182,7 +183,7 @@ mod tests {
         assert_eq!(*slow.applied.lock().unwrap(), [Change::Keys]);
         // The service's two changes take turns (both hold its turn, with the map): one release
         // lets exactly one finish.
-        while bus.applying.lock().unwrap().get(&svc()).is_none_or(|t| Arc::strong_count(t) < 3) {
+        while bus.applying.waiting(&svc()) < 2 {
             tokio::task::yield_now().await;
         }
         slow.release.notify_one();
@@ -195,6 +196,6 @@ mod tests {
         first.await.unwrap();
         second.await.unwrap();
         assert_eq!(slow.applied.lock().unwrap().len(), 3);
-        assert!(bus.applying.lock().unwrap().is_empty(), "turns are forgotten once nobody holds them");
+        assert_eq!(bus.applying.busy(), 0, "turns are forgotten once nobody holds them");
     }
 }

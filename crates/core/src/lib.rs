@@ -2,12 +2,14 @@
 //! server owns things on the machine (run directories, cgroups, namespaces, bridges, nftables
 //! tables), derived once from its data dir; [`now_ms`], the wall clock as stored; [`Clock`],
 //! time as code that decides on it sees it (faked in tests with [`ManualClock`]); [`DataDir`],
-//! the directory one server holds.
+//! the directory one server holds; [`Turns`], one work at a time per thing.
 #![forbid(unsafe_code)]
 
 pub mod data_dir;
+pub mod turns;
 
 pub use data_dir::{DataDir, DataDirError};
+pub use turns::Turns;
 
 use std::fmt;
 use std::path::Path;

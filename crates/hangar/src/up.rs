@@ -122,7 +122,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         bus.subscribe(Arc::new(hangar_gateway::auth::KeyInformer { store: store.clone(), keys: keys.clone() }));
         bus.subscribe(Arc::new(triggers.clone()));
         if let Some(s) = &services {
-            bus.subscribe(Arc::new(hangar_service::informer::ServiceInformer { store: store.clone(), services: s.clone(), images: images.clone() }));
+            bus.subscribe(Arc::new(hangar_service::informer::ServiceInformer::new(store.clone(), s.clone(), images.clone())));
         }
     }
     // The use-cases that change desired state: the store first, then the bus.

@@ -20,14 +20,25 @@ use crate::Services;
 /// See the module docs. Cheap to clone.
 #[derive(Clone)]
 pub struct ServiceInformer {
-    pub store: Arc<dyn Store>,
-    pub services: Arc<Services>,
-    pub images: Arc<ImageStore>,
+    store: Arc<dyn Store>,
+    services: Arc<Services>,
+    images: Arc<ImageStore>,
+    /// One converge of a service at a time, whoever asks (a change, or the start's catching
+    /// up): each reads the store once it has its turn, so the last one runs what was stored last.
+    turns: Arc<hangar_core::Turns<(String, String)>>,
 }
 
 impl ServiceInformer {
+    pub fn new(store: Arc<dyn Store>, services: Arc<Services>, images: Arc<ImageStore>) -> ServiceInformer {
+        ServiceInformer { store, services, images, turns: Arc::default() }
+    }
+
     /// Makes the table run `namespace/name` as the store has it now.
     pub async fn converge(&self, namespace: &str, name: &str) {
+        self.turns.run((namespace.to_string(), name.to_string()), self.converge_now(namespace, name)).await;
+    }
+
+    async fn converge_now(&self, namespace: &str, name: &str) {
         match self.store.get_service(namespace, name).await {
             Ok(Some(row)) => self.run(&row).await,
             Ok(None) => self.services.remove(namespace, name).await,
