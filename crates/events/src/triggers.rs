@@ -134,10 +134,11 @@ impl Triggers {
         self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts firing schedules (first catching up on times missed while stopped), while
-    /// `holder` holds the cron lease of `leases`: however many servers run, one fires.
-    pub fn run(&self, leases: Arc<dyn hangar_bus::Leases>, holder: String) {
-        tokio::spawn(cron_loop(self.clone(), leases, holder));
+    /// The loop that fires schedules (first catching up on times missed while stopped), while
+    /// `holder` holds the cron lease of `leases`: however many servers run, one fires. It
+    /// sleeps until the next time is due or a trigger changes; it ends when dropped.
+    pub fn cron(&self, leases: Arc<dyn hangar_bus::Leases>, holder: String) -> impl Future<Output = ()> + Send + 'static {
+        cron_loop(self.clone(), leases, holder)
     }
 
     /// Adds or replaces a trigger (already validated and stored).

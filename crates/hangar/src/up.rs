@@ -164,12 +164,13 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let clock: Arc<dyn hangar_core::Clock> = Arc::new(hangar_core::SystemClock);
     let leases: Arc<dyn hangar_bus::Leases> = hangar_bus::LocalLeases::new(clock.clone());
     async_queue.run();
-    triggers.run(leases.clone(), server_id.to_string());
     // The control loops, each owned by the part whose state it keeps; the supervisor runs
     // them on their intervals and stops them in order.
     let mut supervisor = hangar_supervisor::Supervisor::new(leases.clone(), server_id.to_string());
     {
         use hangar_supervisor::Scope;
+        // Schedules fire on one server (the cron lease), each at its time.
+        supervisor.run("cron", triggers.cron(leases.clone(), server_id.to_string()));
         if let Some(s) = &services {
             // Whatever this server owns but no instance wants is removed.
             supervisor.start("reconcile", opts.reconcile_every, Scope::EachServer, hangar_service::Reconcile(s.clone()));

@@ -1,5 +1,7 @@
 //! The supervisor: the one place that starts a server's control loops, owns their intervals,
 //! decides which run only under a lease (once in a cluster), and stops them in order.
+//! [`Supervisor::start`] runs a [`Loop`] on an interval; [`Supervisor::run`] a loop that keeps
+//! its own time (the cron loop sleeps until the next schedule is due).
 //!
 //! A loop's work belongs to the component whose state it maintains (the services table
 //! reconciles itself, the meter samples usage, adaptive mode looks at traffic): that component
@@ -95,6 +97,20 @@ impl Supervisor {
         self.running.push(Running { name, stop, task });
     }
 
+    /// Runs `work`, a loop that keeps its own time (it waits for what it needs itself), until
+    /// [`Supervisor::shutdown`] stops it in its place in the order, wherever it waits.
+    pub fn run(&mut self, name: &'static str, work: impl Future<Output = ()> + Send + 'static) {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = stopped.changed() => {}
+                _ = work => {}
+            }
+        });
+        tracing::debug!(name, "loop started");
+        self.running.push(Running { name, stop, task });
+    }
+
     /// The loops running, in the order they started.
     pub fn names(&self) -> Vec<&'static str> {
         self.running.iter().map(|r| r.name).collect()
@@ -182,6 +198,22 @@ mod tests {
         assert_eq!(tail, ["adapt finish", "reconcile finish"], "the last started stops first");
         assert_eq!(lines.last().unwrap(), "reconcile finish", "no round after its finish");
         assert_eq!(*leases.released.lock().unwrap(), ["adapt"], "only the leased loop gives a lease back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_that_keeps_its_own_time_is_stopped_where_it_waits() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Supervisor::new(Arc::new(Switch::default()), "a");
+        let l = log.clone();
+        s.run("cron", async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                l.lock().unwrap().push("fired".to_string());
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(130)).await;
+        assert_eq!(count(&log, "fired"), 2);
+        tokio::time::timeout(Duration::from_secs(1), s.shutdown()).await.expect("stopped in its sleep, not after it");
     }
 
     #[tokio::test(start_paused = true)]
