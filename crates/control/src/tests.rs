@@ -17,7 +17,13 @@ async fn control() -> (Control, Arc<dyn Store>, Arc<hangar_scheduler::Scheduler>
     let bus = LocalBus::new();
     bus.subscribe(Arc::new(hangar_scheduler::informer::RouteInformer { store: store.clone(), scheduler: scheduler.clone() }));
     // A step for the sequences, stored as a deployed function would be.
-    let step = FunctionRow {
+    store.put_function(&step(), 0).await.unwrap();
+    (Control::new(store.clone(), bus, scheduler.clone()), store, scheduler)
+}
+
+/// A WebAssembly function as stored.
+fn step() -> FunctionRow {
+    FunctionRow {
         namespace: "default".into(),
         name: "step".into(),
         revision: 1,
@@ -26,9 +32,7 @@ async fn control() -> (Control, Arc<dyn Store>, Arc<hangar_scheduler::Scheduler>
         code_size: 1,
         created_ms: 1,
         updated_ms: 1,
-    };
-    store.put_function(&step, 0).await.unwrap();
-    (Control::new(store.clone(), bus, scheduler.clone()), store, scheduler)
+    }
 }
 
 fn sequence(memory_mb: u32) -> FunctionConfig {
@@ -149,17 +153,7 @@ async fn the_trigger_table_follows_the_store_through_the_bus() {
     assert_eq!(store.list_keys().await.unwrap()[0].hash, crate::hash_secret(&secret));
     assert!(control.bootstrap(|_| panic!("no second key")).await.unwrap().is_none(), "later starts change nothing");
 
-    let step = FunctionRow {
-        namespace: "default".into(),
-        name: "step".into(),
-        revision: 1,
-        config: FunctionConfig::new(RuntimeKind::Wasm),
-        code_digest: "sha256:00".into(),
-        code_size: 1,
-        created_ms: 1,
-        updated_ms: 1,
-    };
-    store.put_function(&step, 0).await.unwrap();
+    store.put_function(&step(), 0).await.unwrap();
     let topic = |name: &str| -> hangar_api::events::TriggerConfig { serde_json::from_value(serde_json::json!({"topic": name, "function": "step"})).unwrap() };
     control.put_trigger("default", "on-orders", topic("orders")).await.unwrap();
     assert!(triggers.has_topic("default", "orders"));
@@ -170,7 +164,7 @@ async fn the_trigger_table_follows_the_store_through_the_bus() {
     // included.
     let row = hangar_store::TriggerRow { namespace: "default".into(), name: "t".into(), config: topic("audit"), created_ms: 1, last_fired_ms: None };
     store.put_trigger(&row).await.unwrap();
-    let seq = FunctionRow { name: "seq".into(), config: sequence(128), code_digest: String::new(), ..step };
+    let seq = FunctionRow { name: "seq".into(), config: sequence(128), code_digest: String::new(), ..step() };
     store.put_function(&seq, 0).await.unwrap();
     assert!(!triggers.has_topic("default", "audit") && scheduler.route("default", "seq").is_none());
     assert_eq!(control.restore().await.unwrap(), 2);
