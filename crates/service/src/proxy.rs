@@ -21,8 +21,42 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::{Service, Services};
 
-/// The bodies the proxy sends and answers with (a body that broke off is an I/O error).
+/// The bodies the proxy sends (a body that broke off is an I/O error).
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// An instance's answer, streamed to the caller; the request counts as in flight on its
+/// instance (and in the service's traffic) until this body ends or is dropped.
+#[derive(Debug)]
+pub struct Answer {
+    body: Option<hyper::body::Incoming>,
+    _hold: Option<(crate::EndpointGuard, Served)>,
+}
+
+impl Answer {
+    fn empty() -> Answer {
+        Answer { body: None, _hold: None }
+    }
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.body.as_mut() {
+            Some(b) => std::pin::Pin::new(b).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.as_ref().map_or_else(|| http_body::SizeHint::with_exact(0), http_body::Body::size_hint)
+    }
+}
 
 /// An empty body.
 pub fn empty() -> Body {
@@ -117,7 +151,7 @@ pub fn upstream_headers(headers: &mut http::HeaderMap, public: bool, upgrade: bo
 
 /// Sends `req` to the service's ready instance with the fewest requests in flight, at `path`
 /// (plus the request's query), and streams the answer back.
-pub async fn forward(svc: &Arc<Service>, mut req: http::Request<Body>, path: &str) -> Result<http::Response<Body>, ProxyError> {
+pub async fn forward(svc: &Arc<Service>, mut req: http::Request<Body>, path: &str) -> Result<http::Response<Answer>, ProxyError> {
     // Counted when the answer's body ends (or the request fails first: dropped early).
     let mut served = Served { svc: svc.clone(), start: Instant::now(), failed: true };
     let name = svc.name.clone();
@@ -183,7 +217,7 @@ pub async fn forward(svc: &Arc<Service>, mut req: http::Request<Body>, path: &st
                 let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
             }
         });
-        return Ok(http::Response::from_parts(head, empty()));
+        return Ok(http::Response::from_parts(head, Answer::empty()));
     }
     let (mut head, body) = resp.into_parts();
     for h in HOP_BY_HOP {
@@ -193,14 +227,7 @@ pub async fn forward(svc: &Arc<Service>, mut req: http::Request<Body>, path: &st
     // whatever the instance spoke.
     head.version = http::Version::HTTP_11;
     // The request counts as outstanding until its response body ends.
-    let body = body
-        .map_frame(move |f| {
-            let _ = (&endpoint, &served);
-            f
-        })
-        .map_err(std::io::Error::other)
-        .boxed_unsync();
-    Ok(http::Response::from_parts(head, body))
+    Ok(http::Response::from_parts(head, Answer { body: Some(body), _hold: Some((endpoint, served)) }))
 }
 
 /// Hands queued events to services through the same path as requests.
@@ -249,6 +276,7 @@ impl hangar_events::ServiceSink for EventSink {
 }
 
 /// One request to a service, counted in its traffic when dropped.
+#[derive(Debug)]
 struct Served {
     svc: Arc<Service>,
     start: Instant,
