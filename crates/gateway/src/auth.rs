@@ -55,27 +55,6 @@ pub struct KeyCache {
 }
 
 impl KeyCache {
-    pub fn load(rows: &[KeyRow]) -> Self {
-        let cache = KeyCache::default();
-        for r in rows {
-            cache.insert(r);
-        }
-        cache
-    }
-
-    pub fn insert(&self, row: &KeyRow) {
-        let p = Principal { key_id: row.id.clone(), namespace: row.namespace.clone() };
-        self.by_hash.write().unwrap_or_else(|p| p.into_inner()).insert(row.hash.clone(), p);
-    }
-
-    pub fn remove_id(&self, id: &str) {
-        self.by_hash.write().unwrap_or_else(|p| p.into_inner()).retain(|_, p| p.key_id != id);
-    }
-
-    pub fn remove_namespace(&self, ns: &str) {
-        self.by_hash.write().unwrap_or_else(|p| p.into_inner()).retain(|_, p| p.namespace.as_deref() != Some(ns));
-    }
-
     /// Replaces the whole table with `rows`.
     pub fn replace(&self, rows: &[KeyRow]) {
         let table = rows.iter().map(|r| (r.hash.clone(), Principal { key_id: r.id.clone(), namespace: r.namespace.clone() })).collect();
@@ -166,10 +145,11 @@ mod tests {
     fn keys_are_looked_up_by_hash() {
         let secret = new_secret();
         let row = KeyRow { id: "k1".into(), hash: hash_secret(&secret), namespace: Some("x".into()), name: None, created_ms: 0 };
-        let cache = KeyCache::load(&[row]);
+        let cache = KeyCache::default();
+        cache.replace(&[row]);
         assert_eq!(cache.lookup(&secret).unwrap().key_id, "k1");
         assert!(cache.lookup("hk_wrong").is_none());
-        cache.remove_id("k1");
+        cache.replace(&[]);
         assert!(cache.lookup(&secret).is_none());
     }
 

@@ -34,7 +34,6 @@ use hangar_store::Store;
 
 pub use auth::KeyCache;
 use error::ApiError;
-pub use hangar_control::{hash_secret, new_secret};
 
 /// Size limits of requests.
 #[derive(Debug, Clone)]
