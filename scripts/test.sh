@@ -18,11 +18,15 @@ fi
 # skopeo, one behind a token server that signs with openssl; service tests build images from
 # busybox-static and run one under gVisor (runsc).
 missing=()
-for tool in docker-registry:docker-registry skopeo:skopeo openssl:openssl busybox:busybox-static runsc:runsc nft:nftables mkfs.ext4:e2fsprogs; do
+for tool in docker-registry:docker-registry skopeo:skopeo openssl:openssl busybox:busybox-static runsc:runsc nft:nftables mkfs.ext4:e2fsprogs \
+  nats-server:nats-server psql:postgresql; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
+# The cluster tests start their own throwaway PostgreSQL clusters (initdb) and nats-servers
+# with JetStream on loopback (hangar-testkit); Debian's postgresql package brings the server.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if ((${#missing[@]})); then
-  echo "installing ${missing[*]} (image and service tests use them)"
+  echo "installing ${missing[*]} (image, service and cluster tests use them)"
   apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 

@@ -96,6 +96,11 @@ impl From<StoreError> for ApiError {
             StoreError::Stale { what, found, .. } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", format!("{what} changed while this request ran (it is at revision {found} now); send it again"))
             }
+            StoreError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the store cannot be reached from this node now, so nothing can change; warm routes keep serving; try again shortly",
+            ),
             other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", other.to_string()),
         }
     }

@@ -164,6 +164,10 @@ CREATE TABLE IF NOT EXISTS mode_switches (
     body      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS mode_switches_by_function ON mode_switches(namespace, name, at_ms);
+CREATE TABLE IF NOT EXISTS code (
+    digest TEXT PRIMARY KEY,
+    body   BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS usage_marks (
     id              TEXT PRIMARY KEY,
     running_ms      INTEGER NOT NULL,
@@ -594,6 +598,21 @@ impl DesiredState for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn put_code(&self, digest: &str, code: bytes::Bytes) -> Result<()> {
+        let digest = digest.to_string();
+        self.with(move |c| {
+            c.execute("INSERT INTO code(digest, body) VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![digest, &code[..]])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_code(&self, digest: &str) -> Result<Option<bytes::Bytes>> {
+        let digest = digest.to_string();
+        self.with(move |c| Ok(c.query_row("SELECT body FROM code WHERE digest = ?1", [digest], |r| r.get::<_, Vec<u8>>(0)).optional()?.map(bytes::Bytes::from)))
+            .await
     }
 
     async fn put_sandbox(&self, sandbox: &hangar_api::sandboxes::Sandbox) -> Result<()> {

@@ -32,6 +32,7 @@ where
     usage_rows_marks_and_pruning(fresh().await).await;
     async_invocations_deduplicate_by_key_and_keep_their_state(fresh().await).await;
     mode_switches_keep_their_order(fresh().await).await;
+    code_is_kept_by_digest(fresh().await).await;
 }
 
 fn function(name: &str, revision: u64) -> FunctionRow {
@@ -339,4 +340,16 @@ async fn mode_switches_keep_their_order(s: Arc<dyn Store>) {
     s.add_mode_switch("default", "g", 3, &switch(3)).await.unwrap();
     let got: Vec<u32> = s.list_mode_switches("default", "f").await.unwrap().into_iter().map(|m| m.to_warm).collect();
     assert_eq!(got, [2, 1], "oldest first");
+}
+
+async fn code_is_kept_by_digest(s: Arc<dyn Store>) {
+    let code = bytes::Bytes::from_static(b"\0asm code");
+    assert_eq!(s.get_code("sha256:aa").await.unwrap(), None);
+    s.put_code("sha256:aa", code.clone()).await.unwrap();
+    // Written again (two nodes deploying the same upload), nothing changes and nothing fails.
+    s.put_code("sha256:aa", code.clone()).await.unwrap();
+    assert_eq!(s.get_code("sha256:aa").await.unwrap(), Some(code));
+    let big = bytes::Bytes::from(vec![7u8; 3 << 20]);
+    s.put_code("sha256:bb", big.clone()).await.unwrap();
+    assert_eq!(s.get_code("sha256:bb").await.unwrap().map(|b| b.len()), Some(big.len()));
 }

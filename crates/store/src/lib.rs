@@ -21,6 +21,10 @@ pub enum StoreError {
     /// The backend could not be read or written (its own error is the source).
     #[error("store: the database failed: {0}; check that the data dir is writable and its disk not full")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database cannot be reached now (a networked store that is down or cut off); the
+    /// same call may work once it is back.
+    #[error("store: the database cannot be reached ({0}); check that it runs and this node reaches it")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The thing exists already.
     #[error("store: {0}")]
     Conflict(String),
@@ -39,6 +43,9 @@ pub enum StoreError {
     /// The blocking worker died.
     #[error("store: worker failed: {0}")]
     Worker(String),
+    /// The database's schema is not one this binary can use (written by a newer version).
+    #[error("store: {0}")]
+    Schema(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -153,6 +160,12 @@ pub trait DesiredState: Send + Sync + 'static {
     async fn delete_trigger(&self, namespace: &str, name: &str) -> Result<bool>;
     /// Records the scheduled time of the last event a cron trigger queued.
     async fn set_trigger_fired(&self, namespace: &str, name: &str, fired_ms: i64) -> Result<()>;
+
+    /// Keeps uploaded code under its digest (`sha256:<hex>` of `code`); writing a digest that
+    /// is there already changes nothing. Code is what every node loads a revision from.
+    async fn put_code(&self, digest: &str, code: bytes::Bytes) -> Result<()>;
+    /// The code kept under `digest`, if any.
+    async fn get_code(&self, digest: &str) -> Result<Option<bytes::Bytes>>;
 
     /// Creates or replaces a sandbox's record.
     async fn put_sandbox(&self, sandbox: &hangar_api::sandboxes::Sandbox) -> Result<()>;
