@@ -1050,6 +1050,6 @@ mod tests {
             Err(e @ StoreError::Unavailable(_)) => assert!(e.to_string().contains("cannot be reached"), "{e}"),
             other => panic!("expected Unavailable, got {other:?}"),
         }
-        assert_eq!(describe(&"postgres://u:secret@db.example:6543/prod".to_string()), "db.example:6543/prod");
+        assert_eq!(describe("postgres://u:secret@db.example:6543/prod"), "db.example:6543/prod");
     }
 }
