@@ -80,6 +80,7 @@ macro_rules! wire_enum {
 }
 
 pub mod events;
+pub mod nodes;
 pub mod sandboxes;
 
 wire_enum! {

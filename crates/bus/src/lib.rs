@@ -10,19 +10,22 @@
 //! answer goes out; changes of one thing are applied one at a time, changes of different things
 //! side by side (a service's slow rollout holds up no function deploy). [`Change::Everything`]
 //! is how a server catches up with the store as a whole (at start; later after losing the
-//! bus). [`lease`]: work that must run once.
+//! bus). [`lease`]: work that must run once. [`nodes`]: the nodes there are.
 #![forbid(unsafe_code)]
 
 pub mod lease;
+pub mod nodes;
 
 use std::sync::{Arc, RwLock};
 
 pub use lease::{Leases, LocalLeases};
+pub use nodes::{Failover, LocalMembership, Membership};
 
 use async_trait::async_trait;
 
 /// What changed in the store.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "what", rename_all = "snake_case")]
 pub enum Change {
     /// A function's current revision changed, or it was removed.
     Function { namespace: String, name: String },
@@ -54,6 +57,12 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, change: Change);
     /// Adds a subscriber for every change published from now on.
     fn subscribe(&self, subscriber: Arc<dyn Subscriber>);
+    /// Why changes cannot be made now, if they cannot: a change written to the store but
+    /// not announced would leave other nodes' copies behind, so the control layer refuses
+    /// changes while the bus is cut off. Never, in process.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The in-process bus.

@@ -474,7 +474,14 @@ impl Control {
                 return Err(ControlError::refused("invalid_code", "a sequence has no code of its own: deploy its steps as functions and name them in `steps`"));
             }
             (Some(code), Some(_)) if code.is_empty() => return Err(ControlError::refused("invalid_code", "the `code` part is empty")),
-            (Some(code), Some(runtime)) => Some(runtime.prepare(code).await?),
+            (Some(code), Some(runtime)) => {
+                let info = runtime.prepare(code.clone()).await?;
+                // Kept where every node finds it, before any revision names it.
+                if !dry_run {
+                    self.store.put_code(&info.digest, code).await?;
+                }
+                Some(info)
+            }
         };
         for _ in 0..DEPLOY_ATTEMPTS {
             let existing = self.store.get_function(ns, name).await?;

@@ -474,10 +474,7 @@ impl Runtime for ProcessRuntime {
 
     async fn load(&self, spec: &RevisionSpec) -> Result<Arc<dyn Loaded>, RuntimeError> {
         if !self.host.code_path(&spec.code_digest).is_dir() {
-            return Err(RuntimeError::InvalidCode(format!(
-                "the unpacked code {} is missing from the data directory; deploy the function again",
-                spec.code_digest
-            )));
+            return Err(RuntimeError::MissingCode(spec.code_digest.clone()));
         }
         let f = function::Function::new(self.host.clone(), self.kind, spec.clone());
         f.warm_up_in_background();

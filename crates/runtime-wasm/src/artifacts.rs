@@ -101,7 +101,11 @@ impl Artifacts {
                 Err(e) => tracing::warn!(path = %compiled.display(), "cached artifact unusable, recompiling: {e:#}"),
             }
         }
-        let code = std::fs::read(self.code_path(digest)?).map_err(|e| RuntimeError::Internal(format!("code {digest} is missing from the data dir: {e}")))?;
+        let code = match std::fs::read(self.code_path(digest)?) {
+            Ok(code) => code,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RuntimeError::MissingCode(digest.to_string())),
+            Err(e) => return Err(RuntimeError::Internal(format!("reading code {digest}: {e}"))),
+        };
         let component = Component::new(engine, &code).map_err(|e| RuntimeError::InvalidCode(format!("the component does not compile: {e:#}")))?;
         self.store(digest, &code, &component)?;
         Ok((component, true))

@@ -35,6 +35,10 @@ pub enum RuntimeError {
     /// The artifact store failed (disk full, permissions).
     #[error("runtime storage: {0}")]
     Storage(#[from] std::io::Error),
+    /// The code of the revision (this digest) is not on this node yet: fetch it from the store
+    /// ([`CodeSource`]) and prepare it here.
+    #[error("the code {0} is not on this node")]
+    MissingCode(String),
     /// Anything else that went wrong inside the runtime.
     #[error("runtime: {0}")]
     Internal(String),
@@ -106,6 +110,14 @@ pub struct Finished {
 /// Called exactly once when an invocation is over: the guest has returned and the response
 /// body has been sent or abandoned.
 pub type OnFinish = Box<dyn FnOnce(Finished) + Send>;
+
+/// Where a node gets code it has not prepared yet: the store, which keeps every revision's
+/// code by digest (so any node can run any revision).
+#[async_trait]
+pub trait CodeSource: Send + Sync + 'static {
+    /// The uploaded bytes of `digest`, if kept.
+    async fn fetch(&self, digest: &str) -> Result<Option<Bytes>, RuntimeError>;
+}
 
 /// An executor of one kind of code.
 #[async_trait]

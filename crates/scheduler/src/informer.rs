@@ -23,6 +23,16 @@ impl Deployment {
     }
 }
 
+/// The store as the source of code a node has not prepared yet.
+pub struct StoredCode(pub Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl hangar_runtime::CodeSource for StoredCode {
+    async fn fetch(&self, digest: &str) -> Result<Option<bytes::Bytes>, hangar_runtime::RuntimeError> {
+        self.0.get_code(digest).await.map_err(|e| hangar_runtime::RuntimeError::Internal(format!("fetching the code from the store: {e}")))
+    }
+}
+
 /// See the module docs.
 pub struct RouteInformer {
     pub store: Arc<dyn Store>,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use hangar_api::{FunctionConfig, InvocationRecord, RuntimeKind, StartKind, Trigger, billed_ms, now_ms};
 use hangar_meter::{FunctionMetrics, Meter};
-use hangar_runtime::{Body, Limits, Loaded, RevisionSpec, Runtime, RuntimeError, error_response};
+use hangar_runtime::{Body, CodeSource, Limits, Loaded, RevisionSpec, Runtime, RuntimeError, error_response};
 use tokio::sync::{Notify, OnceCell};
 
 /// A revision as deployed: what the scheduler needs to route to it and run it.
@@ -39,6 +39,8 @@ pub struct Slot {
     metrics: FunctionMetrics,
     /// Invocations of this revision running now (for its reserved concurrency).
     active: Arc<AtomicU32>,
+    /// Where code not yet on this node comes from.
+    code: Option<Arc<dyn CodeSource>>,
 }
 
 impl Slot {
@@ -64,7 +66,24 @@ impl Slot {
         let Some(runtime) = &self.runtime else {
             return Err(RuntimeError::Internal("a sequence has no code to load".into()));
         };
-        self.loaded.get_or_try_init(|| runtime.load(&self.spec)).await
+        self.loaded
+            .get_or_try_init(|| async {
+                match (runtime.load(&self.spec).await, &self.code) {
+                    // Deployed through another node: prepared here once, from the kept code.
+                    (Err(RuntimeError::MissingCode(digest)), Some(source)) => {
+                        let code = source.fetch(&digest).await?.ok_or_else(|| {
+                            RuntimeError::Internal(format!("the code {digest} of this revision is not in the store; deploy the function again"))
+                        })?;
+                        let prepared = runtime.prepare(code).await?;
+                        if prepared.digest != digest {
+                            return Err(RuntimeError::Internal(format!("the store's code for {digest} hashes to {}", prepared.digest)));
+                        }
+                        runtime.load(&self.spec).await
+                    }
+                    (loaded, _) => loaded,
+                }
+            })
+            .await
     }
 }
 
@@ -191,6 +210,7 @@ pub struct Scheduler {
     meter: Meter,
     in_flight: Arc<InFlight>,
     max_log_bytes: usize,
+    code: Option<Arc<dyn CodeSource>>,
 }
 
 impl Scheduler {
@@ -204,7 +224,14 @@ impl Scheduler {
             meter,
             in_flight: Arc::default(),
             max_log_bytes,
+            code: None,
         }
+    }
+
+    /// Where revisions get code that is not on this node (deployed through another node).
+    pub fn with_code_source(mut self, code: Arc<dyn CodeSource>) -> Self {
+        self.code = Some(code);
+        self
     }
 
     /// The runtime for a kind of code, if this build has it.
@@ -242,7 +269,7 @@ impl Scheduler {
         let metrics = self.meter.function_metrics(&deployment.namespace, &deployment.name);
         let (ns, name) = (deployment.namespace.clone(), deployment.name.clone());
         let eager = runtime.as_ref().is_some_and(|r| r.eager());
-        let slot = Arc::new(Slot { deployment, runtime, spec, loaded: OnceCell::new(), metrics, active: Arc::default() });
+        let slot = Arc::new(Slot { deployment, runtime, spec, loaded: OnceCell::new(), metrics, active: Arc::default(), code: self.code.clone() });
         {
             let mut table = self.write_table();
             let slots = table.entry(ns).or_default();
