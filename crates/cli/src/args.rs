@@ -105,6 +105,19 @@ pub enum Command {
     /// Manage API keys (admin)
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The nodes of the cluster: role, address, capacity, instances, heartbeat, state (admin)
+    Nodes {
+        #[command(subcommand)]
+        command: Option<NodesCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// List the nodes (the default)
+    Ls,
+    /// Stop placing work on a node; it finishes what it runs (until it restarts)
+    Drain { node: String },
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +125,18 @@ pub struct UpArgs {
     /// Address to serve on
     #[arg(long, env = "HANGAR_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: std::net::SocketAddr,
+    /// Where desired state, code, records, usage and the async queue live: the embedded SQLite
+    /// file in the data dir (the default), or `postgres://USER:PASS@HOST:PORT/DB`, which every
+    /// node of a cluster shares
+    #[arg(long, env = "HANGAR_STORE")]
+    pub store: Option<String>,
+    /// How nodes tell each other of changes and keep leases and heartbeats: in-process (the
+    /// default, one node), or `nats://HOST:PORT` (nats-server with JetStream on, `-js`)
+    #[arg(long, env = "HANGAR_BUS")]
+    pub bus: Option<String>,
+    /// How often a node heartbeats on the bus; one that misses 3 is lost and its work taken over
+    #[arg(long, env = "HANGAR_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat: std::time::Duration,
     /// Apply this manifest once the server is ready
     #[arg(long)]
     pub apply: Option<PathBuf>,

@@ -12,6 +12,7 @@ pub mod events;
 pub mod functions;
 pub mod images;
 pub mod manifest;
+pub mod nodes;
 pub mod sandboxes;
 pub mod services;
 mod terminal;
@@ -50,6 +51,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
         Command::Events(cmd) => events::run_events(cli, cmd).await?,
         Command::Namespace(cmd) => access::run_ns(cli, cmd).await?,
         Command::Key(cmd) => access::run_key(cli, cmd).await?,
+        Command::Nodes { command } => nodes::run(cli, command.as_ref()).await?,
     }
     Ok(0)
 }

@@ -187,6 +187,14 @@ pub struct Control {
 }
 
 impl Control {
+    /// Refuses a change while the bus is cut off: other nodes would not learn of it.
+    fn bus_up(&self) -> Result<(), ControlError> {
+        match self.bus.unavailable() {
+            None => Ok(()),
+            Some(why) => Err(ControlError::Unavailable { code: "bus_unavailable", message: format!("{why}; nothing was changed; try again once it is back") }),
+        }
+    }
+
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, scheduler: Arc<Scheduler>) -> Control {
         Control {
             store,
@@ -298,6 +306,7 @@ impl Control {
 
     /// See [`Action::DeployService`].
     pub async fn deploy_service(&self, ns: &str, name: &str, config: ServiceConfig) -> Result<(DeployStatus, ServiceRow), ControlError> {
+        self.bus_up()?;
         if self.store.get_namespace(ns).await?.is_none() {
             return Err(ControlError::NotFound(format!("namespace `{ns}`")));
         }
@@ -369,6 +378,7 @@ impl Control {
 
     /// See [`Action::RemoveService`]: answered once its instances have stopped.
     pub async fn remove_service(&self, ns: &str, name: &str) -> Result<(), ControlError> {
+        self.bus_up()?;
         if !self.store.delete_service(ns, name).await? {
             return Err(ControlError::NotFound(format!("service `{name}` in namespace `{ns}`")));
         }
@@ -377,6 +387,7 @@ impl Control {
     }
 
     pub async fn create_namespace(&self, name: &str, limits: NamespaceLimits) -> Result<NamespaceRow, ControlError> {
+        self.bus_up()?;
         validate::name("name", name)?;
         limits.validate()?;
         let mut row = self.store.create_namespace(name, now_ms()).await?;
@@ -389,6 +400,7 @@ impl Control {
     }
 
     pub async fn set_namespace_limits(&self, name: &str, limits: NamespaceLimits) -> Result<NamespaceRow, ControlError> {
+        self.bus_up()?;
         limits.validate()?;
         if !self.store.set_namespace_limit(name, limits.max_concurrency).await? {
             return Err(ControlError::NotFound(format!("namespace `{name}`")));
@@ -398,6 +410,7 @@ impl Control {
     }
 
     pub async fn remove_namespace(&self, name: &str) -> Result<(), ControlError> {
+        self.bus_up()?;
         if name == hangar_api::DEFAULT_NAMESPACE {
             return Err(ControlError::Conflict("the `default` namespace cannot be deleted".into()));
         }
@@ -410,6 +423,7 @@ impl Control {
     }
 
     pub async fn create_key(&self, namespace: Option<String>, name: Option<String>) -> Result<(KeyRow, String), ControlError> {
+        self.bus_up()?;
         if let Some(n) = &name {
             validate::label("name", n)?;
         }
@@ -433,6 +447,7 @@ impl Control {
     }
 
     pub async fn remove_key(&self, id: &str, caller: &str) -> Result<(), ControlError> {
+        self.bus_up()?;
         if id == caller {
             return Err(ControlError::Conflict("a key cannot delete itself; use another admin key".into()));
         }
@@ -452,6 +467,7 @@ impl Control {
         code: Option<Bytes>,
         dry_run: bool,
     ) -> Result<(DeployStatus, FunctionRow), ControlError> {
+        self.bus_up()?;
         validate::name("name", name)?;
         if self.store.get_namespace(ns).await?.is_none() {
             return Err(ControlError::NotFound(format!("namespace `{ns}`")));
@@ -540,6 +556,7 @@ impl Control {
     }
 
     pub async fn remove_function(&self, ns: &str, name: &str) -> Result<(), ControlError> {
+        self.bus_up()?;
         if !self.store.delete_function(ns, name).await? {
             return Err(ControlError::NotFound(format!("function `{name}` in namespace `{ns}`")));
         }
@@ -549,6 +566,7 @@ impl Control {
 
     /// See [`Action::PutTrigger`]; `created` is false when it replaced one.
     pub async fn put_trigger(&self, ns: &str, name: &str, config: TriggerConfig) -> Result<(bool, TriggerRow), ControlError> {
+        self.bus_up()?;
         validate::name("name", name)?;
         config.validate()?;
         if let Some(c) = &config.cron {
@@ -581,6 +599,7 @@ impl Control {
     }
 
     pub async fn remove_trigger(&self, ns: &str, name: &str) -> Result<(), ControlError> {
+        self.bus_up()?;
         if !self.store.delete_trigger(ns, name).await? {
             return Err(ControlError::NotFound(format!("trigger `{name}` in namespace `{ns}`")));
         }

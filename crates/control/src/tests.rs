@@ -133,7 +133,7 @@ async fn the_trigger_table_follows_the_store_through_the_bus() {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
     let (meter, _writer) = hangar_meter::Meter::start(store.clone(), hangar_meter::Metrics::new());
     let scheduler = Arc::new(hangar_scheduler::Scheduler::new(Vec::new(), meter, 1024, 100));
-    let queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), 1, hangar_events::QueueLimits::default()).await.unwrap();
+    let queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), 1, hangar_events::QueueLimits::default(), "test").await.unwrap();
     let triggers = hangar_events::Triggers::open(store.clone(), queue).await.unwrap();
     let bus = LocalBus::new();
     bus.subscribe(Arc::new(hangar_scheduler::informer::RouteInformer { store: store.clone(), scheduler: scheduler.clone() }));

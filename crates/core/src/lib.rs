@@ -95,6 +95,17 @@ impl fmt::Display for ServerId {
     }
 }
 
+/// This machine's CPUs (in thousandths) and memory (MiB, from `/proc/meminfo`): what a node
+/// offers to the instances placed on it.
+pub fn machine_capacity() -> (u64, u64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let memory_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())))
+        .unwrap_or(0);
+    (cpus * 1000, memory_kb / 1024)
+}
+
 /// Milliseconds since the Unix epoch, now (as every stored time is kept).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)

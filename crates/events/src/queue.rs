@@ -127,6 +127,9 @@ struct Inner {
     concurrency: u32,
     limits: QueueLimits,
     stopping: AtomicBool,
+    store: Arc<dyn Store>,
+    /// This node's id: whose events these are.
+    node: String,
 }
 
 #[derive(Default)]
@@ -157,8 +160,9 @@ impl AsyncQueue {
     /// the functions are routable again.
     /// Events from before the restart are all loaded, even beyond `limits`; new ones wait for
     /// room.
-    pub async fn open(store: Arc<dyn Store>, scheduler: Arc<Scheduler>, concurrency: u32, limits: QueueLimits) -> Result<AsyncQueue, StoreError> {
-        let unfinished = store.unfinished_async().await?;
+    /// `node` is the id of this node: the events it accepts are its own until it is lost.
+    pub async fn open(store: Arc<dyn Store>, scheduler: Arc<Scheduler>, concurrency: u32, limits: QueueLimits, node: &str) -> Result<AsyncQueue, StoreError> {
+        let unfinished = store.unfinished_async(node).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let concurrency = concurrency.max(1);
         let inner = Arc::new(Inner {
@@ -171,6 +175,8 @@ impl AsyncQueue {
             concurrency,
             limits,
             stopping: AtomicBool::new(false),
+            store: store.clone(),
+            node: node.to_string(),
         });
         if !unfinished.is_empty() {
             tracing::info!("{} asynchronous invocation(s) to finish from before the restart", unfinished.len());
@@ -181,7 +187,7 @@ impl AsyncQueue {
             rec.state = AsyncState::Queued;
             inner.enqueue(rec);
         }
-        tokio::spawn(write_loop(store, rx));
+        tokio::spawn(write_loop(store, node.to_string(), rx));
         Ok(AsyncQueue { inner })
     }
 
@@ -244,6 +250,26 @@ impl AsyncQueue {
         self.inner.wake.notify_one();
         let _ = tokio::time::timeout(timeout, self.inner.permits.acquire_many(self.inner.concurrency)).await;
         self.flush().await;
+    }
+}
+
+/// A lost node's events are taken over by this node: each runs here (again, if it was running
+/// there: at least once), with the id, key and attempts it had.
+#[async_trait::async_trait]
+impl hangar_bus::Failover for AsyncQueue {
+    async fn node_lost(&self, node: &str) {
+        match self.inner.store.adopt_async(node, &self.inner.node).await {
+            Ok(events) => {
+                if !events.is_empty() {
+                    tracing::warn!(lost = node, "took over {} asynchronous invocation(s) of a lost node", events.len());
+                }
+                for mut rec in events {
+                    rec.state = AsyncState::Queued;
+                    self.inner.enqueue(rec);
+                }
+            }
+            Err(e) => tracing::error!(lost = node, "taking over a lost node's asynchronous invocations failed: {e}"),
+        }
     }
 }
 
@@ -546,7 +572,7 @@ fn destination_record(rec: &AsyncRecord, condition: &str, answer: Option<(u16, B
 
 /// Commits writes in batches: new events (answering each with the id that holds it) and
 /// changes. Failed changes are retried until they are written; failed new events are refused.
-async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Write>) {
+async fn write_loop(store: Arc<dyn Store>, node: String, mut rx: mpsc::UnboundedReceiver<Write>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -577,7 +603,7 @@ async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Write
         }
         let mut delay = Duration::from_millis(50);
         loop {
-            match store.save_async(std::mem::take(&mut new), changed.clone()).await {
+            match store.save_async(&node, std::mem::take(&mut new), changed.clone()).await {
                 Ok(held) => {
                     for (reply, h) in replies.drain(..).zip(held) {
                         let _ = reply.send(Ok(h));

@@ -1,8 +1,9 @@
 //! Triggers: cron schedules and topic subscriptions, turned into events on the durable queue.
 //!
 //! A cron trigger queues one CloudEvent per scheduled time, keyed by that time (so a time is
-//! never queued twice) and remembers the last scheduled time it queued. After a restart, times
-//! missed while the server was down collapse into one event for the latest of them. Publishing
+//! never queued twice) and remembers the last scheduled time it queued. Times missed for less
+//! than [`CATCH_UP`] (a restart, a lease moving to another node) each fire late; times missed
+//! longer ago (the cluster was down) collapse into one event for the latest of them. Publishing
 //! to a topic queues one CloudEvent per subscription in the namespace. Events reach functions
 //! and services in CloudEvents' structured mode (`application/cloudevents+json`).
 
@@ -290,19 +291,52 @@ pub fn cloudevent(id: &str, source: &str, kind: &str, time_ms: i64, content_type
 
 /// The lease under which schedules fire, and how long a holder keeps it without renewing.
 const CRON_LEASE: &str = "cron";
-const CRON_LEASE_TTL: Duration = Duration::from_secs(30);
+const CRON_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Missed times younger than this each fire; older ones collapse into one.
+pub const CATCH_UP: Duration = Duration::from_secs(60);
+/// Most times of one schedule fired in one round (the rest in the next).
+const MOST_PER_ROUND: usize = 100;
+
+/// The times of `s` after `from` and at or before `now` to fire now, oldest first: each of the
+/// last [`CATCH_UP`], and before that only the latest (long-missed times collapse into one).
+fn due_times(s: &Schedule, from: i64, now: i64) -> Vec<i64> {
+    let mut out = Vec::new();
+    let Some(first) = s.next_after(from) else { return out };
+    if first > now {
+        return out;
+    }
+    let mut cursor = from;
+    let recent = now - CATCH_UP.as_millis() as i64;
+    if first < recent {
+        let old = s.latest_until(recent).unwrap_or(first).max(first);
+        out.push(old);
+        cursor = old;
+    }
+    while let Some(at) = s.next_after(cursor).filter(|at| *at <= now && out.len() < MOST_PER_ROUND) {
+        out.push(at);
+        cursor = at;
+    }
+    out
+}
 
 /// Fires due schedules; sleeps until the next one is due or the table changes (at most a third
 /// of the lease's time, so the holder renews it).
 async fn cron_loop(t: Triggers, leases: Arc<dyn hangar_bus::Leases>, holder: String) {
+    let mut held = false;
     loop {
         let notified = t.inner.wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         if !leases.acquire(CRON_LEASE, &holder, CRON_LEASE_TTL).await {
-            // Another server fires the schedules; look again when its lease may have run out.
+            // Another node fires the schedules; look again when its lease may have run out.
+            held = false;
             tokio::time::sleep(CRON_LEASE_TTL / 3).await;
             continue;
+        }
+        if !held {
+            // Taken over: the last holder's fired times are in the store, not in this table.
+            held = true;
+            hangar_bus::Subscriber::apply(&t, &hangar_bus::Change::Everything).await;
         }
         let now = now_ms();
         // (namespace, name, scheduled time, target, data) of every schedule due now.
@@ -311,13 +345,14 @@ async fn cron_loop(t: Triggers, leases: Arc<dyn hangar_bus::Leases>, holder: Str
         for e in t.table().values() {
             let Some(s) = &e.schedule else { continue };
             let from = e.row.last_fired_ms.unwrap_or(e.row.created_ms);
-            let Some(at) = s.next_after(from) else { continue };
-            if at <= now {
-                // Several missed times collapse into the latest of them.
-                let fire_at = s.latest_until(now).unwrap_or(at).max(at);
-                due.push((e.row.namespace.clone(), e.row.name.clone(), fire_at, target_of(&e.row.config), e.row.config.data.clone()));
-            } else {
+            let times = due_times(s, from, now);
+            if times.is_empty()
+                && let Some(at) = s.next_after(from)
+            {
                 next = Some(next.map_or(at, |n| n.min(at)));
+            }
+            for at in times {
+                due.push((e.row.namespace.clone(), e.row.name.clone(), at, target_of(&e.row.config), e.row.config.data.clone()));
             }
         }
         let fired = !due.is_empty();
@@ -370,6 +405,26 @@ mod tests {
         assert!(Schedule::parse("* * *", None).unwrap_err().contains("3 fields"));
         assert!(Schedule::parse("61 * * * *", None).is_err());
         assert!(Schedule::parse("* * * * *", Some("Mars/Olympus")).unwrap_err().contains("IANA"));
+    }
+
+    #[test]
+    fn recently_missed_times_each_fire_and_long_missed_ones_collapse() {
+        let every_second = Schedule::parse("* * * * * *", None).unwrap();
+        let now = 1_000_000_000;
+        // Nothing due yet.
+        assert!(due_times(&every_second, now, now).is_empty());
+        // Five seconds missed (a restart, a lease moving): each fires, in order.
+        assert_eq!(due_times(&every_second, now - 5_000, now), [now - 4_000, now - 3_000, now - 2_000, now - 1_000, now]);
+        // An hour missed: one event for the older times, then each of the last minute (up to
+        // the round's bound).
+        let times = due_times(&every_second, now - 3_600_000, now);
+        let recent = now - CATCH_UP.as_millis() as i64;
+        assert_eq!(times[0], recent, "the older times collapse into their latest");
+        assert_eq!(times[1], recent + 1_000);
+        assert_eq!(times.len(), 61);
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
+        let daily = Schedule::parse("0 0 * * *", None).unwrap();
+        assert_eq!(due_times(&daily, 0, 10 * 86_400_000 + 300_000), [10 * 86_400_000], "ten missed days fire once");
     }
 
     #[test]

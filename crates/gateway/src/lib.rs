@@ -15,6 +15,7 @@ pub mod events;
 pub mod form;
 pub mod images;
 pub mod invoke;
+pub mod nodes;
 pub mod openapi;
 pub mod sandboxes;
 pub mod services;
@@ -102,6 +103,8 @@ pub struct Shared {
     pub ready: Arc<AtomicBool>,
     /// The user's price sheets (`<data>/prices`).
     pub prices_dir: std::path::PathBuf,
+    /// The nodes there are (this one alone, unless in a cluster).
+    pub members: Arc<dyn hangar_bus::Membership>,
 }
 
 /// Builds the router of the whole gateway.
@@ -144,6 +147,8 @@ pub fn router(state: AppState) -> Router {
         .route("/triggers", get(events::list_triggers))
         .route("/triggers/{name}", axum::routing::put(events::put_trigger).delete(events::delete_trigger))
         .route("/topics/{topic}/events", post(events::publish).layer(DefaultBodyLimit::disable()))
+        .route("/nodes", get(nodes::list))
+        .route("/nodes/{id}/drain", post(nodes::drain))
         .route("/openapi.json", get(openapi_json))
         .layer(json_limit);
     // The platform's own routes answer every error in the JSON shape; workloads' answers under

@@ -36,6 +36,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     up::run(up::UpOptions {
         data_dir: hangar_cli::util::data_dir(cli.data_dir.clone()),
         listen: a.listen,
+        store: a.store.clone(),
+        bus: a.bus.clone(),
+        heartbeat: a.heartbeat,
         limits: hangar_gateway::Limits { max_code_bytes: a.max_code_bytes, max_payload_bytes: a.max_payload_bytes, max_image_bytes: a.max_image_bytes },
         max_log_bytes: a.max_log_bytes,
         pool_instances: a.pool_instances,

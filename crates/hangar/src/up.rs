@@ -19,6 +19,11 @@ use hangar_store_sqlite::SqliteStore;
 pub struct UpOptions {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// `postgres://…` for a cluster's store; `None`: the SQLite file in the data dir.
+    pub store: Option<String>,
+    /// `nats://…` for a cluster's bus; `None`: in-process.
+    pub bus: Option<String>,
+    pub heartbeat: Duration,
     pub limits: Limits,
     pub max_log_bytes: usize,
     pub pool_instances: u32,
@@ -56,9 +61,17 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     // containers); its id is the name everything this server makes on the machine carries.
     let data = hangar_core::DataDir::open(&opts.data_dir)?;
     let server_id = data.server_id().clone();
-    let db = opts.data_dir.join("hangar.db");
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&db).with_context(|| format!("opening the database {}", db.display()))?.with_metering(opts.metering));
+    // The store and the bus first: a node that cannot reach them stops here, saying which.
+    let store = open_store(&opts).await?;
+    let nats = match opts.bus.as_deref() {
+        None => None,
+        Some(url) if url.starts_with("nats://") => Some(
+            hangar_bus_nats::Nats::connect(url, server_id.as_str())
+                .await
+                .with_context(|| format!("the bus at {} cannot be used (--bus / HANGAR_BUS)", hangar_bus_nats::describe(url)))?,
+        ),
+        Some(other) => anyhow::bail!("--bus `{}…`: expected nats://HOST:PORT (or no --bus for one node)", other.split("://").next().unwrap_or_default()),
+    };
 
     let mut metrics = Metrics::new();
     let counters = WasmCounters::default();
@@ -89,7 +102,11 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         Ok(host) => runtimes.extend(host.runtimes()),
         Err(e) => _ = unavailable("process functions (python3, nodejs, provided)", e),
     }
-    let scheduler = Arc::new(Scheduler::new(runtimes, meter.clone(), opts.max_log_bytes, opts.namespace_concurrency));
+    // Code deployed through another node is prepared here from the store, at its first call.
+    let scheduler = Arc::new(
+        Scheduler::new(runtimes, meter.clone(), opts.max_log_bytes, opts.namespace_concurrency)
+            .with_code_source(Arc::new(hangar_scheduler::informer::StoredCode(store.clone()))),
+    );
     let services = match hangar_service::Services::check_machine() {
         Ok(()) => hangar_service::Services::start(&opts.data_dir, server_id.as_str(), images.clone()).await,
         Err(e) => Err(e),
@@ -98,7 +115,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         Ok(s) => (Some(Arc::new(s)), None),
         Err(e) => (None, Some(unavailable("services", e))),
     };
-    let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency, opts.async_queue)
+    let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency, opts.async_queue, server_id.as_str())
         .await
         .context("reading the queue of asynchronous invocations")?;
     let triggers = hangar_events::Triggers::open(store.clone(), async_queue.clone()).await.context("reading the triggers")?;
@@ -113,11 +130,14 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let image_users: hangar_gateway::ImageUsers = Arc::new(move |ns: &str, id: &str| {
         users.as_ref().is_some_and(|s| s.uses_image(ns, id)) || sandbox_users.as_ref().is_some_and(|s| s.uses_image(ns, id))
     });
-    // The change bus: the route, key and trigger tables follow the store through it.
-    let bus = hangar_bus::LocalBus::new();
+    // The change bus: the route, key and trigger tables follow the store through it (and,
+    // in a cluster, through nats-server every other node's changes).
+    let bus: Arc<dyn hangar_bus::Bus> = match &nats {
+        None => hangar_bus::LocalBus::new(),
+        Some(n) => hangar_bus_nats::NatsBus::start(n.clone(), server_id.as_str()).await.context("listening for other nodes' changes")?,
+    };
     let keys = KeyCache::default();
     {
-        use hangar_bus::Bus as _;
         bus.subscribe(Arc::new(hangar_scheduler::informer::RouteInformer { store: store.clone(), scheduler: scheduler.clone() }));
         bus.subscribe(Arc::new(hangar_gateway::auth::KeyInformer { store: store.clone(), keys: keys.clone() }));
         bus.subscribe(Arc::new(triggers.clone()));
@@ -131,6 +151,55 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         (None, why) => hangar_control::ServicesHere::Unavailable(why.unwrap_or_default()),
     };
     let sandboxes_here = sandboxes.clone().ok_or_else(|| sandboxes_unavailable.clone().unwrap_or_default());
+    // Work that must run once however many nodes run is done under a lease.
+    let clock: Arc<dyn hangar_core::Clock> = Arc::new(hangar_core::SystemClock);
+    let nats_leases = nats.as_ref().map(|n| hangar_bus_nats::NatsLeases::new(n.clone()));
+    let leases: Arc<dyn hangar_bus::Leases> = match &nats_leases {
+        None => hangar_bus::LocalLeases::new(clock.clone()),
+        Some(l) => l.clone(),
+    };
+    // Bound now (served once ready) so that the node's first heartbeat says where it is.
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}: is another Hangar running? choose another with --listen", opts.listen))?;
+    let addr = listener.local_addr()?;
+    // What this node reports of itself: capacity, what it runs, where it is reached.
+    let report: hangar_bus::nodes::Reporter = {
+        let mut fleets: Vec<Arc<dyn hangar_meter::usage::Fleet>> = vec![scheduler.clone()];
+        fleets.extend(services.clone().map(|s| s as Arc<dyn hangar_meter::usage::Fleet>));
+        let sandboxes = sandboxes.clone();
+        let (address, id, started_ms) = (addr.to_string(), server_id.to_string(), hangar_core::now_ms());
+        let (cpu_milli, memory_mb) = hangar_core::machine_capacity();
+        Arc::new(move || {
+            use hangar_api::nodes::{NodeReport, NodeRole, Resources};
+            let (instances, cpu, memory) = hangar_meter::usage::load(&fleets, sandboxes.as_ref().map(|s| s as &dyn hangar_meter::usage::Sandboxes));
+            NodeReport {
+                id: id.clone(),
+                role: NodeRole::All,
+                address: Some(address.clone()),
+                capacity: Resources { cpu_milli, memory_mb },
+                free: Resources { cpu_milli: cpu_milli.saturating_sub(cpu), memory_mb: memory_mb.saturating_sub(memory) },
+                instances,
+                draining: false,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_ms,
+            }
+        })
+    };
+    let cluster = match (&nats, &nats_leases) {
+        (Some(n), Some(l)) => {
+            Some(hangar_bus_nats::NatsMembership::join(n.clone(), report.clone(), opts.heartbeat, l.clone()).await.context("joining the cluster")?)
+        }
+        _ => None,
+    };
+    if let Some(c) = &cluster {
+        // A lost node's queued and running events run here.
+        c.on_lost(Arc::new(async_queue.clone()));
+    }
+    let members: Arc<dyn hangar_bus::Membership> = match &cluster {
+        Some(c) => c.clone(),
+        None => hangar_bus::LocalMembership::new(report),
+    };
     let control = Arc::new(hangar_control::Control::new(store.clone(), bus, scheduler.clone()).with_services(services_here).with_sandboxes(sandboxes_here));
     let state = AppState::new(Shared {
         store,
@@ -149,6 +218,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         async_queue: async_queue.clone(),
         triggers: triggers.clone(),
         prices_dir: opts.data_dir.join("prices"),
+        members,
     });
     // A first start makes the default namespace and an admin key.
     if let Some(secret) = control.bootstrap(|secret| data.write_private("admin.key", secret).map(drop).map_err(|e| e.to_string())).await? {
@@ -159,10 +229,6 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let restored = control.restore().await.context("restoring the deployed workloads")?;
     // Functions are routable again: events accepted before a restart run now, and schedules
     // catch up on times missed while stopped.
-    // Work that must run once however many servers run is done under a lease (in-process: this
-    // server holds them all).
-    let clock: Arc<dyn hangar_core::Clock> = Arc::new(hangar_core::SystemClock);
-    let leases: Arc<dyn hangar_bus::Leases> = hangar_bus::LocalLeases::new(clock.clone());
     async_queue.run();
     // The control loops, each owned by the part whose state it keeps; the supervisor runs
     // them on their intervals and stops them in order.
@@ -200,10 +266,6 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         let adapter = hangar_adapt::Adapter::new(functions, running, log, clock.clone(), Some(state.prices_dir.clone()), opts.adapt_window);
         supervisor.start("adapt", opts.adapt_every, Scope::Once, adapter);
     }
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}: is another Hangar running? choose another with --listen", opts.listen))?;
-    let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     let url_file = opts.data_dir.join("hangar.url");
     std::fs::write(&url_file, &url).context("writing hangar.url into the data dir")?;
@@ -265,8 +327,31 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     // Every record is durable once the flush returns; the writer task ends with the process
     // (waiting for it to end by itself took 5 s, as parts still hold the meter).
     meter.flush().await;
+    if let Some(c) = &cluster {
+        c.leave().await;
+    }
     println!("Hangar stopped");
     Ok(())
+}
+
+/// The store `--store` names: the SQLite file in the data dir by default, or PostgreSQL.
+async fn open_store(opts: &UpOptions) -> Result<Arc<dyn Store>> {
+    Ok(match opts.store.as_deref() {
+        None => {
+            let db = opts.data_dir.join("hangar.db");
+            Arc::new(SqliteStore::open(&db).with_context(|| format!("opening the database {}", db.display()))?.with_metering(opts.metering))
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = hangar_store_postgres::PostgresStore::connect(url)
+                .await
+                .with_context(|| format!("the store at {} cannot be used (--store / HANGAR_STORE)", hangar_store_postgres::describe(url)))?;
+            Arc::new(store.with_metering(opts.metering))
+        }
+        Some(other) => anyhow::bail!(
+            "--store `{}…`: expected postgres://USER:PASS@HOST:PORT/DB (or no --store for the SQLite file in the data dir)",
+            other.split("://").next().unwrap_or_default()
+        ),
+    })
 }
 
 /// Says that a part of the platform is not available on this machine, and why; the server

@@ -63,6 +63,27 @@ pub trait Sandboxes: Send + Sync {
     fn sandboxes(&self) -> Vec<Sandbox>;
 }
 
+/// What runs on this node now: instances (running or paused, and live sandboxes) and the CPU
+/// (thousandths) and memory (MiB) allotted to them; what a node reports with its heartbeats.
+pub fn load(fleets: &[Arc<dyn Fleet>], sandboxes: Option<&dyn Sandboxes>) -> (u32, u64, u64) {
+    let (mut instances, mut cpu, mut memory) = (0u64, 0u64, 0u64);
+    for r in fleets.iter().flat_map(|f| f.running()) {
+        instances += r.running + r.paused;
+        cpu += r.running * r.cpus_milli;
+        memory += (r.running + r.paused) * r.memory_mb;
+    }
+    for sb in sandboxes.map(|s| s.sandboxes()).unwrap_or_default() {
+        if matches!(sb.state, SandboxState::Running | SandboxState::Paused) {
+            instances += 1;
+            memory += u64::from(sb.config.memory_mb);
+            if sb.state == SandboxState::Running {
+                cpu += (sb.config.cpus.max(0.0) * 1000.0) as u64;
+            }
+        }
+    }
+    (instances.min(u64::from(u32::MAX)) as u32, cpu, memory)
+}
+
 /// A sandbox's counters at a moment: running, paused, standby ms and standby byte-ms.
 type Counters = (u64, u64, u64, u128);
 

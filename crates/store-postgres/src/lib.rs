@@ -112,8 +112,10 @@ CREATE TABLE async_invocations (
     next_ms         BIGINT NOT NULL,
     finished_ms     BIGINT,
     error           TEXT,
-    destination_id  TEXT
+    destination_id  TEXT,
+    owner           TEXT
 );
+CREATE INDEX async_by_owner ON async_invocations(owner) WHERE state IN ('queued', 'running');
 CREATE UNIQUE INDEX async_by_key ON async_invocations(namespace, kind, target, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX async_unfinished ON async_invocations(state) WHERE state IN ('queued', 'running');
 CREATE INDEX async_by_target ON async_invocations(namespace, target, id);
@@ -890,7 +892,7 @@ impl Ledger for PostgresStore {
 
 #[async_trait]
 impl Queue for PostgresStore {
-    async fn save_async(&self, new: Vec<AsyncRecord>, changed: Vec<AsyncRecord>) -> Result<Vec<(String, bool)>> {
+    async fn save_async(&self, owner: &str, new: Vec<AsyncRecord>, changed: Vec<AsyncRecord>) -> Result<Vec<(String, bool)>> {
         if new.is_empty() && changed.is_empty() {
             return Ok(Vec::new());
         }
@@ -903,8 +905,8 @@ impl Queue for PostgresStore {
                 let n = tx
                     .execute(
                         "INSERT INTO async_invocations(id, namespace, target, content_type, idempotency_key, state,
-                           attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, payload)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING",
+                           attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, payload, owner)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT DO NOTHING",
                         &[
                             &a.id,
                             &a.namespace,
@@ -921,6 +923,7 @@ impl Queue for PostgresStore {
                             &a.kind.as_str(),
                             &a.path,
                             &a.payload,
+                            &owner,
                         ],
                     )
                     .await
@@ -944,8 +947,9 @@ impl Queue for PostgresStore {
             }
             for a in &changed {
                 tx.execute(
-                    "UPDATE async_invocations SET state = $2, attempts = $3, next_ms = $4, finished_ms = $5, error = $6, destination_id = $7 WHERE id = $1",
-                    &[&a.id, &a.state.as_str(), &rows::attempts_json(a), &a.next_ms, &a.finished_ms, &a.error, &a.destination_id],
+                    "UPDATE async_invocations SET state = $2, attempts = $3, next_ms = $4, finished_ms = $5, error = $6, destination_id = $7
+                     WHERE id = $1 AND owner = $8",
+                    &[&a.id, &a.state.as_str(), &rows::attempts_json(a), &a.next_ms, &a.finished_ms, &a.error, &a.destination_id, &owner],
                 )
                 .await
                 .map_err(pg)?;
@@ -956,14 +960,38 @@ impl Queue for PostgresStore {
         .await
     }
 
-    async fn unfinished_async(&self) -> Result<Vec<AsyncRecord>> {
+    async fn unfinished_async(&self, owner: &str) -> Result<Vec<AsyncRecord>> {
         self.call(async {
             let c = self.client().await?;
             let rows = c
-                .query(&format!("SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE state IN ('queued', 'running') ORDER BY id"), &[])
+                .query(
+                    &format!("SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE state IN ('queued', 'running') AND owner = $1 ORDER BY id"),
+                    &[&owner],
+                )
                 .await
                 .map_err(pg)?;
             rows.iter().map(|r| rows::async_record(r, true)).collect()
+        })
+        .await
+    }
+
+    async fn adopt_async(&self, lost: &str, to: &str) -> Result<Vec<AsyncRecord>> {
+        self.call(async {
+            let c = self.client().await?;
+            // One statement: two nodes adopting at once cannot both take an event.
+            let rows = c
+                .query(
+                    &format!(
+                        "UPDATE async_invocations SET owner = $2 WHERE owner = $1 AND state IN ('queued', 'running')
+                         RETURNING {ASYNC_COLUMNS}, payload"
+                    ),
+                    &[&lost, &to],
+                )
+                .await
+                .map_err(pg)?;
+            let mut out: Vec<AsyncRecord> = rows.iter().map(|r| rows::async_record(r, true)).collect::<Result<_>>()?;
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(out)
         })
         .await
     }

@@ -235,6 +235,10 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch("ALTER TABLE invocations ADD COLUMN parent_id TEXT")?;
     }
     conn.execute_batch("CREATE INDEX IF NOT EXISTS invocations_by_parent ON invocations(parent_id) WHERE parent_id IS NOT NULL")?;
+    if !has("async_invocations", "owner")? {
+        // Events from before nodes had ids belong to whoever opens the file next.
+        conn.execute_batch("ALTER TABLE async_invocations ADD COLUMN owner TEXT")?;
+    }
     Ok(())
 }
 
@@ -845,18 +849,19 @@ impl Ledger for SqliteStore {
 
 #[async_trait]
 impl Queue for SqliteStore {
-    async fn save_async(&self, new: Vec<AsyncRecord>, changed: Vec<AsyncRecord>) -> Result<Vec<(String, bool)>> {
+    async fn save_async(&self, owner: &str, new: Vec<AsyncRecord>, changed: Vec<AsyncRecord>) -> Result<Vec<(String, bool)>> {
         if new.is_empty() && changed.is_empty() {
             return Ok(Vec::new());
         }
+        let owner = owner.to_string();
         self.with(move |c| {
             let tx = c.transaction()?;
             let mut held = Vec::with_capacity(new.len());
             {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO async_invocations(id, namespace, target, content_type, idempotency_key, state,
-                       attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, payload)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                       attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, payload, owner)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                      ON CONFLICT DO NOTHING",
                 )?;
                 let mut by_key =
@@ -877,7 +882,8 @@ impl Queue for SqliteStore {
                         a.destination_id,
                         a.kind.as_str(),
                         a.path,
-                        a.payload
+                        a.payload,
+                        owner
                     ])?;
                     if n == 1 {
                         held.push((a.id.clone(), false));
@@ -890,10 +896,10 @@ impl Queue for SqliteStore {
                 }
                 let mut update = tx.prepare_cached(
                     "UPDATE async_invocations SET state = ?2, attempts = ?3, next_ms = ?4, finished_ms = ?5, error = ?6,
-                       destination_id = ?7 WHERE id = ?1",
+                       destination_id = ?7 WHERE id = ?1 AND (owner = ?8 OR owner IS NULL)",
                 )?;
                 for a in &changed {
-                    update.execute(params![a.id, a.state.as_str(), attempts_json(a), a.next_ms, a.finished_ms, a.error, a.destination_id])?;
+                    update.execute(params![a.id, a.state.as_str(), attempts_json(a), a.next_ms, a.finished_ms, a.error, a.destination_id, owner])?;
                 }
             }
             tx.commit()?;
@@ -902,12 +908,38 @@ impl Queue for SqliteStore {
         .await
     }
 
-    async fn unfinished_async(&self) -> Result<Vec<AsyncRecord>> {
-        self.with(|c| {
-            let mut st =
-                c.prepare_cached(&format!("SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE state IN ('queued', 'running') ORDER BY id"))?;
-            let rows = st.query_map([], |r| async_from_row(r, true))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    async fn unfinished_async(&self, owner: &str) -> Result<Vec<AsyncRecord>> {
+        let owner = owner.to_string();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("UPDATE async_invocations SET owner = ?1 WHERE owner IS NULL AND state IN ('queued', 'running')", [&owner])?;
+            let rows = {
+                let mut st = tx.prepare_cached(&format!(
+                    "SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE state IN ('queued', 'running') AND owner = ?1 ORDER BY id"
+                ))?;
+                st.query_map([&owner], |r| async_from_row(r, true))?.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            tx.commit()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn adopt_async(&self, lost: &str, to: &str) -> Result<Vec<AsyncRecord>> {
+        let (lost, to) = (lost.to_string(), to.to_string());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let ids: Vec<String> = {
+                let mut st = tx.prepare_cached("SELECT id FROM async_invocations WHERE owner = ?1 AND state IN ('queued', 'running') ORDER BY id")?;
+                st.query_map([&lost], |r| r.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                tx.execute("UPDATE async_invocations SET owner = ?2 WHERE id = ?1", params![id, to])?;
+                out.push(tx.query_row(&format!("SELECT {ASYNC_COLUMNS}, payload FROM async_invocations WHERE id = ?1"), [id], |r| async_from_row(r, true))?);
+            }
+            tx.commit()?;
+            Ok(out)
         })
         .await
     }

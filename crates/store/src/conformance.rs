@@ -308,22 +308,42 @@ async fn usage_rows_marks_and_pruning(s: Arc<dyn Store>) {
 
 async fn async_invocations_deduplicate_by_key_and_keep_their_state(s: Arc<dyn Store>) {
     // A key seen twice in one batch and again in a later one holds the first id.
-    let held = s.save_async(vec![queued("a1", Some("k")), queued("a2", Some("k")), queued("a3", None)], vec![]).await.unwrap();
+    let held = s.save_async("n1", vec![queued("a1", Some("k")), queued("a2", Some("k")), queued("a3", None)], vec![]).await.unwrap();
     assert_eq!(held, vec![("a1".into(), false), ("a1".into(), true), ("a3".into(), false)]);
-    let held = s.save_async(vec![queued("a4", Some("k"))], vec![]).await.unwrap();
+    let held = s.save_async("n2", vec![queued("a4", Some("k"))], vec![]).await.unwrap();
     assert_eq!(held, vec![("a1".into(), true)]);
     let mut done = queued("a1", Some("k"));
     done.state = AsyncState::Succeeded;
     done.finished_ms = Some(5);
     done.attempts.push(Attempt { invocation_id: Some("i1".into()), started_ms: 2, outcome: Outcome::Ok, status: 200, error: None });
-    s.save_async(vec![], vec![done.clone()]).await.unwrap();
-    let unfinished: Vec<String> = s.unfinished_async().await.unwrap().into_iter().map(|a| a.id).collect();
-    assert_eq!(unfinished, ["a3"]);
+    s.save_async("n1", vec![], vec![done.clone()]).await.unwrap();
+    let unfinished = |owner: &'static str| {
+        let s = s.clone();
+        async move { s.unfinished_async(owner).await.unwrap().into_iter().map(|a| a.id).collect::<Vec<_>>() }
+    };
+    assert_eq!(unfinished("n1").await, ["a3"]);
+    assert!(unfinished("n2").await.is_empty(), "a duplicate key queues nothing for its sender");
     assert_eq!(s.get_async(Some("default"), "a1").await.unwrap().unwrap(), done);
     assert!(s.get_async(Some("other"), "a1").await.unwrap().is_none());
     let succeeded = s.list_async(AsyncFilter { state: Some(AsyncState::Succeeded), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(succeeded.len(), 1);
     assert!(succeeded[0].payload.is_empty(), "listings leave payloads out");
+
+    // n1 is lost: n2 takes its unfinished events over, payloads and all; n1's late writes to
+    // them change nothing.
+    let adopted = s.adopt_async("n1", "n2").await.unwrap();
+    assert_eq!(adopted.iter().map(|a| (a.id.as_str(), a.payload.len())).collect::<Vec<_>>(), [("a3", 2)]);
+    assert!(unfinished("n1").await.is_empty());
+    assert_eq!(unfinished("n2").await, ["a3"]);
+    assert!(s.adopt_async("n1", "n2").await.unwrap().is_empty(), "taken over once");
+    let mut late = queued("a3", None);
+    late.state = AsyncState::Failed;
+    s.save_async("n1", vec![], vec![late]).await.unwrap();
+    assert_eq!(s.get_async(None, "a3").await.unwrap().unwrap().state, AsyncState::Queued, "the lost node is fenced off");
+    let mut done = queued("a3", None);
+    done.state = AsyncState::Succeeded;
+    s.save_async("n2", vec![], vec![done]).await.unwrap();
+    assert_eq!(s.get_async(None, "a3").await.unwrap().unwrap().state, AsyncState::Succeeded);
 }
 
 async fn mode_switches_keep_their_order(s: Arc<dyn Store>) {

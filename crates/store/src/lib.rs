@@ -206,12 +206,17 @@ pub trait Ledger: Send + Sync + 'static {
 /// The durable queue of asynchronous invocations.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
-    /// In one transaction: queues `new` asynchronous invocations and writes the state of
-    /// `changed` ones. Returns, per new one, the id that holds it and whether that is an
-    /// earlier invocation with the same idempotency key (then nothing was queued).
-    async fn save_async(&self, new: Vec<AsyncRecord>, changed: Vec<AsyncRecord>) -> Result<Vec<(String, bool)>>;
-    /// Every asynchronous invocation not yet finished (queued or running), oldest first.
-    async fn unfinished_async(&self) -> Result<Vec<AsyncRecord>>;
+    /// In one transaction: queues `new` asynchronous invocations, held by node `owner`, and
+    /// writes the state of `changed` ones that `owner` still holds (a node whose events were
+    /// taken over changes them no more). Returns, per new one, the id that holds it and whether
+    /// that is an earlier invocation with the same idempotency key (then nothing was queued).
+    async fn save_async(&self, owner: &str, new: Vec<AsyncRecord>, changed: Vec<AsyncRecord>) -> Result<Vec<(String, bool)>>;
+    /// Every asynchronous invocation not yet finished (queued or running) that node `owner`
+    /// holds, oldest first.
+    async fn unfinished_async(&self, owner: &str) -> Result<Vec<AsyncRecord>>;
+    /// Hands every unfinished asynchronous invocation node `lost` holds to node `to` (a lost
+    /// node's queue taken over), oldest first.
+    async fn adopt_async(&self, lost: &str, to: &str) -> Result<Vec<AsyncRecord>>;
     /// One asynchronous invocation; `namespace` restricts the look-up.
     async fn get_async(&self, namespace: Option<&str>, id: &str) -> Result<Option<AsyncRecord>>;
     /// Asynchronous invocations, newest first, without payloads.

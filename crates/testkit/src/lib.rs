@@ -60,26 +60,39 @@ impl Postgres {
         let data = dir.path().join("data");
         std::fs::create_dir(&data).expect("the PostgreSQL data dir");
         run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()), "giving the cluster dir to the postgres user");
-        let port = free_port();
         let as_postgres = |program: &Path| {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(program);
             c
         };
+        let port = free_port();
         run(as_postgres(&bin.join("initdb")).args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale", "C", "-D"]).arg(&data), "initdb");
-        let options = format!("-c listen_addresses=127.0.0.1 -p {port} -k {} -c fsync=off -c max_connections=400", dir.path().display());
+        let pg = Postgres { dir, bin, port, databases: Default::default() };
+        pg.resume();
+        pg
+    }
+
+    /// Starts it again after [`Postgres::stop`] (same port, same data).
+    pub fn resume(&self) {
+        let options = format!("-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=400", self.port, self.dir.path().display());
         run(
-            as_postgres(&bin.join("pg_ctl"))
-                .args(["-D"])
-                .arg(&data)
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
                 .args(["-o", &options, "-l"])
-                .arg(dir.path().join("log"))
+                .arg(self.dir.path().join("log"))
                 .args(["-w", "-t", "60", "start"])
                 .stdout(Stdio::null()),
             "pg_ctl start",
         );
-        wait_for_port(port, "PostgreSQL", Duration::from_secs(30));
-        Postgres { dir, bin, port, databases: Default::default() }
+        wait_for_port(self.port, "PostgreSQL", Duration::from_secs(30));
+    }
+
+    /// Stops it at once (as a crash would; committed data stays).
+    pub fn stop(&self) {
+        self.pg_ctl("stop");
     }
 
     /// The URL of database `db` on this cluster.

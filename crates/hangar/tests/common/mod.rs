@@ -56,6 +56,16 @@ impl Server {
         s
     }
 
+    /// Starts a node that joins the cluster of a node started before it, using that node's
+    /// admin key (written into this node's data dir, where the CLI looks for it).
+    pub fn join(extra: &[&str], admin_key: &str) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("admin.key"), admin_key).expect("writing admin.key");
+        let mut s = Server { dir, url: String::new(), admin_key: String::new(), child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
+        s.boot();
+        s
+    }
+
     fn boot(&mut self) {
         let url_file = self.dir.path().join("hangar.url");
         let _ = std::fs::remove_file(&url_file);

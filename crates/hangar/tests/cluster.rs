@@ -1,0 +1,344 @@
+//! A cluster on one machine: nodes of the real binary sharing a real PostgreSQL (the store) and
+//! a real nats-server with JetStream (the bus), each node with its own data dir and port. A
+//! deploy through one node runs through every other; nodes list each other and find a killed
+//! one lost; its queued events run elsewhere; schedules fire once per time across a lease
+//! hand-over; the store or bus going away refuses changes (503) while warm routes keep
+//! serving, and everything recovers by itself. PostgreSQL and nats-server come from Debian
+//! (scripts/test.sh installs them); each test starts its own on free loopback ports.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{BIN, Server, eventually, guest};
+use serde_json::{Value, json};
+
+struct Cluster {
+    pg: hangar_testkit::Postgres,
+    nats: hangar_testkit::Nats,
+    flags: Vec<String>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let pg = hangar_testkit::Postgres::start();
+        let nats = hangar_testkit::Nats::start();
+        let flags = vec!["--store".into(), pg.fresh_database(), "--bus".into(), nats.url(), "--heartbeat".into(), "300ms".into()];
+        Cluster { pg, nats, flags }
+    }
+
+    fn flags(&self) -> Vec<&str> {
+        self.flags.iter().map(String::as_str).collect()
+    }
+
+    /// The first node: it makes the default namespace and the admin key.
+    fn first(&self) -> Server {
+        Server::start_with(&self.flags())
+    }
+
+    fn join(&self, first: &Server) -> Server {
+        Server::join(&self.flags(), &first.admin_key)
+    }
+}
+
+async fn nodes(s: &Server) -> Vec<(String, String, Value)> {
+    let v: Value = s.get("/v1/nodes").send().await.unwrap().json().await.unwrap();
+    v["nodes"].as_array().unwrap().iter().map(|n| (n["id"].as_str().unwrap().to_string(), n["state"].as_str().unwrap().to_string(), n.clone())).collect()
+}
+
+async fn call(s: &Server, path: &str, body: &str) -> (u16, String) {
+    let r = s.http().post(format!("{}{path}", s.url)).body(body.to_string()).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap().trim_end().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_share_deploys_keys_records_and_see_each_other() {
+    let cluster = Cluster::new();
+    let a = cluster.first();
+    let b = cluster.join(&a);
+    let c = cluster.join(&a);
+
+    // Every node lists all three, ready, with where it is reached and what it offers.
+    let listed = eventually("three ready nodes", Duration::from_secs(10), || async {
+        let n = nodes(&c).await;
+        if n.len() == 3 && n.iter().all(|(_, state, _)| state == "ready") { Ok(n) } else { Err(format!("{n:?}")) }
+    })
+    .await;
+    for (_, _, n) in &listed {
+        let address = n["address"].as_str().unwrap();
+        assert!([&a, &b, &c].iter().any(|s| s.url.ends_with(address)), "{n}");
+        assert!(n["capacity"]["cpu_milli"].as_u64().unwrap() >= 1000 && n["capacity"]["memory_mb"].as_u64().unwrap() > 0, "{n}");
+        assert_eq!(n["role"], "all");
+    }
+    let table = a.ok(&["nodes"]);
+    assert_eq!(table.matches("ready").count(), 3, "{table}");
+
+    // Deployed through A, the function answers through B and C alike (each node prepares the
+    // code it never received, from the store).
+    a.ok(&["fn", "deploy", "hello", "--code", guest("hello").to_str().unwrap(), "--env", "GREETING=Hi", "--public"]);
+    for s in [&b, &c] {
+        let answer = eventually("the deploy to reach another node", Duration::from_secs(5), || async {
+            let (status, body) = call(s, "/fn/default/hello/", "Ada").await;
+            if status == 200 { Ok(body) } else { Err(format!("{status} {body}")) }
+        })
+        .await;
+        assert_eq!(answer, "Hi, Ada!");
+    }
+    // A change through C reaches A; a namespace key made through B works on A and C.
+    c.ok(&["fn", "deploy", "hello", "--code", guest("hello").to_str().unwrap(), "--env", "GREETING=Hello", "--public"]);
+    eventually("revision 2 on A", Duration::from_secs(5), || async {
+        let (status, body) = call(&a, "/fn/default/hello/", "Ada").await;
+        if body == "Hello, Ada!" { Ok(()) } else { Err(format!("{status} {body}")) }
+    })
+    .await;
+    let created: Value = b
+        .http()
+        .post(format!("{}/v1/keys", b.url))
+        .bearer_auth(&b.admin_key)
+        .json(&json!({"namespace": "default"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["secret"].as_str().unwrap().to_string();
+    for s in [&a, &c] {
+        eventually("the key on every node", Duration::from_secs(5), || async {
+            let r = s.http().get(format!("{}/v1/functions", s.url)).bearer_auth(&secret).send().await.unwrap();
+            if r.status() == 200 { Ok(()) } else { Err(r.status().to_string()) }
+        })
+        .await;
+    }
+
+    // Records from every node land in one place.
+    eventually("the records of B's and C's calls, read through A", Duration::from_secs(10), || async {
+        let n = a.invocations("hello").await.len();
+        if n >= 3 { Ok(()) } else { Err(format!("{n} records")) }
+    })
+    .await;
+
+    // Draining is reported; a node killed without warning is found lost by the others.
+    let b_id =
+        listed.iter().map(|(id, _, n)| (id, n["address"].as_str().unwrap().to_string())).find(|(_, addr)| b.url.ends_with(addr.as_str())).unwrap().0.clone();
+    let mut b = b;
+    b.kill();
+    let start = Instant::now();
+    eventually("B to be lost", Duration::from_secs(10), || async {
+        let n = nodes(&a).await;
+        if n.iter().any(|(id, state, _)| *id == b_id && state == "lost") { Ok(()) } else { Err(format!("{n:?}")) }
+    })
+    .await;
+    assert!(start.elapsed() >= Duration::from_millis(500), "lost before it missed its heartbeats");
+    assert_eq!(call(&c, "/fn/default/hello/", "Ada").await, (200, "Hello, Ada!".to_string()), "the others keep serving");
+    // Back with its data dir (its id): ready again.
+    b.restart_after_stop();
+    eventually("B back", Duration::from_secs(10), || async {
+        let n = nodes(&a).await;
+        if n.iter().any(|(id, state, _)| *id == b_id && state == "ready") { Ok(()) } else { Err(format!("{n:?}")) }
+    })
+    .await;
+    assert_eq!(call(&b, "/fn/default/hello/", "Ada").await.0, 200);
+    let drained = a.http().post(format!("{}/v1/nodes/{b_id}/drain", a.url)).bearer_auth(&a.admin_key).send().await.unwrap();
+    assert_eq!(drained.status(), 202);
+    eventually("B draining", Duration::from_secs(5), || async {
+        let n = nodes(&c).await;
+        if n.iter().any(|(id, state, _)| *id == b_id && state == "draining") { Ok(()) } else { Err(format!("{n:?}")) }
+    })
+    .await;
+    let missing = a.http().post(format!("{}/v1/nodes/nobody/drain", a.url)).bearer_auth(&a.admin_key).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let forbidden = a.http().get(format!("{}/v1/nodes", a.url)).bearer_auth(&secret).send().await.unwrap();
+    assert_eq!(forbidden.status(), 403, "nodes are for admins");
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_nodes_events_run_elsewhere_and_keys_hold_across_nodes() {
+    let cluster = Cluster::new();
+    let a = cluster.first();
+    let mut b = cluster.join(&a);
+    // Slow enough (two instances of 20 ms per node) that B holds a backlog when it dies.
+    let _code = common::python_fn(
+        &a,
+        "hello",
+        "import time\ndef handler(event, context):\n    time.sleep(0.02)\n    return 'ok'\n",
+        "handler",
+        &["--max-instances", "2"],
+    );
+    // Events sent to both nodes, half with idempotency keys (each key sent to both nodes);
+    // B is killed while its share is queued and running.
+    let post = |s: &Server, i: usize, keyed: bool| {
+        let mut r = s.http().post(format!("{}/v1/functions/hello/invoke?async=true", s.url)).bearer_auth(&s.admin_key).body(format!("{{\"i\": {i}}}"));
+        if keyed {
+            r = r.header("idempotency-key", format!("k{i}"));
+        }
+        r.send()
+    };
+    eventually("the function on B", Duration::from_secs(10), || async {
+        let r = b.http().post(format!("{}/v1/functions/hello/invoke", b.url)).bearer_auth(&b.admin_key).body("{}").send().await.unwrap();
+        let status = r.status();
+        if status == 200 { Ok(()) } else { Err(format!("{status} {}", r.text().await.unwrap())) }
+    })
+    .await;
+    let mut ids = std::collections::BTreeSet::new();
+    let mut on_b = Vec::new();
+    let mut keyed_ids = std::collections::BTreeMap::new();
+    for i in 0..1000 {
+        let keyed = i % 2 == 0;
+        let s = if i % 4 < 2 { &a } else { &b };
+        let r: Value = post(s, i, keyed).await.unwrap().json().await.unwrap();
+        let id = r["id"].as_str().unwrap_or_else(|| panic!("{r}")).to_string();
+        if keyed {
+            // The same key through the other node holds the same event.
+            let other = if std::ptr::eq(s, &a) { &b } else { &a };
+            let again: Value = post(other, i, true).await.unwrap().json().await.unwrap();
+            assert_eq!(again["id"].as_str(), Some(id.as_str()), "{again}");
+            keyed_ids.insert(i, id.clone());
+        }
+        if std::ptr::eq(s, &b) {
+            on_b.push(id.clone());
+        }
+        ids.insert(id);
+        if i == 700 {
+            b.kill();
+            break;
+        }
+    }
+    // B's backlog: events only B held, unfinished when it died.
+    let mut stranded = 0;
+    for id in &on_b {
+        let v: Value = a.get(&format!("/v1/async-invocations/{id}")).send().await.unwrap().json().await.unwrap();
+        if v["state"] == "queued" || v["state"] == "running" {
+            stranded += 1;
+        }
+    }
+    assert!(stranded > 0, "B had no backlog when it died; the test proves nothing");
+    // The rest go to A alone.
+    for i in 701..1000 {
+        let r: Value = post(&a, i, i % 2 == 0).await.unwrap().json().await.unwrap();
+        ids.insert(r["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1000);
+    // Every accepted event completes, B's stranded ones too: A takes them over once B is lost.
+    eventually("all 1,000 events to succeed", Duration::from_secs(120), || async {
+        let v: Value = a.get("/v1/async-invocations?target=hello&state=succeeded&limit=1000").send().await.unwrap().json().await.unwrap();
+        let done = v["items"].as_array().unwrap().len();
+        if done == 1000 { Ok(()) } else { Err(format!("{done} succeeded")) }
+    })
+    .await;
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schedule_fires_once_per_time_across_a_lease_hand_over() {
+    let cluster = Cluster::new();
+    let mut a = cluster.first();
+    a.ok(&["fn", "deploy", "tick", "--code", guest("hello").to_str().unwrap()]);
+    a.ok(&["triggers", "add", "every-second", "--cron", "* * * * * *", "--function", "tick"]);
+    // A holds the cron lease (the only node yet); B joins, then A dies.
+    let b = cluster.join(&a);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.kill();
+    let killed = Instant::now();
+    // B takes over within the lease's time and catches up on the times missed meanwhile.
+    let times = eventually("B to fire for 5 s after the hand-over", Duration::from_secs(40), || async {
+        let v: Value = b.get("/v1/async-invocations?target=tick&limit=1000").send().await.unwrap().json().await.unwrap();
+        let mut times: Vec<i64> =
+            v["items"].as_array().unwrap().iter().map(|e| e["idempotency_key"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap()).collect();
+        times.sort();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let since_kill = now - killed.elapsed().as_millis() as i64;
+        if times.last().is_some_and(|t| *t > since_kill + 15_000) { Ok(times) } else { Err(format!("{} times, last {:?}", times.len(), times.last())) }
+    })
+    .await;
+    let mut dedup = times.clone();
+    dedup.dedup();
+    assert_eq!(dedup.len(), times.len(), "a time fired twice: {times:?}");
+    assert!(times.windows(2).all(|w| w[1] - w[0] == 1000), "a time was skipped: {times:?}");
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_store_or_the_bus_refuses_changes_keeps_serving_and_recovers() {
+    let mut cluster = Cluster::new();
+    let a = cluster.first();
+    let b = cluster.join(&a);
+    a.ok(&["fn", "deploy", "hello", "--code", guest("hello").to_str().unwrap(), "--public"]);
+    eventually("hello on B", Duration::from_secs(5), || async {
+        let (status, body) = call(&b, "/fn/default/hello/", "x").await;
+        if status == 200 { Ok(()) } else { Err(format!("{status} {body}")) }
+    })
+    .await;
+    let deploy = |s: &Server, greeting: &str| {
+        let form = reqwest::multipart::Form::new()
+            .text("config", json!({"runtime": "wasm", "env": {"GREETING": greeting}, "public": true}).to_string())
+            .part("code", reqwest::multipart::Part::bytes(std::fs::read(guest("hello")).unwrap()).file_name("hello.wasm"));
+        s.http().put(format!("{}/v1/functions/hello", s.url)).bearer_auth(&s.admin_key).multipart(form).send()
+    };
+
+    // The store goes away: warm routes keep answering, changes are refused with the reason.
+    cluster.pg.stop();
+    assert_eq!(call(&b, "/fn/default/hello/", "x").await.0, 200, "a warm route needs no store");
+    let r = deploy(&a, "Down").await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    // Back: changes work again by themselves.
+    cluster.pg.resume();
+    eventually("deploys to work again", Duration::from_secs(30), || async {
+        let r = deploy(&a, "Back").await.unwrap();
+        if r.status().is_success() { Ok(()) } else { Err(r.text().await.unwrap()) }
+    })
+    .await;
+    eventually("the new revision on B", Duration::from_secs(5), || async {
+        let (_, body) = call(&b, "/fn/default/hello/", "x").await;
+        if body.starts_with("Back") { Ok(()) } else { Err(body) }
+    })
+    .await;
+
+    // The bus goes away: the same, with bus_unavailable; back, B catches up from the store.
+    cluster.nats.stop();
+    let refused = eventually("changes to be refused", Duration::from_secs(10), || async {
+        let r = deploy(&a, "Cut").await.unwrap();
+        if r.status() == 503 { Ok(r.json::<Value>().await.unwrap()) } else { Err(r.status().to_string()) }
+    })
+    .await;
+    assert_eq!(refused["error"]["code"], "bus_unavailable", "{refused}");
+    assert!(call(&b, "/fn/default/hello/", "x").await.1.starts_with("Back"));
+    cluster.nats.resume();
+    eventually("deploys to work again", Duration::from_secs(30), || async {
+        let r = deploy(&a, "Again").await.unwrap();
+        if r.status().is_success() { Ok(()) } else { Err(r.text().await.unwrap()) }
+    })
+    .await;
+    eventually("B to follow", Duration::from_secs(10), || async {
+        let (_, body) = call(&b, "/fn/default/hello/", "x").await;
+        if body.starts_with("Again") { Ok(()) } else { Err(body) }
+    })
+    .await;
+}
+
+#[test]
+fn a_node_that_cannot_reach_its_store_or_bus_says_which_and_exits() {
+    let port = hangar_testkit::free_port();
+    for (flag, url, needle) in [
+        ("--store", format!("postgres://hangar:secret@127.0.0.1:{port}/hangar"), format!("the store at 127.0.0.1:{port}/hangar cannot be used")),
+        ("--bus", format!("nats://127.0.0.1:{port}"), format!("the bus at 127.0.0.1:{port} cannot be used")),
+        ("--store", "mysql://x".to_string(), "expected postgres://".to_string()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(BIN)
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args([flag, &url])
+            .env("HANGAR_LOG", "error")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {url}: started anyway");
+        assert!(stderr.contains(&needle), "{flag} {url}: {stderr}");
+        assert!(!stderr.contains("secret"), "the password is never printed: {stderr}");
+    }
+}
