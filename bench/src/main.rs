@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
+mod cluster;
 mod metering;
 mod process;
 mod recovery;
@@ -61,6 +62,9 @@ struct Args {
     /// Measure only crash recovery and graceful stop, replacing their section of the report
     #[arg(long)]
     recovery_only: bool,
+    /// Measure only the cluster (PostgreSQL + NATS), replacing its section of the report
+    #[arg(long)]
+    cluster_only: bool,
 }
 
 /// Where the process-function sections start in the report.
@@ -77,6 +81,8 @@ const SANDBOXES_HEADING: &str = "## Sandboxes";
 const FUZZING_HEADING: &str = "## Fuzzing";
 /// Where the crash-recovery section starts in the report.
 const RECOVERY_HEADING: &str = "## Crash recovery";
+/// Where the cluster section starts in the report.
+const CLUSTER_HEADING: &str = "## Cluster";
 
 /// Replaces the sections whose headings start with `heading` (or, if there are none, puts
 /// `section` before `## Reproduce`).
@@ -188,15 +194,26 @@ impl Hangar {
             .context("starting hangar")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !url_file.exists() {
-            if Instant::now() > deadline {
-                bail!("hangar did not start");
+        // Written by the server once it listens (read until whole: it may be caught mid-write).
+        self.url = loop {
+            match std::fs::read_to_string(&url_file) {
+                Ok(u) if u.trim().starts_with("http://") && u.trim().len() > "http://".len() => break u.trim().to_string(),
+                _ if Instant::now() > deadline => bail!("hangar did not start"),
+                _ => std::thread::sleep(Duration::from_millis(5)),
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        self.url = std::fs::read_to_string(&url_file)?.trim().to_string();
+        };
         self.key = std::fs::read_to_string(self.dir.path().join("admin.key"))?.trim().to_string();
         Ok(())
+    }
+
+    /// Starts a node joining the cluster of a node started before it (with its admin key).
+    fn join(bin: &Path, extra: &[&str], key: &str) -> Result<Hangar> {
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("admin.key"), key)?;
+        let mut h = Hangar { bin: bin.to_path_buf(), dir, child: None, url: String::new(), key: String::new(), extra };
+        h.boot()?;
+        Ok(h)
     }
 
     fn pid(&self) -> u32 {
@@ -288,8 +305,11 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
-    if a.process_only || a.services_only || a.scaling_only || a.sandboxes_only || a.metering_only || a.recovery_only {
-        let (heading, section) = if a.recovery_only {
+    if a.process_only || a.services_only || a.scaling_only || a.sandboxes_only || a.metering_only || a.recovery_only || a.cluster_only {
+        let (heading, section) = if a.cluster_only {
+            eprintln!("measuring the cluster");
+            (CLUSTER_HEADING, cluster::run(&a.hangar, &a.component).await?)
+        } else if a.recovery_only {
             eprintln!("measuring crash recovery and graceful stop");
             (RECOVERY_HEADING, recovery::run(&a.hangar).await?)
         } else if a.metering_only {
@@ -506,8 +526,10 @@ async fn main() -> Result<()> {
     report.push_str(&sandboxes::run(&a.hangar).await?);
     eprintln!("measuring crash recovery and graceful stop");
     report.push_str(&recovery::run(&a.hangar).await?);
+    eprintln!("measuring the cluster");
+    report.push_str(&cluster::run(&a.hangar, &a.component).await?);
     writeln!(report, "## Reproduce\n\n```sh\n./scripts/bench.sh                  # installs wrk and wasmtime-cli 48.0.8 if missing, builds, runs, rewrites this file\n./scripts/bench.sh --process-only   # only the process-function sections\n./scripts/bench.sh --services-only  # only the service sections
-./scripts/bench.sh --scaling-only   # only the scaling and events section\n./scripts/bench.sh --sandboxes-only # only the sandboxes section\n./scripts/bench.sh --metering-only  # only the metering overhead\n./scripts/bench.sh --recovery-only  # only crash recovery and graceful stop\n./scripts/fuzz.sh 45                # the fuzzing table (by hand from its output)\n```")?;
+./scripts/bench.sh --scaling-only   # only the scaling and events section\n./scripts/bench.sh --sandboxes-only # only the sandboxes section\n./scripts/bench.sh --metering-only  # only the metering overhead\n./scripts/bench.sh --recovery-only  # only crash recovery and graceful stop\n./scripts/bench.sh --cluster-only   # only the cluster (PostgreSQL + NATS)\n./scripts/fuzz.sh 45                # the fuzzing table (by hand from its output)\n```")?;
     // Sections other tools write (fuzzing, from scripts/fuzz.sh) are kept.
     let old = std::fs::read_to_string(&a.out).unwrap_or_default();
     if let Some(kept) = section(&old, FUZZING_HEADING) {

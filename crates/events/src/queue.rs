@@ -120,7 +120,8 @@ pub struct AsyncQueue {
 struct Inner {
     scheduler: Arc<Scheduler>,
     services: std::sync::OnceLock<Arc<dyn ServiceSink>>,
-    writes: mpsc::UnboundedSender<Write>,
+    /// The writers; an event's writes all go to one of them (by its id), in order.
+    writes: Vec<mpsc::UnboundedSender<Write>>,
     state: Mutex<State>,
     wake: Notify,
     permits: Arc<Semaphore>,
@@ -163,12 +164,12 @@ impl AsyncQueue {
     /// `node` is the id of this node: the events it accepts are its own until it is lost.
     pub async fn open(store: Arc<dyn Store>, scheduler: Arc<Scheduler>, concurrency: u32, limits: QueueLimits, node: &str) -> Result<AsyncQueue, StoreError> {
         let unfinished = store.unfinished_async(node).await?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (writes, receivers): (Vec<_>, Vec<_>) = (0..store.parallel_writers().max(1)).map(|_| mpsc::unbounded_channel()).unzip();
         let concurrency = concurrency.max(1);
         let inner = Arc::new(Inner {
             scheduler,
             services: std::sync::OnceLock::new(),
-            writes: tx,
+            writes,
             state: Mutex::default(),
             wake: Notify::new(),
             permits: Arc::new(Semaphore::new(concurrency as usize)),
@@ -187,7 +188,9 @@ impl AsyncQueue {
             rec.state = AsyncState::Queued;
             inner.enqueue(rec);
         }
-        tokio::spawn(write_loop(store, node.to_string(), rx));
+        for rx in receivers {
+            tokio::spawn(write_loop(store.clone(), node.to_string(), rx));
+        }
         Ok(AsyncQueue { inner })
     }
 
@@ -237,8 +240,14 @@ impl AsyncQueue {
 
     /// Waits until every change made before the call is in the store.
     pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.inner.writes.send(Write::Flush(tx)).is_ok() {
+        let mut waits = Vec::new();
+        for w in &self.inner.writes {
+            let (tx, rx) = oneshot::channel();
+            if w.send(Write::Flush(tx)).is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
             let _ = rx.await;
         }
     }
@@ -303,12 +312,20 @@ impl Inner {
             destination_id: None,
         };
         let (tx, rx) = oneshot::channel();
-        self.writes.send(Write::New(rec.clone(), tx)).map_err(|_| EventsError::Stopping)?;
+        self.writer(&rec.id).send(Write::New(rec.clone(), tx)).map_err(|_| EventsError::Stopping)?;
         let (id, duplicate) = rx.await.map_err(|_| EventsError::Stopping)?.map_err(EventsError::Store)?;
         if !duplicate {
             self.enqueue(rec);
         }
         Ok((id, duplicate))
+    }
+
+    /// The writer of event `id`'s writes.
+    fn writer(&self, id: &str) -> &mpsc::UnboundedSender<Write> {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        &self.writes[h.finish() as usize % self.writes.len()]
     }
 
     /// Puts a queued event on the due list.
@@ -347,7 +364,7 @@ impl Inner {
     /// left as it is.
     async fn save_durably(&self, rec: AsyncRecord) {
         let (tx, rx) = oneshot::channel();
-        if self.writes.send(Write::Durable(rec, tx)).is_ok() {
+        if self.writer(&rec.id).send(Write::Durable(rec, tx)).is_ok() {
             let _ = rx.await;
         }
     }
@@ -355,7 +372,7 @@ impl Inner {
     /// Records a change durably (in order with every other write) and in memory.
     fn save(&self, rec: AsyncRecord) {
         let finished = matches!(rec.state, AsyncState::Succeeded | AsyncState::Failed);
-        let _ = self.writes.send(Write::Changed(rec.clone()));
+        let _ = self.writer(&rec.id).send(Write::Changed(rec.clone()));
         if finished {
             let mut st = lock(&self.state);
             if let Some(old) = st.events.remove(&rec.id) {

@@ -325,8 +325,9 @@ async fn compare_and_set(tx: &impl GenericClient, table: &str, what: &str, names
 /// Adds one delta to its hourly row (made if missing).
 async fn upsert_usage(tx: &impl GenericClient, d: &hangar_api::cost::UsageDelta) -> Result<()> {
     let n = |v: u64| v.min(i64::MAX as u64) as i64;
-    tx.execute(
-        "INSERT INTO usage AS u (namespace, kind, name, hour_ms, requests, errors, cold_starts, billed_ms, mb_ms,
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO usage AS u (namespace, kind, name, hour_ms, requests, errors, cold_starts, billed_ms, mb_ms,
            vcpu_milli_ms, running_ms, paused_ms, standby_ms, standby_byte_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (namespace, kind, name, hour_ms) DO UPDATE SET
@@ -335,6 +336,11 @@ async fn upsert_usage(tx: &impl GenericClient, d: &hangar_api::cost::UsageDelta)
            mb_ms = u.mb_ms + excluded.mb_ms, vcpu_milli_ms = u.vcpu_milli_ms + excluded.vcpu_milli_ms,
            running_ms = u.running_ms + excluded.running_ms, paused_ms = u.paused_ms + excluded.paused_ms,
            standby_ms = u.standby_ms + excluded.standby_ms, standby_byte_ms = u.standby_byte_ms + excluded.standby_byte_ms",
+        )
+        .await
+        .map_err(pg)?;
+    tx.execute(
+        &statement,
         &[
             &d.namespace,
             &d.kind.as_str(),
@@ -699,7 +705,7 @@ impl Ledger for PostgresStore {
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(pg)?;
             let insert = tx
-                .prepare(
+                .prepare_cached(
                     "INSERT INTO invocations(id, namespace, function, revision, trigger, started_ms, duration_us, billed_ms,
                        memory_mb, start_kind, outcome, status, response_bytes, error, logs, logs_truncated, parent_id)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT DO NOTHING",
@@ -899,39 +905,64 @@ impl Queue for PostgresStore {
         self.call(async {
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(pg)?;
-            let mut held = Vec::with_capacity(new.len());
-            for a in &new {
-                let attempts = rows::attempts_json(a);
-                let n = tx
-                    .execute(
+            // One statement for the batch's new events and one for its changes: the queue's
+            // writer sends one batch at a time, so round trips bound its rate.
+            let inserted: std::collections::HashSet<String> = if new.is_empty() {
+                Default::default()
+            } else {
+                let insert = tx
+                    .prepare_cached(
                         "INSERT INTO async_invocations(id, namespace, target, content_type, idempotency_key, state,
                            attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, payload, owner)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT DO NOTHING",
+                         SELECT u.*, $16 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                           $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::text[], $15::bytea[]) AS u
+                         ON CONFLICT DO NOTHING RETURNING id",
+                    )
+                    .await
+                    .map_err(pg)?;
+                let text = |f: fn(&AsyncRecord) -> Option<String>| new.iter().map(f).collect::<Vec<Option<String>>>();
+                let (ids, namespaces, targets) = (text(|a| Some(a.id.clone())), text(|a| Some(a.namespace.clone())), text(|a| Some(a.target.clone())));
+                let (types, keys, states) = (text(|a| a.content_type.clone()), text(|a| a.idempotency_key.clone()), text(|a| Some(a.state.as_str().into())));
+                let attempts = text(|a| Some(rows::attempts_json(a)));
+                let (errors, destinations, kinds, paths) =
+                    (text(|a| a.error.clone()), text(|a| a.destination_id.clone()), text(|a| Some(a.kind.as_str().into())), text(|a| a.path.clone()));
+                let accepted: Vec<i64> = new.iter().map(|a| a.accepted_ms).collect();
+                let next: Vec<i64> = new.iter().map(|a| a.next_ms).collect();
+                let finished: Vec<Option<i64>> = new.iter().map(|a| a.finished_ms).collect();
+                let payloads: Vec<&[u8]> = new.iter().map(|a| a.payload.as_slice()).collect();
+                let rows = tx
+                    .query(
+                        &insert,
                         &[
-                            &a.id,
-                            &a.namespace,
-                            &a.target,
-                            &a.content_type,
-                            &a.idempotency_key,
-                            &a.state.as_str(),
+                            &ids,
+                            &namespaces,
+                            &targets,
+                            &types,
+                            &keys,
+                            &states,
                             &attempts,
-                            &a.accepted_ms,
-                            &a.next_ms,
-                            &a.finished_ms,
-                            &a.error,
-                            &a.destination_id,
-                            &a.kind.as_str(),
-                            &a.path,
-                            &a.payload,
+                            &accepted,
+                            &next,
+                            &finished,
+                            &errors,
+                            &destinations,
+                            &kinds,
+                            &paths,
+                            &payloads,
                             &owner,
                         ],
                     )
                     .await
                     .map_err(pg)?;
-                if n == 1 {
+                rows.iter().map(|r| col::<String>(r, 0)).collect::<Result<_>>()?
+            };
+            let mut held = Vec::with_capacity(new.len());
+            for a in &new {
+                if inserted.contains(&a.id) {
                     held.push((a.id.clone(), false));
                     continue;
                 }
+                // Held by an earlier event with its idempotency key (rare: one query each).
                 let row = tx
                     .query_opt(
                         "SELECT id FROM async_invocations WHERE namespace = $1 AND kind = $2 AND target = $3 AND idempotency_key = $4",
@@ -945,14 +976,25 @@ impl Queue for PostgresStore {
                 };
                 held.push((id, true));
             }
-            for a in &changed {
-                tx.execute(
-                    "UPDATE async_invocations SET state = $2, attempts = $3, next_ms = $4, finished_ms = $5, error = $6, destination_id = $7
-                     WHERE id = $1 AND owner = $8",
-                    &[&a.id, &a.state.as_str(), &rows::attempts_json(a), &a.next_ms, &a.finished_ms, &a.error, &a.destination_id, &owner],
-                )
-                .await
-                .map_err(pg)?;
+            if !changed.is_empty() {
+                let update = tx
+                    .prepare_cached(
+                        "UPDATE async_invocations a SET state = u.state, attempts = u.attempts, next_ms = u.next_ms, finished_ms = u.finished_ms,
+                           error = u.error, destination_id = u.destination_id
+                         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[])
+                           AS u(id, state, attempts, next_ms, finished_ms, error, destination_id)
+                         WHERE a.id = u.id AND a.owner = $8",
+                    )
+                    .await
+                    .map_err(pg)?;
+                let ids: Vec<&str> = changed.iter().map(|a| a.id.as_str()).collect();
+                let states: Vec<&str> = changed.iter().map(|a| a.state.as_str()).collect();
+                let attempts: Vec<String> = changed.iter().map(rows::attempts_json).collect();
+                let next: Vec<i64> = changed.iter().map(|a| a.next_ms).collect();
+                let finished: Vec<Option<i64>> = changed.iter().map(|a| a.finished_ms).collect();
+                let errors: Vec<Option<&str>> = changed.iter().map(|a| a.error.as_deref()).collect();
+                let destinations: Vec<Option<&str>> = changed.iter().map(|a| a.destination_id.as_deref()).collect();
+                tx.execute(&update, &[&ids, &states, &attempts, &next, &finished, &errors, &destinations, &owner]).await.map_err(pg)?;
             }
             tx.commit().await.map_err(pg)?;
             Ok(held)
@@ -973,6 +1015,11 @@ impl Queue for PostgresStore {
             rows.iter().map(|r| rows::async_record(r, true)).collect()
         })
         .await
+    }
+
+    /// Commits of separate connections overlap (and share WAL flushes).
+    fn parallel_writers(&self) -> usize {
+        4
     }
 
     async fn adopt_async(&self, lost: &str, to: &str) -> Result<Vec<AsyncRecord>> {

@@ -217,6 +217,11 @@ pub trait Queue: Send + Sync + 'static {
     /// Hands every unfinished asynchronous invocation node `lost` holds to node `to` (a lost
     /// node's queue taken over), oldest first.
     async fn adopt_async(&self, lost: &str, to: &str) -> Result<Vec<AsyncRecord>>;
+    /// How many writers may call [`Queue::save_async`] at once (each for its own events):
+    /// one for a single-writer database, more where commits wait on round trips.
+    fn parallel_writers(&self) -> usize {
+        1
+    }
     /// One asynchronous invocation; `namespace` restricts the look-up.
     async fn get_async(&self, namespace: Option<&str>, id: &str) -> Result<Option<AsyncRecord>>;
     /// Asynchronous invocations, newest first, without payloads.

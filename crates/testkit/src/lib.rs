@@ -50,11 +50,23 @@ pub struct Postgres {
     bin: PathBuf,
     pub port: u16,
     databases: std::sync::atomic::AtomicU32,
+    durable: bool,
 }
 
 impl Postgres {
-    /// Makes and starts a cluster (about 2 s). As root, it runs as the `postgres` user.
+    /// Makes and starts a cluster (about 2 s), without fsync (tests need no durability
+    /// across power cuts). As root, it runs as the `postgres` user.
     pub fn start() -> Postgres {
+        Self::start_with(false)
+    }
+
+    /// As [`Postgres::start`], with fsync on: commits are durable, as in production
+    /// (for benchmarks).
+    pub fn start_durable() -> Postgres {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Postgres {
         let bin = postgres_bin();
         let dir = tempfile::Builder::new().prefix("hangar-pg-").tempdir().expect("a temp dir for PostgreSQL");
         let data = dir.path().join("data");
@@ -67,14 +79,15 @@ impl Postgres {
         };
         let port = free_port();
         run(as_postgres(&bin.join("initdb")).args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale", "C", "-D"]).arg(&data), "initdb");
-        let pg = Postgres { dir, bin, port, databases: Default::default() };
+        let pg = Postgres { dir, bin, port, databases: Default::default(), durable };
         pg.resume();
         pg
     }
 
     /// Starts it again after [`Postgres::stop`] (same port, same data).
     pub fn resume(&self) {
-        let options = format!("-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=400", self.port, self.dir.path().display());
+        let fsync = if self.durable { "on" } else { "off" };
+        let options = format!("-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync={fsync} -c max_connections=400", self.port, self.dir.path().display());
         run(
             Command::new("runuser")
                 .args(["-u", "postgres", "--"])
