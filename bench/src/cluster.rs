@@ -1,6 +1,8 @@
 //! The cluster, side by side in one run: how long a deploy through one node takes to be
 //! routable on every other node (three nodes on one PostgreSQL and one nats-server), and how
-//! fast the async queue accepts events on PostgreSQL against SQLite on the same machine.
+//! fast the async queue accepts events on PostgreSQL against SQLite on the same machine; and a
+//! scale model past this machine: the real placement code against 1,000 simulated workers and
+//! 100,000 functions, in process.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -15,6 +17,8 @@ const DEPLOYS: usize = 40;
 /// Events accepted per store, and how many are sent at once.
 const EVENTS: usize = 4000;
 const SENDERS: usize = 32;
+/// Sequential calls timed per path for the forwarding overhead (after 200 to warm up).
+const LATENCY_CALLS: usize = 2000;
 
 /// Deploys `hello` with `GREETING` set to `greeting` through `h`'s API; its time.
 async fn deploy(client: &reqwest::Client, h: &Hangar, code: &[u8], greeting: &str) -> Result<Duration> {
@@ -55,6 +59,64 @@ async fn accept_rate(bin: &Path, component: &Path, extra: &[&str]) -> Result<f64
     Ok(EVENTS as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Simulated workers and functions of the scale model, and the decisions timed.
+const SIM_WORKERS: usize = 1000;
+const SIM_FUNCTIONS: usize = 100_000;
+const SIM_DECISIONS: usize = 200_000;
+
+/// A small deterministic generator (xorshift), so every run models the same cluster.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The scale model: placement decision p50/p99 (µs) and bytes per warm revision.
+fn simulate() -> (f64, f64, f64, usize) {
+    use hangar_scheduler::placement::{Needs, Placement, Worker, revision_key};
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let workers: Vec<Worker> = (0..SIM_WORKERS)
+        .map(|i| Worker {
+            id: format!("node-{i}"),
+            address: format!("10.0.{}.{}:7070", i / 250, i % 250),
+            accepting: rng.below(50) != 0,
+            free_cpu_milli: rng.below(16_000),
+            free_memory_mb: rng.below(64 * 1024),
+            instances: rng.below(1000) as u32,
+            max_instances: 1000,
+        })
+        .collect();
+    let mut placement = Placement::new(workers, "node-0");
+    let keys: Vec<u64> = (0..SIM_FUNCTIONS).map(|f| revision_key("ns", &format!("fn-{f}"), 1)).collect();
+    // Each function warm on one to three workers.
+    for key in &keys {
+        for _ in 0..=rng.below(3) {
+            placement.add_warm(*key, rng.below(SIM_WORKERS as u64) as usize);
+        }
+    }
+    let mut times = Vec::with_capacity(SIM_DECISIONS);
+    let mut placed = 0usize;
+    for i in 0..SIM_DECISIONS {
+        // One call in five is of a revision warm nowhere (a new deploy).
+        let key = if i % 5 == 0 { revision_key("ns", &format!("new-{i}"), 1) } else { keys[rng.below(SIM_FUNCTIONS as u64) as usize] };
+        let needs = Needs { memory_mb: 128 << rng.below(4), cpu_milli: 0 };
+        let start = Instant::now();
+        let at = std::hint::black_box(placement.place(key, needs));
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+        placed += usize::from(at.is_some());
+    }
+    let per_revision = placement.index_bytes() as f64 / placement.revisions() as f64;
+    (percentile(times.clone(), 0.5), percentile(times, 0.99), per_revision, placed)
+}
+
 pub async fn run(bin: &Path, component: &Path) -> Result<String> {
     let pg = hangar_testkit::Postgres::start_durable();
     let nats = hangar_testkit::Nats::start();
@@ -63,7 +125,7 @@ pub async fn run(bin: &Path, component: &Path) -> Result<String> {
 
     // Deploy through one node, then poll every other node until it serves the new revision.
     let store = pg.fresh_database();
-    let flags = ["--store", store.as_str(), "--bus", &nats.url()];
+    let flags = ["--store", store.as_str(), "--bus", &nats.url(), "--cluster-secret", "bench-cluster-secret-0123456789"];
     let first = Hangar::start_with(bin, &flags)?;
     let nodes = [Hangar::join(bin, &flags, &first.key)?, Hangar::join(bin, &flags, &first.key)?];
     let all: Vec<&Hangar> = std::iter::once(&first).chain(nodes.iter()).collect();
@@ -102,6 +164,27 @@ pub async fn run(bin: &Path, component: &Path) -> Result<String> {
         }
         propagation.push(answered.elapsed().as_secs_f64() * 1000.0);
     }
+    // A request served on another node than the one it arrived at, against one served where it
+    // arrived: a gateway node forwards every call to a worker.
+    let gateway_flags: Vec<&str> = flags.iter().copied().chain(["--role", "gateway"]).collect();
+    let gateway = Hangar::join(bin, &gateway_flags, &first.key)?;
+    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    let hops = [(&first, &mut local), (&gateway, &mut remote)];
+    for (node, out) in hops {
+        let url = format!("{}/fn/default/hello/", node.url);
+        for i in 0..(LATENCY_CALLS + 200) {
+            let start = Instant::now();
+            let r = client.get(&url).send().await?;
+            if !r.status().is_success() {
+                bail!("a call through {} failed: {}", node.url, r.status());
+            }
+            r.bytes().await?;
+            if i >= 200 {
+                out.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    drop(gateway);
     drop(nodes);
     drop(first);
     let mut sorted = propagation.clone();
@@ -113,6 +196,8 @@ pub async fn run(bin: &Path, component: &Path) -> Result<String> {
     let on_sqlite = accept_rate(bin, component, &[]).await?;
     let on_postgres = accept_rate(bin, component, &["--store", &pg_store]).await?;
 
+    let (sim_p50, sim_p99, per_revision, placed) = simulate();
+
     let mut out = String::new();
     writeln!(out, "## Cluster\n")?;
     writeln!(out, "Three nodes of the release binary on one machine, sharing a throwaway PostgreSQL 15 (the store)")?;
@@ -122,6 +207,10 @@ pub async fn run(bin: &Path, component: &Path) -> Result<String> {
     writeln!(out, "| deploy → routable on every other node (from the deploy's answer), p50 of {DEPLOYS} | {:.1} ms | |", percentile(propagation.clone(), 0.5))?;
     writeln!(out, "| deploy → routable on every other node, p99 | {:.1} ms | ≤ 100 ms |", percentile(propagation.clone(), 0.99))?;
     writeln!(out, "| the deploy itself (upload, compile, store, apply here), median | {:.1} ms | |", median(deploys))?;
+    let (l50, r50) = (percentile(local.clone(), 0.5), percentile(remote.clone(), 0.5));
+    writeln!(out, "| a call served where it arrived, p50 of {LATENCY_CALLS} sequential | {l50:.3} ms | |")?;
+    writeln!(out, "| a call through a gateway node, served on a worker, p50 | {r50:.3} ms (+{:.3} ms) | ≤ +0.3 ms |", r50 - l50)?;
+    writeln!(out, "| the same, p99: where it arrived vs through a gateway | {:.3} vs {:.3} ms | |", percentile(local, 0.99), percentile(remote, 0.99))?;
     writeln!(
         out,
         "| first call on a node that never ran the code (fetch from the store, compile there), median of {} | {:.1} ms | |",
@@ -136,5 +225,15 @@ pub async fn run(bin: &Path, component: &Path) -> Result<String> {
     writeln!(out, "\nEach accepted event is committed before its 202 on either store: SQLite with `synchronous=FULL`,")?;
     writeln!(out, "PostgreSQL with `fsync=on` (its defaults), on the same disk.")?;
     writeln!(out, "Propagation is polled every millisecond over HTTP, so its numbers include up to ~1 ms of polling.\n")?;
+    writeln!(out, "### Scale model: placement at {SIM_WORKERS} workers and {SIM_FUNCTIONS} functions\n")?;
+    writeln!(out, "The real placement code (`hangar_scheduler::placement`) against simulated workers (random free memory,")?;
+    writeln!(out, "CPU and instances, 1 in 50 not taking work) and functions warm on one to three workers each; {SIM_DECISIONS}")?;
+    writeln!(out, "decisions, one in five for a revision warm nowhere (the least-loaded scan), in process.\n")?;
+    writeln!(out, "| measure | value | goal |")?;
+    writeln!(out, "|---|---:|---|")?;
+    writeln!(out, "| placement decision, p50 | {sim_p50:.2} µs | |")?;
+    writeln!(out, "| placement decision, p99 | {sim_p99:.2} µs | ≤ 1,000 µs |")?;
+    writeln!(out, "| memory per warm revision in the placement index | {per_revision:.0} bytes | |")?;
+    writeln!(out, "| calls placed (the rest found no worker with room) | {placed} of {SIM_DECISIONS} | |\n")?;
     Ok(out)
 }

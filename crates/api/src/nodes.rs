@@ -54,6 +54,12 @@ pub struct NodeReport {
     pub free: Resources,
     /// Instances it runs now: warm function instances, service instances, sandboxes.
     pub instances: u32,
+    /// Most instances it runs at once (`--max-node-instances`).
+    #[serde(default)]
+    pub max_instances: u32,
+    /// Function revisions resident here (`namespace/name@revision`), which calls prefer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warm: Vec<String>,
     /// `true` once it was told to drain.
     pub draining: bool,
     pub version: String,

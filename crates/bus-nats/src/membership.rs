@@ -46,6 +46,8 @@ pub struct NatsMembership {
     draining: AtomicBool,
     failover: Mutex<Vec<Arc<dyn Failover>>>,
     stopped: CancellationToken,
+    /// The live nodes as of the last heartbeat.
+    view: std::sync::RwLock<Arc<Vec<NodeInfo>>>,
 }
 
 /// Sleeps `d`, or less if `stop` is cancelled meanwhile; false once cancelled.
@@ -108,11 +110,13 @@ impl NatsMembership {
             draining: AtomicBool::new(false),
             failover: Mutex::default(),
             stopped: Default::default(),
+            view: Default::default(),
         });
         // A node back under its id is no longer lost, and starts undrained unless told again.
         let _ = timed("un-losing", m.lost.purge(&m.node)).await;
         let _ = timed("undraining", m.drain.purge(&m.node)).await;
         m.beat().await.map_err(NatsError::JetStream)?;
+        m.refresh_view().await;
         tokio::spawn(heartbeats(Arc::downgrade(&m), every));
         tokio::spawn(watch_for_lost(Arc::downgrade(&m), every, leases));
         Ok(m)
@@ -151,6 +155,18 @@ impl NatsMembership {
         Ok(())
     }
 
+    /// Reads the live nodes into the view the request path uses (kept as it was if the bus
+    /// cannot be read: what is running keeps being reached).
+    async fn refresh_view(&self) {
+        match self.nodes().await {
+            Ok(nodes) => {
+                let live: Vec<NodeInfo> = nodes.into_iter().filter(|n| n.state != NodeState::Lost).collect();
+                *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+            }
+            Err(e) => tracing::debug!("reading the nodes: {e}"),
+        }
+    }
+
     /// Hands each registered node that stopped heartbeating to the failover parts, then lists
     /// it as lost.
     async fn find_lost(&self) -> Result<(), String> {
@@ -185,6 +201,7 @@ async fn heartbeats(m: std::sync::Weak<NatsMembership>, every: Duration) {
         if let Err(e) = me.beat().await {
             tracing::warn!("heartbeat failed: {e}");
         }
+        me.refresh_view().await;
     }
 }
 
@@ -230,6 +247,10 @@ impl Membership for NatsMembership {
         Ok(out)
     }
 
+    fn snapshot(&self) -> Arc<Vec<NodeInfo>> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     async fn drain(&self, id: &str) -> Result<bool, String> {
         if timed("reading a node", self.nodes.entry(id)).await?.filter(|e| e.operation == kv::Operation::Put).is_none() {
             return Ok(false);
@@ -253,6 +274,8 @@ mod tests {
             capacity: Resources { cpu_milli: 2000, memory_mb: 1024 },
             free: Resources { cpu_milli: 2000, memory_mb: 1024 },
             instances: 0,
+            max_instances: 100,
+            warm: Vec::new(),
             draining: false,
             version: "test".into(),
             started_ms: 0,

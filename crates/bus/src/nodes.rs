@@ -19,6 +19,8 @@ pub trait Membership: Send + Sync + 'static {
     /// Marks node `id` draining: it finishes what it runs and takes no new work. False if
     /// no such node.
     async fn drain(&self, id: &str) -> Result<bool, String>;
+    /// The live nodes as of the last heartbeat, without waiting (for the request path).
+    fn snapshot(&self) -> Arc<Vec<NodeInfo>>;
 }
 
 /// The one node of an embedded server.
@@ -36,6 +38,10 @@ impl LocalMembership {
 impl Membership for LocalMembership {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, String> {
         Ok(vec![NodeInfo { report: (self.report)(), state: NodeState::Ready, last_heartbeat: hangar_api::rfc3339(hangar_core::now_ms()) }])
+    }
+
+    fn snapshot(&self) -> Arc<Vec<NodeInfo>> {
+        Arc::new(vec![NodeInfo { report: (self.report)(), state: NodeState::Ready, last_heartbeat: hangar_api::rfc3339(hangar_core::now_ms()) }])
     }
 
     async fn drain(&self, id: &str) -> Result<bool, String> {

@@ -36,7 +36,7 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the platform (API, gateway, runtimes) on embedded defaults
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Manage functions
     #[command(subcommand, name = "fn")]
     Function(FnCommand),
@@ -137,6 +137,22 @@ pub struct UpArgs {
     /// How often a node heartbeats on the bus; one that misses 3 is lost and its work taken over
     #[arg(long, env = "HANGAR_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat: std::time::Duration,
+    /// What this node does in a cluster: `all` (takes requests and runs instances), `gateway`
+    /// (takes requests, runs nothing: calls go to workers) or `worker`
+    #[arg(long, env = "HANGAR_ROLE", default_value = "all", value_parser = ["all", "gateway", "worker"])]
+    pub role: String,
+    /// The address other nodes reach this node on [default: --listen, unless that is a
+    /// wildcard address]
+    #[arg(long, env = "HANGAR_ADVERTISE")]
+    pub advertise: Option<std::net::SocketAddr>,
+    /// The secret the nodes of a cluster call each other with (the same on every node, at least
+    /// 16 characters; needed with --bus). Prefer the environment variable: arguments are visible
+    /// to other users of the machine
+    #[arg(long, env = "HANGAR_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Most instances this node runs at once; placement sends no more calls to a full node
+    #[arg(long, env = "HANGAR_MAX_NODE_INSTANCES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_node_instances: u32,
     /// Apply this manifest once the server is ready
     #[arg(long)]
     pub apply: Option<PathBuf>,

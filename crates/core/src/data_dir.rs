@@ -68,6 +68,29 @@ impl DataDir {
         &self.id
     }
 
+    /// This data dir's id as a node of a cluster: made once (from the machine's id, the
+    /// path, the time and the process) and kept in `node.id`, so that two machines with the
+    /// same data dir path are two nodes, and a restarted node is the same one.
+    pub fn node_id(&self) -> Result<String, DataDirError> {
+        use sha2::Digest as _;
+        let file = self.path.join("node.id");
+        if let Ok(id) = std::fs::read_to_string(&file)
+            && let id = id.trim()
+            && id.len() == 12
+            && id.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Ok(id.to_string());
+        }
+        let mut seed = sha2::Sha256::new();
+        seed.update(std::fs::read("/etc/machine-id").unwrap_or_default());
+        seed.update(self.path.as_os_str().as_encoded_bytes());
+        seed.update(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos().to_le_bytes());
+        seed.update(std::process::id().to_le_bytes());
+        let id = hex::encode(&seed.finalize()[..6]);
+        self.write_private("node.id", &id)?;
+        Ok(id)
+    }
+
     /// Writes `contents` and a newline to the file `name` in it, readable by its owner only.
     pub fn write_private(&self, name: &str, contents: &str) -> Result<PathBuf, DataDirError> {
         use std::os::unix::fs::OpenOptionsExt as _;
@@ -97,6 +120,10 @@ mod tests {
         assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::read_to_string(&key).unwrap(), "secret\n");
         assert_eq!(held.server_id(), &ServerId::of_data_dir(&data).unwrap());
+        // A node id is made once and kept.
+        let node = held.node_id().unwrap();
+        assert_eq!(node.len(), 12);
+        assert_eq!(held.node_id().unwrap(), node);
         drop(held);
         DataDir::open(&data).expect("free again once the first is gone");
     }

@@ -110,6 +110,40 @@ async fn invoke(
     body: axum::body::Body,
     trigger: Trigger,
 ) -> Result<Response, ApiError> {
+    let body = read_payload(state, &head, body).await?;
+    if let Some(peers) = &state.peers {
+        match peers.route(slot) {
+            crate::cluster::Route::Here => {}
+            crate::cluster::Route::There(worker) => {
+                let d = slot.deployment();
+                return Ok(peers.forward(&worker, &d.namespace, &d.name, head, body, trigger).await);
+            }
+            crate::cluster::Route::Nowhere => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_capacity",
+                    "no worker node has room for this call now (all are full, draining or lost); try again shortly or add workers",
+                ));
+            }
+        }
+    }
+    Ok(run(state, slot, head, body, trigger).await)
+}
+
+/// Runs a call on this node, whatever placement would say (another node placed it here).
+pub(crate) async fn invoke_here(
+    state: &AppState,
+    slot: &Arc<hangar_scheduler::Slot>,
+    head: http::request::Parts,
+    body: axum::body::Body,
+    trigger: Trigger,
+) -> Result<Response, ApiError> {
+    let body = read_payload(state, &head, body).await?;
+    Ok(run(state, slot, head, body, trigger).await)
+}
+
+/// Reads a call's whole body, at most the payload limit.
+async fn read_payload(state: &AppState, head: &http::request::Parts, body: axum::body::Body) -> Result<Bytes, ApiError> {
     let max = state.limits.max_payload_bytes;
     let too_large = || {
         ApiError::new(
@@ -128,13 +162,17 @@ async fn invoke(
     }
     // The whole body is read before anything runs: one that breaks off or is malformed
     // (a bad chunk) is a 400 and the function never sees half of it.
-    let body = read_bounded(body, max, "the request body").await?;
+    read_bounded(body, max, "the request body").await
+}
+
+/// Runs a call here through the scheduler; the answer carries the invocation id.
+async fn run(state: &AppState, slot: &Arc<hangar_scheduler::Slot>, head: http::request::Parts, body: Bytes, trigger: Trigger) -> Response {
     let (id, response) = state.scheduler.invoke(slot, http::Request::from_parts(head, hangar_runtime::full(body)), trigger).await;
     let (mut parts, body) = response.into_parts();
     if let Ok(v) = http::HeaderValue::from_str(&id) {
         parts.headers.insert(INVOCATION_ID_HEADER, v);
     }
-    Ok(Response::from_parts(parts, axum::body::Body::new(body)))
+    Response::from_parts(parts, axum::body::Body::new(body))
 }
 
 /// Oversized bodies up to this size are read and dropped before answering 413; larger ones

@@ -9,6 +9,7 @@
 pub mod adapt;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod cost;
 pub mod error;
 pub mod events;
@@ -105,6 +106,8 @@ pub struct Shared {
     pub prices_dir: std::path::PathBuf,
     /// The nodes there are (this one alone, unless in a cluster).
     pub members: Arc<dyn hangar_bus::Membership>,
+    /// The other nodes, in a cluster: where calls are placed and how they are forwarded.
+    pub peers: Option<Arc<cluster::Peers>>,
 }
 
 /// Builds the router of the whole gateway.
@@ -162,6 +165,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/fn/{*rest}", any(invoke::function_url).layer(DefaultBodyLimit::disable()))
         .route("/svc/{*rest}", any(services::proxy).layer(DefaultBodyLimit::disable()))
+        // Calls other nodes placed here (cluster secret, else 404).
+        .route("/_hangar/fn/{*rest}", any(cluster::run_here).layer(DefaultBodyLimit::disable()))
         .merge(platform)
         .layer(axum::middleware::from_fn_with_state(state.clone(), services::host_routes))
         .with_state(state)

@@ -24,6 +24,11 @@ pub struct UpOptions {
     /// `nats://…` for a cluster's bus; `None`: in-process.
     pub bus: Option<String>,
     pub heartbeat: Duration,
+    pub role: hangar_api::nodes::NodeRole,
+    /// Where other nodes reach this one (default: the listen address).
+    pub advertise: Option<SocketAddr>,
+    pub cluster_secret: Option<String>,
+    pub max_node_instances: u32,
     pub limits: Limits,
     pub max_log_bytes: usize,
     pub pool_instances: u32,
@@ -61,17 +66,33 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     // containers); its id is the name everything this server makes on the machine carries.
     let data = hangar_core::DataDir::open(&opts.data_dir)?;
     let server_id = data.server_id().clone();
+    // Its name among the nodes of a cluster (what holds leases and async events).
+    let node_id = data.node_id()?;
     // The store and the bus first: a node that cannot reach them stops here, saying which.
     let store = open_store(&opts).await?;
     let nats = match opts.bus.as_deref() {
         None => None,
         Some(url) if url.starts_with("nats://") => Some(
-            hangar_bus_nats::Nats::connect(url, server_id.as_str())
+            hangar_bus_nats::Nats::connect(url, &node_id)
                 .await
                 .with_context(|| format!("the bus at {} cannot be used (--bus / HANGAR_BUS)", hangar_bus_nats::describe(url)))?,
         ),
         Some(other) => anyhow::bail!("--bus `{}…`: expected nats://HOST:PORT (or no --bus for one node)", other.split("://").next().unwrap_or_default()),
     };
+    let secret = match (&nats, opts.cluster_secret.as_deref()) {
+        (None, _) => None,
+        (Some(_), Some(s)) if s.len() >= 16 => Some(s.to_string()),
+        (Some(_), _) => anyhow::bail!(
+            "a cluster needs --cluster-secret (or HANGAR_CLUSTER_SECRET): at least 16 characters, the same on every node; nodes call each other with it"
+        ),
+    };
+    let advertise = match opts.advertise {
+        Some(a) => a,
+        None if !opts.listen.ip().is_unspecified() || nats.is_none() => opts.listen,
+        None => anyhow::bail!("--listen {} is a wildcard address: say where other nodes reach this one with --advertise HOST:PORT", opts.listen),
+    };
+    // A gateway runs no instances: it keeps no prewarmed zygotes, services or sandboxes.
+    let runs_instances = opts.role.runs_instances();
 
     let mut metrics = Metrics::new();
     let counters = WasmCounters::default();
@@ -95,7 +116,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         keep_alive: opts.keep_alive,
         pause_after: opts.pause_after,
         region: opts.region.clone(),
-        prewarm: opts.prewarm,
+        prewarm: if runs_instances { opts.prewarm } else { 0 },
         prewarm_metrics,
     };
     match hangar_runtime_process::Host::start(process).await {
@@ -108,6 +129,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             .with_code_source(Arc::new(hangar_scheduler::informer::StoredCode(store.clone()))),
     );
     let services = match hangar_service::Services::check_machine() {
+        Ok(()) if !runs_instances => Err(hangar_service::ServiceError::Invalid("this node's role is gateway: it runs no service instances".into())),
         Ok(()) => hangar_service::Services::start(&opts.data_dir, server_id.as_str(), images.clone()).await,
         Err(e) => Err(e),
     };
@@ -115,14 +137,18 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         Ok(s) => (Some(Arc::new(s)), None),
         Err(e) => (None, Some(unavailable("services", e))),
     };
-    let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency, opts.async_queue, server_id.as_str())
+    let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency, opts.async_queue, &node_id)
         .await
         .context("reading the queue of asynchronous invocations")?;
     let triggers = hangar_events::Triggers::open(store.clone(), async_queue.clone()).await.context("reading the triggers")?;
     if let Some(s) = &services {
         async_queue.set_service_sink(Arc::new(hangar_service::proxy::EventSink { services: s.clone(), store: store.clone() }));
     }
-    let (sandboxes, sandboxes_unavailable) = match hangar_sandbox::Sandboxes::start(&opts.data_dir, &server_id, store.clone(), images.clone()).await {
+    let sandboxes = match runs_instances {
+        true => hangar_sandbox::Sandboxes::start(&opts.data_dir, &server_id, store.clone(), images.clone()).await.map_err(|e| e.to_string()),
+        false => Err("this node's role is gateway: it runs no sandboxes".to_string()),
+    };
+    let (sandboxes, sandboxes_unavailable) = match sandboxes {
         Ok(s) => (Some(s), None),
         Err(e) => (None, Some(unavailable("sandboxes", e))),
     };
@@ -134,7 +160,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     // in a cluster, through nats-server every other node's changes).
     let bus: Arc<dyn hangar_bus::Bus> = match &nats {
         None => hangar_bus::LocalBus::new(),
-        Some(n) => hangar_bus_nats::NatsBus::start(n.clone(), server_id.as_str()).await.context("listening for other nodes' changes")?,
+        Some(n) => hangar_bus_nats::NatsBus::start(n.clone(), &node_id).await.context("listening for other nodes' changes")?,
     };
     let keys = KeyCache::default();
     {
@@ -168,18 +194,23 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         let mut fleets: Vec<Arc<dyn hangar_meter::usage::Fleet>> = vec![scheduler.clone()];
         fleets.extend(services.clone().map(|s| s as Arc<dyn hangar_meter::usage::Fleet>));
         let sandboxes = sandboxes.clone();
-        let (address, id, started_ms) = (addr.to_string(), server_id.to_string(), hangar_core::now_ms());
+        // The address others reach: the bound one when listening on port 0.
+        let address = if advertise.port() == 0 || advertise == opts.listen { SocketAddr::new(advertise.ip(), addr.port()) } else { advertise };
+        let (address, id, started_ms) = (address.to_string(), node_id.clone(), hangar_core::now_ms());
+        let (role, max_instances, scheduler) = (opts.role, opts.max_node_instances, scheduler.clone());
         let (cpu_milli, memory_mb) = hangar_core::machine_capacity();
         Arc::new(move || {
-            use hangar_api::nodes::{NodeReport, NodeRole, Resources};
+            use hangar_api::nodes::{NodeReport, Resources};
             let (instances, cpu, memory) = hangar_meter::usage::load(&fleets, sandboxes.as_ref().map(|s| s as &dyn hangar_meter::usage::Sandboxes));
             NodeReport {
                 id: id.clone(),
-                role: NodeRole::All,
+                role,
                 address: Some(address.clone()),
                 capacity: Resources { cpu_milli, memory_mb },
                 free: Resources { cpu_milli: cpu_milli.saturating_sub(cpu), memory_mb: memory_mb.saturating_sub(memory) },
                 instances,
+                max_instances,
+                warm: if role.runs_instances() { scheduler.warm_revisions() } else { Vec::new() },
                 draining: false,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 started_ms,
@@ -218,6 +249,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         async_queue: async_queue.clone(),
         triggers: triggers.clone(),
         prices_dir: opts.data_dir.join("prices"),
+        peers: secret.map(|s| hangar_gateway::cluster::Peers::new(node_id.clone(), s, members.clone())),
         members,
     });
     // A first start makes the default namespace and an admin key.
@@ -232,11 +264,11 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     async_queue.run();
     // The control loops, each owned by the part whose state it keeps; the supervisor runs
     // them on their intervals and stops them in order.
-    let mut supervisor = hangar_supervisor::Supervisor::new(leases.clone(), server_id.to_string());
+    let mut supervisor = hangar_supervisor::Supervisor::new(leases.clone(), node_id.clone());
     {
         use hangar_supervisor::Scope;
         // Schedules fire on one server (the cron lease), each at its time.
-        supervisor.run("cron", triggers.cron(leases.clone(), server_id.to_string()));
+        supervisor.run("cron", triggers.cron(leases.clone(), node_id.clone()));
         if let Some(s) = &services {
             // Whatever this server owns but no instance wants is removed.
             supervisor.start("reconcile", opts.reconcile_every, Scope::EachServer, hangar_service::Reconcile(s.clone()));

@@ -24,7 +24,16 @@ impl Cluster {
     fn new() -> Cluster {
         let pg = hangar_testkit::Postgres::start();
         let nats = hangar_testkit::Nats::start();
-        let flags = vec!["--store".into(), pg.fresh_database(), "--bus".into(), nats.url(), "--heartbeat".into(), "300ms".into()];
+        let flags = vec![
+            "--store".into(),
+            pg.fresh_database(),
+            "--bus".into(),
+            nats.url(),
+            "--heartbeat".into(),
+            "300ms".into(),
+            "--cluster-secret".into(),
+            "test-cluster-secret-0123456789".into(),
+        ];
         Cluster { pg, nats, flags }
     }
 
@@ -39,6 +48,12 @@ impl Cluster {
 
     fn join(&self, first: &Server) -> Server {
         Server::join(&self.flags(), &first.admin_key)
+    }
+
+    fn join_as(&self, first: &Server, role: &str) -> Server {
+        let mut flags = self.flags();
+        flags.extend(["--role", role]);
+        Server::join(&flags, &first.admin_key)
     }
 }
 
@@ -154,6 +169,92 @@ async fn three_nodes_share_deploys_keys_records_and_see_each_other() {
     drop(cluster);
 }
 
+/// Calls of `function` this node ran, by its metrics.
+async fn ran_here(s: &Server, function: &str) -> f64 {
+    let text = s.get("/metrics").send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("hangar_invocations_total{") && l.contains(&format!("function=\"{function}\"")))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_places_calls_on_workers_and_moves_off_a_dead_one() {
+    let cluster = Cluster::new();
+    let first = cluster.first();
+    let gateway = cluster.join_as(&first, "gateway");
+    let mut worker = cluster.join_as(&first, "worker");
+    first.ok(&["fn", "deploy", "hello", "--code", guest("hello").to_str().unwrap(), "--public"]);
+    eventually("the gateway to see both workers", Duration::from_secs(10), || async {
+        let n = nodes(&gateway).await;
+        let roles: Vec<String> = n.iter().map(|(_, _, v)| v["role"].as_str().unwrap().to_string()).collect();
+        if n.len() == 3 && roles.contains(&"gateway".to_string()) { Ok(()) } else { Err(format!("{n:?}")) }
+    })
+    .await;
+    // Every call through the gateway answers, and runs on a worker, never on the gateway.
+    for i in 0..40 {
+        let (status, body) = call(&gateway, "/fn/default/hello/", &format!("n{i}")).await;
+        assert_eq!((status, body), (200, format!("Hello, n{i}!")));
+    }
+    let api: Value = gateway
+        .http()
+        .post(format!("{}/v1/functions/hello/invoke", gateway.url))
+        .bearer_auth(&gateway.admin_key)
+        .body("api")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| json!(t))
+        .unwrap();
+    assert_eq!(api, json!("Hello, api!\n"));
+    assert_eq!(ran_here(&gateway, "hello").await, 0.0, "the gateway ran nothing");
+    let (on_first, on_worker) = (ran_here(&first, "hello").await, ran_here(&worker, "hello").await);
+    assert_eq!(on_first + on_worker, 41.0);
+    // The records of calls placed elsewhere are in the one store.
+    eventually("41 records", Duration::from_secs(10), || async {
+        let n = gateway.invocations("hello").await.len();
+        if n == 41 { Ok(()) } else { Err(format!("{n}")) }
+    })
+    .await;
+
+    // Node-to-node routes take only the cluster secret; without it they do not exist.
+    let forged = gateway.http().post(format!("{}/_hangar/fn/default/hello/", worker.url)).header("x-hangar-cluster-secret", "guess").send().await.unwrap();
+    assert_eq!(forged.status(), 404);
+    let with_key = gateway.http().post(format!("{}/_hangar/fn/default/hello/", worker.url)).bearer_auth(&gateway.admin_key).send().await.unwrap();
+    assert_eq!(with_key.status(), 404, "a user's key is not a node's");
+
+    // A worker dies: calls placed on it fail fast with a clear 502 until it is found lost,
+    // then all go to the other worker.
+    worker.kill();
+    let mut failed = 0;
+    let start = Instant::now();
+    loop {
+        let r = gateway.http().post(format!("{}/fn/default/hello/", gateway.url)).body("x").send().await.unwrap();
+        match r.status().as_u16() {
+            200 => {
+                if start.elapsed() > Duration::from_secs(3) {
+                    break;
+                }
+            }
+            502 => {
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "node_unreachable", "{body}");
+                failed += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.text().await.unwrap()),
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "calls kept failing");
+    }
+    let settled = ran_here(&first, "hello").await;
+    for _ in 0..10 {
+        assert_eq!(call(&gateway, "/fn/default/hello/", "y").await.0, 200);
+    }
+    assert_eq!(ran_here(&first, "hello").await, settled + 10.0, "everything goes to the live worker");
+    eprintln!("{failed} call(s) failed with 502 while the dead worker was not yet lost");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_nodes_events_run_elsewhere_and_keys_hold_across_nodes() {
     let cluster = Cluster::new();
@@ -206,14 +307,13 @@ async fn a_killed_nodes_events_run_elsewhere_and_keys_hold_across_nodes() {
             break;
         }
     }
-    // B's backlog: events only B held, unfinished when it died.
-    let mut stranded = 0;
-    for id in &on_b {
-        let v: Value = a.get(&format!("/v1/async-invocations/{id}")).send().await.unwrap().json().await.unwrap();
-        if v["state"] == "queued" || v["state"] == "running" {
-            stranded += 1;
-        }
+    // B's backlog: events only B held, unfinished when it died (read at once, in two listings).
+    let mut unfinished = std::collections::HashSet::new();
+    for state in ["queued", "running"] {
+        let v: Value = a.get(&format!("/v1/async-invocations?target=hello&state={state}&limit=1000")).send().await.unwrap().json().await.unwrap();
+        unfinished.extend(v["items"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()));
     }
+    let stranded = on_b.iter().filter(|id| unfinished.contains(*id)).count();
     assert!(stranded > 0, "B had no backlog when it died; the test proves nothing");
     // The rest go to A alone.
     for i in 701..1000 {
@@ -340,5 +440,18 @@ fn a_node_that_cannot_reach_its_store_or_bus_says_which_and_exits() {
         assert!(!out.status.success(), "{flag} {url}: started anyway");
         assert!(stderr.contains(&needle), "{flag} {url}: {stderr}");
         assert!(!stderr.contains("secret"), "the password is never printed: {stderr}");
+    }
+    // A reachable bus, but no cluster secret (or a short one): refused, saying what to set.
+    let nats = hangar_testkit::Nats::start();
+    for secret in [None, Some("short")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).args(["--bus", &nats.url()]).env("HANGAR_LOG", "error");
+        if let Some(s) = secret {
+            cmd.args(["--cluster-secret", s]);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("a cluster needs --cluster-secret"), "{stderr}");
     }
 }

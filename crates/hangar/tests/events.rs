@@ -217,7 +217,7 @@ fn unix_ms() -> i64 {
 }
 
 #[tokio::test]
-async fn cron_fires_on_schedule_and_times_missed_while_down_fire_once() {
+async fn cron_fires_on_schedule_and_times_missed_while_down_each_fire_once() {
     let mut s = Server::start();
     let _tick = deploy(&s, "tick", &[]);
     let _late = deploy(&s, "late", &[]);

@@ -7,6 +7,7 @@
 
 pub mod capacity;
 pub mod informer;
+pub mod placement;
 pub mod reaping;
 
 use std::collections::HashMap;
@@ -364,6 +365,17 @@ impl Scheduler {
     }
 
     /// How many revisions are resident.
+    /// The revisions resident here (`namespace/name@revision`), for placement elsewhere.
+    pub fn warm_revisions(&self) -> Vec<String> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table
+            .values()
+            .flat_map(|f| f.values())
+            .filter(|s| s.loaded.initialized())
+            .map(|s| format!("{}/{}@{}", s.deployment.namespace, s.deployment.name, s.deployment.revision))
+            .collect()
+    }
+
     pub fn loaded_count(&self) -> usize {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
         table.values().flat_map(|f| f.values()).filter(|s| s.loaded.initialized()).count()
