@@ -70,9 +70,13 @@ async fn timed<T, E: std::fmt::Display>(what: &str, f: impl Future<Output = Resu
     }
 }
 
-/// Every key of a bucket.
+/// Every key of a bucket, once each (a key written while the listing runs can come twice).
 async fn keys(bucket: &kv::Store) -> Result<Vec<String>, String> {
-    timed("listing keys", async { bucket.keys().await.map_err(|e| e.to_string())?.try_collect::<Vec<String>>().await.map_err(|e| e.to_string()) }).await
+    let mut keys =
+        timed("listing keys", async { bucket.keys().await.map_err(|e| e.to_string())?.try_collect::<Vec<String>>().await.map_err(|e| e.to_string()) }).await?;
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
 }
 
 impl NatsMembership {

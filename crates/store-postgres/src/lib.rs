@@ -810,10 +810,12 @@ impl Ledger for PostgresStore {
                 upsert_usage(&tx, d).await?;
             }
             if let Some(marks) = &marks {
-                tx.execute("DELETE FROM usage_marks", &[]).await.map_err(pg)?;
+                tx.execute("DELETE FROM usage_marks WHERE id NOT IN (SELECT id FROM sandboxes)", &[]).await.map_err(pg)?;
                 for m in marks {
                     tx.execute(
-                        "INSERT INTO usage_marks(id, running_ms, paused_ms, standby_ms, standby_byte_ms) VALUES ($1, $2, $3, $4, $5)",
+                        "INSERT INTO usage_marks(id, running_ms, paused_ms, standby_ms, standby_byte_ms) VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (id) DO UPDATE SET running_ms = excluded.running_ms, paused_ms = excluded.paused_ms,
+                           standby_ms = excluded.standby_ms, standby_byte_ms = excluded.standby_byte_ms",
                         &[&m.id, &(m.running_ms as i64), &(m.paused_ms as i64), &(m.standby_ms as i64), &m.standby_byte_ms.to_string()],
                     )
                     .await

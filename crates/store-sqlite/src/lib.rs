@@ -754,9 +754,12 @@ impl Ledger for SqliteStore {
                 upsert_usage(&tx, d)?;
             }
             if let Some(marks) = marks {
-                tx.execute("DELETE FROM usage_marks", [])?;
-                let mut st =
-                    tx.prepare_cached("INSERT INTO usage_marks(id, running_ms, paused_ms, standby_ms, standby_byte_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+                tx.execute("DELETE FROM usage_marks WHERE id NOT IN (SELECT id FROM sandboxes)", [])?;
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO usage_marks(id, running_ms, paused_ms, standby_ms, standby_byte_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(id) DO UPDATE SET running_ms = excluded.running_ms, paused_ms = excluded.paused_ms,
+                       standby_ms = excluded.standby_ms, standby_byte_ms = excluded.standby_byte_ms",
+                )?;
                 for m in &marks {
                     st.execute(params![m.id, m.running_ms as i64, m.paused_ms as i64, m.standby_ms as i64, m.standby_byte_ms.to_string()])?;
                 }

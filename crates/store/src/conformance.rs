@@ -297,11 +297,26 @@ async fn usage_rows_marks_and_pruning(s: Arc<dyn Store>) {
     assert_eq!(rows.iter().map(|r| (r.hour_ms, r.running_ms)).collect::<Vec<_>>(), [(0, 15), (HOUR, 7)], "added into hourly rows, oldest first");
     let days = s.list_usage(UsageFilter { per_day: true, ..Default::default() }).await.unwrap();
     assert_eq!(days.iter().map(|r| r.running_ms).collect::<Vec<_>>(), [22], "summed per day");
-    let marks = vec![UsageMark { id: "sb1".into(), running_ms: 3, paused_ms: 1, standby_ms: 0, standby_byte_ms: 0 }];
-    s.add_usage(vec![], Some(marks.clone())).await.unwrap();
-    assert_eq!(s.usage_marks().await.unwrap(), marks);
+    let mark = |id: &str, running_ms: u64| UsageMark { id: id.into(), running_ms, paused_ms: 1, standby_ms: 0, standby_byte_ms: 0 };
+    for id in ["sb1", "sb2"] {
+        let sandbox: hangar_api::sandboxes::Sandbox = serde_json::from_value(serde_json::json!({
+            "id": id, "namespace": "default", "config": {"image": "app:1"}, "image_id": "sha256:ab",
+            "state": "running", "created_ms": 1, "state_since_ms": 1, "last_active_ms": 1
+        }))
+        .expect("a sandbox record");
+        s.put_sandbox(&sandbox).await.unwrap();
+    }
+    // Two nodes, each with its sandbox: neither drops the other's marks.
+    s.add_usage(vec![], Some(vec![mark("sb1", 3)])).await.unwrap();
+    s.add_usage(vec![], Some(vec![mark("sb2", 4)])).await.unwrap();
+    s.add_usage(vec![], Some(vec![mark("sb1", 5)])).await.unwrap();
+    let mut kept = s.usage_marks().await.unwrap();
+    kept.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(kept, [mark("sb1", 5), mark("sb2", 4)]);
+    // A sandbox gone from the store loses its marks.
+    s.delete_sandbox("sb1").await.unwrap();
     s.add_usage(vec![], Some(vec![])).await.unwrap();
-    assert!(s.usage_marks().await.unwrap().is_empty(), "marks of sandboxes not given are dropped");
+    assert_eq!(s.usage_marks().await.unwrap(), [mark("sb2", 4)], "marks of sandboxes gone are dropped");
     assert_eq!(s.prune_usage(HOUR).await.unwrap(), 1);
     assert_eq!(s.list_usage(UsageFilter::default()).await.unwrap().len(), 1);
 }

@@ -187,8 +187,8 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Adds usage to the hourly rows (made as needed). Function usage is added by
     /// [`Ledger::insert_invocations`] itself, in the same transaction as the records.
-    /// `marks` replace the meter's marks of those sandboxes, and the marks of every sandbox
-    /// not in `marks` are dropped (the sandbox is gone), in the same transaction.
+    /// `marks` replace the meter's marks of those sandboxes (each node gives its own), and the
+    /// marks of sandboxes no longer stored are dropped, in the same transaction.
     async fn add_usage(&self, deltas: Vec<hangar_api::cost::UsageDelta>, marks: Option<Vec<hangar_api::cost::UsageMark>>) -> Result<()>;
     /// The meter's marks of sandboxes.
     async fn usage_marks(&self) -> Result<Vec<hangar_api::cost::UsageMark>>;
