@@ -55,6 +55,8 @@ pub struct Nats {
 #[derive(Default)]
 struct Link {
     up: AtomicBool,
+    /// Since when it is up (without a break).
+    up_since: std::sync::Mutex<Option<std::time::Instant>>,
     /// Told when the connection came back after a loss (messages may have been missed).
     back: tokio::sync::Notify,
 }
@@ -79,11 +81,13 @@ impl Nats {
                 async move {
                     match event {
                         async_nats::Event::Connected => {
+                            link.set_up(true);
                             if !link.up.swap(true, Ordering::AcqRel) {
                                 link.back.notify_waiters();
                             }
                         }
                         async_nats::Event::Disconnected => {
+                            link.set_up(false);
                             link.up.store(false, Ordering::Release);
                             tracing::warn!("the bus connection is lost; changes are refused until it is back");
                         }
@@ -99,6 +103,7 @@ impl Nats {
             .await
             .map_err(|source| NatsError::Connect { address: describe(url), source })?;
         link.up.store(true, Ordering::Release);
+        link.set_up(true);
         let jetstream = jetstream::new(client.clone());
         Ok(Nats { client, jetstream, link })
     }
@@ -106,6 +111,11 @@ impl Nats {
     /// Whether the connection is up now.
     pub fn is_up(&self) -> bool {
         self.link.up.load(Ordering::Acquire)
+    }
+
+    /// How long the connection has been up without a break (`None`: it is down).
+    pub fn up_for(&self) -> Option<Duration> {
+        self.link.up_since.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
     }
 
     /// A key-value bucket, made if missing. Its stream is made here, shaped as JetStream's
@@ -139,6 +149,17 @@ impl Nats {
     }
 }
 
+impl Link {
+    fn set_up(&self, up: bool) {
+        let mut since = self.up_since.lock().unwrap_or_else(|p| p.into_inner());
+        match (up, since.is_some()) {
+            (true, false) => *since = Some(std::time::Instant::now()),
+            (false, _) => *since = None,
+            (true, true) => {}
+        }
+    }
+}
+
 /// What travels on [`CHANGES`].
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Message {
@@ -161,6 +182,9 @@ impl NatsBus {
     pub async fn start(nats: Nats, node: &str) -> Result<Arc<NatsBus>, NatsError> {
         let bus = Arc::new(NatsBus { local: LocalBus::new(), nats: nats.clone(), node: node.to_string() });
         let mut changes = nats.client.subscribe(CHANGES).await.map_err(|e| NatsError::JetStream(format!("subscribing to {CHANGES}: {e}")))?;
+        // Once flushed, the server has the subscription: nothing published after `start`
+        // returns is missed (what came before, the caller reads from the store).
+        nats.client.flush().await.map_err(|e| NatsError::JetStream(format!("subscribing to {CHANGES}: {e}")))?;
         let weak = Arc::downgrade(&bus);
         tokio::spawn(async move {
             while let Some(msg) = changes.next().await {

@@ -2,8 +2,10 @@
 //! default): `hangar-alive`, whose keys the server drops after three heartbeats' time, and
 //! `hangar-nodes`, the registry. A node in the registry but no longer alive is lost: one node
 //! (the holder of the `failover` lease) hands it to every [`Failover`] part, then moves it to
-//! `hangar-lost`, where it is listed for an hour. Whether a node is alive is measured by the
-//! bus server's clock alone, never by comparing nodes' clocks.
+//! `hangar-lost`, where it is listed for an hour. A node is silent when its key is gone (the
+//! server's clock) or has not changed for three heartbeats (the observer's monotonic clock);
+//! nodes' wall clocks are never compared. Losses are judged only once the observer's own
+//! connection has been up for four heartbeats (after a bus restart every key looks stale).
 //!
 //! A node joining with an id that a live node heartbeats under is refused. Draining is a key in
 //! `hangar-drain`: the node reads it each heartbeat and reports itself draining, until it
@@ -46,8 +48,13 @@ pub struct NatsMembership {
     draining: AtomicBool,
     failover: Mutex<Vec<Arc<dyn Failover>>>,
     stopped: CancellationToken,
+    nats: Nats,
     /// The live nodes as of the last heartbeat.
     view: std::sync::RwLock<Arc<Vec<NodeInfo>>>,
+    every: Duration,
+    /// Per node, the revision of its heartbeat key last seen and when (this node's monotonic
+    /// clock): a key that stops changing is a silent node even before the server drops it.
+    beats: Mutex<std::collections::HashMap<String, (u64, Instant)>>,
 }
 
 /// Sleeps `d`, or less if `stop` is cancelled meanwhile; false once cancelled.
@@ -85,8 +92,10 @@ impl NatsMembership {
     /// `failover` lease in `leases`) looks for lost nodes.
     pub async fn join(nats: Nats, report: Reporter, every: Duration, leases: Arc<NatsLeases>) -> Result<Arc<NatsMembership>, NatsError> {
         let bucket = |name: &str, max_age: Duration, storage| kv::Config { bucket: name.to_string(), history: 1, max_age, storage, ..Default::default() };
-        use async_nats::jetstream::stream::StorageType::{File, Memory};
-        let alive = nats.bucket(bucket("hangar-alive", every * MISSED, Memory)).await?;
+        use async_nats::jetstream::stream::StorageType::File;
+        // On disk, like the rest: a bus restart keeps the buckets (a node judges losses again
+        // only once every node had time to beat after it, see `watch_for_lost`).
+        let alive = nats.bucket(bucket("hangar-alive", every * MISSED, File)).await?;
         let nodes = nats.bucket(bucket("hangar-nodes", Duration::ZERO, File)).await?;
         let lost = nats.bucket(bucket("hangar-lost", LOST_KEPT, File)).await?;
         let drain = nats.bucket(bucket("hangar-drain", Duration::ZERO, File)).await?;
@@ -114,7 +123,10 @@ impl NatsMembership {
             draining: AtomicBool::new(false),
             failover: Mutex::default(),
             stopped: Default::default(),
+            nats: nats.clone(),
             view: Default::default(),
+            every,
+            beats: Mutex::default(),
         });
         // A node back under its id is no longer lost, and starts undrained unless told again.
         let _ = timed("un-losing", m.lost.purge(&m.node)).await;
@@ -159,6 +171,23 @@ impl NatsMembership {
         Ok(())
     }
 
+    /// Node `id`'s heartbeat entry if it still beats: present, and changed within the last
+    /// [`MISSED`] heartbeats as this node's clock measures.
+    async fn beating(&self, id: &str) -> Result<Option<kv::Entry>, String> {
+        let entry = timed("reading a heartbeat", self.alive.entry(id)).await?.filter(|e| e.operation == kv::Operation::Put);
+        let mut beats = self.beats.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = entry else {
+            beats.remove(id);
+            return Ok(None);
+        };
+        let now = Instant::now();
+        let seen = beats.entry(id.to_string()).or_insert((entry.revision, now));
+        if seen.0 != entry.revision {
+            *seen = (entry.revision, now);
+        }
+        Ok((now.duration_since(seen.1) < self.every * MISSED).then_some(entry))
+    }
+
     /// Reads the live nodes into the view the request path uses (kept as it was if the bus
     /// cannot be read: what is running keeps being reached).
     async fn refresh_view(&self) {
@@ -176,7 +205,7 @@ impl NatsMembership {
     async fn find_lost(&self) -> Result<(), String> {
         let ids: Vec<String> = keys(&self.nodes).await?;
         for id in ids {
-            if timed("reading a heartbeat", self.alive.entry(&id)).await?.is_some_and(|e| e.operation == kv::Operation::Put) {
+            if self.beating(&id).await?.is_some() {
                 continue;
             }
             let Some(entry) = timed("reading a node", self.nodes.entry(&id)).await?.filter(|e| e.operation == kv::Operation::Put) else { continue };
@@ -216,7 +245,12 @@ async fn watch_for_lost(m: std::sync::Weak<NatsMembership>, every: Duration, lea
             leases.release("failover", &me.node).await;
             return;
         }
-        if leases.acquire("failover", &me.node, every * MISSED).await
+        // Right after this node's connection (re)started, every heartbeat may look stale (the
+        // bus was down, or this node was cut off): losses are judged only once every node had
+        // time to beat again.
+        let settled = me.nats.up_for().is_some_and(|up| up >= every * (MISSED + 1));
+        if settled
+            && leases.acquire("failover", &me.node, every * MISSED).await
             && let Err(e) = me.find_lost().await
         {
             tracing::warn!("looking for lost nodes failed: {e}");
@@ -232,7 +266,7 @@ impl Membership for NatsMembership {
         for id in &ids {
             let Some(entry) = timed("reading a node", self.nodes.entry(id)).await?.filter(|e| e.operation == kv::Operation::Put) else { continue };
             let Ok(report) = serde_json::from_slice::<NodeReport>(&entry.value) else { continue };
-            let alive = timed("reading a heartbeat", self.alive.entry(id)).await?.filter(|e| e.operation == kv::Operation::Put);
+            let alive = self.beating(id).await?;
             let state = match &alive {
                 None => NodeState::Lost,
                 Some(_) if report.draining => NodeState::Draining,
@@ -339,5 +373,21 @@ mod tests {
         assert_eq!(states(&a).await, [("a".into(), NodeState::Ready), ("b".into(), NodeState::Ready)]);
         b.leave().await;
         assert_eq!(states(&a).await, [("a".into(), NodeState::Ready)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bus_restart_loses_no_node_and_heartbeats_resume() {
+        let mut server = hangar_testkit::Nats::start();
+        let a = join(&server, "a").await.unwrap();
+        let took = Arc::new(Took(Mutex::default()));
+        a.on_lost(took.clone());
+        let _b = join(&server, "b").await.unwrap();
+        // Down for longer than three heartbeats: every heartbeat key is stale when it is back.
+        server.stop();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        server.resume();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(took.0.lock().unwrap().is_empty(), "a bus restart is no node's loss: {:?}", took.0.lock().unwrap());
+        assert_eq!(states(&a).await, [("a".into(), NodeState::Ready), ("b".into(), NodeState::Ready)]);
     }
 }
