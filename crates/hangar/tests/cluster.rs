@@ -134,6 +134,22 @@ async fn three_nodes_share_deploys_keys_records_and_see_each_other() {
     })
     .await;
 
+    // Usage is exactly the sum of the records, whichever node ran them; billed time too (read
+    // until no record is still on its way to the store).
+    let records = eventually("usage to equal the records", Duration::from_secs(10), || async {
+        let records = a.invocations("hello").await;
+        let usage: Value = c.get("/v1/usage?kind=function&name=hello").send().await.unwrap().json().await.unwrap();
+        let rows = usage["items"].as_array().unwrap();
+        let requests: u64 = rows.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+        let billed: u64 = rows.iter().map(|r| r["billed_ms"].as_u64().unwrap()).sum();
+        let recorded: u64 = records.iter().map(|r| r["billed_ms"].as_u64().unwrap()).sum();
+        if requests as usize == records.len() && billed == recorded { Ok(records) } else { Err(format!("{} records, {usage}", records.len())) }
+    })
+    .await;
+    // One log of the function, read through any node.
+    let logs = b.ok(&["invocations", "hello"]);
+    assert_eq!(logs.matches(" ok ").count(), records.len(), "{logs}");
+
     // Draining is reported; a node killed without warning is found lost by the others.
     let b_id =
         listed.iter().map(|(id, _, n)| (id, n["address"].as_str().unwrap().to_string())).find(|(_, addr)| b.url.ends_with(addr.as_str())).unwrap().0.clone();
