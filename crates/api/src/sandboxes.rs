@@ -226,6 +226,9 @@ pub struct Sandbox {
     /// Time spent in each state so far, for metering.
     #[serde(default)]
     pub usage: SandboxUsage,
+    /// The node it lives on (its processes, files and standby image are there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Durations of a sandbox's last transitions, ms.

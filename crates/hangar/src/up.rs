@@ -145,7 +145,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         async_queue.set_service_sink(Arc::new(hangar_service::proxy::EventSink { services: s.clone(), store: store.clone() }));
     }
     let sandboxes = match runs_instances {
-        true => hangar_sandbox::Sandboxes::start(&opts.data_dir, &server_id, store.clone(), images.clone()).await.map_err(|e| e.to_string()),
+        true => hangar_sandbox::Sandboxes::start(&opts.data_dir, &server_id, &node_id, store.clone(), images.clone()).await.map_err(|e| e.to_string()),
         false => Err("this node's role is gateway: it runs no sandboxes".to_string()),
     };
     let (sandboxes, sandboxes_unavailable) = match sandboxes {
@@ -226,6 +226,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     if let Some(c) = &cluster {
         // A lost node's queued and running events run here.
         c.on_lost(Arc::new(async_queue.clone()));
+        if let Some(s) = &sandboxes {
+            c.on_lost(Arc::new(s.clone()));
+        }
     }
     let members: Arc<dyn hangar_bus::Membership> = match &cluster {
         Some(c) => c.clone(),

@@ -471,3 +471,39 @@ fn a_node_that_cannot_reach_its_store_or_bus_says_which_and_exits() {
         assert!(!out.status.success() && stderr.contains("a cluster needs --cluster-secret"), "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sandbox_belongs_to_its_node_and_is_marked_failed_when_that_node_is_lost() {
+    let cluster = Cluster::new();
+    let mut a = cluster.first();
+    let mut b = cluster.join_as(&a, "worker");
+    let image = tempfile::tempdir().unwrap();
+    let layout = common::oci::busybox_httpd(image.path(), "img", &[]);
+    b.ok(&["image", "import", &layout, "--name", "sb/busybox:1"]);
+    let id = b.ok(&["sandbox", "create", "--image", "sb/busybox:1", "--memory", "256"]).trim().to_string();
+    let get = |s: &Server, id: &str| {
+        let (url, key, id) = (s.url.clone(), s.admin_key.clone(), id.to_string());
+        async move { reqwest::Client::new().get(format!("{url}/v1/sandboxes/{id}")).bearer_auth(key).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let seen = get(&b, &id).await;
+    assert_eq!((seen["state"].as_str(), seen["node"].is_string()), (Some("running"), true), "{seen}");
+    // Another node starting again leaves it alone (it used to take every stored sandbox for its
+    // own and mark the running ones failed).
+    a.restart();
+    assert_eq!(get(&b, &id).await["state"], "running");
+    assert!(b.ok(&["sandbox", "exec", &id, "--", "sh", "-c", "echo still here"]).contains("still here"));
+    // Its node dies: once lost, the sandbox is failed, saying why (read when B is back).
+    b.kill();
+    let b_id = seen["node"].as_str().unwrap().to_string();
+    eventually("B to be lost", Duration::from_secs(10), || async {
+        let n = nodes(&a).await;
+        if n.iter().any(|(id, state, _)| *id == b_id && state == "lost") { Ok(()) } else { Err(format!("{n:?}")) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.restart_after_stop();
+    let after = get(&b, &id).await;
+    assert_eq!(after["state"], "failed", "{after}");
+    assert!(after["error"].as_str().unwrap().contains(&format!("node `{b_id}`, which ran it, was lost")), "{after}");
+    b.ok(&["sandbox", "rm", &id]);
+}

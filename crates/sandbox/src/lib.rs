@@ -117,6 +117,8 @@ struct Inner {
     network: network::Network,
     boxes: Mutex<HashMap<String, Arc<Entry>>>,
     stopping: AtomicBool,
+    /// This node's id: the sandboxes it owns carry it.
+    node: String,
 }
 
 /// A call that keeps its sandbox from being paused or put on standby while it runs.
@@ -135,11 +137,38 @@ fn find_program(names: &[&str]) -> Option<PathBuf> {
     names.iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
+/// A lost node's sandboxes are marked failed, saying why: their processes, files and standby
+/// images were on that node.
+#[async_trait::async_trait]
+impl hangar_bus::Failover for Sandboxes {
+    async fn node_lost(&self, node: &str) {
+        let records = match self.inner.store.list_sandboxes().await {
+            Ok(r) => r,
+            Err(e) => return tracing::error!(lost = node, "reading the sandboxes of a lost node failed: {e}"),
+        };
+        for mut rec in records.into_iter().filter(|r| r.node.as_deref() == Some(node) && r.state != SandboxState::Failed) {
+            change(&mut rec, SandboxState::Failed, now_ms());
+            rec.error = Some(format!("node `{node}`, which ran it, was lost: its processes, memory, files and standby image were there; remove it"));
+            if let Err(e) = self.inner.store.put_sandbox(&rec).await {
+                tracing::error!(sandbox = %rec.id, "marking a lost node's sandbox failed: {e}");
+            }
+        }
+    }
+}
+
 impl Sandboxes {
     /// Checks for runsc and a static busybox, clears what an earlier run left in the run
     /// directory, and loads the sandboxes: those on standby wait to be resumed; those that were
     /// running when the server died without putting them on standby are marked failed.
-    pub async fn start(data_dir: &Path, server_id: &hangar_core::ServerId, store: Arc<dyn Store>, images: Arc<ImageStore>) -> Result<Sandboxes, SandboxError> {
+    /// `node`: this node's id; it loads only its own sandboxes (and those of no node, from
+    /// before nodes had ids), as other nodes' live elsewhere.
+    pub async fn start(
+        data_dir: &Path,
+        server_id: &hangar_core::ServerId,
+        node: &str,
+        store: Arc<dyn Store>,
+        images: Arc<ImageStore>,
+    ) -> Result<Sandboxes, SandboxError> {
         let runsc = hangar_container::Runsc::find().ok_or_else(|| SandboxError::Unavailable("sandboxes need gVisor's runsc (apt-get install runsc)".into()))?;
         let busybox = find_program(&["/bin/busybox", "/usr/bin/busybox"])
             .ok_or_else(|| SandboxError::Unavailable("sandboxes need a static busybox for file calls (apt-get install busybox-static)".into()))?;
@@ -156,12 +185,14 @@ impl Sandboxes {
             network: network::Network::new(sid),
             boxes: Mutex::default(),
             stopping: AtomicBool::new(false),
+            node: node.to_string(),
         });
         std::fs::create_dir_all(&inner.data)?;
         inner.clean().await;
         std::fs::create_dir_all(inner.run.join("runsc"))?;
         let records = inner.store.list_sandboxes().await.map_err(|e| SandboxError::Runtime(format!("reading the sandboxes: {e}")))?;
-        for mut rec in records {
+        for mut rec in records.into_iter().filter(|r| r.node.as_deref().is_none_or(|n| n == node)) {
+            rec.node = Some(node.to_string());
             let image = inner.images.get(&rec.namespace, &rec.image_id);
             let lowers = image.as_ref().and_then(|i| inner.images.lower_dirs(i).ok()).unwrap_or_default();
             let now = now_ms();
@@ -227,6 +258,7 @@ impl Sandboxes {
             disk_bytes: None,
             timings: SandboxTimings::default(),
             usage: SandboxUsage::default(),
+            node: Some(self.inner.node.clone()),
         };
         let entry = Arc::new(Entry {
             record: Mutex::new(rec),
