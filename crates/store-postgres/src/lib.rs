@@ -712,7 +712,7 @@ impl Ledger for PostgresStore {
                 )
                 .await
                 .map_err(pg)?;
-            let mut usage: std::collections::HashMap<(String, String, i64), hangar_api::cost::UsageDelta> = std::collections::HashMap::new();
+            let mut usage = hangar_store::HourlyUsage::default();
             for r in &batch {
                 let inserted = tx
                     .execute(
@@ -743,19 +743,10 @@ impl Ledger for PostgresStore {
                 if !self.metering || inserted == 0 {
                     continue;
                 }
-                if let Some(d) = hangar_api::cost::UsageDelta::of_invocation(r) {
-                    match usage.entry((d.namespace.clone(), d.name.clone(), d.hour_ms)) {
-                        std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().add(&d),
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            e.insert(d);
-                        }
-                    }
-                }
+                usage.add(r);
             }
             // In key order, so that two nodes adding to the same rows never deadlock.
-            let mut deltas: Vec<_> = usage.into_values().collect();
-            deltas.sort_by(|a, b| (&a.namespace, a.kind.as_str(), &a.name, a.hour_ms).cmp(&(&b.namespace, b.kind.as_str(), &b.name, b.hour_ms)));
-            for d in &deltas {
+            for d in &usage.into_rows() {
                 upsert_usage(&tx, d).await?;
             }
             tx.commit().await.map_err(pg)

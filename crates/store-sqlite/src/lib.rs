@@ -658,7 +658,7 @@ impl Ledger for SqliteStore {
         let metering = self.metering;
         self.with(move |c| {
             let tx = c.transaction()?;
-            let mut usage: std::collections::HashMap<(String, String, i64), hangar_api::cost::UsageDelta> = std::collections::HashMap::new();
+            let mut usage = hangar_store::HourlyUsage::default();
             {
                 let mut st = tx.prepare_cached(
                     "INSERT OR IGNORE INTO invocations(id, namespace, function, revision, trigger, started_ms,
@@ -690,17 +690,10 @@ impl Ledger for SqliteStore {
                     if !metering || inserted == 0 {
                         continue;
                     }
-                    if let Some(d) = hangar_api::cost::UsageDelta::of_invocation(r) {
-                        match usage.entry((d.namespace.clone(), d.name.clone(), d.hour_ms)) {
-                            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().add(&d),
-                            std::collections::hash_map::Entry::Vacant(e) => {
-                                e.insert(d);
-                            }
-                        }
-                    }
+                    usage.add(r);
                 }
             }
-            for d in usage.into_values() {
+            for d in usage.into_rows() {
                 upsert_usage(&tx, &d)?;
             }
             tx.commit()?;

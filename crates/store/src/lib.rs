@@ -228,6 +228,32 @@ pub trait Queue: Send + Sync + 'static {
     async fn list_async(&self, filter: AsyncFilter) -> Result<Vec<AsyncRecord>>;
 }
 
+/// The usage of the invocation records a batch inserted, summed per function and hour: what
+/// [`Ledger::insert_invocations`] adds to the hourly rows in its transaction.
+#[derive(Debug, Default)]
+pub struct HourlyUsage(std::collections::HashMap<(String, String, i64), hangar_api::cost::UsageDelta>);
+
+impl HourlyUsage {
+    /// Counts one inserted record (by [`hangar_api::cost::UsageDelta::of_invocation`]'s rule).
+    pub fn add(&mut self, record: &InvocationRecord) {
+        if let Some(d) = hangar_api::cost::UsageDelta::of_invocation(record) {
+            match self.0.entry((d.namespace.clone(), d.name.clone(), d.hour_ms)) {
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().add(&d),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(d);
+                }
+            }
+        }
+    }
+
+    /// The sums, in key order (so that writers adding to the same rows never deadlock).
+    pub fn into_rows(self) -> Vec<hangar_api::cost::UsageDelta> {
+        let mut rows: Vec<_> = self.0.into_iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.into_iter().map(|(_, d)| d).collect()
+    }
+}
+
 /// A whole backend: desired state, ledger and queue behind one handle.
 pub trait Store: DesiredState + Ledger + Queue {}
 

@@ -88,18 +88,7 @@ impl Postgres {
     pub fn resume(&self) {
         let fsync = if self.durable { "on" } else { "off" };
         let options = format!("-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync={fsync} -c max_connections=400", self.port, self.dir.path().display());
-        run(
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(self.dir.path().join("data"))
-                .args(["-o", &options, "-l"])
-                .arg(self.dir.path().join("log"))
-                .args(["-w", "-t", "60", "start"])
-                .stdout(Stdio::null()),
-            "pg_ctl start",
-        );
+        run(self.pg_ctl_command().args(["-o", &options, "-l"]).arg(self.dir.path().join("log")).args(["-w", "-t", "60", "start"]), "pg_ctl start");
         wait_for_port(self.port, "PostgreSQL", Duration::from_secs(30));
     }
 
@@ -126,17 +115,15 @@ impl Postgres {
         run(Command::new("psql").args(["-q", "-v", "ON_ERROR_STOP=1", "-d", &self.url(db), "-c", sql]), "psql");
     }
 
+    /// `pg_ctl -D <data>`, as the postgres user, its output dropped.
+    fn pg_ctl_command(&self) -> Command {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl")).arg("-D").arg(self.dir.path().join("data")).stdout(Stdio::null());
+        c
+    }
+
     fn pg_ctl(&self, action: &str) {
-        run(
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(self.dir.path().join("data"))
-                .args(["-m", "immediate", "-w", action])
-                .stdout(Stdio::null()),
-            &format!("pg_ctl {action}"),
-        );
+        run(self.pg_ctl_command().args(["-m", "immediate", "-w", action]), &format!("pg_ctl {action}"));
     }
 }
 
