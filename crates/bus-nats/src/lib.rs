@@ -76,6 +76,9 @@ impl Nats {
         let client = async_nats::ConnectOptions::new()
             .name(format!("hangar {node}"))
             .connection_timeout(Duration::from_secs(5))
+            // A link that goes silent (dropped packets, not a closed connection) is noticed
+            // within a few seconds, not the client's default of minutes.
+            .ping_interval(Duration::from_secs(1))
             .event_callback(move |event| {
                 let link = events.clone();
                 async move {

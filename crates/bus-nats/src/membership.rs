@@ -134,6 +134,7 @@ impl NatsMembership {
         m.beat().await.map_err(NatsError::JetStream)?;
         m.refresh_view().await;
         tokio::spawn(heartbeats(Arc::downgrade(&m), every));
+        tokio::spawn(fencing(Arc::downgrade(&m), every));
         tokio::spawn(watch_for_lost(Arc::downgrade(&m), every, leases));
         Ok(m)
     }
@@ -222,6 +223,40 @@ impl NatsMembership {
             timed("unregistering a lost node", self.nodes.delete_expect_revision(&id, Some(entry.revision))).await?;
         }
         Ok(())
+    }
+}
+
+/// Fences this node while its link to the bus has been down for [`MISSED`] heartbeats (the
+/// others may have found it lost and taken its work), and hands back what they took once the
+/// link is back. Measured on this node's monotonic clock, without I/O.
+async fn fencing(m: std::sync::Weak<NatsMembership>, every: Duration) {
+    let mut down_since: Option<Instant> = None;
+    let mut fenced = false;
+    loop {
+        let Some(me) = m.upgrade() else { return };
+        if !pause(&me.stopped, every / 3).await {
+            return;
+        }
+        let parts = || me.failover.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if me.nats.is_up() {
+            down_since = None;
+            if fenced {
+                fenced = false;
+                tracing::warn!("the bus is reachable again: handing back what other nodes took over meanwhile");
+                for part in parts() {
+                    part.rejoined().await;
+                }
+            }
+            continue;
+        }
+        let since = *down_since.get_or_insert_with(Instant::now);
+        if !fenced && since.elapsed() >= every * MISSED {
+            fenced = true;
+            tracing::warn!("cut off from the bus for {MISSED} heartbeats: other nodes may take this node's work; starting none of it");
+            for part in parts() {
+                part.fenced().await;
+            }
+        }
     }
 }
 

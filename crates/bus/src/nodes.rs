@@ -57,4 +57,12 @@ impl Membership for LocalMembership {
 #[async_trait]
 pub trait Failover: Send + Sync + 'static {
     async fn node_lost(&self, node: &str);
+
+    /// This node has been cut off from the bus long enough for the others to find it lost:
+    /// it starts nothing they may take over.
+    async fn fenced(&self) {}
+
+    /// This node reaches the bus again after being fenced: what others took over meanwhile is
+    /// no longer its own.
+    async fn rejoined(&self) {}
 }

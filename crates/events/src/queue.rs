@@ -131,6 +131,8 @@ struct Inner {
     store: Arc<dyn Store>,
     /// This node's id: whose events these are.
     node: String,
+    /// Cut off from the cluster: no attempt starts (other nodes may take the events over).
+    fenced: AtomicBool,
 }
 
 #[derive(Default)]
@@ -178,6 +180,7 @@ impl AsyncQueue {
             stopping: AtomicBool::new(false),
             store: store.clone(),
             node: node.to_string(),
+            fenced: AtomicBool::new(false),
         });
         if !unfinished.is_empty() {
             tracing::info!("{} asynchronous invocation(s) to finish from before the restart", unfinished.len());
@@ -280,6 +283,32 @@ impl hangar_bus::Failover for AsyncQueue {
             Err(e) => tracing::error!(lost = node, "taking over a lost node's asynchronous invocations failed: {e}"),
         }
     }
+
+    /// Back after being cut off: queued events another node took over meanwhile are dropped
+    /// here (running ones end, and their writes change nothing: the store fences them).
+    async fn fenced(&self) {
+        self.inner.fenced.store(true, Ordering::Release);
+    }
+
+    async fn rejoined(&self) {
+        let queued: Vec<String> = lock(&self.inner.state).events.values().filter(|r| r.state == AsyncState::Queued).map(|r| r.id.clone()).collect();
+        let gone = match self.inner.store.taken_over(&self.inner.node, queued).await {
+            Ok(gone) => gone,
+            Err(e) => return tracing::error!("reading which asynchronous invocations other nodes took over failed: {e}"),
+        };
+        let mut st = lock(&self.inner.state);
+        for id in &gone {
+            if let Some(rec) = st.events.remove(id) {
+                st.bytes -= rec.payload.len();
+            }
+        }
+        drop(st);
+        if !gone.is_empty() {
+            tracing::warn!("{} queued asynchronous invocation(s) were taken over by another node while this one was cut off", gone.len());
+        }
+        self.inner.fenced.store(false, Ordering::Release);
+        self.inner.wake.notify_one();
+    }
 }
 
 impl Inner {
@@ -342,10 +371,10 @@ impl Inner {
 
     /// Takes up to [`ROUND`] due events off the list, marking them running. Also returns when
     /// the next one is due.
-    fn take_due(&self, now: i64) -> (Vec<AsyncRecord>, Option<i64>) {
+    fn take_due(&self, now: i64, most: usize) -> (Vec<AsyncRecord>, Option<i64>) {
         let mut st = lock(&self.state);
         let mut ready = Vec::new();
-        while ready.len() < ROUND {
+        while ready.len() < most.min(ROUND) {
             let Some(Reverse((at, _))) = st.due.peek() else { break };
             if *at > now {
                 break;
@@ -415,11 +444,28 @@ async fn dispatch(inner: Arc<Inner>) {
         if inner.stopping.load(Ordering::Acquire) {
             return;
         }
+        if inner.fenced.load(Ordering::Acquire) {
+            // Started again by `rejoined`.
+            notified.await;
+            continue;
+        }
+        // Events stay queued until an attempt can start (a permit is free): only queued ones
+        // can be handed back when another node took them over.
+        let Ok(first) = inner.permits.clone().acquire_owned().await else { return };
+        if inner.fenced.load(Ordering::Acquire) || inner.stopping.load(Ordering::Acquire) {
+            continue;
+        }
+        let mut permits = vec![first];
+        while permits.len() < ROUND {
+            match inner.permits.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
         let now = now_ms();
-        let (ready, next) = inner.take_due(now);
+        let (ready, next) = inner.take_due(now, permits.len());
         let started = !ready.is_empty();
-        for rec in ready {
-            let Ok(permit) = inner.permits.clone().acquire_owned().await else { return };
+        for (rec, permit) in ready.into_iter().zip(permits) {
             tokio::spawn(attempt(inner.clone(), rec, permit));
         }
         if started {

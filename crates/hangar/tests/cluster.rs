@@ -507,3 +507,113 @@ async fn a_sandbox_belongs_to_its_node_and_is_marked_failed_when_that_node_is_lo
     assert!(after["error"].as_str().unwrap().contains(&format!("node `{b_id}`, which ran it, was lost")), "{after}");
     b.ok(&["sandbox", "rm", &id]);
 }
+
+/// A TCP relay to `upstream` that can be cut (every connection closed, new ones refused) and
+/// restored: one node's link to the bus, cut while the others keep theirs.
+struct Relay {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    async fn start(upstream: u16) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c, g) = (cut.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::Acquire) {
+                    continue;
+                }
+                let (c, g) = (c.clone(), g.clone());
+                let born = g.load(Ordering::Acquire);
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                    let relay = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let watch = async {
+                        while !c.load(Ordering::Acquire) && g.load(Ordering::Acquire) == born {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! { _ = relay => {}, _ = watch => {} }
+                });
+            }
+        });
+        Relay { port, cut, generation }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::Release);
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+use std::sync::Arc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_from_the_bus_hands_back_what_was_taken_over() {
+    let cluster = Cluster::new();
+    let a = cluster.first();
+    let relay = Relay::start(cluster.nats.port).await;
+    // B reaches the bus only through the relay (the store directly).
+    let mut flags = cluster.flags();
+    let through = format!("nats://127.0.0.1:{}", relay.port);
+    let i = flags.iter().position(|f| *f == "--bus").unwrap();
+    flags[i + 1] = &through;
+    // One attempt at a time, so its backlog waits in its queue (attempts already started run
+    // to their end wherever they are).
+    flags.extend(["--async-concurrency", "1"]);
+    let b = Server::join(&flags, &a.admin_key);
+    let _code = common::python_fn(
+        &a,
+        "slow",
+        "import time\ndef handler(event, context):\n    time.sleep(0.1)\n    return 'ok'\n",
+        "handler",
+        &["--max-instances", "1"],
+    );
+    eventually("slow on B", Duration::from_secs(10), || async {
+        let r = b.http().post(format!("{}/v1/functions/slow/invoke", b.url)).bearer_auth(&b.admin_key).body("{}").send().await.unwrap();
+        if r.status() == 200 { Ok(()) } else { Err(r.status().to_string()) }
+    })
+    .await;
+    // A backlog on B (one at a time, 100 ms each).
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let r: Value = b
+            .http()
+            .post(format!("{}/v1/functions/slow/invoke?async=true", b.url))
+            .bearer_auth(&b.admin_key)
+            .body(format!("{{\"i\": {i}}}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(r["id"].as_str().unwrap().to_string());
+    }
+    // B is cut off from the bus: A finds it lost and runs its backlog; B, back, drops it.
+    relay.set_cut(true);
+    eventually("B lost", Duration::from_secs(10), || async {
+        let n = nodes(&a).await;
+        if n.iter().any(|(_, state, v)| state == "lost" && b.url.ends_with(v["address"].as_str().unwrap())) { Ok(()) } else { Err(format!("{n:?}")) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.set_cut(false);
+    eventually("every event to succeed", Duration::from_secs(60), || async {
+        let v: Value = a.get("/v1/async-invocations?target=slow&state=succeeded&limit=1000").send().await.unwrap().json().await.unwrap();
+        let n = v["items"].as_array().unwrap().len();
+        if n == ids.len() { Ok(()) } else { Err(format!("{n} succeeded")) }
+    })
+    .await;
+    // Each ran once, but for what B was running when it was cut (one at a time); B, fenced
+    // before A took over, started nothing more, and dropped what A took: never its backlog twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ran = a.invocations("slow").await.into_iter().filter(|r| r["trigger"] == "async" && r["outcome"] == "ok").count();
+    assert!(ran >= ids.len() && ran <= ids.len() + 5, "{ran} runs of {} events", ids.len());
+}

@@ -1015,6 +1015,18 @@ impl Queue for PostgresStore {
         4
     }
 
+    async fn taken_over(&self, owner: &str, ids: Vec<String>) -> Result<Vec<String>> {
+        self.call(async {
+            let c = self.client().await?;
+            let rows = c
+                .query("SELECT id FROM async_invocations WHERE id = ANY($1) AND owner IS DISTINCT FROM $2 AND owner IS NOT NULL ORDER BY id", &[&ids, &owner])
+                .await
+                .map_err(pg)?;
+            rows.iter().map(|r| col(r, 0)).collect()
+        })
+        .await
+    }
+
     async fn adopt_async(&self, lost: &str, to: &str) -> Result<Vec<AsyncRecord>> {
         self.call(async {
             let c = self.client().await?;

@@ -921,6 +921,24 @@ impl Queue for SqliteStore {
         .await
     }
 
+    async fn taken_over(&self, owner: &str, ids: Vec<String>) -> Result<Vec<String>> {
+        let owner = owner.to_string();
+        self.with(move |c| {
+            let mut st = c.prepare_cached("SELECT owner FROM async_invocations WHERE id = ?1")?;
+            let mut out = Vec::new();
+            for id in ids {
+                let holder: Option<Option<String>> = st.query_row([&id], |r| r.get(0)).optional()?;
+                if let Some(Some(h)) = holder
+                    && h != owner
+                {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn adopt_async(&self, lost: &str, to: &str) -> Result<Vec<AsyncRecord>> {
         let (lost, to) = (lost.to_string(), to.to_string());
         self.with(move |c| {

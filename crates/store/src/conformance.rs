@@ -351,6 +351,9 @@ async fn async_invocations_deduplicate_by_key_and_keep_their_state(s: Arc<dyn St
     assert!(unfinished("n1").await.is_empty());
     assert_eq!(unfinished("n2").await, ["a3"]);
     assert!(s.adopt_async("n1", "n2").await.unwrap().is_empty(), "taken over once");
+    // n1 learns which of its events are another's now (an id it never stored is not).
+    assert_eq!(s.taken_over("n1", vec!["a3".into(), "never-stored".into()]).await.unwrap(), ["a3"]);
+    assert!(s.taken_over("n2", vec!["a3".into()]).await.unwrap().is_empty());
     let mut late = queued("a3", None);
     late.state = AsyncState::Failed;
     s.save_async("n1", vec![], vec![late]).await.unwrap();

@@ -217,6 +217,8 @@ pub trait Queue: Send + Sync + 'static {
     /// Hands every unfinished asynchronous invocation node `lost` holds to node `to` (a lost
     /// node's queue taken over), oldest first.
     async fn adopt_async(&self, lost: &str, to: &str) -> Result<Vec<AsyncRecord>>;
+    /// The ids among `ids` that a node other than `owner` holds now (taken over from it).
+    async fn taken_over(&self, owner: &str, ids: Vec<String>) -> Result<Vec<String>>;
     /// How many writers may call [`Queue::save_async`] at once (each for its own events):
     /// one for a single-writer database, more where commits wait on round trips.
     fn parallel_writers(&self) -> usize {
