@@ -38,6 +38,11 @@ impl Schedule {
         if !(5..=6).contains(&fields) {
             return Err(format!("`{expr}` has {fields} fields; give 5 (minute hour day-of-month month day-of-week) or 6 (seconds first)"));
         }
+        // A list with an empty item (`,`, `1,,2`) parses as matching nothing, and the search for
+        // its next time then runs for years of candidates (found by fuzzing).
+        if let Some(field) = expr.split_whitespace().find(|f| f.split(',').any(str::is_empty)) {
+            return Err(format!("`{expr}`: the field `{field}` has an empty item in its list; write values between the commas"));
+        }
         let parser = croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Optional).year(croner::parser::Year::Disallowed).build();
         let cron = parser.parse(expr).map_err(|e| format!("`{expr}` is not a cron expression: {e}"))?;
         let tz = match timezone {
@@ -404,6 +409,9 @@ mod tests {
         assert_eq!(hourly.latest_until(2 * 3600 * 1000), Some(90 * 60 * 1000));
         assert!(Schedule::parse("* * *", None).unwrap_err().contains("3 fields"));
         assert!(Schedule::parse("61 * * * *", None).is_err());
+        // An empty list item matched nothing and sent the next-time search through years.
+        assert!(Schedule::parse(",  *\t* * 0", None).unwrap_err().contains("empty item"));
+        assert!(Schedule::parse("1,,2 * * * *", None).is_err());
         assert!(Schedule::parse("* * * * *", Some("Mars/Olympus")).unwrap_err().contains("IANA"));
     }
 
