@@ -40,7 +40,7 @@ pub async fn run(cli: &Cli, cmd: Option<&NodesCommand>) -> Result<()> {
         }
         NodesCommand::Drain { node } => {
             client.send(client.request(Method::POST, &format!("/v1/nodes/{node}/drain"))).await?;
-            println!("node {node} is marked draining (`hangar nodes` shows it)");
+            println!("node {node} is draining: no new function calls are placed on it; what it runs finishes");
         }
     }
     Ok(())
