@@ -303,7 +303,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     }
     let url = format!("http://{addr}");
     let url_file = opts.data_dir.join("hangar.url");
-    std::fs::write(&url_file, &url).context("writing hangar.url into the data dir")?;
+    // Whole or absent, never half-written, for the CLI and scripts that wait for it.
+    let partial = opts.data_dir.join("hangar.url.partial");
+    std::fs::write(&partial, &url).and_then(|()| std::fs::rename(&partial, &url_file)).context("writing hangar.url into the data dir")?;
     state.ready.store(true, Ordering::Release);
     println!("Hangar listening on {url} (data dir {}, {restored} function(s) restored)", opts.data_dir.display());
     tracing::info!(%url, "ready");
