@@ -62,6 +62,15 @@ async fn nodes(s: &Server) -> Vec<(String, String, Value)> {
     v["nodes"].as_array().unwrap().iter().map(|n| (n["id"].as_str().unwrap().to_string(), n["state"].as_str().unwrap().to_string(), n.clone())).collect()
 }
 
+/// Waits until `seen_by` lists node `id` in `state`.
+async fn node_in_state(seen_by: &Server, id: &str, state: &str, within: Duration) {
+    eventually(&format!("node {id} to be {state}"), within, || async {
+        let n = nodes(seen_by).await;
+        if n.iter().any(|(i, s, _)| i == id && s == state) { Ok(()) } else { Err(format!("{n:?}")) }
+    })
+    .await;
+}
+
 async fn call(s: &Server, path: &str, body: &str) -> (u16, String) {
     let r = s.http().post(format!("{}{path}", s.url)).body(body.to_string()).send().await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap().trim_end().to_string())
@@ -156,28 +165,16 @@ async fn three_nodes_share_deploys_keys_records_and_see_each_other() {
     let mut b = b;
     b.kill();
     let start = Instant::now();
-    eventually("B to be lost", Duration::from_secs(10), || async {
-        let n = nodes(&a).await;
-        if n.iter().any(|(id, state, _)| *id == b_id && state == "lost") { Ok(()) } else { Err(format!("{n:?}")) }
-    })
-    .await;
+    node_in_state(&a, &b_id, "lost", Duration::from_secs(10)).await;
     assert!(start.elapsed() >= Duration::from_millis(500), "lost before it missed its heartbeats");
     assert_eq!(call(&c, "/fn/default/hello/", "Ada").await, (200, "Hello, Ada!".to_string()), "the others keep serving");
     // Back with its data dir (its id): ready again.
     b.restart_after_stop();
-    eventually("B back", Duration::from_secs(10), || async {
-        let n = nodes(&a).await;
-        if n.iter().any(|(id, state, _)| *id == b_id && state == "ready") { Ok(()) } else { Err(format!("{n:?}")) }
-    })
-    .await;
+    node_in_state(&a, &b_id, "ready", Duration::from_secs(10)).await;
     assert_eq!(call(&b, "/fn/default/hello/", "Ada").await.0, 200);
     let drained = a.http().post(format!("{}/v1/nodes/{b_id}/drain", a.url)).bearer_auth(&a.admin_key).send().await.unwrap();
     assert_eq!(drained.status(), 202);
-    eventually("B draining", Duration::from_secs(5), || async {
-        let n = nodes(&c).await;
-        if n.iter().any(|(id, state, _)| *id == b_id && state == "draining") { Ok(()) } else { Err(format!("{n:?}")) }
-    })
-    .await;
+    node_in_state(&c, &b_id, "draining", Duration::from_secs(5)).await;
     let missing = a.http().post(format!("{}/v1/nodes/nobody/drain", a.url)).bearer_auth(&a.admin_key).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     let forbidden = a.http().get(format!("{}/v1/nodes", a.url)).bearer_auth(&secret).send().await.unwrap();
@@ -393,6 +390,20 @@ async fn losing_the_store_or_the_bus_refuses_changes_keeps_serving_and_recovers(
             .part("code", reqwest::multipart::Part::bytes(std::fs::read(guest("hello")).unwrap()).file_name("hello.wasm"));
         s.http().put(format!("{}/v1/functions/hello", s.url)).bearer_auth(&s.admin_key).multipart(form).send()
     };
+    // Once the outage is over, a deploy through A works again by itself and B follows it.
+    let (node_a, node_b, deploy) = (&a, &b, &deploy);
+    let deploys_again = |greeting: &'static str| async move {
+        eventually("deploys to work again", Duration::from_secs(30), || async {
+            let r = deploy(node_a, greeting).await.unwrap();
+            if r.status().is_success() { Ok(()) } else { Err(r.text().await.unwrap()) }
+        })
+        .await;
+        eventually("B to follow", Duration::from_secs(10), || async {
+            let (_, body) = call(node_b, "/fn/default/hello/", "x").await;
+            if body.starts_with(greeting) { Ok(()) } else { Err(body) }
+        })
+        .await;
+    };
 
     // The store goes away: warm routes keep answering, changes are refused with the reason.
     cluster.pg.stop();
@@ -403,16 +414,7 @@ async fn losing_the_store_or_the_bus_refuses_changes_keeps_serving_and_recovers(
     assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
     // Back: changes work again by themselves.
     cluster.pg.resume();
-    eventually("deploys to work again", Duration::from_secs(30), || async {
-        let r = deploy(&a, "Back").await.unwrap();
-        if r.status().is_success() { Ok(()) } else { Err(r.text().await.unwrap()) }
-    })
-    .await;
-    eventually("the new revision on B", Duration::from_secs(5), || async {
-        let (_, body) = call(&b, "/fn/default/hello/", "x").await;
-        if body.starts_with("Back") { Ok(()) } else { Err(body) }
-    })
-    .await;
+    deploys_again("Back").await;
 
     // The bus goes away: the same, with bus_unavailable; back, B catches up from the store.
     cluster.nats.stop();
@@ -424,16 +426,7 @@ async fn losing_the_store_or_the_bus_refuses_changes_keeps_serving_and_recovers(
     assert_eq!(refused["error"]["code"], "bus_unavailable", "{refused}");
     assert!(call(&b, "/fn/default/hello/", "x").await.1.starts_with("Back"));
     cluster.nats.resume();
-    eventually("deploys to work again", Duration::from_secs(30), || async {
-        let r = deploy(&a, "Again").await.unwrap();
-        if r.status().is_success() { Ok(()) } else { Err(r.text().await.unwrap()) }
-    })
-    .await;
-    eventually("B to follow", Duration::from_secs(10), || async {
-        let (_, body) = call(&b, "/fn/default/hello/", "x").await;
-        if body.starts_with("Again") { Ok(()) } else { Err(body) }
-    })
-    .await;
+    deploys_again("Again").await;
 }
 
 #[test]
@@ -495,11 +488,7 @@ async fn a_sandbox_belongs_to_its_node_and_is_marked_failed_when_that_node_is_lo
     // Its node dies: once lost, the sandbox is failed, saying why (read when B is back).
     b.kill();
     let b_id = seen["node"].as_str().unwrap().to_string();
-    eventually("B to be lost", Duration::from_secs(10), || async {
-        let n = nodes(&a).await;
-        if n.iter().any(|(id, state, _)| *id == b_id && state == "lost") { Ok(()) } else { Err(format!("{n:?}")) }
-    })
-    .await;
+    node_in_state(&a, &b_id, "lost", Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     b.restart_after_stop();
     let after = get(&b, &id).await;
