@@ -14,7 +14,7 @@ use async_nats::jetstream::kv;
 use async_trait::async_trait;
 use hangar_bus::Leases;
 
-use crate::{CALL_TIMEOUT, Nats};
+use crate::{Nats, timed};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Holder {
@@ -67,7 +67,7 @@ impl NatsLeases {
     async fn try_acquire(&self, name: &str, holder: &str, ttl: Duration) -> Option<u64> {
         let bucket = self.bucket(ttl).await?;
         let value: bytes::Bytes = serde_json::to_vec(&Holder { holder: holder.to_string() }).ok()?.into();
-        let entry = tokio::time::timeout(CALL_TIMEOUT, bucket.entry(name)).await.ok()?.ok()?;
+        let entry = timed("reading a lease", bucket.entry(name)).await.ok()?;
         match entry {
             Some(e) if e.operation == kv::Operation::Put => {
                 let current: Holder = serde_json::from_slice(&e.value).ok()?;
@@ -75,9 +75,9 @@ impl NatsLeases {
                     return None;
                 }
                 // Renewed only if nobody took it over meanwhile.
-                tokio::time::timeout(CALL_TIMEOUT, bucket.update(name, value, e.revision)).await.ok()?.ok()
+                timed("renewing a lease", bucket.update(name, value, e.revision)).await.ok()
             }
-            _ => tokio::time::timeout(CALL_TIMEOUT, bucket.create(name, value)).await.ok()?.ok(),
+            _ => timed("taking a lease", bucket.create(name, value)).await.ok(),
         }
     }
 }
@@ -105,7 +105,7 @@ impl Leases for NatsLeases {
         let buckets: Vec<kv::Store> = self.buckets.lock().await.values().cloned().collect();
         for bucket in buckets {
             // Deleted only at the revision this holder wrote: a lease taken over meanwhile stays.
-            if let Ok(Ok(())) = tokio::time::timeout(CALL_TIMEOUT, bucket.delete_expect_revision(name, Some(epoch))).await {
+            if timed("giving a lease back", bucket.delete_expect_revision(name, Some(epoch))).await.is_ok() {
                 tracing::debug!(lease = name, holder, "lease given back");
                 return;
             }

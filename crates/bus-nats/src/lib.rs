@@ -163,6 +163,15 @@ impl Link {
     }
 }
 
+/// A call to the bus, bounded by [`CALL_TIMEOUT`]; its error says what failed.
+pub(crate) async fn timed<T, E: std::fmt::Display>(what: &str, f: impl Future<Output = Result<T, E>>) -> Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: the bus did not answer within {CALL_TIMEOUT:?}")),
+    }
+}
+
 /// What travels on [`CHANGES`].
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Message {

@@ -23,7 +23,7 @@ use hangar_bus::nodes::Reporter;
 use hangar_bus::{Failover, Leases, Membership};
 use tokio_util::sync::CancellationToken;
 
-use crate::{CALL_TIMEOUT, Nats, NatsError, NatsLeases};
+use crate::{Nats, NatsError, NatsLeases, timed};
 
 /// How long a lost node stays listed.
 const LOST_KEPT: Duration = Duration::from_secs(3600);
@@ -67,14 +67,6 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
 
 fn created_ms(e: &kv::Entry) -> i64 {
     (e.created.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-async fn timed<T, E: std::fmt::Display>(what: &str, f: impl Future<Output = Result<T, E>>) -> Result<T, String> {
-    match tokio::time::timeout(CALL_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: the bus did not answer within {CALL_TIMEOUT:?}")),
-    }
 }
 
 /// Every key of a bucket, once each (a key written while the listing runs can come twice).
