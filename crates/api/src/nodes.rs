@@ -60,11 +60,29 @@ pub struct NodeReport {
     /// Function revisions resident here (`namespace/name@revision`), which calls prefer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warm: Vec<String>,
+    /// Whether it runs service instances (a worker with the services runtime).
+    #[serde(default)]
+    pub runs_services: bool,
+    /// The services it has (every worker has every service, perhaps with no instance here)
+    /// and their instances here: how gateways find where to send a service's requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceCount>,
     /// `true` once it was told to drain.
     pub draining: bool,
     pub version: String,
     /// When it started (Unix ms).
     pub started_ms: i64,
+}
+
+/// A service's instances on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceCount {
+    pub namespace: String,
+    pub name: String,
+    /// Instances passing their readiness probe.
+    pub ready: u32,
+    /// Instances starting, serving or stopping.
+    pub instances: u32,
 }
 
 /// A node as the cluster sees it.

@@ -248,6 +248,20 @@ pub struct Service {
     /// What the autoscaler saw and decided last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<ScalingStatus>,
+    /// In a cluster: its instances on each node, as the nodes' last heartbeats said (`instances`
+    /// lists only those of the node that answered).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<ServiceOnNode>,
+}
+
+/// A service's instances on one node of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceOnNode {
+    pub node: String,
+    /// Instances passing their readiness probe.
+    pub ready: u32,
+    /// Instances starting, serving or stopping.
+    pub instances: u32,
 }
 
 /// The autoscaler's last decision and what it was based on.

@@ -341,6 +341,8 @@ mod tests {
             instances: 0,
             max_instances: 100,
             warm: Vec::new(),
+            runs_services: false,
+            services: Vec::new(),
             draining: false,
             version: "test".into(),
             started_ms: 0,

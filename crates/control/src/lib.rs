@@ -318,7 +318,8 @@ impl Control {
                 return Err(ControlError::Unavailable { code: "services_unavailable", message: format!("services are not available on this server: {why}") });
             }
         };
-        let image = images.get(ns, &config.image).ok_or_else(|| {
+        // In a cluster, an image imported through another node comes from there.
+        let image = images.get_or_fetch(ns, &config.image).await.map_err(|_| {
             ControlError::refused(
                 "unknown_image",
                 format!("image `{}` is not in namespace `{ns}`: `hangar image pull` or `hangar image import` it first", config.image),

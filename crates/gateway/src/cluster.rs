@@ -1,7 +1,13 @@
 //! Calls between the nodes of a cluster: a function call that placement sends to another
 //! worker is forwarded to that node's `/_hangar/fn/…` route, which runs it there without
-//! placing it again. Node-to-node requests carry the cluster secret (`--cluster-secret`), never
-//! a user's key; a request to `/_hangar/…` without it is a 404, as if the route did not exist.
+//! placing it again; a service request that finds no ready instance here goes to a node that
+//! has one (`/_hangar/svc/…`), which decides who may reach the service as `/svc/` would.
+//! Node-to-node requests carry the cluster secret (`--cluster-secret`), never a user's key; a
+//! request to `/_hangar/…` without it is a 404, as if the route did not exist.
+//!
+//! A service's instances spread over the workers ([`ClusterSpread`], after
+//! [`hangar_scheduler::placement::spread_share`]): each worker computes its own part from the
+//! same heartbeats. A lost or draining node is no longer among them, so the others' parts grow.
 //!
 //! Placement ([`hangar_scheduler::placement`]) reads the nodes' last heartbeats: the snapshot is
 //! rebuilt into a [`Placement`] only when a new heartbeat round changed it, and read with one
@@ -26,6 +32,9 @@ use crate::error::ApiError;
 
 /// The header that carries the cluster secret.
 const SECRET_HEADER: &str = "x-hangar-cluster-secret";
+/// The header that says the forwarding node already decided the caller may reach the service
+/// (a call between services, which carries no key).
+const ALLOWED_HEADER: &str = "x-hangar-allowed";
 /// The header that says how the forwarded call was triggered.
 const TRIGGER_HEADER: &str = "x-hangar-trigger";
 /// How long a node may take to answer a forwarded call's head (its own timeout bounds the rest).
@@ -39,6 +48,21 @@ pub enum Route {
     Nowhere,
 }
 
+/// Where a service's request goes.
+pub enum ServiceRoute {
+    Here,
+    /// A node with a ready instance, or the first in the service's spread (it starts one).
+    There(Node),
+    /// No node has the service.
+    Nowhere,
+}
+
+/// Another node: its id, and where it is reached.
+pub struct Node {
+    pub id: String,
+    pub address: String,
+}
+
 /// This node's view of the others, and how it calls them.
 pub struct Peers {
     me: String,
@@ -47,10 +71,85 @@ pub struct Peers {
     members: Arc<dyn hangar_bus::Membership>,
     cache: Mutex<(Arc<Vec<NodeInfo>>, Arc<Placement>)>,
     client: Client<HttpConnector, axum::body::Body>,
+    /// Turns between the nodes that have a service's instances ready.
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 fn hash(secret: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(secret).into()
+}
+
+/// The nodes that run service instances of `memory_mb` (ready, not draining, room for one
+/// such instance), ordered by id: the same list on every node for the same heartbeats.
+fn spread_workers(nodes: &[NodeInfo], memory_mb: u32) -> Vec<&NodeInfo> {
+    use hangar_api::nodes::NodeState;
+    nodes
+        .iter()
+        .filter(|n| {
+            n.state == NodeState::Ready
+                && n.report.runs_services
+                && n.report.address.is_some()
+                && n.report.max_instances > 0
+                && n.report.capacity.memory_mb >= u64::from(memory_mb)
+        })
+        .collect()
+}
+
+/// This node's part of each service's instances, from the nodes' last heartbeats; nothing
+/// while it is fenced (cut off from the bus, the others run its part).
+pub struct ClusterSpread {
+    me: String,
+    members: Arc<dyn hangar_bus::Membership>,
+    fenced: std::sync::atomic::AtomicBool,
+}
+
+impl ClusterSpread {
+    pub fn new(me: String, members: Arc<dyn hangar_bus::Membership>) -> Arc<ClusterSpread> {
+        Arc::new(ClusterSpread { me, members, fenced: Default::default() })
+    }
+}
+
+impl hangar_service::Spread for ClusterSpread {
+    fn share(&self, namespace: &str, name: &str, total: u32, memory_mb: u32) -> u32 {
+        if self.fenced.load(std::sync::atomic::Ordering::Acquire) {
+            return 0;
+        }
+        let snapshot = self.members.snapshot();
+        let workers = spread_workers(&snapshot, memory_mb);
+        match workers.iter().position(|n| n.report.id == self.me) {
+            Some(me) => hangar_scheduler::placement::spread_share(namespace, name, total, workers.len(), me),
+            None => 0,
+        }
+    }
+
+    fn ready_elsewhere(&self, namespace: &str, name: &str) -> u32 {
+        if self.fenced.load(std::sync::atomic::Ordering::Acquire) {
+            // Cut off: what the others run is unknown, and they run this node's part.
+            return u32::MAX;
+        }
+        use hangar_api::nodes::NodeState;
+        let snapshot = self.members.snapshot();
+        snapshot
+            .iter()
+            .filter(|n| n.report.id != self.me && n.state == NodeState::Ready)
+            .flat_map(|n| n.report.services.iter().filter(|c| c.namespace == namespace && c.name == name).map(|c| c.ready))
+            .fold(0u32, u32::saturating_add)
+    }
+}
+
+/// Fenced: this node's service instances stop (the others start them); back: it runs its part.
+#[async_trait::async_trait]
+impl hangar_bus::nodes::Failover for ClusterSpread {
+    async fn node_lost(&self, _node: &str) {}
+
+    async fn fenced(&self) {
+        tracing::warn!("cut off from the bus: this node's service instances stop, the other nodes run them");
+        self.fenced.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    async fn rejoined(&self) {
+        self.fenced.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// A heartbeat snapshot as placement sees it.
@@ -90,7 +189,7 @@ impl Peers {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         let snapshot = members.snapshot();
         let placement = Arc::new(placement_of(&snapshot, &me));
-        Arc::new(Peers { secret_hash: hash(secret.as_bytes()), me, secret, members, cache: Mutex::new((snapshot, placement)), client })
+        Arc::new(Peers { secret_hash: hash(secret.as_bytes()), me, secret, members, cache: Mutex::new((snapshot, placement)), client, turn: Default::default() })
     }
 
     /// The placement of the latest heartbeats (rebuilt only when they changed).
@@ -113,6 +212,63 @@ impl Peers {
             Some(i) if placement.workers()[i].id == self.me => Route::Here,
             Some(i) => Route::There(placement.workers()[i].clone()),
             None => Route::Nowhere,
+        }
+    }
+
+    /// Where a request for service `namespace/name` goes when no instance here is ready: a node
+    /// with ready instances (in turns), else the first node of the service's spread.
+    pub fn service_route(&self, namespace: &str, name: &str) -> ServiceRoute {
+        use hangar_api::nodes::NodeState;
+        let snapshot = self.members.snapshot();
+        let has = |n: &NodeInfo| n.report.services.iter().find(|c| c.namespace == namespace && c.name == name).map(|c| c.ready);
+        let up = |n: &&NodeInfo| n.state != NodeState::Lost && n.report.address.is_some();
+        let ready: Vec<&NodeInfo> = snapshot.iter().filter(up).filter(|n| has(n).is_some_and(|r| r > 0)).collect();
+        let chosen = if ready.is_empty() {
+            let workers = spread_workers(&snapshot, 0);
+            let having: Vec<&NodeInfo> = workers.iter().copied().filter(|n| has(n).is_some()).collect();
+            hangar_scheduler::placement::spread_order(namespace, name, having.len()).next().map(|i| having[i])
+        } else {
+            Some(ready[self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % ready.len()])
+        };
+        match chosen {
+            Some(n) if n.report.id == self.me => ServiceRoute::Here,
+            Some(n) => ServiceRoute::There(Node { id: n.report.id.clone(), address: n.report.address.clone().unwrap_or_default() }),
+            None => ServiceRoute::Nowhere,
+        }
+    }
+
+    /// Sends a service request to `node` and streams its answer back; that node
+    /// serves it from its own instances. `allowed`: this node already let the caller through.
+    pub async fn forward_service(&self, node: &Node, namespace: &str, name: &str, req: Request, path: &str, allowed: bool) -> Response {
+        let (id, address) = (&node.id, &node.address);
+        let (mut head, body) = req.into_parts();
+        let target = match head.uri.query() {
+            Some(q) => format!("http://{address}/_hangar/svc/{namespace}/{name}{path}?{q}"),
+            None => format!("http://{address}/_hangar/svc/{namespace}/{name}{path}"),
+        };
+        head.uri = match target.parse() {
+            Ok(u) => u,
+            Err(_) => return ApiError::bad_request("invalid_path", "the request path is not a valid URI").into_response(),
+        };
+        if let Ok(v) = http::HeaderValue::from_str(&self.secret) {
+            head.headers.insert(SECRET_HEADER, v);
+        }
+        head.headers.remove(ALLOWED_HEADER);
+        if allowed {
+            head.headers.insert(ALLOWED_HEADER, http::HeaderValue::from_static("1"));
+        }
+        head.version = http::Version::HTTP_11;
+        match self.client.request(http::Request::from_parts(head, body)).await {
+            Ok(resp) => resp.map(axum::body::Body::new),
+            Err(e) => {
+                tracing::warn!(node = %id, "forwarding a request for service {namespace}/{name} failed: {e}");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "node_unreachable",
+                    format!("node `{id}`, which runs this service's instance, could not be reached or stopped answering; send the request again (it goes to another node)"),
+                )
+                .into_response()
+            }
         }
     }
 
@@ -153,6 +309,132 @@ impl Peers {
 }
 
 use axum::response::IntoResponse as _;
+
+/// `/_hangar/svc/{namespace}/{name}/{path}`: a service request another node sent here, served
+/// by this node's instances (it waits for one to be ready, as `/svc/` does).
+pub async fn serve_here(State(state): State<AppState>, mut req: Request) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found("this route");
+    let Some(peers) = state.peers.clone() else { return Err(not_found()) };
+    if !peers.authentic(req.headers()) {
+        return Err(not_found());
+    }
+    req.headers_mut().remove(SECRET_HEADER);
+    let allowed = req.headers_mut().remove(ALLOWED_HEADER).is_some();
+    let path = req.uri().path().strip_prefix("/_hangar").unwrap_or("").to_string();
+    let Some((ns, name, rest)) = hangar_service::proxy::split_route(&path).map(|(ns, name, rest)| (ns.to_string(), name.to_string(), rest)) else {
+        return Err(not_found());
+    };
+    crate::services::serve_local(&state, req, &ns, &name, &rest, allowed).await
+}
+
+#[derive(serde::Deserialize)]
+pub struct ImageQuery {
+    reference: String,
+}
+
+/// `GET /_hangar/images/{namespace}?reference=…`: an image of this node as an OCI layout
+/// archive, for a node that must run it.
+pub async fn export_image(
+    State(state): State<AppState>,
+    axum::extract::Path(namespace): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ImageQuery>,
+    headers: http::HeaderMap,
+) -> Result<Response, ApiError> {
+    if !state.peers.as_ref().is_some_and(|p| p.authentic(&headers)) {
+        return Err(ApiError::not_found("this route"));
+    }
+    let images = state.images.clone();
+    let file = tokio::task::spawn_blocking(move || images.export(&namespace, &q.reference))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("exporting the image failed: {e}")))??;
+    let stream = file_stream(tokio::fs::File::from_std(file));
+    Ok(([(http::header::CONTENT_TYPE, "application/x-tar")], axum::body::Body::from_stream(stream)).into_response())
+}
+
+/// A file read as a stream of chunks.
+fn file_stream(file: tokio::fs::File) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
+    use tokio::io::AsyncReadExt as _;
+    futures::stream::unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+}
+
+/// Images this node lacks, fetched from the others (see [`hangar_image::nodes`]).
+pub struct PeerImages {
+    pub peers: Arc<Peers>,
+    /// Largest archive taken (`--max-image-bytes`).
+    pub max_bytes: u64,
+}
+
+impl PeerImages {
+    async fn fetch_from(&self, address: &str, store: &Arc<hangar_image::ImageStore>, namespace: &str, reference: &str) -> Result<Option<hangar_image::Image>, String> {
+        use http_body_util::BodyExt as _;
+        use std::io::Write as _;
+        let uri = format!("http://{address}/_hangar/images/{namespace}?reference={reference}");
+        let mut req = http::Request::get(uri).body(axum::body::Body::empty()).map_err(|e| e.to_string())?;
+        if let Ok(v) = http::HeaderValue::from_str(&self.peers.secret) {
+            req.headers_mut().insert(SECRET_HEADER, v);
+        }
+        let resp = self.peers.client.request(req).await.map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::OK {
+            return Ok(None);
+        }
+        let mut file = tempfile::NamedTempFile::new_in(store.tmp_dir()).map_err(|e| e.to_string())?;
+        let mut body = resp.into_body();
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("the archive broke off: {e}"))?;
+            if let Some(chunk) = frame.data_ref() {
+                total += chunk.len() as u64;
+                if total > self.max_bytes {
+                    return Err(format!("the archive is larger than {} bytes (--max-image-bytes)", self.max_bytes));
+                }
+                file.write_all(chunk).map_err(|e| e.to_string())?;
+            }
+        }
+        let ns = namespace.to_string();
+        let mut imported = store.unpacking(move |images| images.import(&ns, file.path(), None)).await.map_err(|e| e.to_string())?;
+        Ok(imported.pop())
+    }
+}
+
+impl hangar_image::nodes::Source for PeerImages {
+    fn fetch<'a>(
+        &'a self,
+        store: &'a Arc<hangar_image::ImageStore>,
+        namespace: &'a str,
+        reference: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<hangar_image::Image, hangar_image::ImageError>> {
+        Box::pin(async move {
+            let not_found = || hangar_image::ImageError::NotFound(reference.to_string());
+            // References are names and digests: nothing in them needs escaping in a query.
+            if reference.is_empty() || !reference.bytes().all(|b| b.is_ascii_alphanumeric() || b"._/:@-".contains(&b)) {
+                return Err(not_found());
+            }
+            let snapshot = self.peers.members.snapshot();
+            for n in snapshot.iter().filter(|n| n.report.id != self.peers.me && n.state != hangar_api::nodes::NodeState::Lost) {
+                let Some(address) = &n.report.address else { continue };
+                match self.fetch_from(address, store, namespace, reference).await {
+                    Ok(Some(image)) => {
+                        tracing::info!(node = %n.report.id, image = %image.id, "image fetched from another node");
+                        return store.get(namespace, reference).or(Some(image)).ok_or_else(not_found);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(node = %n.report.id, "fetching image {reference} from node {} failed: {e}", n.report.id),
+                }
+            }
+            Err(not_found())
+        })
+    }
+}
 
 /// `/_hangar/fn/{namespace}/{name}/{path}`: a call another node placed here, run here.
 pub async fn run_here(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {

@@ -167,6 +167,8 @@ pub fn router(state: AppState) -> Router {
         .route("/svc/{*rest}", any(services::proxy).layer(DefaultBodyLimit::disable()))
         // Calls other nodes placed here (cluster secret, else 404).
         .route("/_hangar/fn/{*rest}", any(cluster::run_here).layer(DefaultBodyLimit::disable()))
+        .route("/_hangar/svc/{*rest}", any(cluster::serve_here).layer(DefaultBodyLimit::disable()))
+        .route("/_hangar/images/{namespace}", get(cluster::export_image))
         .merge(platform)
         .layer(axum::middleware::from_fn_with_state(state.clone(), services::host_routes))
         .with_state(state)

@@ -69,6 +69,19 @@ fn view(state: &AppState, row: &ServiceRow) -> Service {
         updated_at: hangar_api::rfc3339(row.updated_ms),
         instances,
         scaling: running.and_then(|s| s.scaling()),
+        nodes: match &state.peers {
+            None => Vec::new(),
+            Some(_) => state
+                .members
+                .snapshot()
+                .iter()
+                .filter(|n| n.state != hangar_api::nodes::NodeState::Lost)
+                .flat_map(|n| {
+                    let here = n.report.services.iter().filter(|c| c.namespace == row.namespace && c.name == row.name);
+                    here.map(|c| hangar_api::services::ServiceOnNode { node: n.report.id.clone(), ready: c.ready, instances: c.instances })
+                })
+                .collect(),
+        },
     }
 }
 
@@ -181,12 +194,32 @@ pub async fn proxy(State(state): State<AppState>, req: Request) -> Result<Respon
     let Some((ns, name, rest)) = proxy::split_route(req.uri().path()).map(|(ns, name, rest)| (ns.to_string(), name.to_string(), rest)) else {
         return Err(ApiError::bad_request("invalid_path", "service URLs look like /svc/{namespace}/{name}/{path}"));
     };
-    let svc = state.services.as_ref().and_then(|s| s.get(&ns, &name));
-    authorize(&state, &req, svc.as_deref(), &ns, &name)?;
+    reach(&state, req, &ns, &name, &rest, false).await
+}
+
+/// Serves a request for `ns/name` from an instance here when one is ready; in a cluster,
+/// otherwise from the node that has one (or starts one). `allowed`: the caller was already let
+/// through (a call between services, or a host route); else whoever serves it decides.
+async fn reach(state: &AppState, req: Request, ns: &str, name: &str, rest: &str, allowed: bool) -> Result<Response, ApiError> {
+    if let Some(peers) = &state.peers
+        && state.services.as_ref().and_then(|s| s.get(ns, name)).is_none_or(|s| s.ready() == 0)
+        && let crate::cluster::ServiceRoute::There(node) = peers.service_route(ns, name)
+    {
+        return Ok(peers.forward_service(&node, ns, name, req, rest, allowed).await);
+    }
+    serve_local(state, req, ns, name, rest, allowed).await
+}
+
+/// Serves a request for `ns/name` from this node's instances, waiting for one if none is ready.
+pub(crate) async fn serve_local(state: &AppState, req: Request, ns: &str, name: &str, rest: &str, allowed: bool) -> Result<Response, ApiError> {
+    let svc = state.services.as_ref().and_then(|s| s.get(ns, name));
+    if !allowed {
+        authorize(state, &req, svc.as_deref(), ns, name)?;
+    }
     let Some(svc) = svc else {
         return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
     };
-    forward(&svc, req, &rest).await
+    forward(&svc, req, rest).await
 }
 
 /// Lets the request through if the service is public or the caller's key covers its
@@ -213,7 +246,7 @@ pub async fn host_routes(State(state): State<AppState>, req: Request, next: axum
         return e.into_response();
     }
     let rest = req.uri().path().to_string();
-    forward(&svc, req, &rest).await.unwrap_or_else(IntoResponse::into_response)
+    reach(&state, req, &ns, &name, &rest, true).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Calls between services: an instance asks `http://NAME/...` (its hosts file points NAME at
@@ -229,11 +262,11 @@ pub async fn internal(
     };
     let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     let name = proxy::host_service(host);
-    let Some(svc) = svcs.get(&ns, &name) else {
+    if svcs.get(&ns, &name).is_none() && state.peers.is_none() {
         return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
-    };
+    }
     let rest = req.uri().path().to_string();
-    forward(&svc, req, &rest).await
+    reach(&state, req, &ns, &name, &rest, true).await
 }
 
 /// Sends `req` to `svc` at `path` through the data plane, and its answer back.

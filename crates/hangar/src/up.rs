@@ -194,6 +194,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         let mut fleets: Vec<Arc<dyn hangar_meter::usage::Fleet>> = vec![scheduler.clone()];
         fleets.extend(services.clone().map(|s| s as Arc<dyn hangar_meter::usage::Fleet>));
         let sandboxes = sandboxes.clone();
+        let services = services.clone();
         // The address others reach: the bound one when listening on port 0.
         let address = if advertise.port() == 0 || advertise == opts.listen { SocketAddr::new(advertise.ip(), addr.port()) } else { advertise };
         let (address, id, started_ms) = (address.to_string(), node_id.clone(), hangar_core::now_ms());
@@ -211,6 +212,8 @@ pub async fn run(opts: UpOptions) -> Result<()> {
                 instances,
                 max_instances,
                 warm: if role.runs_instances() { scheduler.warm_revisions() } else { Vec::new() },
+                runs_services: services.is_some(),
+                services: services.as_ref().map(|s| s.counts()).unwrap_or_default(),
                 draining: false,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 started_ms,
@@ -229,11 +232,22 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         if let Some(s) = &sandboxes {
             c.on_lost(Arc::new(s.clone()));
         }
+        // Services run their part of each service's instances here; a fenced node none.
+        if let Some(s) = &services {
+            let spread = hangar_gateway::cluster::ClusterSpread::new(node_id.clone(), c.clone());
+            s.set_spread(spread.clone());
+            c.on_lost(spread);
+        }
     }
     let members: Arc<dyn hangar_bus::Membership> = match &cluster {
         Some(c) => c.clone(),
         None => hangar_bus::LocalMembership::new(report),
     };
+    let peers = secret.map(|s| hangar_gateway::cluster::Peers::new(node_id.clone(), s, members.clone()));
+    if let Some(p) = &peers {
+        // Images deployed through another node are fetched from there.
+        images.set_source(Arc::new(hangar_gateway::cluster::PeerImages { peers: p.clone(), max_bytes: opts.limits.max_image_bytes }));
+    }
     let control = Arc::new(hangar_control::Control::new(store.clone(), bus, scheduler.clone()).with_services(services_here).with_sandboxes(sandboxes_here));
     let state = AppState::new(Shared {
         store,
@@ -252,7 +266,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         async_queue: async_queue.clone(),
         triggers: triggers.clone(),
         prices_dir: opts.data_dir.join("prices"),
-        peers: secret.map(|s| hangar_gateway::cluster::Peers::new(node_id.clone(), s, members.clone())),
+        peers,
         members,
     });
     // A first start makes the default namespace and an admin key.

@@ -152,14 +152,12 @@ impl ImageStore {
             let mut layers = Vec::new();
             for (l, diff_id) in manifest.layers().iter().zip(diff_ids) {
                 let digest = l.digest().to_string();
-                let size = if self.has_layer(&diff_id) {
-                    l.size()
-                } else {
-                    let file = root.open_no_links(&blob_path(&digest)?).map_err(confined)?;
-                    self.add_layer(std::io::BufReader::new(file), Some(&digest), &diff_id)?.1
-                };
+                let mut file = root.open_no_links(&blob_path(&digest)?).map_err(confined)?;
+                let size = if self.has_layer(&diff_id) { l.size() } else { self.add_layer(std::io::BufReader::new(&file), Some(&digest), &diff_id)?.1 };
+                self.keep_blob_file(&digest, &mut file)?;
                 layers.push(Layer { diff_id, digest, size });
             }
+            self.keep_blob(manifest.config().digest().as_ref(), &config_bytes[..])?;
             let id = manifest.config().digest().to_string();
             out.push(self.record(Image::new(id.clone(), tags(namespace, names, &id), Some(d.digest().to_string()), layers, &config))?);
         }
@@ -182,11 +180,13 @@ impl ImageStore {
             let diff_ids = check_config(&config, e.layers.len())?;
             let mut layers = Vec::new();
             for (file, diff_id) in e.layers.iter().zip(diff_ids) {
-                let f = root.open_no_links(&inside(file)?).map_err(confined)?;
+                let mut f = root.open_no_links(&inside(file)?).map_err(confined)?;
                 let size = f.metadata()?.len();
-                let digest = if self.has_layer(&diff_id) { diff_id.clone() } else { self.add_layer(std::io::BufReader::new(f), None, &diff_id)?.0 };
+                let digest = if self.has_layer(&diff_id) { diff_id.clone() } else { self.add_layer(std::io::BufReader::new(&f), None, &diff_id)?.0 };
+                self.keep_blob_file(&digest, &mut f)?;
                 layers.push(Layer { diff_id, digest, size });
             }
+            self.keep_blob(&sha256_digest(&config_bytes), &config_bytes[..])?;
             let names = match name {
                 Some(n) => vec![normalize(n)?],
                 None => e.repo_tags.unwrap_or_default().iter().filter_map(|t| normalize(t).ok()).collect(),

@@ -5,6 +5,8 @@
 //! - `layers/<diff-id hex>/`: one unpacked layer (see [`unpack`]), shared by every image that
 //!   has it, unpacked once and verified against the image config's `diff_ids`;
 //! - `index.json`: the images (id = config digest, names, layers bottom first, run config);
+//! - `blobs/sha256/<hex>`: configs and layer blobs as they arrived, for other nodes
+//!   ([`nodes`]);
 //! - `tmp/`: work in progress, emptied when the store opens.
 //!
 //! Every layer is checked twice: its compressed bytes against the manifest's digest, its
@@ -12,6 +14,7 @@
 //! behind: layers appear by rename only once complete, and the index changes last.
 
 mod import;
+pub mod nodes;
 mod pull;
 pub mod unpack;
 
@@ -132,6 +135,8 @@ pub struct ImageStore {
     unpack_slots: tokio::sync::Semaphore,
     /// Wall time one import or one layer may take to unpack.
     unpack_time: std::time::Duration,
+    /// Where images this node lacks come from, in a cluster.
+    source: std::sync::RwLock<Option<std::sync::Arc<dyn nodes::Source>>>,
 }
 
 /// Unpacks at once (a core each on a small machine).
@@ -248,7 +253,7 @@ impl ImageStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Index::default(),
             Err(e) => return Err(e.into()),
         };
-        Ok(ImageStore { root: root.to_path_buf(), index: Mutex::new(index), unpack_slots: tokio::sync::Semaphore::new(UNPACK_SLOTS), unpack_time: UNPACK_TIME })
+        Ok(ImageStore { root: root.to_path_buf(), index: Mutex::new(index), unpack_slots: tokio::sync::Semaphore::new(UNPACK_SLOTS), unpack_time: UNPACK_TIME, source: Default::default() })
     }
 
     /// Runs `work` (an import or a layer's unpack) on the blocking pool once one of the store's
@@ -406,6 +411,18 @@ impl ImageStore {
         let wanted: HashSet<String> =
             index.images.iter().flat_map(|i| i.layers.iter()).filter_map(|l| digest_hex(&l.diff_id).ok().map(str::to_string)).collect();
         let mut removed = 0;
+        // Blobs no image names (its config, its layers' blobs).
+        let blobs: HashSet<String> = index
+            .images
+            .iter()
+            .flat_map(|i| std::iter::once(&i.id).chain(i.layers.iter().map(|l| &l.digest)))
+            .filter_map(|d| digest_hex(d).ok().map(str::to_string))
+            .collect();
+        for e in std::fs::read_dir(self.root.join("blobs").join("sha256")).into_iter().flatten().flatten() {
+            if !blobs.contains(e.file_name().to_string_lossy().as_ref()) {
+                std::fs::remove_file(e.path())?;
+            }
+        }
         for e in std::fs::read_dir(self.root.join("layers"))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !name.starts_with('.') && !wanted.contains(&name) {

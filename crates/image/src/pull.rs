@@ -145,13 +145,15 @@ impl ImageStore {
                 self.unpacking(move |store| {
                     use std::io::Seek as _;
                     file.rewind()?;
-                    store.add_layer(std::io::BufReader::new(file), Some(&digest), &diff)
+                    store.add_layer(std::io::BufReader::new(&file), Some(&digest), &diff)?;
+                    store.keep_blob_file(&digest, &mut file)
                 })
                 .await?;
                 progress(Progress::Unpacked { digest: l.digest.clone() });
             }
             layers.push(Layer { diff_id, digest: l.digest.clone(), size });
         }
+        self.keep_blob(&manifest.config.digest, config_text.as_bytes())?;
         let store = self.clone();
         let image = Image::new(manifest.config.digest.clone(), vec![Tag { namespace: namespace.to_string(), name: r.whole() }], Some(digest), layers, &config);
         tokio::task::spawn_blocking(move || store.record(image)).await.map_err(|e| ImageError::Io(std::io::Error::other(e)))?

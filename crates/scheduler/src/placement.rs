@@ -119,6 +119,35 @@ impl Placement {
     }
 }
 
+/// A stable hash of a service's name, the same on every node (FNV-1a: no per-process keys).
+fn service_hash(namespace: &str, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in namespace.bytes().chain([b'/']).chain(name.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The order in which the workers `ids` (sorted, the same list on every node) receive a
+/// service's instances: one each in this order, then a second each, and so on. The list is
+/// rotated by the service's name, so one-instance services do not all land on the first worker.
+pub fn spread_order(namespace: &str, name: &str, ids: usize) -> impl Iterator<Item = usize> {
+    let start = if ids == 0 { 0 } else { (service_hash(namespace, name) % ids as u64) as usize };
+    (0..ids).map(move |i| (start + i) % ids)
+}
+
+/// How many of a service's `total` instances the worker at index `me` of `ids` workers runs:
+/// every worker gets `total / ids`, and the first `total % ids` in [`spread_order`] one more.
+/// Every node computes the same shares from the same heartbeats, with no coordination.
+pub fn spread_share(namespace: &str, name: &str, total: u32, ids: usize, me: usize) -> u32 {
+    if ids == 0 || me >= ids {
+        return 0;
+    }
+    let n = ids as u32;
+    let rank = spread_order(namespace, name, ids).position(|i| i == me).unwrap_or(ids) as u32;
+    total / n + u32::from(rank < total % n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +194,23 @@ mod tests {
         let p = Placement::new(vec![gateway, worker("w", 90)], "g");
         assert_eq!(p.place(key, SMALL), Some(1));
         assert_ne!(revision_key("default", "hello", 2), key);
+    }
+
+    #[test]
+    fn services_spread_one_per_worker_before_two_on_one() {
+        for total in 0..10u32 {
+            for ids in 1..6usize {
+                let shares: Vec<u32> = (0..ids).map(|me| spread_share("ns", "web", total, ids, me)).collect();
+                assert_eq!(shares.iter().sum::<u32>(), total, "{shares:?}");
+                let (lo, hi) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+                assert!(hi - lo <= 1, "{total} over {ids}: {shares:?}");
+            }
+        }
+        // Not a worker of the list: nothing.
+        assert_eq!(spread_share("ns", "web", 3, 2, 5), 0);
+        assert_eq!(spread_share("ns", "web", 3, 0, 0), 0);
+        // One-instance services do not all go to the same worker.
+        let firsts: std::collections::HashSet<usize> = (0..50).map(|i| spread_order("ns", &format!("svc{i}"), 4).next().unwrap()).collect();
+        assert!(firsts.len() > 1, "{firsts:?}");
     }
 }

@@ -78,7 +78,9 @@ pub(crate) fn decide(
     if waiting > 0 {
         desired = desired.max(1);
     }
-    desired = desired.clamp(cfg.min_instances, cfg.max_instances.max(1));
+    // A node whose part of a service is nothing keeps none (the gateways send its requests to
+    // the nodes that run it).
+    desired = desired.clamp(cfg.min_instances, cfg.max_instances.max(cfg.min_instances));
     s.desired = desired;
     ScalingStatus { desired, panic, stable_concurrency: stable, panic_concurrency: panicky, waiting }
 }
@@ -114,12 +116,16 @@ fn tick(svc: &Arc<Service>, host: &Arc<Host>, scaler: &mut Scaler) {
     let waiting = svc.waiting.load(Ordering::Acquire);
     let mut slots = svc.slots.lock().unwrap_or_else(|p| p.into_inner());
     let current = slots.len() as u32;
-    let min = svc.min_override.load(Ordering::Acquire);
-    let status = if min == crate::NO_MIN || min == rev.config.min_instances {
+    // Adaptive mode's minimum in place of the configured one; then this node's part of both.
+    let (min, max) = match svc.min_override.load(Ordering::Acquire) {
+        crate::NO_MIN => (rev.config.min_instances, rev.config.max_instances),
+        min => (min, rev.config.max_instances.max(min)),
+    };
+    let (min_here, max_here) = host.bounds(svc, min, max, rev.config.memory_mb, current);
+    let status = if (min_here, max_here) == (rev.config.min_instances, rev.config.max_instances) {
         decide(scaler, Instant::now(), f64::from(observed + waiting), ready, current, waiting, &rev.config)
     } else {
-        // Adaptive mode's minimum in place of the configured one.
-        let cfg = hangar_api::services::ServiceConfig { min_instances: min, max_instances: rev.config.max_instances.max(min), ..rev.config.clone() };
+        let cfg = hangar_api::services::ServiceConfig { min_instances: min_here, max_instances: max_here, ..rev.config.clone() };
         decide(scaler, Instant::now(), f64::from(observed + waiting), ready, current, waiting, &cfg)
     };
     *svc.scaling.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());

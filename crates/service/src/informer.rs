@@ -50,10 +50,12 @@ impl ServiceInformer {
         if self.services.get(&row.namespace, &row.name).is_some_and(|s| s.runs(row.revision, &row.config, &row.image_id)) {
             return;
         }
-        let Some(image) = self.images.get(&row.namespace, &row.image_id) else {
-            return tracing::error!(service = %row.name, namespace = %row.namespace, "image {} is gone; the service cannot start", row.image_id);
+        // In a cluster, an image deployed through another node comes from there.
+        let image = match self.images.get_or_fetch(&row.namespace, &row.image_id).await {
+            Ok(image) => image,
+            Err(e) => return tracing::error!(service = %row.name, namespace = %row.namespace, "image {}: {e}; the service cannot start here", row.image_id),
         };
-        match self.services.rollout(&row.namespace, &row.name, row.revision, row.config.clone(), image).await {
+        match self.services.follow(&row.namespace, &row.name, row.revision, row.config.clone(), image).await {
             Ok(()) => tracing::info!(service = %row.name, namespace = %row.namespace, revision = row.revision, "service runs as stored"),
             Err(e) => tracing::error!(service = %row.name, namespace = %row.namespace, "starting revision {} failed: {e}", row.revision),
         }

@@ -37,6 +37,30 @@ use hangar_image::{Image, ImageStore};
 pub use logs::LogRing;
 pub use network::{INTERNAL_PORT, Network};
 
+/// Where a service's instances run when there are many nodes: this node's part of them.
+/// Every node computes its own part from the same heartbeats; a single server runs them all
+/// ([`Alone`]).
+pub trait Spread: Send + Sync + 'static {
+    /// How many of `total` instances of `namespace/name` (of `memory_mb` each) run here.
+    fn share(&self, namespace: &str, name: &str, total: u32, memory_mb: u32) -> u32;
+    /// Ready instances of `namespace/name` on the other nodes that take work, as their last
+    /// heartbeats said: instances a smaller share no longer asks for stop only once the
+    /// others have theirs ready.
+    fn ready_elsewhere(&self, namespace: &str, name: &str) -> u32;
+}
+
+/// The one node of an embedded server: every instance runs here.
+pub struct Alone;
+
+impl Spread for Alone {
+    fn share(&self, _: &str, _: &str, total: u32, _: u32) -> u32 {
+        total
+    }
+    fn ready_elsewhere(&self, _: &str, _: &str) -> u32 {
+        0
+    }
+}
+
 /// What can go wrong running services; each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -82,6 +106,17 @@ pub struct Host {
     /// Set once what an earlier run left is removed (in the background at start); no instance
     /// starts before.
     prepared: tokio::sync::watch::Receiver<bool>,
+    /// This node's part of each service's instances.
+    spread: SpreadCell,
+}
+
+/// The spread a server's services follow (set once it joins a cluster).
+struct SpreadCell(RwLock<Arc<dyn Spread>>);
+
+impl std::fmt::Debug for SpreadCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spread")
+    }
 }
 
 impl Host {
@@ -138,6 +173,21 @@ impl Host {
 }
 
 impl Host {
+    fn spread(&self) -> Arc<dyn Spread> {
+        self.spread.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The instances of `svc` this node keeps at least and at most, of `min` and `max` in
+    /// the whole cluster. Instances its share no longer asks for (a node joined, or this one
+    /// drains or is fenced) are kept while the other nodes have fewer ready than theirs.
+    fn bounds(&self, svc: &Service, min: u32, max: u32, memory_mb: u32, current: u32) -> (u32, u32) {
+        let spread = self.spread();
+        let (min_here, max_here) = (spread.share(&svc.namespace, &svc.name, min, memory_mb), spread.share(&svc.namespace, &svc.name, max.max(1), memory_mb));
+        let short = min.saturating_sub(min_here).saturating_sub(spread.ready_elsewhere(&svc.namespace, &svc.name));
+        let floor = (min_here + short).min(current.max(min_here));
+        (floor, max_here.max(floor))
+    }
+
     /// The container runtime of `kind`, if this machine has it.
     fn runtime(&self, kind: hangar_api::services::ContainerRuntime) -> Option<&dyn ContainerRuntime> {
         match kind {
@@ -314,6 +364,11 @@ impl Service {
     pub fn instances(&self) -> Vec<ServiceInstance> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().map(slot::Slot::status).collect()
     }
+
+    /// How many instances are ready now.
+    pub fn ready(&self) -> usize {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 /// See the module docs.
@@ -376,6 +431,7 @@ impl Services {
             names: RwLock::new(HashMap::new()),
             live: Mutex::new(std::collections::HashSet::new()),
             prepared,
+            spread: SpreadCell(RwLock::new(Arc::new(Alone))),
         });
         let s = Services {
             host,
@@ -441,6 +497,25 @@ impl Services {
         h.network.remove_unwanted(|name| name.strip_prefix(&netns_prefix).and_then(|n| n.parse::<u64>().ok()).is_none_or(|n| live.contains(&n))).await;
     }
 
+    /// Makes this node run only its part of each service's instances (a cluster's workers).
+    pub fn set_spread(&self, spread: Arc<dyn Spread>) {
+        *self.host.spread.0.write().unwrap_or_else(|p| p.into_inner()) = spread;
+    }
+
+    /// Every service here with its ready and running instances (for the node's heartbeat).
+    pub fn counts(&self) -> Vec<hangar_api::nodes::ServiceCount> {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table
+            .values()
+            .map(|s| hangar_api::nodes::ServiceCount {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                ready: s.routes.read().unwrap_or_else(|p| p.into_inner()).len() as u32,
+                instances: s.slots.lock().unwrap_or_else(|p| p.into_inner()).len() as u32,
+            })
+            .collect()
+    }
+
     /// The bridge's address once it exists: the gateway serves calls between services there
     /// on [`network::INTERNAL_PORT`].
     pub fn bridge_ready(&self) -> tokio::sync::watch::Receiver<Option<std::net::Ipv4Addr>> {
@@ -504,7 +579,20 @@ impl Services {
     /// until all are ready (traffic reaches each as soon as it is), then drains and stops the
     /// old ones in the background. If the new instances do not become ready, they are stopped and the old ones
     /// keep serving; the error carries their last log lines.
+    ///
+    /// In a cluster this node starts its part of the instances, and at least one: a deploy is
+    /// seen serving where it was made.
     pub async fn rollout(&self, namespace: &str, name: &str, revision: u64, config: ServiceConfig, image: Image) -> Result<(), ServiceError> {
+        self.roll_out(namespace, name, revision, config, image, 1).await
+    }
+
+    /// Rolls `namespace/name` out to `revision` as another node deployed it: this node starts
+    /// only its part of the instances (perhaps none), each replacing an old one once ready.
+    pub async fn follow(&self, namespace: &str, name: &str, revision: u64, config: ServiceConfig, image: Image) -> Result<(), ServiceError> {
+        self.roll_out(namespace, name, revision, config, image, 0).await
+    }
+
+    async fn roll_out(&self, namespace: &str, name: &str, revision: u64, config: ServiceConfig, image: Image, at_least: u32) -> Result<(), ServiceError> {
         let svc = {
             let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
             table
@@ -541,19 +629,30 @@ impl Services {
         }
         svc.rolling.store(true, Ordering::Release);
         svc.min_override.store(NO_MIN, Ordering::Release);
-        let result = self.roll(&svc, namespace, name, revision, config, image).await;
+        let result = self.roll(&svc, namespace, name, revision, config, image, at_least).await;
         svc.rolling.store(false, Ordering::Release);
         result
     }
 
-    async fn roll(&self, svc: &Arc<Service>, namespace: &str, name: &str, revision: u64, config: ServiceConfig, image: Image) -> Result<(), ServiceError> {
+    #[allow(clippy::too_many_arguments)]
+    async fn roll(
+        &self,
+        svc: &Arc<Service>,
+        namespace: &str,
+        name: &str,
+        revision: u64,
+        config: ServiceConfig,
+        image: Image,
+        at_least: u32,
+    ) -> Result<(), ServiceError> {
         self.set_names(namespace);
         let image = Arc::new(image);
         let lower = self.images.lower_dirs(&image).map_err(|e| ServiceError::Invalid(e.to_string()))?;
-        // As many as run now (the autoscaler's count), at least min and at least one, so the
-        // new revision is seen serving before the deploy returns.
+        // As many as run now (the autoscaler's count), at least this node's part of min (and
+        // `at_least`, so a deploy is seen serving before it returns), at most its part of max.
         let running = svc.slots.lock().unwrap_or_else(|p| p.into_inner()).len() as u32;
-        let count = running.max(config.min_instances).max(1).min(config.max_instances.max(1));
+        let (floor, ceiling) = self.host.bounds(svc, config.min_instances, config.max_instances, config.memory_mb, running);
+        let count = running.max(floor).max(at_least).min(ceiling.max(at_least));
         let mut fresh = Vec::new();
         for _ in 0..count {
             fresh.push(slot::Slot::spawn(self.host.clone(), svc.clone(), revision, config.clone(), image.clone(), lower.clone()));
