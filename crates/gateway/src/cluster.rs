@@ -35,6 +35,9 @@ const SECRET_HEADER: &str = "x-hangar-cluster-secret";
 /// The header that says the forwarding node already decided the caller may reach the service
 /// (a call between services, which carries no key).
 const ALLOWED_HEADER: &str = "x-hangar-allowed";
+/// The header that says a service request was sent on a second time (its first node had no
+/// ready instance after all): the node that gets it serves it, never sends it on.
+const HOP_HEADER: &str = "x-hangar-hop";
 /// The header that says how the forwarded call was triggered.
 const TRIGGER_HEADER: &str = "x-hangar-trigger";
 /// How long a node may take to answer a forwarded call's head (its own timeout bounds the rest).
@@ -189,7 +192,15 @@ impl Peers {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         let snapshot = members.snapshot();
         let placement = Arc::new(placement_of(&snapshot, &me));
-        Arc::new(Peers { secret_hash: hash(secret.as_bytes()), me, secret, members, cache: Mutex::new((snapshot, placement)), client, turn: Default::default() })
+        Arc::new(Peers {
+            secret_hash: hash(secret.as_bytes()),
+            me,
+            secret,
+            members,
+            cache: Mutex::new((snapshot, placement)),
+            client,
+            turn: Default::default(),
+        })
     }
 
     /// The placement of the latest heartbeats (rebuilt only when they changed).
@@ -215,14 +226,15 @@ impl Peers {
         }
     }
 
-    /// Where a request for service `namespace/name` goes when no instance here is ready: a node
-    /// with ready instances (in turns), else the first node of the service's spread.
+    /// Where a request for service `namespace/name` goes when no instance here is ready: another
+    /// node with ready instances (in turns), else the first node of the service's spread.
     pub fn service_route(&self, namespace: &str, name: &str) -> ServiceRoute {
         use hangar_api::nodes::NodeState;
         let snapshot = self.members.snapshot();
         let has = |n: &NodeInfo| n.report.services.iter().find(|c| c.namespace == namespace && c.name == name).map(|c| c.ready);
         let up = |n: &&NodeInfo| n.state != NodeState::Lost && n.report.address.is_some();
-        let ready: Vec<&NodeInfo> = snapshot.iter().filter(up).filter(|n| has(n).is_some_and(|r| r > 0)).collect();
+        // Not this node: it asks because it has none ready now, whatever its last heartbeat said.
+        let ready: Vec<&NodeInfo> = snapshot.iter().filter(up).filter(|n| n.report.id != self.me && has(n).is_some_and(|r| r > 0)).collect();
         let chosen = if ready.is_empty() {
             let workers = spread_workers(&snapshot, 0);
             let having: Vec<&NodeInfo> = workers.iter().copied().filter(|n| has(n).is_some()).collect();
@@ -310,6 +322,44 @@ impl Peers {
 
 use axum::response::IntoResponse as _;
 
+/// Queued events for services in a cluster: delivered to an instance here when one is ready,
+/// else through a node that has one (or starts one).
+pub struct ClusterSink {
+    pub local: Option<Arc<hangar_service::proxy::EventSink>>,
+    pub peers: Arc<Peers>,
+}
+
+#[async_trait::async_trait]
+impl hangar_events::ServiceSink for ClusterSink {
+    async fn deliver(
+        &self,
+        namespace: &str,
+        service: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), hangar_events::SinkError> {
+        let ready_here = self.local.as_ref().is_some_and(|l| l.services.get(namespace, service).is_some_and(|s| s.ready() > 0));
+        let route = if ready_here { ServiceRoute::Here } else { self.peers.service_route(namespace, service) };
+        let node = match (route, &self.local) {
+            (ServiceRoute::There(node), _) => node,
+            (_, Some(local)) => return local.deliver(namespace, service, path, content_type, body).await,
+            (_, None) => return Err(hangar_events::SinkError::Failed(format!("no node runs service `{service}` yet"))),
+        };
+        let mut req = http::Request::post(path).body(axum::body::Body::from(body)).map_err(|e| hangar_events::SinkError::Failed(e.to_string()))?;
+        if let Some(v) = content_type.and_then(|c| http::HeaderValue::from_str(c).ok()) {
+            req.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+        let resp = self.peers.forward_service(&node, namespace, service, req, path, true).await;
+        hangar_service::proxy::kept_answer(service, resp).await
+    }
+}
+
+/// A request from outside cannot say it was sent on already.
+pub(crate) fn first_hop(req: &mut Request) {
+    req.headers_mut().remove(HOP_HEADER);
+}
+
 /// `/_hangar/svc/{namespace}/{name}/{path}`: a service request another node sent here, served
 /// by this node's instances (it waits for one to be ready, as `/svc/` does).
 pub async fn serve_here(State(state): State<AppState>, mut req: Request) -> Result<Response, ApiError> {
@@ -320,11 +370,22 @@ pub async fn serve_here(State(state): State<AppState>, mut req: Request) -> Resu
     }
     req.headers_mut().remove(SECRET_HEADER);
     let allowed = req.headers_mut().remove(ALLOWED_HEADER).is_some();
+    let hopped = req.headers_mut().remove(HOP_HEADER).is_some();
     let path = req.uri().path().strip_prefix("/_hangar").unwrap_or("").to_string();
     let Some((ns, name, rest)) = hangar_service::proxy::split_route(&path).map(|(ns, name, rest)| (ns.to_string(), name.to_string(), rest)) else {
         return Err(not_found());
     };
-    crate::services::serve_local(&state, req, &ns, &name, &rest, allowed).await
+    let endpoint = state.services.as_ref().and_then(|s| s.get(&ns, &name)).and_then(|s| s.pick());
+    // Its instance here stopped since the sender's last heartbeat (drained, scaled down): on
+    // to a node that has one, once.
+    if endpoint.is_none()
+        && !hopped
+        && let ServiceRoute::There(node) = peers.service_route(&ns, &name)
+    {
+        req.headers_mut().insert(HOP_HEADER, http::HeaderValue::from_static("1"));
+        return Ok(peers.forward_service(&node, &ns, &name, req, &rest, allowed).await);
+    }
+    crate::services::serve_local(&state, req, &ns, &name, &rest, allowed, endpoint).await
 }
 
 #[derive(serde::Deserialize)]
@@ -375,7 +436,13 @@ pub struct PeerImages {
 }
 
 impl PeerImages {
-    async fn fetch_from(&self, address: &str, store: &Arc<hangar_image::ImageStore>, namespace: &str, reference: &str) -> Result<Option<hangar_image::Image>, String> {
+    async fn fetch_from(
+        &self,
+        address: &str,
+        store: &Arc<hangar_image::ImageStore>,
+        namespace: &str,
+        reference: &str,
+    ) -> Result<Option<hangar_image::Image>, String> {
         use http_body_util::BodyExt as _;
         use std::io::Write as _;
         let uri = format!("http://{address}/_hangar/images/{namespace}?reference={reference}");

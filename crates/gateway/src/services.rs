@@ -200,18 +200,31 @@ pub async fn proxy(State(state): State<AppState>, req: Request) -> Result<Respon
 /// Serves a request for `ns/name` from an instance here when one is ready; in a cluster,
 /// otherwise from the node that has one (or starts one). `allowed`: the caller was already let
 /// through (a call between services, or a host route); else whoever serves it decides.
-async fn reach(state: &AppState, req: Request, ns: &str, name: &str, rest: &str, allowed: bool) -> Result<Response, ApiError> {
-    if let Some(peers) = &state.peers
-        && state.services.as_ref().and_then(|s| s.get(ns, name)).is_none_or(|s| s.ready() == 0)
+async fn reach(state: &AppState, mut req: Request, ns: &str, name: &str, rest: &str, allowed: bool) -> Result<Response, ApiError> {
+    let Some(peers) = &state.peers else { return serve_local(state, req, ns, name, rest, allowed, None).await };
+    crate::cluster::first_hop(&mut req);
+    // Held from here: an instance seen ready is the one the request goes to.
+    let svc = state.services.as_ref().and_then(|s| s.get(ns, name));
+    let endpoint = svc.as_ref().and_then(|s| s.pick());
+    if endpoint.is_none()
         && let crate::cluster::ServiceRoute::There(node) = peers.service_route(ns, name)
     {
         return Ok(peers.forward_service(&node, ns, name, req, rest, allowed).await);
     }
-    serve_local(state, req, ns, name, rest, allowed).await
+    serve_local(state, req, ns, name, rest, allowed, endpoint).await
 }
 
-/// Serves a request for `ns/name` from this node's instances, waiting for one if none is ready.
-pub(crate) async fn serve_local(state: &AppState, req: Request, ns: &str, name: &str, rest: &str, allowed: bool) -> Result<Response, ApiError> {
+/// Serves a request for `ns/name` from this node's instances (`endpoint` if one was picked),
+/// waiting for one if none is ready.
+pub(crate) async fn serve_local(
+    state: &AppState,
+    req: Request,
+    ns: &str,
+    name: &str,
+    rest: &str,
+    allowed: bool,
+    endpoint: Option<hangar_service::EndpointGuard>,
+) -> Result<Response, ApiError> {
     let svc = state.services.as_ref().and_then(|s| s.get(ns, name));
     if !allowed {
         authorize(state, &req, svc.as_deref(), ns, name)?;
@@ -219,7 +232,9 @@ pub(crate) async fn serve_local(state: &AppState, req: Request, ns: &str, name: 
     let Some(svc) = svc else {
         return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
     };
-    forward(&svc, req, rest).await
+    let req = req.map(|b| b.map_err(std::io::Error::other).boxed_unsync());
+    let resp = proxy::forward_to(&svc, endpoint, req, rest).await?;
+    Ok(resp.map(Body::new))
 }
 
 /// Lets the request through if the service is public or the caller's key covers its
@@ -267,11 +282,4 @@ pub async fn internal(
     }
     let rest = req.uri().path().to_string();
     reach(&state, req, &ns, &name, &rest, true).await
-}
-
-/// Sends `req` to `svc` at `path` through the data plane, and its answer back.
-async fn forward(svc: &Arc<hangar_service::Service>, req: Request, path: &str) -> Result<Response, ApiError> {
-    let req = req.map(|b| b.map_err(std::io::Error::other).boxed_unsync());
-    let resp = proxy::forward(svc, req, path).await?;
-    Ok(resp.map(Body::new))
 }

@@ -141,9 +141,6 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         .await
         .context("reading the queue of asynchronous invocations")?;
     let triggers = hangar_events::Triggers::open(store.clone(), async_queue.clone()).await.context("reading the triggers")?;
-    if let Some(s) = &services {
-        async_queue.set_service_sink(Arc::new(hangar_service::proxy::EventSink { services: s.clone(), store: store.clone() }));
-    }
     let sandboxes = match runs_instances {
         true => hangar_sandbox::Sandboxes::start(&opts.data_dir, &server_id, &node_id, store.clone(), images.clone()).await.map_err(|e| e.to_string()),
         false => Err("this node's role is gateway: it runs no sandboxes".to_string()),
@@ -247,6 +244,13 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     if let Some(p) = &peers {
         // Images deployed through another node are fetched from there.
         images.set_source(Arc::new(hangar_gateway::cluster::PeerImages { peers: p.clone(), max_bytes: opts.limits.max_image_bytes }));
+    }
+    // Queued events reach services here, or in a cluster through the node that runs them.
+    let sink = services.as_ref().map(|s| Arc::new(hangar_service::proxy::EventSink { services: s.clone(), store: store.clone() }));
+    match (&peers, sink) {
+        (Some(p), local) => async_queue.set_service_sink(Arc::new(hangar_gateway::cluster::ClusterSink { local, peers: p.clone() })),
+        (None, Some(local)) => async_queue.set_service_sink(local),
+        (None, None) => {}
     }
     let control = Arc::new(hangar_control::Control::new(store.clone(), bus, scheduler.clone()).with_services(services_here).with_sandboxes(sandboxes_here));
     let state = AppState::new(Shared {

@@ -606,3 +606,210 @@ async fn a_node_cut_off_from_the_bus_hands_back_what_was_taken_over() {
     let ran = a.invocations("slow").await.into_iter().filter(|r| r["trigger"] == "async" && r["outcome"] == "ok").count();
     assert!(ran >= ids.len() && ran <= ids.len() + 5, "{ran} runs of {} events", ids.len());
 }
+
+/// A busybox httpd image answering `text` at `/`, and its revision's `GREETING` at `/cgi-bin/env`.
+fn web_image(dir: &std::path::Path, text: &str) -> String {
+    let env = "#!/bin/busybox sh\necho Content-Type: text/plain\necho\necho \"GREETING=$GREETING\"\n";
+    common::oci::busybox_httpd(dir, &format!("web-{}", text.len()), &[("www/index.html", text.as_bytes(), 0o644), ("www/cgi-bin/env", env.as_bytes(), 0o755)])
+}
+
+/// A service's ready instances on each node not lost, as `seen_by` reports them.
+async fn ready_by_node(seen_by: &Server, name: &str) -> Vec<(String, u64)> {
+    let v: Value = seen_by.get(&format!("/v1/services/{name}")).send().await.unwrap().json().await.unwrap();
+    v["nodes"].as_array().into_iter().flatten().map(|n| (n["node"].as_str().unwrap_or_default().to_string(), n["ready"].as_u64().unwrap_or(0))).collect()
+}
+
+/// Waits until `seen_by` sees `name` with `total` ready instances over `nodes` nodes (at most one
+/// more on any node than on another); returns how long that took.
+async fn spread_ready(seen_by: &Server, name: &str, total: u64, nodes: usize, within: Duration) -> Duration {
+    let t = Instant::now();
+    eventually(&format!("{name}: {total} ready over {nodes} nodes"), within, || async {
+        let by = ready_by_node(seen_by, name).await;
+        let serving: Vec<u64> = by.iter().map(|(_, r)| *r).filter(|r| *r > 0).collect();
+        let even = serving.iter().max().unwrap_or(&0) - serving.iter().min().unwrap_or(&0) <= 1;
+        if serving.iter().sum::<u64>() == total && serving.len() == nodes && even { Ok(()) } else { Err(format!("{by:?}")) }
+    })
+    .await;
+    t.elapsed()
+}
+
+/// Service instances running on `s`'s machine part (one cgroup each).
+fn instances_on(s: &Server) -> usize {
+    std::fs::read_dir(s.services_cgroup()).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).count()
+}
+
+/// Sends GETs to `path` through every server in turn until `stop`; returns (answers, failures).
+fn keep_calling(servers: Vec<(String, String)>, path: &'static str, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let (mut answers, mut failures) = (0u64, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            for (url, key) in &servers {
+                match client.get(format!("{url}{path}")).bearer_auth(key).send().await {
+                    Ok(r) if r.status() == 200 => answers += 1,
+                    Ok(r) => failures.push(format!("{url}: {} {}", r.status(), r.text().await.unwrap_or_default())),
+                    Err(e) => failures.push(format!("{url}: {e}")),
+                }
+            }
+        }
+        (answers, failures)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_spreads_over_the_nodes_rolls_across_them_and_comes_back_after_a_kill() {
+    let cluster = Cluster::new();
+    let a = cluster.first();
+    let b = cluster.join(&a);
+    let mut c = cluster.join(&a);
+    // The images are imported through A only: B and C fetch them from A when they need them.
+    let work = tempfile::tempdir().unwrap();
+    a.ok(&["image", "import", &web_image(work.path(), "v1"), "--name", "web:v1"]);
+    a.ok(&["image", "import", &web_image(work.path(), "v2!"), "--name", "web:v2"]);
+    for s in [&b, &c] {
+        node_in_state(s, &nodes(&a).await[0].0, "ready", Duration::from_secs(10)).await;
+    }
+    eventually("three nodes", Duration::from_secs(10), || async { if nodes(&a).await.len() == 3 { Ok(()) } else { Err("fewer".to_string()) } }).await;
+
+    // Three instances: one on each node.
+    a.ok(&["svc", "deploy", "web", "--image", "web:v1", "--min", "3", "--max", "3", "--env", "GREETING=one"]);
+    spread_ready(&a, "web", 3, 3, Duration::from_secs(30)).await;
+    for s in [&a, &b, &c] {
+        let r = s.get("/svc/default/web/").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "v1");
+    }
+    // One instance in the cluster: the two nodes without it send its requests and queued
+    // events to the one with it, which decides who may reach it (no key: as if it did not exist).
+    a.ok(&["image", "import", &common::oci::sink_image(work.path()), "--name", "sink:1"]);
+    a.ok(&["svc", "deploy", "inbox", "--image", "sink:1"]);
+    a.ok(&["triggers", "add", "to-inbox", "--topic", "orders", "--service", "inbox", "--path", "/cgi-bin/events"]);
+    spread_ready(&b, "inbox", 1, 1, Duration::from_secs(30)).await;
+    for (i, s) in [&a, &b, &c].iter().enumerate() {
+        s.ok(&["events", "publish", "orders", &format!("{{\"n\": {i}}}")]);
+        assert_eq!(reqwest::get(format!("{}/svc/default/inbox/", s.url)).await.unwrap().status(), 401);
+    }
+    for s in [&a, &b, &c] {
+        eventually("the three events at the one instance", Duration::from_secs(30), || async {
+            let r = s.get("/svc/default/inbox/cgi-bin/events").send().await.unwrap();
+            let (status, kept) = (r.status(), r.text().await.unwrap());
+            if status == 200 && kept.lines().filter(|l| l.contains("\"n\"")).count() == 3 { Ok(()) } else { Err(format!("{status} {kept}")) }
+        })
+        .await;
+    }
+
+    // A rolling update sent through B: every node replaces its own instance, and requests
+    // through every node keep being answered, none failed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let servers: Vec<(String, String)> = [&a, &b, &c].iter().map(|s| (s.url.clone(), s.admin_key.clone())).collect();
+    let calls = keep_calling(servers, "/svc/default/web/cgi-bin/env", stop.clone());
+    b.ok(&["svc", "deploy", "web", "--image", "web:v2", "--min", "3", "--max", "3", "--env", "GREETING=two"]);
+    for s in [&a, &b, &c] {
+        eventually("the new revision on every node", Duration::from_secs(30), || async {
+            let text = s.get("/svc/default/web/cgi-bin/env").send().await.unwrap().text().await.unwrap();
+            if text.trim() == "GREETING=two" { Ok(()) } else { Err(text) }
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (answers, failures) = calls.await.unwrap();
+    assert!(answers > 100 && failures.is_empty(), "{answers} answered, failed: {failures:?}");
+    spread_ready(&a, "web", 3, 3, Duration::from_secs(10)).await;
+
+    // C is killed: once it is found lost, A and B start its instance, back to three ready.
+    c.kill();
+    let took = spread_ready(&a, "web", 3, 2, Duration::from_secs(10)).await;
+    println!("kill -9 of a worker -> the service back at 3 ready instances in {} ms", took.as_millis());
+    for s in [&a, &b] {
+        assert_eq!(s.get("/svc/default/web/").send().await.unwrap().text().await.unwrap(), "v2!");
+    }
+    // Back (its leftovers removed at start), it takes its part again.
+    c.restart_after_stop();
+    spread_ready(&a, "web", 3, 3, Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn draining_a_node_moves_its_service_instances_first() {
+    let cluster = Cluster::new();
+    let a = cluster.first();
+    let b = cluster.join(&a);
+    let work = tempfile::tempdir().unwrap();
+    a.ok(&["image", "import", &web_image(work.path(), "v1"), "--name", "web:v1"]);
+    eventually("two nodes", Duration::from_secs(10), || async { if nodes(&a).await.len() == 2 { Ok(()) } else { Err("fewer".to_string()) } }).await;
+    a.ok(&["svc", "deploy", "web", "--image", "web:v1", "--min", "2", "--max", "2"]);
+    spread_ready(&a, "web", 2, 2, Duration::from_secs(30)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = keep_calling(vec![(a.url.clone(), a.admin_key.clone()), (b.url.clone(), b.admin_key.clone())], "/svc/default/web/", stop.clone());
+    let b_id = nodes(&b).await.into_iter().map(|(id, _, v)| (id, v)).find(|(_, v)| b.url.ends_with(v["address"].as_str().unwrap())).unwrap().0;
+    a.ok(&["nodes", "drain", &b_id]);
+    // Both instances end up on A; B stopped its own only once A's second was ready.
+    eventually("both instances on A", Duration::from_secs(30), || async {
+        let by = ready_by_node(&a, "web").await;
+        let on_b = by.iter().find(|(n, _)| *n == b_id).map_or(0, |(_, r)| *r);
+        let on_a: u64 = by.iter().filter(|(n, _)| *n != b_id).map(|(_, r)| *r).sum();
+        if on_a == 2 && on_b == 0 && instances_on(&b) == 0 { Ok(()) } else { Err(format!("{by:?}")) }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (answers, failures) = calls.await.unwrap();
+    assert!(answers > 20 && failures.is_empty(), "{answers} answered, failed: {failures:?}");
+}
+
+/// Drops every packet to `ports` on this machine (nftables) until dropped: a partition, not a
+/// closed connection.
+struct Partition(String);
+
+impl Partition {
+    fn cut(ports: &[u16]) -> Partition {
+        let table = format!("hangar_test_{}_{}", std::process::id(), ports[0]);
+        let ports = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+        let script = format!("table inet {table} {{\n chain input {{\n  type filter hook input priority -10;\n  tcp dport {{ {ports} }} drop\n }}\n}}\n");
+        let mut nft = Command::new("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().expect("nft (apt-get install nftables)");
+        use std::io::Write as _;
+        nft.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        assert!(nft.wait().unwrap().success(), "nft refused {script}");
+        Partition(table)
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = Command::new("nft").args(["delete", "table", "inet", &self.0]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_from_the_store_and_the_bus_stops_its_instances_and_the_others_run_them() {
+    let cluster = Cluster::new();
+    let a = cluster.first();
+    let c = cluster.join(&a);
+    // B reaches nats-server and PostgreSQL through relays of its own, which nftables cuts.
+    let (bus_relay, store_relay) = (Relay::start(cluster.nats.port).await, Relay::start(cluster.pg.port).await);
+    let mut flags = cluster.flags();
+    let bus = format!("nats://127.0.0.1:{}", bus_relay.port);
+    let i = flags.iter().position(|f| *f == "--bus").unwrap();
+    flags[i + 1] = &bus;
+    let i = flags.iter().position(|f| *f == "--store").unwrap();
+    let store = flags[i + 1].replace(&format!(":{}/", cluster.pg.port), &format!(":{}/", store_relay.port));
+    flags[i + 1] = &store;
+    let b = Server::join(&flags, &a.admin_key);
+    let work = tempfile::tempdir().unwrap();
+    a.ok(&["image", "import", &web_image(work.path(), "v1"), "--name", "web:v1"]);
+    eventually("three nodes", Duration::from_secs(10), || async { if nodes(&a).await.len() == 3 { Ok(()) } else { Err("fewer".to_string()) } }).await;
+    a.ok(&["svc", "deploy", "web", "--image", "web:v1", "--min", "3", "--max", "3"]);
+    spread_ready(&a, "web", 3, 3, Duration::from_secs(30)).await;
+    let instances_on_b = || instances_on(&b);
+    assert_eq!(instances_on_b(), 1);
+
+    let cut = Partition::cut(&[bus_relay.port, store_relay.port]);
+    // B fences itself and stops its instance; A and C find it lost and run three between them.
+    eventually("B's instance stopped", Duration::from_secs(30), || async { if instances_on_b() == 0 { Ok(()) } else { Err("still running".to_string()) } })
+        .await;
+    spread_ready(&a, "web", 3, 2, Duration::from_secs(15)).await;
+    assert_eq!(c.get("/svc/default/web/").send().await.unwrap().text().await.unwrap(), "v1");
+    // Back in touch, B takes its part again.
+    drop(cut);
+    spread_ready(&a, "web", 3, 3, Duration::from_secs(30)).await;
+    assert_eq!(instances_on_b(), 1);
+}

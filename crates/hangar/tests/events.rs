@@ -9,7 +9,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::oci::busybox_httpd;
 use common::{Server, error_code};
 use serde_json::{Value, json};
 
@@ -283,18 +282,12 @@ async fn cron_fires_on_schedule_and_times_missed_while_down_each_fire_once() {
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
 }
 
-/// A busybox httpd image whose `/cgi-bin/events` keeps every POSTed body and shows them on GET.
-fn sink_image(dir: &std::path::Path) -> String {
-    let cgi = b"#!/bin/busybox sh\necho Content-Type: text/plain\necho\nif [ \"$REQUEST_METHOD\" = POST ]; then /bin/busybox head -c \"$CONTENT_LENGTH\" >> /tmp/events; echo >> /tmp/events; echo kept; else cat /tmp/events 2>/dev/null; fi\n";
-    busybox_httpd(dir, "sink", &[("www/cgi-bin/events", cgi, 0o755)])
-}
-
 #[tokio::test]
 async fn topics_deliver_cloudevents_to_functions_and_services() {
     let s = Server::start();
     let _f = deploy(&s, "audit", &[]);
     let dir = tempfile::tempdir().unwrap();
-    s.ok(&["image", "import", &sink_image(dir.path()), "--name", "sink:1"]);
+    s.ok(&["image", "import", &common::oci::sink_image(dir.path()), "--name", "sink:1"]);
     s.ok(&["svc", "deploy", "inbox", "--image", "sink:1", "--port", "8080"]);
     s.ok(&["triggers", "add", "to-audit", "--topic", "orders.created", "--function", "audit"]);
     s.ok(&["triggers", "add", "to-inbox", "--topic", "orders.created", "--service", "inbox", "--path", "/cgi-bin/events"]);

@@ -517,14 +517,7 @@ async fn an_allow_list_opens_exactly_the_named_hosts_and_ports() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("hsb-"))
         .collect();
-    assert!(left.iter().all(|n| !n.contains(&sid_of(&s))), "namespaces left: {left:?}");
-}
-
-/// The id the server's sandboxes use on the machine (from its runsc state root).
-fn sid_of(s: &Server) -> String {
-    let canonical = std::fs::canonicalize(s.dir.path()).unwrap();
-    use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5])
+    assert!(left.iter().all(|n| !n.contains(&s.sid())), "namespaces left: {left:?}");
 }
 
 #[tokio::test]

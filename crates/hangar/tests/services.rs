@@ -52,7 +52,7 @@ fn service(s: &Server, name: &str) -> Value {
 }
 
 fn container_pids(s: &Server) -> Vec<i32> {
-    let cgroup = cgroup_dir(s);
+    let cgroup = s.services_cgroup();
     let mut pids = Vec::new();
     for e in std::fs::read_dir(&cgroup).into_iter().flatten().flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -63,21 +63,10 @@ fn container_pids(s: &Server) -> Vec<i32> {
     pids
 }
 
-fn sid(s: &Server) -> String {
-    use sha2::Digest;
-    let canonical = std::fs::canonicalize(s.dir.path()).unwrap();
-    hex::encode(&sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5])
-}
-
-fn cgroup_dir(s: &Server) -> PathBuf {
-    let v1 = Path::new("/sys/fs/cgroup/pids").join(format!("hangar-{}-svc", sid(s)));
-    if Path::new("/sys/fs/cgroup/pids").is_dir() { v1 } else { Path::new("/sys/fs/cgroup").join(format!("hangar-{}-svc", sid(s))) }
-}
-
 /// What this server owns on the machine: containers' cgroups, mounts, network namespaces, its bridge.
 fn owned(s: &Server) -> (usize, usize, usize, bool) {
-    let sid = sid(s);
-    let cgroups = std::fs::read_dir(cgroup_dir(s)).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).count();
+    let sid = s.sid();
+    let cgroups = std::fs::read_dir(s.services_cgroup()).into_iter().flatten().flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).count();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&format!("hangar-svc-{sid}"))).count();
     let netns =
         std::fs::read_dir("/run/netns").into_iter().flatten().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&format!("hgr-{sid}-"))).count();
@@ -489,7 +478,7 @@ async fn the_reconcile_loop_removes_what_no_instance_owns() {
     s.ok(&["image", "import", httpd_image(work.path(), "kept").to_str().unwrap(), "--name", "web:1"]);
     s.ok(&["svc", "deploy", "web", "--image", "web:1"]);
     // Things named like this server's but owned by no instance: a network namespace, a root.
-    let sid = sid(&s);
+    let sid = s.sid();
     let stray_ns = format!("hgr-{sid}-9999");
     // `ip netns add` can lose a race with another process mounting /run/netns at the same
     // moment (the servers of parallel tests make namespaces too): a few tries, then its error.

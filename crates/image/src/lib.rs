@@ -253,7 +253,13 @@ impl ImageStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Index::default(),
             Err(e) => return Err(e.into()),
         };
-        Ok(ImageStore { root: root.to_path_buf(), index: Mutex::new(index), unpack_slots: tokio::sync::Semaphore::new(UNPACK_SLOTS), unpack_time: UNPACK_TIME, source: Default::default() })
+        Ok(ImageStore {
+            root: root.to_path_buf(),
+            index: Mutex::new(index),
+            unpack_slots: tokio::sync::Semaphore::new(UNPACK_SLOTS),
+            unpack_time: UNPACK_TIME,
+            source: Default::default(),
+        })
     }
 
     /// Runs `work` (an import or a layer's unpack) on the blocking pool once one of the store's

@@ -60,7 +60,12 @@ impl ImageStore {
     /// unnamed temporary file, rewound), named by its first name in the namespace.
     pub fn export(&self, namespace: &str, reference: &str) -> Result<std::fs::File, ImageError> {
         let image = self.get(namespace, reference).ok_or_else(|| ImageError::NotFound(reference.to_string()))?;
-        let missing = |what: &str| ImageError::BadImage(format!("{what} of image {} is not kept on this node (it was added by an older Hangar); import or pull the image again", image.id));
+        let missing = |what: &str| {
+            ImageError::BadImage(format!(
+                "{what} of image {} is not kept on this node (it was added by an older Hangar); import or pull the image again",
+                image.id
+            ))
+        };
         let config = self.blob_path(&image.id)?;
         let config_size = std::fs::metadata(&config).map_err(|_| missing("the config"))?.len();
         let mut layers = Vec::new();

@@ -154,11 +154,21 @@ pub fn upstream_headers(headers: &mut http::HeaderMap, public: bool, upgrade: bo
 
 /// Sends `req` to the service's ready instance with the fewest requests in flight, at `path`
 /// (plus the request's query), and streams the answer back.
-pub async fn forward(svc: &Arc<Service>, mut req: http::Request<Body>, path: &str) -> Result<http::Response<Answer>, ProxyError> {
+pub async fn forward(svc: &Arc<Service>, req: http::Request<Body>, path: &str) -> Result<http::Response<Answer>, ProxyError> {
+    forward_to(svc, None, req, path).await
+}
+
+/// [`forward`] to `endpoint` when one was picked already (the caller saw it ready).
+pub async fn forward_to(
+    svc: &Arc<Service>,
+    endpoint: Option<crate::EndpointGuard>,
+    mut req: http::Request<Body>,
+    path: &str,
+) -> Result<http::Response<Answer>, ProxyError> {
     // Counted when the answer's body ends (or the request fails first: dropped early).
     let mut served = Served { svc: svc.clone(), start: Instant::now(), failed: true };
     let name = svc.name.clone();
-    let endpoint = match svc.pick() {
+    let endpoint = match endpoint.or_else(|| svc.pick()) {
         Some(e) => e,
         None => {
             // No instance ready (scaled to zero, or all starting): wait for one, as long as
@@ -266,16 +276,25 @@ impl hangar_events::ServiceSink for EventSink {
             req.headers_mut().insert(http::header::CONTENT_TYPE, v);
         }
         let resp = forward(&svc, req, path).await.map_err(|e| hangar_events::SinkError::Failed(e.to_string()))?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_EVENT_ANSWER);
-        let bytes = match body.collect().await {
-            Ok(c) => c.to_bytes(),
-            // Delivered; only the record keeps less of the answer.
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Bytes::from_static(b"(an answer over 256 KiB is not kept)"),
-            Err(e) => return Err(hangar_events::SinkError::Failed(format!("the answer of service `{service}` broke off: {e}"))),
-        };
-        Ok((status, bytes))
+        kept_answer(service, resp).await
     }
+}
+
+/// A service's answer to an event, as its record keeps it (256 KiB at most).
+pub async fn kept_answer<B>(service: &str, resp: http::Response<B>) -> Result<(StatusCode, Bytes), hangar_events::SinkError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let status = resp.status();
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_EVENT_ANSWER);
+    let bytes = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        // Delivered; only the record keeps less of the answer.
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Bytes::from_static(b"(an answer over 256 KiB is not kept)"),
+        Err(e) => return Err(hangar_events::SinkError::Failed(format!("the answer of service `{service}` broke off: {e}"))),
+    };
+    Ok((status, bytes))
 }
 
 /// One request to a service, counted in its traffic when dropped.

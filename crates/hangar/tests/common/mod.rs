@@ -177,6 +177,19 @@ impl Server {
         self.boot();
     }
 
+    /// The id this server's containers, cgroups and namespaces are named after on the machine.
+    pub fn sid(&self) -> String {
+        use sha2::Digest;
+        let canonical = std::fs::canonicalize(self.dir.path()).unwrap();
+        hex::encode(&sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes())[..5])
+    }
+
+    /// The cgroup under which this server's service instances run (one child per instance).
+    pub fn services_cgroup(&self) -> PathBuf {
+        let v1 = Path::new("/sys/fs/cgroup/pids").join(format!("hangar-{}-svc", self.sid()));
+        if Path::new("/sys/fs/cgroup/pids").is_dir() { v1 } else { Path::new("/sys/fs/cgroup").join(format!("hangar-{}-svc", self.sid())) }
+    }
+
     /// Value of a metric sample line (`name{labels}`), 0 when absent.
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self.get("/metrics").send().await.unwrap().text().await.unwrap();

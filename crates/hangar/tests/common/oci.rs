@@ -143,3 +143,9 @@ pub fn busybox_httpd(dir: &Path, name: &str, www: &[Entry]) -> String {
     oci_layout(&layout, &[layer(&entries)], json!({"Entrypoint": ["/bin/busybox"], "Cmd": ["httpd", "-f", "-p", "8080", "-h", "/www"]}), None);
     layout.to_str().unwrap_or_default().to_string()
 }
+
+/// A busybox httpd image whose `/cgi-bin/events` keeps every POSTed body and shows them on GET.
+pub fn sink_image(dir: &std::path::Path) -> String {
+    let cgi = b"#!/bin/busybox sh\necho Content-Type: text/plain\necho\nif [ \"$REQUEST_METHOD\" = POST ]; then /bin/busybox head -c \"$CONTENT_LENGTH\" >> /tmp/events; echo >> /tmp/events; echo kept; else cat /tmp/events 2>/dev/null; fi\n";
+    busybox_httpd(dir, "sink", &[("www/cgi-bin/events", cgi, 0o755)])
+}
