@@ -528,3 +528,100 @@ pub async fn run_here(State(state): State<AppState>, req: Request) -> Result<Res
     head.uri = target.parse().map_err(|_| ApiError::bad_request("invalid_path", "the request path is not a valid URI"))?;
     crate::invoke::invoke_here(&state, &slot, head, body, trigger).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_api::nodes::{NodeReport, NodeRole, NodeState, Resources, ServiceCount};
+    use hangar_service::Spread as _;
+
+    /// The heartbeats of a cluster, as a fixed snapshot.
+    struct Heartbeats(Mutex<Arc<Vec<NodeInfo>>>);
+
+    #[async_trait::async_trait]
+    impl hangar_bus::Membership for Heartbeats {
+        async fn nodes(&self) -> Result<Vec<NodeInfo>, String> {
+            Ok(self.snapshot().to_vec())
+        }
+        async fn drain(&self, _: &str) -> Result<bool, String> {
+            Ok(false)
+        }
+        fn snapshot(&self) -> Arc<Vec<NodeInfo>> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn node(id: &str, state: NodeState, web_ready: Option<u32>) -> NodeInfo {
+        let services = web_ready.map(|ready| ServiceCount { namespace: "ns".into(), name: "web".into(), ready, instances: ready }).into_iter().collect();
+        let report = NodeReport {
+            id: id.into(),
+            role: NodeRole::All,
+            address: Some(format!("{id}:1")),
+            capacity: Resources { cpu_milli: 4000, memory_mb: 8192 },
+            free: Resources { cpu_milli: 4000, memory_mb: 8192 },
+            instances: 0,
+            max_instances: 100,
+            warm: Vec::new(),
+            runs_services: true,
+            services,
+            draining: state == NodeState::Draining,
+            version: "test".into(),
+            started_ms: 0,
+        };
+        NodeInfo { report, state, last_heartbeat: String::new() }
+    }
+
+    fn members(nodes: Vec<NodeInfo>) -> Arc<Heartbeats> {
+        Arc::new(Heartbeats(Mutex::new(Arc::new(nodes))))
+    }
+
+    #[tokio::test]
+    async fn each_node_computes_its_part_and_hands_it_over_when_draining_or_fenced() {
+        let m = members(vec![node("a", NodeState::Ready, Some(1)), node("b", NodeState::Ready, Some(1)), node("c", NodeState::Ready, Some(1))]);
+        let spreads: Vec<_> = ["a", "b", "c"].iter().map(|id| ClusterSpread::new(id.to_string(), m.clone())).collect();
+        assert_eq!(spreads.iter().map(|s| s.share("ns", "web", 3, 512)).collect::<Vec<_>>(), [1, 1, 1]);
+        assert_eq!(spreads.iter().map(|s| s.share("ns", "web", 5, 512)).sum::<u32>(), 5);
+        assert_eq!(spreads[0].ready_elsewhere("ns", "web"), 2);
+        // Too big for every node: nobody's part.
+        assert_eq!(spreads[0].share("ns", "web", 3, 16384), 0);
+        // c drains (or is lost): a and b share its part; c's is nothing.
+        *m.0.lock().unwrap() =
+            Arc::new(vec![node("a", NodeState::Ready, Some(1)), node("b", NodeState::Ready, Some(1)), node("c", NodeState::Draining, Some(1))]);
+        assert_eq!(spreads.iter().map(|s| s.share("ns", "web", 3, 512)).collect::<Vec<_>>().iter().sum::<u32>(), 3);
+        assert_eq!(spreads[2].share("ns", "web", 3, 512), 0);
+        // Fenced: nothing here, and what the others run is unknown.
+        hangar_bus::nodes::Failover::fenced(&*spreads[0]).await;
+        assert_eq!((spreads[0].share("ns", "web", 3, 512), spreads[0].ready_elsewhere("ns", "web")), (0, u32::MAX));
+        hangar_bus::nodes::Failover::rejoined(&*spreads[0]).await;
+        assert!(spreads[0].share("ns", "web", 3, 512) > 0);
+    }
+
+    #[tokio::test]
+    async fn service_requests_go_to_other_nodes_with_a_ready_instance_else_to_the_first_of_the_spread() {
+        let m = members(vec![node("a", NodeState::Ready, Some(2)), node("b", NodeState::Ready, Some(0)), node("c", NodeState::Lost, Some(3))]);
+        let peers = Peers::new("a".into(), "0123456789abcdef".into(), m.clone());
+        // a's own report says 2 ready, but a asks because it has none now; c's 3 are lost with
+        // it: the first of the spread over a and b.
+        let first = ["a", "b"][hangar_scheduler::placement::spread_order("ns", "web", 2).next().unwrap()];
+        match peers.service_route("ns", "web") {
+            ServiceRoute::Here => assert_eq!(first, "a"),
+            ServiceRoute::There(n) => assert_eq!(n.id, first),
+            ServiceRoute::Nowhere => panic!("nowhere"),
+        }
+        let b = Peers::new("b".into(), "0123456789abcdef".into(), m.clone());
+        for _ in 0..4 {
+            assert!(matches!(b.service_route("ns", "web"), ServiceRoute::There(n) if n.id == "a"));
+        }
+        // None ready anywhere: the first node of the spread among those that have it.
+        *m.0.lock().unwrap() = Arc::new(vec![node("a", NodeState::Ready, Some(0)), node("b", NodeState::Ready, Some(0))]);
+        let first = hangar_scheduler::placement::spread_order("ns", "web", 2).next().unwrap();
+        let want = ["a", "b"][first];
+        match b.service_route("ns", "web") {
+            ServiceRoute::Here => assert_eq!(want, "b"),
+            ServiceRoute::There(n) => assert_eq!(n.id, want),
+            ServiceRoute::Nowhere => panic!("nowhere"),
+        }
+        // Nobody has it: nowhere.
+        assert!(matches!(b.service_route("ns", "other"), ServiceRoute::Nowhere));
+    }
+}

@@ -134,3 +134,71 @@ impl ImageStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `bytes` as blob of an OCI layout at `dir`; returns its digest and size.
+    fn blob(dir: &std::path::Path, bytes: &[u8]) -> (String, usize) {
+        let digest = crate::sha256_digest(bytes);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("blobs/sha256").join(&digest[7..]), bytes).unwrap();
+        (digest, bytes.len())
+    }
+
+    /// An OCI layout with one gzipped layer holding `hello.txt`.
+    fn layout(dir: &std::path::Path) {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, "hello.txt", &b"hello"[..]).unwrap();
+        let plain = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let (layer, layer_size) = blob(dir, &gz.finish().unwrap());
+        let config = serde_json::json!({"architecture": crate::host_architecture(), "os": "linux", "config": {"Cmd": ["/hello"]},
+            "rootfs": {"type": "layers", "diff_ids": [crate::sha256_digest(&plain)]}});
+        let (config, config_size) = blob(dir, &serde_json::to_vec(&config).unwrap());
+        let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": layer_size}]});
+        let (manifest, manifest_size) = blob(dir, &serde_json::to_vec(&manifest).unwrap());
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest, "size": manifest_size, "annotations": {"io.containerd.image.name": "example.com/app:1"}}]});
+        std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    }
+
+    #[test]
+    fn an_image_goes_to_another_node_verified_and_a_tampered_one_is_refused() {
+        let (src, a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        layout(src.path());
+        let a = ImageStore::open(a.path()).unwrap();
+        let image = a.import("team", src.path(), None).unwrap().remove(0);
+        // Another namespace cannot export it: names are per namespace.
+        assert!(matches!(a.export("other", &image.id), Err(ImageError::NotFound(_))));
+        let mut archive = a.export("team", &image.id).unwrap();
+        let path = b.path().join("from-a.tar");
+        std::io::copy(&mut archive, &mut std::fs::File::create(&path).unwrap()).unwrap();
+        let b_store = ImageStore::open(&b.path().join("store")).unwrap();
+        let got = b_store.import("team", &path, None).unwrap().remove(0);
+        assert_eq!((got.id.as_str(), got.names_in("team")), (image.id.as_str(), vec!["example.com/app:1".to_string()]));
+        let lower = b_store.lower_dirs(&got).unwrap();
+        assert_eq!(std::fs::read(lower[0].join("hello.txt")).unwrap(), b"hello");
+        // B keeps the blobs too: it can hand the image on.
+        assert!(b_store.export("team", &got.id).is_ok());
+
+        // One byte of a layer's compressed data changed on the way: refused, nothing kept.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let layer = image.layers[0].digest[7..].to_string();
+        let at = bytes.windows(layer.len()).position(|w| w == layer.as_bytes()).unwrap() + 512 + 12;
+        bytes[at] ^= 0xff;
+        let c = tempfile::tempdir().unwrap();
+        std::fs::write(c.path().join("bad.tar"), &bytes).unwrap();
+        let c_store = ImageStore::open(&c.path().join("store")).unwrap();
+        assert!(c_store.import("team", &c.path().join("bad.tar"), None).is_err());
+        assert!(c_store.list("team").is_empty());
+    }
+}
