@@ -354,40 +354,66 @@ fn print_logs(i: &hangar_api::Invocation) {
     }
 }
 
+/// How long after its start a record may still reach the store beyond the function's
+/// timeout: nodes write records in batches.
+const LATE_RECORDS: Duration = Duration::from_secs(10);
+
 pub async fn run_logs(cli: &Cli, name: &str, follow: bool, limit: u32) -> Result<()> {
     let client = client(cli);
     let ns = ns_query(cli.namespace.as_deref());
     // The function must exist (a clear error instead of an empty listing).
-    client.send(client.request(Method::GET, &format!("/v1/functions/{name}")).query(&ns)).await?;
+    let function: Function = client.json(client.request(Method::GET, &format!("/v1/functions/{name}")).query(&ns)).await?;
     let mut q = ns.clone();
     q.extend([("function", name.to_string()), ("logs", "true".into()), ("limit", limit.to_string())]);
     let page: InvocationPage = client.json(client.request(Method::GET, "/v1/invocations").query(&q)).await?;
-    let mut cursor = page.items.first().map(|i| i.id.clone());
-    for i in page.items.iter().rev() {
+    let show = |i: &hangar_api::Invocation| -> Result<()> {
         if cli.output == Output::Json {
             println!("{}", serde_json::to_string(i)?);
         } else {
             print_logs(i);
         }
+        Ok(())
+    };
+    for i in page.items.iter().rev() {
+        show(i)?;
     }
     if !follow {
         return Ok(());
     }
+    // Records reach the store when their call ends, from whichever node ran it, in batches:
+    // each poll reads every record started within the function's timeout (and a margin) of
+    // the newest one seen, and shows those not shown yet (as `aws logs tail --follow` does).
+    let lookback = i64::try_from(function.config.timeout_ms).unwrap_or(i64::MAX).saturating_add(LATE_RECORDS.as_millis() as i64);
+    let started = |i: &hangar_api::Invocation| hangar_api::parse_rfc3339(&i.started_at).unwrap_or(0);
+    // With no record yet, from now by this machine's clock (the window absorbs a small skew).
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let mut newest = page.items.iter().map(started).max().unwrap_or_else(now_ms);
+    let mut shown: std::collections::HashMap<String, i64> = page.items.iter().map(|i| (i.id.clone(), started(i))).collect();
+    let mut q = ns;
+    q.extend([("function", name.to_string()), ("logs", "true".into()), ("limit", "1000".into()), ("order", "asc".into())]);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut q = q.clone();
-        q.push(("order", "asc".into()));
-        if let Some(c) = &cursor {
-            q.push(("cursor", c.clone()));
-        }
-        let page: InvocationPage = client.json(client.request(Method::GET, "/v1/invocations").query(&q)).await?;
-        for i in &page.items {
-            if cli.output == Output::Json {
-                println!("{}", serde_json::to_string(i)?);
-            } else {
-                print_logs(i);
+        let from = newest.saturating_sub(lookback);
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q = q.clone();
+            q.push(("since", hangar_api::rfc3339(from)));
+            if let Some(c) = &cursor {
+                q.push(("cursor", c.clone()));
             }
-            cursor = Some(i.id.clone());
+            let page: InvocationPage = client.json(client.request(Method::GET, "/v1/invocations").query(&q)).await?;
+            for i in &page.items {
+                if !shown.contains_key(&i.id) {
+                    show(i)?;
+                    shown.insert(i.id.clone(), started(i));
+                    newest = newest.max(started(i));
+                }
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
         }
+        shown.retain(|_, t| *t >= from);
     }
 }

@@ -143,6 +143,46 @@ async fn three_nodes_share_deploys_keys_records_and_see_each_other() {
     })
     .await;
 
+    // `hangar logs -f` through A follows the calls whichever node runs them.
+    let mut follow = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(a.dir.path())
+        .args(["-o", "json", "logs", "-f", "hello", "--limit", "1"])
+        .env_remove("HANGAR_URL")
+        .env_remove("HANGAR_KEY")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let followed = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let reader = {
+        let (out, followed) = (follow.stdout.take().unwrap(), followed.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    followed.lock().unwrap().insert(v["id"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before: std::collections::HashSet<String> = a.invocations("hello").await.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    for i in 0..20 {
+        let s = [&b, &c][i % 2];
+        assert_eq!(call(s, "/fn/default/hello/", &format!("P{i}")).await.0, 200);
+    }
+    eventually("every call in the followed log", Duration::from_secs(15), || async {
+        let all: Vec<String> = a.invocations("hello").await.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+        let new: Vec<&String> = all.iter().filter(|id| !before.contains(*id)).collect();
+        let seen = followed.lock().unwrap().clone();
+        let missing: Vec<&&String> = new.iter().filter(|id| !seen.contains(**id)).collect();
+        if new.len() == 20 && missing.is_empty() { Ok(()) } else { Err(format!("{} new, missing {missing:?}", new.len())) }
+    })
+    .await;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let _ = reader.join();
+
     // Usage is exactly the sum of the records, whichever node ran them; billed time too (read
     // until no record is still on its way to the store).
     let records = eventually("usage to equal the records", Duration::from_secs(10), || async {
