@@ -284,6 +284,44 @@ impl Peers {
         }
     }
 
+    /// A worker that runs services (another node, ready), for an API call this node cannot
+    /// serve itself (a gateway deploying a service).
+    pub fn service_worker(&self) -> Option<Node> {
+        use hangar_api::nodes::NodeState;
+        let snapshot = self.members.snapshot();
+        let workers: Vec<&NodeInfo> =
+            snapshot.iter().filter(|n| n.report.id != self.me && n.state == NodeState::Ready && n.report.runs_services && n.report.address.is_some()).collect();
+        let n = workers.get(self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % workers.len().max(1))?;
+        Some(Node { id: n.report.id.clone(), address: n.report.address.clone().unwrap_or_default() })
+    }
+
+    /// Sends an API call, with the caller's own credentials, to `node` and its answer back.
+    pub async fn forward_api(&self, node: &Node, method: http::Method, path_and_query: &str, headers: &http::HeaderMap, body: Bytes) -> Response {
+        let mut req = http::Request::new(axum::body::Body::from(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = match format!("http://{}{path_and_query}", node.address).parse() {
+            Ok(u) => u,
+            Err(_) => return ApiError::bad_request("invalid_path", "the request path is not a valid URI").into_response(),
+        };
+        for h in [http::header::AUTHORIZATION, http::header::CONTENT_TYPE] {
+            if let Some(v) = headers.get(&h) {
+                req.headers_mut().insert(h, v.clone());
+            }
+        }
+        match self.client.request(req).await {
+            Ok(resp) => resp.map(axum::body::Body::new),
+            Err(e) => {
+                tracing::warn!(node = %node.id, "forwarding an API call failed: {e}");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "node_unreachable",
+                    format!("node `{}`, which was to run this, could not be reached; send it again", node.id),
+                )
+                .into_response()
+            }
+        }
+    }
+
     /// Whether a request carries the cluster secret.
     pub fn authentic(&self, headers: &http::HeaderMap) -> bool {
         headers.get(SECRET_HEADER).is_some_and(|v| hash(v.as_bytes()) == self.secret_hash)

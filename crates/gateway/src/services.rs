@@ -97,9 +97,21 @@ pub async fn put_service(
     p: Principal,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<NamespaceQuery>,
+    headers: http::HeaderMap,
     ApiJson(config): ApiJson<ServiceConfig>,
 ) -> Result<Response, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
+    // A gateway of a cluster runs no instances: a worker rolls the deploy out (and the others
+    // follow it), answering as if this node had.
+    if state.services.is_none()
+        && let Some(peers) = &state.peers
+        && let Some(worker) = peers.service_worker()
+    {
+        hangar_api::validate::name("name", &name)?;
+        let body = serde_json::to_vec(&config).map_err(|e| ApiError::bad_request("invalid_service", e.to_string()))?;
+        let path = format!("/v1/services/{name}?namespace={ns}");
+        return Ok(peers.forward_api(&worker, http::Method::PUT, &path, &headers, body.into()).await);
+    }
     let (status, row) = state.control.deploy_service(&ns, &name, config).await?;
     let (code, word) = match status {
         hangar_api::DeployStatus::Created => (StatusCode::CREATED, "created"),

@@ -277,6 +277,20 @@ async fn a_gateway_places_calls_on_workers_and_moves_off_a_dead_one() {
     assert_eq!(forged.status(), 404);
     let with_key = gateway.http().post(format!("{}/_hangar/fn/default/hello/", worker.url)).bearer_auth(&gateway.admin_key).send().await.unwrap();
     assert_eq!(with_key.status(), 404, "a user's key is not a node's");
+    let forged = gateway.http().get(format!("{}/_hangar/svc/default/web/", worker.url)).bearer_auth(&gateway.admin_key).send().await.unwrap();
+    assert_eq!(forged.status(), 404);
+
+    // A service deployed through the gateway (its image imported there) runs on the workers,
+    // one instance each, and is reached through the gateway.
+    let work = tempfile::tempdir().unwrap();
+    gateway.ok(&["image", "import", &web_image(work.path(), "v1"), "--name", "web:v1"]);
+    let out = gateway.ok(&["svc", "deploy", "web", "--image", "web:v1", "--min", "2"]);
+    assert!(out.contains("created default/web revision 1"), "{out}");
+    spread_ready(&gateway, "web", 2, 2, Duration::from_secs(30)).await;
+    for _ in 0..4 {
+        assert_eq!(gateway.get("/svc/default/web/").send().await.unwrap().text().await.unwrap(), "v1");
+    }
+    assert_eq!(instances_on(&gateway), 0);
 
     // A worker dies: calls placed on it fail fast with a clear 502 until it is found lost,
     // then all go to the other worker.
@@ -306,6 +320,8 @@ async fn a_gateway_places_calls_on_workers_and_moves_off_a_dead_one() {
     }
     assert_eq!(ran_here(&first, "hello").await, settled + 10.0, "everything goes to the live worker");
     eprintln!("{failed} call(s) failed with 502 while the dead worker was not yet lost");
+    // Back, it removes the instances it left when killed.
+    worker.restart_after_stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
