@@ -237,7 +237,25 @@ impl Control {
 
     /// See [`Action::RemoveSandbox`].
     pub async fn remove_sandbox(&self, ns: &str, id: &str) -> Result<(), ControlError> {
-        Ok(self.sandboxes()?.remove(Some(ns), id).await?)
+        let here = match self.sandboxes() {
+            Ok(s) => s.remove(Some(ns), id).await,
+            Err(e) => Err(hangar_sandbox::SandboxError::Unavailable(e.to_string())),
+        };
+        match here {
+            // Not this node's: one whose node was lost (the live ones' calls go to their node)
+            // is only a record now.
+            Err(e @ (hangar_sandbox::SandboxError::NotFound(_) | hangar_sandbox::SandboxError::Unavailable(_))) => {
+                let stored = self.store.list_sandboxes().await?.into_iter().find(|s| s.id == id && s.namespace == ns);
+                match stored {
+                    Some(s) if s.state == hangar_api::sandboxes::SandboxState::Failed => {
+                        self.store.delete_sandbox(id).await?;
+                        Ok(())
+                    }
+                    _ => Err(e.into()),
+                }
+            }
+            other => Ok(other?),
+        }
     }
 
     /// The services this server runs (deploys of services need them).

@@ -284,15 +284,56 @@ impl Peers {
         }
     }
 
-    /// A worker that runs services (another node, ready), for an API call this node cannot
-    /// serve itself (a gateway deploying a service).
-    pub fn service_worker(&self) -> Option<Node> {
+    /// Another node that runs instances (ready; for services, one that runs services), for an
+    /// API call this node cannot serve itself (a gateway deploying a service, making a sandbox).
+    pub fn worker(&self, services: bool) -> Option<Node> {
         use hangar_api::nodes::NodeState;
         let snapshot = self.members.snapshot();
+        let runs = |n: &NodeInfo| if services { n.report.runs_services } else { n.report.role.runs_instances() };
         let workers: Vec<&NodeInfo> =
-            snapshot.iter().filter(|n| n.report.id != self.me && n.state == NodeState::Ready && n.report.runs_services && n.report.address.is_some()).collect();
+            snapshot.iter().filter(|n| n.report.id != self.me && n.state == NodeState::Ready && runs(n) && n.report.address.is_some()).collect();
         let n = workers.get(self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % workers.len().max(1))?;
         Some(Node { id: n.report.id.clone(), address: n.report.address.clone().unwrap_or_default() })
+    }
+
+    /// Node `id`, if it is another node and not lost.
+    pub fn node(&self, id: &str) -> Option<Node> {
+        let snapshot = self.members.snapshot();
+        let n = snapshot.iter().find(|n| n.report.id == id && id != self.me && n.state != hangar_api::nodes::NodeState::Lost)?;
+        Some(Node { id: n.report.id.clone(), address: n.report.address.clone()? })
+    }
+
+    /// Sends a request as it came (the caller's own credentials, its body streamed, a WebSocket
+    /// upgrade passed through) to the same path on `node`, and its answer back.
+    pub async fn forward_raw(&self, node: &Node, mut req: Request) -> Response {
+        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+        *req.uri_mut() = match format!("http://{}{path_and_query}", node.address).parse() {
+            Ok(u) => u,
+            Err(_) => return ApiError::bad_request("invalid_path", "the request path is not a valid URI").into_response(),
+        };
+        req.headers_mut().remove(http::header::HOST);
+        *req.version_mut() = http::Version::HTTP_11;
+        let upgrade = req.headers().contains_key(http::header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
+        match self.client.request(req).await {
+            Ok(mut resp) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_side) = upgrade
+                {
+                    let node_side = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(async move {
+                        if let (Ok(a), Ok(b)) = (client_side.await, node_side.await) {
+                            let _ = tokio::io::copy_bidirectional(&mut hyper_util::rt::TokioIo::new(a), &mut hyper_util::rt::TokioIo::new(b)).await;
+                        }
+                    });
+                }
+                resp.map(axum::body::Body::new)
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.id, "forwarding a call to node {} failed: {e}", node.id);
+                ApiError::new(StatusCode::BAD_GATEWAY, "node_unreachable", format!("node `{}`, which runs this, could not be reached; send it again", node.id))
+                    .into_response()
+            }
+        }
     }
 
     /// Sends an API call, with the caller's own credentials, to `node` and its answer back.

@@ -170,6 +170,7 @@ pub fn router(state: AppState) -> Router {
         .route("/_hangar/svc/{*rest}", any(cluster::serve_here).layer(DefaultBodyLimit::disable()))
         .route("/_hangar/images/{namespace}", get(cluster::export_image))
         .merge(platform)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), sandboxes::at_owner))
         .layer(axum::middleware::from_fn_with_state(state.clone(), services::host_routes))
         .with_state(state)
 }

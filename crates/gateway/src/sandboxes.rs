@@ -55,9 +55,18 @@ pub async fn create(
     State(state): State<AppState>,
     p: Principal,
     ApiQuery(q): ApiQuery<NamespaceQuery>,
+    headers: http::HeaderMap,
     ApiJson(config): ApiJson<SandboxConfig>,
 ) -> Result<Response, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
+    // A gateway of a cluster runs no sandboxes: a worker makes it (and owns it).
+    if state.sandboxes.is_none()
+        && let Some(peers) = &state.peers
+        && let Some(worker) = peers.worker(false)
+    {
+        let body = serde_json::to_vec(&config).map_err(|e| ApiError::bad_request("invalid_sandbox", e.to_string()))?;
+        return Ok(peers.forward_api(&worker, http::Method::POST, &format!("/v1/sandboxes?namespace={ns}"), &headers, body.into()).await);
+    }
     let sb = state.control.create_sandbox(&ns, config).await?;
     Ok((StatusCode::CREATED, Json(sb)).into_response())
 }
@@ -66,7 +75,38 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/sandboxes", params(NamespaceQuery), tag = "sandboxes", responses((status = 200, body = SandboxList)))]
 pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<SandboxList>, ApiError> {
     let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
-    Ok(Json(SandboxList { items: sandboxes(&state)?.list(Some(&ns)) }))
+    if state.peers.is_none() {
+        return Ok(Json(SandboxList { items: sandboxes(&state)?.list(Some(&ns)) }));
+    }
+    // A cluster's: every node's, as stored, this node's own as they are now.
+    let here = state.sandboxes.as_ref().map(|s| s.list(Some(&ns))).unwrap_or_default();
+    let mut items: Vec<Sandbox> = state.store.list_sandboxes().await?.into_iter().filter(|s| s.namespace == ns && !here.iter().any(|h| h.id == s.id)).collect();
+    items.extend(here);
+    items.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
+    Ok(Json(SandboxList { items }))
+}
+
+/// In a cluster, a call on a sandbox another node runs goes on to that node, with the caller's
+/// own credentials (that node decides who may reach it).
+pub async fn at_owner(State(state): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+    let Some(peers) = state.peers.clone() else { return next.run(req).await };
+    let id = req.uri().path().strip_prefix("/v1/sandboxes/").and_then(|rest| rest.split('/').next()).filter(|id| !id.is_empty()).map(str::to_string);
+    let Some(id) = id else { return next.run(req).await };
+    if state.sandboxes.as_ref().is_some_and(|s| s.get(None, &id).is_ok()) {
+        return next.run(req).await;
+    }
+    // Only a caller with a key makes this node look (as the handler would ask first).
+    if let Err(e) = crate::auth::Credentials::from_headers(req.headers(), &state.keys).require() {
+        return e.into_response();
+    }
+    let owner = match state.store.list_sandboxes().await {
+        Ok(all) => all.into_iter().find(|s| s.id == id).and_then(|s| s.node),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    match owner.and_then(|n| peers.node(&n)) {
+        Some(node) => peers.forward_raw(&node, req).await,
+        None => next.run(req).await,
+    }
 }
 
 /// One sandbox: state, timings, sizes, usage.
@@ -79,7 +119,11 @@ pub async fn get(
     ApiQuery(q): ApiQuery<NamespaceQuery>,
 ) -> Result<Json<Sandbox>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
-    Ok(Json(sandboxes(&state)?.get(Some(&ns), &id)?))
+    match (sandboxes(&state).and_then(|s| Ok(s.get(Some(&ns), &id)?)), &state.peers) {
+        // In a cluster, one whose node is lost is shown as stored (failed, saying why).
+        (Err(e), Some(_)) => state.store.list_sandboxes().await?.into_iter().find(|s| s.id == id && s.namespace == ns).map(Json).ok_or(e),
+        (found, _) => found.map(Json),
+    }
 }
 
 /// Stops a sandbox and removes it with its files and standby image.

@@ -105,7 +105,7 @@ pub async fn put_service(
     // follow it), answering as if this node had.
     if state.services.is_none()
         && let Some(peers) = &state.peers
-        && let Some(worker) = peers.service_worker()
+        && let Some(worker) = peers.worker(true)
     {
         hangar_api::validate::name("name", &name)?;
         let body = serde_json::to_vec(&config).map_err(|e| ApiError::bad_request("invalid_service", e.to_string()))?;

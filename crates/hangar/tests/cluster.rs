@@ -541,16 +541,29 @@ async fn a_sandbox_belongs_to_its_node_and_is_marked_failed_when_that_node_is_lo
     a.restart();
     assert_eq!(get(&b, &id).await["state"], "running");
     assert!(b.ok(&["sandbox", "exec", &id, "--", "sh", "-c", "echo still here"]).contains("still here"));
-    // Its node dies: once lost, the sandbox is failed, saying why (read when B is back).
+    // Reached through A: listed, run in, written and read (A sends each call on to B).
+    assert!(a.ok(&["sandbox", "ls"]).contains(&id));
+    assert!(a.ok(&["sandbox", "exec", &id, "--", "sh", "-c", "echo through A > /tmp/a; cat /tmp/a"]).contains("through A"));
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("in.txt"), "via A").unwrap();
+    a.ok(&["sandbox", "cp", local.path().join("in.txt").to_str().unwrap(), &format!("{id}:/tmp/in.txt")]);
+    assert!(b.ok(&["sandbox", "exec", &id, "--", "sh", "-c", "cat /tmp/in.txt"]).contains("via A"));
+    let no_key = reqwest::get(format!("{}/v1/sandboxes/{id}", a.url)).await.unwrap();
+    assert_eq!(no_key.status(), 401);
+    // Its node dies: once lost, the sandbox is failed, saying why, as any node shows it.
     b.kill();
     let b_id = seen["node"].as_str().unwrap().to_string();
     node_in_state(&a, &b_id, "lost", Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    b.restart_after_stop();
-    let after = get(&b, &id).await;
-    assert_eq!(after["state"], "failed", "{after}");
+    let after = eventually("the sandbox failed", Duration::from_secs(5), || async {
+        let v = get(&a, &id).await;
+        if v["state"] == "failed" { Ok(v) } else { Err(v.to_string()) }
+    })
+    .await;
     assert!(after["error"].as_str().unwrap().contains(&format!("node `{b_id}`, which ran it, was lost")), "{after}");
-    b.ok(&["sandbox", "rm", &id]);
+    // Removed through A (only its record is left); B, back, has nothing of it.
+    a.ok(&["sandbox", "rm", &id]);
+    b.restart_after_stop();
+    assert!(!b.ok(&["sandbox", "ls"]).contains(&id));
 }
 
 /// A TCP relay to `upstream` that can be cut (every connection closed, new ones refused) and
@@ -857,6 +870,7 @@ async fn a_node_cut_off_from_the_store_and_the_bus_stops_its_instances_and_the_o
     spread_ready(&a, "web", 3, 3, Duration::from_secs(30)).await;
     let instances_on_b = || instances_on(&b);
     assert_eq!(instances_on_b(), 1);
+    let sandbox = b.ok(&["sandbox", "create", "--image", "web:v1", "--memory", "256"]).trim().to_string();
 
     let cut = Partition::cut(&[bus_relay.port, store_relay.port]);
     // B fences itself and stops its instance; A and C find it lost and run three between them.
@@ -864,8 +878,17 @@ async fn a_node_cut_off_from_the_store_and_the_bus_stops_its_instances_and_the_o
         .await;
     spread_ready(&a, "web", 3, 2, Duration::from_secs(15)).await;
     assert_eq!(c.get("/svc/default/web/").send().await.unwrap().text().await.unwrap(), "v1");
-    // Back in touch, B takes its part again.
+    // Back in touch, B takes its part again; its sandbox, which the others found lost with
+    // it, no longer runs there.
     drop(cut);
     spread_ready(&a, "web", 3, 3, Duration::from_secs(30)).await;
     assert_eq!(instances_on_b(), 1);
+    let v: Value = b.get(&format!("/v1/sandboxes/{sandbox}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["state"], "failed", "{v}");
+    eventually("the lost sandbox stopped on B", Duration::from_secs(10), || async {
+        let out = b.cli(&["sandbox", "exec", &sandbox, "--", "true"]);
+        if out.status.success() { Err("it still runs".to_string()) } else { Ok(()) }
+    })
+    .await;
+    b.ok(&["sandbox", "rm", &sandbox]);
 }

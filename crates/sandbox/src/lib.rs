@@ -154,6 +154,27 @@ impl hangar_bus::Failover for Sandboxes {
             }
         }
     }
+
+    /// Back after being cut off: the sandboxes the others marked failed (or removed) meanwhile
+    /// are no longer this node's to run; their processes and files go.
+    async fn rejoined(&self) {
+        let records = match self.inner.store.list_sandboxes().await {
+            Ok(r) => r,
+            Err(e) => return tracing::error!("reading the sandboxes after rejoining failed: {e}"),
+        };
+        let entries: Vec<Arc<Entry>> = lock(&self.inner.boxes).values().cloned().collect();
+        for entry in entries {
+            let id = entry.id();
+            let stored = records.iter().find(|r| r.id == id);
+            if stored.is_some_and(|r| r.state != SandboxState::Failed) || entry.state() == SandboxState::Failed {
+                continue;
+            }
+            tracing::warn!(sandbox = %id, "the cluster took this sandbox for lost while this node was cut off; its processes stop");
+            let _guard = entry.lifecycle.lock().await;
+            self.inner.destroy(&entry).await;
+            lock(&self.inner.boxes).remove(&id);
+        }
+    }
 }
 
 impl Sandboxes {
