@@ -1,6 +1,8 @@
 //! The cluster, side by side in one run: how long a deploy through one node takes to be
-//! routable on every other node (three nodes on one PostgreSQL and one nats-server), and how
-//! fast the async queue accepts events on PostgreSQL against SQLite on the same machine; and a
+//! routable on every other node (three nodes on one PostgreSQL and one nats-server), what a hop
+//! through a gateway node costs a function call and a service request, how long a killed
+//! worker's service instances take to run elsewhere, and how fast the async queue accepts
+//! events on PostgreSQL against SQLite on the same machine; and a
 //! scale model past this machine: the real placement code against 1,000 simulated workers and
 //! 100,000 functions, in process.
 
@@ -33,6 +35,26 @@ async fn deploy(client: &reqwest::Client, h: &Hangar, code: &[u8], greeting: &st
         bail!("deploy through {}: {}", h.url, r.text().await?);
     }
     Ok(start.elapsed())
+}
+
+/// Kills of a worker timed until its service instances run elsewhere.
+const KILLS: usize = 3;
+
+/// Waits until service `web`, as `seen_by` reports it, has three ready instances spread over
+/// `nodes` nodes.
+async fn spread(client: &reqwest::Client, seen_by: &Hangar, nodes: usize, within: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let v: serde_json::Value = client.get(format!("{}/v1/services/web", seen_by.url)).bearer_auth(&seen_by.key).send().await?.json().await?;
+        let ready: Vec<u64> = v["nodes"].as_array().into_iter().flatten().filter_map(|n| n["ready"].as_u64()).filter(|r| *r > 0).collect();
+        if ready.iter().sum::<u64>() == 3 && ready.len() == nodes {
+            return Ok(());
+        }
+        if start.elapsed() > within {
+            bail!("service web is not at 3 ready instances over {nodes} nodes after {within:?}: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Accepted events per second on one node with the given store flags.
@@ -186,6 +208,45 @@ pub async fn run(bin: &Path, component: &Path) -> Result<String> {
             }
         }
     }
+    // Services: three instances over the three workers (the gateway runs none); a request
+    // through the gateway, forwarded to a worker, against one served where it arrived; and
+    // kill -9 of a worker until the service is back at three ready instances.
+    let server = crate::services::backend(&std::env::current_dir()?)?;
+    let layout = tempfile::tempdir()?;
+    crate::services::image(layout.path(), &server)?;
+    first.cli(&["image", "import", layout.path().to_str().unwrap_or_default(), "--name", "bench/backend:1"])?;
+    first.cli(&["svc", "deploy", "web", "--image", "bench/backend:1", "--min", "3", "--max", "3", "--memory", "32", "--public"])?;
+    spread(&client, &first, 3, Duration::from_secs(60)).await?;
+    let (mut svc_local, mut svc_remote) = (Vec::new(), Vec::new());
+    for (node, out) in [(&first, &mut svc_local), (&gateway, &mut svc_remote)] {
+        let url = format!("{}/svc/default/web/", node.url);
+        for i in 0..(LATENCY_CALLS + 200) {
+            let start = Instant::now();
+            let r = client.get(&url).send().await?;
+            if !r.status().is_success() {
+                bail!("a service request through {} failed: {}", node.url, r.status());
+            }
+            r.bytes().await?;
+            if i >= 200 {
+                out.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    let mut nodes = nodes;
+    let mut restored = Vec::new();
+    for _ in 0..KILLS {
+        let victim = &mut nodes[1];
+        if let Some(mut c) = victim.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        let start = Instant::now();
+        spread(&client, &first, 2, Duration::from_secs(60)).await?;
+        restored.push(start.elapsed().as_secs_f64() * 1000.0);
+        // Back (its leftovers removed at start), it takes its part again.
+        victim.boot()?;
+        spread(&client, &first, 3, Duration::from_secs(60)).await?;
+    }
     drop(gateway);
     drop(nodes);
     drop(first);
@@ -218,6 +279,15 @@ pub async fn run(bin: &Path, component: &Path) -> Result<String> {
     writeln!(out, "| a call served where it arrived, p50 of {LATENCY_CALLS} sequential | {l50:.3} ms | |")?;
     writeln!(out, "| a call through a gateway node, served on a worker, p50 | {r50:.3} ms (+{:.3} ms) | ≤ +0.3 ms |", r50 - l50)?;
     writeln!(out, "| the same, p99: where it arrived vs through a gateway | {:.3} vs {:.3} ms | |", percentile(local, 0.99), percentile(remote, 0.99))?;
+    let (sl50, sr50) = (percentile(svc_local.clone(), 0.5), percentile(svc_remote.clone(), 0.5));
+    writeln!(out, "| a service request served where it arrived, p50 of {LATENCY_CALLS} sequential | {sl50:.3} ms | |")?;
+    writeln!(out, "| a service request through a gateway node, served on a worker, p50 | {sr50:.3} ms (+{:.3} ms) | ≤ +0.3 ms |", sr50 - sl50)?;
+    writeln!(
+        out,
+        "| kill -9 of a worker → a 3-instance service back at 3 ready (1 s heartbeats), median of {KILLS} (max) | {:.0} ms ({:.0} ms) | ≤ 10,000 ms |",
+        median(restored.clone()),
+        restored.iter().copied().fold(0.0, f64::max)
+    )?;
     writeln!(
         out,
         "| first call on a node that never ran the code (fetch from the store, compile there), median of {} | {:.1} ms | |",

@@ -401,12 +401,9 @@ impl Peers {
 
 use axum::response::IntoResponse as _;
 
-/// Queued events for services in a cluster: delivered to an instance here when one is ready,
-/// else through a node that has one (or starts one).
-pub struct ClusterSink {
-    pub local: Option<Arc<hangar_service::proxy::EventSink>>,
-    pub peers: Arc<Peers>,
-}
+/// Queued events for services in a cluster: delivered as a request through this node would be
+/// (an instance here if one is ready, else a node that has one), without a key.
+pub struct ClusterSink(pub std::sync::Weak<crate::Shared>);
 
 #[async_trait::async_trait]
 impl hangar_events::ServiceSink for ClusterSink {
@@ -418,18 +415,24 @@ impl hangar_events::ServiceSink for ClusterSink {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), hangar_events::SinkError> {
-        let ready_here = self.local.as_ref().is_some_and(|l| l.services.get(namespace, service).is_some_and(|s| s.ready() > 0));
-        let route = if ready_here { ServiceRoute::Here } else { self.peers.service_route(namespace, service) };
-        let node = match (route, &self.local) {
-            (ServiceRoute::There(node), _) => node,
-            (_, Some(local)) => return local.deliver(namespace, service, path, content_type, body).await,
-            (_, None) => return Err(hangar_events::SinkError::Failed(format!("no node runs service `{service}` yet"))),
-        };
+        let Some(shared) = self.0.upgrade() else { return Err(hangar_events::SinkError::Failed("the server is stopping".into())) };
+        let state = AppState(shared);
         let mut req = http::Request::post(path).body(axum::body::Body::from(body)).map_err(|e| hangar_events::SinkError::Failed(e.to_string()))?;
         if let Some(v) = content_type.and_then(|c| http::HeaderValue::from_str(c).ok()) {
             req.headers_mut().insert(http::header::CONTENT_TYPE, v);
         }
-        let resp = self.peers.forward_service(&node, namespace, service, req, path, true).await;
+        let resp = match crate::services::reach_in_cluster(&state, req, namespace, service, path, true, true).await {
+            Ok(resp) => resp,
+            // Deployed but not running anywhere yet (or a node that does not know it yet): later.
+            Err(e) if e.status == StatusCode::NOT_FOUND => {
+                return match state.store.get_service(namespace, service).await {
+                    Ok(Some(_)) => Err(hangar_events::SinkError::Failed(format!("service `{service}` is not running yet"))),
+                    Ok(None) => Err(hangar_events::SinkError::Missing(service.to_string())),
+                    Err(e) => Err(hangar_events::SinkError::Failed(e.to_string())),
+                };
+            }
+            Err(e) => return Err(hangar_events::SinkError::Failed(e.message)),
+        };
         hangar_service::proxy::kept_answer(service, resp).await
     }
 }
@@ -437,6 +440,11 @@ impl hangar_events::ServiceSink for ClusterSink {
 /// A request from outside cannot say it was sent on already.
 pub(crate) fn first_hop(req: &mut Request) {
     req.headers_mut().remove(HOP_HEADER);
+}
+
+/// Marks a service request as sent on a second time: the next node serves it, whatever.
+pub(crate) fn hop(req: &mut Request) {
+    req.headers_mut().insert(HOP_HEADER, http::HeaderValue::from_static("1"));
 }
 
 /// `/_hangar/svc/{namespace}/{name}/{path}`: a service request another node sent here, served
@@ -454,17 +462,12 @@ pub async fn serve_here(State(state): State<AppState>, mut req: Request) -> Resu
     let Some((ns, name, rest)) = hangar_service::proxy::split_route(&path).map(|(ns, name, rest)| (ns.to_string(), name.to_string(), rest)) else {
         return Err(not_found());
     };
-    let endpoint = state.services.as_ref().and_then(|s| s.get(&ns, &name)).and_then(|s| s.pick());
-    // Its instance here stopped since the sender's last heartbeat (drained, scaled down): on
-    // to a node that has one, once.
-    if endpoint.is_none()
-        && !hopped
-        && let ServiceRoute::There(node) = peers.service_route(&ns, &name)
-    {
-        req.headers_mut().insert(HOP_HEADER, http::HeaderValue::from_static("1"));
-        return Ok(peers.forward_service(&node, &ns, &name, req, &rest, allowed).await);
+    // Its instance here may have stopped since the sender's last heartbeat (drained, scaled
+    // down): on to a node that has one, once.
+    if !hopped {
+        hop(&mut req);
     }
-    crate::services::serve_local(&state, req, &ns, &name, &rest, allowed, endpoint).await
+    crate::services::reach_in_cluster(&state, req, &ns, &name, &rest, allowed, !hopped).await
 }
 
 #[derive(serde::Deserialize)]

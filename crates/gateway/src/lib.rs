@@ -68,6 +68,11 @@ impl AppState {
     pub fn new(shared: Shared) -> Self {
         Self(Arc::new(shared))
     }
+
+    /// A handle that does not keep the state alive (for parts the state itself holds).
+    pub fn downgrade(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.0)
+    }
 }
 
 impl std::ops::Deref for AppState {

@@ -4,6 +4,7 @@
 //! the data plane is `hangar_service::proxy`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -213,17 +214,58 @@ pub async fn proxy(State(state): State<AppState>, req: Request) -> Result<Respon
 /// otherwise from the node that has one (or starts one). `allowed`: the caller was already let
 /// through (a call between services, or a host route); else whoever serves it decides.
 async fn reach(state: &AppState, mut req: Request, ns: &str, name: &str, rest: &str, allowed: bool) -> Result<Response, ApiError> {
-    let Some(peers) = &state.peers else { return serve_local(state, req, ns, name, rest, allowed, None).await };
-    crate::cluster::first_hop(&mut req);
-    // Held from here: an instance seen ready is the one the request goes to.
-    let svc = state.services.as_ref().and_then(|s| s.get(ns, name));
-    let endpoint = svc.as_ref().and_then(|s| s.pick());
-    if endpoint.is_none()
-        && let crate::cluster::ServiceRoute::There(node) = peers.service_route(ns, name)
-    {
-        return Ok(peers.forward_service(&node, ns, name, req, rest, allowed).await);
+    if state.peers.is_none() {
+        return serve_local(state, req, ns, name, rest, allowed, None).await;
     }
-    serve_local(state, req, ns, name, rest, allowed, endpoint).await
+    crate::cluster::first_hop(&mut req);
+    reach_in_cluster(state, req, ns, name, rest, allowed, true).await
+}
+
+/// [`reach`] in a cluster. With no instance ready here, the request goes to the node the last
+/// heartbeats name (once, if `may_forward`), else waits here, looking again every 200 ms: an
+/// instance may become ready here, or the heartbeats may show one elsewhere (a view that saw
+/// no node for a moment must not hold the request for the whole readiness timeout).
+pub(crate) async fn reach_in_cluster(
+    state: &AppState,
+    mut req: Request,
+    ns: &str,
+    name: &str,
+    rest: &str,
+    allowed: bool,
+    may_forward: bool,
+) -> Result<Response, ApiError> {
+    use crate::cluster::ServiceRoute;
+    let Some(peers) = &state.peers else { return serve_local(state, req, ns, name, rest, allowed, None).await };
+    let svc = state.services.as_ref().and_then(|s| s.get(ns, name));
+    // Held from here: an instance seen ready is the one the request goes to.
+    if let Some(endpoint) = svc.as_ref().and_then(|s| s.pick()) {
+        return serve_local(state, req, ns, name, rest, allowed, Some(endpoint)).await;
+    }
+    let route = if may_forward { peers.service_route(ns, name) } else { ServiceRoute::Here };
+    let svc = match (route, svc) {
+        (ServiceRoute::There(node), _) => return Ok(peers.forward_service(&node, ns, name, req, rest, allowed).await),
+        // Not known here: as if it did not exist (or, without access, whatever that caller gets).
+        (_, None) => return serve_local(state, req, ns, name, rest, allowed, None).await,
+        (_, Some(svc)) => svc,
+    };
+    if !allowed {
+        authorize(state, &req, Some(&svc), ns, name)?;
+    }
+    let wait = Duration::from_millis(svc.config.read().unwrap_or_else(|p| p.into_inner()).readiness.timeout_ms);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Some(endpoint) = svc.wait_ready(left.min(Duration::from_millis(200))).await {
+            return serve_local(state, req, ns, name, rest, true, Some(endpoint)).await;
+        }
+        if left.is_zero() {
+            return Err(ProxyError::NoReadyInstance { name: name.to_string(), wait_ms: wait.as_millis() }.into());
+        }
+        if may_forward && let ServiceRoute::There(node) = peers.service_route(ns, name) {
+            crate::cluster::hop(&mut req);
+            return Ok(peers.forward_service(&node, ns, name, req, rest, true).await);
+        }
+    }
 }
 
 /// Serves a request for `ns/name` from this node's instances (`endpoint` if one was picked),

@@ -245,13 +245,6 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         // Images deployed through another node are fetched from there.
         images.set_source(Arc::new(hangar_gateway::cluster::PeerImages { peers: p.clone(), max_bytes: opts.limits.max_image_bytes }));
     }
-    // Queued events reach services here, or in a cluster through the node that runs them.
-    let sink = services.as_ref().map(|s| Arc::new(hangar_service::proxy::EventSink { services: s.clone(), store: store.clone() }));
-    match (&peers, sink) {
-        (Some(p), local) => async_queue.set_service_sink(Arc::new(hangar_gateway::cluster::ClusterSink { local, peers: p.clone() })),
-        (None, Some(local)) => async_queue.set_service_sink(local),
-        (None, None) => {}
-    }
     let control = Arc::new(hangar_control::Control::new(store.clone(), bus, scheduler.clone()).with_services(services_here).with_sandboxes(sandboxes_here));
     let state = AppState::new(Shared {
         store,
@@ -273,6 +266,12 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         peers,
         members,
     });
+    // Queued events reach services here, or in a cluster through the node that runs them.
+    match (&state.peers, &services) {
+        (Some(_), _) => async_queue.set_service_sink(Arc::new(hangar_gateway::cluster::ClusterSink(state.downgrade()))),
+        (None, Some(s)) => async_queue.set_service_sink(Arc::new(hangar_service::proxy::EventSink { services: s.clone(), store: state.store.clone() })),
+        (None, None) => {}
+    }
     // A first start makes the default namespace and an admin key.
     if let Some(secret) = control.bootstrap(|secret| data.write_private("admin.key", secret).map(drop).map_err(|e| e.to_string())).await? {
         println!("Admin API key (shown once; saved to {}):\n  {secret}", data.path().join("admin.key").display());
