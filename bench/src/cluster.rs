@@ -37,6 +37,23 @@ async fn deploy(client: &reqwest::Client, h: &Hangar, code: &[u8], greeting: &st
     Ok(start.elapsed())
 }
 
+/// The times of [`LATENCY_CALLS`] sequential GETs of `url` (after 200 to warm up), in ms.
+async fn sequential_ms(client: &reqwest::Client, url: &str) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(LATENCY_CALLS);
+    for i in 0..(LATENCY_CALLS + 200) {
+        let start = Instant::now();
+        let r = client.get(url).send().await?;
+        if !r.status().is_success() {
+            bail!("GET {url} failed: {}", r.status());
+        }
+        r.bytes().await?;
+        if i >= 200 {
+            out.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(out)
+}
+
 /// Kills of a worker timed until its service instances run elsewhere.
 const KILLS: usize = 3;
 
@@ -192,22 +209,8 @@ pub async fn run(bin: &Path, component: &Path) -> Result<String> {
     // arrived: a gateway node forwards every call to a worker.
     let gateway_flags: Vec<&str> = flags.iter().copied().chain(["--role", "gateway"]).collect();
     let gateway = Hangar::join(bin, &gateway_flags, &first.key)?;
-    let (mut local, mut remote) = (Vec::new(), Vec::new());
-    let hops = [(&first, &mut local), (&gateway, &mut remote)];
-    for (node, out) in hops {
-        let url = format!("{}/fn/default/hello/", node.url);
-        for i in 0..(LATENCY_CALLS + 200) {
-            let start = Instant::now();
-            let r = client.get(&url).send().await?;
-            if !r.status().is_success() {
-                bail!("a call through {} failed: {}", node.url, r.status());
-            }
-            r.bytes().await?;
-            if i >= 200 {
-                out.push(start.elapsed().as_secs_f64() * 1000.0);
-            }
-        }
-    }
+    let local = sequential_ms(&client, &format!("{}/fn/default/hello/", first.url)).await?;
+    let remote = sequential_ms(&client, &format!("{}/fn/default/hello/", gateway.url)).await?;
     // Services: three instances over the three workers (the gateway runs none); a request
     // through the gateway, forwarded to a worker, against one served where it arrived; and
     // kill -9 of a worker until the service is back at three ready instances.
@@ -217,21 +220,8 @@ pub async fn run(bin: &Path, component: &Path) -> Result<String> {
     first.cli(&["image", "import", layout.path().to_str().unwrap_or_default(), "--name", "bench/backend:1"])?;
     first.cli(&["svc", "deploy", "web", "--image", "bench/backend:1", "--min", "3", "--max", "3", "--memory", "32", "--public"])?;
     spread(&client, &first, 3, Duration::from_secs(60)).await?;
-    let (mut svc_local, mut svc_remote) = (Vec::new(), Vec::new());
-    for (node, out) in [(&first, &mut svc_local), (&gateway, &mut svc_remote)] {
-        let url = format!("{}/svc/default/web/", node.url);
-        for i in 0..(LATENCY_CALLS + 200) {
-            let start = Instant::now();
-            let r = client.get(&url).send().await?;
-            if !r.status().is_success() {
-                bail!("a service request through {} failed: {}", node.url, r.status());
-            }
-            r.bytes().await?;
-            if i >= 200 {
-                out.push(start.elapsed().as_secs_f64() * 1000.0);
-            }
-        }
-    }
+    let svc_local = sequential_ms(&client, &format!("{}/svc/default/web/", first.url)).await?;
+    let svc_remote = sequential_ms(&client, &format!("{}/svc/default/web/", gateway.url)).await?;
     let mut nodes = nodes;
     let mut restored = Vec::new();
     for _ in 0..KILLS {
@@ -243,6 +233,7 @@ pub async fn run(bin: &Path, component: &Path) -> Result<String> {
         let start = Instant::now();
         spread(&client, &first, 2, Duration::from_secs(60)).await?;
         restored.push(start.elapsed().as_secs_f64() * 1000.0);
+        eprintln!("kill -9 of a worker → 3 ready again in {:.0} ms", start.elapsed().as_secs_f64() * 1000.0);
         // Back (its leftovers removed at start), it takes its part again.
         victim.boot()?;
         spread(&client, &first, 3, Duration::from_secs(60)).await?;

@@ -82,9 +82,9 @@ fn hash(secret: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(secret).into()
 }
 
-/// The nodes that run service instances of `memory_mb` (ready, not draining, room for one
+/// The nodes that run service instances of `size` (ready, not draining, big enough for one
 /// such instance), ordered by id: the same list on every node for the same heartbeats.
-fn spread_workers(nodes: &[NodeInfo], memory_mb: u32) -> Vec<&NodeInfo> {
+fn spread_workers(nodes: &[NodeInfo], size: hangar_api::nodes::Resources) -> Vec<&NodeInfo> {
     use hangar_api::nodes::NodeState;
     nodes
         .iter()
@@ -93,7 +93,8 @@ fn spread_workers(nodes: &[NodeInfo], memory_mb: u32) -> Vec<&NodeInfo> {
                 && n.report.runs_services
                 && n.report.address.is_some()
                 && n.report.max_instances > 0
-                && n.report.capacity.memory_mb >= u64::from(memory_mb)
+                && n.report.capacity.memory_mb >= size.memory_mb
+                && n.report.capacity.cpu_milli >= size.cpu_milli
         })
         .collect()
 }
@@ -113,16 +114,21 @@ impl ClusterSpread {
 }
 
 impl hangar_service::Spread for ClusterSpread {
-    fn share(&self, namespace: &str, name: &str, total: u32, memory_mb: u32) -> u32 {
+    fn share(&self, namespace: &str, name: &str, total: u32, size: hangar_api::nodes::Resources) -> u32 {
         if self.fenced.load(std::sync::atomic::Ordering::Acquire) {
             return 0;
         }
         let snapshot = self.members.snapshot();
-        let workers = spread_workers(&snapshot, memory_mb);
+        let workers = spread_workers(&snapshot, size);
         match workers.iter().position(|n| n.report.id == self.me) {
             Some(me) => hangar_scheduler::placement::spread_share(namespace, name, total, workers.len(), me),
             None => 0,
         }
+    }
+
+    fn room(&self) -> u32 {
+        let snapshot = self.members.snapshot();
+        snapshot.iter().find(|n| n.report.id == self.me).map_or(u32::MAX, |n| n.report.max_instances.saturating_sub(n.report.instances))
     }
 
     fn ready_elsewhere(&self, namespace: &str, name: &str) -> u32 {
@@ -236,7 +242,7 @@ impl Peers {
         // Not this node: it asks because it has none ready now, whatever its last heartbeat said.
         let ready: Vec<&NodeInfo> = snapshot.iter().filter(up).filter(|n| n.report.id != self.me && has(n).is_some_and(|r| r > 0)).collect();
         let chosen = if ready.is_empty() {
-            let workers = spread_workers(&snapshot, 0);
+            let workers = spread_workers(&snapshot, hangar_api::nodes::Resources::default());
             let having: Vec<&NodeInfo> = workers.iter().copied().filter(|n| has(n).is_some()).collect();
             hangar_scheduler::placement::spread_order(namespace, name, having.len()).next().map(|i| having[i])
         } else {
@@ -270,18 +276,9 @@ impl Peers {
             head.headers.insert(ALLOWED_HEADER, http::HeaderValue::from_static("1"));
         }
         head.version = http::Version::HTTP_11;
-        match self.client.request(http::Request::from_parts(head, body)).await {
-            Ok(resp) => resp.map(axum::body::Body::new),
-            Err(e) => {
-                tracing::warn!(node = %id, "forwarding a request for service {namespace}/{name} failed: {e}");
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "node_unreachable",
-                    format!("node `{id}`, which runs this service's instance, could not be reached or stopped answering; send the request again (it goes to another node)"),
-                )
-                .into_response()
-            }
-        }
+        let request = http::Request::from_parts(head, body);
+        let then = "send the request again (it goes to another node)";
+        self.send(id, request, "runs this service's instance", then).await.map_or_else(|e| e, |r| r.map(axum::body::Body::new))
     }
 
     /// Another node that runs instances (ready; for services, one that runs services), for an
@@ -314,26 +311,21 @@ impl Peers {
         req.headers_mut().remove(http::header::HOST);
         *req.version_mut() = http::Version::HTTP_11;
         let upgrade = req.headers().contains_key(http::header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
-        match self.client.request(req).await {
-            Ok(mut resp) => {
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                    && let Some(client_side) = upgrade
-                {
-                    let node_side = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(async move {
-                        if let (Ok(a), Ok(b)) = (client_side.await, node_side.await) {
-                            let _ = tokio::io::copy_bidirectional(&mut hyper_util::rt::TokioIo::new(a), &mut hyper_util::rt::TokioIo::new(b)).await;
-                        }
-                    });
+        let mut resp = match self.send(&node.id, req, "runs this", "send it again").await {
+            Ok(resp) => resp,
+            Err(unreachable) => return unreachable,
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_side) = upgrade
+        {
+            let node_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                if let (Ok(a), Ok(b)) = (client_side.await, node_side.await) {
+                    let _ = tokio::io::copy_bidirectional(&mut hyper_util::rt::TokioIo::new(a), &mut hyper_util::rt::TokioIo::new(b)).await;
                 }
-                resp.map(axum::body::Body::new)
-            }
-            Err(e) => {
-                tracing::warn!(node = %node.id, "forwarding a call to node {} failed: {e}", node.id);
-                ApiError::new(StatusCode::BAD_GATEWAY, "node_unreachable", format!("node `{}`, which runs this, could not be reached; send it again", node.id))
-                    .into_response()
-            }
+            });
         }
+        resp.map(axum::body::Body::new)
     }
 
     /// Sends an API call, with the caller's own credentials, to `node` and its answer back.
@@ -349,18 +341,17 @@ impl Peers {
                 req.headers_mut().insert(h, v.clone());
             }
         }
-        match self.client.request(req).await {
-            Ok(resp) => resp.map(axum::body::Body::new),
-            Err(e) => {
-                tracing::warn!(node = %node.id, "forwarding an API call failed: {e}");
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "node_unreachable",
-                    format!("node `{}`, which was to run this, could not be reached; send it again", node.id),
-                )
-                .into_response()
-            }
-        }
+        self.send(&node.id, req, "was to run this", "send it again").await.map_or_else(|e| e, |r| r.map(axum::body::Body::new))
+    }
+
+    /// Sends `req` to node `id`. One that cannot be reached, or dies before answering, is a
+    /// 502 saying so: the node `role` (what it was to do) could not be reached; `then`.
+    async fn send(&self, id: &str, req: http::Request<axum::body::Body>, role: &str, then: &str) -> Result<http::Response<hyper::body::Incoming>, Response> {
+        self.client.request(req).await.map_err(|e| {
+            tracing::warn!(node = %id, "a request to node {id} failed: {e}");
+            let message = format!("node `{id}`, which {role}, could not be reached or stopped answering; {then}");
+            ApiError::new(StatusCode::BAD_GATEWAY, "node_unreachable", message).into_response()
+        })
     }
 
     /// Whether a request carries the cluster secret.
@@ -384,18 +375,9 @@ impl Peers {
         head.headers.insert(TRIGGER_HEADER, http::HeaderValue::from_static(trigger.as_str()));
         head.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
         head.version = http::Version::HTTP_11;
-        match self.client.request(http::Request::from_parts(head, axum::body::Body::from(body))).await {
-            Ok(resp) => resp.map(axum::body::Body::new),
-            Err(e) => {
-                tracing::warn!(node = %worker.id, "forwarding a call of {ns}/{name} failed: {e}");
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "node_unreachable",
-                    format!("node `{}`, which was running this call, could not be reached or stopped answering; call again (it goes to another node once this one is found lost)", worker.id),
-                )
-                .into_response()
-            }
-        }
+        let request = http::Request::from_parts(head, axum::body::Body::from(body));
+        let then = "call again (it goes to another node once this one is found lost)";
+        self.send(&worker.id, request, "was running this call", then).await.map_or_else(|e| e, |r| r.map(axum::body::Body::new))
     }
 }
 
@@ -653,6 +635,8 @@ mod tests {
         NodeInfo { report, state, last_heartbeat: String::new() }
     }
 
+    const SMALL: Resources = Resources { memory_mb: 512, cpu_milli: 500 };
+
     fn members(nodes: Vec<NodeInfo>) -> Arc<Heartbeats> {
         Arc::new(Heartbeats(Mutex::new(Arc::new(nodes))))
     }
@@ -661,21 +645,24 @@ mod tests {
     async fn each_node_computes_its_part_and_hands_it_over_when_draining_or_fenced() {
         let m = members(vec![node("a", NodeState::Ready, Some(1)), node("b", NodeState::Ready, Some(1)), node("c", NodeState::Ready, Some(1))]);
         let spreads: Vec<_> = ["a", "b", "c"].iter().map(|id| ClusterSpread::new(id.to_string(), m.clone())).collect();
-        assert_eq!(spreads.iter().map(|s| s.share("ns", "web", 3, 512)).collect::<Vec<_>>(), [1, 1, 1]);
-        assert_eq!(spreads.iter().map(|s| s.share("ns", "web", 5, 512)).sum::<u32>(), 5);
+        assert_eq!(spreads.iter().map(|s| s.share("ns", "web", 3, SMALL)).collect::<Vec<_>>(), [1, 1, 1]);
+        assert_eq!(spreads.iter().map(|s| s.share("ns", "web", 5, SMALL)).sum::<u32>(), 5);
         assert_eq!(spreads[0].ready_elsewhere("ns", "web"), 2);
         // Too big for every node: nobody's part.
-        assert_eq!(spreads[0].share("ns", "web", 3, 16384), 0);
+        assert_eq!(spreads[0].share("ns", "web", 3, Resources { memory_mb: 16384, cpu_milli: 0 }), 0);
+        assert_eq!(spreads[0].share("ns", "web", 3, Resources { memory_mb: 512, cpu_milli: 8000 }), 0);
+        // Room: the node's cap less what it runs, as it last reported.
+        assert_eq!(spreads[0].room(), 100);
         // c drains (or is lost): a and b share its part; c's is nothing.
         *m.0.lock().unwrap() =
             Arc::new(vec![node("a", NodeState::Ready, Some(1)), node("b", NodeState::Ready, Some(1)), node("c", NodeState::Draining, Some(1))]);
-        assert_eq!(spreads.iter().map(|s| s.share("ns", "web", 3, 512)).collect::<Vec<_>>().iter().sum::<u32>(), 3);
-        assert_eq!(spreads[2].share("ns", "web", 3, 512), 0);
+        assert_eq!(spreads.iter().map(|s| s.share("ns", "web", 3, SMALL)).collect::<Vec<_>>().iter().sum::<u32>(), 3);
+        assert_eq!(spreads[2].share("ns", "web", 3, SMALL), 0);
         // Fenced: nothing here, and what the others run is unknown.
         hangar_bus::nodes::Failover::fenced(&*spreads[0]).await;
-        assert_eq!((spreads[0].share("ns", "web", 3, 512), spreads[0].ready_elsewhere("ns", "web")), (0, u32::MAX));
+        assert_eq!((spreads[0].share("ns", "web", 3, SMALL), spreads[0].ready_elsewhere("ns", "web")), (0, u32::MAX));
         hangar_bus::nodes::Failover::rejoined(&*spreads[0]).await;
-        assert!(spreads[0].share("ns", "web", 3, 512) > 0);
+        assert!(spreads[0].share("ns", "web", 3, SMALL) > 0);
     }
 
     #[tokio::test]

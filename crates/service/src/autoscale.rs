@@ -121,7 +121,7 @@ fn tick(svc: &Arc<Service>, host: &Arc<Host>, scaler: &mut Scaler) {
         crate::NO_MIN => (rev.config.min_instances, rev.config.max_instances),
         min => (min, rev.config.max_instances.max(min)),
     };
-    let (min_here, max_here) = host.bounds(svc, min, max, rev.config.memory_mb, current);
+    let (min_here, max_here) = host.bounds(svc, min, max, &rev.config, current);
     let status = if (min_here, max_here) == (rev.config.min_instances, rev.config.max_instances) {
         decide(scaler, Instant::now(), f64::from(observed + waiting), ready, current, waiting, &rev.config)
     } else {
@@ -129,9 +129,11 @@ fn tick(svc: &Arc<Service>, host: &Arc<Host>, scaler: &mut Scaler) {
         decide(scaler, Instant::now(), f64::from(observed + waiting), ready, current, waiting, &cfg)
     };
     *svc.scaling.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
-    if status.desired > current {
-        tracing::info!(service = %svc.name, from = current, to = status.desired, panic = status.panic, "scaling up");
-        for _ in current..status.desired {
+    // Never past this node's instance cap.
+    let desired_here = status.desired.min(current.saturating_add(host.spread().room()));
+    if desired_here > current {
+        tracing::info!(service = %svc.name, from = current, to = desired_here, panic = status.panic, "scaling up");
+        for _ in current..desired_here {
             slots.push(slot::Slot::spawn(host.clone(), svc.clone(), rev.revision, rev.config.clone(), rev.image.clone(), rev.lower.clone()));
         }
     } else if status.desired < current {

@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use hangar_api::nodes::Resources;
 use hangar_api::services::{ServiceConfig, ServiceInstance};
 use hangar_container::ContainerRuntime;
 use hangar_image::{Image, ImageStore};
@@ -41,23 +42,28 @@ pub use network::{INTERNAL_PORT, Network};
 /// Every node computes its own part from the same heartbeats; a single server runs them all
 /// ([`Alone`]).
 pub trait Spread: Send + Sync + 'static {
-    /// How many of `total` instances of `namespace/name` (of `memory_mb` each) run here.
-    fn share(&self, namespace: &str, name: &str, total: u32, memory_mb: u32) -> u32;
+    /// How many of `total` instances of `namespace/name` (each of `size`) run here.
+    fn share(&self, namespace: &str, name: &str, total: u32, size: Resources) -> u32;
     /// Ready instances of `namespace/name` on the other nodes that take work, as their last
     /// heartbeats said: instances a smaller share no longer asks for stop only once the
     /// others have theirs ready.
     fn ready_elsewhere(&self, namespace: &str, name: &str) -> u32;
+    /// Instances this node may still start (`--max-node-instances` less what it runs).
+    fn room(&self) -> u32;
 }
 
 /// The one node of an embedded server: every instance runs here.
 pub struct Alone;
 
 impl Spread for Alone {
-    fn share(&self, _: &str, _: &str, total: u32, _: u32) -> u32 {
+    fn share(&self, _: &str, _: &str, total: u32, _: Resources) -> u32 {
         total
     }
     fn ready_elsewhere(&self, _: &str, _: &str) -> u32 {
         0
+    }
+    fn room(&self) -> u32 {
+        u32::MAX
     }
 }
 
@@ -180,9 +186,10 @@ impl Host {
     /// The instances of `svc` this node keeps at least and at most, of `min` and `max` in
     /// the whole cluster. Instances its share no longer asks for (a node joined, or this one
     /// drains or is fenced) are kept while the other nodes have fewer ready than theirs.
-    fn bounds(&self, svc: &Service, min: u32, max: u32, memory_mb: u32, current: u32) -> (u32, u32) {
+    fn bounds(&self, svc: &Service, min: u32, max: u32, config: &ServiceConfig, current: u32) -> (u32, u32) {
         let spread = self.spread();
-        let (min_here, max_here) = (spread.share(&svc.namespace, &svc.name, min, memory_mb), spread.share(&svc.namespace, &svc.name, max.max(1), memory_mb));
+        let size = Resources { memory_mb: u64::from(config.memory_mb), cpu_milli: (config.cpus * 1000.0).round() as u64 };
+        let (min_here, max_here) = (spread.share(&svc.namespace, &svc.name, min, size), spread.share(&svc.namespace, &svc.name, max.max(1), size));
         let short = min.saturating_sub(min_here).saturating_sub(spread.ready_elsewhere(&svc.namespace, &svc.name));
         let floor = (min_here + short).min(current.max(min_here));
         (floor, max_here.max(floor))
@@ -651,8 +658,10 @@ impl Services {
         // As many as run now (the autoscaler's count), at least this node's part of min (and
         // `at_least`, so a deploy is seen serving before it returns), at most its part of max.
         let running = svc.slots.lock().unwrap_or_else(|p| p.into_inner()).len() as u32;
-        let (floor, ceiling) = self.host.bounds(svc, config.min_instances, config.max_instances, config.memory_mb, running);
-        let count = running.max(floor).max(at_least).min(ceiling.max(at_least));
+        let (floor, ceiling) = self.host.bounds(svc, config.min_instances, config.max_instances, &config, running);
+        // Never past this node's instance cap (but a deploy's one instance).
+        let room = running.saturating_add(self.host.spread().room());
+        let count = running.max(floor).min(ceiling).min(room).max(at_least);
         let mut fresh = Vec::new();
         for _ in 0..count {
             fresh.push(slot::Slot::spawn(self.host.clone(), svc.clone(), revision, config.clone(), image.clone(), lower.clone()));
