@@ -55,7 +55,7 @@ async fn sequential_ms(client: &reqwest::Client, url: &str) -> Result<Vec<f64>> 
 }
 
 /// Kills of a worker timed until its service instances run elsewhere.
-const KILLS: usize = 3;
+const KILLS: usize = 5;
 
 /// Waits until service `web`, as `seen_by` reports it, has three ready instances spread over
 /// `nodes` nodes.

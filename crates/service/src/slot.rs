@@ -468,6 +468,7 @@ async fn run(
         let tail = shared.tail_text();
         let report = if tail.is_empty() { format!("instance {} {how}", shared.id) } else { format!("instance {} {how}; last output:\n{tail}", shared.id) };
         svc.logs.push(format!("[{}] hangar: {how}", shared.id));
+        tracing::warn!(service = %svc.name, namespace = %svc.namespace, instance = %shared.id, "{how}; starting it again");
         let crash_loop = quick_exits >= 2;
         shared.set(|s| {
             s.restarts += 1;
