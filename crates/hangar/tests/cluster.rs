@@ -550,6 +550,19 @@ async fn a_sandbox_belongs_to_its_node_and_is_marked_failed_when_that_node_is_lo
     assert!(b.ok(&["sandbox", "exec", &id, "--", "sh", "-c", "cat /tmp/in.txt"]).contains("via A"));
     let no_key = reqwest::get(format!("{}/v1/sandboxes/{id}", a.url)).await.unwrap();
     assert_eq!(no_key.status(), 401);
+    // A terminal through A: the WebSocket goes on to B.
+    {
+        use futures::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("{}/v1/sandboxes/{id}/tty", a.url.replacen("http://", "ws://", 1)).into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {}", a.admin_key).parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(Message::Text(json!({"cmd": ["sh"], "cols": 80, "rows": 24}).to_string().into())).await.unwrap();
+        ws.send(Message::Binary(b"cat /tmp/a; exit 4\n".to_vec().into())).await.unwrap();
+        let seen = common::read_until(&mut ws, r#"[{"exit_code":4}]"#).await;
+        assert!(seen.contains("through A"), "{seen}");
+    }
     // Its node dies: once lost, the sandbox is failed, saying why, as any node shows it.
     b.kill();
     let b_id = seen["node"].as_str().unwrap().to_string();

@@ -329,26 +329,6 @@ async fn limits_contain_bombs_and_privileges_do_not_rise() {
     s.ok(&["sandbox", "rm", &bystander]);
 }
 
-/// Reads a terminal's output until it holds `want` (or fails after 20 s); returns all of it.
-async fn read_until<S>(ws: &mut S, want: &str) -> String
-where
-    S: futures::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    use futures::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    let mut seen = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !seen.contains(want) {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
-            Ok(Some(Ok(Message::Text(t)))) => seen.push_str(&format!("[{t}]")),
-            Ok(Some(Ok(_))) => {}
-            other => panic!("waiting for {want:?}: {other:?}; the terminal showed {seen:?}"),
-        }
-    }
-    seen
-}
-
 #[tokio::test]
 async fn interactive_commands_run_on_a_terminal_over_a_websocket() {
     use futures::SinkExt;
@@ -370,23 +350,23 @@ async fn interactive_commands_run_on_a_terminal_over_a_websocket() {
     let (mut ws, _) = connect(ws_url.clone(), Some(s.admin_key.clone())).await.unwrap();
     ws.send(Message::Text(json!({"cmd": ["sh"], "cols": 100, "rows": 30}).to_string().into())).await.unwrap();
     ws.send(Message::Binary(b"stty size; ulimit -u\n".to_vec().into())).await.unwrap();
-    read_until(&mut ws, "30 100\r\n256").await;
+    common::read_until(&mut ws, "30 100\r\n256").await;
     ws.send(Message::Text(json!({"resize": {"cols": 120, "rows": 40}}).to_string().into())).await.unwrap();
     ws.send(Message::Binary(b"stty size\n".to_vec().into())).await.unwrap();
-    read_until(&mut ws, "40 120").await;
+    common::read_until(&mut ws, "40 120").await;
     // Ctrl-C reaches the foreground command, as on any terminal; the shell goes on.
     ws.send(Message::Binary(b"busybox sleep 1000\n".to_vec().into())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     ws.send(Message::Binary(b"\x03".to_vec().into())).await.unwrap();
     ws.send(Message::Binary(b"echo after-$((6*7))\n".to_vec().into())).await.unwrap();
-    read_until(&mut ws, "after-42").await;
+    common::read_until(&mut ws, "after-42").await;
     ws.send(Message::Binary(b"exit 3\n".to_vec().into())).await.unwrap();
-    read_until(&mut ws, r#"[{"exit_code":3}]"#).await;
+    common::read_until(&mut ws, r#"[{"exit_code":3}]"#).await;
 
     // Going away kills the command.
     let (mut ws, _) = connect(ws_url.clone(), Some(s.admin_key.clone())).await.unwrap();
     ws.send(Message::Text(json!({"cmd": ["busybox", "sh", "-c", "echo started; exec busybox sleep 4321"]}).to_string().into())).await.unwrap();
-    read_until(&mut ws, "started").await;
+    common::read_until(&mut ws, "started").await;
     drop(ws);
     common::eventually("the command killed with its terminal", Duration::from_secs(10), || async {
         let (ps, _, _) = exec(&s, &id, &["busybox", "ps"], None).await;
@@ -401,11 +381,11 @@ async fn interactive_commands_run_on_a_terminal_over_a_websocket() {
     assert!(err.to_string().contains("404"), "{err}");
     let (mut ws, _) = connect(ws_url.clone(), Some(s.admin_key.clone())).await.unwrap();
     ws.send(Message::Binary(b"ls\n".to_vec().into())).await.unwrap();
-    let said = read_until(&mut ws, "error").await;
+    let said = common::read_until(&mut ws, "error").await;
     assert!(said.contains("first message must be the command"), "{said}");
     let (mut ws, _) = connect(ws_url.clone(), Some(s.admin_key.clone())).await.unwrap();
     ws.send(Message::Text(json!({"cmd": ["sh"], "cols": 0}).to_string().into())).await.unwrap();
-    let said = read_until(&mut ws, "error").await;
+    let said = common::read_until(&mut ws, "error").await;
     assert!(said.contains("out of range"), "{said}");
 
     // The CLI: `exec -t` with keys from a pipe, the exit code passed on.

@@ -39,7 +39,9 @@ pub struct Network {
     sid: String,
     bridge: String,
     subnet: tokio::sync::OnceCell<[u8; 3]>,
-    used: Mutex<HashSet<u8>>,
+    /// Addresses in use, and the last one handed out (the next search starts after it, so a
+    /// freed address is reused last).
+    used: Mutex<(HashSet<u8>, u8)>,
     ready: tokio::sync::watch::Sender<Option<Ipv4Addr>>,
 }
 
@@ -57,7 +59,7 @@ impl Network {
             sid: sid.to_string(),
             bridge: format!("hgr{sid}"),
             subnet: tokio::sync::OnceCell::new(),
-            used: Mutex::new(HashSet::new()),
+            used: Mutex::new((HashSet::new(), 1)),
             ready: tokio::sync::watch::channel(None).0,
         }
     }
@@ -115,10 +117,16 @@ impl Network {
     }
 
     fn allocate(&self) -> Result<u8, ServiceError> {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let host =
-            (2..=254u8).find(|h| !used.contains(h)).ok_or_else(|| ServiceError::Network("the service bridge has no free address (253 instances)".into()))?;
+        let mut guard = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let (used, last) = &mut *guard;
+        // Hosts 2..=254; the search starts at the one after `last`.
+        let first = (usize::from(*last) + 252) % 253;
+        let host = (0..253)
+            .map(|i| ((first + i) % 253 + 2) as u8)
+            .find(|h| !used.contains(h))
+            .ok_or_else(|| ServiceError::Network("the service bridge has no free address (253 instances)".into()))?;
         used.insert(host);
+        *last = host;
         Ok(host)
     }
 
@@ -140,6 +148,9 @@ impl Network {
         // Host side: ≤ 15 characters.
         let veth = format!("hgv{}{n:x}", &self.sid[..6.min(self.sid.len())]);
         let ipaddr = Ipv4Addr::new(s[0], s[1], s[2], host);
+        // The host may still map this address to an earlier instance's MAC: until that entry
+        // goes stale (up to tens of seconds) nothing would reach the new instance.
+        let _ = ip(&[], &format!("neigh flush to {ipaddr} dev {}\n", self.bridge)).await;
         let result = async {
             ip(&[], &format!("netns add {netns}\nlink add {veth} type veth peer name eth0 netns {netns}\nlink set {veth} master {} up\n", self.bridge)).await?;
             ip(
@@ -162,7 +173,7 @@ impl Network {
     }
 
     fn release(&self, host: u8) {
-        self.used.lock().unwrap_or_else(|p| p.into_inner()).remove(&host);
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).0.remove(&host);
     }
 
     /// Removes an instance's namespace (its veth goes with it) and frees its address.
@@ -170,6 +181,7 @@ impl Network {
         if let Err(e) = ip(&[], &format!("netns del {}\n", a.netns)).await {
             tracing::warn!("removing network namespace {}: {e}", a.netns);
         }
+        let _ = ip(&[], &format!("neigh flush to {} dev {}\n", a.ip, self.bridge)).await;
         // Harmless if it was never there.
         let _ = nft(&format!("delete element inet {} no_egress {{ {} }}\n", self.table(), a.ip)).await;
         self.release(a.ip.octets()[3]);
@@ -210,5 +222,23 @@ impl Network {
         let t = self.table();
         let _ = nft(&format!("add table inet {t}\ndelete table inet {t}\n")).await;
         hangar_container::subnets::release("services", &self.sid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_freed_address_is_handed_out_last() {
+        let n = Network::new("0123456789");
+        assert_eq!((n.allocate().unwrap(), n.allocate().unwrap(), n.allocate().unwrap()), (2, 3, 4));
+        n.release(3);
+        assert_eq!(n.allocate().unwrap(), 5, "not the address just freed");
+        let rest: Vec<u8> = (0..249).map(|_| n.allocate().unwrap()).collect();
+        assert_eq!((rest[0], rest[248]), (6, 254));
+        // Around: the one free address left.
+        assert_eq!(n.allocate().unwrap(), 3);
+        assert!(n.allocate().is_err(), "253 in use");
     }
 }

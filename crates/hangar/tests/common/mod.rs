@@ -310,3 +310,23 @@ pub fn outside(tag: u8) -> Outside {
     std::thread::sleep(Duration::from_millis(300));
     Outside { ns, addr, server }
 }
+
+/// Reads a terminal's output until it holds `want` (or fails after 20 s); returns all of it.
+pub async fn read_until<S>(ws: &mut S, want: &str) -> String
+where
+    S: futures::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !seen.contains(want) {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Some(Ok(Message::Text(t)))) => seen.push_str(&format!("[{t}]")),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("waiting for {want:?}: {other:?}; the terminal showed {seen:?}"),
+        }
+    }
+    seen
+}
