@@ -7,5 +7,5 @@
 pub mod queue;
 pub mod triggers;
 
-pub use queue::{AsyncQueue, EventsError, QueueLimits, ServiceSink, SinkError, Target};
+pub use queue::{AsyncQueue, EventsError, Placement, QueueLimits, ServiceSink, SinkError, Target, read_kept};
 pub use triggers::{EventMeta, Schedule, Triggers};

@@ -104,6 +104,21 @@ pub trait ServiceSink: Send + Sync + 'static {
     ) -> Result<(http::StatusCode, Bytes), SinkError>;
 }
 
+/// Where a function's attempt runs in a cluster: placement may send it to another node.
+#[async_trait::async_trait]
+pub trait Placement: Send + Sync + 'static {
+    /// Runs the attempt (`payload`, the event's id as its Lambda request id) on another node
+    /// when placement says so, and returns its invocation id, status and answer; `None`: it
+    /// runs here.
+    async fn run_elsewhere(
+        &self,
+        slot: &hangar_scheduler::Slot,
+        request_id: &str,
+        payload: Bytes,
+        content_type: Option<&str>,
+    ) -> Option<(Option<String>, http::StatusCode, Bytes)>;
+}
+
 /// How much of a failed attempt's answer goes into the destination record.
 const MAX_RESPONSE_KEPT: usize = 256 * 1024;
 /// Most events taken off the due list per dispatcher round.
@@ -120,6 +135,8 @@ pub struct AsyncQueue {
 struct Inner {
     scheduler: Arc<Scheduler>,
     services: std::sync::OnceLock<Arc<dyn ServiceSink>>,
+    /// In a cluster: where functions' attempts run.
+    placement: std::sync::OnceLock<Arc<dyn Placement>>,
     /// The writers; an event's writes all go to one of them (by its id), in order.
     writes: Vec<mpsc::UnboundedSender<Write>>,
     state: Mutex<State>,
@@ -171,6 +188,7 @@ impl AsyncQueue {
         let inner = Arc::new(Inner {
             scheduler,
             services: std::sync::OnceLock::new(),
+            placement: std::sync::OnceLock::new(),
             writes,
             state: Mutex::default(),
             wake: Notify::new(),
@@ -200,6 +218,11 @@ impl AsyncQueue {
     /// Where events for services go (once the gateway exists).
     pub fn set_service_sink(&self, sink: Arc<dyn ServiceSink>) {
         let _ = self.inner.services.set(sink);
+    }
+
+    /// Lets placement send functions' attempts to other nodes (a cluster).
+    pub fn set_placement(&self, placement: Arc<dyn Placement>) {
+        let _ = self.inner.placement.set(placement);
     }
 
     /// Starts running due events.
@@ -506,18 +529,24 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
             if let Some(too_old) = too_old(&rec, &cfg, started_ms) {
                 return inner.give_up(rec, "EventAgeExceeded", too_old, Some(&cfg), None).await;
             }
-            let mut request = http::Request::new(hangar_runtime::full(Bytes::from(rec.payload.clone())));
-            *request.method_mut() = http::Method::POST;
-            // Every attempt of the event is the same Lambda request.
-            request.extensions_mut().insert(hangar_runtime::RequestId(rec.id.clone()));
-            if let Some(v) = rec.content_type.as_deref().and_then(|c| http::HeaderValue::from_str(c).ok()) {
-                request.headers_mut().insert(http::header::CONTENT_TYPE, v);
+            if let Some(placement) = inner.placement.get()
+                && let Some(tried) = placement.run_elsewhere(&slot, &rec.id, Bytes::from(rec.payload.clone()), rec.content_type.as_deref()).await
+            {
+                (cfg, tried)
+            } else {
+                let mut request = http::Request::new(hangar_runtime::full(Bytes::from(rec.payload.clone())));
+                *request.method_mut() = http::Method::POST;
+                // Every attempt of the event is the same Lambda request.
+                request.extensions_mut().insert(hangar_runtime::RequestId(rec.id.clone()));
+                if let Some(v) = rec.content_type.as_deref().and_then(|c| http::HeaderValue::from_str(c).ok()) {
+                    request.headers_mut().insert(http::header::CONTENT_TYPE, v);
+                }
+                let (invocation_id, response) = inner.scheduler.invoke(&slot, request, Trigger::Async).await;
+                let status = response.status();
+                // Reading to the end also lets the invocation finish and be recorded.
+                let body = read_kept(response.into_body()).await;
+                (cfg, (Some(invocation_id), status, body))
             }
-            let (invocation_id, response) = inner.scheduler.invoke(&slot, request, Trigger::Async).await;
-            let status = response.status();
-            // Reading to the end also lets the invocation finish and be recorded.
-            let body = read_kept(response.into_body()).await;
-            (cfg, (Some(invocation_id), status, body))
         }
         TargetKind::Service => {
             // Services have no policy of their own: Lambda's defaults.
@@ -573,7 +602,7 @@ fn too_old(rec: &AsyncRecord, cfg: &AsyncConfig, now: i64) -> Option<String> {
 }
 
 /// Reads a response body to its end, keeping its first [`MAX_RESPONSE_KEPT`] bytes.
-async fn read_kept(mut body: hangar_runtime::Body) -> Bytes {
+pub async fn read_kept<B: http_body::Body<Data = Bytes> + Unpin>(mut body: B) -> Bytes {
     let mut kept = Vec::new();
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else { break };

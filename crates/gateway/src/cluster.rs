@@ -38,6 +38,9 @@ const ALLOWED_HEADER: &str = "x-hangar-allowed";
 /// The header that says a service request was sent on a second time (its first node had no
 /// ready instance after all): the node that gets it serves it, never sends it on.
 const HOP_HEADER: &str = "x-hangar-hop";
+/// The header that carries an async attempt's Lambda request id (the event's id) to the node
+/// that runs it.
+const REQUEST_ID_HEADER: &str = "x-hangar-request-id";
 /// The header that says how the forwarded call was triggered.
 const TRIGGER_HEADER: &str = "x-hangar-trigger";
 /// How long a node may take to answer a forwarded call's head (its own timeout bounds the rest).
@@ -383,6 +386,41 @@ impl Peers {
 
 use axum::response::IntoResponse as _;
 
+/// Where asynchronous attempts of functions run in a cluster: placed like any call (a gateway
+/// node runs none itself), on another node through `/_hangar/fn/…`.
+pub struct AsyncPlacement(pub Arc<Peers>);
+
+#[async_trait::async_trait]
+impl hangar_events::Placement for AsyncPlacement {
+    async fn run_elsewhere(
+        &self,
+        slot: &hangar_scheduler::Slot,
+        request_id: &str,
+        payload: Bytes,
+        content_type: Option<&str>,
+    ) -> Option<(Option<String>, StatusCode, Bytes)> {
+        let worker = match self.0.route(slot) {
+            Route::Here => return None,
+            Route::There(worker) => worker,
+            // Throttled: tried again soon, without using up a retry.
+            Route::Nowhere => return Some((None, StatusCode::TOO_MANY_REQUESTS, Bytes::from_static(b"no worker has room for this function now"))),
+        };
+        let d = slot.deployment();
+        let mut req = http::Request::post("/").body(()).ok()?;
+        if let Ok(v) = http::HeaderValue::from_str(request_id) {
+            req.headers_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        if let Some(v) = content_type.and_then(|c| http::HeaderValue::from_str(c).ok()) {
+            req.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+        let (head, ()) = req.into_parts();
+        let resp = self.0.forward(&worker, &d.namespace, &d.name, head, payload, Trigger::Async).await;
+        let invocation = resp.headers().get(hangar_api::INVOCATION_ID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let status = resp.status();
+        Some((invocation, status, hangar_events::read_kept(resp.into_body()).await))
+    }
+}
+
 /// Queued events for services in a cluster: delivered as a request through this node would be
 /// (an instance here if one is ready, else a node that has one), without a key.
 pub struct ClusterSink(pub std::sync::Weak<crate::Shared>);
@@ -589,6 +627,10 @@ pub async fn run_here(State(state): State<AppState>, req: Request) -> Result<Res
     let (mut head, body) = req.into_parts();
     head.headers.remove(SECRET_HEADER);
     head.headers.remove(TRIGGER_HEADER);
+    // An async attempt: every attempt of the event is the same Lambda request.
+    if let Some(id) = head.headers.remove(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok().map(str::to_string)) {
+        head.extensions.insert(hangar_runtime::RequestId(id));
+    }
     head.uri = target.parse().map_err(|_| ApiError::bad_request("invalid_path", "the request path is not a valid URI"))?;
     crate::invoke::invoke_here(&state, &slot, head, body, trigger).await
 }

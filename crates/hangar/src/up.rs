@@ -266,6 +266,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         peers,
         members,
     });
+    // In a cluster, functions' attempts are placed like calls.
+    if let Some(p) = &state.peers {
+        async_queue.set_placement(Arc::new(hangar_gateway::cluster::AsyncPlacement(p.clone())));
+    }
     // Queued events reach services here, or in a cluster through the node that runs them.
     match (&state.peers, &services) {
         (Some(_), _) => async_queue.set_service_sink(Arc::new(hangar_gateway::cluster::ClusterSink(state.downgrade()))),

@@ -272,6 +272,26 @@ async fn a_gateway_places_calls_on_workers_and_moves_off_a_dead_one() {
     })
     .await;
 
+    // Asynchronous calls accepted by the gateway run on the workers too.
+    for i in 0..10 {
+        let r = gateway
+            .http()
+            .post(format!("{}/v1/functions/hello/invoke?async=true", gateway.url))
+            .bearer_auth(&gateway.admin_key)
+            .body(format!("a{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    eventually("10 async calls to succeed", Duration::from_secs(20), || async {
+        let v: Value = gateway.get("/v1/async-invocations?target=hello&state=succeeded").send().await.unwrap().json().await.unwrap();
+        let n = v["items"].as_array().unwrap().len();
+        if n == 10 { Ok(()) } else { Err(format!("{n} succeeded")) }
+    })
+    .await;
+    assert_eq!(ran_here(&gateway, "hello").await, 0.0, "the gateway ran none of them");
+
     // Node-to-node routes take only the cluster secret; without it they do not exist.
     let forged = gateway.http().post(format!("{}/_hangar/fn/default/hello/", worker.url)).header("x-hangar-cluster-secret", "guess").send().await.unwrap();
     assert_eq!(forged.status(), 404);
