@@ -548,7 +548,8 @@ async fn a_sandbox_belongs_to_its_node_and_is_marked_failed_when_that_node_is_lo
     let mut b = cluster.join_as(&a, "worker");
     let image = tempfile::tempdir().unwrap();
     let layout = common::oci::busybox_httpd(image.path(), "img", &[]);
-    b.ok(&["image", "import", &layout, "--name", "sb/busybox:1"]);
+    // Imported through A, made on B: B fetches the image from A.
+    a.ok(&["image", "import", &layout, "--name", "sb/busybox:1"]);
     let id = b.ok(&["sandbox", "create", "--image", "sb/busybox:1", "--memory", "256"]).trim().to_string();
     let get = |s: &Server, id: &str| {
         let (url, key, id) = (s.url.clone(), s.admin_key.clone(), id.to_string());

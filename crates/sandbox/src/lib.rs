@@ -255,7 +255,8 @@ impl Sandboxes {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(SandboxError::Unavailable("the server is shutting down; create the sandbox once it is back".into()));
         }
-        let image = self.inner.images.get(namespace, &config.image).ok_or_else(|| {
+        // In a cluster, an image imported through another node comes from there.
+        let image = self.inner.images.get_or_fetch(namespace, &config.image).await.map_err(|_| {
             SandboxError::Invalid(format!(
                 "image `{}` is not in namespace `{namespace}`'s image store; import or pull it first (`hangar image pull`)",
                 config.image
