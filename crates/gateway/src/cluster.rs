@@ -69,6 +69,49 @@ pub struct Node {
     pub address: String,
 }
 
+/// The services the cluster has, and whether each is public: how a node that does not run a
+/// service (yet) answers for it without reading the store per request. Follows the store
+/// through the bus.
+pub struct ServiceDirectory {
+    store: Arc<dyn hangar_store::Store>,
+    public: std::sync::RwLock<std::collections::HashMap<(String, String), bool>>,
+}
+
+impl ServiceDirectory {
+    pub fn new(store: Arc<dyn hangar_store::Store>) -> Arc<ServiceDirectory> {
+        Arc::new(ServiceDirectory { store, public: Default::default() })
+    }
+
+    /// Whether `namespace/name` is public; `None` if there is no such service.
+    pub fn public(&self, namespace: &str, name: &str) -> Option<bool> {
+        self.public.read().unwrap_or_else(|p| p.into_inner()).get(&(namespace.to_string(), name.to_string())).copied()
+    }
+}
+
+#[async_trait::async_trait]
+impl hangar_bus::Subscriber for ServiceDirectory {
+    async fn apply(&self, change: &hangar_bus::Change) {
+        match change {
+            hangar_bus::Change::Service { namespace, name } => {
+                let key = (namespace.clone(), name.clone());
+                match self.store.get_service(namespace, name).await {
+                    Ok(Some(row)) => _ = self.public.write().unwrap_or_else(|p| p.into_inner()).insert(key, row.config.public),
+                    Ok(None) => _ = self.public.write().unwrap_or_else(|p| p.into_inner()).remove(&key),
+                    Err(e) => tracing::error!("reading service {namespace}/{name} failed ({e}); the directory keeps what it had"),
+                }
+            }
+            hangar_bus::Change::Everything => match self.store.list_services(None).await {
+                Ok(rows) => {
+                    let all = rows.into_iter().map(|r| ((r.namespace, r.name), r.config.public)).collect();
+                    *self.public.write().unwrap_or_else(|p| p.into_inner()) = all;
+                }
+                Err(e) => tracing::error!("reading the services failed ({e}); the directory keeps what it had"),
+            },
+            _ => {}
+        }
+    }
+}
+
 /// This node's view of the others, and how it calls them.
 pub struct Peers {
     me: String,
@@ -79,6 +122,8 @@ pub struct Peers {
     client: Client<HttpConnector, axum::body::Body>,
     /// Turns between the nodes that have a service's instances ready.
     turn: std::sync::atomic::AtomicUsize,
+    /// The cluster's services, for requests this node cannot serve itself.
+    pub directory: Arc<ServiceDirectory>,
 }
 
 fn hash(secret: &[u8]) -> [u8; 32] {
@@ -194,7 +239,7 @@ fn placement_of(nodes: &[NodeInfo], me: &str) -> Placement {
 }
 
 impl Peers {
-    pub fn new(me: String, secret: String, members: Arc<dyn hangar_bus::Membership>) -> Arc<Peers> {
+    pub fn new(me: String, secret: String, members: Arc<dyn hangar_bus::Membership>, directory: Arc<ServiceDirectory>) -> Arc<Peers> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -209,6 +254,7 @@ impl Peers {
             cache: Mutex::new((snapshot, placement)),
             client,
             turn: Default::default(),
+            directory,
         })
     }
 
@@ -710,7 +756,9 @@ mod tests {
     #[tokio::test]
     async fn service_requests_go_to_other_nodes_with_a_ready_instance_else_to_the_first_of_the_spread() {
         let m = members(vec![node("a", NodeState::Ready, Some(2)), node("b", NodeState::Ready, Some(0)), node("c", NodeState::Lost, Some(3))]);
-        let peers = Peers::new("a".into(), "0123456789abcdef".into(), m.clone());
+        let store: Arc<dyn hangar_store::Store> = Arc::new(hangar_store_sqlite::SqliteStore::in_memory().unwrap());
+        let directory = ServiceDirectory::new(store);
+        let peers = Peers::new("a".into(), "0123456789abcdef".into(), m.clone(), directory.clone());
         // a's own report says 2 ready, but a asks because it has none now; c's 3 are lost with
         // it: the first of the spread over a and b.
         let first = ["a", "b"][hangar_scheduler::placement::spread_order("ns", "web", 2).next().unwrap()];
@@ -719,7 +767,7 @@ mod tests {
             ServiceRoute::There(n) => assert_eq!(n.id, first),
             ServiceRoute::Nowhere => panic!("nowhere"),
         }
-        let b = Peers::new("b".into(), "0123456789abcdef".into(), m.clone());
+        let b = Peers::new("b".into(), "0123456789abcdef".into(), m.clone(), directory);
         for _ in 0..4 {
             assert!(matches!(b.service_route("ns", "web"), ServiceRoute::There(n) if n.id == "a"));
         }

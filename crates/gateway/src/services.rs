@@ -242,20 +242,36 @@ pub(crate) async fn reach_in_cluster(
         return serve_local(state, req, ns, name, rest, allowed, Some(endpoint)).await;
     }
     let route = if may_forward { peers.service_route(ns, name) } else { ServiceRoute::Here };
-    let svc = match (route, svc) {
-        (ServiceRoute::There(node), _) => return Ok(peers.forward_service(&node, ns, name, req, rest, allowed).await),
-        // Not known here: as if it did not exist (or, without access, whatever that caller gets).
-        (_, None) => return serve_local(state, req, ns, name, rest, allowed, None).await,
-        (_, Some(svc)) => svc,
+    if let ServiceRoute::There(node) = route {
+        return Ok(peers.forward_service(&node, ns, name, req, rest, allowed).await);
+    }
+    // Not running here (a gateway, or a deploy this node has not applied yet): known to the
+    // cluster, it is waited for below like one starting here.
+    let public = match &svc {
+        Some(s) => Some(s.config.read().unwrap_or_else(|p| p.into_inner()).public),
+        None => peers.directory.public(ns, name),
     };
     if !allowed {
-        authorize(state, &req, Some(&svc), ns, name)?;
+        authorize(state, &req, public, ns, name)?;
     }
-    let wait = Duration::from_millis(svc.config.read().unwrap_or_else(|p| p.into_inner()).readiness.timeout_ms);
+    if public.is_none() {
+        return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
+    }
+    let wait = Duration::from_millis(
+        svc.as_ref().map_or(hangar_api::services::Probe::default().timeout_ms, |s| s.config.read().unwrap_or_else(|p| p.into_inner()).readiness.timeout_ms),
+    );
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if let Some(endpoint) = svc.wait_ready(left.min(Duration::from_millis(200))).await {
+        let step = left.min(Duration::from_millis(200));
+        let ready = match &svc {
+            Some(s) => s.wait_ready(step).await,
+            None => {
+                tokio::time::sleep(step).await;
+                None
+            }
+        };
+        if let Some(endpoint) = ready {
             return serve_local(state, req, ns, name, rest, true, Some(endpoint)).await;
         }
         if left.is_zero() {
@@ -281,7 +297,7 @@ pub(crate) async fn serve_local(
 ) -> Result<Response, ApiError> {
     let svc = state.services.as_ref().and_then(|s| s.get(ns, name));
     if !allowed {
-        authorize(state, &req, svc.as_deref(), ns, name)?;
+        authorize(state, &req, svc.as_deref().map(|s| s.config.read().unwrap_or_else(|p| p.into_inner()).public), ns, name)?;
     }
     let Some(svc) = svc else {
         return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
@@ -293,11 +309,11 @@ pub(crate) async fn serve_local(
 
 /// Lets the request through if the service is public or the caller's key covers its
 /// namespace; a caller without access learns nothing about which services exist.
-fn authorize(state: &AppState, req: &Request, svc: Option<&hangar_service::Service>, ns: &str, name: &str) -> Result<(), ApiError> {
-    let public = svc.is_some_and(|s| s.config.read().unwrap_or_else(|p| p.into_inner()).public);
-    if !public {
+/// `public`: whether the service is public, `None` if there is no such service.
+fn authorize(state: &AppState, req: &Request, public: Option<bool>, ns: &str, name: &str) -> Result<(), ApiError> {
+    if public != Some(true) {
         let principal = Credentials::from_headers(req.headers(), &state.keys).require()?;
-        if !principal.can_access(ns) || svc.is_none() {
+        if !principal.can_access(ns) || public.is_none() {
             return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
         }
     }
@@ -311,7 +327,8 @@ pub async fn host_routes(State(state): State<AppState>, req: Request, next: axum
         return next.run(req).await;
     };
     let (ns, name) = (svc.namespace.clone(), svc.name.clone());
-    if let Err(e) = authorize(&state, &req, Some(&svc), &ns, &name) {
+    let public = svc.config.read().unwrap_or_else(|p| p.into_inner()).public;
+    if let Err(e) = authorize(&state, &req, Some(public), &ns, &name) {
         return e.into_response();
     }
     let rest = req.uri().path().to_string();

@@ -240,7 +240,12 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         Some(c) => c.clone(),
         None => hangar_bus::LocalMembership::new(report),
     };
-    let peers = secret.map(|s| hangar_gateway::cluster::Peers::new(node_id.clone(), s, members.clone()));
+    let peers = secret.map(|s| {
+        // The cluster's services, for requests for those this node does not run (yet).
+        let directory = hangar_gateway::cluster::ServiceDirectory::new(store.clone());
+        bus.subscribe(directory.clone());
+        hangar_gateway::cluster::Peers::new(node_id.clone(), s, members.clone(), directory)
+    });
     if let Some(p) = &peers {
         // Images deployed through another node are fetched from there.
         images.set_source(Arc::new(hangar_gateway::cluster::PeerImages { peers: p.clone(), max_bytes: opts.limits.max_image_bytes }));

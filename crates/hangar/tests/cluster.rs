@@ -304,8 +304,14 @@ async fn a_gateway_places_calls_on_workers_and_moves_off_a_dead_one() {
     // one instance each, and is reached through the gateway.
     let work = tempfile::tempdir().unwrap();
     gateway.ok(&["image", "import", &web_image(work.path(), "v1"), "--name", "web:v1"]);
-    let out = gateway.ok(&["svc", "deploy", "web", "--image", "web:v1", "--min", "2"]);
+    let out = gateway.ok(&["svc", "deploy", "web", "--image", "web:v1", "--min", "2", "--public"]);
     assert!(out.contains("created default/web revision 1"), "{out}");
+    // At once, before any heartbeat shows where it runs: the gateway knows the service (and
+    // that it is public) and waits for a node with it; a service nobody has is 404 at once.
+    let r = gateway.http().get(format!("{}/svc/default/web/", gateway.url)).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, "v1".to_string()));
+    let r = gateway.get("/svc/default/nothing/").send().await.unwrap();
+    assert_eq!(r.status(), 404);
     spread_ready(&gateway, "web", 2, 2, Duration::from_secs(30)).await;
     for _ in 0..4 {
         assert_eq!(gateway.get("/svc/default/web/").send().await.unwrap().text().await.unwrap(), "v1");
