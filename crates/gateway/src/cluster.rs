@@ -209,6 +209,22 @@ impl hangar_bus::nodes::Failover for ClusterSpread {
     }
 }
 
+/// A node's answer, passed on; an upgrade it agreed to (101, e.g. a WebSocket) joins the
+/// caller's connection to the node's once both sides are upgraded.
+fn bridge(client_side: Option<hyper::upgrade::OnUpgrade>, mut resp: http::Response<hyper::body::Incoming>) -> Response {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_side) = client_side
+    {
+        let node_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(a), Ok(b)) = (client_side.await, node_side.await) {
+                let _ = tokio::io::copy_bidirectional(&mut hyper_util::rt::TokioIo::new(a), &mut hyper_util::rt::TokioIo::new(b)).await;
+            }
+        });
+    }
+    resp.map(axum::body::Body::new)
+}
+
 /// A heartbeat snapshot as placement sees it.
 fn placement_of(nodes: &[NodeInfo], me: &str) -> Placement {
     use hangar_api::nodes::NodeState;
@@ -325,9 +341,13 @@ impl Peers {
             head.headers.insert(ALLOWED_HEADER, http::HeaderValue::from_static("1"));
         }
         head.version = http::Version::HTTP_11;
-        let request = http::Request::from_parts(head, body);
+        let mut request = http::Request::from_parts(head, body);
+        let upgrade = request.headers().contains_key(http::header::UPGRADE).then(|| hyper::upgrade::on(&mut request));
         let then = "send the request again (it goes to another node)";
-        self.send(id, request, "runs this service's instance", then).await.map_or_else(|e| e, |r| r.map(axum::body::Body::new))
+        match self.send(id, request, "runs this service's instance", then).await {
+            Ok(resp) => bridge(upgrade, resp),
+            Err(unreachable) => unreachable,
+        }
     }
 
     /// Another node that runs instances (ready; for services, one that runs services), for an
@@ -360,21 +380,10 @@ impl Peers {
         req.headers_mut().remove(http::header::HOST);
         *req.version_mut() = http::Version::HTTP_11;
         let upgrade = req.headers().contains_key(http::header::UPGRADE).then(|| hyper::upgrade::on(&mut req));
-        let mut resp = match self.send(&node.id, req, "runs this", "send it again").await {
-            Ok(resp) => resp,
-            Err(unreachable) => return unreachable,
-        };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_side) = upgrade
-        {
-            let node_side = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                if let (Ok(a), Ok(b)) = (client_side.await, node_side.await) {
-                    let _ = tokio::io::copy_bidirectional(&mut hyper_util::rt::TokioIo::new(a), &mut hyper_util::rt::TokioIo::new(b)).await;
-                }
-            });
+        match self.send(&node.id, req, "runs this", "send it again").await {
+            Ok(resp) => bridge(upgrade, resp),
+            Err(unreachable) => unreachable,
         }
-        resp.map(axum::body::Body::new)
     }
 
     /// Sends an API call, with the caller's own credentials, to `node` and its answer back.

@@ -313,6 +313,10 @@ async fn a_gateway_places_calls_on_workers_and_moves_off_a_dead_one() {
     let r = gateway.get("/svc/default/nothing/").send().await.unwrap();
     assert_eq!(r.status(), 404);
     spread_ready(&gateway, "web", 2, 2, Duration::from_secs(30)).await;
+    // An upgrade (as a WebSocket) through the gateway reaches the instance on a worker.
+    gateway.ok(&["image", "import", common::oci::backend_image(work.path()).to_str().unwrap(), "--name", "backend:1"]);
+    gateway.ok(&["svc", "deploy", "echo", "--image", "backend:1"]);
+    common::upgrade_echoes(&gateway.url, &gateway.admin_key, "/svc/default/echo/").await;
     for _ in 0..4 {
         assert_eq!(gateway.get("/svc/default/web/").send().await.unwrap().text().await.unwrap(), "v1");
     }

@@ -414,24 +414,11 @@ async fn an_instance_failing_its_liveness_checks_is_replaced() {
     assert_eq!(get(&s, "/svc/default/h/cgi-bin/health").await, (200, "healthy\n".into()));
 }
 
-/// The test backend (bench/svc-backend), built static for the host by the test.
-fn backend_image(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/svc-backend/main.rs");
-    let bin = dir.join("svc-backend");
-    let out = Command::new("rustc").args(["-O", "--edition", "2021", "-C", "target-feature=+crt-static"]).arg(&src).arg("-o").arg(&bin).output().unwrap();
-    assert!(out.status.success(), "building the test backend: {}", String::from_utf8_lossy(&out.stderr));
-    let body = std::fs::read(&bin).unwrap();
-    let layout = dir.join("backend");
-    oci_layout(&layout, &[layer(&[("server", &body, 0o755)])], json!({"Entrypoint": ["/server"], "ExposedPorts": {"8080/tcp": {}}}), None);
-    layout
-}
-
 #[tokio::test]
 async fn responses_stream_and_upgrades_pass_through() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = Server::start();
     let work = tempfile::tempdir().unwrap();
-    s.ok(&["image", "import", backend_image(work.path()).to_str().unwrap(), "--name", "backend:1"]);
+    s.ok(&["image", "import", common::oci::backend_image(work.path()).to_str().unwrap(), "--name", "backend:1"]);
     s.ok(&["svc", "deploy", "echo", "--image", "backend:1"]);
 
     // Streaming: the first chunk arrives while the backend is still writing the others.
@@ -452,23 +439,7 @@ async fn responses_stream_and_upgrades_pass_through() {
     assert!(all_at >= first_at + Duration::from_millis(400), "the response was buffered: first chunk at {first_at:?}, end at {all_at:?}");
 
     // An upgrade (as WebSocket uses): 101 through the gateway, then bytes both ways.
-    let mut conn = tokio::net::TcpStream::connect(s.url.trim_start_matches("http://")).await.unwrap();
-    let req = format!("GET /svc/default/echo/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n", s.admin_key);
-    conn.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        assert_eq!(conn.read(&mut b).await.unwrap(), 1, "the connection closed: {}", String::from_utf8_lossy(&head));
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    for msg in ["ping", "and more bytes"] {
-        conn.write_all(msg.as_bytes()).await.unwrap();
-        let mut buf = vec![0u8; msg.len()];
-        conn.read_exact(&mut buf).await.unwrap();
-        assert_eq!(buf, msg.as_bytes());
-    }
+    common::upgrade_echoes(&s.url, &s.admin_key, "/svc/default/echo/").await;
 }
 
 #[tokio::test]

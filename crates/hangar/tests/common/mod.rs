@@ -330,3 +330,26 @@ where
     }
     seen
 }
+
+/// Asks for an upgrade at `path` (the `echo` protocol of bench/svc-backend) with a raw
+/// connection: the answer must be 101, then every byte sent comes back.
+pub async fn upgrade_echoes(url: &str, key: &str, path: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(url.trim_start_matches("http://")).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(conn.read(&mut b).await.unwrap(), 1, "the connection closed: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in ["ping", "and more bytes"] {
+        conn.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        conn.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+}

@@ -1,7 +1,8 @@
 //! Test images built from local files: layers as tars, written as an OCI image layout (the
 //! format `skopeo` and `docker save` write) or as an old-style `docker save` archive.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -148,4 +149,16 @@ pub fn busybox_httpd(dir: &Path, name: &str, www: &[Entry]) -> String {
 pub fn sink_image(dir: &std::path::Path) -> String {
     let cgi = b"#!/bin/busybox sh\necho Content-Type: text/plain\necho\nif [ \"$REQUEST_METHOD\" = POST ]; then /bin/busybox head -c \"$CONTENT_LENGTH\" >> /tmp/events; echo >> /tmp/events; echo kept; else cat /tmp/events 2>/dev/null; fi\n";
     busybox_httpd(dir, "sink", &[("www/cgi-bin/events", cgi, 0o755)])
+}
+
+/// The test backend (bench/svc-backend), built static for the host by the test.
+pub fn backend_image(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/svc-backend/main.rs");
+    let bin = dir.join("svc-backend");
+    let out = Command::new("rustc").args(["-O", "--edition", "2021", "-C", "target-feature=+crt-static"]).arg(&src).arg("-o").arg(&bin).output().unwrap();
+    assert!(out.status.success(), "building the test backend: {}", String::from_utf8_lossy(&out.stderr));
+    let body = std::fs::read(&bin).unwrap();
+    let layout = dir.join("backend");
+    oci_layout(&layout, &[layer(&[("server", &body, 0o755)])], json!({"Entrypoint": ["/server"], "ExposedPorts": {"8080/tcp": {}}}), None);
+    layout
 }
