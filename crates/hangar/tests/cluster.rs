@@ -71,6 +71,16 @@ async fn node_in_state(seen_by: &Server, id: &str, state: &str, within: Duration
     .await;
 }
 
+/// Waits until `s` lists `n` succeeded asynchronous invocations of `target`.
+async fn all_succeeded(s: &Server, target: &str, n: usize, within: Duration) {
+    eventually(&format!("{n} events of {target} to succeed"), within, || async {
+        let v: Value = s.get(&format!("/v1/async-invocations?target={target}&state=succeeded&limit=1000")).send().await.unwrap().json().await.unwrap();
+        let done = v["items"].as_array().unwrap().len();
+        if done == n { Ok(()) } else { Err(format!("{done} succeeded")) }
+    })
+    .await;
+}
+
 async fn call(s: &Server, path: &str, body: &str) -> (u16, String) {
     let r = s.http().post(format!("{}{path}", s.url)).body(body.to_string()).send().await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap().trim_end().to_string())
@@ -284,12 +294,7 @@ async fn a_gateway_places_calls_on_workers_and_moves_off_a_dead_one() {
             .unwrap();
         assert_eq!(r.status(), 202);
     }
-    eventually("10 async calls to succeed", Duration::from_secs(20), || async {
-        let v: Value = gateway.get("/v1/async-invocations?target=hello&state=succeeded").send().await.unwrap().json().await.unwrap();
-        let n = v["items"].as_array().unwrap().len();
-        if n == 10 { Ok(()) } else { Err(format!("{n} succeeded")) }
-    })
-    .await;
+    all_succeeded(&gateway, "hello", 10, Duration::from_secs(20)).await;
     assert_eq!(ran_here(&gateway, "hello").await, 0.0, "the gateway ran none of them");
 
     // Node-to-node routes take only the cluster secret; without it they do not exist.
@@ -421,12 +426,7 @@ async fn a_killed_nodes_events_run_elsewhere_and_keys_hold_across_nodes() {
     }
     assert_eq!(ids.len(), 1000);
     // Every accepted event completes, B's stranded ones too: A takes them over once B is lost.
-    eventually("all 1,000 events to succeed", Duration::from_secs(120), || async {
-        let v: Value = a.get("/v1/async-invocations?target=hello&state=succeeded&limit=1000").send().await.unwrap().json().await.unwrap();
-        let done = v["items"].as_array().unwrap().len();
-        if done == 1000 { Ok(()) } else { Err(format!("{done} succeeded")) }
-    })
-    .await;
+    all_succeeded(&a, "hello", 1000, Duration::from_secs(120)).await;
     drop(cluster);
 }
 
@@ -707,12 +707,7 @@ async fn a_node_cut_off_from_the_bus_hands_back_what_was_taken_over() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     relay.set_cut(false);
-    eventually("every event to succeed", Duration::from_secs(60), || async {
-        let v: Value = a.get("/v1/async-invocations?target=slow&state=succeeded&limit=1000").send().await.unwrap().json().await.unwrap();
-        let n = v["items"].as_array().unwrap().len();
-        if n == ids.len() { Ok(()) } else { Err(format!("{n} succeeded")) }
-    })
-    .await;
+    all_succeeded(&a, "slow", ids.len(), Duration::from_secs(60)).await;
     // Each ran once, but for what B was running when it was cut (one at a time); B, fenced
     // before A took over, started nothing more, and dropped what A took: never its backlog twice.
     tokio::time::sleep(Duration::from_secs(2)).await;
