@@ -245,7 +245,7 @@ impl Control {
             // Not this node's: one whose node was lost (the live ones' calls go to their node)
             // is only a record now.
             Err(e @ (hangar_sandbox::SandboxError::NotFound(_) | hangar_sandbox::SandboxError::Unavailable(_))) => {
-                let stored = self.store.list_sandboxes().await?.into_iter().find(|s| s.id == id && s.namespace == ns);
+                let stored = self.store.get_sandbox(id).await?.filter(|s| s.namespace == ns);
                 match stored {
                     Some(s) if s.state == hangar_api::sandboxes::SandboxState::Failed => {
                         self.store.delete_sandbox(id).await?;

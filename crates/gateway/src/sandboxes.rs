@@ -99,8 +99,8 @@ pub async fn at_owner(State(state): State<AppState>, req: Request, next: axum::m
     if let Err(e) = crate::auth::Credentials::from_headers(req.headers(), &state.keys).require() {
         return e.into_response();
     }
-    let owner = match state.store.list_sandboxes().await {
-        Ok(all) => all.into_iter().find(|s| s.id == id).and_then(|s| s.node),
+    let owner = match state.store.get_sandbox(&id).await {
+        Ok(found) => found.and_then(|s| s.node),
         Err(e) => return ApiError::from(e).into_response(),
     };
     match owner.and_then(|n| peers.node(&n)) {
@@ -121,7 +121,7 @@ pub async fn get(
     let ns = p.scope(q.namespace.as_deref())?;
     match (sandboxes(&state).and_then(|s| Ok(s.get(Some(&ns), &id)?)), &state.peers) {
         // In a cluster, one whose node is lost is shown as stored (failed, saying why).
-        (Err(e), Some(_)) => state.store.list_sandboxes().await?.into_iter().find(|s| s.id == id && s.namespace == ns).map(Json).ok_or(e),
+        (Err(e), Some(_)) => state.store.get_sandbox(&id).await?.filter(|s| s.namespace == ns).map(Json).ok_or(e),
         (found, _) => found.map(Json),
     }
 }

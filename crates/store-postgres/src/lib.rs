@@ -686,6 +686,19 @@ impl DesiredState for PostgresStore {
         .await
     }
 
+    async fn get_sandbox(&self, id: &str) -> Result<Option<hangar_api::sandboxes::Sandbox>> {
+        self.call(async {
+            let c = self.client().await?;
+            let row = c.query_opt("SELECT body FROM sandboxes WHERE id = $1", &[&id]).await.map_err(pg)?;
+            row.map(|r| {
+                let body: String = col(&r, 0)?;
+                serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("sandbox {id}: {e}")))
+            })
+            .transpose()
+        })
+        .await
+    }
+
     async fn delete_sandbox(&self, id: &str) -> Result<bool> {
         self.call(async {
             let c = self.client().await?;

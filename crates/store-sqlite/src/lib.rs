@@ -643,6 +643,12 @@ impl DesiredState for SqliteStore {
         raw.into_iter().map(|(id, body)| serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(format!("sandbox {id}: {e}")))).collect()
     }
 
+    async fn get_sandbox(&self, id: &str) -> Result<Option<hangar_api::sandboxes::Sandbox>> {
+        let key = id.to_string();
+        let body = self.with(move |c| Ok(c.query_row("SELECT body FROM sandboxes WHERE id = ?1", [key], |r| r.get::<_, String>(0)).optional()?)).await?;
+        body.map(|b| serde_json::from_str(&b).map_err(|e| StoreError::Corrupt(format!("sandbox {id}: {e}")))).transpose()
+    }
+
     async fn delete_sandbox(&self, id: &str) -> Result<bool> {
         let id = id.to_string();
         self.with(move |c| Ok(c.execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)).await

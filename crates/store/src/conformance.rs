@@ -230,9 +230,12 @@ async fn triggers_and_sandboxes(s: Arc<dyn Store>) {
     let mut changed = sandbox.clone();
     changed.last_active_ms = 9;
     s.put_sandbox(&changed).await.unwrap();
-    assert_eq!(s.list_sandboxes().await.unwrap(), vec![changed]);
+    assert_eq!(s.list_sandboxes().await.unwrap(), vec![changed.clone()]);
+    assert_eq!(s.get_sandbox("sb1").await.unwrap(), Some(changed));
+    assert_eq!(s.get_sandbox("sb2").await.unwrap(), None);
     assert!(s.delete_sandbox("sb1").await.unwrap());
     assert!(!s.delete_sandbox("sb1").await.unwrap());
+    assert_eq!(s.get_sandbox("sb1").await.unwrap(), None);
 }
 
 async fn invocations_list_filter_and_page(s: Arc<dyn Store>) {

@@ -171,6 +171,8 @@ pub trait DesiredState: Send + Sync + 'static {
     async fn put_sandbox(&self, sandbox: &hangar_api::sandboxes::Sandbox) -> Result<()>;
     /// Every sandbox of every namespace.
     async fn list_sandboxes(&self) -> Result<Vec<hangar_api::sandboxes::Sandbox>>;
+    /// One sandbox's record (in a cluster: which node runs it).
+    async fn get_sandbox(&self, id: &str) -> Result<Option<hangar_api::sandboxes::Sandbox>>;
     async fn delete_sandbox(&self, id: &str) -> Result<bool>;
 }
 
