@@ -71,6 +71,11 @@ async fn node_in_state(seen_by: &Server, id: &str, state: &str, within: Duration
     .await;
 }
 
+/// An asynchronous invocation of `function` through `s` with the admin key, ready to send.
+fn send_async(s: &Server, function: &str, body: String) -> reqwest::RequestBuilder {
+    s.http().post(format!("{}/v1/functions/{function}/invoke?async=true", s.url)).bearer_auth(&s.admin_key).body(body)
+}
+
 /// Waits until `s` lists `n` succeeded asynchronous invocations of `target`.
 async fn all_succeeded(s: &Server, target: &str, n: usize, within: Duration) {
     eventually(&format!("{n} events of {target} to succeed"), within, || async {
@@ -284,14 +289,7 @@ async fn a_gateway_places_calls_on_workers_and_moves_off_a_dead_one() {
 
     // Asynchronous calls accepted by the gateway run on the workers too.
     for i in 0..10 {
-        let r = gateway
-            .http()
-            .post(format!("{}/v1/functions/hello/invoke?async=true", gateway.url))
-            .bearer_auth(&gateway.admin_key)
-            .body(format!("a{i}"))
-            .send()
-            .await
-            .unwrap();
+        let r = send_async(&gateway, "hello", format!("a{i}")).send().await.unwrap();
         assert_eq!(r.status(), 202);
     }
     all_succeeded(&gateway, "hello", 10, Duration::from_secs(20)).await;
@@ -375,7 +373,7 @@ async fn a_killed_nodes_events_run_elsewhere_and_keys_hold_across_nodes() {
     // Events sent to both nodes, half with idempotency keys (each key sent to both nodes);
     // B is killed while its share is queued and running.
     let post = |s: &Server, i: usize, keyed: bool| {
-        let mut r = s.http().post(format!("{}/v1/functions/hello/invoke?async=true", s.url)).bearer_auth(&s.admin_key).body(format!("{{\"i\": {i}}}"));
+        let mut r = send_async(s, "hello", format!("{{\"i\": {i}}}"));
         if keyed {
             r = r.header("idempotency-key", format!("k{i}"));
         }
@@ -685,17 +683,7 @@ async fn a_node_cut_off_from_the_bus_hands_back_what_was_taken_over() {
     // A backlog on B (one at a time, 100 ms each).
     let mut ids = Vec::new();
     for i in 0..60 {
-        let r: Value = b
-            .http()
-            .post(format!("{}/v1/functions/slow/invoke?async=true", b.url))
-            .bearer_auth(&b.admin_key)
-            .body(format!("{{\"i\": {i}}}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = send_async(&b, "slow", format!("{{\"i\": {i}}}")).send().await.unwrap().json().await.unwrap();
         ids.push(r["id"].as_str().unwrap().to_string());
     }
     // B is cut off from the bus: A finds it lost and runs its backlog; B, back, drops it.
