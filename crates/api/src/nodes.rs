@@ -83,6 +83,9 @@ pub struct ServiceCount {
     pub ready: u32,
     /// Instances starting, serving or stopping.
     pub instances: u32,
+    /// Instances of the service's minimum this node keeps (its part of the spread).
+    #[serde(default)]
+    pub part: u32,
 }
 
 /// A node as the cluster sees it.

@@ -262,6 +262,10 @@ pub struct ServiceOnNode {
     pub ready: u32,
     /// Instances starting, serving or stopping.
     pub instances: u32,
+    /// Instances of its minimum this node keeps (its part of the spread); `instances` differs
+    /// while instances move between nodes.
+    #[serde(default)]
+    pub part: u32,
 }
 
 /// The autoscaler's last decision and what it was based on.

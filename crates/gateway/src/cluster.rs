@@ -713,7 +713,8 @@ mod tests {
     }
 
     fn node(id: &str, state: NodeState, web_ready: Option<u32>) -> NodeInfo {
-        let services = web_ready.map(|ready| ServiceCount { namespace: "ns".into(), name: "web".into(), ready, instances: ready }).into_iter().collect();
+        let services =
+            web_ready.map(|ready| ServiceCount { namespace: "ns".into(), name: "web".into(), ready, instances: ready, part: ready }).into_iter().collect();
         let report = NodeReport {
             id: id.into(),
             role: NodeRole::All,

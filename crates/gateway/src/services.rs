@@ -79,7 +79,7 @@ fn view(state: &AppState, row: &ServiceRow) -> Service {
                 .filter(|n| n.state != hangar_api::nodes::NodeState::Lost)
                 .flat_map(|n| {
                     let here = n.report.services.iter().filter(|c| c.namespace == row.namespace && c.name == row.name);
-                    here.map(|c| hangar_api::services::ServiceOnNode { node: n.report.id.clone(), ready: c.ready, instances: c.instances })
+                    here.map(|c| hangar_api::services::ServiceOnNode { node: n.report.id.clone(), ready: c.ready, instances: c.instances, part: c.part })
                 })
                 .collect(),
         },

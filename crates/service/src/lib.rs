@@ -178,6 +178,11 @@ impl Host {
     }
 }
 
+/// What one instance of a service with `config` takes of a node.
+fn instance_size(config: &ServiceConfig) -> Resources {
+    Resources { memory_mb: u64::from(config.memory_mb), cpu_milli: (config.cpus * 1000.0).round() as u64 }
+}
+
 impl Host {
     fn spread(&self) -> Arc<dyn Spread> {
         self.spread.0.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -188,7 +193,7 @@ impl Host {
     /// drains or is fenced) are kept while the other nodes have fewer ready than theirs.
     fn bounds(&self, svc: &Service, min: u32, max: u32, config: &ServiceConfig, current: u32) -> (u32, u32) {
         let spread = self.spread();
-        let size = Resources { memory_mb: u64::from(config.memory_mb), cpu_milli: (config.cpus * 1000.0).round() as u64 };
+        let size = instance_size(config);
         let (min_here, max_here) = (spread.share(&svc.namespace, &svc.name, min, size), spread.share(&svc.namespace, &svc.name, max.max(1), size));
         let short = min.saturating_sub(min_here).saturating_sub(spread.ready_elsewhere(&svc.namespace, &svc.name));
         let floor = (min_here + short).min(current.max(min_here));
@@ -511,14 +516,22 @@ impl Services {
 
     /// Every service here with its ready and running instances (for the node's heartbeat).
     pub fn counts(&self) -> Vec<hangar_api::nodes::ServiceCount> {
+        let spread = self.host.spread();
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
         table
             .values()
-            .map(|s| hangar_api::nodes::ServiceCount {
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-                ready: s.routes.read().unwrap_or_else(|p| p.into_inner()).len() as u32,
-                instances: s.slots.lock().unwrap_or_else(|p| p.into_inner()).len() as u32,
+            .map(|s| {
+                let part = {
+                    let c = s.config.read().unwrap_or_else(|p| p.into_inner());
+                    spread.share(&s.namespace, &s.name, c.min_instances, instance_size(&c))
+                };
+                hangar_api::nodes::ServiceCount {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    ready: s.routes.read().unwrap_or_else(|p| p.into_inner()).len() as u32,
+                    instances: s.slots.lock().unwrap_or_else(|p| p.into_inner()).len() as u32,
+                    part,
+                }
             })
             .collect()
     }
