@@ -226,6 +226,10 @@ pub struct FunctionConfig {
     /// The p99 latency the advisor keeps in `auto` mode, ms (1..=60000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_objective_ms: Option<u64>,
+    /// Host names (`app.example.com`) whose requests go to this function whole path, besides
+    /// its own `NAME.NAMESPACE.fn.DOMAIN`; a host routes to one function or service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 wire_enum! {
@@ -319,6 +323,7 @@ impl FunctionConfig {
             keep_alive_ms: None,
             mode: FunctionMode::Fixed,
             latency_objective_ms: None,
+            hosts: Vec::new(),
         }
     }
 }
@@ -340,6 +345,10 @@ pub struct Function {
     pub updated_at: String,
     /// Path of the function URL on this server.
     pub url_path: String,
+    /// Where it answers, as the caller reached this server: its function URL, its own host
+    /// name (`NAME.NAMESPACE.fn.DOMAIN`, whole path) and the hosts it claims.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
     /// Its instances now, when its runtime keeps instances (process runtimes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instances: Option<InstanceCounts>,

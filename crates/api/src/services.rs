@@ -182,15 +182,7 @@ impl ServiceConfig {
                 return Err(Invalid::new("volumes", format!("`{path}` is mounted twice")));
             }
         }
-        for h in &self.hosts {
-            let ok = !h.is_empty()
-                && h.len() <= 253
-                && h.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
-                && h.contains('.');
-            if !ok {
-                return Err(Invalid::new("hosts", format!("`{h}` is not a lowercase DNS name with a dot (e.g. `app.example.com`)")));
-            }
-        }
+        crate::validate::hosts(&self.hosts)?;
         if let Some(p) = &self.readiness.path
             && !p.starts_with('/')
         {
@@ -240,6 +232,10 @@ pub struct Service {
     pub image_id: String,
     /// Where the gateway serves it.
     pub url_path: String,
+    /// Where it answers, as the caller reached this server: its `/svc/` URL, its own host
+    /// name (`NAME.NAMESPACE.svc.DOMAIN`, whole path) and the hosts it claims.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
     pub created_at: String,
     pub updated_at: String,
     /// Its instances now (empty when the server is not running it).

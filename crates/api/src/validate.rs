@@ -132,6 +132,27 @@ pub fn function_config(cfg: &FunctionConfig) -> Result<(), Invalid> {
     for h in &cfg.allow_outbound {
         outbound_host(h)?;
     }
+    hosts(&cfg.hosts)?;
+    Ok(())
+}
+
+/// Most host names one workload claims.
+pub const MAX_HOSTS: usize = 16;
+
+/// The host names a function or service claims: lowercase DNS names with a dot, at most
+/// [`MAX_HOSTS`].
+pub fn hosts(hosts: &[String]) -> Result<(), Invalid> {
+    if hosts.len() > MAX_HOSTS {
+        return Err(Invalid::new("hosts", format!("{} hosts given; at most {MAX_HOSTS}", hosts.len())));
+    }
+    for h in hosts {
+        let ok = h.len() <= 253
+            && h.contains('.')
+            && h.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        if !ok {
+            return Err(Invalid::new("hosts", format!("`{}` is not a lowercase DNS name with a dot (e.g. `app.example.com`)", shown(h))));
+        }
+    }
     Ok(())
 }
 

@@ -188,6 +188,11 @@ pub struct UpArgs {
     /// The AWS_REGION process functions see
     #[arg(long, env = "HANGAR_REGION", default_value = "local")]
     pub region: String,
+    /// Every function and service also answers on its own host name, `NAME.NAMESPACE.fn.DOMAIN`
+    /// and `NAME.NAMESPACE.svc.DOMAIN`, whole path (browsers and curl resolve `*.localhost` to
+    /// this machine; for another domain, point a wildcard DNS record at the server)
+    #[arg(long, env = "HANGAR_DOMAIN", default_value = "localhost")]
+    pub domain: String,
     /// Most attempts of asynchronous invocations running at once (1..=4096)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub async_concurrency: u32,
@@ -399,6 +404,9 @@ pub struct DeployArgs {
     /// Answer on the function URL without an API key
     #[arg(long)]
     pub public: bool,
+    /// Also serve requests for this host name, whole path (repeatable)
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
     /// Most invocations running at once (0..=1000); more get 429 with Retry-After
     #[arg(long)]
     pub reserved_concurrency: Option<u32>,

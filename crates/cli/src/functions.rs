@@ -75,6 +75,7 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
             config.env.extend(env_flags(&a.env)?);
             config.allow_outbound = a.allow_outbound.clone();
             config.public = a.public;
+            config.hosts = a.hosts.clone();
             config.handler = a.handler.clone();
             if let Some(n) = a.max_instances {
                 config.max_instances = n;
@@ -118,15 +119,14 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
             let r = put_function(&client, &a.name, ns, &config, code, false).await?;
             match cli.output {
                 Output::Json => print_json(&r)?,
-                Output::Table => println!(
-                    "{} {}/{} revision {}\nURL: {}{}",
-                    serde_json::to_value(r.status)?.as_str().unwrap_or("deployed"),
-                    r.function.namespace,
-                    r.function.name,
-                    r.function.revision,
-                    client.base,
-                    r.function.url_path
-                ),
+                Output::Table => {
+                    let f = &r.function;
+                    println!("{} {}/{} revision {}", serde_json::to_value(r.status)?.as_str().unwrap_or("deployed"), f.namespace, f.name, f.revision);
+                    match f.urls.is_empty() {
+                        true => println!("URL: {}{}", client.base, f.url_path),
+                        false => f.urls.iter().for_each(|u| println!("URL: {u}")),
+                    }
+                }
             }
         }
         FnCommand::Ls => {
@@ -143,6 +143,9 @@ pub async fn run_fn(cli: &Cli, cmd: &FnCommand) -> Result<()> {
                 Output::Json => print_json(&f)?,
                 Output::Table => {
                     println!("{}", function_rows(std::slice::from_ref(&f)));
+                    for u in &f.urls {
+                        println!("url: {u}");
+                    }
                     println!("code: {} ({} bytes)  updated: {}", f.code_digest, f.code_size, f.updated_at);
                     if !f.config.env.is_empty() {
                         println!("env: {}", f.config.env.keys().cloned().collect::<Vec<_>>().join(", "));

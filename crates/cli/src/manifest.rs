@@ -120,6 +120,9 @@ struct FunctionSpec {
     allow_outbound: Vec<String>,
     #[serde(default)]
     public: bool,
+    /// Host names routed to the function, whole path.
+    #[serde(default)]
+    hosts: Vec<String>,
     /// Retries and on_failure of asynchronous invocations.
     #[serde(default, rename = "async")]
     async_: Option<hangar_api::events::AsyncConfig>,
@@ -219,6 +222,7 @@ pub fn plan_text(text: &str, path: &Path) -> Result<Plan> {
         config.env = spec.env;
         config.allow_outbound = spec.allow_outbound;
         config.public = spec.public;
+        config.hosts = spec.hosts;
         config.handler = spec.handler;
         if let Some(n) = spec.max_instances {
             config.max_instances = n;

@@ -71,16 +71,15 @@ pub async fn run(cli: &Cli, cmd: &SvcCommand) -> Result<()> {
             let r: ServiceDeployed = client.json(client.request(Method::PUT, &format!("/v1/services/{}", a.name)).query(&ns).json(&c)).await?;
             match cli.output {
                 Output::Json => print_json(&r)?,
-                Output::Table => println!(
-                    "{} {}/{} revision {} ({} instance(s) ready)\nURL: {}{}",
-                    r.status,
-                    r.service.namespace,
-                    r.service.name,
-                    r.service.revision,
-                    r.service.instances.iter().filter(|i| i.state == hangar_api::services::InstanceState::Ready).count(),
-                    client.base,
-                    r.service.url_path
-                ),
+                Output::Table => {
+                    let v = &r.service;
+                    let ready = v.instances.iter().filter(|i| i.state == hangar_api::services::InstanceState::Ready).count();
+                    println!("{} {}/{} revision {} ({ready} instance(s) ready)", r.status, v.namespace, v.name, v.revision);
+                    match v.urls.is_empty() {
+                        true => println!("URL: {}{}", client.base, v.url_path),
+                        false => v.urls.iter().for_each(|u| println!("URL: {u}")),
+                    }
+                }
             }
         }
         SvcCommand::Ls => {
@@ -97,6 +96,9 @@ pub async fn run(cli: &Cli, cmd: &SvcCommand) -> Result<()> {
                 Output::Json => print_json(&s)?,
                 Output::Table => {
                     println!("{}", rows(std::slice::from_ref(&s)));
+                    for u in &s.urls {
+                        println!("url: {u}");
+                    }
                     let mut t = table(&["INSTANCE", "REVISION", "STATE", "ADDRESS", "RESTARTS", "STARTED"]);
                     for i in &s.instances {
                         t.add_row(vec![

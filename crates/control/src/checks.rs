@@ -1,5 +1,5 @@
-//! What a deploy checks against the functions already there: an `on_failure` chain and a
-//! sequence's steps exist and do not go round in a cycle.
+//! What a deploy checks against the workloads already there: an `on_failure` chain and a
+//! sequence's steps exist and do not go round in a cycle; a host name routes to one workload.
 
 use hangar_api::RuntimeKind;
 use hangar_store::Store;
@@ -49,6 +49,25 @@ pub(crate) async fn steps(store: &dyn Store, ns: &str, name: &str, steps: &[Stri
             let mut next = path.clone();
             next.push(step.clone());
             todo.extend(f.config.steps.iter().rev().map(|s| (s.clone(), next.clone())));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses host names another function or service (of any namespace) already claims: a host
+/// routes to one workload, whichever claimed it first. `me` is the claimant (`fn` or `svc`).
+pub(crate) async fn hosts_free(store: &dyn Store, me: (&str, &str, &str), hosts: &[String]) -> Result<(), ControlError> {
+    if hosts.is_empty() {
+        return Ok(());
+    }
+    let (kind, ns, name) = me;
+    let functions = store.list_functions(None).await?.into_iter().map(|f| ("fn", f.namespace, f.name, f.config.hosts));
+    let services = store.list_services(None).await?.into_iter().map(|s| ("svc", s.namespace, s.name, s.config.hosts));
+    for (k, n, w, claimed) in functions.chain(services) {
+        if (k, n.as_str(), w.as_str()) != (kind, ns, name)
+            && let Some(h) = claimed.iter().find(|h| hosts.contains(h))
+        {
+            return Err(ControlError::Conflict(format!("host `{h}` is already routed to another function or service; choose another host name")));
         }
     }
     Ok(())

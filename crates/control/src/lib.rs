@@ -344,16 +344,7 @@ impl Control {
             )
         })?;
         for _ in 0..DEPLOY_ATTEMPTS {
-            // A host name routes to one service, whichever namespace declared it first.
-            if !config.hosts.is_empty() {
-                for other in self.store.list_services(None).await? {
-                    if (other.namespace != ns || other.name != name)
-                        && let Some(h) = other.config.hosts.iter().find(|h| config.hosts.contains(h))
-                    {
-                        return Err(ControlError::Conflict(format!("host `{h}` is already routed to another service; choose another host name")));
-                    }
-                }
-            }
+            checks::hosts_free(self.store.as_ref(), ("svc", ns, name), &config.hosts).await?;
             let existing = self.store.get_service(ns, name).await?;
             if let Some(row) = &existing
                 && row.config == config
@@ -527,6 +518,7 @@ impl Control {
             if is_sequence && !dry_run {
                 checks::steps(self.store.as_ref(), ns, name, &config.steps).await?;
             }
+            checks::hosts_free(self.store.as_ref(), ("fn", ns, name), &config.hosts).await?;
             if let (None, Some(e)) = (&code_info, &existing)
                 && e.config.runtime != config.runtime
                 && !is_sequence

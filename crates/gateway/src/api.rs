@@ -19,6 +19,7 @@ use utoipa::IntoParams;
 use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiJson, ApiQuery, parse_json};
+use crate::hosts::Base;
 
 /// `?namespace=`: which namespace to act in (admin keys; namespace keys default to their own).
 #[derive(Debug, Deserialize, IntoParams)]
@@ -50,8 +51,16 @@ pub fn function_view(row: &FunctionRow) -> Function {
         created_at: rfc3339(row.created_ms),
         updated_at: rfc3339(row.updated_ms),
         url_path: format!("/fn/{}/{}/", row.namespace, row.name),
+        urls: Vec::new(),
         instances: None,
     }
+}
+
+/// [`function_view`] with the URLs it answers on, as the caller reached this server.
+fn function_view_at(state: &AppState, base: &Base, row: &FunctionRow) -> Function {
+    let mut view = function_view(row);
+    view.urls = base.function_urls(&state.domain, &row.namespace, &row.name, &row.config.hosts);
+    view
 }
 
 fn namespace_view(row: &hangar_store::NamespaceRow) -> Namespace {
@@ -137,10 +146,15 @@ pub async fn delete_key(State(state): State<AppState>, p: Principal, Path(id): P
 // ---- functions ----
 
 #[utoipa::path(get, path = "/v1/functions", params(NamespaceQuery), tag = "functions", responses((status = 200, body = FunctionList)))]
-pub async fn list_functions(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<FunctionList>, ApiError> {
+pub async fn list_functions(
+    State(state): State<AppState>,
+    p: Principal,
+    base: Base,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<Json<FunctionList>, ApiError> {
     let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
     let rows = state.store.list_functions(Some(&ns)).await?;
-    Ok(Json(FunctionList { items: rows.iter().map(function_view).collect() }))
+    Ok(Json(FunctionList { items: rows.iter().map(|r| function_view_at(&state, &base, r)).collect() }))
 }
 
 #[utoipa::path(get, path = "/v1/functions/{name}", params(NamespaceQuery), tag = "functions",
@@ -148,12 +162,13 @@ pub async fn list_functions(State(state): State<AppState>, p: Principal, ApiQuer
 pub async fn get_function(
     State(state): State<AppState>,
     p: Principal,
+    base: Base,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<NamespaceQuery>,
 ) -> Result<Json<Function>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let row = state.store.get_function(&ns, &name).await?.ok_or_else(|| ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")))?;
-    let mut view = function_view(&row);
+    let mut view = function_view_at(&state, &base, &row);
     view.instances = state.scheduler.route(&row.namespace, &row.name).and_then(|s| s.instances());
     Ok(Json(view))
 }
@@ -199,6 +214,7 @@ async fn read_deploy(state: &AppState, req: axum::extract::Request) -> Result<(F
 pub async fn put_function(
     State(state): State<AppState>,
     p: Principal,
+    base: Base,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<DeployQuery>,
     req: axum::extract::Request,
@@ -213,7 +229,7 @@ pub async fn put_function(
         DeployStatus::Created if !q.dry_run => StatusCode::CREATED,
         _ => StatusCode::OK,
     };
-    Ok((code, Json(DeployResponse { status, function: function_view(&row) })).into_response())
+    Ok((code, Json(DeployResponse { status, function: function_view_at(&state, &base, &row) })).into_response())
 }
 
 // ---- invocations ----

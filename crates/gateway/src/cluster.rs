@@ -426,7 +426,7 @@ impl Peers {
             Ok(u) => u,
             Err(_) => return ApiError::new(StatusCode::BAD_GATEWAY, "node_unreachable", format!("node `{}` has no usable address", worker.id)).into_response(),
         };
-        head.headers.remove(http::header::HOST);
+        // The `Host` asked for is kept: the function sees it (a URL event's `domainName`).
         if let Ok(v) = http::HeaderValue::from_str(&self.secret) {
             head.headers.insert(SECRET_HEADER, v);
         }

@@ -13,7 +13,8 @@ use crate::AppState;
 use crate::auth::Credentials;
 use crate::error::{ApiError, ApiQuery};
 
-/// Any method on `/fn/{namespace}/{name}/{rest...}`: the function sees `/{rest...}`.
+/// Any method on `/fn/{namespace}/{name}/{rest...}`: the function sees `/{rest...}`, with
+/// `X-Forwarded-Prefix: /fn/{namespace}/{name}`.
 pub async fn function_url(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let path = req.uri().path();
     let mut parts = path.strip_prefix("/fn/").unwrap_or("").splitn(3, '/');
@@ -23,15 +24,23 @@ pub async fn function_url(State(state): State<AppState>, req: Request) -> Result
             return Err(ApiError::bad_request("invalid_path", "function URLs look like /fn/{namespace}/{name}/{path}"));
         }
     };
-    let rest = parts.next().unwrap_or("");
-    let slot = state.scheduler.route(&ns, &name);
+    let rest = format!("/{}", parts.next().unwrap_or(""));
+    let prefix = format!("/fn/{ns}/{name}");
+    serve_function(&state, &ns, &name, req, &rest, Some(&prefix)).await
+}
+
+/// Sends an HTTP request from outside to function `ns/name` at `path` (plus the request's
+/// query): the caller checked, the `X-Forwarded-*` headers set (`prefix`: the route it came
+/// under), an anonymous caller's view of an error kept generic.
+pub(crate) async fn serve_function(state: &AppState, ns: &str, name: &str, req: Request, path: &str, prefix: Option<&str>) -> Result<Response, ApiError> {
+    let slot = state.scheduler.route(ns, name);
     let public = slot.as_ref().is_some_and(|s| s.deployment().config.public);
     // Whoever may not see the namespace gets a function's own errors without their details.
-    let anonymous = public && !matches!(Credentials::from_headers(req.headers(), &state.keys), Credentials::Valid(p) if p.can_access(&ns));
+    let anonymous = public && !matches!(Credentials::from_headers(req.headers(), &state.keys), Credentials::Valid(p) if p.can_access(ns));
     if !public {
         // Anonymous callers learn nothing about which private functions exist.
         let principal = Credentials::from_headers(req.headers(), &state.keys).require()?;
-        if !principal.can_access(&ns) || slot.is_none() {
+        if !principal.can_access(ns) || slot.is_none() {
             return Err(ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")));
         }
     }
@@ -39,16 +48,17 @@ pub async fn function_url(State(state): State<AppState>, req: Request) -> Result
         return Err(ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")));
     };
     let target = match req.uri().query() {
-        Some(q) => format!("/{rest}?{q}"),
-        None => format!("/{rest}"),
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
     };
     let (mut head, body) = req.into_parts();
     head.uri = target.parse().map_err(|_| ApiError::bad_request("invalid_path", "the request path is not a valid URI"))?;
+    crate::hosts::set_forwarded(&mut head, prefix);
     if !public {
         // The platform key is for Hangar, not for the function.
         head.headers.remove(http::header::AUTHORIZATION);
     }
-    let response = invoke(&state, &slot, head, body, Trigger::Http).await?;
+    let response = invoke(state, &slot, head, body, Trigger::Http).await?;
     if anonymous && response.headers().contains_key(FUNCTION_ERROR_HEADER) {
         return Ok(generic_error(response));
     }

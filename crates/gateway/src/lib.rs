@@ -14,6 +14,7 @@ pub mod cost;
 pub mod error;
 pub mod events;
 pub mod form;
+pub mod hosts;
 pub mod images;
 pub mod invoke;
 pub mod nodes;
@@ -113,6 +114,8 @@ pub struct Shared {
     pub members: Arc<dyn hangar_bus::Membership>,
     /// The other nodes, in a cluster: where calls are placed and how they are forwarded.
     pub peers: Option<Arc<cluster::Peers>>,
+    /// The domain workloads' host names are under (`--domain`).
+    pub domain: hosts::Domain,
 }
 
 /// Builds the router of the whole gateway.
@@ -176,7 +179,7 @@ pub fn router(state: AppState) -> Router {
         .route("/_hangar/images/{namespace}", get(cluster::export_image))
         .merge(platform)
         .layer(axum::middleware::from_fn_with_state(state.clone(), sandboxes::at_owner))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), services::host_routes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), hosts::route))
         .with_state(state)
 }
 

@@ -56,7 +56,7 @@ fn services(state: &AppState) -> Result<&Arc<Services>, ApiError> {
     })
 }
 
-fn view(state: &AppState, row: &ServiceRow) -> Service {
+fn view(state: &AppState, base: &crate::hosts::Base, row: &ServiceRow) -> Service {
     let running = state.services.as_ref().and_then(|s| s.get(&row.namespace, &row.name));
     let instances = running.as_ref().map(|s| s.instances()).unwrap_or_default();
     Service {
@@ -66,6 +66,7 @@ fn view(state: &AppState, row: &ServiceRow) -> Service {
         config: row.config.clone(),
         image_id: row.image_id.clone(),
         url_path: format!("/svc/{}/{}/", row.namespace, row.name),
+        urls: base.service_urls(&state.domain, &row.namespace, &row.name, &row.config.hosts),
         created_at: hangar_api::rfc3339(row.created_ms),
         updated_at: hangar_api::rfc3339(row.updated_ms),
         instances,
@@ -96,6 +97,7 @@ fn view(state: &AppState, row: &ServiceRow) -> Service {
 pub async fn put_service(
     State(state): State<AppState>,
     p: Principal,
+    base: crate::hosts::Base,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<NamespaceQuery>,
     headers: http::HeaderMap,
@@ -119,14 +121,19 @@ pub async fn put_service(
         hangar_api::DeployStatus::Updated => (StatusCode::OK, "updated"),
         hangar_api::DeployStatus::Unchanged => (StatusCode::OK, "unchanged"),
     };
-    Ok((code, Json(ServiceDeployed { status: word.into(), service: view(&state, &row) })).into_response())
+    Ok((code, Json(ServiceDeployed { status: word.into(), service: view(&state, &base, &row) })).into_response())
 }
 
 /// The services of a namespace.
 #[utoipa::path(get, path = "/v1/services", params(NamespaceQuery), tag = "services", responses((status = 200, body = [Service])))]
-pub async fn list_services(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQuery<NamespaceQuery>) -> Result<Json<Vec<Service>>, ApiError> {
+pub async fn list_services(
+    State(state): State<AppState>,
+    p: Principal,
+    base: crate::hosts::Base,
+    ApiQuery(q): ApiQuery<NamespaceQuery>,
+) -> Result<Json<Vec<Service>>, ApiError> {
     let ns = crate::api::existing_namespace(&state, &p, q.namespace.as_deref()).await?;
-    Ok(Json(state.store.list_services(Some(&ns)).await?.iter().map(|r| view(&state, r)).collect()))
+    Ok(Json(state.store.list_services(Some(&ns)).await?.iter().map(|r| view(&state, &base, r)).collect()))
 }
 
 /// One service with its instances.
@@ -135,12 +142,13 @@ pub async fn list_services(State(state): State<AppState>, p: Principal, ApiQuery
 pub async fn get_service(
     State(state): State<AppState>,
     p: Principal,
+    base: crate::hosts::Base,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<NamespaceQuery>,
 ) -> Result<Json<Service>, ApiError> {
     let ns = p.scope(q.namespace.as_deref())?;
     let row = state.store.get_service(&ns, &name).await?.ok_or_else(|| ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")))?;
-    Ok(Json(view(&state, &row)))
+    Ok(Json(view(&state, &base, &row)))
 }
 
 /// Stops a service's instances (gracefully) and forgets it; its volumes stay.
@@ -207,7 +215,9 @@ pub async fn proxy(State(state): State<AppState>, req: Request) -> Result<Respon
     let Some((ns, name, rest)) = proxy::split_route(req.uri().path()).map(|(ns, name, rest)| (ns.to_string(), name.to_string(), rest)) else {
         return Err(ApiError::bad_request("invalid_path", "service URLs look like /svc/{namespace}/{name}/{path}"));
     };
-    reach(&state, req, &ns, &name, &rest, false).await
+    let (mut head, body) = req.into_parts();
+    crate::hosts::set_forwarded(&mut head, Some(&format!("/svc/{ns}/{name}")));
+    reach(&state, Request::from_parts(head, body), &ns, &name, &rest, false).await
 }
 
 /// Serves a request for `ns/name` from an instance here when one is ready; in a cluster,
@@ -320,19 +330,17 @@ fn authorize(state: &AppState, req: &Request, public: Option<bool>, ns: &str, na
     Ok(())
 }
 
-/// Requests whose `Host` a service declared go to that service, whole path; others pass on.
-pub async fn host_routes(State(state): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
-    let svc = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).and_then(|h| state.services.as_ref()?.by_host(h));
-    let Some(svc) = svc else {
-        return next.run(req).await;
-    };
-    let (ns, name) = (svc.namespace.clone(), svc.name.clone());
-    let public = svc.config.read().unwrap_or_else(|p| p.into_inner()).public;
-    if let Err(e) = authorize(&state, &req, Some(public), &ns, &name) {
-        return e.into_response();
+/// A request for service `ns/name` by its host name, whole path. `public`: whether the service
+/// (found here by a host it claims) is public, so the caller is checked here; `None`: whoever
+/// serves it checks.
+pub(crate) async fn serve_by_host(state: &AppState, req: Request, ns: &str, name: &str, public: Option<bool>) -> Result<Response, ApiError> {
+    if public.is_some() {
+        authorize(state, &req, public, ns, name)?;
     }
-    let rest = req.uri().path().to_string();
-    reach(&state, req, &ns, &name, &rest, true).await.unwrap_or_else(IntoResponse::into_response)
+    let (mut head, body) = req.into_parts();
+    crate::hosts::set_forwarded(&mut head, None);
+    let rest = head.uri.path().to_string();
+    reach(state, Request::from_parts(head, body), ns, name, &rest, public.is_some()).await
 }
 
 /// Calls between services: an instance asks `http://NAME/...` (its hosts file points NAME at

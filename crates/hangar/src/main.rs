@@ -60,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         adapt_every: a.adapt_every,
         adapt_window: a.adapt_window,
         region: a.region.clone(),
+        domain: hangar_gateway::hosts::Domain::new(&a.domain).map_err(|e| anyhow::anyhow!("--domain: {e}"))?,
     })
     .await?;
     Ok(0)

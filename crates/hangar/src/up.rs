@@ -59,6 +59,8 @@ pub struct UpOptions {
     pub adapt_window: Duration,
     /// `AWS_REGION` as process functions see it.
     pub region: String,
+    /// The domain workloads' host names are under.
+    pub domain: hangar_gateway::hosts::Domain,
 }
 
 pub async fn run(opts: UpOptions) -> Result<()> {
@@ -270,6 +272,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         prices_dir: opts.data_dir.join("prices"),
         peers,
         members,
+        domain: opts.domain,
     });
     // In a cluster, functions' attempts are placed like calls.
     if let Some(p) = &state.peers {
@@ -357,7 +360,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             tracing::debug!("TCP_NODELAY: {e}");
         }
     });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
     // The CLI finds the server through this file; it must not point at a stopped one.
     let _ = std::fs::remove_file(&url_file);
 

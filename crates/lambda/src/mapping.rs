@@ -44,7 +44,8 @@ pub fn event(source: Source, head: &http::request::Parts, body: Bytes, cx: UrlCo
         Source::Invoke => Ok(body),
         Source::Url => {
             let host = head.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-            let ip = head.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').next()).unwrap_or("127.0.0.1");
+            // The gateway appends the peer it saw; earlier entries are the client's own claims.
+            let ip = head.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|v| v.rsplit(',').next()).unwrap_or("127.0.0.1");
             let event = url_event::to_event(&url_event::UrlRequest {
                 method: head.method.as_str(),
                 raw_path: head.uri.path(),
@@ -148,7 +149,7 @@ mod tests {
         let head = parts(http::Request::get("/items/1?a=b").header("host", "h.example").header("x-forwarded-for", "10.1.2.3, 1.1.1.1").body(()).unwrap());
         let v: serde_json::Value = serde_json::from_slice(&event(Source::Url, &head, Bytes::new(), cx).unwrap()).unwrap();
         assert_eq!((v["version"].as_str(), v["rawPath"].as_str(), v["rawQueryString"].as_str()), (Some("2.0"), Some("/items/1"), Some("a=b")));
-        assert_eq!(v["requestContext"]["http"]["sourceIp"], "10.1.2.3");
+        assert_eq!(v["requestContext"]["http"]["sourceIp"], "1.1.1.1");
         assert_eq!(v["requestContext"]["apiId"], "greet");
     }
 

@@ -205,6 +205,8 @@ impl Drop for Admission {
 pub struct Scheduler {
     runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
     table: RwLock<Table>,
+    /// Host names functions claim (`--host`) → (namespace, name); written with `table` held.
+    hosts: RwLock<HashMap<String, (String, String)>>,
     /// Invocations running per namespace, against `namespace_limit`.
     namespaces: RwLock<HashMap<String, Arc<NamespaceLoad>>>,
     namespace_limit: u32,
@@ -220,6 +222,7 @@ impl Scheduler {
         Scheduler {
             runtimes: runtimes.into_iter().map(|r| (r.kind(), r)).collect(),
             table: RwLock::default(),
+            hosts: RwLock::default(),
             namespaces: RwLock::default(),
             namespace_limit,
             meter,
@@ -279,7 +282,17 @@ impl Scheduler {
             if slots.get(&name).is_some_and(|s| s.deployment.revision > slot.deployment.revision) {
                 return Ok(());
             }
-            slots.insert(name, slot.clone());
+            let old = slots.insert(name.clone(), slot.clone());
+            let old_hosts = old.as_ref().map_or(&[][..], |o| &o.deployment.config.hosts[..]);
+            if !old_hosts.is_empty() || !slot.deployment.config.hosts.is_empty() {
+                let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
+                let ns = &slot.deployment.namespace;
+                // A host another function claimed since stays its.
+                hosts.retain(|h, (n, f)| !(old_hosts.contains(h) && n == ns && *f == name));
+                for h in &slot.deployment.config.hosts {
+                    hosts.insert(h.clone(), (slot.deployment.namespace.clone(), name.clone()));
+                }
+            }
         }
         if eager && let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -296,7 +309,10 @@ impl Scheduler {
         {
             let mut table = self.write_table();
             if let Some(functions) = table.get_mut(namespace) {
-                functions.remove(name);
+                if let Some(old) = functions.remove(name) {
+                    let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
+                    hosts.retain(|h, (n, f)| !(old.deployment.config.hosts.contains(h) && n == namespace && f == name));
+                }
                 if functions.is_empty() {
                     table.remove(namespace);
                 }
@@ -309,6 +325,18 @@ impl Scheduler {
     pub fn route(&self, namespace: &str, name: &str) -> Option<Arc<Slot>> {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());
         table.get(namespace)?.get(name).cloned()
+    }
+
+    /// The slot of the function that claims `host` (`--host`; a port is ignored), if any.
+    pub fn by_host(&self, host: &str) -> Option<Arc<Slot>> {
+        let (ns, name) = {
+            let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
+            if hosts.is_empty() {
+                return None;
+            }
+            hosts.get(host)?.clone()
+        };
+        self.route(&ns, &name)
     }
 
     fn namespace_load(&self, namespace: &str) -> Arc<NamespaceLoad> {

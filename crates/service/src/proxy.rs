@@ -133,7 +133,8 @@ pub fn upstream_uri(addr: SocketAddr, path: &str, query: Option<&str>) -> Result
 }
 
 /// The headers an instance gets: hop-by-hop ones dropped, the platform key kept from a private
-/// service, `X-Forwarded-Host`/`-Proto` set, `Connection: upgrade` kept for an upgrade.
+/// service, `X-Forwarded-Host`/`-Proto` set unless the gateway set them, `Connection: upgrade`
+/// kept for an upgrade.
 pub fn upstream_headers(headers: &mut http::HeaderMap, public: bool, upgrade: bool) {
     if !public {
         // The platform key is for Hangar, not for the service.
@@ -146,10 +147,15 @@ pub fn upstream_headers(headers: &mut http::HeaderMap, public: bool, upgrade: bo
     if upgrade {
         headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
     }
-    if let Some(h) = host {
+    // Set by the gateway for a request from outside; a call between services gets them here.
+    if let Some(h) = host
+        && !headers.contains_key("x-forwarded-host")
+    {
         headers.insert("x-forwarded-host", h);
     }
-    headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", http::HeaderValue::from_static("http"));
+    }
 }
 
 /// Sends `req` to the service's ready instance with the fewest requests in flight, at `path`
