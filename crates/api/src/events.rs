@@ -151,6 +151,8 @@ pub struct AsyncRecord {
     pub error: Option<String>,
     /// The asynchronous invocation that carried the failure to `on_failure`, if any.
     pub destination_id: Option<String>,
+    /// The `traceparent` of the span that queued it: its attempts continue that trace.
+    pub trace: Option<String>,
 }
 
 impl AsyncRecord {

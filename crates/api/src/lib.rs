@@ -82,6 +82,7 @@ macro_rules! wire_enum {
 pub mod events;
 pub mod nodes;
 pub mod sandboxes;
+pub mod traces;
 
 wire_enum! {
     /// The three kinds of workload.

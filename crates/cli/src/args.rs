@@ -105,6 +105,24 @@ pub enum Command {
     /// Manage API keys (admin)
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Recent traces this server kept, newest first: every error and slow trace, and a sample
+    Traces {
+        /// Only traces that touch this function or service
+        name: Option<String>,
+        /// Only `ok` or `error` traces
+        #[arg(long)]
+        status: Option<String>,
+        /// How far back (e.g. 15m, 2h)
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// Only traces at least this long (e.g. 250ms)
+        #[arg(long)]
+        min_duration: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One trace as a waterfall: every span, when it started and how long it took
+    Trace { id: String },
     /// The nodes of the cluster: role, address, capacity, instances, heartbeat, state (admin)
     Nodes {
         #[command(subcommand)]
@@ -193,6 +211,19 @@ pub struct UpArgs {
     /// this machine; for another domain, point a wildcard DNS record at the server)
     #[arg(long, env = "HANGAR_DOMAIN", default_value = "localhost")]
     pub domain: String,
+    /// Share of traces kept by trace id, 0..=1 (`off`: no tracing at all). Besides, every trace
+    /// with a failed or slow span is kept, and one per workload per second
+    #[arg(long, env = "HANGAR_TRACE_SAMPLE", default_value = "0.01")]
+    pub trace_sample: String,
+    /// A span at least this long keeps its trace
+    #[arg(long, env = "HANGAR_TRACE_SLOW", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub trace_slow: std::time::Duration,
+    /// Most spans the trace store keeps in memory; the oldest traces go first
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    pub trace_max_spans: u64,
+    /// How long the trace store keeps a trace
+    #[arg(long, env = "HANGAR_TRACE_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub trace_retention: std::time::Duration,
     /// Most attempts of asynchronous invocations running at once (1..=4096)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub async_concurrency: u32,

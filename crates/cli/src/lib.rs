@@ -16,6 +16,7 @@ pub mod nodes;
 pub mod sandboxes;
 pub mod services;
 mod terminal;
+pub mod traces;
 pub mod util;
 
 pub use args::{Cli, Command, Output, UpArgs};
@@ -52,6 +53,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
         Command::Namespace(cmd) => access::run_ns(cli, cmd).await?,
         Command::Key(cmd) => access::run_key(cli, cmd).await?,
         Command::Nodes { command } => nodes::run(cli, command.as_ref()).await?,
+        Command::Traces { name, status, since, min_duration, limit } => {
+            util::check_limit(*limit)?;
+            traces::list(cli, name.as_deref(), status.as_deref(), since, min_duration.as_deref(), *limit).await?
+        }
+        Command::Trace { id } => traces::show(cli, id).await?,
     }
     Ok(0)
 }

@@ -25,9 +25,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hangar_api::events::{AsyncConfig, AsyncRecord, AsyncState, Attempt, TargetKind};
+use hangar_api::traces::SpanKind;
 use hangar_api::{Outcome, Trigger, now_ms, rfc3339};
 use hangar_scheduler::Scheduler;
 use hangar_store::{Store, StoreError};
+use hangar_trace::{Span, SpanContext};
 use http_body_util::BodyExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -101,6 +103,7 @@ pub trait ServiceSink: Send + Sync + 'static {
         path: &str,
         content_type: Option<&str>,
         body: Bytes,
+        trace: Option<SpanContext>,
     ) -> Result<(http::StatusCode, Bytes), SinkError>;
 }
 
@@ -116,6 +119,7 @@ pub trait Placement: Send + Sync + 'static {
         request_id: &str,
         payload: Bytes,
         content_type: Option<&str>,
+        trace: Option<SpanContext>,
     ) -> Option<(Option<String>, http::StatusCode, Bytes)>;
 }
 
@@ -137,6 +141,8 @@ struct Inner {
     services: std::sync::OnceLock<Arc<dyn ServiceSink>>,
     /// In a cluster: where functions' attempts run.
     placement: std::sync::OnceLock<Arc<dyn Placement>>,
+    /// Where the spans of queueing and attempts go.
+    tracer: std::sync::OnceLock<Arc<hangar_trace::Tracer>>,
     /// The writers; an event's writes all go to one of them (by its id), in order.
     writes: Vec<mpsc::UnboundedSender<Write>>,
     state: Mutex<State>,
@@ -189,6 +195,7 @@ impl AsyncQueue {
             scheduler,
             services: std::sync::OnceLock::new(),
             placement: std::sync::OnceLock::new(),
+            tracer: std::sync::OnceLock::new(),
             writes,
             state: Mutex::default(),
             wake: Notify::new(),
@@ -220,6 +227,11 @@ impl AsyncQueue {
         let _ = self.inner.services.set(sink);
     }
 
+    /// Where the spans of queueing and attempts go (tracing is off without one).
+    pub fn set_tracer(&self, tracer: Arc<hangar_trace::Tracer>) {
+        let _ = self.inner.tracer.set(tracer);
+    }
+
     /// Lets placement send functions' attempts to other nodes (a cluster).
     pub fn set_placement(&self, placement: Arc<dyn Placement>) {
         let _ = self.inner.placement.set(placement);
@@ -232,7 +244,8 @@ impl AsyncQueue {
 
     /// Persists an event for `namespace/function` and queues it. Returns its id and whether an
     /// earlier event with the same idempotency key holds it (then nothing new is queued).
-    /// The caller has checked that the function exists and the payload's size.
+    /// The caller has checked that the function exists and the payload's size. `parent`: the
+    /// span that queues it (its attempts continue that trace; `None`: a new trace).
     pub async fn accept(
         &self,
         namespace: &str,
@@ -240,6 +253,7 @@ impl AsyncQueue {
         payload: Bytes,
         content_type: Option<String>,
         idempotency_key: Option<String>,
+        parent: Option<SpanContext>,
     ) -> Result<(String, bool), EventsError> {
         if self.inner.stopping.load(Ordering::Acquire) {
             return Err(EventsError::Stopping);
@@ -251,7 +265,7 @@ impl AsyncQueue {
                 return Err(EventsError::Full { events: st.events.len(), bytes: st.bytes, max_events, max_bytes });
             }
         }
-        self.inner.accept(namespace, target, payload, content_type, idempotency_key).await
+        self.inner.accept(namespace, target, payload, content_type, idempotency_key, parent).await
     }
 
     /// Events waiting or running now.
@@ -344,8 +358,17 @@ impl Inner {
         payload: Bytes,
         content_type: Option<String>,
         idempotency_key: Option<String>,
+        parent: Option<SpanContext>,
     ) -> Result<(String, bool), EventsError> {
         let now = now_ms();
+        // Queueing is a span of its own (a producer's); the event keeps it for its attempts.
+        let producer = self.tracer().filter(|t| t.enabled()).map(|t| {
+            let ctx = match parent {
+                Some(p) => p.child(),
+                None => t.root(),
+            };
+            (t, ctx, hangar_trace::Started::now())
+        });
         let rec = AsyncRecord {
             id: uuid::Uuid::now_v7().to_string(),
             namespace: namespace.to_string(),
@@ -362,14 +385,29 @@ impl Inner {
             finished_ms: None,
             error: None,
             destination_id: None,
+            trace: producer.as_ref().map(|(_, ctx, _)| ctx.traceparent()),
         };
         let (tx, rx) = oneshot::channel();
         self.writer(&rec.id).send(Write::New(rec.clone(), tx)).map_err(|_| EventsError::Stopping)?;
         let (id, duplicate) = rx.await.map_err(|_| EventsError::Stopping)?.map_err(EventsError::Store)?;
+        if let Some((tracer, ctx, started)) = producer {
+            let span = Span::ended(ctx, parent.map(|p| p.span_id), format!("send {}", target.name), SpanKind::Producer, started)
+                .with("messaging.system", "hangar")
+                .with("messaging.operation.type", "send")
+                .with("messaging.destination.name", target.name.clone())
+                .with("messaging.message.id", id.clone())
+                .with("hangar.duplicate", duplicate)
+                .of(workload_of(namespace, target.kind, &target.name));
+            tracer.record(span);
+        }
         if !duplicate {
             self.enqueue(rec);
         }
         Ok((id, duplicate))
+    }
+
+    fn tracer(&self) -> Option<&Arc<hangar_trace::Tracer>> {
+        self.tracer.get()
     }
 
     /// The writer of event `id`'s writes.
@@ -447,7 +485,8 @@ impl Inner {
             if self.scheduler.route(&rec.namespace, target).is_none() {
                 rec.error = Some(format!("{reason}; its on_failure function `{target}` does not exist"));
             } else {
-                match self.accept(&rec.namespace, &Target::function(target), payload, Some("application/json".into()), key).await {
+                let parent = rec.trace.as_deref().and_then(SpanContext::parse);
+                match self.accept(&rec.namespace, &Target::function(target), payload, Some("application/json".into()), key, parent).await {
                     Ok((id, _)) => rec.destination_id = Some(id),
                     Err(e) => rec.error = Some(format!("{reason}; handing it to `{target}` failed: {e}")),
                 }
@@ -519,6 +558,13 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
     started.state = AsyncState::Running;
     started.attempts.push(Attempt { invocation_id: None, started_ms, outcome: Outcome::Error, status: 0, error: Some(INTERRUPTED.into()) });
     inner.save_durably(started).await;
+    // The attempt's span (a consumer's), a child of the span that queued the event.
+    let consumer = inner.tracer().filter(|t| t.enabled()).map(|t| {
+        let queued = rec.trace.as_deref().and_then(SpanContext::parse);
+        let ctx = queued.map_or_else(|| t.root(), |q| q.child());
+        (t.clone(), ctx, queued.map(|q| q.span_id), hangar_trace::Started::now())
+    });
+    let trace = consumer.as_ref().map(|(_, ctx, ..)| *ctx);
     let (cfg, tried) = match rec.kind {
         TargetKind::Function => {
             let Some(slot) = inner.scheduler.route(&rec.namespace, &rec.target) else {
@@ -530,7 +576,7 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
                 return inner.give_up(rec, "EventAgeExceeded", too_old, Some(&cfg), None).await;
             }
             if let Some(placement) = inner.placement.get()
-                && let Some(tried) = placement.run_elsewhere(&slot, &rec.id, Bytes::from(rec.payload.clone()), rec.content_type.as_deref()).await
+                && let Some(tried) = placement.run_elsewhere(&slot, &rec.id, Bytes::from(rec.payload.clone()), rec.content_type.as_deref(), trace).await
             {
                 (cfg, tried)
             } else {
@@ -540,6 +586,10 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
                 request.extensions_mut().insert(hangar_runtime::RequestId(rec.id.clone()));
                 if let Some(v) = rec.content_type.as_deref().and_then(|c| http::HeaderValue::from_str(c).ok()) {
                     request.headers_mut().insert(http::header::CONTENT_TYPE, v);
+                }
+                if let Some(ctx) = trace {
+                    ctx.inject(request.headers_mut());
+                    request.extensions_mut().insert(hangar_trace::FaasTrigger(faas_trigger(&rec)));
                 }
                 let (invocation_id, response) = inner.scheduler.invoke(&slot, request, Trigger::Async).await;
                 let status = response.status();
@@ -558,7 +608,7 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
                 return inner.give_up(rec, "ServiceMissing", "this server runs no services".into(), None, None).await;
             };
             let path = rec.path.clone().unwrap_or_else(|| "/".into());
-            match sink.deliver(&rec.namespace, &rec.target, &path, rec.content_type.as_deref(), Bytes::from(rec.payload.clone())).await {
+            match sink.deliver(&rec.namespace, &rec.target, &path, rec.content_type.as_deref(), Bytes::from(rec.payload.clone()), trace).await {
                 Ok((status, body)) => (cfg, (None, status, body)),
                 Err(SinkError::Missing(name)) => {
                     return inner.give_up(rec, "ServiceMissing", format!("service `{name}` no longer exists"), None, None).await;
@@ -569,6 +619,23 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
     };
     let (invocation_id, status, body) = tried;
     let (outcome, error) = classify(status, &body);
+    if let Some((tracer, ctx, queued, at)) = consumer {
+        let mut span = Span::ended(ctx, queued, format!("process {}", rec.target), SpanKind::Consumer, at)
+            .with("messaging.system", "hangar")
+            .with("messaging.operation.type", "process")
+            .with("messaging.destination.name", rec.target.clone())
+            .with("messaging.message.id", rec.id.clone())
+            .with("hangar.attempt", rec.attempts.len() as u64 + 1)
+            .with("hangar.outcome", outcome.to_string())
+            .of(workload_of(&rec.namespace, rec.kind, &rec.target));
+        if let Some(id) = &invocation_id {
+            span = span.with("faas.invocation_id", id.clone());
+        }
+        if outcome != Outcome::Ok {
+            span = span.failed(error.clone().unwrap_or_else(|| format!("the target answered {status}")));
+        }
+        tracer.record(span);
+    }
     if outcome == Outcome::Throttled {
         // Throttles do not use up retries (as Lambda): try again soon.
         rec.state = AsyncState::Queued;
@@ -593,6 +660,26 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
     rec.next_ms = now_ms() + i64::try_from(cfg.backoff_ms(failures)).unwrap_or(i64::MAX / 2);
     rec.error = Some(why);
     inner.save(rec);
+}
+
+/// The workload an event is for, as spans name it.
+fn workload_of(namespace: &str, kind: TargetKind, name: &str) -> hangar_api::traces::WorkloadRef {
+    let kind = match kind {
+        TargetKind::Function => hangar_api::WorkloadKind::Function,
+        TargetKind::Service => hangar_api::WorkloadKind::Service,
+    };
+    hangar_api::traces::WorkloadRef { kind, namespace: namespace.to_string(), name: name.to_string() }
+}
+
+/// `faas.trigger` of an attempt: `pubsub` for a topic's event, `timer` for a schedule's,
+/// `other` for an invoke (the triggers' idempotency keys say which made it).
+fn faas_trigger(rec: &AsyncRecord) -> &'static str {
+    let made_by_trigger = rec.content_type.as_deref() == Some(crate::triggers::CLOUDEVENT_JSON);
+    match rec.idempotency_key.as_deref() {
+        Some(k) if made_by_trigger && k.starts_with("topic:") => "pubsub",
+        Some(k) if made_by_trigger && k.starts_with("cron:") => "timer",
+        _ => "other",
+    }
 }
 
 /// Why an event is too old to try, if it is.
@@ -754,6 +841,7 @@ mod tests {
             finished_ms: None,
             error: None,
             destination_id: None,
+            trace: None,
         };
         let r: serde_json::Value = serde_json::from_slice(&destination_record(&rec, "RetriesExhausted", Some((502, Bytes::from_static(b"oops"))))).unwrap();
         assert_eq!(r["requestContext"]["condition"], "RetriesExhausted");

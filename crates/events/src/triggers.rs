@@ -197,7 +197,15 @@ impl Triggers {
 
     /// Queues the event for every subscription of `topic` in the namespace. Returns the
     /// event's id and the deliveries (empty when nothing subscribes).
-    pub async fn publish(&self, namespace: &str, topic: &str, data: Bytes, meta: EventMeta) -> Result<(String, Vec<Delivery>), EventsError> {
+    /// `parent`: the span of the publish (each delivery continues its trace).
+    pub async fn publish(
+        &self,
+        namespace: &str,
+        topic: &str,
+        data: Bytes,
+        meta: EventMeta,
+        parent: Option<hangar_trace::SpanContext>,
+    ) -> Result<(String, Vec<Delivery>), EventsError> {
         let subs: Vec<(String, Target)> = self
             .table()
             .values()
@@ -211,7 +219,7 @@ impl Triggers {
         // Accepts issued together share the queue's transaction.
         let accepts = subs.iter().map(|(trigger, target)| {
             let key = Some(format!("topic:{topic}:{id}:{trigger}"));
-            self.inner.queue.accept(namespace, target, event.clone(), Some(CLOUDEVENT_JSON.into()), key)
+            self.inner.queue.accept(namespace, target, event.clone(), Some(CLOUDEVENT_JSON.into()), key, parent)
         });
         let held = futures::future::join_all(accepts).await;
         let mut deliveries = Vec::new();
@@ -366,7 +374,8 @@ async fn cron_loop(t: Triggers, leases: Arc<dyn hangar_bus::Leases>, holder: Str
             let data = data.unwrap_or_else(|| serde_json::json!({})).to_string();
             let event = cloudevent(&id, &format!("/hangar/{ns}/triggers/{name}"), "dev.hangar.cron", at, None, data.as_bytes());
             let key = Some(format!("cron:{name}:{at}"));
-            match t.inner.queue.accept(&ns, &target, event, Some(CLOUDEVENT_JSON.into()), key).await {
+            // A fire starts a new trace.
+            match t.inner.queue.accept(&ns, &target, event, Some(CLOUDEVENT_JSON.into()), key, None).await {
                 Ok(_) => {
                     if let Some(e) = t.table().get_mut(&(ns.clone(), name.clone())) {
                         e.row.last_fired_ms = Some(at);

@@ -453,6 +453,7 @@ impl hangar_events::Placement for AsyncPlacement {
         request_id: &str,
         payload: Bytes,
         content_type: Option<&str>,
+        trace: Option<hangar_trace::SpanContext>,
     ) -> Option<(Option<String>, StatusCode, Bytes)> {
         let worker = match self.0.route(slot) {
             Route::Here => return None,
@@ -467,6 +468,9 @@ impl hangar_events::Placement for AsyncPlacement {
         }
         if let Some(v) = content_type.and_then(|c| http::HeaderValue::from_str(c).ok()) {
             req.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+        if let Some(ctx) = trace {
+            ctx.inject(req.headers_mut());
         }
         let (head, ()) = req.into_parts();
         let resp = self.0.forward(&worker, &d.namespace, &d.name, head, payload, Trigger::Async).await;
@@ -489,12 +493,16 @@ impl hangar_events::ServiceSink for ClusterSink {
         path: &str,
         content_type: Option<&str>,
         body: Bytes,
+        trace: Option<hangar_trace::SpanContext>,
     ) -> Result<(StatusCode, Bytes), hangar_events::SinkError> {
         let Some(shared) = self.0.upgrade() else { return Err(hangar_events::SinkError::Failed("the server is stopping".into())) };
         let state = AppState(shared);
         let mut req = http::Request::post(path).body(axum::body::Body::from(body)).map_err(|e| hangar_events::SinkError::Failed(e.to_string()))?;
         if let Some(v) = content_type.and_then(|c| http::HeaderValue::from_str(c).ok()) {
             req.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+        if let Some(ctx) = trace {
+            ctx.inject(req.headers_mut());
         }
         let resp = match crate::services::reach_in_cluster(&state, req, namespace, service, path, true, true).await {
             Ok(resp) => resp,

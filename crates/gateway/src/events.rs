@@ -53,7 +53,8 @@ pub async fn accept(state: &AppState, slot: &hangar_scheduler::Slot, headers: &h
         return Err(ApiError::bad_request("invalid_payload", "the payload of a process function is its event and must be JSON"));
     }
     let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let (id, duplicate) = state.async_queue.accept(&d.namespace, &hangar_events::Target::function(&d.name), payload, content_type, key).await?;
+    let parent = hangar_trace::SpanContext::from_headers(headers);
+    let (id, duplicate) = state.async_queue.accept(&d.namespace, &hangar_events::Target::function(&d.name), payload, content_type, key, parent).await?;
     let mut resp = (StatusCode::ACCEPTED, Json(AsyncAccepted { id: id.clone(), state: AsyncState::Queued, duplicate })).into_response();
     if duplicate && let Ok(Some(rec)) = state.store.get_async(Some(&d.namespace), &id).await {
         resp = (StatusCode::ACCEPTED, Json(AsyncAccepted { id: id.clone(), state: rec.state, duplicate })).into_response();
@@ -214,6 +215,8 @@ pub async fn publish(
     }
     let meta =
         hangar_events::EventMeta::from_headers(&head.headers).map_err(|e| ApiError::bad_request("invalid_header", format!("{}: {}", e.field, e.message)))?;
-    let (id, deliveries) = state.triggers.publish(&ns, &topic, data, meta).await?;
+    crate::traces::name_namespace(&head, &ns);
+    let parent = hangar_trace::SpanContext::from_headers(&head.headers);
+    let (id, deliveries) = state.triggers.publish(&ns, &topic, data, meta, parent).await?;
     Ok((StatusCode::ACCEPTED, Json(Published { id, deliveries })).into_response())
 }

@@ -113,6 +113,12 @@ fn host_of(req: &Request) -> Option<String> {
     Some(hangar_service::proxy::host_service(host))
 }
 
+/// Whether a request names a workload by its host (its own name, or one it claims).
+pub(crate) fn is_workload_host(state: &AppState, req: &Request) -> bool {
+    let Some(host) = host_of(req) else { return false };
+    state.domain.target(&host).is_some() || state.scheduler.by_host(&host).is_some() || state.services.as_ref().is_some_and(|s| s.by_host(&host).is_some())
+}
+
 /// Requests for a workload's host name go to it, whole path; the workloads' own host names
 /// come first, so a claimed host can never take one of them. Others pass on.
 pub async fn route(State(state): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {

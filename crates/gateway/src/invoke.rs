@@ -33,6 +33,7 @@ pub async fn function_url(State(state): State<AppState>, req: Request) -> Result
 /// query): the caller checked, the `X-Forwarded-*` headers set (`prefix`: the route it came
 /// under), an anonymous caller's view of an error kept generic.
 pub(crate) async fn serve_function(state: &AppState, ns: &str, name: &str, req: Request, path: &str, prefix: Option<&str>) -> Result<Response, ApiError> {
+    crate::traces::name_workload(&req, hangar_api::WorkloadKind::Function, ns, name);
     let slot = state.scheduler.route(ns, name);
     let public = slot.as_ref().is_some_and(|s| s.deployment().config.public);
     // Whoever may not see the namespace gets a function's own errors without their details.
@@ -102,6 +103,7 @@ pub async fn invoke_api(
 ) -> Result<Response, ApiError> {
     let ns = principal.scope(q.namespace.as_deref())?;
     let slot = state.scheduler.route(&ns, &name).ok_or_else(|| ApiError::not_found(format_args!("function `{name}` in namespace `{ns}`")))?;
+    crate::traces::name_workload(&req, hangar_api::WorkloadKind::Function, &ns, &name);
     if crate::events::wants_async(q.asynchronous, req.headers())? {
         let (head, body) = req.into_parts();
         return crate::events::accept(&state, &slot, &head.headers, body).await;

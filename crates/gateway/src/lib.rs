@@ -21,6 +21,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod sandboxes;
 pub mod services;
+pub mod traces;
 pub mod usage;
 
 use std::sync::Arc;
@@ -116,6 +117,8 @@ pub struct Shared {
     pub peers: Option<Arc<cluster::Peers>>,
     /// The domain workloads' host names are under (`--domain`).
     pub domain: hosts::Domain,
+    /// Where spans go, and the node's trace store.
+    pub tracer: Arc<hangar_trace::Tracer>,
 }
 
 /// Builds the router of the whole gateway.
@@ -160,6 +163,8 @@ pub fn router(state: AppState) -> Router {
         .route("/topics/{topic}/events", post(events::publish).layer(DefaultBodyLimit::disable()))
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}/drain", post(nodes::drain))
+        .route("/traces", get(traces::list))
+        .route("/traces/{id}", get(traces::get))
         .route("/openapi.json", get(openapi_json))
         .layer(json_limit);
     // The platform's own routes answer every error in the JSON shape; workloads' answers under
@@ -180,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .merge(platform)
         .layer(axum::middleware::from_fn_with_state(state.clone(), sandboxes::at_owner))
         .layer(axum::middleware::from_fn_with_state(state.clone(), hosts::route))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), traces::ingress))
         .with_state(state)
 }
 

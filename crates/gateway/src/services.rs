@@ -215,6 +215,7 @@ pub async fn proxy(State(state): State<AppState>, req: Request) -> Result<Respon
     let Some((ns, name, rest)) = proxy::split_route(req.uri().path()).map(|(ns, name, rest)| (ns.to_string(), name.to_string(), rest)) else {
         return Err(ApiError::bad_request("invalid_path", "service URLs look like /svc/{namespace}/{name}/{path}"));
     };
+    crate::traces::name_workload(&req, hangar_api::WorkloadKind::Service, &ns, &name);
     let (mut head, body) = req.into_parts();
     crate::hosts::set_forwarded(&mut head, Some(&format!("/svc/{ns}/{name}")));
     reach(&state, Request::from_parts(head, body), &ns, &name, &rest, false).await
@@ -312,9 +313,12 @@ pub(crate) async fn serve_local(
     let Some(svc) = svc else {
         return Err(ApiError::not_found(format_args!("service `{name}` in namespace `{ns}`")));
     };
+    let mut req = req;
+    let span = crate::traces::client_span(state, &mut req);
     let req = req.map(|b| b.map_err(std::io::Error::other).boxed_unsync());
-    let resp = proxy::forward_to(&svc, endpoint, req, rest).await?;
-    Ok(resp.map(Body::new))
+    let resp = proxy::forward_to(&svc, endpoint, req, rest).await;
+    crate::traces::end_client_span(state, span, ns, name, resp.as_ref().map(|r| r.status()).map_err(|_| "no answer from the instance"));
+    Ok(resp?.map(Body::new))
 }
 
 /// Lets the request through if the service is public or the caller's key covers its
@@ -334,6 +338,7 @@ fn authorize(state: &AppState, req: &Request, public: Option<bool>, ns: &str, na
 /// (found here by a host it claims) is public, so the caller is checked here; `None`: whoever
 /// serves it checks.
 pub(crate) async fn serve_by_host(state: &AppState, req: Request, ns: &str, name: &str, public: Option<bool>) -> Result<Response, ApiError> {
+    crate::traces::name_workload(&req, hangar_api::WorkloadKind::Service, ns, name);
     if public.is_some() {
         authorize(state, &req, public, ns, name)?;
     }

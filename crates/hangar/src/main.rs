@@ -61,6 +61,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         adapt_window: a.adapt_window,
         region: a.region.clone(),
         domain: hangar_gateway::hosts::Domain::new(&a.domain).map_err(|e| anyhow::anyhow!("--domain: {e}"))?,
+        tracing: match a.trace_sample.as_str() {
+            "off" => None,
+            ratio => {
+                let ratio: f64 = ratio
+                    .parse()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| anyhow::anyhow!("--trace-sample `{ratio}`: give a share of traces from 0 to 1 (e.g. 0.01), or `off`"))?;
+                Some(hangar_trace::store::Settings {
+                    ratio,
+                    per_second: 1,
+                    slow: a.trace_slow,
+                    max_spans: a.trace_max_spans as usize,
+                    retention: a.trace_retention,
+                })
+            }
+        },
     })
     .await?;
     Ok(0)

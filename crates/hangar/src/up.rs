@@ -61,6 +61,8 @@ pub struct UpOptions {
     pub region: String,
     /// The domain workloads' host names are under.
     pub domain: hangar_gateway::hosts::Domain,
+    /// What the trace store keeps; `None`: tracing off.
+    pub tracing: Option<hangar_trace::store::Settings>,
 }
 
 pub async fn run(opts: UpOptions) -> Result<()> {
@@ -125,10 +127,15 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         Ok(host) => runtimes.extend(host.runtimes()),
         Err(e) => _ = unavailable("process functions (python3, nodejs, provided)", e),
     }
+    let tracer = Arc::new(match opts.tracing.clone() {
+        Some(settings) => hangar_trace::Tracer::new(settings),
+        None => hangar_trace::Tracer::off(),
+    });
     // Code deployed through another node is prepared here from the store, at its first call.
     let scheduler = Arc::new(
         Scheduler::new(runtimes, meter.clone(), opts.max_log_bytes, opts.namespace_concurrency)
-            .with_code_source(Arc::new(hangar_scheduler::informer::StoredCode(store.clone()))),
+            .with_code_source(Arc::new(hangar_scheduler::informer::StoredCode(store.clone())))
+            .with_tracer(tracer.clone()),
     );
     let services = match hangar_service::Services::check_machine() {
         Ok(()) if !runs_instances => Err(hangar_service::ServiceError::Invalid("this node's role is gateway: it runs no service instances".into())),
@@ -142,6 +149,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency, opts.async_queue, &node_id)
         .await
         .context("reading the queue of asynchronous invocations")?;
+    async_queue.set_tracer(tracer.clone());
     let triggers = hangar_events::Triggers::open(store.clone(), async_queue.clone()).await.context("reading the triggers")?;
     let sandboxes = match runs_instances {
         true => hangar_sandbox::Sandboxes::start(&opts.data_dir, &server_id, &node_id, store.clone(), images.clone()).await.map_err(|e| e.to_string()),
@@ -273,6 +281,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         peers,
         members,
         domain: opts.domain,
+        tracer: tracer.clone(),
     });
     // In a cluster, functions' attempts are placed like calls.
     if let Some(p) = &state.peers {

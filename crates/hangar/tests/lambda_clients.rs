@@ -74,7 +74,7 @@ async fn an_awslambdaric_handler_runs_unchanged() {
     );
     std::fs::write(
         code.path().join("app.py"),
-        "def handler(event, context):\n    print('ric handler', event)\n    return {'ric': event['x'], 'request_id': context.aws_request_id, 'name': context.function_name}\n",
+        "import os\ndef handler(event, context):\n    print('ric handler', event)\n    return {'ric': event['x'], 'request_id': context.aws_request_id, 'name': context.function_name, 'trace': os.environ.get('_X_AMZN_TRACE_ID')}\n",
     )
     .unwrap();
     let bootstrap = code.path().join("bootstrap");
@@ -93,6 +93,20 @@ async fn an_awslambdaric_handler_runs_unchanged() {
     assert_eq!(v["name"], "ric");
     let v: Value = invoke(&s, "ric", &json!({"x": 7})).await.json().await.unwrap();
     assert_eq!(v["ric"], 7);
+    // The caller's trace reaches the handler as X-Ray's header, set by awslambdaric itself
+    // from the Runtime API's `Lambda-Runtime-Trace-Id`.
+    let r = s
+        .http()
+        .post(format!("{}/v1/functions/ric/invoke", s.url))
+        .bearer_auth(&s.admin_key)
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .json(&json!({"x": 1}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let trace = v["trace"].as_str().unwrap_or_default();
+    assert!(trace.starts_with("Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent=") && trace.ends_with(";Sampled=1"), "{v}");
 }
 
 #[tokio::test]

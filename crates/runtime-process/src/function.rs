@@ -493,7 +493,8 @@ impl Inner {
         })
     }
 
-    async fn run(self: Arc<Self>, info: InvokeInfo, request: http::Request<Body>) -> (Reply, String, bool, StartKind) {
+    async fn run(self: Arc<Self>, info: InvokeInfo, request: http::Request<Body>) -> (Reply, String, bool, StartKind, Option<Duration>) {
+        let began_run = Instant::now();
         let mut logs = LogBuffer::new(self.spec.limits.max_log_bytes);
         let (head, body) = request.into_parts();
         let request_id = head.extensions.get::<hangar_runtime::RequestId>().map_or_else(|| info.id.clone(), |r| r.0.clone());
@@ -501,7 +502,7 @@ impl Inner {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 let o = platform_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Outcome::Error, format!("reading the request body: {e}"));
-                return (o, String::new(), false, StartKind::Warm);
+                return (o, String::new(), false, StartKind::Warm, None);
             }
         };
         let source = match info.trigger {
@@ -512,19 +513,26 @@ impl Inner {
         let payload = match mapping::event(source, &head, body, cx) {
             Ok(p) => p,
             Err(e) => {
-                return (platform_error(StatusCode::BAD_REQUEST, "invalid_payload", Outcome::Error, e.to_string()), String::new(), false, StartKind::Warm);
+                return (
+                    platform_error(StatusCode::BAD_REQUEST, "invalid_payload", Outcome::Error, e.to_string()),
+                    String::new(),
+                    false,
+                    StartKind::Warm,
+                    None,
+                );
             }
         };
 
         let (mut instance, start) = match self.acquire().await {
             Ok(x) => x,
-            Err(o) => return (o, String::new(), false, StartKind::Cold),
+            Err(o) => return (o, String::new(), false, StartKind::Cold, None),
         };
+        let acquired = began_run.elapsed();
         self.busy.fetch_add(1, Ordering::AcqRel);
         let timeout = self.spec.limits.timeout;
         let deadline_ms = now_ms() + timeout.as_millis() as i64;
         let inv = Invocation {
-            trace_id: mapping::trace_id(deadline_ms, &request_id),
+            trace_id: info.trace.map_or_else(|| mapping::trace_id(deadline_ms, &request_id), |t| t.xray()),
             request_id: request_id.clone(),
             payload,
             deadline_ms,
@@ -575,6 +583,8 @@ impl Inner {
             self.refill();
         }
         let (text, truncated) = self.frame_logs(&request_id, &mut logs, elapsed, &instance, start);
+        // A cold instance was ready once its runtime initialized.
+        let ready_after = acquired + instance.init.filter(|_| start.is_cold_start()).unwrap_or_default();
         self.busy.fetch_sub(1, Ordering::AcqRel);
         if healthy {
             instance.last_used = Instant::now();
@@ -583,7 +593,7 @@ impl Inner {
             drop(instance);
         }
         self.freed.notify_one();
-        (o, text, truncated, start)
+        (o, text, truncated, start, Some(ready_after))
     }
 
     /// The invocation's output framed in Lambda's log lines.
@@ -618,7 +628,7 @@ impl hangar_runtime::Loaded for Function {
         // leaves an instance half-used nor loses the record.
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
-            let (o, logs, logs_truncated, start) = inner.run(info, request).await;
+            let (o, logs, logs_truncated, start, ready_after) = inner.run(info, request).await;
             let (parts, body) = o.response.into_parts();
             let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             let ending = hangar_api::Ending {
@@ -629,7 +639,7 @@ impl hangar_runtime::Loaded for Function {
                 logs,
                 logs_truncated,
             };
-            on_finish(Finished { ending, start: Some(start) });
+            on_finish(Finished { ending, start: Some(start), ready_after });
             http::Response::from_parts(parts, full(bytes))
         });
         match task.await {

@@ -69,6 +69,8 @@ impl ResourceLimiter for MemoryLimiter {
 /// Lets outgoing HTTP requests through only to hosts on the function's allow-list.
 struct OutboundPolicy {
     allow: Arc<[String]>,
+    /// The invocation's `traceparent`, passed on by outbound requests that carry none.
+    traceparent: Option<http::HeaderValue>,
 }
 
 type SendFuture = Box<
@@ -83,7 +85,7 @@ type SendFuture = Box<
 impl WasiHttpHooks for OutboundPolicy {
     fn send_request(
         &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
@@ -94,6 +96,11 @@ impl WasiHttpHooks for OutboundPolicy {
         if !hangar_api::validate::outbound_allowed(&self.allow, &host, port) {
             tracing::debug!(%host, port, "outbound request denied");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        if let Some(tp) = &self.traceparent
+            && !request.headers().contains_key(hangar_trace::context::TRACEPARENT)
+        {
+            request.headers_mut().insert(hangar_trace::context::TRACEPARENT, tp.clone());
         }
         Box::new(async move {
             let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
@@ -134,7 +141,7 @@ impl WasmFunction {
         WasmFunction { pre, limits, allow, deadline_ticks }
     }
 
-    fn new_store(&self, logs: &LogSink) -> Store<GuestState> {
+    fn new_store(&self, logs: &LogSink, trace: Option<&hangar_trace::SpanContext>) -> Store<GuestState> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(&self.limits.env).stdout(logs.clone()).stderr(logs.clone());
         let state = GuestState {
@@ -142,7 +149,7 @@ impl WasmFunction {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter { max_bytes: self.limits.memory_bytes as usize, hit: false },
-            hooks: OutboundPolicy { allow: self.allow.clone() },
+            hooks: OutboundPolicy { allow: self.allow.clone(), traceparent: trace.and_then(|t| http::HeaderValue::from_str(&t.traceparent()).ok()) },
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -156,7 +163,7 @@ impl WasmFunction {
     pub async fn instantiate_once(&self) -> Result<Duration, RuntimeError> {
         let logs = LogSink::new(self.limits.max_log_bytes);
         let started = std::time::Instant::now();
-        let mut store = self.new_store(&logs);
+        let mut store = self.new_store(&logs, None);
         self.pre.instantiate_async(&mut store).await.map_err(|e| RuntimeError::Internal(format!("{e:#}")))?;
         Ok(started.elapsed())
     }
@@ -167,13 +174,15 @@ struct GuestEnd {
     outcome: Outcome,
     /// One line for the record and the caller.
     error: Option<String>,
+    /// How long the instance took to make.
+    ready_after: Option<Duration>,
 }
 
 #[async_trait]
 impl Loaded for WasmFunction {
-    async fn invoke(&self, _info: hangar_runtime::InvokeInfo, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body> {
+    async fn invoke(&self, info: hangar_runtime::InvokeInfo, request: http::Request<Body>, on_finish: OnFinish) -> http::Response<Body> {
         let logs = LogSink::new(self.limits.max_log_bytes);
-        let mut store = self.new_store(&logs);
+        let mut store = self.new_store(&logs, info.trace.as_ref());
         let mut request = request;
         // wasi:http wants an authority; calls made inside Hangar (asynchronous attempts,
         // sequence steps, triggers) have no Host of their own.
@@ -191,7 +200,7 @@ impl Loaded for WasmFunction {
             Ok(h) => h,
             Err(e) => {
                 let msg = format!("could not pass the request to the function: {e:#}");
-                on_finish(finished(Outcome::Error, 400, 0, Some(msg.clone()), &logs));
+                on_finish(finished(GuestEnd { outcome: Outcome::Error, error: Some(msg.clone()), ready_after: None }, 400, 0, &logs));
                 return error_response(StatusCode::BAD_REQUEST, "bad_request", &msg);
             }
         };
@@ -201,8 +210,11 @@ impl Loaded for WasmFunction {
         let timeout = self.limits.timeout;
         let task_logs = logs.clone();
         tokio::spawn(async move {
+            let began = std::time::Instant::now();
+            let mut ready_after = None;
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
+                ready_after = Some(began.elapsed());
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
             };
             let result = tokio::time::timeout(timeout, run).await;
@@ -210,7 +222,8 @@ impl Loaded for WasmFunction {
             // Dropping the store drops the response outparam and the body stream, so whoever
             // waits for a response or more body learns that none is coming.
             drop(store);
-            let (end, detail) = classify(result, oom, timeout);
+            let (mut end, detail) = classify(result, oom, timeout);
+            end.ready_after = ready_after;
             if let Some(detail) = detail {
                 task_logs.append(format!("[hangar] {detail}\n").as_bytes());
             }
@@ -253,7 +266,7 @@ impl Loaded for WasmFunction {
 const CLIENT_CLOSED: u16 = 499;
 
 fn lost() -> GuestEnd {
-    GuestEnd { outcome: Outcome::Error, error: Some("the function task ended unexpectedly".into()) }
+    GuestEnd { outcome: Outcome::Error, error: Some("the function task ended unexpectedly".into()), ready_after: None }
 }
 
 /// Hands an invocation's record over exactly once: when told to, or, if dropped first (the
@@ -270,7 +283,7 @@ impl Report {
     fn finish(&mut self, end: GuestEnd) {
         self.end = None;
         if let Some(on_finish) = self.on_finish.take() {
-            on_finish(finished(end.outcome, self.status, self.sent, end.error, &self.logs));
+            on_finish(finished(end, self.status, self.sent, &self.logs));
         }
     }
 
@@ -283,7 +296,7 @@ impl Report {
             None => lost(),
         };
         if end.outcome == Outcome::Ok {
-            return GuestEnd { outcome: Outcome::Error, error: Some(failure.to_string()) };
+            return GuestEnd { outcome: Outcome::Error, error: Some(failure.to_string()), ready_after: None };
         }
         end
     }
@@ -295,7 +308,7 @@ impl Drop for Report {
         let (status, sent, logs) = (self.status, self.sent, self.logs.clone());
         let record = async move {
             let end = end.await.unwrap_or_else(|_| lost());
-            on_finish(finished(end.outcome, status, sent, end.error, &logs));
+            on_finish(finished(end, status, sent, &logs));
         };
         match tokio::runtime::Handle::try_current() {
             Ok(h) => drop(h.spawn(record)),
@@ -304,19 +317,23 @@ impl Drop for Report {
     }
 }
 
-fn finished(outcome: Outcome, status: u16, bytes: u64, error: Option<String>, logs: &LogSink) -> Finished {
+fn finished(end: GuestEnd, status: u16, bytes: u64, logs: &LogSink) -> Finished {
     let (logs, logs_truncated) = logs.take();
-    Finished { ending: hangar_api::Ending { outcome, status, response_bytes: bytes, error, logs, logs_truncated }, start: None }
+    let GuestEnd { outcome, error, ready_after } = end;
+    Finished { ending: hangar_api::Ending { outcome, status, response_bytes: bytes, error, logs, logs_truncated }, start: None, ready_after }
 }
 
 const NO_RESPONSE: &str = "the function returned without setting a response";
 
 /// Turns the guest's result into an outcome, a message for people, and details for the logs.
 fn classify(result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>, oom: bool, timeout: Duration) -> (GuestEnd, Option<String>) {
-    let timed_out =
-        || GuestEnd { outcome: Outcome::Timeout, error: Some(format!("the function did not finish within its timeout of {} ms", timeout.as_millis())) };
+    let timed_out = || GuestEnd {
+        outcome: Outcome::Timeout,
+        error: Some(format!("the function did not finish within its timeout of {} ms", timeout.as_millis())),
+        ready_after: None,
+    };
     let e = match result {
-        Ok(Ok(())) => return (GuestEnd { outcome: Outcome::Ok, error: None }, None),
+        Ok(Ok(())) => return (GuestEnd { outcome: Outcome::Ok, error: None, ready_after: None }, None),
         Err(_) => return (timed_out(), None),
         Ok(Err(e)) => e,
     };
@@ -327,12 +344,12 @@ fn classify(result: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>, o
     let detail = Some(format!("{e:?}"));
     if oom {
         let error = format!("the function needed more memory than its limit allows; raise its memory ({cause})");
-        (GuestEnd { outcome: Outcome::OutOfMemory, error: Some(error) }, detail)
+        (GuestEnd { outcome: Outcome::OutOfMemory, error: Some(error), ready_after: None }, detail)
     } else if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
         let error = format!("too many instances are running at once; retry shortly ({cause})");
-        (GuestEnd { outcome: Outcome::Throttled, error: Some(error) }, None)
+        (GuestEnd { outcome: Outcome::Throttled, error: Some(error), ready_after: None }, None)
     } else {
-        (GuestEnd { outcome: Outcome::Error, error: Some(format!("the function failed: {cause}")) }, detail)
+        (GuestEnd { outcome: Outcome::Error, error: Some(format!("the function failed: {cause}")), ready_after: None }, detail)
     }
 }
 

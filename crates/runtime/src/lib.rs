@@ -96,6 +96,9 @@ pub struct InvokeInfo {
     /// The invocation id (a UUID), also the Lambda request id.
     pub id: String,
     pub trigger: Trigger,
+    /// This invocation's span, when tracing is on (the request's `traceparent` names it too):
+    /// Lambda code sees it as `Lambda-Runtime-Trace-Id`, outbound calls carry it.
+    pub trace: Option<hangar_trace::SpanContext>,
 }
 
 /// How an invocation ended, as the runtime saw it.
@@ -105,6 +108,9 @@ pub struct Finished {
     /// Whether a new instance was started for this invocation, when the runtime knows better
     /// than the scheduler (process runtimes start instances per invocation burst).
     pub start: Option<StartKind>,
+    /// How long after the invocation began its instance was ready to take it (made, resumed
+    /// or taken warm; a cold start's init included), when the runtime knows.
+    pub ready_after: Option<std::time::Duration>,
 }
 
 /// Called exactly once when an invocation is over: the guest has returned and the response

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use hangar_api::traces::SpanKind;
 use hangar_api::{FunctionConfig, InvocationRecord, RuntimeKind, StartKind, Trigger, billed_ms, now_ms};
 use hangar_meter::{FunctionMetrics, Meter};
 use hangar_runtime::{Body, CodeSource, Limits, Loaded, RevisionSpec, Runtime, RuntimeError, error_response};
@@ -125,6 +126,49 @@ fn begin_record(d: &Deployment, id: &str, trigger: Trigger, start: StartKind, pa
     }
 }
 
+/// The function a record is of, as spans name it.
+fn workload(r: &InvocationRecord) -> hangar_api::traces::WorkloadRef {
+    hangar_api::traces::WorkloadRef { kind: hangar_api::WorkloadKind::Function, namespace: r.namespace.clone(), name: r.function.clone() }
+}
+
+/// `faas.trigger` of an invocation: what its request says, else what its trigger implies.
+fn faas_trigger<B>(request: &http::Request<B>, trigger: Trigger) -> &'static str {
+    match request.extensions().get::<hangar_trace::FaasTrigger>() {
+        Some(t) => t.0,
+        None if trigger == Trigger::Http => "http",
+        None => "other",
+    }
+}
+
+/// An invocation's span (OpenTelemetry FaaS server span), from its record.
+fn invocation_span(
+    r: &InvocationRecord,
+    ctx: hangar_trace::SpanContext,
+    parent: Option<hangar_trace::SpanId>,
+    started: hangar_trace::Started,
+    faas_trigger: &'static str,
+) -> hangar_trace::Span {
+    let mut s = hangar_trace::Span::ended(ctx, parent, r.function.clone(), SpanKind::Server, started)
+        .with("faas.invocation_id", r.id.clone())
+        .with("faas.trigger", faas_trigger)
+        .with("faas.coldstart", r.start.is_cold_start())
+        .with("faas.name", r.function.clone())
+        .with("faas.version", r.revision)
+        .with("faas.max_memory", u64::from(r.memory_mb) << 20)
+        .with("hangar.namespace", r.namespace.clone())
+        .with("hangar.start", r.start.to_string())
+        .with("hangar.outcome", r.ending.outcome.to_string())
+        .with("http.response.status_code", r.ending.status)
+        .of(workload(r));
+    if let Some(parent) = &r.parent_id {
+        s = s.with("hangar.parent_invocation_id", parent.clone());
+    }
+    if r.ending.outcome != hangar_api::Outcome::Ok {
+        s = s.failed(r.ending.error.clone().unwrap_or_else(|| r.ending.outcome.to_string()));
+    }
+    s
+}
+
 /// Seconds a throttled caller is told to wait.
 const RETRY_AFTER_S: &str = "1";
 
@@ -214,6 +258,7 @@ pub struct Scheduler {
     in_flight: Arc<InFlight>,
     max_log_bytes: usize,
     code: Option<Arc<dyn CodeSource>>,
+    tracer: Arc<hangar_trace::Tracer>,
 }
 
 impl Scheduler {
@@ -229,7 +274,14 @@ impl Scheduler {
             in_flight: Arc::default(),
             max_log_bytes,
             code: None,
+            tracer: Arc::new(hangar_trace::Tracer::off()),
         }
+    }
+
+    /// Where invocations' spans go (tracing is off without one).
+    pub fn with_tracer(mut self, tracer: Arc<hangar_trace::Tracer>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Where revisions get code that is not on this node (deployed through another node).
@@ -449,6 +501,7 @@ impl Scheduler {
         let d = &slot.deployment;
         let mut record = begin_record(d, &id, trigger, StartKind::Warm, parent);
         let step_trigger = if trigger == Trigger::Async { Trigger::Async } else { Trigger::Api };
+        let span = self.tracer.hop(request.headers()).map(|(ctx, parent)| (ctx, parent, hangar_trace::Started::now(), faas_trigger(&request, trigger)));
         let (head, body) = request.into_parts();
         let mut content_type = head.headers.get(http::header::CONTENT_TYPE).cloned();
         let (mut response, mut error) = (None, None);
@@ -479,6 +532,10 @@ impl Scheduler {
             *req.method_mut() = http::Method::POST;
             if let Some(ct) = &content_type {
                 req.headers_mut().insert(http::header::CONTENT_TYPE, ct.clone());
+            }
+            // Each step is a child of the sequence's span.
+            if let Some((ctx, ..)) = &span {
+                ctx.inject(req.headers_mut());
             }
             let (_, resp) = self.invoke_in(&step_slot, req, step_trigger, Some(id.clone()), depth + 1).await;
             let (parts, body) = resp.into_parts();
@@ -514,6 +571,10 @@ impl Scheduler {
             error,
             ..Default::default()
         };
+        if let Some((ctx, parent, started, faas_trigger)) = span {
+            let span = invocation_span(&record, ctx, parent, started, faas_trigger).with("hangar.steps", d.config.steps.len() as u64);
+            self.tracer.record(span);
+        }
         self.meter.record(&slot.metrics, record);
         drop(guard);
         (id, response)
@@ -528,20 +589,33 @@ impl Scheduler {
         let start = if slot.loaded.initialized() { StartKind::Warm } else { StartKind::Cold };
         let d = &slot.deployment;
         let mut record = begin_record(d, &id, trigger, start, parent);
+        // This invocation's span: the code sees it as its parent (`traceparent`).
+        let mut request = request;
+        let span = self.tracer.hop(request.headers()).map(|(ctx, parent)| (ctx, parent, hangar_trace::Started::now(), faas_trigger(&request, trigger)));
+        if let Some((ctx, ..)) = &span {
+            ctx.inject(request.headers_mut());
+        }
+        let trace = span.as_ref().map(|(ctx, ..)| *ctx);
         let admission = match admission {
             Ok(a) => a,
             Err(why) => {
                 // Throttled before anything ran: recorded, not billed.
                 record.ending = hangar_api::Ending::platform(hangar_api::Outcome::Throttled, 429, why.clone());
                 record.duration_us = started.elapsed().as_micros() as u64;
+                if let Some((ctx, parent, at, faas_trigger)) = span {
+                    self.tracer.record(invocation_span(&record, ctx, parent, at, faas_trigger));
+                }
                 self.meter.record(&slot.metrics, record);
                 drop(guard);
                 return (id, throttled(&why));
             }
         };
+        let loaded = slot.load().await;
+        let load_time = started.elapsed();
         let finish = {
             let meter = self.meter.clone();
             let metrics = slot.metrics.clone();
+            let tracer = self.tracer.clone();
             move |f: hangar_runtime::Finished| {
                 drop(admission);
                 record.duration_us = started.elapsed().as_micros() as u64;
@@ -550,22 +624,32 @@ impl Scheduler {
                 if let Some(start) = f.start {
                     record.start = start;
                 }
+                if let Some((ctx, parent, at, faas_trigger)) = span {
+                    // How the instance was obtained, then the invocation: a child ends first.
+                    // Loading the revision (compiling, preparing code) is part of a cold start.
+                    if let Some(ready) = f.ready_after.map(|r| r + load_time) {
+                        let mut s = hangar_trace::Span::ended(ctx.child(), Some(ctx.span_id), format!("instance {}", record.start), SpanKind::Internal, at);
+                        s.end_ns = s.start_ns + ready.as_nanos() as u64;
+                        let s = s.with("hangar.instance.start", record.start.to_string()).with("faas.coldstart", record.start.is_cold_start());
+                        tracer.record(s.of(workload(&record)));
+                    }
+                    tracer.record(invocation_span(&record, ctx, parent, at, faas_trigger));
+                }
                 meter.record(&metrics, record);
                 drop(guard);
             }
         };
 
-        let loaded = slot.load().await;
         let response = match loaded {
             Ok(loaded) => {
                 let loaded = loaded.clone();
-                loaded.invoke(hangar_runtime::InvokeInfo { id: id.clone(), trigger }, request, Box::new(finish)).await
+                loaded.invoke(hangar_runtime::InvokeInfo { id: id.clone(), trigger, trace }, request, Box::new(finish)).await
             }
             Err(e) => {
                 tracing::error!(namespace = %d.namespace, function = %d.name, "loading revision failed: {e}");
                 let msg = format!("the function's code could not be loaded: {e}");
                 let resp = error_response(http::StatusCode::SERVICE_UNAVAILABLE, "load_failed", &msg);
-                finish(hangar_runtime::Finished { ending: hangar_api::Ending::platform(hangar_api::Outcome::Error, 503, msg), start: None });
+                finish(hangar_runtime::Finished { ending: hangar_api::Ending::platform(hangar_api::Outcome::Error, 503, msg), start: None, ready_after: None });
                 resp
             }
         };

@@ -267,6 +267,7 @@ impl hangar_events::ServiceSink for EventSink {
         path: &str,
         content_type: Option<&str>,
         body: Bytes,
+        trace: Option<hangar_trace::SpanContext>,
     ) -> Result<(StatusCode, Bytes), hangar_events::SinkError> {
         let Some(svc) = self.services.get(namespace, service) else {
             // Deployed but not running (yet): after a restart services come back in the background.
@@ -280,6 +281,9 @@ impl hangar_events::ServiceSink for EventSink {
         *req.method_mut() = http::Method::POST;
         if let Some(v) = content_type.and_then(|c| http::HeaderValue::from_str(c).ok()) {
             req.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+        if let Some(ctx) = trace {
+            ctx.inject(req.headers_mut());
         }
         let resp = forward(&svc, req, path).await.map_err(|e| hangar_events::SinkError::Failed(e.to_string()))?;
         kept_answer(service, resp).await

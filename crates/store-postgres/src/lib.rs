@@ -28,7 +28,8 @@ use tokio_postgres::NoTls;
 use rows::{ASYNC_COLUMNS, FUNCTION_COLUMNS, INVOCATION_COLUMNS, SERVICE_COLUMNS, col};
 
 /// The schema, one migration per entry; entry `i` makes version `i + 1`. Only ever appended to.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE namespaces (
     name            TEXT COLLATE "C" PRIMARY KEY,
     created_ms      BIGINT NOT NULL,
@@ -166,7 +167,10 @@ CREATE TABLE usage_marks (
     standby_ms      BIGINT NOT NULL,
     standby_byte_ms TEXT NOT NULL
 );
-"#];
+"#,
+    // 2: the trace an asynchronous invocation continues.
+    "ALTER TABLE async_invocations ADD COLUMN trace TEXT",
+];
 
 /// How long one store call may take before it counts as the database being unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -919,9 +923,10 @@ impl Queue for PostgresStore {
                 let insert = tx
                     .prepare_cached(
                         "INSERT INTO async_invocations(id, namespace, target, content_type, idempotency_key, state,
-                           attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, payload, owner)
+                           attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, payload, trace, owner)
                          SELECT u.*, $16 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                           $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::text[], $15::bytea[]) AS u
+                           $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::text[], $15::bytea[],
+                           $17::text[]) AS u
                          ON CONFLICT DO NOTHING RETURNING id",
                     )
                     .await
@@ -936,6 +941,7 @@ impl Queue for PostgresStore {
                 let next: Vec<i64> = new.iter().map(|a| a.next_ms).collect();
                 let finished: Vec<Option<i64>> = new.iter().map(|a| a.finished_ms).collect();
                 let payloads: Vec<&[u8]> = new.iter().map(|a| a.payload.as_slice()).collect();
+                let traces = text(|a| a.trace.clone());
                 let rows = tx
                     .query(
                         &insert,
@@ -956,6 +962,7 @@ impl Queue for PostgresStore {
                             &paths,
                             &payloads,
                             &owner,
+                            &traces,
                         ],
                     )
                     .await

@@ -11,7 +11,7 @@ pub const INVOCATION_COLUMNS: &str = "id, namespace, function, revision, trigger
     duration_us, billed_ms, memory_mb, start_kind, outcome, status, response_bytes, error, \
     logs_truncated, parent_id";
 pub const ASYNC_COLUMNS: &str =
-    "id, namespace, target, content_type, idempotency_key, state, attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path";
+    "id, namespace, target, content_type, idempotency_key, state, attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, trace";
 
 /// Column `i` of `row`.
 pub fn col<'a, T: FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
@@ -99,7 +99,8 @@ pub fn async_record(r: &Row, with_payload: bool) -> Result<AsyncRecord> {
         destination_id: col(r, 11)?,
         kind: parsed(r, 12)?,
         path: col(r, 13)?,
-        payload: if with_payload { col(r, 14)? } else { Vec::new() },
+        trace: col(r, 14)?,
+        payload: if with_payload { col(r, 15)? } else { Vec::new() },
     })
 }
 

@@ -239,6 +239,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         // Events from before nodes had ids belong to whoever opens the file next.
         conn.execute_batch("ALTER TABLE async_invocations ADD COLUMN owner TEXT")?;
     }
+    if !has("async_invocations", "trace")? {
+        conn.execute_batch("ALTER TABLE async_invocations ADD COLUMN trace TEXT")?;
+    }
     Ok(())
 }
 
@@ -862,8 +865,8 @@ impl Queue for SqliteStore {
             {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO async_invocations(id, namespace, target, content_type, idempotency_key, state,
-                       attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, payload, owner)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                       attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, payload, owner, trace)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
                      ON CONFLICT DO NOTHING",
                 )?;
                 let mut by_key =
@@ -885,7 +888,8 @@ impl Queue for SqliteStore {
                         a.kind.as_str(),
                         a.path,
                         a.payload,
-                        owner
+                        owner,
+                        a.trace
                     ])?;
                     if n == 1 {
                         held.push((a.id.clone(), false));
@@ -993,7 +997,7 @@ impl Queue for SqliteStore {
 }
 
 const ASYNC_COLUMNS: &str =
-    "id, namespace, target, content_type, idempotency_key, state, attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path";
+    "id, namespace, target, content_type, idempotency_key, state, attempts, accepted_ms, next_ms, finished_ms, error, destination_id, kind, path, trace";
 
 /// Reads [`ASYNC_COLUMNS`], then `payload` when `with_payload`.
 fn async_from_row(r: &Row<'_>, with_payload: bool) -> rusqlite::Result<AsyncRecord> {
@@ -1013,7 +1017,8 @@ fn async_from_row(r: &Row<'_>, with_payload: bool) -> rusqlite::Result<AsyncReco
         destination_id: r.get(11)?,
         kind: r.get::<_, String>(12)?.parse().map_err(|e| bad(12, e))?,
         path: r.get(13)?,
-        payload: if with_payload { r.get(14)? } else { Vec::new() },
+        trace: r.get(14)?,
+        payload: if with_payload { r.get(15)? } else { Vec::new() },
     })
 }
 

@@ -82,6 +82,7 @@ fn queued(id: &str, key: Option<&str>) -> AsyncRecord {
         finished_ms: None,
         error: None,
         destination_id: None,
+        trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
     }
 }
 

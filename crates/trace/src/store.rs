@@ -1,0 +1,321 @@
+//! The node's built-in trace store: which traces are kept (sampling), bounded in spans and
+//! age, and searched by the API.
+//!
+//! A trace is kept when its first span here says so: the trace is sampled (the caller's flag,
+//! or the ratio of trace ids every node applies alike), the span failed or was slow, or its
+//! workload has not had a trace kept in the current second. Spans of undecided traces wait in
+//! a short ring, so a trace whose last span (the gateway's) fails or is slow is kept whole.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hangar_api::traces::{SpanStatus, TraceSummary, TraceView, WorkloadRef};
+
+use crate::context::TraceId;
+use crate::span::{Span, now_ns};
+
+/// Spans of undecided traces held at most.
+const PENDING: usize = 4096;
+/// Workloads the per-second reservoir tracks at most (then it starts again).
+const RESERVOIR_WORKLOADS: usize = 10_000;
+
+/// How much the store keeps and which traces.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Share of traces sampled by id (0..=1).
+    pub ratio: f64,
+    /// Traces kept per workload per second besides.
+    pub per_second: u32,
+    /// A span at least this long keeps its trace.
+    pub slow: Duration,
+    /// Most spans kept; the oldest traces go first.
+    pub max_spans: usize,
+    /// How long a trace is kept.
+    pub retention: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { ratio: 0.01, per_second: 1, slow: Duration::from_secs(1), max_spans: 50_000, retention: Duration::from_secs(3600) }
+    }
+}
+
+/// What a trace search asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Only traces with a span of this namespace, and only those spans.
+    pub namespace: Option<String>,
+    /// Only traces touching a workload of this name (and kind, if given).
+    pub workload: Option<String>,
+    pub kind: Option<hangar_api::WorkloadKind>,
+    /// Unix microseconds: only traces that started since.
+    pub since_us: u64,
+    pub min_duration_us: u64,
+    pub status: Option<SpanStatus>,
+    pub limit: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    traces: HashMap<TraceId, Vec<Span>>,
+    /// Kept traces by when they were kept, oldest first.
+    order: VecDeque<(u64, TraceId)>,
+    spans: usize,
+    pending: VecDeque<Span>,
+    /// How many spans of each trace `pending` holds.
+    pending_ids: HashMap<TraceId, u32>,
+    /// Per workload: the second and how many traces were kept in it.
+    reservoir: HashMap<WorkloadRef, (u64, u32)>,
+}
+
+/// See the module docs.
+pub struct TraceStore {
+    settings: Settings,
+    /// `ratio` as a threshold on [`TraceId::ratio_key`].
+    threshold: u64,
+    inner: Mutex<Inner>,
+}
+
+impl TraceStore {
+    pub fn new(settings: Settings) -> TraceStore {
+        let threshold = if settings.ratio >= 1.0 { u64::MAX } else { (settings.ratio.max(0.0) * u64::MAX as f64) as u64 };
+        TraceStore { settings, threshold, inner: Mutex::default() }
+    }
+
+    /// Whether the ratio samples trace `id` (the same answer on every node).
+    pub fn samples(&self, id: &TraceId) -> bool {
+        self.threshold == u64::MAX || (self.threshold > 0 && id.ratio_key() < self.threshold)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a finished span: kept with its trace, or held until its trace is decided.
+    pub fn record(&self, span: Span) {
+        let id = span.context.trace_id;
+        let now = now_ns();
+        let mut g = self.lock();
+        let inner = &mut *g;
+        if let Some(spans) = inner.traces.get_mut(&id) {
+            spans.push(span);
+            inner.spans += 1;
+            self.evict(inner, now);
+            return;
+        }
+        let keep = span.context.sampled
+            || span.status == SpanStatus::Error
+            || span.duration_ns() >= self.settings.slow.as_nanos() as u64
+            || self.reservoir(inner, span.workload.as_ref(), now);
+        if !keep {
+            if inner.pending.len() >= PENDING
+                && let Some(old) = inner.pending.pop_front()
+            {
+                forget_pending(&mut inner.pending_ids, &old.context.trace_id);
+            }
+            *inner.pending_ids.entry(id).or_default() += 1;
+            inner.pending.push_back(span);
+            return;
+        }
+        let mut spans = Vec::new();
+        if inner.pending_ids.remove(&id).is_some() {
+            let (mine, others): (VecDeque<Span>, VecDeque<Span>) = std::mem::take(&mut inner.pending).into_iter().partition(|s| s.context.trace_id == id);
+            inner.pending = others;
+            spans.extend(mine);
+        }
+        spans.push(span);
+        inner.spans += spans.len();
+        inner.traces.insert(id, spans);
+        inner.order.push_back((now, id));
+        self.evict(inner, now);
+    }
+
+    /// Whether `workload` may have one more trace kept this second.
+    fn reservoir(&self, inner: &mut Inner, workload: Option<&WorkloadRef>, now: u64) -> bool {
+        let Some(w) = workload.filter(|_| self.settings.per_second > 0) else { return false };
+        let second = now / 1_000_000_000;
+        if inner.reservoir.len() >= RESERVOIR_WORKLOADS && !inner.reservoir.contains_key(w) {
+            inner.reservoir.clear();
+        }
+        let entry = inner.reservoir.entry(w.clone()).or_insert((second, 0));
+        if entry.0 != second {
+            *entry = (second, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= self.settings.per_second
+    }
+
+    fn evict(&self, inner: &mut Inner, now: u64) {
+        let oldest = now.saturating_sub(self.settings.retention.as_nanos() as u64);
+        while let Some(&(at, id)) = inner.order.front() {
+            if inner.spans <= self.settings.max_spans && at >= oldest {
+                break;
+            }
+            inner.order.pop_front();
+            if let Some(spans) = inner.traces.remove(&id) {
+                inner.spans -= spans.len();
+            }
+        }
+    }
+
+    /// Spans kept now (for the metric).
+    pub fn span_count(&self) -> usize {
+        self.lock().spans
+    }
+
+    /// Kept traces matching `q`, newest first.
+    pub fn search(&self, q: &Query) -> Vec<TraceSummary> {
+        let g = self.lock();
+        let mut out = Vec::new();
+        for (_, id) in g.order.iter().rev() {
+            if out.len() >= q.limit.max(1) {
+                break;
+            }
+            let Some(spans) = g.traces.get(id) else { continue };
+            let Some(s) = summary(id, spans, q.namespace.as_deref()) else { continue };
+            let touches = |w: &WorkloadRef| q.workload.as_ref().is_none_or(|n| *n == w.name) && q.kind.is_none_or(|k| k == w.kind);
+            if (q.workload.is_some() || q.kind.is_some()) && !s.workloads.iter().any(touches) {
+                continue;
+            }
+            if s.start_us < q.since_us || s.duration_us < q.min_duration_us || q.status.is_some_and(|st| st != s.status) {
+                continue;
+            }
+            out.push(s);
+        }
+        out
+    }
+
+    /// Trace `id` as `namespace` may see it (`None`: every span).
+    pub fn get(&self, id: &TraceId, namespace: Option<&str>) -> Option<TraceView> {
+        let g = self.lock();
+        let mut spans: Vec<_> = g.traces.get(id)?.iter().filter(|s| visible(s, namespace)).map(Span::view).collect();
+        if spans.is_empty() {
+            return None;
+        }
+        spans.sort_by_key(|s| s.start_us);
+        Some(TraceView { trace_id: id.to_string(), spans })
+    }
+}
+
+fn forget_pending(ids: &mut HashMap<TraceId, u32>, id: &TraceId) {
+    if let Some(n) = ids.get_mut(id) {
+        *n -= 1;
+        if *n == 0 {
+            ids.remove(id);
+        }
+    }
+}
+
+/// Whether a caller limited to `namespace` sees `span`.
+fn visible(span: &Span, namespace: Option<&str>) -> bool {
+    namespace.is_none_or(|ns| span.namespace.as_deref() == Some(ns))
+}
+
+/// A trace's summary as `namespace` sees it; `None` if it sees none of its spans.
+fn summary(id: &TraceId, spans: &[Span], namespace: Option<&str>) -> Option<TraceSummary> {
+    let seen: Vec<&Span> = spans.iter().filter(|s| visible(s, namespace)).collect();
+    let first = seen.iter().min_by_key(|s| s.start_ns)?;
+    let end = seen.iter().map(|s| s.end_ns).max().unwrap_or(first.end_ns);
+    let ids: std::collections::HashSet<_> = seen.iter().map(|s| s.context.span_id).collect();
+    let root = seen.iter().filter(|s| s.parent.is_none_or(|p| !ids.contains(&p))).min_by_key(|s| s.start_ns).unwrap_or(first);
+    let mut workloads: Vec<WorkloadRef> = Vec::new();
+    for w in seen.iter().filter_map(|s| s.workload.as_ref()) {
+        if !workloads.contains(w) {
+            workloads.push(w.clone());
+        }
+    }
+    Some(TraceSummary {
+        trace_id: id.to_string(),
+        root: root.name.clone(),
+        start_us: first.start_ns / 1000,
+        duration_us: end.saturating_sub(first.start_ns) / 1000,
+        status: if seen.iter().any(|s| s.status == SpanStatus::Error) { SpanStatus::Error } else { SpanStatus::Ok },
+        spans: seen.len() as u32,
+        workloads,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use hangar_api::WorkloadKind;
+    use hangar_api::traces::SpanKind;
+
+    use super::*;
+    use crate::context::SpanContext;
+    use crate::span::Started;
+
+    fn workload(ns: &str, name: &str) -> WorkloadRef {
+        WorkloadRef { kind: WorkloadKind::Function, namespace: ns.into(), name: name.into() }
+    }
+
+    fn span(ctx: SpanContext, parent: Option<&SpanContext>, name: &str, w: Option<WorkloadRef>) -> Span {
+        let s = Span::ended(ctx, parent.map(|p| p.span_id), name, SpanKind::Server, Started::now());
+        match w {
+            Some(w) => s.of(w),
+            None => s,
+        }
+    }
+
+    fn store(ratio: f64, per_second: u32) -> TraceStore {
+        TraceStore::new(Settings { ratio, per_second, ..Settings::default() })
+    }
+
+    #[test]
+    fn an_unsampled_trace_is_kept_whole_when_its_last_span_fails() {
+        let s = store(0.0, 0);
+        let root = SpanContext::root(false);
+        let child = root.child();
+        s.record(span(child, Some(&root), "invoke", Some(workload("a", "f"))));
+        assert!(s.search(&Query { limit: 10, ..Query::default() }).is_empty(), "undecided");
+        s.record(span(root, None, "GET", Some(workload("a", "f"))).failed("502"));
+        let found = s.search(&Query { limit: 10, ..Query::default() });
+        assert_eq!((found.len(), found[0].spans, found[0].status, found[0].root.as_str()), (1, 2, SpanStatus::Error, "GET"));
+        // An ok trace with no sampling is dropped.
+        let other = SpanContext::root(false);
+        s.record(span(other, None, "GET", Some(workload("a", "f"))));
+        assert_eq!(s.search(&Query { limit: 10, ..Query::default() }).len(), 1);
+    }
+
+    #[test]
+    fn the_reservoir_keeps_one_trace_per_workload_per_second_and_the_ratio_whole_traces() {
+        let s = store(0.0, 1);
+        for _ in 0..5 {
+            s.record(span(SpanContext::root(false), None, "GET", Some(workload("a", "f"))));
+        }
+        s.record(span(SpanContext::root(false), None, "GET", Some(workload("a", "g"))));
+        assert!((1..=4).contains(&s.search(&Query { limit: 100, ..Query::default() }).len()), "one per workload (two if the second turned)");
+        let all = store(1.0, 0);
+        let none = store(0.0, 0);
+        let id = TraceId::random();
+        assert!(all.samples(&id) && !none.samples(&id));
+    }
+
+    #[test]
+    fn namespaces_see_only_their_spans_and_search_filters() {
+        let s = store(1.0, 0);
+        let root = SpanContext::root(true);
+        s.record(span(root.child(), Some(&root), "b-step", Some(workload("b", "g"))));
+        s.record(span(root, None, "a-call", Some(workload("a", "f"))));
+        let q = |ns: Option<&str>, name: Option<&str>| {
+            s.search(&Query { namespace: ns.map(Into::into), workload: name.map(Into::into), limit: 10, ..Query::default() })
+        };
+        assert_eq!(q(None, None)[0].spans, 2);
+        assert_eq!((q(Some("b"), None)[0].spans, q(Some("b"), None)[0].root.as_str()), (1, "b-step"));
+        assert!(q(Some("c"), None).is_empty());
+        assert_eq!(q(None, Some("g")).len(), 1);
+        assert!(q(None, Some("h")).is_empty());
+        assert_eq!(s.get(&root.trace_id, Some("a")).unwrap().spans.len(), 1);
+        assert!(s.get(&root.trace_id, Some("c")).is_none());
+    }
+
+    #[test]
+    fn the_store_is_bounded_in_spans() {
+        let s = TraceStore::new(Settings { ratio: 1.0, max_spans: 10, ..Settings::default() });
+        for _ in 0..25 {
+            s.record(span(SpanContext::root(true), None, "GET", None));
+        }
+        assert_eq!(s.span_count(), 10);
+        assert_eq!(s.search(&Query { limit: 100, ..Query::default() }).len(), 10);
+    }
+}
