@@ -17,6 +17,7 @@ mod recovery;
 mod sandboxes;
 mod scaling;
 mod services;
+mod tracing;
 
 #[derive(Parser)]
 struct Args {
@@ -56,6 +57,9 @@ struct Args {
     /// Measure only the metering overhead, replacing its section of the report
     #[arg(long)]
     metering_only: bool,
+    /// Measure only the tracing overhead, replacing its section of the report
+    #[arg(long)]
+    tracing_only: bool,
     /// Measure only sandboxes, replacing their section of the report
     #[arg(long)]
     sandboxes_only: bool,
@@ -75,6 +79,7 @@ const SERVICES_HEADING: &str = "## Services";
 const SCALING_HEADING: &str = "## Scaling and events";
 /// Where the metering section starts in the report.
 const METERING_HEADING: &str = "## Metering";
+const TRACING_HEADING: &str = "## Tracing";
 /// Where the sandboxes section starts in the report.
 const SANDBOXES_HEADING: &str = "## Sandboxes";
 /// Where the fuzzing section (written by hand from `scripts/fuzz.sh`) starts in the report.
@@ -305,13 +310,16 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
-    if a.process_only || a.services_only || a.scaling_only || a.sandboxes_only || a.metering_only || a.recovery_only || a.cluster_only {
+    if a.process_only || a.services_only || a.scaling_only || a.sandboxes_only || a.metering_only || a.tracing_only || a.recovery_only || a.cluster_only {
         let (heading, section) = if a.cluster_only {
             eprintln!("measuring the cluster");
             (CLUSTER_HEADING, cluster::run(&a.hangar, &a.component).await?)
         } else if a.recovery_only {
             eprintln!("measuring crash recovery and graceful stop");
             (RECOVERY_HEADING, recovery::run(&a.hangar).await?)
+        } else if a.tracing_only {
+            eprintln!("measuring the tracing overhead");
+            (TRACING_HEADING, tracing::run(&a.hangar, &a.component, a.connections, a.duration, a.runs.max(5)).await?)
         } else if a.metering_only {
             eprintln!("measuring the metering overhead");
             (METERING_HEADING, metering::run(&a.hangar, &a.component, a.connections, a.duration, a.runs.max(5)).await?)

@@ -224,6 +224,10 @@ pub struct UpArgs {
     /// How long the trace store keeps a trace
     #[arg(long, env = "HANGAR_TRACE_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub trace_retention: std::time::Duration,
+    /// Export kept spans to this OTLP/HTTP collector (protobuf; e.g. http://127.0.0.1:4318,
+    /// `/v1/traces` appended), batched; when it is slow or down, spans are dropped and counted
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Most attempts of asynchronous invocations running at once (1..=4096)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub async_concurrency: u32,

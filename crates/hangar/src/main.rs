@@ -61,6 +61,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         adapt_window: a.adapt_window,
         region: a.region.clone(),
         domain: hangar_gateway::hosts::Domain::new(&a.domain).map_err(|e| anyhow::anyhow!("--domain: {e}"))?,
+        otlp_endpoint: a.otlp_endpoint.clone(),
         tracing: match a.trace_sample.as_str() {
             "off" => None,
             ratio => {

@@ -63,6 +63,8 @@ pub struct UpOptions {
     pub domain: hangar_gateway::hosts::Domain,
     /// What the trace store keeps; `None`: tracing off.
     pub tracing: Option<hangar_trace::store::Settings>,
+    /// The OTLP/HTTP collector kept spans are exported to.
+    pub otlp_endpoint: Option<String>,
 }
 
 pub async fn run(opts: UpOptions) -> Result<()> {
@@ -102,6 +104,9 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let counters = WasmCounters::default();
     metrics.register_counter("wasm_compilations", "Components compiled to native code", counters.compilations.clone());
     metrics.register_counter("wasm_cache_loads", "Revisions loaded from the compiled-code cache", counters.cache_loads.clone());
+    let otlp_counters = hangar_trace::otlp::ExportCounters::default();
+    metrics.register_counter("otlp_spans_exported", "Spans sent to the OTLP collector", otlp_counters.exported.clone());
+    metrics.register_counter("otlp_spans_dropped", "Spans not exported: the queue was full or the collector failed", otlp_counters.dropped.clone());
     let pool = PoolSize { instances: opts.pool_instances, ..PoolSize::default() };
     let wasm = WasmRuntime::new(opts.data_dir.join("wasm"), pool, counters).context("starting the WebAssembly runtime")?;
     let images = Arc::new(hangar_image::ImageStore::open(&opts.data_dir.join("images")).context("opening the image store")?);
@@ -128,7 +133,13 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         Err(e) => _ = unavailable("process functions (python3, nodejs, provided)", e),
     }
     let tracer = Arc::new(match opts.tracing.clone() {
-        Some(settings) => hangar_trace::Tracer::new(settings),
+        Some(settings) => {
+            let export = match &opts.otlp_endpoint {
+                Some(url) => Some(hangar_trace::otlp::Exporter::start(url, &node_id, otlp_counters).map_err(|e| anyhow::anyhow!("--otlp-endpoint: {e}"))?),
+                None => None,
+            };
+            hangar_trace::Tracer::new(settings, export)
+        }
         None => hangar_trace::Tracer::off(),
     });
     // Code deployed through another node is prepared here from the store, at its first call.

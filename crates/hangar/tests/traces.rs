@@ -209,3 +209,78 @@ async fn python_code_sees_the_trace_as_xray_and_a_namespace_key_sees_only_its_ow
     let r = s.http().get(format!("{}/v1/traces?namespace=default", s.url)).bearer_auth(&key).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// An OTLP/HTTP receiver on loopback: every span it is sent, as (service.name, span).
+async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, opentelemetry_proto::tonic::trace::v1::Span)>, tokio::task::JoinHandle<()>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message as _;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
+            let tx = tx.clone();
+            async move {
+                assert_eq!(headers["content-type"], "application/x-protobuf");
+                let req = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf request");
+                for r in req.resource_spans {
+                    let service = r.resource.iter().flat_map(|r| r.attributes.iter()).find(|a| a.key == "service.name");
+                    let service = match service.and_then(|a| a.value.clone()).and_then(|v| v.value) {
+                        Some(Any::StringValue(s)) => s,
+                        _ => String::new(),
+                    };
+                    for span in r.scope_spans.into_iter().flat_map(|s| s.spans) {
+                        let _ = tx.send((service.clone(), span));
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, rx, task)
+}
+
+#[tokio::test]
+async fn kept_spans_are_exported_over_otlp_and_dropped_and_counted_while_the_collector_is_down() {
+    let (url, mut received, collector) = receiver().await;
+    let s = Server::start_with(&["--trace-sample", "1", "--otlp-endpoint", &url]);
+    s.deploy("hello", "hello", &["--public"]);
+    let r = s.http().get(format!("{}/fn/default/hello/", s.url)).header("traceparent", traceparent(TRACE)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut mine = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while mine.len() < 3 {
+        let (service, span) = tokio::time::timeout_at(deadline, received.recv()).await.expect("spans arrive at the collector within 20 s").unwrap();
+        if hex_of(&span.trace_id) == TRACE {
+            mine.push((service, span));
+        }
+    }
+    let invocation = mine.iter().find(|(_, s)| s.name == "hello").expect("the invocation's span");
+    assert_eq!(invocation.0, "default/hello");
+    let gateway = mine.iter().find(|(_, s)| s.name.starts_with("GET")).expect("the gateway's span");
+    assert_eq!(hex_of(&gateway.1.parent_span_id), CALLER_SPAN);
+    assert_eq!(invocation.1.parent_span_id, gateway.1.span_id);
+    assert!(invocation.1.attributes.iter().any(|a| a.key == "faas.invocation_id"));
+    assert!(s.metric("hangar_otlp_spans_exported_total").await >= 3.0);
+
+    // The collector goes away: requests are answered as before; the spans are dropped and counted.
+    collector.abort();
+    let _ = collector.await;
+    for _ in 0..20 {
+        assert_eq!(s.http().get(format!("{}/fn/default/hello/", s.url)).send().await.unwrap().status(), 200);
+    }
+    eventually("dropped spans counted", Duration::from_secs(30), || async {
+        let dropped = s.metric("hangar_otlp_spans_dropped_total").await;
+        if dropped >= 1.0 { Ok(()) } else { Err(format!("{dropped} dropped")) }
+    })
+    .await;
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod context;
+pub mod otlp;
 pub mod span;
 pub mod store;
 
@@ -14,16 +15,19 @@ use store::{Settings, TraceStore};
 /// Where spans go; off, it makes no context and keeps nothing.
 pub struct Tracer {
     store: Option<TraceStore>,
+    /// Where kept spans are exported, if anywhere.
+    export: Option<otlp::Exporter>,
 }
 
 impl Tracer {
     /// Tracing off: requests pass as they came.
     pub fn off() -> Tracer {
-        Tracer { store: None }
+        Tracer { store: None, export: None }
     }
 
-    pub fn new(settings: Settings) -> Tracer {
-        Tracer { store: Some(TraceStore::new(settings)) }
+    /// Tracing on: spans kept as `settings` say, and exported if `export` is given.
+    pub fn new(settings: Settings, export: Option<otlp::Exporter>) -> Tracer {
+        Tracer { store: Some(TraceStore::new(settings)), export }
     }
 
     pub fn enabled(&self) -> bool {
@@ -58,8 +62,10 @@ impl Tracer {
 
     /// Takes a finished span.
     pub fn record(&self, span: Span) {
-        if let Some(s) = &self.store {
-            s.record(span);
+        match (&self.store, &self.export) {
+            (Some(s), Some(e)) => s.record_with(span, &mut |kept| e.export(kept)),
+            (Some(s), None) => s.record(span),
+            (None, _) => {}
         }
     }
 }

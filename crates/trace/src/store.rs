@@ -94,11 +94,18 @@ impl TraceStore {
 
     /// Takes a finished span: kept with its trace, or held until its trace is decided.
     pub fn record(&self, span: Span) {
+        self.record_with(span, &mut |_| {});
+    }
+
+    /// [`TraceStore::record`], calling `kept` with every span it keeps now (this one, and the
+    /// held spans of a trace it decides to keep).
+    pub fn record_with(&self, span: Span, kept: &mut dyn FnMut(&Span)) {
         let id = span.context.trace_id;
         let now = now_ns();
         let mut g = self.lock();
         let inner = &mut *g;
         if let Some(spans) = inner.traces.get_mut(&id) {
+            kept(&span);
             spans.push(span);
             inner.spans += 1;
             self.evict(inner, now);
@@ -125,6 +132,7 @@ impl TraceStore {
             spans.extend(mine);
         }
         spans.push(span);
+        spans.iter().for_each(&mut *kept);
         inner.spans += spans.len();
         inner.traces.insert(id, spans);
         inner.order.push_back((now, id));

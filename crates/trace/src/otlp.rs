@@ -1,0 +1,246 @@
+//! OTLP/HTTP export of the spans the store keeps: protobuf (`opentelemetry-proto`), batched by
+//! a task of its own behind a bounded queue. Nothing on the request path waits for it: a span
+//! that finds the queue full, or whose batch cannot be sent, is dropped and counted, and the
+//! failure logged at most once a minute.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use hangar_api::traces::{SpanKind, SpanStatus, WorkloadRef};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, span, status};
+use prometheus_client::metrics::counter::Counter;
+use prost::Message as _;
+use tokio::sync::mpsc;
+
+use crate::span::{Span, Value};
+
+/// Spans waiting for export at most; more are dropped.
+pub const QUEUE: usize = 8192;
+/// Most spans sent in one request.
+const BATCH: usize = 512;
+/// How long a span waits for its batch to fill.
+const LINGER: Duration = Duration::from_secs(1);
+/// How long a collector may take to answer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counters of the export, for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct ExportCounters {
+    pub exported: Counter,
+    pub dropped: Counter,
+}
+
+/// See the module docs.
+pub struct Exporter {
+    tx: mpsc::Sender<Span>,
+    counters: ExportCounters,
+}
+
+/// The URL spans are POSTed to: `base` as `OTEL_EXPORTER_OTLP_ENDPOINT` means it (the signal's
+/// path appended), unless it already ends in `/v1/traces`.
+pub fn traces_url(base: &str) -> Result<String, String> {
+    let base = base.trim_end_matches('/');
+    let url = if base.ends_with("/v1/traces") { base.to_string() } else { format!("{base}/v1/traces") };
+    match url.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => Ok(url),
+        _ => Err(format!("`{base}` is not an http(s) URL of an OTLP/HTTP collector (e.g. http://127.0.0.1:4318)")),
+    }
+}
+
+impl Exporter {
+    /// Starts exporting to the collector at `base` (see [`traces_url`]); `node`: this server's
+    /// id, kept as `service.instance.id`.
+    pub fn start(base: &str, node: &str, counters: ExportCounters) -> Result<Exporter, String> {
+        let url = traces_url(base)?;
+        let client = reqwest::Client::builder().timeout(SEND_TIMEOUT).build().map_err(|e| format!("an HTTP client for OTLP: {e}"))?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(send_loop(rx, client, url, node.to_string(), counters.clone()));
+        Ok(Exporter { tx, counters })
+    }
+
+    /// Queues a kept span for export, or counts it dropped.
+    pub fn export(&self, span: &Span) {
+        if self.tx.try_send(span.clone()).is_err() {
+            self.counters.dropped.inc();
+            warn_dropped("the export queue is full (the collector is slow or unreachable)");
+        }
+    }
+}
+
+/// When a drop was last logged (Unix seconds).
+static LAST_WARNED: AtomicI64 = AtomicI64::new(0);
+
+/// Logs why spans were dropped, at most once a minute.
+fn warn_dropped(why: &str) {
+    let now = hangar_api::now_ms() / 1000;
+    let last = LAST_WARNED.load(Ordering::Relaxed);
+    if now - last >= 60 && LAST_WARNED.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        tracing::warn!(
+            "spans are being dropped instead of exported over OTLP: {why} (counted in hangar_otlp_spans_dropped_total; logged at most once a minute)"
+        );
+    }
+}
+
+async fn send_loop(mut rx: mpsc::Receiver<Span>, client: reqwest::Client, url: String, node: String, counters: ExportCounters) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        // The first span of a batch waits as long as it must; the rest at most LINGER.
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while batch.len() < BATCH {
+            let room = BATCH - batch.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let n = batch.len() as u64;
+        let body = encode(&batch, &node);
+        batch.clear();
+        let sent = client.post(&url).header(http::header::CONTENT_TYPE, "application/x-protobuf").body(body).send().await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                counters.exported.inc_by(n);
+            }
+            Ok(r) => {
+                counters.dropped.inc_by(n);
+                warn_dropped(&format!("the collector at {url} answered {}", r.status()));
+            }
+            Err(e) => {
+                counters.dropped.inc_by(n);
+                warn_dropped(&format!("the collector at {url} could not be reached: {e}"));
+            }
+        }
+    }
+}
+
+fn string(key: &str, v: impl Into<String>) -> KeyValue {
+    KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }), ..Default::default() }
+}
+
+fn attribute(key: &str, v: &Value) -> KeyValue {
+    let value = match v {
+        Value::Str(s) => any_value::Value::StringValue(s.clone()),
+        Value::Int(i) => any_value::Value::IntValue(*i),
+        Value::Bool(b) => any_value::Value::BoolValue(*b),
+    };
+    KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+}
+
+/// `spans` as an OTLP request: one resource per workload (`service.name` = `NAMESPACE/NAME`,
+/// as a collector groups them), the platform's own spans under `hangar`.
+pub fn encode(spans: &[Span], node: &str) -> Vec<u8> {
+    let mut by_workload: Vec<(Option<&WorkloadRef>, Vec<opentelemetry_proto::tonic::trace::v1::Span>)> = Vec::new();
+    for s in spans {
+        let w = s.workload.as_ref();
+        let at = match by_workload.iter().position(|(k, _)| *k == w) {
+            Some(i) => i,
+            None => {
+                by_workload.push((w, Vec::new()));
+                by_workload.len() - 1
+            }
+        };
+        by_workload[at].1.push(to_proto(s));
+    }
+    let resource_spans = by_workload
+        .into_iter()
+        .map(|(w, spans)| {
+            let mut attributes = vec![string("service.instance.id", node)];
+            match w {
+                Some(w) => {
+                    attributes.push(string("service.name", format!("{}/{}", w.namespace, w.name)));
+                    attributes.push(string("service.namespace", w.namespace.clone()));
+                    attributes.push(string("hangar.workload.kind", w.kind.as_str()));
+                }
+                None => attributes.push(string("service.name", "hangar")),
+            }
+            ResourceSpans {
+                resource: Some(Resource { attributes, ..Default::default() }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope { name: "hangar".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest { resource_spans }.encode_to_vec()
+}
+
+fn to_proto(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
+    let kind = match s.kind {
+        SpanKind::Internal => span::SpanKind::Internal,
+        SpanKind::Server => span::SpanKind::Server,
+        SpanKind::Client => span::SpanKind::Client,
+        SpanKind::Producer => span::SpanKind::Producer,
+        SpanKind::Consumer => span::SpanKind::Consumer,
+    };
+    let code = match s.status {
+        SpanStatus::Ok => status::StatusCode::Unset,
+        SpanStatus::Error => status::StatusCode::Error,
+    };
+    opentelemetry_proto::tonic::trace::v1::Span {
+        trace_id: s.context.trace_id.0.to_vec(),
+        span_id: s.context.span_id.0.to_vec(),
+        parent_span_id: s.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
+        flags: u32::from(s.context.sampled) | 0x100,
+        name: s.name.clone(),
+        kind: kind as i32,
+        start_time_unix_nano: s.start_ns,
+        end_time_unix_nano: s.end_ns,
+        attributes: s.attributes.iter().map(|(k, v)| attribute(k, v)).collect(),
+        status: Some(opentelemetry_proto::tonic::trace::v1::Status { message: s.status_message.clone().unwrap_or_default(), code: code as i32 }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::SpanContext;
+    use crate::span::Started;
+
+    #[test]
+    fn spans_encode_as_otlp_grouped_by_workload() {
+        let root = SpanContext::root(true);
+        let w = WorkloadRef { kind: hangar_api::WorkloadKind::Function, namespace: "team".into(), name: "hello".into() };
+        let spans = vec![
+            Span::ended(root.child(), Some(root.span_id), "hello", SpanKind::Server, Started::now()).with("faas.coldstart", true).of(w.clone()),
+            Span::ended(root, None, "GET", SpanKind::Server, Started::now()).failed("502 Bad Gateway"),
+            Span::ended(root.child(), Some(root.span_id), "instance cold", SpanKind::Internal, Started::now()).of(w),
+        ];
+        let req = ExportTraceServiceRequest::decode(encode(&spans, "node-1").as_slice()).unwrap();
+        assert_eq!(req.resource_spans.len(), 2);
+        let names: Vec<String> = req
+            .resource_spans
+            .iter()
+            .map(|r| r.resource.as_ref().unwrap().attributes.iter().find(|a| a.key == "service.name").unwrap().value.clone().unwrap())
+            .map(|v| match v.value {
+                Some(any_value::Value::StringValue(s)) => s,
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(names, ["team/hello", "hangar"]);
+        let fn_spans = &req.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(fn_spans.len(), 2);
+        assert_eq!(fn_spans[0].trace_id, root.trace_id.0.to_vec());
+        assert_eq!(fn_spans[0].parent_span_id, root.span_id.0.to_vec());
+        assert_eq!(fn_spans[0].kind, span::SpanKind::Server as i32);
+        let gateway = &req.resource_spans[1].scope_spans[0].spans[0];
+        assert!(gateway.parent_span_id.is_empty());
+        assert_eq!(gateway.status.as_ref().unwrap().code, status::StatusCode::Error as i32);
+    }
+
+    #[test]
+    fn endpoints_take_the_signal_path() {
+        assert_eq!(traces_url("http://127.0.0.1:4318").unwrap(), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(traces_url("http://c:4318/v1/traces/").unwrap(), "http://c:4318/v1/traces");
+        assert!(traces_url("127.0.0.1:4318").is_err() && traces_url("ftp://x").is_err() && traces_url("").is_err());
+    }
+}
