@@ -89,9 +89,29 @@ impl Cgroup {
         let rel = Path::new(parent.trim_start_matches('/')).join(name);
         let dirs = match version {
             Version::V2 => vec![("", Path::new(ROOT).join(&rel))],
-            Version::V1 => ["memory", "pids", "cpu", "freezer"].into_iter().map(|c| (c, Path::new(ROOT).join(c).join(&rel))).collect(),
+            Version::V1 => ["memory", "pids", "cpu", "freezer", "cpuacct"].into_iter().map(|c| (c, Path::new(ROOT).join(c).join(&rel))).collect(),
         };
         Cgroup { version, dirs }
+    }
+
+    /// Memory in use now, in bytes.
+    pub fn memory_usage(&self) -> u64 {
+        let file = match self.version {
+            Version::V2 => "memory.current",
+            Version::V1 => "memory.usage_in_bytes",
+        };
+        read(self.memory_dir(), file).trim().parse().unwrap_or(0)
+    }
+
+    /// CPU time used so far by everything inside, in nanoseconds.
+    pub fn cpu_usage_ns(&self) -> u64 {
+        match self.version {
+            Version::V2 => keyed(&read(&self.dirs[0].1, "cpu.stat"), "usage_usec").saturating_mul(1000),
+            Version::V1 => {
+                let dir = self.dirs.iter().find(|(c, _)| *c == "cpuacct").map_or(&self.dirs[0].1, |(_, d)| d);
+                read(dir, "cpuacct.usage").trim().parse().unwrap_or(0)
+            }
+        }
     }
 
     /// Whether the cgroup is there at all.

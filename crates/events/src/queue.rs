@@ -156,6 +156,8 @@ struct Inner {
     node: String,
     /// Cut off from the cluster: no attempt starts (other nodes may take the events over).
     fenced: AtomicBool,
+    /// Events given up per function since the metric history last sampled.
+    dead: Mutex<HashMap<(String, String), u32>>,
 }
 
 #[derive(Default)]
@@ -206,6 +208,7 @@ impl AsyncQueue {
             store: store.clone(),
             node: node.to_string(),
             fenced: AtomicBool::new(false),
+            dead: Mutex::default(),
         });
         if !unfinished.is_empty() {
             tracing::info!("{} asynchronous invocation(s) to finish from before the restart", unfinished.len());
@@ -348,6 +351,26 @@ impl hangar_bus::Failover for AsyncQueue {
     }
 }
 
+/// Functions' queue depth (events not finished) and dead letters (given up since the last
+/// sample) for the metric history.
+impl hangar_meter::history::GaugeSource for AsyncQueue {
+    fn gauges(&self) -> Vec<(hangar_api::traces::WorkloadRef, hangar_meter::history::Gauges)> {
+        let mut by: HashMap<(String, String), (u32, u32)> = HashMap::new();
+        for r in lock(&self.inner.state).events.values().filter(|r| r.kind == TargetKind::Function) {
+            by.entry((r.namespace.clone(), r.target.clone())).or_default().0 += 1;
+        }
+        for (k, n) in std::mem::take(&mut *self.inner.dead.lock().unwrap_or_else(|p| p.into_inner())) {
+            by.entry(k).or_default().1 += n;
+        }
+        by.into_iter()
+            .map(|((namespace, name), (depth, dead))| {
+                let w = hangar_api::traces::WorkloadRef { kind: hangar_api::WorkloadKind::Function, namespace, name };
+                (w, hangar_meter::history::Gauges([0, 0, 0, depth, dead]))
+            })
+            .collect()
+    }
+}
+
 impl Inner {
     /// [`AsyncQueue::accept`], also while stopping and when full: for hand-overs of events
     /// leaving the queue to their `on_failure` function.
@@ -390,7 +413,9 @@ impl Inner {
         let (tx, rx) = oneshot::channel();
         self.writer(&rec.id).send(Write::New(rec.clone(), tx)).map_err(|_| EventsError::Stopping)?;
         let (id, duplicate) = rx.await.map_err(|_| EventsError::Stopping)?.map_err(EventsError::Store)?;
-        if let Some((tracer, ctx, started)) = producer {
+        if let Some((tracer, ctx, started)) = producer
+            && tracer.keeps(&ctx, false, started.at.elapsed().as_nanos() as u64, Some((function_or_service(target.kind), namespace, &target.name)))
+        {
             let span = Span::ended(ctx, parent.map(|p| p.span_id), format!("send {}", target.name), SpanKind::Producer, started)
                 .with("messaging.system", "hangar")
                 .with("messaging.operation.type", "send")
@@ -475,6 +500,9 @@ impl Inner {
 
     /// Gives an event up: `failed`, and sent to the `on_failure` function if there is one.
     async fn give_up(&self, mut rec: AsyncRecord, condition: &str, reason: String, cfg: Option<&AsyncConfig>, answer: Option<(u16, Bytes)>) {
+        if rec.kind == TargetKind::Function {
+            *self.dead.lock().unwrap_or_else(|p| p.into_inner()).entry((rec.namespace.clone(), rec.target.clone())).or_default() += 1;
+        }
         rec.state = AsyncState::Failed;
         rec.finished_ms = Some(now_ms());
         rec.error = Some(reason.clone());
@@ -619,7 +647,9 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
     };
     let (invocation_id, status, body) = tried;
     let (outcome, error) = classify(status, &body);
-    if let Some((tracer, ctx, queued, at)) = consumer {
+    if let Some((tracer, ctx, queued, at)) = consumer
+        && tracer.keeps(&ctx, outcome != Outcome::Ok, at.at.elapsed().as_nanos() as u64, Some((function_or_service(rec.kind), &rec.namespace, &rec.target)))
+    {
         let mut span = Span::ended(ctx, queued, format!("process {}", rec.target), SpanKind::Consumer, at)
             .with("messaging.system", "hangar")
             .with("messaging.operation.type", "process")
@@ -662,13 +692,17 @@ async fn attempt(inner: Arc<Inner>, mut rec: AsyncRecord, _permit: OwnedSemaphor
     inner.save(rec);
 }
 
-/// The workload an event is for, as spans name it.
-fn workload_of(namespace: &str, kind: TargetKind, name: &str) -> hangar_api::traces::WorkloadRef {
-    let kind = match kind {
+/// The kind of workload an event's target is.
+fn function_or_service(kind: TargetKind) -> hangar_api::WorkloadKind {
+    match kind {
         TargetKind::Function => hangar_api::WorkloadKind::Function,
         TargetKind::Service => hangar_api::WorkloadKind::Service,
-    };
-    hangar_api::traces::WorkloadRef { kind, namespace: namespace.to_string(), name: name.to_string() }
+    }
+}
+
+/// The workload an event is for, as spans name it.
+fn workload_of(namespace: &str, kind: TargetKind, name: &str) -> hangar_api::traces::WorkloadRef {
+    hangar_api::traces::WorkloadRef { kind: function_or_service(kind), namespace: namespace.to_string(), name: name.to_string() }
 }
 
 /// `faas.trigger` of an attempt: `pubsub` for a topic's event, `timer` for a schedule's,

@@ -72,16 +72,25 @@ pub async fn ingress(State(state): State<AppState>, mut req: Request, next: axum
     let workload = SpanWorkload::default();
     req.extensions_mut().insert(workload.clone());
     let started = Started::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(hangar_service::proxy::host_service);
-    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_canonical().to_string());
+    // Kept cheaply until the span is known to be kept.
+    let (method, uri, host) = (req.method().clone(), req.uri().clone(), req.headers().get(http::header::HOST).cloned());
+    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let resp = next.run(req).await;
     let status = resp.status();
+    let named = workload.0.get();
+    let of = match named {
+        Some(Ok(w)) => Some((w.kind, w.namespace.as_str(), w.name.as_str())),
+        _ => None,
+    };
+    if !state.tracer.keeps(&ctx, status.is_server_error(), started.at.elapsed().as_nanos() as u64, of) {
+        return resp;
+    }
+    let host = host.as_ref().and_then(|h| h.to_str().ok()).map(hangar_service::proxy::host_service);
+    let client = client.map(|c| c.ip().to_canonical().to_string());
     let name = if route == "/*" { method.to_string() } else { format!("{method} {route}") };
     let mut span = Span::ended(ctx, parent, name, SpanKind::Server, started)
         .with("http.request.method", method.as_str())
-        .with("url.path", path)
+        .with("url.path", uri.path())
         .with("url.scheme", "http")
         .with("http.route", route)
         .with("http.response.status_code", status.as_u16());
@@ -94,7 +103,7 @@ pub async fn ingress(State(state): State<AppState>, mut req: Request, next: axum
     if status.is_server_error() {
         span = span.failed(status.to_string());
     }
-    match workload.0.get() {
+    match named {
         Some(Ok(w)) => span = span.of(w.clone()),
         Some(Err(ns)) => span = span.in_namespace(ns),
         None => {}
@@ -120,6 +129,10 @@ pub(crate) fn end_client_span(
     outcome: Result<http::StatusCode, &str>,
 ) {
     let Some((ctx, parent, started, method)) = begun else { return };
+    let failed = outcome.is_err() || outcome.is_ok_and(|s| s.is_server_error());
+    if !state.tracer.keeps(&ctx, failed, started.at.elapsed().as_nanos() as u64, Some((WorkloadKind::Service, ns, name))) {
+        return;
+    }
     let mut span = Span::ended(ctx, parent, method.to_string(), SpanKind::Client, started)
         .with("http.request.method", method.as_str())
         .with("server.address", name.to_string())

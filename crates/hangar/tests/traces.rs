@@ -284,3 +284,24 @@ async fn kept_spans_are_exported_over_otlp_and_dropped_and_counted_while_the_col
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test]
+async fn without_sampling_every_failed_trace_is_kept_and_ok_ones_only_by_the_reservoir() {
+    let s = Server::start_with(&["--trace-sample", "0"]);
+    s.deploy("probe", "probe", &["--public"]);
+    for _ in 0..20 {
+        assert_eq!(s.http().get(format!("{}/fn/default/probe/counter", s.url)).send().await.unwrap().status(), 200);
+    }
+    let failing = "0af7651916cd43dd8448eb211c80319c";
+    let r = s.http().get(format!("{}/fn/default/probe/trap", s.url)).header("traceparent", format!("00-{failing}-{CALLER_SPAN}-00")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let errors: Value = s.get("/v1/traces?status=error").send().await.unwrap().json().await.unwrap();
+    let errors = errors["items"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["trace_id"], failing);
+    // The invocation and the gateway's span (how the instance was obtained, too).
+    assert!(errors[0]["spans"].as_u64().unwrap() >= 2, "{errors:?}");
+    let ok: Value = s.get("/v1/traces?status=ok").send().await.unwrap().json().await.unwrap();
+    let kept = ok["items"].as_array().unwrap().len();
+    assert!((1..=5).contains(&kept), "one trace per workload per second is kept; 20 calls took a few seconds at most: {kept}");
+}

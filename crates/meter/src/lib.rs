@@ -1,12 +1,14 @@
 //! Metering: invocation records buffered off the request path and written to the store in
-//! batches, the Prometheus metrics of the platform, and [`usage`]: what services, sandboxes
-//! and warm instances use over time, sampled into hourly rows.
+//! batches, the Prometheus metrics of the platform, [`history`]: every workload's recent
+//! metrics in bounded memory, and [`usage`]: what services, sandboxes and warm instances use
+//! over time, sampled into hourly rows.
 //!
 //! **Architecture Invariant:** [`Meter::record`] never blocks and never touches the database;
 //! the writer task batches whatever has accumulated into one transaction. [`Meter::flush`]
 //! and [`Meter::shutdown`] make everything recorded so far durable.
 #![forbid(unsafe_code)]
 
+pub mod history;
 pub mod usage;
 
 use std::sync::Arc;
@@ -47,9 +49,22 @@ fn duration_histogram() -> Histogram {
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 20))
 }
 
+/// The labels of OpenTelemetry's FaaS metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaasLabels {
+    namespace: String,
+    faas_name: String,
+}
+
 /// Every metric Hangar exports.
 pub struct Metrics {
     registry: Registry,
+    faas_invocations: Family<FaasLabels, Counter>,
+    faas_errors: Family<FaasLabels, Counter>,
+    faas_timeouts: Family<FaasLabels, Counter>,
+    faas_coldstarts: Family<FaasLabels, Counter>,
+    faas_invoke_duration: Family<FaasLabels, Histogram, fn() -> Histogram>,
+    faas_init_duration: Family<FaasLabels, Histogram, fn() -> Histogram>,
     invocations: Family<OutcomeLabels, Counter>,
     duration: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     cold_starts: Family<FunctionLabels, Counter>,
@@ -68,7 +83,21 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("hangar");
+        let mut root = Registry::default();
+        // OpenTelemetry's FaaS metrics under their own names (semantic conventions).
+        let faas_invocations = Family::<FaasLabels, Counter>::default();
+        let faas_errors = Family::<FaasLabels, Counter>::default();
+        let faas_timeouts = Family::<FaasLabels, Counter>::default();
+        let faas_coldstarts = Family::<FaasLabels, Counter>::default();
+        let faas_invoke_duration = Family::<FaasLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
+        let faas_init_duration = Family::<FaasLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
+        root.register("faas_invocations", "Invocations of a function (OpenTelemetry faas.invocations)", faas_invocations.clone());
+        root.register("faas_errors", "Invocations that failed (faas.errors)", faas_errors.clone());
+        root.register("faas_timeouts", "Invocations that timed out (faas.timeouts)", faas_timeouts.clone());
+        root.register("faas_coldstarts", "Invocations that started an instance (faas.coldstarts)", faas_coldstarts.clone());
+        root.register("faas_invoke_duration_seconds", "Duration of invocations (faas.invoke_duration)", faas_invoke_duration.clone());
+        root.register("faas_init_duration_seconds", "Time a cold start took to get its instance ready (faas.init_duration)", faas_init_duration.clone());
+        let registry = root.sub_registry_with_prefix("hangar");
         let invocations = Family::<OutcomeLabels, Counter>::default();
         let duration = Family::<FunctionLabels, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
         let cold_starts = Family::<FunctionLabels, Counter>::default();
@@ -85,12 +114,28 @@ impl Metrics {
         registry.register("prewarmed_zygotes_taken", "Prewarmed zygotes specialized to a function", prewarmed_taken.clone());
         registry.register("records_written", "Invocation records written to the store", records_written.clone());
         registry.register("record_write_errors", "Failed batch writes of invocation records (retried)", record_write_errors.clone());
-        Metrics { registry, invocations, duration, cold_starts, instances, prewarmed, prewarmed_taken, records_written, record_write_errors }
+        Metrics {
+            registry: root,
+            faas_invocations,
+            faas_errors,
+            faas_timeouts,
+            faas_coldstarts,
+            faas_invoke_duration,
+            faas_init_duration,
+            invocations,
+            duration,
+            cold_starts,
+            instances,
+            prewarmed,
+            prewarmed_taken,
+            records_written,
+            record_write_errors,
+        }
     }
 
-    /// Registers a counter owned elsewhere (e.g. by a runtime).
+    /// Registers a counter owned elsewhere (e.g. by a runtime), as `hangar_NAME`.
     pub fn register_counter(&mut self, name: &str, help: &str, counter: Counter) {
-        self.registry.register(name, help, counter);
+        self.registry.sub_registry_with_prefix("hangar").register(name, help, counter);
     }
 
     /// For the process runtimes to keep: the gauge of `runtime`'s prewarmed zygotes ready now,
@@ -111,17 +156,23 @@ impl Metrics {
 }
 
 /// The metric handles of one function, resolved once so that the hot path only does atomics.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FunctionMetrics {
     by_outcome: [Counter; 5],
     duration: Histogram,
     cold_starts: Counter,
     /// Instances of this function running now.
     pub instances: Gauge,
+    /// OpenTelemetry's: invocations, errors, timeouts, cold starts, duration, init duration.
+    faas: [Counter; 4],
+    faas_duration: Histogram,
+    faas_init: Histogram,
+    /// Its metric history.
+    history: Arc<history::Entry>,
 }
 
 impl FunctionMetrics {
-    fn observe(&self, r: &InvocationRecord) {
+    fn observe(&self, r: &InvocationRecord, cold_start: Option<std::time::Duration>) {
         let i = match r.ending.outcome {
             Outcome::Ok => 0,
             Outcome::Error => 1,
@@ -130,10 +181,56 @@ impl FunctionMetrics {
             Outcome::Throttled => 4,
         };
         self.by_outcome[i].inc();
-        self.duration.observe(r.duration_us as f64 / 1e6);
+        let seconds = r.duration_us as f64 / 1e6;
+        self.duration.observe(seconds);
         if r.start == StartKind::Cold {
             self.cold_starts.inc();
         }
+        let [invocations, errors, timeouts, coldstarts] = &self.faas;
+        invocations.inc();
+        self.faas_duration.observe(seconds);
+        if r.ending.outcome != Outcome::Ok {
+            errors.inc();
+        }
+        if r.ending.outcome == Outcome::Timeout {
+            timeouts.inc();
+        }
+        let cold_start = cold_start.filter(|_| r.start.is_cold_start());
+        if let Some(d) = cold_start {
+            coldstarts.inc();
+            self.faas_init.observe(d.as_secs_f64());
+        }
+        self.history.window.observe(r.duration_us, r.ending.outcome != Outcome::Ok, cold_start.map(|d| d.as_micros() as u64));
+    }
+}
+
+/// How a function's history is named.
+fn function_ref(namespace: &str, function: &str) -> hangar_api::traces::WorkloadRef {
+    hangar_api::traces::WorkloadRef { kind: hangar_api::WorkloadKind::Function, namespace: namespace.into(), name: function.into() }
+}
+
+/// Samples every workload's metric history every 10 s with the gauges their owners report.
+pub struct HistorySampler {
+    pub history: history::History,
+    pub sources: Vec<Arc<dyn history::GaugeSource>>,
+    pub clock: Arc<dyn hangar_core::Clock>,
+}
+
+#[async_trait::async_trait]
+impl hangar_supervisor::Loop for HistorySampler {
+    async fn tick(&mut self) {
+        // Each source fills its own gauges of a workload (the others are zero): they add up.
+        let mut gauges: std::collections::HashMap<_, history::Gauges> = std::collections::HashMap::new();
+        for s in &self.sources {
+            for (w, g) in s.gauges() {
+                let sum = gauges.entry(w).or_default();
+                for (a, b) in sum.0.iter_mut().zip(g.0) {
+                    *a = a.saturating_add(b);
+                }
+            }
+        }
+        let now_s = u64::try_from(self.clock.now_ms() / 1000).unwrap_or(0);
+        self.history.sample(now_s, &gauges);
     }
 }
 
@@ -147,6 +244,7 @@ enum Msg {
 pub struct Meter {
     tx: mpsc::UnboundedSender<Msg>,
     metrics: Arc<Metrics>,
+    history: history::History,
 }
 
 /// The writer task; await it after [`Meter::shutdown`] to know every record is written.
@@ -158,7 +256,12 @@ impl Meter {
         let (tx, rx) = mpsc::unbounded_channel();
         let metrics = Arc::new(metrics);
         let task = tokio::spawn(writer(store, rx, metrics.clone()));
-        (Meter { tx, metrics }, task)
+        (Meter { tx, metrics, history: history::History::default() }, task)
+    }
+
+    /// Every workload's metric history.
+    pub fn history(&self) -> &history::History {
+        &self.history
     }
 
     /// The metric handles of a function.
@@ -168,11 +271,21 @@ impl Meter {
             m.invocations.get_or_create(&OutcomeLabels { namespace: namespace.into(), function: function.into(), outcome: o.as_str().into() }).clone()
         };
         let labels = FunctionLabels { namespace: namespace.into(), function: function.into() };
+        let faas = FaasLabels { namespace: namespace.into(), faas_name: function.into() };
         FunctionMetrics {
             by_outcome: [outcome(Outcome::Ok), outcome(Outcome::Error), outcome(Outcome::Timeout), outcome(Outcome::OutOfMemory), outcome(Outcome::Throttled)],
             duration: m.duration.get_or_create(&labels).clone(),
             cold_starts: m.cold_starts.get_or_create(&labels).clone(),
             instances: m.instances.get_or_create(&labels).clone(),
+            faas: [
+                m.faas_invocations.get_or_create(&faas).clone(),
+                m.faas_errors.get_or_create(&faas).clone(),
+                m.faas_timeouts.get_or_create(&faas).clone(),
+                m.faas_coldstarts.get_or_create(&faas).clone(),
+            ],
+            faas_duration: m.faas_invoke_duration.get_or_create(&faas).clone(),
+            faas_init: m.faas_init_duration.get_or_create(&faas).clone(),
+            history: self.history.entry(&function_ref(namespace, function)),
         }
     }
 
@@ -183,6 +296,14 @@ impl Meter {
         m.duration.remove(&labels);
         m.cold_starts.remove(&labels);
         m.instances.remove(&labels);
+        let faas = FaasLabels { namespace: namespace.into(), faas_name: function.into() };
+        m.faas_invocations.remove(&faas);
+        m.faas_errors.remove(&faas);
+        m.faas_timeouts.remove(&faas);
+        m.faas_coldstarts.remove(&faas);
+        m.faas_invoke_duration.remove(&faas);
+        m.faas_init_duration.remove(&faas);
+        self.history.forget(&function_ref(namespace, function));
         for o in Outcome::ALL {
             m.invocations.remove(&OutcomeLabels { namespace: namespace.into(), function: function.into(), outcome: (*o).into() });
         }
@@ -190,7 +311,13 @@ impl Meter {
 
     /// Counts the record in the metrics and queues it for the store. Never blocks.
     pub fn record(&self, metrics: &FunctionMetrics, record: InvocationRecord) {
-        metrics.observe(&record);
+        self.record_started(metrics, record, None);
+    }
+
+    /// [`Meter::record`] of an invocation whose instance took `cold_start` to be ready for it
+    /// (when it started one).
+    pub fn record_started(&self, metrics: &FunctionMetrics, record: InvocationRecord, cold_start: Option<std::time::Duration>) {
+        metrics.observe(&record, cold_start);
         if self.tx.send(Msg::Record(record)).is_err() {
             tracing::error!("invocation record dropped: the meter was already shut down");
         }

@@ -69,8 +69,8 @@ impl ResourceLimiter for MemoryLimiter {
 /// Lets outgoing HTTP requests through only to hosts on the function's allow-list.
 struct OutboundPolicy {
     allow: Arc<[String]>,
-    /// The invocation's `traceparent`, passed on by outbound requests that carry none.
-    traceparent: Option<http::HeaderValue>,
+    /// The invocation's span, passed on as `traceparent` by outbound requests that carry none.
+    trace: Option<hangar_trace::SpanContext>,
 }
 
 type SendFuture = Box<
@@ -97,10 +97,10 @@ impl WasiHttpHooks for OutboundPolicy {
             tracing::debug!(%host, port, "outbound request denied");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        if let Some(tp) = &self.traceparent
+        if let Some(ctx) = &self.trace
             && !request.headers().contains_key(hangar_trace::context::TRACEPARENT)
         {
-            request.headers_mut().insert(hangar_trace::context::TRACEPARENT, tp.clone());
+            request.headers_mut().insert(hangar_trace::context::TRACEPARENT, ctx.header());
         }
         Box::new(async move {
             let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
@@ -149,7 +149,7 @@ impl WasmFunction {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter { max_bytes: self.limits.memory_bytes as usize, hit: false },
-            hooks: OutboundPolicy { allow: self.allow.clone(), traceparent: trace.and_then(|t| http::HeaderValue::from_str(&t.traceparent()).ok()) },
+            hooks: OutboundPolicy { allow: self.allow.clone(), trace: trace.copied() },
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);

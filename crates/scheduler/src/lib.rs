@@ -131,6 +131,12 @@ fn workload(r: &InvocationRecord) -> hangar_api::traces::WorkloadRef {
     hangar_api::traces::WorkloadRef { kind: hangar_api::WorkloadKind::Function, namespace: r.namespace.clone(), name: r.function.clone() }
 }
 
+/// Whether the span of the invocation `r` records is kept.
+fn keeps(tracer: &hangar_trace::Tracer, ctx: &hangar_trace::SpanContext, r: &InvocationRecord) -> bool {
+    let failed = r.ending.outcome != hangar_api::Outcome::Ok;
+    tracer.keeps(ctx, failed, r.duration_us.saturating_mul(1000), Some((hangar_api::WorkloadKind::Function, &r.namespace, &r.function)))
+}
+
 /// `faas.trigger` of an invocation: what its request says, else what its trigger implies.
 fn faas_trigger<B>(request: &http::Request<B>, trigger: Trigger) -> &'static str {
     match request.extensions().get::<hangar_trace::FaasTrigger>() {
@@ -571,7 +577,9 @@ impl Scheduler {
             error,
             ..Default::default()
         };
-        if let Some((ctx, parent, started, faas_trigger)) = span {
+        if let Some((ctx, parent, started, faas_trigger)) = span
+            && keeps(&self.tracer, &ctx, &record)
+        {
             let span = invocation_span(&record, ctx, parent, started, faas_trigger).with("hangar.steps", d.config.steps.len() as u64);
             self.tracer.record(span);
         }
@@ -602,7 +610,9 @@ impl Scheduler {
                 // Throttled before anything ran: recorded, not billed.
                 record.ending = hangar_api::Ending::platform(hangar_api::Outcome::Throttled, 429, why.clone());
                 record.duration_us = started.elapsed().as_micros() as u64;
-                if let Some((ctx, parent, at, faas_trigger)) = span {
+                if let Some((ctx, parent, at, faas_trigger)) = span
+                    && keeps(&self.tracer, &ctx, &record)
+                {
                     self.tracer.record(invocation_span(&record, ctx, parent, at, faas_trigger));
                 }
                 self.meter.record(&slot.metrics, record);
@@ -624,18 +634,21 @@ impl Scheduler {
                 if let Some(start) = f.start {
                     record.start = start;
                 }
-                if let Some((ctx, parent, at, faas_trigger)) = span {
-                    // How the instance was obtained, then the invocation: a child ends first.
-                    // Loading the revision (compiling, preparing code) is part of a cold start.
-                    if let Some(ready) = f.ready_after.map(|r| r + load_time) {
+                // Loading the revision (compiling, preparing code) is part of a cold start.
+                let ready = f.ready_after.map(|r| r + load_time);
+                if let Some((ctx, parent, at, faas_trigger)) = span
+                    && keeps(&tracer, &ctx, &record)
+                {
+                    // The invocation first: a failed or slow one keeps how its instance was obtained.
+                    tracer.record(invocation_span(&record, ctx, parent, at, faas_trigger));
+                    if let Some(ready) = ready {
                         let mut s = hangar_trace::Span::ended(ctx.child(), Some(ctx.span_id), format!("instance {}", record.start), SpanKind::Internal, at);
                         s.end_ns = s.start_ns + ready.as_nanos() as u64;
                         let s = s.with("hangar.instance.start", record.start.to_string()).with("faas.coldstart", record.start.is_cold_start());
                         tracer.record(s.of(workload(&record)));
                     }
-                    tracer.record(invocation_span(&record, ctx, parent, at, faas_trigger));
                 }
-                meter.record(&metrics, record);
+                meter.record_started(&metrics, record, ready);
                 drop(guard);
             }
         };
@@ -698,6 +711,23 @@ impl hangar_meter::usage::Fleet for Scheduler {
                     cpus_milli: 0,
                     memory_mb: 0,
                 })
+            })
+            .collect()
+    }
+}
+
+/// Functions' gauges for the metric history: invocations in flight, and idle and paused
+/// instances (process runtimes).
+impl hangar_meter::history::GaugeSource for Scheduler {
+    fn gauges(&self) -> Vec<(hangar_api::traces::WorkloadRef, hangar_meter::history::Gauges)> {
+        self.slots()
+            .iter()
+            .map(|slot| {
+                let c = slot.instances().unwrap_or_default();
+                let in_flight = slot.active.load(Ordering::Acquire);
+                let d = slot.deployment();
+                let w = hangar_api::traces::WorkloadRef { kind: hangar_api::WorkloadKind::Function, namespace: d.namespace.clone(), name: d.name.clone() };
+                (w, hangar_meter::history::Gauges([in_flight, c.idle, c.paused, 0, 0]))
             })
             .collect()
     }

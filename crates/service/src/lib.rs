@@ -17,6 +17,7 @@
 
 mod autoscale;
 mod bundle;
+pub mod gauges;
 pub mod informer;
 mod logs;
 mod network;
@@ -114,6 +115,8 @@ pub struct Host {
     prepared: tokio::sync::watch::Receiver<bool>,
     /// This node's part of each service's instances.
     spread: SpreadCell,
+    /// Where services' metric history is kept (set once the meter exists).
+    history: std::sync::OnceLock<hangar_meter::history::History>,
 }
 
 /// The spread a server's services follow (set once it joins a cluster).
@@ -285,6 +288,8 @@ pub struct Service {
     scaling: Mutex<Option<hangar_api::services::ScalingStatus>>,
     /// Its requests as the gateway saw them, for the usage meter and the advisor.
     pub traffic: traffic::Traffic,
+    /// Its metric history: requests through the gateway are counted there.
+    pub(crate) history: Option<Arc<hangar_meter::history::Entry>>,
     /// The minimum instances adaptive mode set in place of the configured one (`NO_MIN`:
     /// none); a rollout clears it.
     min_override: AtomicU32,
@@ -395,6 +400,11 @@ pub struct Services {
     departed: Mutex<Vec<(String, String, traffic::Taken)>>,
 }
 
+/// How a service's metric history is named.
+fn service_ref(namespace: &str, name: &str) -> hangar_api::traces::WorkloadRef {
+    hangar_api::traces::WorkloadRef { kind: hangar_api::WorkloadKind::Service, namespace: namespace.to_string(), name: name.to_string() }
+}
+
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Services").field("host", &self.host).finish_non_exhaustive()
@@ -444,6 +454,7 @@ impl Services {
             live: Mutex::new(std::collections::HashSet::new()),
             prepared,
             spread: SpreadCell(RwLock::new(Arc::new(Alone))),
+            history: std::sync::OnceLock::new(),
         });
         let s = Services {
             host,
@@ -512,6 +523,16 @@ impl Services {
     /// Makes this node run only its part of each service's instances (a cluster's workers).
     pub fn set_spread(&self, spread: Arc<dyn Spread>) {
         *self.host.spread.0.write().unwrap_or_else(|p| p.into_inner()) = spread;
+    }
+
+    /// Keeps services' metric history in `history` (before any service is deployed).
+    pub fn set_history(&self, history: hangar_meter::history::History) {
+        let _ = self.host.history.set(history);
+    }
+
+    /// Every service here.
+    pub(crate) fn all(&self) -> Vec<Arc<Service>> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
     /// Every service here with its ready and running instances (for the node's heartbeat).
@@ -636,6 +657,7 @@ impl Services {
                         ready_notify: tokio::sync::Notify::new(),
                         scaling: Mutex::new(None),
                         traffic: traffic::Traffic::default(),
+                        history: self.host.history.get().map(|h| h.entry(&service_ref(namespace, name))),
                         min_override: AtomicU32::new(NO_MIN),
                     });
                     tokio::spawn(autoscale::run(Arc::downgrade(&svc), self.host.clone()));

@@ -35,6 +35,8 @@ enum Readiness {
 struct Status {
     state: InstanceState,
     address: String,
+    /// The container running now (its cgroup is named after it).
+    cid: String,
     restarts: u32,
     started_ms: i64,
     last_exit: Option<String>,
@@ -77,7 +79,14 @@ impl Slot {
             revision,
             image_id: image.id.clone(),
             grace_ms: config.stop_grace_ms,
-            status: Mutex::new(Status { state: InstanceState::Starting, address: String::new(), restarts: 0, started_ms: now_ms(), last_exit: None }),
+            status: Mutex::new(Status {
+                state: InstanceState::Starting,
+                address: String::new(),
+                cid: String::new(),
+                restarts: 0,
+                started_ms: now_ms(),
+                last_exit: None,
+            }),
             tail: Mutex::new(VecDeque::new()),
         });
         let (ready_tx, ready) = watch::channel(Readiness::Pending);
@@ -88,6 +97,12 @@ impl Slot {
 
     pub(crate) fn id(&self) -> &str {
         &self.shared.id
+    }
+
+    /// The container running now, if one is.
+    pub(crate) fn cid(&self) -> Option<String> {
+        let s = self.shared.status.lock().unwrap_or_else(|p| p.into_inner());
+        (!s.cid.is_empty()).then(|| s.cid.clone())
     }
 
     pub(crate) fn image_id(&self) -> &str {
@@ -319,7 +334,10 @@ async fn start(
         });
     }
     let addr = SocketAddr::from((att.ip, port));
-    shared.set(|s| s.address = addr.to_string());
+    shared.set(|s| {
+        s.address = addr.to_string();
+        s.cid = cid.clone();
+    });
     host.addresses.write().unwrap_or_else(|p| p.into_inner()).insert(att.ip, svc.namespace.clone());
     host.hosts_files.lock().unwrap_or_else(|p| p.into_inner()).entry(svc.namespace.clone()).or_default().push(run_dir.join("etc/hosts"));
     Ok((Running { n, cid, runtime: config.runtime, child, att, run_dir, data_dir, rootfs, host: host.clone() }, addr))

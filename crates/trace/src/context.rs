@@ -144,7 +144,31 @@ impl SpanContext {
 
     /// This span as the `traceparent` of a request it sends.
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, if self.sampled { "01" } else { "00" })
+        String::from_utf8_lossy(&self.traceparent_bytes()).into_owned()
+    }
+
+    /// [`SpanContext::traceparent`] without an allocation.
+    fn traceparent_bytes(&self) -> [u8; 55] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for (i, b) in self.trace_id.0.iter().enumerate() {
+            out[3 + 2 * i] = HEX[usize::from(b >> 4)];
+            out[4 + 2 * i] = HEX[usize::from(b & 15)];
+        }
+        for (i, b) in self.span_id.0.iter().enumerate() {
+            out[36 + 2 * i] = HEX[usize::from(b >> 4)];
+            out[37 + 2 * i] = HEX[usize::from(b & 15)];
+        }
+        if self.sampled {
+            out[54] = b'1';
+        }
+        out
+    }
+
+    /// This span as a `traceparent` header value.
+    pub fn header(&self) -> http::HeaderValue {
+        http::HeaderValue::from_bytes(&self.traceparent_bytes())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("00-00000000000000000000000000000000-0000000000000000-00"))
     }
 
     /// This span as AWS X-Ray's trace header (`Lambda-Runtime-Trace-Id`, `_X_AMZN_TRACE_ID`):
@@ -167,9 +191,7 @@ impl SpanContext {
 
     /// Sets `traceparent` to this span (and drops a `tracestate` too long to pass on).
     pub fn inject(&self, headers: &mut http::HeaderMap) {
-        if let Ok(v) = http::HeaderValue::from_str(&self.traceparent()) {
-            headers.insert(TRACEPARENT, v);
-        }
+        headers.insert(TRACEPARENT, self.header());
         if headers.get(TRACESTATE).is_some_and(|v| v.len() > MAX_TRACESTATE) || headers.get_all(TRACESTATE).iter().count() > 1 {
             headers.remove(TRACESTATE);
         }
@@ -187,6 +209,8 @@ mod tests {
         let c = SpanContext::parse(GOOD).unwrap();
         assert!(c.sampled);
         assert_eq!(c.traceparent(), GOOD);
+        assert_eq!(c.header(), GOOD);
+        assert_eq!(SpanContext { sampled: false, ..c }.traceparent(), GOOD.replace("-01", "-00"));
         assert_eq!(c.xray(), "Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent=00f067aa0ba902b7;Sampled=1");
         let child = c.child();
         assert_eq!((child.trace_id, child.sampled), (c.trace_id, true));

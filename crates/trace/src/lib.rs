@@ -60,7 +60,13 @@ impl Tracer {
         ctx
     }
 
-    /// Takes a finished span.
+    /// Whether a span of `ctx` that `failed` or took `duration_ns`, of `workload` (kind,
+    /// namespace, name), is kept: ask before building it, so spans nobody keeps cost nothing.
+    pub fn keeps(&self, ctx: &SpanContext, failed: bool, duration_ns: u64, workload: Option<(hangar_api::WorkloadKind, &str, &str)>) -> bool {
+        self.store.as_ref().is_some_and(|s| s.keeps(&ctx.trace_id, ctx.sampled, failed, duration_ns, workload))
+    }
+
+    /// Keeps a finished span ([`Tracer::keeps`] said so).
     pub fn record(&self, span: Span) {
         match (&self.store, &self.export) {
             (Some(s), Some(e)) => s.record_with(span, &mut |kept| e.export(kept)),

@@ -1,22 +1,23 @@
 //! The node's built-in trace store: which traces are kept (sampling), bounded in spans and
 //! age, and searched by the API.
 //!
-//! A trace is kept when its first span here says so: the trace is sampled (the caller's flag,
-//! or the ratio of trace ids every node applies alike), the span failed or was slow, or its
-//! workload has not had a trace kept in the current second. Spans of undecided traces wait in
-//! a short ring, so a trace whose last span (the gateway's) fails or is slow is kept whole.
+//! Whether a span is kept is decided before it is built ([`TraceStore::keeps`]), so an
+//! unsampled request costs no span at all: a span is kept when its trace is sampled (the
+//! caller's flag, or the ratio of trace ids every node applies alike), it failed or was slow,
+//! its trace is kept already, or its workload has not had a trace kept in the current second.
+//! Hops record a parent's span before its children's where they can (an invocation before
+//! how its instance was obtained), so a failed or slow invocation keeps those too.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use hangar_api::WorkloadKind;
 use hangar_api::traces::{SpanStatus, TraceSummary, TraceView, WorkloadRef};
 
 use crate::context::TraceId;
 use crate::span::{Span, now_ns};
 
-/// Spans of undecided traces held at most.
-const PENDING: usize = 4096;
 /// Workloads the per-second reservoir tracks at most (then it starts again).
 const RESERVOIR_WORKLOADS: usize = 10_000;
 
@@ -62,11 +63,9 @@ struct Inner {
     /// Kept traces by when they were kept, oldest first.
     order: VecDeque<(u64, TraceId)>,
     spans: usize,
-    pending: VecDeque<Span>,
-    /// How many spans of each trace `pending` holds.
-    pending_ids: HashMap<TraceId, u32>,
-    /// Per workload: the second and how many traces were kept in it.
-    reservoir: HashMap<WorkloadRef, (u64, u32)>,
+    /// Per workload (a hash of its kind, namespace and name): the second and how many traces
+    /// were kept in it.
+    reservoir: HashMap<u64, (u64, u32)>,
 }
 
 /// See the module docs.
@@ -92,66 +91,56 @@ impl TraceStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a finished span: kept with its trace, or held until its trace is decided.
-    pub fn record(&self, span: Span) {
-        self.record_with(span, &mut |_| {});
-    }
-
-    /// [`TraceStore::record`], calling `kept` with every span it keeps now (this one, and the
-    /// held spans of a trace it decides to keep).
-    pub fn record_with(&self, span: Span, kept: &mut dyn FnMut(&Span)) {
-        let id = span.context.trace_id;
-        let now = now_ns();
+    /// Whether a span of `trace` that `failed` or took `duration_ns`, of `workload` (kind,
+    /// namespace, name), is kept. Deciding takes the reservoir's place for this second.
+    pub fn keeps(&self, trace: &TraceId, sampled: bool, failed: bool, duration_ns: u64, workload: Option<(WorkloadKind, &str, &str)>) -> bool {
+        if sampled || failed || duration_ns >= self.settings.slow.as_nanos() as u64 {
+            return true;
+        }
         let mut g = self.lock();
-        let inner = &mut *g;
-        if let Some(spans) = inner.traces.get_mut(&id) {
-            kept(&span);
-            spans.push(span);
-            inner.spans += 1;
-            self.evict(inner, now);
-            return;
+        if g.traces.contains_key(trace) {
+            return true;
         }
-        let keep = span.context.sampled
-            || span.status == SpanStatus::Error
-            || span.duration_ns() >= self.settings.slow.as_nanos() as u64
-            || self.reservoir(inner, span.workload.as_ref(), now);
-        if !keep {
-            if inner.pending.len() >= PENDING
-                && let Some(old) = inner.pending.pop_front()
-            {
-                forget_pending(&mut inner.pending_ids, &old.context.trace_id);
-            }
-            *inner.pending_ids.entry(id).or_default() += 1;
-            inner.pending.push_back(span);
-            return;
+        let Some((kind, ns, name)) = workload.filter(|_| self.settings.per_second > 0) else { return false };
+        let key = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (kind.as_str(), ns, name).hash(&mut h);
+            h.finish()
+        };
+        let second = now_ns() / 1_000_000_000;
+        if g.reservoir.len() >= RESERVOIR_WORKLOADS && !g.reservoir.contains_key(&key) {
+            g.reservoir.clear();
         }
-        let mut spans = Vec::new();
-        if inner.pending_ids.remove(&id).is_some() {
-            let (mine, others): (VecDeque<Span>, VecDeque<Span>) = std::mem::take(&mut inner.pending).into_iter().partition(|s| s.context.trace_id == id);
-            inner.pending = others;
-            spans.extend(mine);
-        }
-        spans.push(span);
-        spans.iter().for_each(&mut *kept);
-        inner.spans += spans.len();
-        inner.traces.insert(id, spans);
-        inner.order.push_back((now, id));
-        self.evict(inner, now);
-    }
-
-    /// Whether `workload` may have one more trace kept this second.
-    fn reservoir(&self, inner: &mut Inner, workload: Option<&WorkloadRef>, now: u64) -> bool {
-        let Some(w) = workload.filter(|_| self.settings.per_second > 0) else { return false };
-        let second = now / 1_000_000_000;
-        if inner.reservoir.len() >= RESERVOIR_WORKLOADS && !inner.reservoir.contains_key(w) {
-            inner.reservoir.clear();
-        }
-        let entry = inner.reservoir.entry(w.clone()).or_insert((second, 0));
+        let entry = g.reservoir.entry(key).or_insert((second, 0));
         if entry.0 != second {
             *entry = (second, 0);
         }
         entry.1 += 1;
         entry.1 <= self.settings.per_second
+    }
+
+    /// Keeps a span ([`TraceStore::keeps`] said so), with its trace.
+    pub fn record(&self, span: Span) {
+        self.record_with(span, &mut |_| {});
+    }
+
+    /// [`TraceStore::record`], calling `kept` with the span.
+    pub fn record_with(&self, span: Span, kept: &mut dyn FnMut(&Span)) {
+        let id = span.context.trace_id;
+        let now = now_ns();
+        kept(&span);
+        let mut g = self.lock();
+        let inner = &mut *g;
+        match inner.traces.get_mut(&id) {
+            Some(spans) => spans.push(span),
+            None => {
+                inner.traces.insert(id, vec![span]);
+                inner.order.push_back((now, id));
+            }
+        }
+        inner.spans += 1;
+        self.evict(inner, now);
     }
 
     fn evict(&self, inner: &mut Inner, now: u64) {
@@ -203,15 +192,6 @@ impl TraceStore {
         }
         spans.sort_by_key(|s| s.start_us);
         Some(TraceView { trace_id: id.to_string(), spans })
-    }
-}
-
-fn forget_pending(ids: &mut HashMap<TraceId, u32>, id: &TraceId) {
-    if let Some(n) = ids.get_mut(id) {
-        *n -= 1;
-        if *n == 0 {
-            ids.remove(id);
-        }
     }
 }
 
@@ -269,19 +249,27 @@ mod tests {
         TraceStore::new(Settings { ratio, per_second, ..Settings::default() })
     }
 
+    /// Records `span` if the store keeps it, as a hop does.
+    fn offer(s: &TraceStore, span: Span) {
+        let w = span.workload.clone();
+        let w = w.as_ref().map(|w| (w.kind, w.namespace.as_str(), w.name.as_str()));
+        if s.keeps(&span.context.trace_id, span.context.sampled, span.status == SpanStatus::Error, span.duration_ns(), w) {
+            s.record(span);
+        }
+    }
+
     #[test]
-    fn an_unsampled_trace_is_kept_whole_when_its_last_span_fails() {
+    fn an_unsampled_trace_is_kept_from_its_first_failed_span_on() {
         let s = store(0.0, 0);
         let root = SpanContext::root(false);
         let child = root.child();
-        s.record(span(child, Some(&root), "invoke", Some(workload("a", "f"))));
-        assert!(s.search(&Query { limit: 10, ..Query::default() }).is_empty(), "undecided");
-        s.record(span(root, None, "GET", Some(workload("a", "f"))).failed("502"));
+        offer(&s, span(child, Some(&root), "invoke", Some(workload("a", "f"))).failed("boom"));
+        offer(&s, span(root, None, "GET", Some(workload("a", "f"))));
         let found = s.search(&Query { limit: 10, ..Query::default() });
         assert_eq!((found.len(), found[0].spans, found[0].status, found[0].root.as_str()), (1, 2, SpanStatus::Error, "GET"));
-        // An ok trace with no sampling is dropped.
+        // An ok trace with no sampling is not kept.
         let other = SpanContext::root(false);
-        s.record(span(other, None, "GET", Some(workload("a", "f"))));
+        offer(&s, span(other, None, "GET", Some(workload("a", "f"))));
         assert_eq!(s.search(&Query { limit: 10, ..Query::default() }).len(), 1);
     }
 
@@ -289,10 +277,10 @@ mod tests {
     fn the_reservoir_keeps_one_trace_per_workload_per_second_and_the_ratio_whole_traces() {
         let s = store(0.0, 1);
         for _ in 0..5 {
-            s.record(span(SpanContext::root(false), None, "GET", Some(workload("a", "f"))));
+            offer(&s, span(SpanContext::root(false), None, "GET", Some(workload("a", "f"))));
         }
-        s.record(span(SpanContext::root(false), None, "GET", Some(workload("a", "g"))));
-        assert!((1..=4).contains(&s.search(&Query { limit: 100, ..Query::default() }).len()), "one per workload (two if the second turned)");
+        offer(&s, span(SpanContext::root(false), None, "GET", Some(workload("a", "g"))));
+        assert!((2..=3).contains(&s.search(&Query { limit: 100, ..Query::default() }).len()), "one per workload (two if the second turned)");
         let all = store(1.0, 0);
         let none = store(0.0, 0);
         let id = TraceId::random();
