@@ -82,6 +82,7 @@ macro_rules! wire_enum {
 pub mod events;
 pub mod nodes;
 pub mod sandboxes;
+pub mod series;
 pub mod traces;
 
 wire_enum! {

@@ -20,6 +20,7 @@ pub mod invoke;
 pub mod nodes;
 pub mod openapi;
 pub mod sandboxes;
+pub mod series;
 pub mod services;
 pub mod traces;
 pub mod usage;
@@ -163,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         .route("/topics/{topic}/events", post(events::publish).layer(DefaultBodyLimit::disable()))
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}/drain", post(nodes::drain))
+        .route("/metrics/series", get(series::series))
         .route("/traces", get(traces::list))
         .route("/traces/{id}", get(traces::get))
         .route("/openapi.json", get(openapi_json))

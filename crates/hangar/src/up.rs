@@ -154,7 +154,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         Err(e) => Err(e),
     };
     let (services, services_unavailable) = match services {
-        Ok(s) => (Some(Arc::new(s)), None),
+        Ok(s) => {
+            s.set_history(meter.history().clone());
+            (Some(Arc::new(s)), None)
+        }
         Err(e) => (None, Some(unavailable("services", e))),
     };
     let async_queue = hangar_events::AsyncQueue::open(store.clone(), scheduler.clone(), opts.async_concurrency, opts.async_queue, &node_id)
@@ -334,6 +337,11 @@ pub async fn run(opts: UpOptions) -> Result<()> {
             let sampler = hangar_meter::usage::Sampler::new(state.store.clone(), clock.clone(), fleets, sandboxes).await;
             supervisor.start("usage", opts.meter_every, Scope::EachServer, sampler);
         }
+        // Every workload's metric history takes a point every 10 s.
+        let mut sources: Vec<Arc<dyn hangar_meter::history::GaugeSource>> = vec![scheduler.clone(), Arc::new(async_queue.clone())];
+        sources.extend(services.clone().map(|s| Arc::new(hangar_service::gauges::ServiceGauges::new(s)) as Arc<dyn hangar_meter::history::GaugeSource>));
+        let history = hangar_meter::HistorySampler { history: meter.history().clone(), sources, clock: clock.clone() };
+        supervisor.start("metric-history", Duration::from_secs(hangar_meter::history::FINE_S), Scope::EachServer, history);
         supervisor.start(
             "usage-pruning",
             Duration::from_secs(600),

@@ -200,7 +200,7 @@ impl FunctionMetrics {
             coldstarts.inc();
             self.faas_init.observe(d.as_secs_f64());
         }
-        self.history.window.observe(r.duration_us, r.ending.outcome != Outcome::Ok, cold_start.map(|d| d.as_micros() as u64));
+        self.history.observe(r.duration_us, r.ending.outcome != Outcome::Ok, cold_start.map(|d| d.as_micros() as u64));
     }
 }
 

@@ -319,7 +319,7 @@ impl Drop for Served {
     fn drop(&mut self) {
         self.svc.traffic.record(self.start, self.failed);
         if let Some(h) = &self.svc.history {
-            h.window.observe(self.start.elapsed().as_micros() as u64, self.failed, None);
+            h.observe(self.start.elapsed().as_micros() as u64, self.failed, None);
         }
     }
 }
