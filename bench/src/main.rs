@@ -57,9 +57,12 @@ struct Args {
     /// Measure only the metering overhead, replacing its section of the report
     #[arg(long)]
     metering_only: bool,
-    /// Measure only the tracing overhead, replacing its section of the report
+    /// Measure only the tracing overhead and the metric history, replacing their sections
     #[arg(long)]
     tracing_only: bool,
+    /// Measure only the metric history's memory (in process, no server), replacing its section
+    #[arg(long)]
+    history_only: bool,
     /// Measure only sandboxes, replacing their section of the report
     #[arg(long)]
     sandboxes_only: bool,
@@ -80,6 +83,7 @@ const SCALING_HEADING: &str = "## Scaling and events";
 /// Where the metering section starts in the report.
 const METERING_HEADING: &str = "## Metering";
 const TRACING_HEADING: &str = "## Tracing";
+const HISTORY_HEADING: &str = "## Metric history";
 /// Where the sandboxes section starts in the report.
 const SANDBOXES_HEADING: &str = "## Sandboxes";
 /// Where the fuzzing section (written by hand from `scripts/fuzz.sh`) starts in the report.
@@ -310,6 +314,13 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
+    if a.history_only {
+        let old = std::fs::read_to_string(&a.out).unwrap_or_default();
+        let section = tracing::history_memory()?;
+        std::fs::write(&a.out, splice(&old, HISTORY_HEADING, &section))?;
+        print!("{section}");
+        return Ok(());
+    }
     if a.process_only || a.services_only || a.scaling_only || a.sandboxes_only || a.metering_only || a.tracing_only || a.recovery_only || a.cluster_only {
         let (heading, section) = if a.cluster_only {
             eprintln!("measuring the cluster");
@@ -319,6 +330,8 @@ async fn main() -> Result<()> {
             (RECOVERY_HEADING, recovery::run(&a.hangar).await?)
         } else if a.tracing_only {
             eprintln!("measuring the tracing overhead");
+            let old = std::fs::read_to_string(&a.out).unwrap_or_default();
+            std::fs::write(&a.out, splice(&old, HISTORY_HEADING, &tracing::history_memory()?))?;
             (TRACING_HEADING, tracing::run(&a.hangar, &a.component, a.connections, a.duration, a.runs.max(5)).await?)
         } else if a.metering_only {
             eprintln!("measuring the metering overhead");

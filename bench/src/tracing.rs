@@ -90,3 +90,40 @@ async fn collector() -> Result<(String, std::sync::Arc<std::sync::atomic::Atomic
     });
     Ok((url, count))
 }
+
+/// The metric history's memory for 1,000 functions, each with a full day of points, measured
+/// by filling a history in this process the way the server's sampler does.
+pub fn history_memory() -> Result<String> {
+    use hangar_meter::history::{BYTES_PER_WORKLOAD, COARSE_POINTS, FINE_POINTS, FINE_S, History};
+    let h = History::default();
+    let functions = 1000;
+    let t0: u64 = 1_800_000_000;
+    let refs: Vec<_> = (0..functions)
+        .map(|i| hangar_api::traces::WorkloadRef { kind: hangar_api::WorkloadKind::Function, namespace: "default".into(), name: format!("f{i}") })
+        .collect();
+    let entries: Vec<_> = refs.iter().map(|w| h.entry(w)).collect();
+    let started = std::time::Instant::now();
+    // A day of samples, every function called in each.
+    let samples = (COARSE_POINTS as u64 * 60 / FINE_S) as usize;
+    for n in 0..samples {
+        for e in &entries {
+            e.observe(1500, false, None);
+        }
+        h.sample(t0 + n as u64 * FINE_S, &std::collections::HashMap::new());
+    }
+    let took = started.elapsed();
+    let bytes = BYTES_PER_WORKLOAD * functions;
+    let mut out = String::new();
+    writeln!(out, "## Metric history\n")?;
+    writeln!(out, "Memory of the metric history for {functions} functions, each called in every 10 s period of a whole day")?;
+    writeln!(out, "({samples} samples filled in this process, {:.1} s; `hangar-bench --tracing-only` measures it too): {FINE_POINTS}", took.as_secs_f64())?;
+    writeln!(out, "10 s points and {COARSE_POINTS} 1 min points of 28 bytes per function, with its open periods and its request")?;
+    writeln!(out, "window.\n")?;
+    writeln!(out, "| measure | value | goal |")?;
+    writeln!(out, "|---|---:|---|")?;
+    writeln!(out, "| bytes per function | {BYTES_PER_WORKLOAD} | |")?;
+    writeln!(out, "| {functions} functions | {:.1} MiB | ≤ 50 MiB |", bytes as f64 / f64::from(1 << 20))?;
+    writeln!(out, "| functions with rings after the day | {} | {functions} |", h.with_rings())?;
+    writeln!(out, "| a deployed function never called | no rings (a map entry) | |\n")?;
+    Ok(out)
+}

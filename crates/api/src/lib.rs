@@ -7,6 +7,7 @@
 
 pub mod cost;
 pub mod images;
+pub mod logs;
 pub mod services;
 pub mod validate;
 

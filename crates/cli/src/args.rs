@@ -42,15 +42,26 @@ pub enum Command {
     Function(FnCommand),
     /// Call a function through its URL and print the response body
     Invoke(InvokeArgs),
-    /// Show the logs of a function's invocations
+    /// Show the logs of a function's invocations; with -q, --kind or --since (or no name),
+    /// search the lines of functions and services
     Logs {
-        name: String,
-        /// Keep printing new invocations as they happen
+        /// A function (or, when searching, a function or service)
+        name: Option<String>,
+        /// Keep printing new lines as they come
         #[arg(short, long)]
         follow: bool,
-        /// How many recent invocations to show first
+        /// How many recent invocations (or, when searching, lines) to show first
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Only lines holding this text (any case)
+        #[arg(short = 'q', long = "query")]
+        query: Option<String>,
+        /// Only `function` or `service` lines
+        #[arg(long)]
+        kind: Option<String>,
+        /// How far back to search (e.g. 15m), or an RFC 3339 time [default: 1h]
+        #[arg(long)]
+        since: Option<String>,
     },
     /// List invocation records
     Invocations {

@@ -11,6 +11,7 @@ pub mod cost;
 pub mod events;
 pub mod functions;
 pub mod images;
+pub mod logs;
 pub mod manifest;
 pub mod nodes;
 pub mod sandboxes;
@@ -28,9 +29,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
         Command::Up(_) => anyhow::bail!("`hangar up` starts a server; the binary runs it, not the client library"),
         Command::Function(cmd) => functions::run_fn(cli, cmd).await?,
         Command::Invoke(a) => return functions::run_invoke(cli, a).await,
-        Command::Logs { name, follow, limit } => {
+        Command::Logs { name, follow, limit, query, kind, since } => {
             util::check_limit(*limit)?;
-            functions::run_logs(cli, name, *follow, *limit).await?
+            match name {
+                Some(name) if query.is_none() && kind.is_none() && since.is_none() => functions::run_logs(cli, name, *follow, *limit).await?,
+                _ => logs::search(cli, name.as_deref(), query.as_deref(), kind.as_deref(), since.as_deref(), *limit, *follow).await?,
+            }
         }
         Command::Invocations { name, status, since, limit } => {
             util::check_limit(*limit)?;

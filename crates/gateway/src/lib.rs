@@ -17,6 +17,7 @@ pub mod form;
 pub mod hosts;
 pub mod images;
 pub mod invoke;
+pub mod logs;
 pub mod nodes;
 pub mod openapi;
 pub mod sandboxes;
@@ -165,6 +166,7 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}/drain", post(nodes::drain))
         .route("/metrics/series", get(series::series))
+        .route("/logs", get(logs::list))
         .route("/traces", get(traces::list))
         .route("/traces/{id}", get(traces::get))
         .route("/openapi.json", get(openapi_json))

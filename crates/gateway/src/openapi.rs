@@ -22,7 +22,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         crate::sandboxes::lifecycle, crate::sandboxes::exec, crate::sandboxes::read, crate::sandboxes::write, crate::sandboxes::tty,
         crate::cost::list, crate::cost::calc, crate::usage::list, crate::usage::advice, crate::adapt::switches, crate::adapt::service_switches,
         crate::nodes::list, crate::nodes::drain,
-        crate::traces::list, crate::traces::get, crate::series::series,
+        crate::traces::list, crate::traces::get, crate::series::series, crate::logs::list,
     ),
     components(schemas(hangar_api::FunctionConfig, hangar_api::RuntimeKind, hangar_api::ErrorBody, hangar_api::ErrorDetail, hangar_api::sandboxes::TtyRequest, hangar_api::sandboxes::TtyControl, hangar_api::sandboxes::ExecFrame)),
     modifiers(&BearerAuth),

@@ -203,12 +203,14 @@ struct Counted {
     errors: u64,
     cold: u64,
     cold_us: u64,
+    /// Events given up (functions' dead letters), which add up like requests.
+    dead: u64,
     durations: [u32; BUCKETS],
 }
 
 impl Default for Counted {
     fn default() -> Self {
-        Counted { requests: 0, errors: 0, cold: 0, cold_us: 0, durations: [0; BUCKETS] }
+        Counted { requests: 0, errors: 0, cold: 0, cold_us: 0, dead: 0, durations: [0; BUCKETS] }
     }
 }
 
@@ -218,6 +220,7 @@ impl Counted {
         self.errors += other.errors;
         self.cold += other.cold;
         self.cold_us += other.cold_us;
+        self.dead += other.dead;
         for (a, b) in self.durations.iter_mut().zip(&other.durations) {
             *a += b;
         }
@@ -239,8 +242,9 @@ impl Counted {
         None
     }
 
-    /// The point of these counts and `gauges` (in the kind's slots 9..14).
-    fn point(&self, gauges: &Gauges) -> Point {
+    /// The point of these counts and `gauges` (in the kind's slots 9..14; a function's dead
+    /// letters are counted, not sampled).
+    fn point(&self, gauges: &Gauges, kind: WorkloadKind) -> Point {
         let mut p = [0u16; 14];
         set32(&mut p, 0, self.requests.min(u64::from(u32::MAX)) as u32);
         set32(&mut p, 2, self.errors.min(u64::from(u32::MAX)) as u32);
@@ -252,6 +256,9 @@ impl Counted {
         p[8] = self.cold_us.checked_div(self.cold).map_or(0, |us| (us / 1000).min(u64::from(u16::MAX)) as u16);
         for (i, g) in gauges.0.iter().enumerate() {
             p[9 + i] = (*g).min(u32::from(u16::MAX)) as u16;
+        }
+        if kind == WorkloadKind::Function {
+            p[13] = self.dead.min(u64::from(u16::MAX)) as u16;
         }
         p
     }
@@ -385,6 +392,10 @@ impl History {
                 window.take(&mut counted);
             }
             let g = gauges.get(&w).copied().unwrap_or_default();
+            if e.kind == WorkloadKind::Function {
+                // Reported as given up since the last sample.
+                counted.dead += u64::from(g.0[4]);
+            }
             let mut rings = e.rings.lock().unwrap_or_else(|p| p.into_inner());
             if rings.is_none() && counted.requests == 0 && g == Gauges::default() {
                 continue;
@@ -392,9 +403,9 @@ impl History {
             let r = rings.get_or_insert_with(|| {
                 Box::new(Rings { fine: Ring::new(FINE_POINTS, FINE_S), coarse: Ring::new(COARSE_POINTS, COARSE_S), period: None, minute: None })
             });
-            let fine = fill(&mut r.period, period, &counted).point(&g);
+            let fine = fill(&mut r.period, period, &counted).point(&g, e.kind);
             r.fine.put(period, fine);
-            let coarse = fill(&mut r.minute, minute, &counted).point(&g);
+            let coarse = fill(&mut r.minute, minute, &counted).point(&g, e.kind);
             r.coarse.put(minute, coarse);
         }
     }
@@ -474,7 +485,8 @@ mod tests {
         }
         let mut c = Counted::default();
         w.take(&mut c);
-        let p = c.point(&Gauges([3, 1, 0, 7, 2]));
+        c.dead = 2;
+        let p = c.point(&Gauges([3, 1, 0, 7, 9]), WorkloadKind::Function);
         assert_eq!((get32(&p, 0), get32(&p, 2), p[7], p[8]), (100, 5, 1, 250));
         let p50 = value(&p, 4, Metric::DurationP50).unwrap();
         let p99 = value(&p, 6, Metric::DurationP99).unwrap();
@@ -533,6 +545,15 @@ mod tests {
         assert!(matches!(h.series(&svc, Metric::ColdStarts, 0, 10), Err(SeriesError::NoSuchMetric { .. })));
         assert!(matches!(h.series(&svc, Metric::Requests, 0, 30), Err(SeriesError::Step(30))));
         assert!("bogus".parse::<Metric>().unwrap_err().contains("requests"));
+        // A function's dead letters add up over a minute; its queue depth is the last sample's.
+        let fun = f("q");
+        for (i, depth) in [5u32, 3, 1].into_iter().enumerate() {
+            let mut g = HashMap::new();
+            g.insert(fun.clone(), Gauges([0, 0, 0, depth, 1]));
+            h.sample(1_800_000_000 + 10 * i as u64, &g);
+        }
+        assert_eq!(h.series(&fun, Metric::DeadLetters, 0, 60).unwrap(), vec![(1_800_000_000, Some(3.0))]);
+        assert_eq!(h.series(&fun, Metric::QueueDepth, 0, 60).unwrap(), vec![(1_800_000_000, Some(1.0))]);
         // 1,000 workloads in under 50 MiB.
         const { assert!(BYTES_PER_WORKLOAD * 1000 < 50 << 20) };
     }

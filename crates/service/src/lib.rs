@@ -19,7 +19,7 @@ mod autoscale;
 mod bundle;
 pub mod gauges;
 pub mod informer;
-mod logs;
+pub mod logs;
 mod network;
 pub mod proxy;
 mod slot;
@@ -603,6 +603,11 @@ impl Services {
     }
 
     /// The running service `namespace/name`, if any.
+    /// Every service of `namespace` here.
+    pub fn list(&self, namespace: &str) -> Vec<Arc<Service>> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).values().filter(|s| s.namespace == namespace).cloned().collect()
+    }
+
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).get(&(namespace.to_string(), name.to_string())).cloned()
     }

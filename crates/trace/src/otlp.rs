@@ -3,6 +3,7 @@
 //! that finds the queue full, or whose batch cannot be sent, is dropped and counted, and the
 //! failure logged at most once a minute.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ pub struct ExportCounters {
 
 /// See the module docs.
 pub struct Exporter {
-    tx: mpsc::Sender<Span>,
+    tx: mpsc::Sender<Arc<Span>>,
     counters: ExportCounters,
 }
 
@@ -62,7 +63,7 @@ impl Exporter {
     }
 
     /// Queues a kept span for export, or counts it dropped.
-    pub fn export(&self, span: &Span) {
+    pub fn export(&self, span: &Arc<Span>) {
         if self.tx.try_send(span.clone()).is_err() {
             self.counters.dropped.inc();
             warn_dropped("the export queue is full (the collector is slow or unreachable)");
@@ -84,7 +85,7 @@ fn warn_dropped(why: &str) {
     }
 }
 
-async fn send_loop(mut rx: mpsc::Receiver<Span>, client: reqwest::Client, url: String, node: String, counters: ExportCounters) {
+async fn send_loop(mut rx: mpsc::Receiver<Arc<Span>>, client: reqwest::Client, url: String, node: String, counters: ExportCounters) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         // The first span of a batch waits as long as it must; the rest at most LINGER.
@@ -134,7 +135,7 @@ fn attribute(key: &str, v: &Value) -> KeyValue {
 
 /// `spans` as an OTLP request: one resource per workload (`service.name` = `NAMESPACE/NAME`,
 /// as a collector groups them), the platform's own spans under `hangar`.
-pub fn encode(spans: &[Span], node: &str) -> Vec<u8> {
+pub fn encode(spans: &[Arc<Span>], node: &str) -> Vec<u8> {
     let mut by_workload: Vec<(Option<&WorkloadRef>, Vec<opentelemetry_proto::tonic::trace::v1::Span>)> = Vec::new();
     for s in spans {
         let w = s.workload.as_ref();
@@ -211,9 +212,9 @@ mod tests {
         let root = SpanContext::root(true);
         let w = WorkloadRef { kind: hangar_api::WorkloadKind::Function, namespace: "team".into(), name: "hello".into() };
         let spans = vec![
-            Span::ended(root.child(), Some(root.span_id), "hello", SpanKind::Server, Started::now()).with("faas.coldstart", true).of(w.clone()),
-            Span::ended(root, None, "GET", SpanKind::Server, Started::now()).failed("502 Bad Gateway"),
-            Span::ended(root.child(), Some(root.span_id), "instance cold", SpanKind::Internal, Started::now()).of(w),
+            Arc::new(Span::ended(root.child(), Some(root.span_id), "hello", SpanKind::Server, Started::now()).with("faas.coldstart", true).of(w.clone())),
+            Arc::new(Span::ended(root, None, "GET", SpanKind::Server, Started::now()).failed("502 Bad Gateway")),
+            Arc::new(Span::ended(root.child(), Some(root.span_id), "instance cold", SpanKind::Internal, Started::now()).of(w)),
         ];
         let req = ExportTraceServiceRequest::decode(encode(&spans, "node-1").as_slice()).unwrap();
         assert_eq!(req.resource_spans.len(), 2);

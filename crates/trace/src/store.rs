@@ -9,7 +9,8 @@
 //! how its instance was obtained), so a failed or slow invocation keeps those too.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hangar_api::WorkloadKind;
@@ -18,8 +19,13 @@ use hangar_api::traces::{SpanStatus, TraceSummary, TraceView, WorkloadRef};
 use crate::context::TraceId;
 use crate::span::{Span, now_ns};
 
-/// Workloads the per-second reservoir tracks at most (then it starts again).
-const RESERVOIR_WORKLOADS: usize = 10_000;
+/// Slots of the per-second reservoir (workloads share one by hash): each holds the second and
+/// how many traces were kept in it, as `second << 16 | count`.
+const RESERVOIR_SLOTS: usize = 4096;
+/// Bits of the filter of unsampled traces kept (by trace id hash), and how many may be set
+/// before it starts over.
+const KEPT_BITS: usize = 1 << 16;
+const KEPT_RESET: u64 = (KEPT_BITS / 4) as u64;
 
 /// How much the store keeps and which traces.
 #[derive(Debug, Clone)]
@@ -59,13 +65,10 @@ pub struct Query {
 
 #[derive(Default)]
 struct Inner {
-    traces: HashMap<TraceId, Vec<Span>>,
+    traces: HashMap<TraceId, Vec<Arc<Span>>>,
     /// Kept traces by when they were kept, oldest first.
     order: VecDeque<(u64, TraceId)>,
     spans: usize,
-    /// Per workload (a hash of its kind, namespace and name): the second and how many traces
-    /// were kept in it.
-    reservoir: HashMap<u64, (u64, u32)>,
 }
 
 /// See the module docs.
@@ -74,12 +77,25 @@ pub struct TraceStore {
     /// `ratio` as a threshold on [`TraceId::ratio_key`].
     threshold: u64,
     inner: Mutex<Inner>,
+    /// Deciding takes no lock for the common request (unsampled, ok, fast): the reservoir is
+    /// atomics, and unsampled traces kept (a failed span's) are marked in a bit filter, so a
+    /// trace not marked is known not kept without looking.
+    reservoir: Box<[AtomicU64]>,
+    kept_unsampled: Box<[AtomicU64]>,
+    kept_marks: AtomicU64,
 }
 
 impl TraceStore {
     pub fn new(settings: Settings) -> TraceStore {
         let threshold = if settings.ratio >= 1.0 { u64::MAX } else { (settings.ratio.max(0.0) * u64::MAX as f64) as u64 };
-        TraceStore { settings, threshold, inner: Mutex::default() }
+        TraceStore {
+            settings,
+            threshold,
+            inner: Mutex::default(),
+            reservoir: (0..RESERVOIR_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            kept_unsampled: (0..KEPT_BITS / 64).map(|_| AtomicU64::new(0)).collect(),
+            kept_marks: AtomicU64::new(0),
+        }
     }
 
     /// Whether the ratio samples trace `id` (the same answer on every node).
@@ -97,27 +113,52 @@ impl TraceStore {
         if sampled || failed || duration_ns >= self.settings.slow.as_nanos() as u64 {
             return true;
         }
-        let mut g = self.lock();
-        if g.traces.contains_key(trace) {
+        if self.marked(trace) && self.lock().traces.contains_key(trace) {
             return true;
         }
         let Some((kind, ns, name)) = workload.filter(|_| self.settings.per_second > 0) else { return false };
-        let key = {
+        let slot = {
             use std::hash::{Hash as _, Hasher as _};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             (kind.as_str(), ns, name).hash(&mut h);
-            h.finish()
+            &self.reservoir[h.finish() as usize % RESERVOIR_SLOTS]
         };
         let second = now_ns() / 1_000_000_000;
-        if g.reservoir.len() >= RESERVOIR_WORKLOADS && !g.reservoir.contains_key(&key) {
-            g.reservoir.clear();
+        let limit = u64::from(self.settings.per_second.min(0xffff));
+        slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            let (at, n) = (v >> 16, v & 0xffff);
+            match at == second {
+                true if n >= limit => None,
+                true => Some(v + 1),
+                false => Some(second << 16 | 1),
+            }
+        })
+        .is_ok()
+    }
+
+    /// The bit of `trace` in the filter of unsampled traces kept.
+    fn bit(trace: &TraceId) -> (usize, u64) {
+        let i = (trace.ratio_key() as usize) % KEPT_BITS;
+        (i / 64, 1 << (i % 64))
+    }
+
+    /// Whether `trace` may be an unsampled trace kept (false: certainly not).
+    fn marked(&self, trace: &TraceId) -> bool {
+        let (word, bit) = Self::bit(trace);
+        self.kept_unsampled[word].load(Ordering::Acquire) & bit != 0
+    }
+
+    /// Marks `trace` kept; when the filter fills, it starts over (later spans of the traces it
+    /// forgets are kept only as they qualify themselves).
+    fn mark(&self, trace: &TraceId) {
+        if self.kept_marks.fetch_add(1, Ordering::AcqRel) >= KEPT_RESET {
+            self.kept_marks.store(0, Ordering::Release);
+            for w in self.kept_unsampled.iter() {
+                w.store(0, Ordering::Release);
+            }
         }
-        let entry = g.reservoir.entry(key).or_insert((second, 0));
-        if entry.0 != second {
-            *entry = (second, 0);
-        }
-        entry.1 += 1;
-        entry.1 <= self.settings.per_second
+        let (word, bit) = Self::bit(trace);
+        self.kept_unsampled[word].fetch_or(bit, Ordering::AcqRel);
     }
 
     /// Keeps a span ([`TraceStore::keeps`] said so), with its trace.
@@ -125,11 +166,15 @@ impl TraceStore {
         self.record_with(span, &mut |_| {});
     }
 
-    /// [`TraceStore::record`], calling `kept` with the span.
-    pub fn record_with(&self, span: Span, kept: &mut dyn FnMut(&Span)) {
+    /// [`TraceStore::record`], calling `kept` with the span (shared, not copied).
+    pub fn record_with(&self, span: Span, kept: &mut dyn FnMut(&Arc<Span>)) {
         let id = span.context.trace_id;
         let now = now_ns();
+        let span = Arc::new(span);
         kept(&span);
+        if !span.context.sampled && !self.marked(&id) {
+            self.mark(&id);
+        }
         let mut g = self.lock();
         let inner = &mut *g;
         match inner.traces.get_mut(&id) {
@@ -186,7 +231,7 @@ impl TraceStore {
     /// Trace `id` as `namespace` may see it (`None`: every span).
     pub fn get(&self, id: &TraceId, namespace: Option<&str>) -> Option<TraceView> {
         let g = self.lock();
-        let mut spans: Vec<_> = g.traces.get(id)?.iter().filter(|s| visible(s, namespace)).map(Span::view).collect();
+        let mut spans: Vec<_> = g.traces.get(id)?.iter().filter(|s| visible(s, namespace)).map(|s| s.view()).collect();
         if spans.is_empty() {
             return None;
         }
@@ -201,8 +246,8 @@ fn visible(span: &Span, namespace: Option<&str>) -> bool {
 }
 
 /// A trace's summary as `namespace` sees it; `None` if it sees none of its spans.
-fn summary(id: &TraceId, spans: &[Span], namespace: Option<&str>) -> Option<TraceSummary> {
-    let seen: Vec<&Span> = spans.iter().filter(|s| visible(s, namespace)).collect();
+fn summary(id: &TraceId, spans: &[Arc<Span>], namespace: Option<&str>) -> Option<TraceSummary> {
+    let seen: Vec<&Span> = spans.iter().map(|s| &**s).filter(|s| visible(s, namespace)).collect();
     let first = seen.iter().min_by_key(|s| s.start_ns)?;
     let end = seen.iter().map(|s| s.end_ns).max().unwrap_or(first.end_ns);
     let ids: std::collections::HashSet<_> = seen.iter().map(|s| s.context.span_id).collect();
