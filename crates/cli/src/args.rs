@@ -268,6 +268,9 @@ pub struct UpArgs {
     /// How long hourly usage rows are kept (`hangar usage`)
     #[arg(long, env = "HANGAR_USAGE_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
     pub usage_retention: std::time::Duration,
+    /// How long invocation records and their logs are kept (`hangar invocations`, `hangar logs`)
+    #[arg(long, env = "HANGAR_LOG_RETENTION", default_value = "14d", value_parser = humantime::parse_duration)]
+    pub log_retention: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

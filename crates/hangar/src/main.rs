@@ -55,6 +55,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         async_queue: hangar_events::QueueLimits { max_events: a.async_queue_events as usize, max_bytes: (a.async_queue_mb as usize) << 20 },
         namespace_concurrency: a.namespace_concurrency,
         usage_retention: a.usage_retention,
+        log_retention: a.log_retention,
         meter_every: a.meter_every,
         metering: a.metering == "on",
         adapt_every: a.adapt_every,

@@ -50,6 +50,8 @@ pub struct UpOptions {
     pub namespace_concurrency: u32,
     /// How long hourly usage rows are kept.
     pub usage_retention: Duration,
+    /// How long invocation records and their logs are kept.
+    pub log_retention: Duration,
     /// How often services and sandboxes are metered.
     pub meter_every: Duration,
     /// Whether usage is metered at all.
@@ -342,6 +344,10 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         sources.extend(services.clone().map(|s| Arc::new(hangar_service::gauges::ServiceGauges::new(s)) as Arc<dyn hangar_meter::history::GaugeSource>));
         let history = hangar_meter::HistorySampler { history: meter.history().clone(), sources, clock: clock.clone() };
         supervisor.start("metric-history", Duration::from_secs(hangar_meter::history::FINE_S), Scope::EachServer, history);
+        // Invocation records (and their logs) go after their retention; looked at as often as a
+        // tenth of it, at most every minute.
+        let records = hangar_meter::RecordPruner { store: state.store.clone(), clock: clock.clone(), retention: opts.log_retention };
+        supervisor.start("record-pruning", (opts.log_retention / 10).min(Duration::from_secs(60)), Scope::Once, records);
         supervisor.start(
             "usage-pruning",
             Duration::from_secs(600),

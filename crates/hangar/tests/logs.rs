@@ -88,3 +88,23 @@ async fn invoke(s: &Server, n: u32) {
     let r = s.http().post(format!("{}/v1/functions/writer/invoke", s.url)).bearer_auth(&s.admin_key).body(format!("{{\"n\": {n}}}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn records_and_their_logs_go_after_the_log_retention() {
+    let s = Server::start_with(&["--log-retention", "3s"]);
+    s.deploy("hello", "hello", &["--public"]);
+    let r = s.http().get(format!("{}/fn/default/hello/", s.url)).send().await.unwrap();
+    let id = r.headers()["x-hangar-invocation-id"].to_str().unwrap().to_string();
+    assert_eq!(r.status(), 200);
+    eventually("the record kept at first", Duration::from_secs(10), || async {
+        let status = s.get(&format!("/v1/invocations/{id}")).send().await.unwrap().status();
+        if status == 200 { Ok(()) } else { Err(status.to_string()) }
+    })
+    .await;
+    eventually("the record gone after its retention", Duration::from_secs(20), || async {
+        let status = s.get(&format!("/v1/invocations/{id}")).send().await.unwrap().status();
+        if status == 404 { Ok(()) } else { Err(status.to_string()) }
+    })
+    .await;
+    assert!(search(&s, "workload=hello&since=1h").await.is_empty());
+}

@@ -387,6 +387,44 @@ async fn write_batch(store: &dyn Store, batch: &mut Vec<InvocationRecord>, metri
     }
 }
 
+/// Deletes invocation records (and their logs) older than the retention (`--log-retention`):
+/// work for one server of a cluster (a [`hangar_supervisor::Scope::Once`] loop), in batches so
+/// no write holds the store long.
+pub struct RecordPruner {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn hangar_core::Clock>,
+    pub retention: std::time::Duration,
+}
+
+/// Records deleted per statement, and per round at most.
+const PRUNE_BATCH: u32 = 5000;
+const PRUNE_ROUND: u64 = 200_000;
+
+#[async_trait::async_trait]
+impl hangar_supervisor::Loop for RecordPruner {
+    async fn tick(&mut self) {
+        let before = self.clock.now_ms() - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX / 2);
+        let mut gone = 0;
+        while gone < PRUNE_ROUND {
+            match self.store.prune_invocations(before, PRUNE_BATCH).await {
+                Ok(n) => {
+                    gone += n;
+                    if n < u64::from(PRUNE_BATCH) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("deleting invocation records past their retention failed (tried again later): {e}");
+                    break;
+                }
+            }
+        }
+        if gone > 0 {
+            tracing::debug!("deleted {gone} invocation record(s) past their retention");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

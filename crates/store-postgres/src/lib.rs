@@ -883,6 +883,19 @@ impl Ledger for PostgresStore {
         .await
     }
 
+    async fn prune_invocations(&self, before_ms: i64, most: u32) -> Result<u64> {
+        self.call(async {
+            let c = self.client().await?;
+            c.execute(
+                "DELETE FROM invocations WHERE id IN (SELECT id FROM invocations WHERE started_ms < $1 ORDER BY id LIMIT $2)",
+                &[&before_ms, &i64::from(most)],
+            )
+            .await
+            .map_err(pg)
+        })
+        .await
+    }
+
     async fn add_mode_switch(&self, namespace: &str, name: &str, at_ms: i64, switch: &hangar_api::ModeSwitch) -> Result<()> {
         let body = json("a mode switch", switch)?;
         self.call(async {

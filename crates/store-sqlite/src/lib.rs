@@ -850,6 +850,18 @@ impl Ledger for SqliteStore {
     async fn prune_usage(&self, before_ms: i64) -> Result<u64> {
         self.with(move |c| Ok(c.execute("DELETE FROM usage WHERE hour_ms < ?1", params![before_ms])? as u64)).await
     }
+
+    async fn prune_invocations(&self, before_ms: i64, most: u32) -> Result<u64> {
+        self.with(move |c| {
+            // Ids are time-ordered (UUIDv7): the oldest first, by the primary key.
+            let n = c.execute(
+                "DELETE FROM invocations WHERE id IN (SELECT id FROM invocations WHERE started_ms < ?1 ORDER BY id LIMIT ?2)",
+                params![before_ms, i64::from(most)],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
 }
 
 #[async_trait]

@@ -266,6 +266,14 @@ async fn invocations_list_filter_and_page(s: Arc<dyn Store>) {
     assert_eq!(one.ending.logs, "log of 02");
     assert!(s.get_invocation(Some("other"), "02").await.unwrap().is_none(), "another namespace does not see it");
     assert!(s.get_invocation(None, "02").await.unwrap().is_some());
+    // Pruning: records started before a time go, oldest first, at most as many as asked.
+    let mut late = record("04", "hello", Outcome::Ok);
+    late.started_ms = 5000;
+    s.insert_invocations(vec![late]).await.unwrap();
+    assert_eq!(s.prune_invocations(2000, 2).await.unwrap(), 2);
+    assert_eq!(s.prune_invocations(2000, 100).await.unwrap(), 1);
+    let left = s.list_invocations(InvocationFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(left.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["04"]);
 }
 
 async fn usage_is_added_once_by_the_billing_rules(s: Arc<dyn Store>) {

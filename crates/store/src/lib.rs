@@ -183,6 +183,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// skipped), adding the usage of the inserted ones to their hourly rows in the same
     /// transaction (what counts is [`hangar_api::cost::UsageDelta::of_invocation`]'s rule).
     async fn insert_invocations(&self, batch: Vec<InvocationRecord>) -> Result<()>;
+    /// Deletes up to `most` invocation records (and their logs) that started before
+    /// `before_ms`, oldest first; returns how many went.
+    async fn prune_invocations(&self, before_ms: i64, most: u32) -> Result<u64>;
     async fn list_invocations(&self, filter: InvocationFilter) -> Result<Vec<InvocationRecord>>;
     /// One record; `namespace` restricts the look-up (`None`: any namespace).
     async fn get_invocation(&self, namespace: Option<&str>, id: &str) -> Result<Option<InvocationRecord>>;
