@@ -109,6 +109,13 @@ pub async fn run(opts: UpOptions) -> Result<()> {
     let otlp_counters = hangar_trace::otlp::ExportCounters::default();
     metrics.register_counter("otlp_spans_exported", "Spans sent to the OTLP collector", otlp_counters.exported.clone());
     metrics.register_counter("otlp_spans_dropped", "Spans not exported: the queue was full or the collector failed", otlp_counters.dropped.clone());
+    let otlp_metric_counters = hangar_trace::otlp::ExportCounters::default();
+    metrics.register_counter("otlp_metric_points_exported", "Metric points sent to the OTLP collector", otlp_metric_counters.exported.clone());
+    metrics.register_counter(
+        "otlp_metric_points_dropped",
+        "Metric points not exported: the queue was full or the collector failed",
+        otlp_metric_counters.dropped.clone(),
+    );
     let pool = PoolSize { instances: opts.pool_instances, ..PoolSize::default() };
     let wasm = WasmRuntime::new(opts.data_dir.join("wasm"), pool, counters).context("starting the WebAssembly runtime")?;
     let images = Arc::new(hangar_image::ImageStore::open(&opts.data_dir.join("images")).context("opening the image store")?);
@@ -342,7 +349,25 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         // Every workload's metric history takes a point every 10 s.
         let mut sources: Vec<Arc<dyn hangar_meter::history::GaugeSource>> = vec![scheduler.clone(), Arc::new(async_queue.clone())];
         sources.extend(services.clone().map(|s| Arc::new(hangar_service::gauges::ServiceGauges::new(s)) as Arc<dyn hangar_meter::history::GaugeSource>));
-        let history = hangar_meter::HistorySampler { history: meter.history().clone(), sources, clock: clock.clone() };
+        // Each sample also goes to the OTLP collector, if there is one.
+        let export = match &opts.otlp_endpoint {
+            Some(url) => {
+                let exporter =
+                    hangar_trace::otlp::MetricsExporter::start(url, &node_id, otlp_metric_counters).map_err(|e| anyhow::anyhow!("--otlp-endpoint: {e}"))?;
+                Some(Box::new(move |start_s, end_s, sampled: Vec<hangar_meter::history::Sampled>| {
+                    let mut points = Vec::new();
+                    for s in sampled {
+                        for (m, value) in s.values {
+                            let name = format!("hangar.{}", m.as_str());
+                            points.push(hangar_trace::otlp::MetricPoint { workload: s.workload.clone(), name, unit: m.unit(), value, count: m.is_count() });
+                        }
+                    }
+                    exporter.export(start_s, end_s, points);
+                }) as hangar_meter::SampleExport)
+            }
+            None => None,
+        };
+        let history = hangar_meter::HistorySampler { history: meter.history().clone(), sources, clock: clock.clone(), export, last_s: None };
         supervisor.start("metric-history", Duration::from_secs(hangar_meter::history::FINE_S), Scope::EachServer, history);
         // Invocation records (and their logs) go after their retention; looked at as often as a
         // tenth of it, at most every minute.

@@ -21,7 +21,7 @@ async fn one_search_finds_lines_of_functions_and_services_and_follows_new_ones()
     let _code = python_fn(&s, "writer", code, "handler", &[]);
     let work = tempfile::tempdir().unwrap();
     let cgi = "#!/bin/busybox sh\necho Content-Type: text/plain\necho\necho \"needle from a service $QUERY_STRING\" >&2\necho ok\n";
-    let image = common::oci::busybox_httpd(work.path(), "logger", &[("www/index.html", b"home", 0o644), ("www/cgi-bin/log", cgi.as_bytes(), 0o755)]);
+    let image = common::oci::cgi_image(work.path(), "logger", "log", cgi);
     s.ok(&["image", "import", &image, "--name", "logger:1"]);
     s.ok(&["svc", "deploy", "web", "--image", "logger:1", "--public"]);
     for n in 0..3 {

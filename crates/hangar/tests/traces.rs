@@ -53,7 +53,7 @@ async fn a_trace_runs_from_a_function_url_through_wasm_to_a_service_it_calls() {
     let s = Server::start_with(&["--trace-sample", "1"]);
     let work = tempfile::tempdir().unwrap();
     let env = "#!/bin/busybox sh\necho Content-Type: text/plain\necho\necho \"traceparent=$HTTP_TRACEPARENT\"\n";
-    let image = common::oci::busybox_httpd(work.path(), "tp", &[("www/index.html", b"home", 0o644), ("www/cgi-bin/tp", env.as_bytes(), 0o755)]);
+    let image = common::oci::cgi_image(work.path(), "tp", "tp", env);
     s.ok(&["image", "import", &image, "--name", "tp:1"]);
     s.ok(&["svc", "deploy", "web", "--image", "tp:1", "--public"]);
     let gateway = s.url.trim_start_matches("http://").to_string();
@@ -210,13 +210,51 @@ async fn python_code_sees_the_trace_as_xray_and_a_namespace_key_sees_only_its_ow
     assert_eq!(r.status(), 404);
 }
 
-/// An OTLP/HTTP receiver on loopback: every span it is sent, as (service.name, span).
-async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, opentelemetry_proto::tonic::trace::v1::Span)>, tokio::task::JoinHandle<()>) {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+type Spans = tokio::sync::mpsc::UnboundedReceiver<(String, opentelemetry_proto::tonic::trace::v1::Span)>;
+type Metrics = tokio::sync::mpsc::UnboundedReceiver<(String, String, f64)>;
+
+/// The `service.name` of an OTLP resource.
+fn service_of(r: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
     use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    let service = r.iter().flat_map(|r| r.attributes.iter()).find(|a| a.key == "service.name");
+    match service.and_then(|a| a.value.clone()).and_then(|v| v.value) {
+        Some(Any::StringValue(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// An OTLP/HTTP receiver on loopback: every span it is sent, as (service.name, span), and every
+/// metric point, as (service.name, metric, value).
+async fn receiver() -> (String, Spans, Metrics, tokio::task::JoinHandle<()>) {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value as Number};
     use prost::Message as _;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let app = axum::Router::new().route(
+    let (mtx, mrx) = tokio::sync::mpsc::unbounded_channel();
+    let metrics = axum::routing::post(move |body: bytes::Bytes| {
+        let mtx = mtx.clone();
+        async move {
+            let req = ExportMetricsServiceRequest::decode(body).expect("an OTLP metrics request");
+            for r in req.resource_metrics {
+                let service = service_of(r.resource.as_ref());
+                for m in r.scope_metrics.into_iter().flat_map(|s| s.metrics) {
+                    let points = match m.data {
+                        Some(Data::Sum(s)) => s.data_points,
+                        Some(Data::Gauge(g)) => g.data_points,
+                        _ => Vec::new(),
+                    };
+                    for p in points {
+                        if let Some(Number::AsDouble(v)) = p.value {
+                            let _ = mtx.send((service.clone(), m.name.clone(), v));
+                        }
+                    }
+                }
+            }
+            axum::http::StatusCode::OK
+        }
+    });
+    let app = axum::Router::new().route("/v1/metrics", metrics).route(
         "/v1/traces",
         axum::routing::post(move |headers: axum::http::HeaderMap, body: bytes::Bytes| {
             let tx = tx.clone();
@@ -224,11 +262,7 @@ async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, op
                 assert_eq!(headers["content-type"], "application/x-protobuf");
                 let req = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf request");
                 for r in req.resource_spans {
-                    let service = r.resource.iter().flat_map(|r| r.attributes.iter()).find(|a| a.key == "service.name");
-                    let service = match service.and_then(|a| a.value.clone()).and_then(|v| v.value) {
-                        Some(Any::StringValue(s)) => s,
-                        _ => String::new(),
-                    };
+                    let service = service_of(r.resource.as_ref());
                     for span in r.scope_spans.into_iter().flat_map(|s| s.spans) {
                         let _ = tx.send((service.clone(), span));
                     }
@@ -242,12 +276,12 @@ async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, op
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    (url, rx, task)
+    (url, rx, mrx, task)
 }
 
 #[tokio::test]
 async fn kept_spans_are_exported_over_otlp_and_dropped_and_counted_while_the_collector_is_down() {
-    let (url, mut received, collector) = receiver().await;
+    let (url, mut received, mut metrics, collector) = receiver().await;
     let s = Server::start_with(&["--trace-sample", "1", "--otlp-endpoint", &url]);
     s.deploy("hello", "hello", &["--public"]);
     let r = s.http().get(format!("{}/fn/default/hello/", s.url)).header("traceparent", traceparent(TRACE)).send().await.unwrap();
@@ -267,6 +301,16 @@ async fn kept_spans_are_exported_over_otlp_and_dropped_and_counted_while_the_col
     assert_eq!(invocation.1.parent_span_id, gateway.1.span_id);
     assert!(invocation.1.attributes.iter().any(|a| a.key == "faas.invocation_id"));
     assert!(s.metric("hangar_otlp_spans_exported_total").await >= 3.0);
+    // The metric history's samples arrive too, as delta sums and gauges per workload.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut requests = 0.0;
+    while requests < 1.0 {
+        let (service, name, value) = tokio::time::timeout_at(deadline, metrics.recv()).await.expect("metric points within 30 s").unwrap();
+        if service == "default/hello" && name == "hangar.requests" {
+            requests += value;
+        }
+    }
+    assert_eq!(requests, 1.0);
 
     // The collector goes away: requests are answered as before; the spans are dropped and counted.
     collector.abort();

@@ -174,7 +174,7 @@ handler = Mangum(app, lifespan="off")
 async fn a_service_answers_on_its_own_host_name_and_sees_forwarded_headers() {
     let work = tempfile::tempdir().unwrap();
     let env = "#!/bin/busybox sh\necho Content-Type: text/plain\necho\necho \"path=$REQUEST_URI\"\n/bin/busybox env | /bin/busybox grep HTTP_X_FORWARDED\n";
-    let image = common::oci::busybox_httpd(work.path(), "headers", &[("www/index.html", b"home", 0o644), ("www/cgi-bin/env", env.as_bytes(), 0o755)]);
+    let image = common::oci::cgi_image(work.path(), "headers", "env", env);
     let s = Server::start();
     s.ok(&["image", "import", &image, "--name", "headers:1"]);
     s.ok(&["svc", "deploy", "hdr", "--image", "headers:1", "--public"]);

@@ -264,6 +264,32 @@ impl Counted {
     }
 }
 
+/// One workload's values of one sample.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub workload: WorkloadRef,
+    /// Durations in ms; counts since the last sample; gauges as they are.
+    pub values: Vec<(Metric, f64)>,
+}
+
+impl Metric {
+    /// Whether the metric counts what happened since the last sample (a delta), rather than
+    /// saying how something is now.
+    pub fn is_count(self) -> bool {
+        matches!(self, Metric::Requests | Metric::Errors | Metric::ColdStarts | Metric::DeadLetters)
+    }
+
+    /// Its unit, as OpenTelemetry writes units.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::DurationP50 | Metric::DurationP95 | Metric::DurationP99 | Metric::ColdStartMs => "ms",
+            Metric::Cpu => "m{cpu}",
+            Metric::Memory => "MiBy",
+            _ => "1",
+        }
+    }
+}
+
 /// A workload's gauges at a sample, in its kind's order: in flight, then (functions) idle,
 /// paused, queue depth, dead letters or (services) ready, starting, CPU millicores, memory MiB.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -379,7 +405,10 @@ impl History {
     /// Takes every workload's window into the points of the 10 s period and the minute holding
     /// `now_s` (a period sampled twice adds up), with `gauges` (by workload; a point's gauges
     /// are its last sample's).
-    pub fn sample(&self, now_s: u64, gauges: &HashMap<WorkloadRef, Gauges>) {
+    /// Returns each workload's values of this sample alone (what it counted since the last
+    /// one, and its gauges now), for export.
+    pub fn sample(&self, now_s: u64, gauges: &HashMap<WorkloadRef, Gauges>) -> Vec<Sampled> {
+        let mut out = Vec::new();
         for (g, _) in gauges.iter() {
             self.entry(g);
         }
@@ -407,7 +436,11 @@ impl History {
             r.fine.put(period, fine);
             let coarse = fill(&mut r.minute, minute, &counted).point(&g, e.kind);
             r.coarse.put(minute, coarse);
+            let this = counted.point(&g, e.kind);
+            let values = metrics_of(e.kind).into_iter().filter_map(|m| Some((m, value(&this, slot(e.kind, m)?, m)?))).collect();
+            out.push(Sampled { workload: w, values });
         }
+        out
     }
 
     /// `metric` of workload `w` from `since_s` on, every `step_s` (10: the fine ring, an hour

@@ -209,11 +209,18 @@ fn function_ref(namespace: &str, function: &str) -> hangar_api::traces::Workload
     hangar_api::traces::WorkloadRef { kind: hangar_api::WorkloadKind::Function, namespace: namespace.into(), name: function.into() }
 }
 
+/// Where each sample's values go besides the history (OTLP export): given the sample's
+/// start and end (Unix seconds) and its values.
+pub type SampleExport = Box<dyn Fn(u64, u64, Vec<history::Sampled>) + Send + Sync>;
+
 /// Samples every workload's metric history every 10 s with the gauges their owners report.
 pub struct HistorySampler {
     pub history: history::History,
     pub sources: Vec<Arc<dyn history::GaugeSource>>,
     pub clock: Arc<dyn hangar_core::Clock>,
+    pub export: Option<SampleExport>,
+    /// When the last sample was taken (Unix seconds).
+    pub last_s: Option<u64>,
 }
 
 #[async_trait::async_trait]
@@ -230,7 +237,11 @@ impl hangar_supervisor::Loop for HistorySampler {
             }
         }
         let now_s = u64::try_from(self.clock.now_ms() / 1000).unwrap_or(0);
-        self.history.sample(now_s, &gauges);
+        let sampled = self.history.sample(now_s, &gauges);
+        let start = self.last_s.replace(now_s).unwrap_or(now_s.saturating_sub(history::FINE_S));
+        if let Some(export) = &self.export {
+            export(start, now_s, sampled);
+        }
     }
 }
 

@@ -1,7 +1,7 @@
-//! OTLP/HTTP export of the spans the store keeps: protobuf (`opentelemetry-proto`), batched by
-//! a task of its own behind a bounded queue. Nothing on the request path waits for it: a span
-//! that finds the queue full, or whose batch cannot be sent, is dropped and counted, and the
-//! failure logged at most once a minute.
+//! OTLP/HTTP export of the spans the store keeps and of every workload's metric samples:
+//! protobuf (`opentelemetry-proto`), sent by tasks of their own behind bounded queues. Nothing
+//! on the request path waits for them: a span or sample that finds its queue full, or whose
+//! batch cannot be sent, is dropped and counted, and the failure logged at most once a minute.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -43,8 +43,14 @@ pub struct Exporter {
 /// The URL spans are POSTed to: `base` as `OTEL_EXPORTER_OTLP_ENDPOINT` means it (the signal's
 /// path appended), unless it already ends in `/v1/traces`.
 pub fn traces_url(base: &str) -> Result<String, String> {
+    signal_url(base, "traces")
+}
+
+/// The URL of `signal` (`traces`, `metrics`) at the collector `base`.
+fn signal_url(base: &str, signal: &str) -> Result<String, String> {
     let base = base.trim_end_matches('/');
-    let url = if base.ends_with("/v1/traces") { base.to_string() } else { format!("{base}/v1/traces") };
+    let base = base.strip_suffix("/v1/traces").or_else(|| base.strip_suffix("/v1/metrics")).unwrap_or(base);
+    let url = format!("{base}/v1/{signal}");
     match url.parse::<http::Uri>() {
         Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => Ok(url),
         _ => Err(format!("`{base}` is not an http(s) URL of an OTLP/HTTP collector (e.g. http://127.0.0.1:4318)")),
@@ -120,6 +126,120 @@ async fn send_loop(mut rx: mpsc::Receiver<Arc<Span>>, client: reqwest::Client, u
     }
 }
 
+/// One value of a workload's metric over a sample, for export.
+#[derive(Debug, Clone)]
+pub struct MetricPoint {
+    pub workload: WorkloadRef,
+    /// `hangar.requests`, `hangar.duration_p95`, ...
+    pub name: String,
+    pub unit: &'static str,
+    pub value: f64,
+    /// A count of what happened in the sample (a delta sum), rather than a gauge.
+    pub count: bool,
+}
+
+/// Exports metric samples (see the module docs).
+pub struct MetricsExporter {
+    tx: mpsc::Sender<(u64, u64, Vec<MetricPoint>)>,
+    counters: ExportCounters,
+}
+
+impl MetricsExporter {
+    /// Starts exporting to the collector at `base` (`/v1/metrics` appended).
+    pub fn start(base: &str, node: &str, counters: ExportCounters) -> Result<MetricsExporter, String> {
+        let url = signal_url(base, "metrics")?;
+        let client = reqwest::Client::builder().timeout(SEND_TIMEOUT).build().map_err(|e| format!("an HTTP client for OTLP: {e}"))?;
+        // A few samples' worth: a collector that is down loses the samples, not memory.
+        let (tx, mut rx) = mpsc::channel::<(u64, u64, Vec<MetricPoint>)>(6);
+        let node = node.to_string();
+        let sent_counters = counters.clone();
+        tokio::spawn(async move {
+            while let Some((start_s, end_s, points)) = rx.recv().await {
+                let n = points.len() as u64;
+                let body = encode_metrics(&points, start_s, end_s, &node);
+                let sent = client.post(&url).header(http::header::CONTENT_TYPE, "application/x-protobuf").body(body).send().await;
+                match sent {
+                    Ok(r) if r.status().is_success() => {
+                        sent_counters.exported.inc_by(n);
+                    }
+                    Ok(r) => {
+                        sent_counters.dropped.inc_by(n);
+                        warn_dropped(&format!("the collector at {url} answered {} to metrics", r.status()));
+                    }
+                    Err(e) => {
+                        sent_counters.dropped.inc_by(n);
+                        warn_dropped(&format!("the collector at {url} could not be reached: {e}"));
+                    }
+                };
+            }
+        });
+        Ok(MetricsExporter { tx, counters })
+    }
+
+    /// Queues one sample's points (from `start_s` to `end_s`), or counts them dropped.
+    pub fn export(&self, start_s: u64, end_s: u64, points: Vec<MetricPoint>) {
+        let n = points.len() as u64;
+        if n > 0 && self.tx.try_send((start_s, end_s, points)).is_err() {
+            self.counters.dropped.inc_by(n);
+            warn_dropped("the metrics export queue is full (the collector is slow or unreachable)");
+        }
+    }
+}
+
+/// The resource attributes of a workload's signals (or the platform's own).
+fn resource(w: Option<&WorkloadRef>, node: &str) -> Resource {
+    let mut attributes = vec![string("service.instance.id", node)];
+    match w {
+        Some(w) => {
+            attributes.push(string("service.name", format!("{}/{}", w.namespace, w.name)));
+            attributes.push(string("service.namespace", w.namespace.clone()));
+            attributes.push(string("hangar.workload.kind", w.kind.as_str()));
+        }
+        None => attributes.push(string("service.name", "hangar")),
+    }
+    Resource { attributes, ..Default::default() }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope { name: "hangar".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }
+}
+
+/// `points` of one sample as an OTLP metrics request: one resource per workload; counts as
+/// delta sums, the rest as gauges.
+pub fn encode_metrics(points: &[MetricPoint], start_s: u64, end_s: u64, node: &str) -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
+    };
+    let mut by_workload: Vec<(&WorkloadRef, Vec<Metric>)> = Vec::new();
+    for p in points {
+        let point = NumberDataPoint {
+            start_time_unix_nano: start_s * 1_000_000_000,
+            time_unix_nano: end_s * 1_000_000_000,
+            value: Some(number_data_point::Value::AsDouble(p.value)),
+            ..Default::default()
+        };
+        let data = match p.count {
+            true => metric::Data::Sum(Sum { data_points: vec![point], aggregation_temporality: AggregationTemporality::Delta as i32, is_monotonic: true }),
+            false => metric::Data::Gauge(Gauge { data_points: vec![point] }),
+        };
+        let m = Metric { name: p.name.clone(), unit: p.unit.into(), data: Some(data), ..Default::default() };
+        match by_workload.iter_mut().find(|(w, _)| **w == p.workload) {
+            Some((_, ms)) => ms.push(m),
+            None => by_workload.push((&p.workload, vec![m])),
+        }
+    }
+    let resource_metrics = by_workload
+        .into_iter()
+        .map(|(w, metrics)| ResourceMetrics {
+            resource: Some(resource(Some(w), node)),
+            scope_metrics: vec![ScopeMetrics { scope: Some(scope()), metrics, ..Default::default() }],
+            ..Default::default()
+        })
+        .collect();
+    ExportMetricsServiceRequest { resource_metrics }.encode_to_vec()
+}
+
 fn string(key: &str, v: impl Into<String>) -> KeyValue {
     KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }), ..Default::default() }
 }
@@ -150,25 +270,10 @@ pub fn encode(spans: &[Arc<Span>], node: &str) -> Vec<u8> {
     }
     let resource_spans = by_workload
         .into_iter()
-        .map(|(w, spans)| {
-            let mut attributes = vec![string("service.instance.id", node)];
-            match w {
-                Some(w) => {
-                    attributes.push(string("service.name", format!("{}/{}", w.namespace, w.name)));
-                    attributes.push(string("service.namespace", w.namespace.clone()));
-                    attributes.push(string("hangar.workload.kind", w.kind.as_str()));
-                }
-                None => attributes.push(string("service.name", "hangar")),
-            }
-            ResourceSpans {
-                resource: Some(Resource { attributes, ..Default::default() }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope { name: "hangar".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }),
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }
+        .map(|(w, spans)| ResourceSpans {
+            resource: Some(resource(w, node)),
+            scope_spans: vec![ScopeSpans { scope: Some(scope()), spans, ..Default::default() }],
+            ..Default::default()
         })
         .collect();
     ExportTraceServiceRequest { resource_spans }.encode_to_vec()
@@ -236,6 +341,29 @@ mod tests {
         let gateway = &req.resource_spans[1].scope_spans[0].spans[0];
         assert!(gateway.parent_span_id.is_empty());
         assert_eq!(gateway.status.as_ref().unwrap().code, status::StatusCode::Error as i32);
+    }
+
+    #[test]
+    fn metric_samples_encode_as_delta_sums_and_gauges() {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+        let w = WorkloadRef { kind: hangar_api::WorkloadKind::Function, namespace: "team".into(), name: "hello".into() };
+        let points = vec![
+            MetricPoint { workload: w.clone(), name: "hangar.requests".into(), unit: "1", value: 12.0, count: true },
+            MetricPoint { workload: w, name: "hangar.in_flight".into(), unit: "1", value: 2.0, count: false },
+        ];
+        let req = ExportMetricsServiceRequest::decode(encode_metrics(&points, 100, 110, "n").as_slice()).unwrap();
+        let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+        assert_eq!(metrics.len(), 2);
+        match &metrics[0].data {
+            Some(Data::Sum(s)) => {
+                assert!(s.is_monotonic && s.aggregation_temporality == 1);
+                assert_eq!((s.data_points[0].start_time_unix_nano, s.data_points[0].time_unix_nano), (100_000_000_000, 110_000_000_000));
+            }
+            other => panic!("a sum: {other:?}"),
+        }
+        assert!(matches!(metrics[1].data, Some(Data::Gauge(_))));
+        assert_eq!(signal_url("http://c:4318/v1/traces", "metrics").unwrap(), "http://c:4318/v1/metrics");
     }
 
     #[test]

@@ -151,6 +151,12 @@ pub fn sink_image(dir: &std::path::Path) -> String {
     busybox_httpd(dir, "sink", &[("www/cgi-bin/events", cgi, 0o755)])
 }
 
+/// busybox httpd serving `home` at `/` and `script` (a busybox sh CGI) at `/cgi-bin/{cgi}`.
+#[allow(dead_code)]
+pub fn cgi_image(dir: &Path, name: &str, cgi: &str, script: &str) -> String {
+    busybox_httpd(dir, name, &[("www/index.html", b"home", 0o644), (&format!("www/cgi-bin/{cgi}"), script.as_bytes(), 0o755)])
+}
+
 /// The test backend (bench/svc-backend), built static for the host by the test.
 pub fn backend_image(dir: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/svc-backend/main.rs");
