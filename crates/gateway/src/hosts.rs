@@ -108,9 +108,14 @@ enum Target<'a> {
 }
 
 /// The `Host` of a request without its port, lowercased.
-fn host_of(req: &Request) -> Option<String> {
+fn host_of(req: &Request) -> Option<std::borrow::Cow<'_, str>> {
     let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
-    Some(hangar_service::proxy::host_service(host))
+    let name = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+    // Every request passes here: no copy unless the name has capitals.
+    Some(match name.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => std::borrow::Cow::Owned(name.to_ascii_lowercase()),
+        false => std::borrow::Cow::Borrowed(name),
+    })
 }
 
 /// Whether a request names a workload by its host (its own name, or one it claims).
@@ -119,38 +124,48 @@ pub(crate) fn is_workload_host(state: &AppState, req: &Request) -> bool {
     state.domain.target(&host).is_some() || state.scheduler.by_host(&host).is_some() || state.services.as_ref().is_some_and(|s| s.by_host(&host).is_some())
 }
 
+/// Where a host name routes.
+enum Routed {
+    Function(String, String),
+    /// A service by its own name: whoever serves it checks the caller.
+    Service(String, String),
+    /// A service by a host it claims, and whether it is public.
+    Claimed(String, String, bool),
+    Malformed(String),
+}
+
 /// Requests for a workload's host name go to it, whole path; the workloads' own host names
-/// come first, so a claimed host can never take one of them. Others pass on.
+/// come first, so a claimed host can never take one of them. Others pass on (with no copy).
 pub async fn route(State(state): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
     // Between nodes the `Host` asked for is kept; the path says where the request goes.
     if req.uri().path().starts_with("/_hangar/") {
         return next.run(req).await;
     }
-    let Some(host) = host_of(&req) else { return next.run(req).await };
-    let path = req.uri().path().to_string();
-    let answer = match state.domain.target(&host) {
-        Some(Target::Function(ns, name)) => crate::invoke::serve_function(&state, ns, name, req, &path, None).await,
-        Some(Target::Service(ns, name)) => {
-            let (ns, name) = (ns.to_string(), name.to_string());
-            crate::services::serve_by_host(&state, req, &ns, &name, None).await
+    let routed = {
+        let Some(host) = host_of(&req) else { return next.run(req).await };
+        match state.domain.target(&host) {
+            Some(Target::Function(ns, name)) => Routed::Function(ns.to_string(), name.to_string()),
+            Some(Target::Service(ns, name)) => Routed::Service(ns.to_string(), name.to_string()),
+            Some(Target::Malformed) => Routed::Malformed(host.into_owned()),
+            None => match (state.scheduler.by_host(&host), state.services.as_ref().and_then(|s| s.by_host(&host))) {
+                (Some(slot), _) => Routed::Function(slot.deployment().namespace.clone(), slot.deployment().name.clone()),
+                (None, Some(svc)) => {
+                    let public = svc.config.read().unwrap_or_else(|p| p.into_inner()).public;
+                    Routed::Claimed(svc.namespace.clone(), svc.name.clone(), public)
+                }
+                (None, None) => return next.run(req).await,
+            },
         }
-        Some(Target::Malformed) => Err(ApiError::not_found(format_args!(
+    };
+    let path = req.uri().path().to_string();
+    let answer = match routed {
+        Routed::Function(ns, name) => crate::invoke::serve_function(&state, &ns, &name, req, &path, None).await,
+        Routed::Service(ns, name) => crate::services::serve_by_host(&state, req, &ns, &name, None).await,
+        Routed::Claimed(ns, name, public) => crate::services::serve_by_host(&state, req, &ns, &name, Some(public)).await,
+        Routed::Malformed(host) => Err(ApiError::not_found(format_args!(
             "host `{host}`: a workload's host name is NAME.NAMESPACE{} or NAME.NAMESPACE{}",
             state.domain.functions, state.domain.services
         ))),
-        None => {
-            if let Some(slot) = state.scheduler.by_host(&host) {
-                let d = slot.deployment();
-                let (ns, name) = (d.namespace.clone(), d.name.clone());
-                crate::invoke::serve_function(&state, &ns, &name, req, &path, None).await
-            } else if let Some(svc) = state.services.as_ref().and_then(|s| s.by_host(&host)) {
-                let public = svc.config.read().unwrap_or_else(|p| p.into_inner()).public;
-                let (ns, name) = (svc.namespace.clone(), svc.name.clone());
-                crate::services::serve_by_host(&state, req, &ns, &name, Some(public)).await
-            } else {
-                return next.run(req).await;
-            }
-        }
     };
     answer.unwrap_or_else(IntoResponse::into_response)
 }

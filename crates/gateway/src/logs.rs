@@ -212,7 +212,12 @@ async fn tail(state: AppState, s: Search) -> Result<Sse<impl futures::Stream<Ite
         let (tx, s, mut lines) = (tx.clone(), s.clone(), svc.logs.subscribe());
         tokio::spawn(async move {
             loop {
-                let line = match lines.recv().await {
+                // A follower that went away ends this task even if the service stays quiet.
+                let next = tokio::select! {
+                    () = tx.closed() => return,
+                    next = lines.recv() => next,
+                };
+                let line = match next {
                     Ok(l) => l,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
