@@ -40,7 +40,7 @@ pub struct LogQuery {
     pub kind: Option<String>,
     /// From: a duration back (`15m`) or an RFC 3339 time; default `1h`.
     pub since: Option<String>,
-    /// Until: an RFC 3339 time; default now.
+    /// Until: an RFC 3339 time or a duration back; default now.
     pub until: Option<String>,
     /// Only lines holding this text (any case; at most 256 characters).
     pub q: Option<String>,
@@ -74,14 +74,6 @@ fn bad(field: &str, message: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request("invalid_query", format!("{field}: {message}"))
 }
 
-fn time(field: &str, v: &str, now_ms: i64) -> Result<i64, ApiError> {
-    if let Ok(d) = humantime::parse_duration(v) {
-        return Ok(now_ms - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
-    }
-    hangar_api::parse_rfc3339(v)
-        .ok_or_else(|| bad(field, format_args!("`{}` is neither a duration like 15m nor an RFC 3339 time", hangar_api::validate::shown(v))))
-}
-
 async fn search(state: &AppState, p: &Principal, q: LogQuery) -> Result<(Search, bool), ApiError> {
     let namespace = crate::api::existing_namespace(state, p, q.namespace.as_deref()).await?;
     let (functions, services) = match q.kind.as_deref() {
@@ -90,9 +82,8 @@ async fn search(state: &AppState, p: &Principal, q: LogQuery) -> Result<(Search,
         Some("service") => (false, true),
         Some(other) => return Err(bad("kind", format_args!("`{}`: choose function or service", hangar_api::validate::shown(other)))),
     };
-    let now = hangar_api::now_ms();
-    let since_ms = time("since", q.since.as_deref().unwrap_or("1h"), now)?;
-    let until_ms = q.until.as_deref().map(|v| time("until", v, now)).transpose()?.unwrap_or(i64::MAX);
+    let since_ms = crate::usage::time("since", q.since.as_deref().unwrap_or("1h"))?;
+    let until_ms = q.until.as_deref().map(|v| crate::usage::time("until", v)).transpose()?.unwrap_or(i64::MAX);
     if until_ms < since_ms {
         return Err(bad("until", "is before since"));
     }

@@ -37,7 +37,7 @@ pub struct UsageQuery {
 }
 
 /// An RFC 3339 time, or a duration back from now (`24h`), as ms since the epoch.
-fn time(field: &str, text: &str) -> Result<i64, ApiError> {
+pub(crate) fn time(field: &str, text: &str) -> Result<i64, ApiError> {
     if let Ok(d) = humantime::parse_duration(text) {
         return Ok(hangar_api::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     }
