@@ -121,6 +121,8 @@ pub struct Shared {
     pub domain: hosts::Domain,
     /// Where spans go, and the node's trace store.
     pub tracer: Arc<hangar_trace::Tracer>,
+    /// Live log tails open now, per namespace (each polls the store: they are bounded).
+    pub log_followers: logs::Followers,
 }
 
 /// Builds the router of the whole gateway.

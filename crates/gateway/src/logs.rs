@@ -27,6 +27,46 @@ const MAX_Q: usize = 256;
 const MAX_RECORDS: u32 = 1000;
 /// How far back a follower looks for records written late (a call ends, or its batch lands).
 const LATE: i64 = 60_000;
+/// Live tails one namespace may have open at once.
+pub const MAX_FOLLOWERS: u32 = 16;
+
+/// How many live tails each namespace has open.
+#[derive(Debug, Default, Clone)]
+pub struct Followers(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>);
+
+/// One open tail, counted until it is dropped (the client went away).
+struct Following {
+    followers: Followers,
+    namespace: String,
+}
+
+impl Followers {
+    fn enter(&self, namespace: &str) -> Result<Following, ApiError> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(namespace.to_string()).or_default();
+        if *n >= MAX_FOLLOWERS {
+            return Err(ApiError::new(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_followers",
+                format!("namespace `{namespace}` already follows {MAX_FOLLOWERS} log tails; close one (or search without follow)"),
+            ));
+        }
+        *n += 1;
+        Ok(Following { followers: self.clone(), namespace: namespace.to_string() })
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let mut open = self.followers.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.namespace) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.namespace);
+            }
+        }
+    }
+}
 
 /// Query of `GET /v1/logs`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -192,6 +232,7 @@ pub async fn list(State(state): State<AppState>, p: Principal, ApiQuery(q): ApiQ
 
 /// New lines as server-sent events until the client goes away.
 async fn tail(state: AppState, s: Search) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let following = state.log_followers.enter(&s.namespace)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<LogLine>(1024);
     // The records there before the answer starts are the search's, not the tail's.
     let newest = hangar_api::now_ms();
@@ -224,10 +265,11 @@ async fn tail(state: AppState, s: Search) -> Result<Sse<impl futures::Stream<Ite
     if s.functions {
         tokio::spawn(follow_functions(state, s, tx, before, newest));
     }
-    let events = futures::stream::unfold(rx, |mut rx| async move {
+    // The stream holds the count: it ends when the client goes away.
+    let events = futures::stream::unfold((rx, following), |(mut rx, following)| async move {
         let line = rx.recv().await?;
         let event = Event::default().json_data(&line).unwrap_or_else(|_| Event::default().data("{}"));
-        Some((Ok(event), rx))
+        Some((Ok(event), (rx, following)))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

@@ -305,6 +305,7 @@ pub async fn run(opts: UpOptions) -> Result<()> {
         members,
         domain: opts.domain,
         tracer: tracer.clone(),
+        log_followers: Default::default(),
     });
     // In a cluster, functions' attempts are placed like calls.
     if let Some(p) = &state.peers {

@@ -108,3 +108,27 @@ async fn records_and_their_logs_go_after_the_log_retention() {
     .await;
     assert!(search(&s, "workload=hello&since=1h").await.is_empty());
 }
+
+#[tokio::test]
+async fn a_namespace_follows_at_most_sixteen_tails_at_once() {
+    let s = Server::start();
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        let r = s.get("/v1/logs?follow=true&kind=function").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        open.push(r);
+    }
+    let r = s.get("/v1/logs?follow=true&kind=function").send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let (_, code, _) = error_code(r).await;
+    assert_eq!(code, "too_many_followers");
+    // A search without follow is not limited; a tail closed makes room (once the server sees it).
+    assert_eq!(s.get("/v1/logs").send().await.unwrap().status(), 200);
+    drop(open.pop());
+    eventually("room for a new tail", Duration::from_secs(40), || async {
+        let status = s.get("/v1/logs?follow=true&kind=function").send().await.unwrap().status();
+        if status == 200 { Ok(()) } else { Err(status.to_string()) }
+    })
+    .await;
+}
