@@ -38,25 +38,28 @@ pub(crate) fn name_namespace(head: &http::request::Parts, ns: &str) {
 }
 
 /// The route of a request from outside that reaches a workload, as `http.route` names it;
-/// `None` for the platform's own routes, which are not traced.
+/// `None` for the platform's own routes, which are not traced. A workload's host name routes
+/// every path but `/_hangar/` to it, as [`crate::hosts::route`] does.
 fn route(state: &AppState, req: &Request) -> Option<&'static str> {
     let path = req.uri().path();
+    if path.starts_with("/_hangar/") {
+        return None;
+    }
+    if crate::hosts::is_workload_host(state, req) {
+        return Some("/*");
+    }
     if path.starts_with("/fn/") {
         return Some("/fn/{namespace}/{name}/*");
     }
     if path.starts_with("/svc/") {
         return Some("/svc/{namespace}/{name}/*");
     }
-    if let Some(rest) = path.strip_prefix("/v1/") {
-        let parts: Vec<&str> = rest.split('/').collect();
-        return match parts.as_slice() {
-            ["functions", _, "invoke"] => Some("/v1/functions/{name}/invoke"),
-            ["topics", _, "events"] => Some("/v1/topics/{topic}/events"),
-            _ => None,
-        }
-        .filter(|_| !crate::hosts::is_workload_host(state, req));
+    let mut parts = path.strip_prefix("/v1/")?.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("functions"), Some(_), Some("invoke"), None) => Some("/v1/functions/{name}/invoke"),
+        (Some("topics"), Some(_), Some("events"), None) => Some("/v1/topics/{topic}/events"),
+        _ => None,
     }
-    (!path.starts_with("/_hangar/") && path != "/healthz" && path != "/metrics" && crate::hosts::is_workload_host(state, req)).then_some("/*")
 }
 
 /// Every request from outside for a workload gets a span (`SERVER`): the trace its

@@ -137,6 +137,14 @@ fn keeps(tracer: &hangar_trace::Tracer, ctx: &hangar_trace::SpanContext, r: &Inv
     tracer.keeps(ctx, failed, r.duration_us.saturating_mul(1000), Some((hangar_api::WorkloadKind::Function, &r.namespace, &r.function)))
 }
 
+/// An invocation's span, begun: its context, its parent, when it began and its `faas.trigger`
+/// (`None` when tracing is off).
+type Begun = (hangar_trace::SpanContext, Option<hangar_trace::SpanId>, hangar_trace::Started, &'static str);
+
+fn begin_span<B>(tracer: &hangar_trace::Tracer, request: &http::Request<B>, trigger: Trigger) -> Option<Begun> {
+    tracer.hop(request.headers()).map(|(ctx, parent)| (ctx, parent, hangar_trace::Started::now(), faas_trigger(request, trigger)))
+}
+
 /// `faas.trigger` of an invocation: what its request says, else what its trigger implies.
 fn faas_trigger<B>(request: &http::Request<B>, trigger: Trigger) -> &'static str {
     match request.extensions().get::<hangar_trace::FaasTrigger>() {
@@ -507,7 +515,7 @@ impl Scheduler {
         let d = &slot.deployment;
         let mut record = begin_record(d, &id, trigger, StartKind::Warm, parent);
         let step_trigger = if trigger == Trigger::Async { Trigger::Async } else { Trigger::Api };
-        let span = self.tracer.hop(request.headers()).map(|(ctx, parent)| (ctx, parent, hangar_trace::Started::now(), faas_trigger(&request, trigger)));
+        let span = begin_span(&self.tracer, &request, trigger);
         let (head, body) = request.into_parts();
         let mut content_type = head.headers.get(http::header::CONTENT_TYPE).cloned();
         let (mut response, mut error) = (None, None);
@@ -599,7 +607,7 @@ impl Scheduler {
         let mut record = begin_record(d, &id, trigger, start, parent);
         // This invocation's span: the code sees it as its parent (`traceparent`).
         let mut request = request;
-        let span = self.tracer.hop(request.headers()).map(|(ctx, parent)| (ctx, parent, hangar_trace::Started::now(), faas_trigger(&request, trigger)));
+        let span = begin_span(&self.tracer, &request, trigger);
         if let Some((ctx, ..)) = &span {
             ctx.inject(request.headers_mut());
         }
